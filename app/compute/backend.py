@@ -1,0 +1,155 @@
+"""Array backend: numpy/scipy on the CPU, CuPy on an NVIDIA GPU, chosen from the input array.
+
+Rules (design.md, "Compute functions"):
+
+* The array module of a computation is taken from its input (:func:`xp_of`), never from a global.
+* Where *new* arrays go (for functions that create data from nothing, e.g. the simulator) is decided by
+  the environment variable ``TOMOGUIDE_DEVICE`` = ``cpu`` | ``gpu`` | ``auto`` (default ``auto``), read on
+  every call of :func:`default_xp` so that tests can change it.
+* A machine without CUDA, or with CuPy installed but no usable GPU, falls back to numpy without a
+  traceback and says so once in the log (``logging`` logger ``tomoguide.backend``).
+* FFTs go through :func:`fft` — ``scipy.fft`` with all cores on the CPU (``workers=-1``) and
+  ``cupyx.scipy.fft`` on the GPU — and filters through :func:`ndimage`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+
+log = logging.getLogger("tomoguide.backend")
+
+DeviceChoice = Literal["cpu", "gpu", "auto"]
+ENV_VAR = "TOMOGUIDE_DEVICE"
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy_or_none() -> ModuleType | None:
+    """Import CuPy and check that a GPU is usable; ``None`` otherwise (cached, logged once)."""
+    try:
+        import cupy  # type: ignore[import-not-found]
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import time
+        log.info("CuPy not available (%s); computing on the CPU with numpy.", type(exc).__name__)
+        return None
+    try:
+        available = bool(cupy.is_available())
+    except Exception:  # pragma: no cover - depends on the driver
+        available = False
+    if not available:
+        log.info("CuPy is installed but no CUDA GPU is usable; computing on the CPU with numpy.")
+        return None
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and a CUDA device is usable."""
+    return _cupy_or_none() is not None
+
+
+def device_choice() -> DeviceChoice:
+    """The value of ``TOMOGUIDE_DEVICE`` (``auto`` when unset); an unknown value raises ``ValueError``."""
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in ("cpu", "gpu", "auto"):
+        raise ValueError(f"{ENV_VAR}={value!r}: expected one of cpu, gpu, auto")
+    return value  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=4)
+def _warn_gpu_requested_once(_: str) -> None:
+    log.warning("%s=gpu but no usable CUDA GPU was found; falling back to numpy on the CPU.", ENV_VAR)
+
+
+def default_xp() -> ModuleType:
+    """Array module for newly created arrays, from ``TOMOGUIDE_DEVICE`` and what the machine has."""
+    choice = device_choice()
+    if choice == "cpu":
+        return np
+    cp = _cupy_or_none()
+    if cp is None:
+        if choice == "gpu":
+            _warn_gpu_requested_once("gpu")
+        return np
+    return cp
+
+
+def xp_of(*arrays: Any) -> ModuleType:
+    """Array module (numpy or cupy) of the given arrays; numpy for scalars, lists and numpy arrays."""
+    for a in arrays:
+        mod = type(a).__module__
+        if mod.startswith("cupy"):
+            cp = _cupy_or_none()
+            if cp is not None:
+                return cp
+    return np
+
+
+def is_gpu_array(a: Any) -> bool:
+    """True for a CuPy array."""
+    return type(a).__module__.startswith("cupy")
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Copy a CuPy array to the host; numpy arrays are returned as they are."""
+    if is_gpu_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def asarray(a: Any, xp: ModuleType | None = None, dtype: Any = None) -> Any:
+    """``a`` as an array of module ``xp`` (default :func:`default_xp`)."""
+    xp = xp or default_xp()
+    if xp is np:
+        return np.asarray(to_numpy(a), dtype=dtype)
+    return xp.asarray(a, dtype=dtype)
+
+
+class _FFT:
+    """Thin wrapper that gives the CPU path all cores (``workers=-1``) and the GPU path cupyx.scipy.fft."""
+
+    def __init__(self, module: ModuleType, cpu: bool) -> None:
+        self._m = module
+        self._cpu = cpu
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._m, name)
+        if self._cpu and name in _FFT_FUNCS:
+            return functools.partial(_with_workers, fn)
+        return fn
+
+
+_FFT_FUNCS = {
+    "fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2", "rfftn", "irfftn",
+}
+
+
+def _with_workers(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("workers", -1)
+    return fn(*args, **kwargs)
+
+
+def fft(xp: ModuleType) -> Any:
+    """FFT namespace for ``xp``: ``scipy.fft`` (all cores) for numpy, ``cupyx.scipy.fft`` for cupy.
+
+    ``fftshift``, ``fftfreq`` and ``rfftfreq`` are available on both.
+    """
+    if xp is np:
+        return _FFT(scipy.fft, cpu=True)
+    import cupyx.scipy.fft as cufft  # type: ignore[import-not-found]
+
+    return _FFT(cufft, cpu=False)
+
+
+def ndimage(xp: ModuleType) -> ModuleType:
+    """``scipy.ndimage`` for numpy, ``cupyx.scipy.ndimage`` for cupy."""
+    if xp is np:
+        return scipy.ndimage
+    import cupyx.scipy.ndimage as cundi  # type: ignore[import-not-found]
+
+    return cundi
