@@ -1,0 +1,384 @@
+"""The command line: ``tomoguide new | run | status | inspect | simulate | demo | gui | screenshots``.
+
+Every step's parameters come from its declaration: ``--set STEP.PARAM=VALUE`` is validated by the step's
+parameter model, so a typo or an out-of-range value is refused with the reason. Long work shows a progress bar
+(tqdm, on stderr). Errors a user can act on (a wrong path, a corrupt file, a refused run) are printed as one
+line ``tomoguide: error: ...`` with exit status 2; a step that fails exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tomoguide import __version__
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class CliError(Exception):
+    """An error to print as one line (exit status 2)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --set parsing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, true/false, null, lists), an empty string means None
+    ("read it from the data"), otherwise the text itself (paths, names)."""
+    if text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_sets(items: Sequence[str] | None, *, default_step: str | None = None) -> dict[str, dict[str, Any]]:
+    """``["import_movies.tilt_axis_deg=85", ...]`` -> ``{"import_movies": {"tilt_axis_deg": 85}}``."""
+    from tomoguide.steps import registry
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CliError(f"--set {item!r}: expected STEP.PARAM=VALUE")
+        key, value = item.split("=", 1)
+        if "." in key:
+            step_id, name = key.split(".", 1)
+        elif default_step:
+            step_id, name = default_step, key
+        else:
+            raise CliError(f"--set {item!r}: expected STEP.PARAM=VALUE")
+        try:
+            step_cls = registry.get(step_id)
+        except KeyError as exc:
+            raise CliError(f"--set {item!r}: {exc.args[0]}") from None
+        fields = step_cls.Params.model_fields
+        if name not in fields:
+            raise CliError(f"--set {item!r}: step {step_id} has no parameter {name!r}; "
+                           f"its parameters are: {', '.join(fields)}")
+        out.setdefault(step_id, {})[name] = parse_value(value)
+    return out
+
+
+def _validation_message(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            parts.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+        return "; ".join(parts)
+    return str(exc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from tomoguide.project import Project
+
+    movies = Path(args.movies)
+    if not movies.is_dir():
+        raise CliError(f"--movies {movies}: no such folder")
+    sets = parse_sets(args.set, default_step="import_movies")
+    sets.setdefault("import_movies", {})["files_dir"] = str(movies.resolve())
+    try:
+        proj = Project.create(args.project, params={})
+    except Exception as exc:
+        raise CliError(str(exc)) from None
+    try:
+        for step_id, values in sets.items():
+            try:
+                proj.set_params(step_id, values)
+            except Exception as exc:
+                raise CliError(f"--set {step_id}: {_validation_message(exc)}") from None
+    finally:
+        proj.close()
+    print(f"created project {proj.dir} on {movies.resolve()}")
+    return 0
+
+
+def _progress_bar(title: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=1000, desc=title, unit="‰", leave=True, file=sys.stderr,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}",
+                disable=None)
+
+
+def run_steps(project_dir: Path, *, until: str | None = None, only: str | None = None,
+              sets: dict[str, dict[str, Any]] | None = None, force: bool = False,
+              quiet: bool = False) -> int:
+    """Run the workflow's steps in order (skipping up-to-date ones); returns an exit status."""
+    from tomoguide.project import Project
+    from tomoguide.runner import RunRefused, StepFailed, StepRun, run_to_end
+    from tomoguide.steps import registry
+
+    ids = registry.ids()
+    for name in (until, only):
+        if name is not None and name not in ids:
+            raise CliError(f"unknown step {name!r}; the steps are: {', '.join(ids)}")
+    try:
+        proj = Project.open(project_dir)
+    except Exception as exc:
+        raise CliError(str(exc)) from None
+    try:
+        for step_id, values in (sets or {}).items():
+            try:
+                proj.set_params(step_id, values)
+            except Exception as exc:
+                raise CliError(f"--set {step_id}: {_validation_message(exc)}") from None
+        if only:
+            todo = [only]
+        else:
+            todo = ids[: ids.index(until) + 1] if until else ids
+        for step_id in todo:
+            if not force and proj.is_up_to_date(step_id) and step_id != only:
+                if not quiet:
+                    print(f"{step_id}: up to date, skipped", file=sys.stderr)
+                continue
+            run = StepRun(proj, step_id, on_log=None if quiet else (lambda m: print(f"  {m}", file=sys.stderr)))
+            try:
+                warnings = run.preflight()
+            except RunRefused as exc:
+                raise CliError(f"{step_id} cannot run: " + "; ".join(i.message for i in exc.issues)) from None
+            for w in warnings:
+                print(f"{step_id}: {w.level}: {w.message}", file=sys.stderr)
+            t0 = time.perf_counter()
+            bar = None if quiet else _progress_bar(registry.get(step_id).title)
+
+            def on_progress(p: Any, bar: Any = bar) -> None:
+                if bar is None:
+                    return
+                if p.fraction is not None:
+                    bar.n = int(1000 * max(0.0, min(1.0, p.fraction)))
+                bar.set_postfix_str(p.message[:60], refresh=False)
+                bar.refresh()
+
+            try:
+                st = run_to_end(run, on_progress)
+            except StepFailed as exc:
+                if bar is not None:
+                    bar.close()
+                print(f"tomoguide: {step_id} failed: {proj.data.steps[step_id].error}", file=sys.stderr)
+                print(f"  ({exc}; the log is in the project file)", file=sys.stderr)
+                return EXIT_FAILED
+            if bar is not None:
+                bar.close()
+            dt = time.perf_counter() - t0
+            if not quiet:
+                print(f"{step_id}: done in {dt:.1f} s", file=sys.stderr)
+            st.metrics.setdefault("wall_time_s", round(dt, 2))
+            proj.save()
+    finally:
+        proj.close()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return run_steps(Path(args.project), until=args.until, only=args.only, sets=parse_sets(args.set),
+                     force=args.force)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tomoguide.project import Project
+
+    try:
+        proj = Project.open(args.project, readonly=True)
+    except Exception as exc:
+        raise CliError(str(exc)) from None
+    info = proj.status_dict()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"project {info['project']}")
+    for s in info["steps"]:
+        line = f"  {s['id']:<28} {s['status']:<12}"
+        if s["status"] == "failed" and s["error"]:
+            line += f" {s['error']}"
+        elif s["status"] == "stale" and s["stale_reason"]:
+            line += f" ({s['stale_reason']})"
+        elif s["metrics"]:
+            short = {k: v for k, v in s["metrics"].items() if isinstance(v, (int, float, str))}
+            line += " " + ", ".join(f"{k}={v}" for k, v in list(short.items())[:4])
+        print(line)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tomoguide.inspect import describe_file, format_facts
+
+    status = 0
+    results = []
+    for f in args.files:
+        try:
+            facts = describe_file(Path(f))
+        except Exception as exc:  # FormatError and OSError carry FILE: FIELD: message
+            print(f"tomoguide: error: {_file_error(f, exc)}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        results.append(facts)
+        if not args.json:
+            print(format_facts(facts))
+    if args.json:
+        print(json.dumps(results if len(args.files) != 1 else (results[0] if results else {}), indent=1,
+                         default=str))
+    return status
+
+
+def _file_error(path: str, exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: no such file"
+    if path not in text and Path(path).name not in text:
+        return f"{path}: {text}"
+    return text
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from tomoguide import synth
+
+    params = synth.PRESETS[args.preset].model_copy()
+    values = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise CliError(f"--set {item!r}: expected PARAM=VALUE")
+        k, v = item.split("=", 1)
+        values[k] = parse_value(v)
+    if args.seed is not None:
+        values["seed"] = args.seed
+    try:
+        params = synth.SimParams.model_validate({**params.model_dump(), **values})
+    except Exception as exc:
+        raise CliError(f"--set: {_validation_message(exc)}") from None
+    out = Path(args.out)
+    bar = _progress_bar(f"simulating ({args.preset})")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(1000 * fraction)
+        bar.set_postfix_str(message[:60], refresh=False)
+        bar.refresh()
+
+    t0 = time.perf_counter()
+    summary = synth.generate(out, params, progress=progress)
+    bar.close()
+    print(f"wrote {out / 'data'} and {out / 'truth'} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    del summary
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tomoguide.demo import prepare_demo
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    project_dir = prepare_demo(out, preset=args.preset, seed=args.seed, progress_bar=_progress_bar)
+    print(f"demo data in {out / 'data'} (truth in {out / 'truth'}), project {project_dir} "
+          f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    if args.no_gui:
+        return run_steps(project_dir, until=args.until)
+    return _gui(project_dir)
+
+
+def _gui(project_dir: Path | None) -> int:
+    try:
+        from tomoguide.pages.app import main as gui_main
+    except ImportError as exc:
+        raise CliError(f"the wizard cannot start: {exc}") from None
+    return gui_main(project_dir)
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    return _gui(Path(args.project) if args.project else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tomoguide",
+        description="A guided wizard for cryo-electron tomography: from tilt-series movies to a subtomogram "
+                    "average. Without a command, opens the wizard.")
+    p.add_argument("--version", action="version", version=f"tomoguide {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more (to stderr)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("new", help="create a project on a folder of movies and .mdoc files")
+    s.add_argument("project", metavar="PROJECT_DIR")
+    s.add_argument("--movies", required=True, metavar="DIR", help="folder with the .mdoc files and movies")
+    s.add_argument("--set", action="append", metavar="[import_movies.]PARAM=VALUE",
+                   help="set a parameter (repeatable); an empty VALUE means 'read it from the mdoc'")
+    s.set_defaults(func=cmd_new)
+
+    s = sub.add_parser("run", help="run the workflow's steps (skipping those that are up to date)")
+    s.add_argument("project", metavar="PROJECT_DIR")
+    s.add_argument("--until", metavar="STEP", help="stop after this step")
+    s.add_argument("--only", metavar="STEP", help="run only this step")
+    s.add_argument("--set", action="append", metavar="STEP.PARAM=VALUE", help="set a parameter (repeatable)")
+    s.add_argument("--force", action="store_true", help="run steps again even when up to date")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="steps, their status, outputs and metrics")
+    s.add_argument("project", metavar="PROJECT_DIR")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("inspect", help="what tomoguide reads from mdoc, MRC, STAR, IMOD, AreTomo and "
+                                       "coordinate files")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("simulate", help="write a synthetic apoferritin acquisition with its ground truth")
+    s.add_argument("--preset", choices=["tiny", "small"], default="small")
+    s.add_argument("--out", default="tomoguide-sim", metavar="DIR")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--set", action="append", metavar="PARAM=VALUE",
+                   help="override a simulation parameter (see `tomoguide simulate --list`)")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("demo", help="simulate the demo data, create its project and run it (or open the wizard)")
+    s.add_argument("--preset", choices=["tiny", "small"], default="small")
+    s.add_argument("--out", default="tomoguide-demo", metavar="DIR")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--no-gui", action="store_true", help="run the steps headless instead of opening the wizard")
+    s.add_argument("--until", metavar="STEP", help="with --no-gui: stop after this step")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("gui", help="open the wizard (optionally on a project)")
+    s.add_argument("project", nargs="?", metavar="PROJECT_DIR")
+    s.set_defaults(func=cmd_gui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        return _gui(None)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"tomoguide: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tomoguide: interrupted", file=sys.stderr)
+        return 130

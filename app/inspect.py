@@ -1,0 +1,103 @@
+"""``tomoguide inspect``: what tomoguide reads from a file, as plain facts (a dict of JSON types).
+
+The reader is chosen by the file's extension; each reader module has a ``describe(path) -> dict``. Errors are
+the readers' :class:`~tomoguide.compute.io.errors.FormatError` (``FILE: FIELD: message``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tomoguide.compute.io.errors import FormatError
+
+
+def _describer(path: Path) -> Callable[[Path], dict[str, Any]]:
+    name = path.name.lower()
+    ext = path.suffix.lower()
+    if ext == ".mdoc":
+        from tomoguide.compute.io import mdoc
+
+        return mdoc.describe
+    if ext in (".mrc", ".mrcs", ".st", ".ali", ".map", ".rec", ".preali"):
+        from tomoguide.compute.io import mrc
+
+        return mrc.describe
+    if ext in (".tif", ".tiff", ".eer"):
+        from tomoguide.compute.io import movies
+
+        return movies.describe
+    if ext == ".star":
+        from tomoguide.compute.io import star
+
+        return star.describe
+    if ext in (".tlt", ".rawtlt", ".xf", ".xtilt", ".mod", ".com", ".edf", ".prexf", ".prexg", ".xg"):
+        from tomoguide.compute.io import imod
+
+        return imod.describe
+    if ext == ".aln":
+        from tomoguide.compute.io import aretomo
+
+        return aretomo.describe
+    if ext in (".sqlite", ".db"):
+        from tomoguide.compute.io import coords
+
+        return coords.describe
+    if ext in (".txt", ".csv", ".coords"):
+        if name.endswith(".txt"):
+            from tomoguide.compute.io import ctffind
+
+            def ctf_or_coords(p: Path) -> dict[str, Any]:
+                try:
+                    return ctffind.describe(p)
+                except FormatError:
+                    from tomoguide.compute.io import coords
+
+                    return coords.describe(p)
+
+            return ctf_or_coords
+        from tomoguide.compute.io import coords
+
+        return coords.describe
+    raise FormatError(path, None, f"unknown file type {ext or '(no extension)'!r}; tomoguide reads .mdoc, "
+                      ".mrc/.mrcs/.st/.map, .tif, .star, .tlt/.rawtlt/.xf/.xtilt/.mod/.com/.edf, .aln, "
+                      ".sqlite and coordinate/CTFFIND .txt files")
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """Facts about one file, with ``file`` and ``kind`` first."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(str(path))
+    facts = _describer(path)(path)
+    return {"file": str(path), **facts}
+
+
+def format_facts(facts: dict[str, Any]) -> str:
+    """Human-readable block: the file name, then one ``key: value`` line per fact (nested dicts indented)."""
+    lines = [str(facts.get("file", ""))]
+
+    def emit(d: dict[str, Any], indent: str) -> None:
+        for k, v in d.items():
+            if k == "file" and indent == "  ":
+                continue
+            if isinstance(v, dict):
+                lines.append(f"{indent}{k}:")
+                emit(v, indent + "  ")
+            elif isinstance(v, list) and len(v) > 12:
+                shown = ", ".join(_fmt(x) for x in v[:6])
+                lines.append(f"{indent}{k}: [{shown}, … {len(v)} values]")
+            elif isinstance(v, list):
+                lines.append(f"{indent}{k}: [{', '.join(_fmt(x) for x in v)}]")
+            else:
+                lines.append(f"{indent}{k}: {_fmt(v)}")
+
+    emit(facts, "  ")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)

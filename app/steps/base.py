@@ -1,0 +1,311 @@
+"""The step framework: a workflow step is declared once and read by the GUI, the command line and the project.
+
+A step is a subclass of :class:`Step` with
+
+* ``id`` (``"import_movies"``), ``title``, ``summary`` (one line) and ``help`` (for a novice: what the step
+  does, why, what a good result looks like, what to check);
+* ``Params``: a :class:`StepParams` (pydantic) model whose fields are declared with :func:`param`, which
+  records the unit, the tutorial's default, the help text, hard bounds (a value outside is refused: pydantic
+  validation error) and suggested bounds (a value outside is accepted with a warning), conditions
+  (``enabled_if``), choices and the widget kind;
+* ``inputs``: the ids of the steps whose outputs it needs (they must be done);
+* ``check(params, ctx) -> list[Issue]`` for cross-field checks and checks against the data;
+* ``estimate(params, ctx) -> Needs``: disk and memory the run will need;
+* ``run(params, ctx)``: a generator that yields :class:`Progress` about once a second or more often (so cancel
+  is prompt) and *returns* a :class:`StepResult` (outputs: name -> path inside ``ctx.run_dir``; metrics).
+
+No Qt here. Nothing here touches the project file: :mod:`tomoguide.runner` does.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+IssueLevel = Literal["error", "warning", "info"]
+ConditionOp = Literal["=", "!=", "in", "not in", "set", "unset"]
+WidgetKind = Literal["auto", "directory", "file", "glob", "text", "choice"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parameter declarations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamMeta:
+    """What the GUI form, the command line and the checks need to know about one parameter."""
+
+    name: str
+    title: str
+    help: str
+    unit: str
+    default: Any
+    hard: tuple[float | None, float | None]
+    suggest: tuple[float | None, float | None]
+    enabled_if: tuple[tuple[str, ConditionOp, Any], ...]
+    advanced: bool
+    choices: tuple[Any, ...]
+    widget: WidgetKind
+    optional: bool  # None is a legal value ("empty field", e.g. "read it from the mdoc")
+    empty_means: str  # what an empty field means, shown as placeholder text ("from mdoc")
+    annotation: Any
+
+
+def param(
+    default: Any,
+    *,
+    title: str,
+    help: str,
+    unit: str = "",
+    hard: tuple[float | None, float | None] = (None, None),
+    suggest: tuple[float | None, float | None] = (None, None),
+    enabled_if: Sequence[tuple[str, ConditionOp, Any]] = (),
+    advanced: bool = False,
+    choices: Sequence[Any] = (),
+    widget: WidgetKind = "auto",
+    empty_means: str = "",
+) -> Any:
+    """Declare a step parameter (use as the default of a :class:`StepParams` field).
+
+    ``unit`` is a display unit ("Å", "px", "°", "µm", "e⁻/Å²", "kV", "mm", "%"). Every numeric parameter has one;
+    a dimensionless number says so with ``unit="1"`` (not displayed); ``unit=""`` is for text, paths, choices
+    and switches only (the registry test enforces this). ``hard`` bounds become pydantic ``ge``/``le`` constraints (errors); ``suggest`` bounds produce
+    warnings from :meth:`StepParams.soft_issues`.
+    """
+    lo, hi = hard
+    extra = {
+        "unit": unit,
+        "suggest": list(suggest),
+        "enabled_if": [list(c) for c in enabled_if],
+        "advanced": advanced,
+        "choices": list(choices),
+        "widget": widget,
+        "empty_means": empty_means,
+        "hard": [lo, hi],
+    }
+    kwargs: dict[str, Any] = {"title": title, "description": help, "json_schema_extra": extra}
+    if lo is not None:
+        kwargs["ge"] = lo
+    if hi is not None:
+        kwargs["le"] = hi
+    return Field(default, **kwargs)
+
+
+class StepParams(BaseModel):
+    """Base of every step's parameter model: unknown keys and wrong types are errors (a typo fails loudly)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @classmethod
+    def meta(cls) -> dict[str, ParamMeta]:
+        """Per-field metadata in declaration order."""
+        out: dict[str, ParamMeta] = {}
+        for name, f in cls.model_fields.items():
+            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+            ann = f.annotation
+            optional = _is_optional(ann)
+            out[name] = ParamMeta(
+                name=name,
+                title=f.title or name,
+                help=f.description or "",
+                unit=str(extra.get("unit", "")),
+                default=f.get_default(call_default_factory=True),
+                hard=tuple(extra.get("hard", [None, None])),  # type: ignore[arg-type]
+                suggest=tuple(extra.get("suggest", [None, None])),  # type: ignore[arg-type]
+                enabled_if=tuple(tuple(c) for c in extra.get("enabled_if", [])),  # type: ignore[misc]
+                advanced=bool(extra.get("advanced", False)),
+                choices=tuple(extra.get("choices", [])),  # type: ignore[arg-type]
+                widget=extra.get("widget", "auto"),  # type: ignore[arg-type]
+                optional=optional,
+                empty_means=str(extra.get("empty_means", "")),
+                annotation=ann,
+            )
+        return out
+
+    def is_enabled(self, name: str) -> bool:
+        """Whether field ``name`` applies, given the values of the fields its conditions name."""
+        for other, op, value in self.meta()[name].enabled_if:
+            current = getattr(self, other)
+            if not _condition_holds(current, op, value):
+                return False
+        return True
+
+    def soft_issues(self) -> list[Issue]:
+        """Warnings for values outside the suggested range (only for enabled fields)."""
+        issues: list[Issue] = []
+        for name, m in self.meta().items():
+            value = getattr(self, name)
+            if value is None or not self.is_enabled(name) or isinstance(value, bool):
+                continue
+            if not isinstance(value, (int, float)):
+                continue
+            lo, hi = m.suggest
+            if lo is not None and value < lo:
+                issues.append(
+                    Issue("warning", f"{m.title} = {value:g} {m.unit} is below the usual range "
+                          f"(≥ {lo:g} {m.unit}); it is accepted, but check it.".replace("  ", " "), name)
+                )
+            if hi is not None and value > hi:
+                issues.append(
+                    Issue("warning", f"{m.title} = {value:g} {m.unit} is above the usual range "
+                          f"(≤ {hi:g} {m.unit}); it is accepted, but check it.".replace("  ", " "), name)
+                )
+        return issues
+
+
+def _is_optional(annotation: Any) -> bool:
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return type(None) in typing.get_args(annotation)
+    return False
+
+
+def _condition_holds(current: Any, op: ConditionOp, value: Any) -> bool:
+    if op == "=":
+        return bool(current == value)
+    if op == "!=":
+        return bool(current != value)
+    if op == "in":
+        return current in value
+    if op == "not in":
+        return current not in value
+    if op == "set":
+        return current not in (None, "", False)
+    if op == "unset":
+        return current in (None, "", False)
+    raise ValueError(f"unknown condition operator {op!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run-time records
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A problem found before running: ``error`` refuses the run, ``warning`` is shown, ``info`` is a note."""
+
+    level: IssueLevel
+    message: str
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: ``fraction`` in [0, 1] (None when unknown) and a short message for the trainee."""
+
+    fraction: float | None
+    message: str = ""
+
+
+@dataclass
+class StepResult:
+    """What a run returns: output files (name -> path, inside the run folder) and metrics (JSON-able)."""
+
+    outputs: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Resources a run will need, estimated before it starts."""
+
+    disk_bytes: int = 0
+    memory_bytes: int = 0
+
+
+class Cancelled(Exception):
+    """Raised inside a run when the user cancelled; the runner discards the partial run."""
+
+
+@dataclass
+class StepOutputs:
+    """Outputs of an earlier, finished step, as a later step sees them (absolute paths)."""
+
+    step_id: str
+    outputs: dict[str, Path]
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+
+
+@dataclass
+class RunContext:
+    """Everything a step's ``check``/``estimate``/``run`` may use; built by the runner.
+
+    ``run_dir`` is a fresh folder for this run's outputs (renamed into place only when the run succeeds).
+    ``upstream`` maps step ids to the outputs of done steps. ``log`` appends a line to the step's log.
+    """
+
+    project_dir: Path
+    run_dir: Path
+    upstream: dict[str, StepOutputs]
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    log_lines: list[str] = field(default_factory=list)
+    on_log: Callable[[str], None] | None = None
+
+    def log(self, message: str) -> None:
+        self.log_lines.append(message)
+        if self.on_log is not None:
+            self.on_log(message)
+
+    def check_cancel(self) -> None:
+        """Raise :class:`Cancelled` when the user asked to stop."""
+        if self.cancel_event.is_set():
+            raise Cancelled()
+
+    def output(self, step_id: str, name: str) -> Path:
+        """Path of output ``name`` of the done step ``step_id`` (KeyError with a clear message otherwise)."""
+        if step_id not in self.upstream:
+            raise KeyError(f"step {step_id!r} has not been run yet")
+        outs = self.upstream[step_id].outputs
+        if name not in outs:
+            raise KeyError(f"step {step_id!r} has no output {name!r} (it has: {', '.join(outs)})")
+        return outs[name]
+
+
+StepRun = Generator[Progress, None, StepResult]
+
+
+class Step(abc.ABC):
+    """Base class of a workflow step (see the module docstring). Subclasses set the class attributes."""
+
+    id: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]
+    help: ClassVar[str]
+    Params: ClassVar[type[StepParams]]
+    inputs: ClassVar[tuple[str, ...]] = ()
+    optional: ClassVar[bool] = False
+
+    def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
+        """Cross-field checks and checks against the data; no heavy work. Default: none."""
+        return []
+
+    def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
+        """Disk and memory the run needs. Default: nothing notable."""
+        return Needs()
+
+    @abc.abstractmethod
+    def run(self, params: StepParams, ctx: RunContext) -> StepRun:
+        """Compute the step: yield :class:`Progress`, call ``ctx.check_cancel()`` often, return a StepResult."""
+
+    # convenience -------------------------------------------------------------------------------------------
+    @classmethod
+    def default_params(cls) -> StepParams:
+        return cls.Params()
+
+    @classmethod
+    def params_from(cls, values: dict[str, Any]) -> StepParams:
+        """Validate stored values (pydantic errors name the field)."""
+        return cls.Params.model_validate(values)

@@ -1,0 +1,55 @@
+"""The workflow: the registered steps in wizard order (workflow.md), and their dependencies.
+
+A step is registered by adding its class to ``_WORKFLOW`` below, in the order of the wizard. Everything else
+(the GUI's pages, the command line's ``--set``/``--until``/``--only``, the project file) is derived from it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from tomoguide.steps.base import Step
+
+
+@functools.lru_cache(maxsize=1)
+def workflow() -> tuple[type[Step], ...]:
+    """The step classes in wizard order (imported lazily, so importing the registry is cheap)."""
+    from tomoguide.steps.import_movies import ImportMovies
+
+    return (ImportMovies,)
+
+
+def ids() -> list[str]:
+    return [s.id for s in workflow()]
+
+
+def get(step_id: str) -> type[Step]:
+    """The step class with this id; ``KeyError`` naming the known ids otherwise."""
+    for s in workflow():
+        if s.id == step_id:
+            return s
+    raise KeyError(f"unknown step {step_id!r}; the steps are: {', '.join(ids())}")
+
+
+def downstream(step_id: str) -> list[str]:
+    """Ids of the steps that depend on ``step_id`` directly or indirectly, in workflow order."""
+    get(step_id)
+    affected = {step_id}
+    out = []
+    for s in workflow():
+        if s.id != step_id and any(i in affected for i in s.inputs):
+            affected.add(s.id)
+            out.append(s.id)
+    return out
+
+
+def upstream(step_id: str) -> list[str]:
+    """Ids of the steps ``step_id`` needs, directly or indirectly, in workflow order."""
+    need: set[str] = set()
+    stack = list(get(step_id).inputs)
+    while stack:
+        sid = stack.pop()
+        if sid not in need:
+            need.add(sid)
+            stack.extend(get(sid).inputs)
+    return [s for s in ids() if s in need]
