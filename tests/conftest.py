@@ -29,3 +29,55 @@ def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     """Settings and recent-project lists go to a temporary folder, never the real user's."""
     home = tmp_path_factory.mktemp("userdirs")
     monkeypatch.setenv("TOMOGUIDE_CONFIG_DIR", str(home))
+
+
+def write_mini_session(folder: Path, *, n_series: int = 2, tilts: tuple[float, ...] = (0.0, 3.0, -3.0, -6.0, 6.0),
+                       shape: tuple[int, int] = (64, 80), n_frames: int = 3, pixel_A: float = 2.5,
+                       tilt_axis_deg: float = 85.0, dose: float = 3.0, crlf: bool = False) -> list[Path]:
+    """A tiny SerialEM-like session written by hand (independent of tomoguide's writers).
+
+    Per series ``TS_<i>``: one .mdoc with [ZValue] sections in acquisition order (the ``tilts`` order, 1 minute
+    apart), Windows-style SubFramePath values, and one MRC movie per tilt beside it (uint8 Poisson counts with
+    a bright square whose position encodes the tilt). Returns the mdoc paths.
+    """
+    import datetime as dt
+
+    import mrcfile
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    mdocs = []
+    nl = "\r\n" if crlf else "\n"
+    for s in range(1, n_series + 1):
+        name = f"TS_{s:02d}"
+        lines = [f"PixelSpacing = {pixel_A}", "ImageFile = " + name + ".mrc", f"ImageSize = {shape[1]} {shape[0]}",
+                 "DataMode = 1", "",
+                 f"[T = SerialEM: Digitized on EMBL Krios   27-Nov-26  10:00:00    ]", "",
+                 f"[T =     Tilt axis angle = {tilt_axis_deg}, binning = 1  spot = 8  camera = 0]", ""]
+        t0 = dt.datetime(2026, 11, 27, 10, 0, 0)
+        for z, angle in enumerate(tilts):
+            movie = f"{name}_{z + 1:03d}_{angle:.1f}.mrc"
+            frames = rng.poisson(2.0, (n_frames, *shape)).astype(np.uint8)
+            col = int(10 + (angle + 60) / 3)
+            frames[:, 10:20, col:col + 10] += 5
+            with mrcfile.new(folder / movie, overwrite=True) as m:
+                m.set_data(frames)
+                m.voxel_size = pixel_A
+            when = (t0 + dt.timedelta(minutes=z)).strftime("%d-%b-%y  %H:%M:%S")
+            lines += [f"[ZValue = {z}]", f"TiltAngle = {angle:.2f}", "StagePosition = 10 20",
+                      f"PixelSpacing = {pixel_A}", f"ExposureDose = {dose}", "TargetDefocus = -3",
+                      "Defocus = -3.1", "RotationAngle = -95", f"NumSubFrames = {n_frames}",
+                      f"SubFramePath = X:\\frames\\{movie}", f"DateTime = {when}", ""]
+        path = folder / f"{name}.mrc.mdoc"
+        path.write_bytes(nl.join(lines).encode())
+        mdocs.append(path)
+    return mdocs
+
+
+@pytest.fixture
+def mini_session(tmp_path: Path) -> Path:
+    """Folder with two 5-tilt series (.mdoc + MRC movies), see :func:`write_mini_session`."""
+    folder = tmp_path / "session"
+    write_mini_session(folder)
+    return folder
