@@ -1,0 +1,522 @@
+"""IMOD companion files: tilt angles (.tlt, .rawtlt), transforms (.xf), X-axis tilts (.xtilt), view lists,
+binary models (.mod), command files (.com) and etomo project files (.edf).
+
+Conventions (IMOD's, kept unchanged here; :mod:`tomoguide.geometry` builds on them):
+
+* ``.tlt`` / ``.rawtlt`` / ``.xtilt``: one angle in degrees per line, one line per view, in stack order.
+  ``.rawtlt`` holds the nominal (stage) angles, ``.tlt`` the refined ones written by tiltalign.
+* ``.xf``: one line per view with six numbers ``A11 A12 A21 A22 DX DY``. A point ``(X, Y)`` of the raw
+  image, measured from the image centre in pixels, goes to ``(X', Y')`` of the aligned image by
+  ``X' = A11 X + A12 Y + DX`` and ``Y' = A21 X + A22 Y + DY``. Shifts are in pixels of the stack the
+  transforms were computed for.
+* View lists (EXCLUDELIST, etc.) are 1-based, written as comma-separated numbers and ranges: ``1-3,7``.
+* ``.mod``: IMOD binary model, big-endian, ``IMODV1.2`` chunked layout (see :func:`read_mod_points`).
+
+Readers are strict by default (a malformed line raises :class:`FormatError` naming file and line);
+``strict=False`` warns with :class:`FormatWarning` and skips what it cannot read.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomoguide.compute.io.errors import FormatError, problem
+
+__all__ = [
+    "ModPoints",
+    "describe",
+    "format_view_list",
+    "parse_view_list",
+    "read_com",
+    "read_edf",
+    "read_mod_points",
+    "read_newst_com",
+    "read_tilt_com",
+    "read_tlt",
+    "read_xf",
+    "read_xtilt",
+    "write_tlt",
+    "write_xf",
+    "write_xtilt",
+]
+
+PathType = str | PathLike[str]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Text tables: .tlt .rawtlt .xtilt .xf
+# --------------------------------------------------------------------------------------------------------
+
+
+def _read_table(path: PathType, ncols: int, what: str, strict: bool) -> np.ndarray:
+    """Read a whitespace-separated table of ``ncols`` floats per non-blank line -> (n, ncols) float64."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii", errors="strict")
+    except UnicodeDecodeError as err:
+        raise FormatError(path, None, f"not a text {what} file ({err.reason} at byte {err.start})") from err
+    rows: list[list[float]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        parts = stripped.split()
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            problem(strict, path, f"line {lineno}", f"expected {ncols} number(s) for {what}, got {stripped!r}")
+            continue
+        if len(values) != ncols:
+            problem(
+                strict, path, f"line {lineno}",
+                f"expected {ncols} number(s) for {what}, got {len(values)}: {stripped!r}",
+            )
+            continue
+        if not all(np.isfinite(values)):
+            problem(strict, path, f"line {lineno}", f"non-finite value in {what}: {stripped!r}")
+            continue
+        rows.append(values)
+    if not rows:
+        # An empty angle file cannot describe a tilt series: always an error.
+        raise FormatError(path, None, f"no {what} values found")
+    return np.asarray(rows, dtype=np.float64).reshape(-1, ncols)
+
+
+def read_tlt(path: PathType, *, strict: bool = True) -> np.ndarray:
+    """Read an IMOD ``.tlt`` or ``.rawtlt`` file.
+
+    Returns:
+        (n,) float64 tilt angles in degrees, in stack (file) order.
+    """
+    return _read_table(path, 1, "tilt angle", strict)[:, 0]
+
+
+def read_xtilt(path: PathType, *, strict: bool = True) -> np.ndarray:
+    """Read an IMOD ``.xtilt`` file: (n,) float64 X-axis tilt per view in degrees (tiltalign's output)."""
+    return _read_table(path, 1, "X-axis tilt", strict)[:, 0]
+
+
+def read_xf(path: PathType, *, strict: bool = True) -> np.ndarray:
+    """Read an IMOD ``.xf`` file.
+
+    Returns:
+        (n, 6) float64 rows ``A11 A12 A21 A22 DX DY`` (shifts in px; see the module docstring).
+    """
+    return _read_table(path, 6, "transform (A11 A12 A21 A22 DX DY)", strict)
+
+
+def _write_lines(path: PathType, lines: list[str]) -> None:
+    Path(path).write_text("".join(line + "\n" for line in lines), encoding="ascii")
+
+
+def _angles_1d(angles: Any, name: str) -> np.ndarray:
+    arr = np.asarray(angles, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional (n,), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite values")
+    return arr
+
+
+def write_tlt(path: PathType, angles: Any, *, fmt: str = "%7.2f") -> None:
+    """Write angles in degrees, one per line, as IMOD does (tiltalign and etomo write ``%7.2f``)."""
+    arr = _angles_1d(angles, "angles")
+    _write_lines(path, [fmt % a for a in arr])
+
+
+def write_xtilt(path: PathType, angles: Any, *, fmt: str = "%7.2f") -> None:
+    """Write X-axis tilts in degrees, one per line (same layout as ``.tlt``)."""
+    write_tlt(path, angles, fmt=fmt)
+
+
+def write_xf(path: PathType, rows: Any) -> None:
+    """Write (n, 6) rows ``A11 A12 A21 A22 DX DY`` in IMOD's fixed format (4 x ``%12.7f``, 2 x ``%12.3f``).
+
+    (n, 2, 3) matrices ``[[A11, A12, DX], [A21, A22, DY]]`` are accepted too.
+    """
+    arr = np.asarray(rows, dtype=np.float64)
+    if arr.ndim == 3 and arr.shape[1:] == (2, 3):
+        arr = np.stack([arr[:, 0, 0], arr[:, 0, 1], arr[:, 1, 0], arr[:, 1, 1], arr[:, 0, 2], arr[:, 1, 2]], 1)
+    if arr.ndim != 2 or arr.shape[1] != 6:
+        raise ValueError(f"xf rows must have shape (n, 6) or (n, 2, 3), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("xf rows contain non-finite values")
+    _write_lines(path, ["%12.7f%12.7f%12.7f%12.7f%12.3f%12.3f" % tuple(r) for r in arr])
+
+
+# --------------------------------------------------------------------------------------------------------
+# View lists
+# --------------------------------------------------------------------------------------------------------
+
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_view_list(text: str) -> list[int]:
+    """Parse an IMOD view list such as ``"1-3,7"`` into ``[1, 2, 3, 7]`` (1-based, as IMOD writes them).
+
+    Items are separated by commas (or blanks); each item is a number or an ascending range ``a-b``.
+    The result keeps the order given and drops repeats. An empty text gives ``[]``.
+
+    Raises:
+        ValueError: naming the text and the bad item, for anything else (zero, descending ranges, words).
+    """
+    items = [item for item in re.split(r"[,\s]+", text.strip()) if item] if text.strip() else []
+    out: list[int] = []
+    seen: set[int] = set()
+    for item in items:
+        m = _RANGE.match(item)
+        if m is None:
+            raise ValueError(f"view list {text!r}: cannot read item {item!r} (expected N or A-B)")
+        start = int(m.group(1))
+        stop = int(m.group(2)) if m.group(2) is not None else start
+        if start < 1:
+            raise ValueError(f"view list {text!r}: views are numbered from 1, got {start}")
+        if stop < start:
+            raise ValueError(f"view list {text!r}: range {item!r} is descending")
+        for v in range(start, stop + 1):
+            if v not in seen:
+                seen.add(v)
+                out.append(v)
+    return out
+
+
+def format_view_list(views: Any) -> str:
+    """Format 1-based view numbers as IMOD does, compacting runs: ``[1, 2, 3, 7] -> "1-3,7"``.
+
+    The numbers are sorted and repeats dropped; an empty input gives ``""``.
+    """
+    vals = sorted({int(v) for v in views})
+    if vals and vals[0] < 1:
+        raise ValueError(f"view numbers are 1-based, got {vals[0]}")
+    parts: list[str] = []
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        parts.append(str(vals[i]) if j == i else f"{vals[i]}-{vals[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------------
+# .com and .edf
+# --------------------------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _convert_value(text: str) -> Any:
+    """'2000' -> 2000, '0.35 0.035' -> [0.35, 0.035], '1,2' -> [1, 2], other text unchanged."""
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    if parts and all(_NUMBER.match(p) for p in parts):
+        nums: list[int | float] = [int(p) if re.match(r"^[+-]?\d+$", p) else float(p) for p in parts]
+        return nums[0] if len(nums) == 1 else nums
+    return text.strip()
+
+
+def read_com(path: PathType, *, strict: bool = True) -> dict[str, Any]:
+    """Read the key/value lines of an IMOD command file (``tilt.com``, ``newst.com``, ...).
+
+    Lines ``$program -StandardInput`` name the program (stored under the key ``"$program"``, the last one
+    given); other ``$`` lines (shell commands) and ``#`` comments are skipped. Each other line is
+    ``KEY value...`` (blank- or tab-separated); a key without value is a flag stored as ``True``.
+    Values are converted: one number -> int/float, several numbers (comma or blank separated) ->
+    list of numbers, anything else -> the text. ``EXCLUDELIST``/``EXCLUDELIST2`` become 1-based lists of
+    view numbers (:func:`parse_view_list`). Keys are kept as written (IMOD mixes ``THICKNESS`` and
+    ``InputProjections``).
+    """
+    path = Path(path)
+    out: dict[str, Any] = {}
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("$"):
+            m = re.match(r"^\$\s*(\S+)\s+-StandardInput\b", line, flags=re.IGNORECASE)
+            if m:
+                out["$program"] = m.group(1)
+            continue
+        parts = line.split(None, 1)
+        key = parts[0]
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", key):
+            problem(strict, path, f"line {lineno}", f"not a KEY value line: {line!r}")
+            continue
+        if len(parts) == 1:
+            out[key] = True
+            continue
+        value_text = parts[1].strip()
+        if key.upper().startswith("EXCLUDELIST"):
+            try:
+                out[key] = parse_view_list(value_text)
+            except ValueError as err:
+                problem(strict, path, key, str(err))
+            continue
+        out[key] = _convert_value(value_text)
+    return out
+
+
+def read_tilt_com(path: PathType, *, strict: bool = True) -> dict[str, Any]:
+    """Read ``tilt.com`` (THICKNESS in px, XAXISTILT in degrees, EXCLUDELIST 1-based, ...): see :func:`read_com`."""
+    return read_com(path, strict=strict)
+
+
+def read_newst_com(path: PathType, *, strict: bool = True) -> dict[str, Any]:
+    """Read ``newst.com`` (TransformFile, BinByFactor, SizeToOutputInXandY, ...): see :func:`read_com`."""
+    return read_com(path, strict=strict)
+
+
+def read_edf(path: PathType, *, strict: bool = True) -> dict[str, Any]:
+    """Read an etomo project file (``.edf``): ``key=value`` lines, ``#`` comments.
+
+    Values are converted as in :func:`read_com` (numbers and number lists; ``-Infinity`` stays text).
+    """
+    path = Path(path)
+    out: dict[str, Any] = {}
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            problem(strict, path, f"line {lineno}", f"expected key=value, got {line!r}")
+            continue
+        key, value = line.split("=", 1)
+        out[key.strip()] = _convert_value(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Binary model (.mod)
+# --------------------------------------------------------------------------------------------------------
+
+# Model header after the 8-byte "IMODV1.2" id (IMOD binspec): name[128], xmax ymax zmax objsize (int),
+# flags (uint), drawmode mousemode blacklevel whitelevel (int), offsets (3 float), scales (3 float),
+# object contour point res thresh (int), pixsize (float), units (int), csum (int), alpha beta gamma (float).
+_MODEL_HEADER = struct.Struct(">128s4iI4i3f3f5ifii3f")
+# Object header after "OBJT": name[64], extra (16 uint), contsize (int), flags (uint), axis drawmode (int),
+# red green blue (float), pdrawsize (int), 8 bytes (symbol ... trans), meshsize surfsize (int).
+_OBJECT_HEADER = struct.Struct(">64s16IiIii3fi8Bii")
+# Contour header after "CONT": psize (int), flags (uint), time surf (int); then psize x 3 float32.
+_CONTOUR_HEADER = struct.Struct(">iIii")
+# Mesh header after "MESH": vsize lsize (int), flag (uint), time surf (short); then vsize x 3 float, lsize int.
+_MESH_HEADER = struct.Struct(">iiIhh")
+
+_UNITS = {0: "pixel", 1: "m", -3: "mm", -6: "um", -9: "nm", -10: "angstrom", -12: "pm"}
+
+
+@dataclass
+class ModPoints:
+    """The points of an IMOD model, flattened.
+
+    Attributes:
+        xyz: (n, 3) float64 point coordinates x, y, z in image pixels of the model's image (IMOD model
+            coordinates; z is the section number).
+        object_id: (n,) int64, 0-based object index of each point.
+        contour_id: (n,) int64, 0-based contour index within its object.
+        image_shape_xyz: (xmax, ymax, zmax) of the image the model was made on, in px.
+        pixel_size: the model's pixel size in ``units``.
+        units: "pixel", "nm", "angstrom", ... (IMOD's units code translated).
+        object_names: one name per object.
+        contours_per_object: number of contours per object (empty contours included).
+        point_sizes: (n,) float64 per-point sizes from SIZE chunks, NaN where none is stored.
+        flags: the model header flags.
+    """
+
+    xyz: np.ndarray
+    object_id: np.ndarray
+    contour_id: np.ndarray
+    image_shape_xyz: tuple[int, int, int]
+    pixel_size: float
+    units: str
+    object_names: list[str] = field(default_factory=list)
+    contours_per_object: list[int] = field(default_factory=list)
+    point_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    flags: int = 0
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.contours_per_object)
+
+    @property
+    def n_contours(self) -> int:
+        return int(sum(self.contours_per_object))
+
+
+def read_mod_points(path: PathType, *, strict: bool = True) -> ModPoints:
+    """Read the point coordinates of an IMOD binary model file (``.mod``, ``IMODV1.2`` layout).
+
+    The file is big-endian: ``IMOD`` ``V1.2``, the model header (232 bytes), then chunks, each starting
+    with a 4-character id: ``OBJT`` (object header, 176 bytes), ``CONT`` (contour header, 16 bytes, and
+    ``psize`` points of 3 float32), ``MESH`` (mesh header and data, skipped), ``IEOF`` (end); every other
+    chunk (IMAT, VIEW, MINX, SIZE, SLAN, MOST, OBST, COST, ...) carries its byte count in an int32 after
+    the id and is skipped, except ``SIZE`` (per-point sizes of the previous contour), which is kept.
+    Reference: IMOD's binary format description (bio3d.colorado.edu/imod/doc/binspec.html).
+
+    Returns:
+        :class:`ModPoints` with (n, 3) ``xyz`` plus object and contour ids.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if len(data) < 8 + _MODEL_HEADER.size or data[:4] != b"IMOD":
+        raise FormatError(path, "id", "not an IMOD binary model (no 'IMOD' id at the start)")
+    version = data[4:8]
+    if version != b"V1.2":
+        problem(strict, path, "version", f"expected V1.2, got {version!r}")
+    head = _MODEL_HEADER.unpack_from(data, 8)
+    xmax, ymax, zmax, objsize, flags = head[1], head[2], head[3], head[4], head[5]
+    pixsize, units_code = head[21], head[22]
+    pos = 8 + _MODEL_HEADER.size
+
+    xyz_parts: list[np.ndarray] = []
+    obj_parts: list[np.ndarray] = []
+    cont_parts: list[np.ndarray] = []
+    size_parts: list[np.ndarray] = []
+    names: list[str] = []
+    contours: list[int] = []
+
+    def need(nbytes: int, what: str) -> bool:
+        if pos + nbytes > len(data):
+            problem(strict, path, what, f"file ends at byte {len(data)}, {nbytes} bytes needed at {pos}")
+            return False
+        return True
+
+    ended = False
+    while pos + 4 <= len(data):
+        cid = data[pos:pos + 4]
+        pos += 4
+        if cid == b"IEOF":
+            ended = True
+            break
+        if cid == b"OBJT":
+            if not need(_OBJECT_HEADER.size, "OBJT"):
+                break
+            obj = _OBJECT_HEADER.unpack_from(data, pos)
+            pos += _OBJECT_HEADER.size
+            names.append(obj[0].split(b"\0", 1)[0].decode("latin-1"))
+            contours.append(0)
+        elif cid == b"CONT":
+            if not contours:
+                raise FormatError(path, "CONT", f"contour before any object at byte {pos - 4}")
+            if not need(_CONTOUR_HEADER.size, "CONT"):
+                break
+            psize = _CONTOUR_HEADER.unpack_from(data, pos)[0]
+            pos += _CONTOUR_HEADER.size
+            if psize < 0 or not need(12 * psize, "CONT points"):
+                if psize < 0:
+                    raise FormatError(path, "CONT", f"negative point count {psize}")
+                break
+            pts = np.frombuffer(data, dtype=">f4", count=3 * psize, offset=pos).reshape(psize, 3)
+            pos += 12 * psize
+            xyz_parts.append(pts.astype(np.float64))
+            obj_parts.append(np.full(psize, len(contours) - 1, dtype=np.int64))
+            cont_parts.append(np.full(psize, contours[-1], dtype=np.int64))
+            size_parts.append(np.full(psize, np.nan))
+            contours[-1] += 1
+        elif cid == b"MESH":
+            if not need(_MESH_HEADER.size, "MESH"):
+                break
+            vsize, lsize = _MESH_HEADER.unpack_from(data, pos)[:2]
+            pos += _MESH_HEADER.size + 12 * vsize + 4 * lsize
+        else:
+            if not re.match(rb"^[A-Z0-9]{4}$", cid):
+                raise FormatError(path, "chunk", f"unreadable chunk id {cid!r} at byte {pos - 4}")
+            if not need(4, cid.decode()):
+                break
+            nbytes = struct.unpack_from(">i", data, pos)[0]
+            pos += 4
+            if nbytes < 0 or not need(nbytes, cid.decode()):
+                if nbytes < 0:
+                    raise FormatError(path, cid.decode(), f"negative chunk size {nbytes}")
+                break
+            if cid == b"SIZE" and size_parts and nbytes == 4 * len(size_parts[-1]):
+                size_parts[-1] = np.frombuffer(data, dtype=">f4", count=nbytes // 4, offset=pos).astype(float)
+            pos += nbytes
+    if not ended:
+        problem(strict, path, "IEOF", "no end-of-file chunk (file truncated?)")
+    if len(contours) != objsize:
+        problem(strict, path, "objsize", f"header says {objsize} objects, file holds {len(contours)}")
+
+    def cat(parts: list[np.ndarray], dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype=dtype)
+
+    return ModPoints(
+        xyz=cat(xyz_parts, np.float64, (0, 3)).reshape(-1, 3),
+        object_id=cat(obj_parts, np.int64, (0,)),
+        contour_id=cat(cont_parts, np.int64, (0,)),
+        image_shape_xyz=(int(xmax), int(ymax), int(zmax)),
+        pixel_size=float(pixsize),
+        units=_UNITS.get(int(units_code), f"code {units_code}"),
+        object_names=names,
+        contours_per_object=contours,
+        point_sizes=cat(size_parts, np.float64, (0,)),
+        flags=int(flags),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# describe
+# --------------------------------------------------------------------------------------------------------
+
+
+def _xf_summary(rows: np.ndarray) -> dict[str, Any]:
+    a = rows[:, :4].reshape(-1, 2, 2)
+    # rotation angle of each matrix (IMOD's convention: the rotation applied to the raw image);
+    # the mean is taken on the circle.
+    rot = np.arctan2(a[:, 1, 0] - a[:, 0, 1], a[:, 0, 0] + a[:, 1, 1])
+    mean_rot = float(np.degrees(np.arctan2(np.sin(rot).mean(), np.cos(rot).mean())))
+    det = np.linalg.det(a)
+    return {
+        "n_views": int(rows.shape[0]),
+        "mean_rotation_deg": mean_rot,
+        "tilt_axis_deg": -mean_rot,
+        "mean_magnification": float(np.sqrt(np.abs(det)).mean()),
+        "max_shift_px": float(np.hypot(rows[:, 4], rows[:, 5]).max()),
+    }
+
+
+def describe(path: PathType, *, strict: bool = True) -> dict[str, Any]:
+    """Summarise an IMOD file by its extension (.tlt .rawtlt .xtilt .xf .mod .com .edf) for display.
+
+    Keys always include ``"kind"``; angle files add ``n_views``, ``min_deg``, ``max_deg``, ``step_deg``
+    (median spacing); ``.xf`` adds ``n_views``, ``mean_rotation_deg`` (rotation applied to the raw
+    images), ``tilt_axis_deg`` (its negative: the tilt-axis angle from Y, counter-clockwise),
+    ``mean_magnification``, ``max_shift_px``; ``.mod`` adds numbers of points, contours and objects;
+    ``.com``/``.edf`` add the number of keys and a few important values.
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext in (".tlt", ".rawtlt", ".xtilt"):
+        ang = read_tlt(p, strict=strict)
+        step = float(np.median(np.abs(np.diff(ang)))) if ang.size > 1 else 0.0
+        return {
+            "kind": ext[1:], "n_views": int(ang.size), "min_deg": float(ang.min()),
+            "max_deg": float(ang.max()), "step_deg": step,
+        }
+    if ext == ".xf":
+        return {"kind": "xf", **_xf_summary(read_xf(p, strict=strict))}
+    if ext == ".mod":
+        m = read_mod_points(p, strict=strict)
+        return {
+            "kind": "mod", "n_points": int(m.xyz.shape[0]), "n_contours": m.n_contours,
+            "n_objects": m.n_objects, "image_shape_xyz": m.image_shape_xyz,
+            "pixel_size": m.pixel_size, "units": m.units,
+        }
+    if ext == ".com":
+        d = read_com(p, strict=strict)
+        keep = ("THICKNESS", "XAXISTILT", "EXCLUDELIST", "IMAGEBINNED", "BinByFactor", "TransformFile",
+                "TILTFILE", "FULLIMAGE")
+        return {"kind": "com", "program": d.get("$program"), "n_keys": len(d),
+                **{k: d[k] for k in keep if k in d}}
+    if ext == ".edf":
+        d = read_edf(p, strict=strict)
+        keep = ("Setup.DatasetName", "Setup.PixelSize", "Setup.Binning", "Setup.ImageRotationA",
+                "Setup.AxisA.ExcludeProjections")
+        return {"kind": "edf", "n_keys": len(d), **{k: d[k] for k in keep if k in d}}
+    raise FormatError(p, None, f"unknown IMOD file type {ext!r} (expected .tlt .rawtlt .xtilt .xf .mod .com .edf)")
