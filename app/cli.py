@@ -225,7 +225,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     results = []
     for f in args.files:
         try:
-            facts = describe_file(Path(f))
+            facts = describe_file(Path(f), strict=not args.permissive)
         except Exception as exc:  # FormatError and OSError carry FILE: FIELD: message
             print(f"tomoguide: error: {_file_error(f, exc)}", file=sys.stderr)
             status = EXIT_USAGE
@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "coordinate files")
     s.add_argument("files", nargs="+", metavar="FILE")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--permissive", action="store_true",
+                   help="describe damaged files as far as possible instead of stopping at the first problem")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("simulate", help="write a synthetic apoferritin acquisition with its ground truth")

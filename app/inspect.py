@@ -6,11 +6,13 @@ the readers' :class:`~tomoguide.compute.io.errors.FormatError` (``FILE: FIELD: m
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tomoguide.compute.io.errors import FormatError
+from tomoguide.compute.io.errors import FormatError, FormatWarning
 
 
 def _describer(path: Path) -> Callable[[Path], dict[str, Any]]:
@@ -65,12 +67,34 @@ def _describer(path: Path) -> Callable[[Path], dict[str, Any]]:
                       ".sqlite and coordinate/CTFFIND .txt files")
 
 
-def describe_file(path: Path) -> dict[str, Any]:
-    """Facts about one file, with ``file`` and ``kind`` first."""
+def describe_file(path: Path, *, strict: bool = True) -> dict[str, Any]:
+    """Facts about one file, with ``file`` first.
+
+    The protocol of the readers' ``describe`` functions: they read as much as they can (permissive mode) and
+    report what they worked around as :class:`FormatWarning` (collected here under ``warnings``: e.g. an mdoc
+    without ExposureDose, a trimmed .aln fixture whose RawSize disagrees with its rows); damage that makes the
+    data itself unreliable (a truncated MRC) is listed under ``problems``. In strict mode (the default) the
+    first problem is raised as a :class:`FormatError`; a file that cannot be read at all raises in both modes.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(str(path))
-    facts = _describer(path)(path)
+    fn = _describer(path)
+    kwargs: dict[str, Any] = {}
+    if "strict" in inspect.signature(fn).parameters:
+        kwargs["strict"] = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FormatWarning)
+        facts = fn(path, **kwargs)
+    problems = list(facts.get("problems") or [])
+    if strict and problems:
+        first = str(problems[0])
+        if first.startswith(str(path)):
+            first = first[len(str(path)):].lstrip(": ")
+        raise FormatError(path, None, first)
+    found = [str(w.message) for w in caught if issubclass(w.category, FormatWarning)]
+    if found:
+        facts = {**facts, "warnings": [*facts.get("warnings", []), *found]}
     return {"file": str(path), **facts}
 
 

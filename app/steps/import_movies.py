@@ -97,8 +97,7 @@ class ImportedSeries(BaseModel):
     name: str
     mdoc: str
     tilts: list[ImportedTilt]
-    optics: Optics
-    geometry: TiltSeriesGeometry
+    geometry: TiltSeriesGeometry  # includes the optics
     gain: str | None = None
     tilt_axis_source: str  # "typed" or "mdoc"
     pixel_size_source: str
@@ -143,6 +142,14 @@ def _parse(mdoc_path: Path, params: ImportMoviesParams) -> _Parsed:
     if axis is not None and params.tomo5_mdoc:
         axis = -1.0 * axis - 90.0
     return _Parsed(md, records, axis)
+
+
+def _ranks(values: list[int]) -> list[int]:
+    """0-based ranks of the values (acquisition order as a permutation, even if the mdoc skipped numbers)."""
+    order = np.argsort(np.asarray(values), kind="stable")
+    ranks = np.empty(len(values), dtype=int)
+    ranks[order] = np.arange(len(values))
+    return ranks.tolist()
 
 
 def _angle_difference(a: float, b: float) -> float:
@@ -286,18 +293,19 @@ class ImportMovies(Step):
             else:
                 assert parsed.tilt_axis_mdoc is not None
                 axis, axis_source = float(parsed.tilt_axis_mdoc), "mdoc"
-            geometry = TiltSeriesGeometry.initial(
-                name=name, pixel_size_A=pixel, image_shape_px=shape0, tilt_axis_deg=axis,
-                tilt_angles_deg=[t.tilt_deg for t in tilts],
-                acquisition_order=[t.acquisition_order for t in tilts],
-                dose_e_A2=[t.dose_e_A2 for t in tilts],
-                prior_dose_e_A2=[t.prior_dose_e_A2 for t in tilts],
-                nominal_defocus_um=[t.target_defocus_um for t in tilts])
+            targets = [t.target_defocus_um for t in tilts]
+            geometry = TiltSeriesGeometry(
+                name=name, pixel_size_A=pixel, binning=1.0, image_shape_px=shape0, optics=optics,
+                tilt_axis_deg=axis, tilt_angles_deg=[t.tilt_deg for t in tilts],
+                acquisition_order=_ranks([t.acquisition_order for t in tilts]),
+                dose_e_A2=[t.dose_e_A2 for t in tilts], prior_dose_e_A2=[t.prior_dose_e_A2 for t in tilts],
+                # the mdoc reader already turned SerialEM's negative TargetDefocus into positive = underfocus (µm)
+                nominal_defocus_um=None if any(t is None for t in targets) else [float(t) for t in targets])
             binning = shape0[1] / sums[0].shape[1]
             write_mrc(preview_dir / f"{name}_framesums.mrc", np.stack(sums).astype(np.float32),
                       voxel_size_A=pixel * binning, is_stack=True)
             all_series.append(ImportedSeries(
-                name=name, mdoc=str(path.resolve()), tilts=tilts, optics=optics, geometry=geometry, gain=gain,
+                name=name, mdoc=str(path.resolve()), tilts=tilts, geometry=geometry, gain=gain,
                 tilt_axis_source=axis_source, pixel_size_source=px_source))
             ctx.log(f"{name}: {len(tilts)} tilts from {min(t.tilt_deg for t in tilts):+.1f}° to "
                     f"{max(t.tilt_deg for t in tilts):+.1f}°, {pixel:g} Å/px, tilt axis {axis:g}° ({axis_source})")

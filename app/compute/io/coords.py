@@ -698,3 +698,34 @@ def read_scipion_sqlite(
         except ValueError:
             problem(strict, p, "Properties/_samplingRate", f"not a number: {props['_samplingRate']!r}")
     return ParticleTable(tomo_name=names, xyz_px=xyz, pixel_size_A=ps, angles_deg=angles, score=score)
+
+
+def describe(path: str | PathLike[str]) -> dict[str, Any]:
+    """Facts for ``tomoguide inspect``: a Scipion coordinates sqlite or a plain-text coordinate file.
+
+    Coordinates are reported as stored (for Scipion ≥ 3: voxels from the tomogram centre; converting them to
+    corner-origin voxels needs the tomogram sizes, which the sqlite does not hold).
+    """
+    p = Path(path)
+    if p.suffix.lower() in (".sqlite", ".db"):
+        table = read_scipion_sqlite(p, origin="corner", strict=False)
+        kind = "scipion_coordinates_sqlite"
+        note = "stored coordinates (Scipion ≥ 3 measures them from the tomogram centre)"
+    else:
+        table = read_text_coords(p, tomo_name=p.stem, strict=True)
+        kind = "text_coordinates"
+        note = "voxel coordinates as written"
+    xyz = table.xyz_px
+    facts: dict[str, Any] = {
+        "kind": kind,
+        "n_particles": len(table),
+        "tomograms": {name: int(np.sum(table.tomo_name == name)) for name in table.tomograms},
+        "has_angles": table.angles_deg is not None,
+        "pixel_size_A": table.pixel_size_A,
+        "coordinates": note,
+    }
+    if len(table):
+        facts["x_range"] = [float(xyz[:, 0].min()), float(xyz[:, 0].max())]
+        facts["y_range"] = [float(xyz[:, 1].min()), float(xyz[:, 1].max())]
+        facts["z_range"] = [float(xyz[:, 2].min()), float(xyz[:, 2].max())]
+    return facts

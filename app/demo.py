@@ -1,0 +1,74 @@
+"""``tomoguide demo``: simulate the demo data set and set up its project.
+
+``prepare_demo(out)`` writes ``out/data`` (movies, .mdoc files, gain) and ``out/truth`` with
+:func:`tomoguide.synth.generate` — skipped when ``out/truth/summary.json`` already records the same simulation
+parameters — and creates the project ``out/project`` with the import step pointed at the data (an existing
+project there is reused, so a demo can be resumed). Parameters that the tutorial leaves to the data (pixel size,
+dose per tilt) stay empty: they are read from the mdoc, as a trainee would do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tomoguide.project import PROJECT_FILE, Project
+
+
+def _same_simulation(truth_summary: Path, params: Any) -> bool:
+    try:
+        recorded = json.loads(truth_summary.read_text()).get("params")
+    except (OSError, ValueError):
+        return False
+    return recorded == json.loads(params.model_dump_json())
+
+
+def demo_import_params(data_dir: Path) -> dict[str, Any]:
+    """Import-step parameters for simulated data in ``data_dir`` (mdocs at the top or one folder per series)."""
+    top = sorted(data_dir.glob("*.mdoc"))
+    pattern = "*.mdoc" if top else "*/*.mdoc"
+    gains = sorted(data_dir.glob("gain*.mrc")) + sorted(data_dir.glob("gain*.tif*"))
+    values: dict[str, Any] = {"files_dir": str(data_dir.resolve()), "pattern": pattern, "tilt_axis_deg": 85.0}
+    if gains:
+        values["gain_path"] = str(gains[0].resolve())
+    return values
+
+
+def prepare_demo(out: Path, *, preset: str = "small", seed: int | None = None,
+                 progress_bar: Callable[[str], Any] | None = None,
+                 progress: Callable[[float, str], None] | None = None) -> Path:
+    """Simulate (unless already done with the same parameters) and create the demo project; returns its folder.
+
+    ``progress_bar(title)`` may return a tqdm-like bar (command line); ``progress(fraction, message)`` is called
+    directly otherwise (wizard).
+    """
+    from tomoguide import synth
+
+    out = Path(out)
+    if preset not in synth.PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(synth.PRESETS)}")
+    params = synth.PRESETS[preset]
+    if seed is not None:
+        params = params.model_copy(update={"seed": seed})
+    summary = out / "truth" / "summary.json"
+    if not _same_simulation(summary, params):
+        bar = progress_bar(f"simulating the {preset} data set") if progress_bar else None
+
+        def report(fraction: float, message: str) -> None:
+            if bar is not None:
+                bar.n = int(1000 * fraction)
+                bar.set_postfix_str(message[:60], refresh=False)
+                bar.refresh()
+            if progress is not None:
+                progress(fraction, message)
+
+        synth.generate(out, params, progress=report)
+        if bar is not None:
+            bar.close()
+    project_dir = out / "project"
+    if not (project_dir / PROJECT_FILE).exists():
+        Project.create(project_dir, name=f"tomoguide demo ({preset})",
+                       params={"import_movies": demo_import_params(out / "data")}).close()
+    return project_dir

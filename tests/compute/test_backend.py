@@ -1,0 +1,71 @@
+"""The array backend: numpy on a machine without a GPU, chosen per call, FFTs with all cores."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from tomoguide.compute import backend
+
+
+def test_cpu_choice_and_xp_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(backend.ENV_VAR, "cpu")
+    assert backend.default_xp() is np
+    a = np.zeros(3)
+    assert backend.xp_of(a) is np
+    assert backend.xp_of(1.0, [1, 2]) is np
+    assert backend.to_numpy(a) is a or np.shares_memory(backend.to_numpy(a), a)
+
+
+def test_gpu_requested_without_gpu_falls_back_quietly(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    if backend.gpu_available():
+        pytest.skip("this machine has a GPU; the fallback is what CPU-only machines do")
+    monkeypatch.setenv(backend.ENV_VAR, "gpu")
+    backend._warn_gpu_requested_once.cache_clear()
+    with caplog.at_level(logging.INFO, logger="tomoguide.backend"):
+        assert backend.default_xp() is np
+        assert backend.default_xp() is np
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "falling back to numpy" in warnings[0].getMessage()
+    assert all(r.exc_info is None for r in caplog.records)  # no traceback
+
+
+def test_invalid_choice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(backend.ENV_VAR, "tpu")
+    with pytest.raises(ValueError, match="TOMOGUIDE_DEVICE"):
+        backend.default_xp()
+
+
+def test_fft_uses_all_cores_and_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    real = scipy.fft.rfft2
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.fft, "rfft2", spy)
+    x = np.random.default_rng(0).normal(size=(16, 16))
+    F = backend.fft(np)
+    out = F.rfft2(x)
+    assert seen.get("workers") == -1
+    np.testing.assert_allclose(out, np.fft.rfft2(x), atol=1e-10)
+    np.testing.assert_allclose(F.fftfreq(4), np.fft.fftfreq(4))
+    assert backend.ndimage(np).shift is not None
+
+
+@pytest.mark.gpu
+def test_cupy_path_matches_numpy() -> None:
+    if not backend.gpu_available():
+        pytest.skip("no CUDA GPU on this machine")
+    import cupy as cp
+
+    x = np.random.default_rng(0).normal(size=(32, 32)).astype(np.float32)
+    g = cp.asarray(x)
+    assert backend.xp_of(g) is cp
+    out = backend.to_numpy(backend.fft(cp).rfft2(g))
+    np.testing.assert_allclose(out, np.fft.rfft2(x), rtol=1e-4, atol=1e-3)
