@@ -143,13 +143,13 @@ def test_sigkill_while_saving_never_leaves_an_unreadable_project(tmp_path: Path)
     rng = random.Random(1234)
     seen_values = set()
     for _ in range(50):
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "p")], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.15))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        with subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "p")], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) as child:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.15))
+            child.send_signal(signal.SIGKILL)
+            child.wait()
         data = load_project_file(tmp_path / "p" / PROJECT_FILE)  # never raises
         seen_values.add(data.steps["import_movies"].params["voltage_kV"])
         with Project.open(tmp_path / "p") as proj:  # the dead program's lock is taken over
