@@ -81,3 +81,14 @@ def mini_session(tmp_path: Path) -> Path:
     folder = tmp_path / "session"
     write_mini_session(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The simulator's tiny preset, generated once per test session: ``DIR/data`` (movies, mdoc, gain) and
+    ``DIR/truth`` (ground truth; see ``DIR/truth/summary.json`` for every convention)."""
+    from tomoguide import synth
+
+    out = tmp_path_factory.mktemp("tiny_dataset")
+    synth.generate(out, synth.PRESETS["tiny"])
+    return out
