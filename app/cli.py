@@ -305,6 +305,29 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return _gui(Path(args.project) if args.project else None)
 
 
+def cmd_screenshots(args: argparse.Namespace) -> int:
+    project = Path(args.project)
+    if not (project / "project.json").exists():
+        raise CliError(f"{project}: no project here")
+    try:
+        from tomoguide.pages.screenshots import render_all
+    except ImportError as exc:
+        raise CliError(f"the wizard cannot start: {exc}") from None
+    paths = render_all(project, Path(args.out))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_selftest() -> int:
+    """Open the wizard on a tiny simulated data set, run the import step, exit 0 when it worked."""
+    try:
+        from tomoguide.pages.selftest import run_selftest
+    except ImportError as exc:
+        raise CliError(f"the wizard cannot start: {exc}") from None
+    return run_selftest()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------------------------
@@ -317,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "average. Without a command, opens the wizard.")
     p.add_argument("--version", action="version", version=f"tomoguide {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more (to stderr)")
+    p.add_argument("--selftest", action="store_true",
+                   help="open the wizard on a tiny simulated data set, run the import step and exit (0 = works)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("new", help="create a project on a folder of movies and .mdoc files")
@@ -363,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--until", metavar="STEP", help="with --no-gui: stop after this step")
     s.set_defaults(func=cmd_demo)
 
+    s = sub.add_parser("screenshots", help="render every page of the wizard for a project to PNG files")
+    s.add_argument("project", metavar="PROJECT_DIR")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.set_defaults(func=cmd_screenshots)
+
     s = sub.add_parser("gui", help="open the wizard (optionally on a project)")
     s.add_argument("project", nargs="?", metavar="PROJECT_DIR")
     s.set_defaults(func=cmd_gui)
@@ -374,6 +404,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.selftest:
+        try:
+            return cmd_selftest()
+        except CliError as exc:
+            print(f"tomoguide: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command is None:
         return _gui(None)
     try:
