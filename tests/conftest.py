@@ -92,3 +92,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_dataset")
     synth.generate(out, synth.PRESETS["tiny"])
     return out
+
+
+@pytest.fixture
+def session_writer():
+    """The function :func:`write_mini_session`, for tests that need sessions with other settings."""
+    return write_mini_session

@@ -12,7 +12,6 @@ from tomoguide.project import Project
 from tomoguide.runner import RunRefused, StepRun, run_to_end
 from tomoguide.steps.import_movies import ImportMovies, ImportMoviesParams, load_series
 
-from conftest import write_mini_session
 
 
 def _project(tmp_path: Path, session: Path, **values) -> Project:
@@ -72,9 +71,9 @@ def test_empty_fields_are_read_from_the_mdoc(tmp_path: Path, mini_session: Path)
     proj.close()
 
 
-def test_tomo5_axis_conversion(tmp_path: Path) -> None:
+def test_tomo5_axis_conversion(tmp_path: Path, session_writer) -> None:
     session = tmp_path / "s"
-    write_mini_session(session, n_series=1, tilt_axis_deg=-175.0)
+    session_writer(session, n_series=1, tilt_axis_deg=-175.0)
     proj = _project(tmp_path, session, tilt_axis_deg=None, tomo5_mdoc=True)
     run_to_end(StepRun(proj, "import_movies"))
     s = load_series(proj.output_path("import_movies", "tilt_series"))[0]
@@ -82,10 +81,10 @@ def test_tomo5_axis_conversion(tmp_path: Path) -> None:
     proj.close()
 
 
-def test_crlf_mdoc_gives_the_same_import(tmp_path: Path) -> None:
+def test_crlf_mdoc_gives_the_same_import(tmp_path: Path, session_writer) -> None:
     a, b = tmp_path / "lf", tmp_path / "crlf"
-    write_mini_session(a, n_series=1)
-    write_mini_session(b, n_series=1, crlf=True)
+    session_writer(a, n_series=1)
+    session_writer(b, n_series=1, crlf=True)
     assert b"\r\n" in next(b.glob("*.mdoc")).read_bytes()
     results = []
     for folder in (a, b):
