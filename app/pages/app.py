@@ -1,0 +1,318 @@
+"""The application: :func:`main` (``tomoguide`` and ``tomoguide gui``), the start screen and the window manager.
+
+The start screen offers: a new project (the movies folder with its .mdoc files, the file pattern and the
+project folder), opening a project folder, the recent projects (double-click), and "Try the demo" (simulates
+the small data set in a worker thread, with a progress dialog, and opens its project). Opening a project shows
+the wizard on the first step that is not done.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QProgressDialog,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from tomoguide import __version__
+from tomoguide.pages.settings import add_recent_project, recent_projects
+from tomoguide.pages.wizard import WizardWindow
+from tomoguide.pages.worker import FunctionWorker
+from tomoguide.project import PROJECT_FILE, Project, ProjectError, ProjectLockedError
+
+
+def _path_row(edit: QLineEdit, browse: QPushButton) -> QWidget:
+    w = QWidget()
+    lay = QHBoxLayout(w)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit, 1)
+    lay.addWidget(browse)
+    return w
+
+
+class StartScreen(QWidget):
+    """The first window. Emits ``create_requested(movies_dir, pattern, project_dir)``, ``open_requested(dir)``
+    and ``demo_requested(out_dir)``; :class:`AppController` does the work."""
+
+    create_requested = Signal(Path, str, Path)
+    open_requested = Signal(Path)
+    demo_requested = Signal(Path)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("tomoguide")
+        title = QLabel(f"<h1 style='margin-bottom:0'>tomoguide</h1>"
+                       f"<p>A guided wizard for cryo-electron tomography: from tilt-series movies to a "
+                       f"subtomogram average. <small>version {__version__}</small></p>")
+        title.setWordWrap(True)
+
+        new_box = QGroupBox("New project")
+        self.movies_edit = QLineEdit()
+        self.movies_edit.setObjectName("movies_edit")
+        self.movies_edit.setPlaceholderText(".mdoc files and movies")
+        self.movies_edit.setToolTip("The folder with the SerialEM .mdoc files and the movies beside them")
+        movies_browse = QPushButton("Browse…")
+        movies_browse.clicked.connect(lambda: self._choose_dir(self.movies_edit, "Movies folder"))
+        self.pattern_edit = QLineEdit("*.mdoc")
+        self.pattern_edit.setObjectName("pattern_edit")
+        self.pattern_edit.setToolTip("Which mdoc files to import (*/*.mdoc when each tilt series has its own folder)")
+        self.project_edit = QLineEdit()
+        self.project_edit.setObjectName("project_edit")
+        self.project_edit.setPlaceholderText("a new folder")
+        self.project_edit.setToolTip("A new (or empty) folder for the project file and the results")
+        project_browse = QPushButton("Browse…")
+        project_browse.clicked.connect(lambda: self._choose_dir(self.project_edit, "Project folder"))
+        self.create_button = QPushButton("Create project")
+        self.create_button.setObjectName("create_button")
+        self.create_button.clicked.connect(self._on_create)
+        self.new_message = QLabel("")
+        self.new_message.setObjectName("new_message")
+        self.new_message.setWordWrap(True)
+        self.new_message.setStyleSheet("color: #c62828;")
+        form = QFormLayout(new_box)
+        form.addRow("Movies folder", _path_row(self.movies_edit, movies_browse))
+        form.addRow("Pattern", self.pattern_edit)
+        form.addRow("Project folder", _path_row(self.project_edit, project_browse))
+        form.addRow("", self.create_button)
+        form.addRow("", self.new_message)
+        explain = QLabel(
+            "<p>The project folder keeps <tt>project.json</tt> (every parameter and result, saved after each "
+            "change) and one folder of results per step. The movies stay where they are.</p>"
+            "<p>The wizard then walks you through the steps of the ScipionTomo apoferritin tutorial: import, "
+            "frame alignment, CTF, tilt-series alignment, reconstruction, picking and subtomogram averaging. "
+            "Each page explains what the step does and what a good result looks like.</p>")
+        explain.setWordWrap(True)
+        explain.setStyleSheet("color: #424242;")
+        form.addRow(explain)
+
+        open_box = QGroupBox("Open a project")
+        self.open_button = QPushButton("Open project folder…")
+        self.open_button.clicked.connect(self._on_open)
+        self.recent_list = QListWidget()
+        self.recent_list.setObjectName("recent_list")
+        self.recent_list.itemActivated.connect(lambda item: self.open_requested.emit(Path(item.data(Qt.ItemDataRole.UserRole))))
+        ol = QVBoxLayout(open_box)
+        ol.addWidget(self.open_button)
+        ol.addWidget(QLabel("Recent projects (double-click to open):"))
+        ol.addWidget(self.recent_list, 1)
+
+        demo_box = QGroupBox("Try the demo")
+        self.demo_edit = QLineEdit(str(Path.home() / "tomoguide-demo"))
+        self.demo_edit.setObjectName("demo_edit")
+        self.demo_button = QPushButton("Try the demo")
+        self.demo_button.setObjectName("demo_button")
+        self.demo_button.setToolTip("Simulate a small apoferritin data set (with its ground truth) and open its "
+                                    "project")
+        self.demo_button.clicked.connect(lambda: self.demo_requested.emit(Path(self.demo_edit.text()).expanduser()))
+        dl = QFormLayout(demo_box)
+        dl.addRow(QLabel("Simulated apoferritin tilt series with known ground truth: the whole workflow in a few "
+                         "minutes."))
+        dl.addRow("Folder", self.demo_edit)
+        dl.addRow("", self.demo_button)
+
+        right = QVBoxLayout()
+        right.addWidget(open_box, 1)
+        right.addWidget(demo_box)
+        columns = QHBoxLayout()
+        columns.addWidget(new_box, 1)
+        columns.addLayout(right, 1)
+        lay = QVBoxLayout(self)
+        lay.addWidget(title)
+        lay.addLayout(columns, 1)
+        self.resize(980, 560)
+        self.refresh_recent()
+
+    def refresh_recent(self) -> None:
+        self.recent_list.clear()
+        for p in recent_projects():
+            item = QListWidgetItem(f"{p.name}    —    {p}")
+            item.setData(Qt.ItemDataRole.UserRole, str(p))
+            item.setToolTip(str(p))
+            self.recent_list.addItem(item)
+        if self.recent_list.count() == 0:
+            item = QListWidgetItem("(none yet)")
+            item.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.recent_list.addItem(item)
+
+    def _choose_dir(self, edit: QLineEdit, title: str) -> None:
+        path = QFileDialog.getExistingDirectory(self, title, edit.text())
+        if path:
+            edit.setText(path)
+
+    def _on_create(self) -> None:
+        movies = self.movies_edit.text().strip()
+        project = self.project_edit.text().strip()
+        if not movies or not Path(movies).expanduser().is_dir():
+            self.new_message.setText("Choose the folder with the .mdoc files and movies.")
+            return
+        if not project:
+            self.new_message.setText("Choose a folder for the project.")
+            return
+        self.new_message.setText("")
+        self.create_requested.emit(Path(movies).expanduser(), self.pattern_edit.text().strip() or "*.mdoc",
+                                   Path(project).expanduser())
+
+    def _on_open(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a tomoguide project folder")
+        if path:
+            self.open_requested.emit(Path(path))
+
+
+class AppController(QObject):
+    """Keeps the start screen and the wizard windows; one wizard per project (the project's lock)."""
+
+    project_opened = Signal(object)  # WizardWindow
+    demo_finished = Signal(object)  # project dir or None
+
+    def __init__(self, *, demo_preset: str = "small") -> None:
+        super().__init__()
+        self.demo_preset = demo_preset
+        self.start = StartScreen()
+        self.start.create_requested.connect(self.create_project)
+        self.start.open_requested.connect(self.open_project)
+        self.start.demo_requested.connect(self.run_demo)
+        self.wizards: list[WizardWindow] = []
+        self.demo_worker: FunctionWorker | None = None
+        self.demo_dialog: QProgressDialog | None = None
+
+    def show_start(self) -> None:
+        self.start.refresh_recent()
+        self.start.show()
+        self.start.raise_()
+
+    def _error(self, title: str, text: str) -> None:
+        QMessageBox.warning(self.start if self.start.isVisible() else None, title, text)
+
+    def create_project(self, movies_dir: Path, pattern: str, project_dir: Path) -> WizardWindow | None:
+        if (project_dir / PROJECT_FILE).exists():
+            self.start.new_message.setText(f"{project_dir} already holds a project: open it instead.")
+            return None
+        try:
+            project = Project.create(project_dir, params={"import_movies": {
+                "files_dir": str(movies_dir.resolve()), "pattern": pattern}})
+        except Exception as exc:  # noqa: BLE001 - ProjectError, OSError, ValidationError: say it
+            self.start.new_message.setText(f"Cannot create the project: {exc}")
+            return None
+        return self._show_wizard(project)
+
+    def open_project(self, project_dir: Path) -> WizardWindow | None:
+        for w in self.wizards:
+            if w.project.dir == Path(project_dir).resolve():
+                w.raise_()
+                return w
+        try:
+            project = Project.open(project_dir)
+        except ProjectLockedError as exc:
+            self._error("Project in use", str(exc))
+            return None
+        except ProjectError as exc:
+            if (Path(project_dir) / "project.json.bak").exists() and QMessageBox.question(
+                    None, "Cannot open the project", f"{exc}\n\nOpen the backup (the previous saved state)?") \
+                    == QMessageBox.StandardButton.Yes:
+                try:
+                    project = Project.open(project_dir, use_backup=True)
+                except ProjectError as exc2:
+                    self._error("Cannot open the project", str(exc2))
+                    return None
+            else:
+                self._error("Cannot open the project", str(exc))
+                return None
+        return self._show_wizard(project)
+
+    def _show_wizard(self, project: Project) -> WizardWindow:
+        add_recent_project(project.dir)
+        window = WizardWindow(project)
+        window.closed.connect(lambda w=window: self._on_wizard_closed(w))
+        window.start_screen_requested.connect(self.show_start)
+        self.wizards.append(window)
+        window.show()
+        self.start.hide()
+        self.project_opened.emit(window)
+        return window
+
+    def _on_wizard_closed(self, window: WizardWindow) -> None:
+        if window in self.wizards:
+            self.wizards.remove(window)
+        window.deleteLater()
+
+    def run_demo(self, out_dir: Path) -> None:
+        """Simulate the demo data in a worker thread (progress dialog), then open its project."""
+        if self.demo_worker is not None:
+            return
+        from tomoguide.demo import prepare_demo
+
+        preset = self.demo_preset
+        title = f"Simulating the {preset} demo data set in {out_dir} …"
+        dialog = QProgressDialog(title, "", 0, 1000, self.start)
+        dialog.setMinimumWidth(480)
+        dialog.setWindowTitle("Try the demo")
+        dialog.setCancelButton(None)
+        dialog.setMinimumDuration(0)
+        dialog.setWindowModality(Qt.WindowModality.WindowModal)
+        dialog.setValue(0)
+        dialog.show()
+        self.demo_dialog = dialog
+        worker = FunctionWorker(lambda progress: prepare_demo(out_dir, preset=preset, progress=progress))
+        worker.progress.connect(lambda f, m: (dialog.setValue(int(1000 * f)), dialog.setLabelText(f"{title}\n{m}")))
+        worker.returned.connect(self._on_demo_ready)
+        worker.errored.connect(lambda msg, tb: self._on_demo_failed(msg))
+        worker.done.connect(self._on_demo_done)
+        self.start.demo_button.setEnabled(False)
+        self.demo_worker = worker
+        worker.start()
+
+    def _on_demo_ready(self, project_dir: Path) -> None:
+        self._close_demo_dialog()
+        self.open_project(Path(project_dir))
+        self.demo_finished.emit(Path(project_dir))
+
+    def _on_demo_failed(self, message: str) -> None:
+        self._close_demo_dialog()
+        self._error("The demo could not be prepared", message)
+        self.demo_finished.emit(None)
+
+    def _close_demo_dialog(self) -> None:
+        if self.demo_dialog is not None:
+            self.demo_dialog.close()
+            self.demo_dialog.deleteLater()
+            self.demo_dialog = None
+
+    def _on_demo_done(self) -> None:
+        if self.demo_worker is not None:
+            self.demo_worker.wait()
+            self.demo_worker.deleteLater()
+            self.demo_worker = None
+        self.start.demo_button.setEnabled(True)
+
+    def close_all(self) -> None:
+        for w in list(self.wizards):
+            w.close()
+        if self.demo_worker is not None:
+            self.demo_worker.wait()
+        self.start.close()
+
+
+def main(project_dir: Path | None = None) -> int:
+    """Start the wizard: the start screen, or the project ``project_dir``. Returns the exit status."""
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("tomoguide")
+    app.setQuitOnLastWindowClosed(True)
+    controller = AppController()
+    if project_dir is None or controller.open_project(Path(project_dir)) is None:
+        controller.show_start()
+    return int(app.exec())
