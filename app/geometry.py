@@ -14,6 +14,9 @@ Frames and units
       the tomogram centre projects onto the image centre.
     * **Specimen (tomogram) frame**: ``(x, y, z)`` from the tomogram centre, the tilt axis along y,
       in pixels at the record's binning (or Å when multiplied by :meth:`TiltSeriesGeometry.pixel_size_at`).
+      In a tomogram array of shape ``(nz, ny, nx)`` the centre is the voxel coordinate
+      ``((nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2)`` (the same rule as the image centre; the simulator's truth
+      volume and every reconstruction follow it; RELION's ``n / 2`` is converted where its files are written).
     * ``pixel_size_A`` is the pixel size of the *unbinned* images; ``binning`` is the record's binning
       relative to them (a float), so pixels of the record are ``pixel_size_A * binning`` Å. Shapes and
       shifts in the record are in pixels at the record's binning.
