@@ -15,8 +15,11 @@ from tomoguide.steps.base import Step
 def workflow() -> tuple[type[Step], ...]:
     """The step classes in wizard order (imported lazily, so importing the registry is cheap)."""
     from tomoguide.steps.import_movies import ImportMovies
+    from tomoguide.steps.motion_ctf import MotionCtf
+    from tomoguide.steps.preprocess import PreprocessForAlignment
+    from tomoguide.steps.xray_erase import XrayErase
 
-    return (ImportMovies,)
+    return (ImportMovies, MotionCtf, XrayErase, PreprocessForAlignment)
 
 
 def ids() -> list[str]:

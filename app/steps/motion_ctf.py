@@ -1,0 +1,307 @@
+"""Step 2, ``motion_ctf``: frame alignment with dose weighting, and the CTF of every tilt (as Warp does it).
+
+For every tilt movie of every imported tilt series: gain correction (with the gain's flip/transpose options),
+alignment of the frames (:func:`tomoguide.compute.motion.align_movie`: cross-correlation against a running
+reference, B-factor and resolution band, a smooth X×Y×temporal motion model), a dose-weighted sum; then the CTF
+of the aligned (unweighted) sum (:func:`tomoguide.compute.ctffit.estimate_ctf`, tilt-aware, and the defocus
+model grid with :func:`~tomoguide.compute.ctffit.fit_ctf_grid`).
+
+Outputs: ``series`` (``series.json``: per series the dose-weighted stack in angle order, optional even/odd
+stacks, the CTF STAR, the CTF preview stack and the frame shifts, with the geometry record at the output
+binning and per-view ``ctf_failed`` flags for the exclusion step).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
+from tomoguide.steps.import_movies import load_series
+from tomoguide.steps.records import SeriesEntry, SeriesSet
+
+PREVIEW_PX = 256
+
+
+class MotionCtfParams(StepParams):
+    binning: float = param(
+        1.0, title="Binning", unit="×", hard=(1.0, 16.0), suggest=(1.0, 4.0),
+        help="Fourier binning of the aligned sums (1 = keep the movies' pixel size). The tutorial keeps 1.")
+    res_low_A: float = param(
+        500.0, title="Alignment: lowest resolution", unit="Å", hard=(20.0, 5000.0), suggest=(100.0, 2000.0),
+        help="Lowest resolution (largest spacing) used to align the frames: very low frequencies carry gradients "
+             "of the illumination rather than the specimen. Tutorial: 500 Å.")
+    res_high_A: float = param(
+        10.0, title="Alignment: highest resolution", unit="Å", hard=(1.0, 100.0), suggest=(4.0, 30.0),
+        help="Highest resolution used to align the frames. Finer detail is too noisy in a single frame at "
+             "cryo-ET doses. Tutorial: 10 Å.")
+    bfactor_A2: float = param(
+        -500.0, title="B-factor", unit="Å²", hard=(-10000.0, 0.0), suggest=(-2000.0, -100.0),
+        help="Low-pass weighting exp(B k²/4) applied while aligning (negative: damps high frequencies, where the "
+             "frames are mostly noise). Tutorial: −500 Å².")
+    grid_x: int = param(
+        1, title="Motion grid X", unit="1", hard=(1, 16), suggest=(1, 8),
+        help="Number of motion-model control points across X. 1 × 1 = one global trajectory for the whole "
+             "image; more = local (beam-induced) motion per region, which needs more signal.")
+    grid_y: int = param(1, title="Motion grid Y", unit="1", hard=(1, 16), suggest=(1, 8),
+                        help="Number of motion-model control points across Y (see Motion grid X).")
+    grid_t: int = param(
+        3, title="Motion grid temporal", unit="1", hard=(1, 50), suggest=(2, 10),
+        help="Number of control points in time of the smooth trajectory (tutorial 3). Fewer points = a smoother "
+             "trajectory that noise cannot bend; more = follows faster changes of the drift.")
+    even_odd: bool = param(
+        False, title="Even/odd sums",
+        help="Also write sums of the even and of the odd frames (for denoising or half-set checks). Tutorial: No.")
+    gain_transpose: bool = param(
+        False, title="Gain: transpose", help="Transpose the gain reference before use (rows ↔ columns). Applied "
+        "first, then the flips. The tutorial's gain is not transposed.")
+    gain_flip_x: bool = param(
+        True, title="Gain: flip X", help="Mirror the gain reference left-right before use (x → nx−1−x). The "
+        "tutorial's gain is written flipped in X, as is the demo's: check that the corrected sums are flat.")
+    gain_flip_y: bool = param(
+        False, title="Gain: flip Y", help="Mirror the gain reference top-bottom before use (y → ny−1−y).")
+    estimate_ctf: bool = param(
+        True, title="Estimate CTF",
+        help="Estimate the defocus and astigmatism of every tilt from its aligned sum (tutorial: Yes).")
+    ctf_window_px: int = param(
+        512, title="CTF window", unit="px", hard=(64, 2048), suggest=(256, 1024),
+        enabled_if=[("estimate_ctf", "=", True)],
+        help="Size of the windows whose power spectra are averaged (tutorial 512 px). Larger windows resolve "
+             "finer Thon rings (high defocus), smaller ones average more windows (less noise).")
+    ctf_res_low_A: float = param(
+        30.0, title="CTF: lowest resolution", unit="Å", hard=(5.0, 200.0), suggest=(15.0, 60.0),
+        enabled_if=[("estimate_ctf", "=", True)],
+        help="Lowest resolution used to fit the CTF (tutorial 30 Å): below it the spectrum is dominated by the "
+             "background, not by Thon rings.")
+    ctf_res_high_A: float = param(
+        7.0, title="CTF: highest resolution", unit="Å", hard=(2.0, 50.0), suggest=(4.0, 15.0),
+        enabled_if=[("estimate_ctf", "=", True)],
+        help="Highest resolution used to fit the CTF (tutorial 7 Å). It must stay below the Nyquist frequency "
+             "(2 × pixel size).")
+    defocus_min_um: float = param(
+        0.5, title="Defocus search from", unit="µm", hard=(0.0, 20.0), suggest=(0.2, 3.0),
+        enabled_if=[("estimate_ctf", "=", True)],
+        help="Smallest defocus searched (underfocus positive). Tutorial: 0.5 µm.")
+    defocus_max_um: float = param(
+        8.0, title="Defocus search to", unit="µm", hard=(0.5, 30.0), suggest=(3.0, 12.0),
+        enabled_if=[("estimate_ctf", "=", True)],
+        help="Largest defocus searched. Tutorial: 8 µm.")
+    defocus_grid_x: int = param(
+        2, title="Defocus grid X", unit="1", hard=(1, 8), suggest=(1, 4), enabled_if=[("estimate_ctf", "=", True)],
+        help="Tiles across X in which the defocus is fitted separately (tutorial 2): on a tilted specimen the "
+             "defocus changes across the image, and the tiles measure that gradient.")
+    defocus_grid_y: int = param(
+        2, title="Defocus grid Y", unit="1", hard=(1, 8), suggest=(1, 4), enabled_if=[("estimate_ctf", "=", True)],
+        help="Tiles across Y for the defocus model (tutorial 2).")
+    fit_phase: bool = param(
+        False, title="Fit phase shift", enabled_if=[("estimate_ctf", "=", True)],
+        help="Also fit an additional phase shift (only for data taken with a phase plate). Tutorial: No.")
+
+
+class MotionCtf(Step):
+    id = "motion_ctf"
+    title = "Frame alignment and CTF"
+    summary = "Align the frames of every tilt movie, sum them with dose weighting, and estimate each tilt's CTF."
+    help = (
+        "<p><b>What it does.</b> Each tilt image was recorded as a movie of a few frames. During the exposure the "
+        "specimen moves (drift and beam-induced motion). This step corrects the frames with the gain reference, "
+        "measures the movement by cross-correlating each frame with the others, shifts the frames back and sums "
+        "them. The sum is <i>dose weighted</i>: high resolution is taken mostly from the early, less damaged "
+        "frames and tilts. Then the power spectrum of each tilt shows Thon rings, from which the defocus and "
+        "astigmatism are fitted (the CTF).</p>"
+        "<p><b>Why.</b> Uncorrected motion blurs every image; the CTF is needed to correct the phase flips of "
+        "the microscope later.</p>"
+        "<p><b>A good result.</b> Smooth trajectories of a few pixels, largest in the first frames; a gain-"
+        "corrected sum without stripes or a gradient; Thon rings that the fitted rings (right half of the "
+        "spectrum) continue; a defocus that changes smoothly with tilt, and a fit resolution that gets worse at "
+        "high tilt (the specimen is thicker there).</p>"
+        "<p><b>What to check.</b> Tilts marked as failed CTF fits (shown in red: they are suggested for exclusion "
+        "later), jumps in the defocus plot, a gain that looks wrong (try the flip options), trajectories that "
+        "jump by many pixels.</p>"
+    )
+    Params = MotionCtfParams
+    inputs = ("import_movies",)
+
+    def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
+        assert isinstance(params, MotionCtfParams)
+        issues: list[Issue] = []
+        if params.res_high_A >= params.res_low_A:
+            issues.append(Issue("error", "the alignment's highest resolution must be finer (smaller) than its "
+                                "lowest resolution", "res_high_A"))
+        if params.estimate_ctf:
+            if params.ctf_res_high_A >= params.ctf_res_low_A:
+                issues.append(Issue("error", "the CTF's highest resolution must be finer (smaller) than its "
+                                    "lowest resolution", "ctf_res_high_A"))
+            if params.defocus_min_um >= params.defocus_max_um:
+                issues.append(Issue("error", "the defocus search must go from a smaller to a larger defocus",
+                                    "defocus_max_um"))
+        if "import_movies" in ctx.upstream:
+            series = load_series(ctx.output("import_movies", "tilt_series"))
+            for s in series:
+                px = s.geometry.pixel_size_A * params.binning
+                if params.estimate_ctf and params.ctf_res_high_A < 2 * px:
+                    issues.append(Issue("error", f"{s.name}: the CTF's highest resolution "
+                                        f"{params.ctf_res_high_A:g} Å is beyond Nyquist ({2 * px:.2f} Å at "
+                                        f"{px:.2f} Å/px)", "ctf_res_high_A"))
+                if params.res_high_A < 2 * s.geometry.pixel_size_A:
+                    issues.append(Issue("warning", f"{s.name}: the alignment's highest resolution is beyond "
+                                        "Nyquist; it is clipped there", "res_high_A"))
+                ny, nx = s.tilts[0].frame_shape_px
+                if params.estimate_ctf and params.ctf_window_px > min(ny, nx) / params.binning:
+                    issues.append(Issue("error", f"{s.name}: the CTF window ({params.ctf_window_px} px) is larger "
+                                        f"than the images", "ctf_window_px"))
+                if s.gain is None:
+                    issues.append(Issue("info", f"{s.name}: no gain reference: the movies are used as they are"))
+        return issues
+
+    def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
+        assert isinstance(params, MotionCtfParams)
+        series = load_series(ctx.output("import_movies", "tilt_series"))
+        n = sum(len(s.tilts) for s in series)
+        ny, nx = series[0].tilts[0].frame_shape_px
+        per = ny * nx * 4 / params.binning**2
+        disk = n * per * (3 if params.even_odd else 1) + n * PREVIEW_PX**2 * 4
+        frames = max(t.n_frames for s in series for t in s.tilts)
+        return Needs(disk_bytes=int(disk), memory_bytes=int(ny * nx * 4 * frames * 6 + per * len(series[0].tilts)))
+
+    def run(self, params: StepParams, ctx: RunContext) -> StepRun:
+        from tomoguide.compute.backend import to_numpy
+        from tomoguide.compute.ctffit import ctf_rings_overlay, estimate_ctf, fit_ctf_grid
+        from tomoguide.compute.io.movies import check_gain_shape, read_gain, read_movie
+        from tomoguide.compute.io.mrc import write_mrc
+        from tomoguide.compute.io.star import write_ctf_star, write_star
+        from tomoguide.compute.motion import align_movie
+        from tomoguide.compute.rescale import fourier_crop
+
+        assert isinstance(params, MotionCtfParams)
+        series = load_series(ctx.output("import_movies", "tilt_series"))
+        n_total = sum(len(s.tilts) for s in series)
+        done = 0
+        entries: list[SeriesEntry] = []
+        metrics: dict[str, Any] = {"series": {}}
+        t_align = t_ctf = 0.0
+        for s in series:
+            g = s.geometry
+            gain = None
+            if s.gain:
+                gain = read_gain(s.gain, flip_x=params.gain_flip_x, flip_y=params.gain_flip_y,
+                                 transpose=params.gain_transpose)
+                check_gain_shape(gain, s.tilts[0].frame_shape_px, s.gain)
+            sums, evens, odds, previews, ctf_rows, shift_rows = [], [], [], [], [], []
+            failed: list[bool] = []
+            px_out = g.pixel_size_A * params.binning
+            true_tilts = g.true_tilt_deg()
+            for i, t in enumerate(s.tilts):
+                ctx.check_cancel()
+                frames = read_movie(t.movie)
+                if frames.shape[1:] != tuple(t.frame_shape_px):
+                    from tomoguide.compute.io.errors import FormatError
+
+                    raise FormatError(t.movie, "frame size", f"{frames.shape[2]}×{frames.shape[1]} px, expected "
+                                      f"{t.frame_shape_px[1]}×{t.frame_shape_px[0]} as at import")
+                t0 = time.perf_counter()
+                res = align_movie(
+                    frames, pixel_size_A=g.pixel_size_A, gain=gain, bfactor_A2=params.bfactor_A2,
+                    res_band_A=(params.res_low_A, params.res_high_A),
+                    grid=(params.grid_x, params.grid_y, params.grid_t), prior_dose_e_A2=t.prior_dose_e_A2,
+                    dose_per_frame_e_A2=t.dose_e_A2 / max(t.n_frames, 1), voltage_kV=g.optics.voltage_kV,
+                    even_odd=params.even_odd, binning=params.binning)
+                t_align += time.perf_counter() - t0
+                sums.append(to_numpy(res.aligned_sum).astype(np.float32))
+                if params.even_odd:
+                    evens.append(to_numpy(res.even_sum).astype(np.float32))
+                    odds.append(to_numpy(res.odd_sum).astype(np.float32))
+                for f_i, (sx, sy) in enumerate(res.shifts_px):
+                    shift_rows.append({"tomoguideViewIndex": i, "rlnTomoNominalStageTiltAngle": t.tilt_deg,
+                                       "rlnMicrographFrameNumber": f_i + 1, "rlnMicrographShiftX": float(sx),
+                                       "rlnMicrographShiftY": float(sy),
+                                       "tomoguideRawShiftX": float(res.raw_shifts_px[f_i, 0]),
+                                       "tomoguideRawShiftY": float(res.raw_shifts_px[f_i, 1])})
+                yield Progress((done + 0.5) / n_total, f"{s.name}: aligned tilt {t.tilt_deg:+.1f}° "
+                               f"(drift {res.total_drift_px:.1f} px)")
+                if params.estimate_ctf:
+                    ctx.check_cancel()
+                    t0 = time.perf_counter()
+                    image = to_numpy(res.unweighted_sum).astype(np.float32)
+                    kw = dict(defocus_range_A=(params.defocus_min_um * 1e4, params.defocus_max_um * 1e4),
+                              res_range_A=(params.ctf_res_low_A, params.ctf_res_high_A), fit_phase=params.fit_phase)
+                    optics = dict(voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm,
+                                  amplitude_contrast=g.optics.amplitude_contrast)
+                    geo = dict(tilt_deg=float(true_tilts[i]), tilt_axis_deg=g.tilt_axis_deg,
+                               defocus_handedness=g.defocus_handedness)
+                    fit, spec = estimate_ctf(image, pixel_size_A=px_out, box=params.ctf_window_px, **geo, **optics,
+                                             **kw)
+                    row = {"rlnMicrographName": f"{s.name}.mrc:{i + 1}", "rlnTomoNominalStageTiltAngle": t.tilt_deg,
+                           **fit.star_row(), "tomoguideCtfFailed": int(fit.failed),
+                           "tomoguideCtfReason": fit.reason or "-"}
+                    if params.defocus_grid_x * params.defocus_grid_y > 1 and not fit.failed:
+                        grid = fit_ctf_grid(image, pixel_size_A=px_out, grid=(params.defocus_grid_y,
+                                            params.defocus_grid_x), box=params.ctf_window_px, global_fit=fit,
+                                            **geo, **optics, **kw)
+                        row["tomoguideDefocusGradientX"] = float(grid.gradient_A_per_px[0])
+                        row["tomoguideDefocusGradientY"] = float(grid.gradient_A_per_px[1])
+                        row["tomoguideTiltFromDefocusPlane"] = float(grid.tilt_from_plane_deg)
+                    ctf_rows.append(row)
+                    failed.append(bool(fit.failed))
+                    overlay = ctf_rings_overlay(spec, fit)
+                    if overlay.shape[0] > PREVIEW_PX:
+                        overlay = fourier_crop(overlay, (PREVIEW_PX, PREVIEW_PX))
+                    previews.append(np.asarray(overlay, dtype=np.float32))
+                    t_ctf += time.perf_counter() - t0
+                    if fit.failed:
+                        ctx.log(f"{s.name}: tilt {t.tilt_deg:+.1f}°: CTF fit failed ({fit.reason}); flagged for "
+                                "the exclusion step")
+                done += 1
+                msg = (f"{s.name}: tilt {t.tilt_deg:+.1f}°: defocus {ctf_rows[-1]['rlnDefocusU'] / 1e4:.2f} µm"
+                       if params.estimate_ctf else f"{s.name}: tilt {t.tilt_deg:+.1f}° done")
+                yield Progress(min(done / n_total, 1.0), msg)
+            stack = np.stack(sums)
+            files: dict[str, str] = {"stack": f"{s.name}.mrc"}
+            write_mrc(ctx.run_dir / files["stack"], stack, voxel_size_A=px_out, is_stack=True)
+            if params.even_odd:
+                files["even"], files["odd"] = f"{s.name}_even.mrc", f"{s.name}_odd.mrc"
+                write_mrc(ctx.run_dir / files["even"], np.stack(evens), voxel_size_A=px_out, is_stack=True)
+                write_mrc(ctx.run_dir / files["odd"], np.stack(odds), voxel_size_A=px_out, is_stack=True)
+            files["frame_shifts"] = f"{s.name}_frame_shifts.star"
+            write_star(ctx.run_dir / files["frame_shifts"], {"frame_shifts": pd.DataFrame(shift_rows)})
+            flags: dict[str, list[bool]] = {}
+            series_metrics: dict[str, Any] = {
+                "n_tilts": len(s.tilts),
+                "median_total_drift_px": float(np.median([np.hypot(r["rlnMicrographShiftX"], r["rlnMicrographShiftY"])
+                                                          for r in shift_rows])),
+            }
+            if params.estimate_ctf:
+                files["ctf_star"] = f"{s.name}_ctf.star"
+                write_ctf_star(ctx.run_dir / files["ctf_star"], pd.DataFrame(ctf_rows),
+                               optics={"rlnVoltage": g.optics.voltage_kV, "rlnSphericalAberration": g.optics.cs_mm,
+                                       "rlnAmplitudeContrast": g.optics.amplitude_contrast,
+                                       "rlnMicrographPixelSize": px_out})
+                files["ctf_preview"] = f"{s.name}_ctf_preview.mrc"
+                write_mrc(ctx.run_dir / files["ctf_preview"], np.stack(previews), voxel_size_A=1.0, is_stack=True)
+                flags["ctf_failed"] = failed
+                ok = [r for r, f in zip(ctf_rows, failed) if not f]
+                series_metrics.update({
+                    "n_ctf_failed": int(sum(failed)),
+                    "defocus_range_um": [min(r["rlnDefocusU"] for r in ok) / 1e4, max(r["rlnDefocusU"] for r in ok) / 1e4]
+                    if ok else None,
+                    "median_fit_resolution_A": float(np.median([r["rlnCtfMaxResolution"] for r in ok])) if ok else None,
+                })
+            shape = (int(stack.shape[1]), int(stack.shape[2]))
+            geo_out = g.at_binning(g.binning * params.binning)
+            geo_out = geo_out.model_validate({**geo_out.model_dump(), "image_shape_px": shape})
+            entries.append(SeriesEntry(name=s.name, geometry=geo_out, files=files, flags=flags,
+                                       info={"pixel_size_A": px_out}))
+            metrics["series"][s.name] = series_metrics
+        out = SeriesSet(series=entries).save(ctx.run_dir)
+        n = max(n_total, 1)
+        metrics["time_per_tilt_align_s"] = round(t_align / n, 3)
+        metrics["time_per_tilt_ctf_s"] = round(t_ctf / n, 3)
+        metrics["n_ctf_failed"] = int(sum(m.get("n_ctf_failed", 0) for m in metrics["series"].values()))
+        return StepResult(outputs={"series": out}, metrics=metrics,
+                          summary=f"aligned {n_total} movies ({metrics['time_per_tilt_align_s']:.2f} s per tilt)"
+                          + (f", CTF of every tilt ({metrics['n_ctf_failed']} failed fits flagged)"
+                             if params.estimate_ctf else ""))
+
