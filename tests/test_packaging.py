@@ -26,7 +26,7 @@ def test_every_subpackage_is_listed_in_pyproject() -> None:
 
 
 GUI_MODULES = ("PySide6", "pyqtgraph", "vispy", "superqt", "shiboken6", "OpenGL")
-NON_GUI = ["compute", "steps", "project.py", "geometry.py", "runner.py", "cli.py", "synth.py", "demo.py",
+NON_GUI = ["compute", "steps", "project.py", "geometry.py", "runner.py", "cli.py", "synth.py", "demo.py", "truth.py",
            "inspect.py"]
 
 
