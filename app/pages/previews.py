@@ -201,7 +201,12 @@ PreviewFactory = Callable[[Project, str], Preview]
 
 def preview_factories() -> dict[str, PreviewFactory]:
     """Step id -> preview factory, for the steps with a preview of their own."""
-    return {"import_movies": ImportPreview}
+    from tomoguide.pages.preview_motion import MotionCtfPreview
+    from tomoguide.pages.preview_series import SeriesPreview
+    from tomoguide.pages.preview_xray import XrayPreview
+
+    return {"import_movies": ImportPreview, "motion_ctf": MotionCtfPreview, "xray_erase": XrayPreview,
+            "preprocess_for_alignment": SeriesPreview}
 
 
 def make_preview(project: Project, step_id: str) -> Preview:

@@ -88,8 +88,8 @@ class StepPage(QWidget):
     # -- layout ----------------------------------------------------------------------------------------------
     def _build(self) -> None:
         index = registry.ids().index(self.step_id) + 1
-        self.title_label = QLabel(f"<h2 style='margin:0'>{index}. {html.escape(self.step_cls.title)}</h2>")
-        self.summary_label = QLabel(html.escape(self.step_cls.summary))
+        self.title_label = QLabel(f"<h2 style='margin:0'>{index}. {html.escape(self.step_cls.title, quote=False)}</h2>")
+        self.summary_label = QLabel(html.escape(self.step_cls.summary, quote=False))
         self.summary_label.setWordWrap(True)
         self.status_label = QLabel("")
         self.status_label.setObjectName("status_label")
@@ -290,7 +290,7 @@ class StepPage(QWidget):
     # -- help ------------------------------------------------------------------------------------------------
     def show_field_help(self, name: str | None) -> None:
         """Show the step's help, followed by the help of field ``name`` (the focused field)."""
-        parts = [f"<h3>{html.escape(self.step_cls.title)}</h3>", self.step_cls.help]
+        parts = [f"<h3>{html.escape(self.step_cls.title, quote=False)}</h3>", self.step_cls.help]
         if name is not None:
             m = self.form.meta[name]
             unit = "" if m.unit in ("", "1") else f" ({html.escape(m.unit)})"
