@@ -33,7 +33,7 @@ def test_parse_values_and_sets() -> None:
 def test_new_run_status_and_reopen(tmp_path: Path, mini_session: Path) -> None:
     proj = tmp_path / "proj"
     assert main(["new", str(proj), "--movies", str(mini_session), "--set", "import_movies.pixel_size_A="]) == 0
-    r = run_cli("run", str(proj))
+    r = run_cli("run", str(proj), "--until", "import_movies")
     assert r.returncode == 0, r.stderr
     r = run_cli("status", str(proj), "--json")
     assert r.returncode == 0, r.stderr
@@ -47,12 +47,12 @@ def test_new_run_status_and_reopen(tmp_path: Path, mini_session: Path) -> None:
     assert all(Path(p).exists() for p in step["outputs"].values())
     # a second process reopens the project with identical state; the step is skipped on resume
     before = (proj / "project.json").read_text()
-    r = run_cli("run", str(proj))
+    r = run_cli("run", str(proj), "--until", "import_movies")
     assert r.returncode == 0 and "up to date, skipped" in r.stderr
     after = json.loads((proj / "project.json").read_text())
     assert after["steps"] == json.loads(before)["steps"]
     # changing a parameter marks the step stale and the next run redoes it
-    r = run_cli("run", str(proj), "--set", "import_movies.tilt_axis_deg=84")
+    r = run_cli("run", str(proj), "--until", "import_movies", "--set", "import_movies.tilt_axis_deg=84")
     assert r.returncode == 0, r.stderr
     assert json.loads(run_cli("status", str(proj), "--json").stdout)["steps"][0]["metrics"]["series"]["TS_01"][
         "tilt_axis_deg"] == 84
@@ -70,7 +70,7 @@ def test_missing_movie_refuses_the_run_and_names_it(tmp_path: Path, mini_session
     victim.unlink()
     assert main(["new", str(tmp_path / "p"), "--movies", str(mini_session)]) == 0
     capsys.readouterr()
-    assert main(["run", str(tmp_path / "p")]) == 2
+    assert main(["run", str(tmp_path / "p"), "--until", "import_movies"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and victim.name in err[0] and "missing" in err[0]
     status = json.loads((tmp_path / "p" / "project.json").read_text())

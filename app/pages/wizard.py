@@ -87,14 +87,10 @@ class WizardWindow(QMainWindow):
         # long step titles wrap instead of hiding behind a horizontal scroll bar
         self.step_list.setWordWrap(True)
         self.step_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        widest = 0
         for i, step_cls in enumerate(self.steps):
-            text = f"{i + 1}. {step_cls.title}"
-            item = QListWidgetItem(text)
+            item = QListWidgetItem(f"{i + 1}. {step_cls.title}")
             item.setToolTip(step_cls.summary)
             self.step_list.addItem(item)
-            widest = max(widest, self.step_list.fontMetrics().horizontalAdvance(text))
-        self.step_list.setMinimumWidth(min(320, max(170, widest + 50)))
         self.step_list.currentRowChanged.connect(self._on_row_changed)
         self.stack = QStackedWidget()
         for _ in self.steps:
