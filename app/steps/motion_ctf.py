@@ -21,7 +21,7 @@ import pandas as pd
 
 from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
 from tomoguide.steps.import_movies import load_series
-from tomoguide.steps.records import SeriesEntry, SeriesSet
+from tomoguide.steps.records import SeriesEntry, SeriesSet, ctf_row
 
 PREVIEW_PX = 256
 
@@ -234,9 +234,7 @@ class MotionCtf(Step):
                                defocus_handedness=g.defocus_handedness)
                     fit, spec = estimate_ctf(image, pixel_size_A=px_out, box=params.ctf_window_px, **geo, **optics,
                                              **kw)
-                    row = {"rlnMicrographName": f"{s.name}.mrc:{i + 1}", "rlnTomoNominalStageTiltAngle": t.tilt_deg,
-                           **fit.star_row(), "tomoguideCtfFailed": int(fit.failed),
-                           "tomoguideCtfReason": fit.reason or "-"}
+                    row = ctf_row(s.name, i, t.tilt_deg, fit)
                     if params.defocus_grid_x * params.defocus_grid_y > 1 and not fit.failed:
                         grid = fit_ctf_grid(image, pixel_size_A=px_out, grid=(params.defocus_grid_y,
                                             params.defocus_grid_x), box=params.ctf_window_px, global_fit=fit,

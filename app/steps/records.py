@@ -10,6 +10,8 @@ project folder can be moved; :meth:`SeriesSet.load` turns them into absolute pat
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,17 @@ class SeriesSet(BaseModel):
 
     def names(self) -> list[str]:
         return [s.name for s in self.series]
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (a step passing an unchanged stack on), or copy it across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def ctf_row(name: str, i: int, tilt_deg: float, fit: Any) -> dict[str, Any]:
+    """One row of a per-tilt CTF STAR from a :class:`~tomoguide.compute.ctffit.CtfFit` (view ``i``, 0-based)."""
+    return {"rlnMicrographName": f"{name}.mrc:{i + 1}", "rlnTomoNominalStageTiltAngle": tilt_deg,
+            **fit.star_row(), "tomoguideCtfFailed": int(fit.failed), "tomoguideCtfReason": fit.reason or "-"}

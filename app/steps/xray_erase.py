@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tomoguide.steps.base import Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
-from tomoguide.steps.records import SeriesEntry, SeriesSet
+from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy
 
 
 class XrayEraseParams(StepParams):
@@ -103,13 +103,10 @@ class XrayErase(Step):
             files = {"stack": f"{s.name}.mrc", "mask": f"{s.name}_replaced.mrc"}
             write_mrc(ctx.run_dir / files["stack"], cleaned, voxel_size_A=info.voxel_size_A[0], is_stack=True)
             write_mrc(ctx.run_dir / files["mask"], masks, voxel_size_A=info.voxel_size_A[0], is_stack=True)
-            if "ctf_star" in s.files:  # the CTF found on these images stays valid: carry it on
-                import shutil
-
-                for role in ("ctf_star", "ctf_preview"):
-                    if role in s.files:
-                        shutil.copy2(s.path(role, base), ctx.run_dir / s.files[role])
-                        files[role] = s.files[role]
+            for role in ("ctf_star", "ctf_preview"):  # the CTF found on these images stays valid: carry it on
+                if role in s.files:
+                    link_or_copy(s.path(role, base), ctx.run_dir / s.files[role])
+                    files[role] = s.files[role]
             entries.append(SeriesEntry(name=s.name, geometry=s.geometry, files=files, flags=dict(s.flags),
                                        info={**s.info, "replaced_per_view": counts}))
             metrics["series"][s.name] = {"patches_per_view": counts, "total_patches": int(sum(counts)),
