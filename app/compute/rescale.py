@@ -6,7 +6,9 @@ The mean of the image is kept. Works on numpy and CuPy arrays (backend from the 
 
 Conventions: images are (..., ny, nx) arrays; a binning factor ``b`` turns a pixel size ``p`` into ``p * b``;
 the output size is ``floor(n / b)`` rounded down to an even number (so that the cropped spectrum is
-symmetric), at least 2.
+symmetric), at least 2. :func:`fourier_bin` keeps the image centre of :mod:`tomoguide.geometry` and the exact
+pixel size: output pixel ``j`` samples the input at ``(n - 1) / 2 + b (j - (m - 1) / 2)``, so a position ``s`` px
+from the centre becomes ``s / b`` px — what :meth:`TiltSeriesGeometry.at_binning` assumes for shifts.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ def _crop_axis_full(spec: Any, axis: int, m: int) -> Any:
     return xp.take(spec, idx, axis=axis)
 
 
-def fourier_crop(data: Any, out_shape: tuple[int, ...]) -> Any:
+def fourier_crop(data: Any, out_shape: tuple[int, ...], shift_px: tuple[float, ...] | None = None) -> Any:
     """Fourier-crop the last ``len(out_shape)`` axes of ``data`` to ``out_shape`` (each ≤ the input), float32.
 
     The mean is kept; the result is real. The highest kept frequency on an even axis (the new Nyquist) is
-    zeroed, since its sign is ambiguous after cropping.
+    zeroed, since its sign is ambiguous after cropping. ``shift_px`` (per cropped axis, input px): the input is
+    first moved so that output sample 0 lies at input position ``shift_px`` (default 0: sample ``j`` at
+    ``j * n / m``).
     """
     xp = xp_of(data)
     F = fft(xp)
@@ -54,6 +58,13 @@ def fourier_crop(data: Any, out_shape: tuple[int, ...]) -> Any:
     if tuple(out_shape) == in_shape:
         return xp.asarray(data, dtype=xp.float32)
     spec = F.rfftn(xp.asarray(data, dtype=xp.float32), axes=axes)
+    if shift_px is not None and any(abs(o) > 1e-9 for o in shift_px):
+        for a, n, o in zip(axes, in_shape, shift_px):
+            k = F.rfftfreq(n) if a == axes[-1] else F.fftfreq(n)
+            shape = [1] * spec.ndim
+            shape[a] = k.shape[0]
+            ramp = xp.exp(2j * np.pi * xp.asarray(k) * o).reshape(shape)  # g(x) = f(x + o)
+            spec = spec * ramp.astype(spec.dtype)
     for a, m in zip(axes[:-1], out_shape[:-1]):
         spec = _crop_axis_full(spec, a, m)
         if m % 2 == 0:  # zero the new Nyquist row (index m/2 after cropping holds -m/2)
@@ -70,9 +81,25 @@ def fourier_crop(data: Any, out_shape: tuple[int, ...]) -> Any:
 
 
 def fourier_bin(data: Any, factor: float, ndim: int = 2) -> Any:
-    """Bin the last ``ndim`` axes of ``data`` by ``factor`` (any factor ≥ 1) with :func:`fourier_crop`."""
+    """Bin the last ``ndim`` axes of ``data`` by ``factor`` (≥ 1) keeping the geometry's image centre.
+
+    Fourier cropping resamples a whole period of ``n`` px into ``m`` samples, i.e. with a spacing of ``n / m`` px,
+    which is the factor only when ``n`` is a multiple of ``m``. So each axis is first cut, about its centre, to
+    ``n' = round(m * factor)`` px (at most ``2 * factor`` px are lost at the edges), then cropped in Fourier space
+    with a sub-pixel shift that puts the output centre ``(m - 1) / 2`` on the input centre ``(n - 1) / 2``: the
+    pixel size becomes exactly ``factor`` times larger (for integer factors; otherwise to within
+    ``|n' - m factor| / n'``) and a position ``s`` px from the centre becomes ``s / factor`` px.
+    """
     shape = tuple(binned_size(n, factor) for n in data.shape[-ndim:])
-    return fourier_crop(data, shape)
+    region = [slice(None)] * data.ndim
+    shifts = []
+    for ax, (n, m) in enumerate(zip(data.shape[-ndim:], shape)):
+        n_cut = min(n, int(round(m * factor)))
+        start = (n - n_cut) // 2
+        delta = (n - n_cut) / 2.0 - start  # 0 or 0.5: the cut's centre lies delta px before the input centre
+        region[data.ndim - ndim + ax] = slice(start, start + n_cut)
+        shifts.append((n_cut - 1) / 2.0 + delta - (n_cut / m) * (m - 1) / 2.0)
+    return fourier_crop(data[tuple(region)], shape, shift_px=tuple(shifts))
 
 
 def bin_to_at_most(image: Any, max_px: int) -> Any:

@@ -19,8 +19,12 @@ def test_mean_is_kept(factor):
     rng = np.random.default_rng(0)
     img = rng.normal(5.0, 2.0, (300, 400)).astype(np.float32)
     out = fourier_bin(img, factor)
-    assert out.shape == (binned_size(300, factor), binned_size(400, factor))
-    assert out.mean() == pytest.approx(img.mean(), rel=1e-4)
+    m = (binned_size(300, factor), binned_size(400, factor))
+    assert out.shape == m
+    # the image is first cut about its centre to m * factor px (exact pixel size); that region's mean is kept
+    cy, cx = (300 - round(m[0] * factor)) // 2, (400 - round(m[1] * factor)) // 2
+    region = img[cy:cy + round(m[0] * factor), cx:cx + round(m[1] * factor)]
+    assert out.mean() == pytest.approx(region.mean(), rel=1e-4)
 
 
 def test_sine_above_new_nyquist_is_removed_and_below_is_kept():
@@ -34,7 +38,8 @@ def test_sine_above_new_nyquist_is_removed_and_below_is_kept():
     out_below = fourier_bin(below, factor)
     assert np.abs(out_above).max() < 1e-4
     m = out_below.shape[1]
-    xb = np.arange(m) * factor  # output px j samples input x = j * factor (the centre n/2 maps to m/2)
+    # output px j samples input x = (n-1)/2 + factor (j - (m-1)/2): centre on centre, spacing exactly factor
+    xb = (n - 1) / 2 + factor * (np.arange(m) - (m - 1) / 2)
     expected = np.sin(2 * np.pi * (8 / n) * xb + 0.3)
     np.testing.assert_allclose(out_below[10], expected, atol=2e-3)
     # block averaging, for contrast, aliases the high sine into a visible signal
@@ -61,3 +66,20 @@ def test_bin_to_at_most():
     np.testing.assert_allclose(out, 1.0, atol=1e-5)
     small = np.ones((100, 80), np.float32)
     assert bin_to_at_most(small, 512).shape == (100, 80)
+
+
+@pytest.mark.parametrize("n,factor", [(1024, 10), (101, 3), (64, 2)])
+def test_binning_keeps_the_image_centre(n, factor):
+    """A smooth blob at (n-1)/2 + s stays at (m-1)/2 + s/factor, as the geometry record's at_binning assumes."""
+    y, x = np.mgrid[0:n, 0:n].astype(np.float64)
+    c = (n - 1) / 2
+    s = 3.0 * factor
+    blob = np.exp(-((x - c - s) ** 2 + (y - c) ** 2) / (2 * (2.5 * factor) ** 2))
+    out = fourier_bin(blob, factor)
+    m = out.shape[1]
+    yy, xx = np.mgrid[0:m, 0:m]
+    w = np.clip(out, 0, None)
+    cx = (w * xx).sum() / w.sum()
+    cy = (w * yy).sum() / w.sum()
+    assert cx == pytest.approx((m - 1) / 2 + s / factor, abs=0.05)
+    assert cy == pytest.approx((m - 1) / 2, abs=0.05)
