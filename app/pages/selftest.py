@@ -3,7 +3,7 @@
 What it does, in a temporary folder that is removed afterwards:
 
 1. simulates the tiny demo data set and creates its project (:func:`tomoguide.demo.prepare_demo`, preset
-   ``tiny``: one 7-tilt series of 512² px, 4-frame movies; this compiles and runs the simulator's numba kernels);
+   ``tiny``: one short tilt series of small movies; this compiles and runs the simulator's numba kernels);
 2. opens the wizard (:class:`~tomoguide.pages.wizard.WizardWindow`) on the project, without touching the
    user's settings (``remember_geometry=False``);
 3. presses Run on the import page: the step runs in the GUI's worker thread while this function processes Qt
@@ -287,7 +287,7 @@ def _selftest_body(work: Path, report: SelftestReport, deadline: _Deadline, mode
         if shot.isNull() or shot.width() < 100:
             raise SelftestFailed("the wizard window could not be drawn")
         report.fact("import", f"done; {len(progress)} progress messages; preview: {len(rows)} series, "
-                              f"frame sum {image.shape[1]}×{image.shape[0]} px shown")
+                              f"frame sum shown ({image.shape[1]}×{image.shape[0]} px after display binning)")
     finally:
         window.close()
         window.deleteLater()
