@@ -1,0 +1,181 @@
+"""Benchmark of the marker-free tilt-series alignment (tomoguide.compute.align) on the simulator's data (issue 6).
+
+Usage::
+
+    python bench/align.py [--data /tmp/demo_small] [--preset small] [--out bench/results]
+                          [--solve-rotation] [--fixed-axis] [--iterations 2]
+
+Input: the binned, normalised tilt series of the workflow's ``preprocess_for_alignment`` step (tutorial bin 10,
+20 Å/px): read from ``DATA/project`` when that step has run there; otherwise the preset is simulated into
+``DATA`` (unless ``DATA/truth/summary.json`` exists) and the project is run up to that step with
+:func:`tomoguide.cli.run_steps`.
+
+For every series: :func:`align_tilt_series` with the tutorial's parameters (patches of 500 Å, 80 % overlap),
+timed, then compared with ``truth/<TS>/<TS>_geometry.json`` at the stack's binning:
+
+* ``axis_error_deg``: fitted tilt-axis angle minus the truth's ``tilt_axis_deg`` (the acquisition's axis; the
+  truth's per-view in-plane rotation errors, std ``axis_error_deg`` of the simulation, average to about it:
+  ``axis_error_vs_view_mean_deg`` compares with their circular mean instead);
+* ``shift_rms_px``: RMS of the per-view specimen-shift differences after removing the arbitrary global offset,
+  i.e. the best 3D translation ``t`` of the specimen origin (it moves view i's shift by
+  ``R(θ) [t_x cos β_i + t_z sin β_i, t_y]``); ``shift_rms_mean_removed_px`` removes only the mean 2D shift
+  (which depends on where the fit put the tomogram centre, the mean patch position);
+* ``mean_residual_px``: the fit's mean residual (IMOD's "residual error mean"), per view in the JSON.
+
+Targets (issue 6): |axis error| ≤ 0.3°, shift RMS ≤ 0.5 px, mean residual < 1 px. The peer, teamtomo's
+``torch-tiltxcorr`` (coarse cross-correlation only), is run when importable and skipped otherwise.
+Writes ``OUT/align_<preset>.json`` and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _project_series(data: Path, preset: str) -> Path:
+    """``series.json`` of the preprocess_for_alignment step of DATA/project (simulating/running as needed)."""
+    from tomoguide.cli import run_steps
+    from tomoguide.demo import prepare_demo
+    from tomoguide.project import Project
+
+    project_dir = data / "project"
+    try:
+        proj = Project.open(project_dir)
+        path = proj.output_path("preprocess_for_alignment", "series")
+        if path is not None and Path(path).is_file():
+            print(f"reusing {path}")
+            return Path(path)
+    except Exception:  # no project there yet, or the step has not run
+        pass
+    print(f"preparing the {preset} data set and project in {data} ...", flush=True)
+    project_dir = prepare_demo(data, preset=preset)
+    status = run_steps(project_dir, until="preprocess_for_alignment", quiet=True)
+    if status != 0:
+        sys.exit(f"run_steps failed with status {status}")
+    return Path(Project.open(project_dir).output_path("preprocess_for_alignment", "series"))
+
+
+def offset_removed_rms(est: np.ndarray, true: np.ndarray, axis_deg: float, tilts_deg: np.ndarray) -> tuple[float, Any]:
+    """RMS (px) of ``est - true`` after removing the best 3D translation of the specimen origin; and it."""
+    d = est - true
+    a = math.radians(axis_deg)
+    r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    b = np.radians(tilts_deg)
+    m = np.zeros((len(b), 2, 3))
+    m[:, :, 0] = r[:, 0][None] * np.cos(b)[:, None]
+    m[:, :, 1] = r[:, 1][None]
+    m[:, :, 2] = r[:, 0][None] * np.sin(b)[:, None]
+    t = np.linalg.lstsq(m.reshape(-1, 3), d.reshape(-1), rcond=None)[0]
+    return float(np.sqrt(((d - m @ t) ** 2).sum(axis=1).mean())), t.tolist()
+
+
+def _peer_tiltxcorr(stack: np.ndarray, geo: Any) -> dict[str, Any]:
+    try:
+        import torch  # type: ignore[import-not-found]
+        from torch_tiltxcorr import tiltxcorr  # type: ignore[import-not-found]
+    except Exception as exc:  # not installed in the project venv
+        return {"skipped": f"torch-tiltxcorr not importable ({type(exc).__name__})"}
+    t0 = time.perf_counter()
+    shifts = tiltxcorr(tilt_series=torch.as_tensor(stack), tilt_angles=torch.as_tensor(geo.tilt_angles_deg),
+                       tilt_axis_angle=geo.tilt_axis_deg)
+    return {"seconds": time.perf_counter() - t0, "shifts_yx_px": np.asarray(shifts).tolist()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path("/tmp/demo_small"))
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--solve-rotation", action="store_true", help="also solve per-view rotations")
+    ap.add_argument("--fixed-axis", action="store_true", help="keep the tilt axis at the mdoc value")
+    ap.add_argument("--iterations", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    from tomoguide.compute.align import align_tilt_series, apply_alignment
+    from tomoguide.compute.io.mrc import read_mrc
+    from tomoguide.geometry import TiltSeriesGeometry, rotation_angle_deg
+    from tomoguide.steps.records import SeriesSet
+
+    series_path = _project_series(args.data, args.preset)
+    sset, folder = SeriesSet.load(series_path)
+    rows = []
+    for entry in sset.series:
+        geo = entry.geometry
+        stack = np.asarray(read_mrc(folder / entry.files["stack"])[0], dtype=np.float32)
+        t0 = time.perf_counter()
+        result = align_tilt_series(stack, geo, solve_axis=not args.fixed_axis, solve_rotation=args.solve_rotation,
+                                   iterations=args.iterations)
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        apply_alignment(stack, result.geometry)
+        interp_seconds = time.perf_counter() - t1
+        truth = TiltSeriesGeometry.model_validate_json(
+            (args.data / "truth" / entry.name / f"{entry.name}_geometry.json").read_text())
+        true_b = truth.at_binning(geo.binning)
+        est = result.geometry.specimen_shifts_px()
+        ref = true_b.specimen_shifts_px()
+        rms, offset = offset_removed_rms(est, ref, truth.tilt_axis_deg, true_b.true_tilt_deg())
+        d = est - ref
+        d = d - d.mean(axis=0)
+        view_axes = -rotation_angle_deg(truth.xf_array()[:, :, :2])
+        fit = result.fit
+        row = {
+            "series": entry.name,
+            "n_views": geo.n_views,
+            "image_shape_px": list(stack.shape[1:]),
+            "pixel_size_A": geo.pixel_size_binned_A,
+            "seconds": seconds,
+            "interp_seconds": interp_seconds,
+            "tilt_axis_deg": fit.tilt_axis_deg,
+            "truth_tilt_axis_deg": truth.tilt_axis_deg,
+            "axis_error_deg": fit.tilt_axis_deg - truth.tilt_axis_deg,
+            "axis_error_vs_view_mean_deg": fit.tilt_axis_deg - float(np.mean(view_axes)),
+            "shift_rms_px": rms,
+            "global_offset_px": offset,
+            "shift_rms_mean_removed_px": float(np.sqrt((d ** 2).sum(axis=1).mean())),
+            "coarse_shift_rms_px": offset_removed_rms(result.coarse_shifts_px, ref, truth.tilt_axis_deg,
+                                                      true_b.true_tilt_deg())[0],
+            "mean_residual_px": fit.mean_residual_px,
+            "view_residual_px": [None if not np.isfinite(v) else float(v) for v in fit.view_residual_px],
+            "n_patches": result.tracks.n_patches,
+            "n_rejected": int(fit.rejected.sum()),
+            "patch_size_px": result.tracks.patch_size_px,
+            "specimen_slope_deg": fit.specimen_slope_deg,
+            "truth_tilt_offset_deg": truth.tilt_offset_deg,
+            "pass": bool(abs(fit.tilt_axis_deg - truth.tilt_axis_deg) <= 0.3 and rms <= 0.5
+                         and fit.mean_residual_px < 1.0),
+            "peer_torch_tiltxcorr": _peer_tiltxcorr(stack, geo),
+        }
+        rows.append(row)
+        print(f"{entry.name}: {seconds:.1f} s; axis {fit.tilt_axis_deg:.2f}° (truth {truth.tilt_axis_deg:.2f}°, "
+              f"error {row['axis_error_deg']:+.2f}°); shift RMS {rms:.2f} px (mean-removed "
+              f"{row['shift_rms_mean_removed_px']:.2f}, coarse {row['coarse_shift_rms_px']:.2f}); residual mean "
+              f"{fit.mean_residual_px:.2f} px; {row['n_patches']} patches, {row['n_rejected']} rejected"
+              f"{'' if row['pass'] else '  [target missed]'}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "_rot" if args.solve_rotation else ("_fixedaxis" if args.fixed_axis else "")
+    out = args.out / f"align_{args.preset}{tag}.json"
+    out.write_text(json.dumps({
+        "benchmark": "tilt-series alignment (coarse xcorr + patch tracking + projection model)",
+        "data": str(args.data), "preset": args.preset, "settings": {
+            "patch_size_A": 500.0, "patch_overlap": 0.8, "solve_rotation": args.solve_rotation,
+            "fixed_axis": args.fixed_axis, "iterations": args.iterations},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "processor": platform.processor()},
+        "series": rows,
+    }, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
