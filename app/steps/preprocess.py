@@ -115,3 +115,35 @@ class PreprocessForAlignment(_BinStep):
     )
     Params = BinParams
     inputs = ("xray_erase",)
+
+
+class ReconstructionBinParams(BinParams):
+    binning: float = param(
+        6.0, title="Binning", unit="×", hard=(1.0, 64.0), suggest=(2.0, 16.0),
+        help="Factor by which the pixel size grows (Fourier cropping). The tutorial bins the CTF-corrected series "
+             "by 6 for the small data set (4 for the large one): tomograms for picking and the first averages do "
+             "not need the full resolution, and they are 6³ = 216 times smaller.")
+    density_mode: Literal["scale", "none"] = param(
+        "none", title="Densities", choices=["scale", "none"], widget="choice",
+        help="'none' (default here): keep the values, so that the tomogram's contrast follows the dose; "
+             "'scale': every view to the same mean and SD.")
+
+
+class PreprocessForReconstruction(_BinStep):
+    id = "preprocess_for_reconstruction"
+    title = "Bin for reconstruction"
+    summary = "Bin the CTF-corrected tilt series for the tomogram (tutorial: by 6)."
+    source = "ctf_correct"
+    help = (
+        "<p><b>What it does.</b> Bins the CTF-corrected tilt series by Fourier cropping (the same code as the "
+        "binning before alignment); the alignment, exclusions and tilt angles are carried over to the new pixel "
+        "size.</p>"
+        "<p><b>Why.</b> A tomogram at the full pixel size would be huge and slow; for finding particles and the "
+        "first averages, bin 6 is enough (the tutorial's choice for the small data set).</p>"
+        "<p><b>A good result.</b> The pixel size in the table is the old one times the binning; the particles "
+        "still show as rings.</p>"
+        "<p><b>What to check.</b> The pixel size should stay below a third of the particle's size "
+        "(apoferritin: 120 Å).</p>"
+    )
+    Params = ReconstructionBinParams
+    inputs = ("ctf_correct",)

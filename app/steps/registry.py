@@ -14,12 +14,18 @@ from tomoguide.steps.base import Step
 @functools.lru_cache(maxsize=1)
 def workflow() -> tuple[type[Step], ...]:
     """The step classes in wizard order (imported lazily, so importing the registry is cheap)."""
+    from tomoguide.steps.align import Align, AssignAlignment
+    from tomoguide.steps.ctf_correct import CtfCorrect
+    from tomoguide.steps.ctf_estimate import CtfEstimate
+    from tomoguide.steps.exclude import Exclude
     from tomoguide.steps.import_movies import ImportMovies
     from tomoguide.steps.motion_ctf import MotionCtf
-    from tomoguide.steps.preprocess import PreprocessForAlignment
+    from tomoguide.steps.preprocess import PreprocessForAlignment, PreprocessForReconstruction
+    from tomoguide.steps.reconstruct import Reconstruct
     from tomoguide.steps.xray_erase import XrayErase
 
-    return (ImportMovies, MotionCtf, XrayErase, PreprocessForAlignment)
+    return (ImportMovies, MotionCtf, XrayErase, PreprocessForAlignment, Align, AssignAlignment, CtfEstimate,
+            Exclude, CtfCorrect, PreprocessForReconstruction, Reconstruct)
 
 
 def ids() -> list[str]:

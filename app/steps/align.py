@@ -1,0 +1,223 @@
+"""Steps 5 and 6: ``align`` (marker-free tilt-series alignment) and ``assign_alignment``.
+
+``align`` works on the binned, normalised series: coarse cross-correlation of neighbouring tilts with cosine
+stretching, patch tracking (patches of 500 Å, 80 % overlap in the tutorial), and a least-squares projection model
+(per-view shifts, the tilt-axis angle, optionally per-view rotations and magnifications, the tilt-angle offset that
+makes the specimen flat) with outlier patches rejected (:func:`tomoguide.compute.align.align_tilt_series`). The
+alignment is stored as metadata in the geometry record and as IMOD .xf/.tlt ("+ali"); optionally an interpolated
+aligned stack is written for viewing ("!interp").
+
+``assign_alignment`` carries that alignment onto the full-size X-ray-erased series (shifts rescaled to its pixel
+size), after checking that the views and angles match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
+from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy
+
+
+class AlignParams(StepParams):
+    patch_size_A: float = param(
+        500.0, title="Patch side", unit="Å", hard=(50.0, 10000.0), suggest=(200.0, 2000.0),
+        help="Side of the square patches that are followed through the series (tutorial 500 Å). Larger patches "
+             "hold more signal; smaller ones give more patches and follow local distortions.")
+    patch_overlap_pct: float = param(
+        80.0, title="Patch overlap", unit="%", hard=(0.0, 95.0), suggest=(25.0, 90.0),
+        help="How much neighbouring patches overlap (tutorial 80 %): more overlap = more patches.")
+    solve_axis: bool = param(True, title="Refine the tilt-axis angle",
+                             help="Fit the tilt-axis angle (recommended: the mdoc's value is often off by a degree).")
+    solve_rotation: bool = param(
+        False, title="Per-view rotation", advanced=True,
+        help="Also fit a small in-plane rotation for every view (needs many well-tracked patches).")
+    solve_magnification: bool = param(
+        False, title="Per-view magnification", advanced=True,
+        help="Also fit a magnification change for every view (rarely needed).")
+    flatten: bool = param(
+        True, title="Fit the tilt-angle offset",
+        help="Set the tilt-angle offset that makes the specimen lie flat in the tomogram (as IMOD's tiltalign "
+             "reports it): projections alone cannot tell a tilted specimen from a tilt-angle offset.")
+    outlier_mad: float = param(
+        3.0, title="Outlier threshold", unit="MAD", hard=(1.0, 20.0), suggest=(2.0, 6.0), advanced=True,
+        help="Patches whose mean residual is this many median absolute deviations above the median are "
+             "rejected and the model is fitted again.")
+    min_cc: float = param(
+        0.25, title="Minimum correlation", unit="1", hard=(0.0, 1.0), suggest=(0.1, 0.6), advanced=True,
+        help="A patch's track stops where its correlation peak falls below this.")
+    interp_binning: float | None = param(
+        1.0, title="Aligned stack binning", unit="×", hard=(1.0, 16.0), empty_means="no aligned stack",
+        help="Write an interpolated, aligned stack for viewing ('!interp'), binned by this factor relative to the "
+             "aligned series (1 = same size). Empty: none. The alignment itself is kept as metadata ('+ali').")
+
+
+class Align(Step):
+    id = "align"
+    title = "Tilt-series alignment"
+    summary = "Find the shifts of every view and the tilt axis by patch tracking and a projection model."
+    help = (
+        "<p><b>What it does.</b> Between tilts the specimen moves a little and the tilt axis is not exactly where "
+        "the microscope says. This step first cross-correlates neighbouring tilts (stretching the lower tilt to "
+        "the higher one's foreshortening), then follows patches of 500 Å through the series, and fits a model in "
+        "which every patch is a point in 3D projected at each tilt: the fit gives each view's shift, the tilt-"
+        "axis angle and the tilt-angle offset. Patches that do not fit are rejected.</p>"
+        "<p><b>Why.</b> Back-projection only works when every view is placed exactly: a few pixels of error blur "
+        "the tomogram.</p>"
+        "<p><b>A good result.</b> A mean residual below 1 pixel, about the same for all views (slightly larger at "
+        "high tilt); a tilt-axis angle close to the mdoc's; the aligned stack looks steady when you slide through "
+        "the tilts.</p>"
+        "<p><b>What to check.</b> Views with residuals far above the others (exclude them later), a jump in the "
+        "aligned stack, very few patches tracked (bin less, or use larger patches).</p>"
+    )
+    Params = AlignParams
+    inputs = ("preprocess_for_alignment",)
+
+    def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
+        assert isinstance(params, AlignParams)
+        issues = []
+        if "preprocess_for_alignment" in ctx.upstream:
+            sset, _ = SeriesSet.load(ctx.output("preprocess_for_alignment", "series"))
+            for s in sset.series:
+                px = s.geometry.pixel_size_binned_A
+                if params.patch_size_A / px < 8:
+                    issues.append(Issue("error", f"{s.name}: patches of {params.patch_size_A:g} Å are only "
+                                        f"{params.patch_size_A / px:.1f} px at {px:.1f} Å/px; use larger patches or "
+                                        "bin less", "patch_size_A"))
+                if params.patch_size_A / px > min(s.geometry.image_shape_px):
+                    issues.append(Issue("error", f"{s.name}: patches larger than the images", "patch_size_A"))
+                if s.geometry.n_views < 5:
+                    issues.append(Issue("error", f"{s.name}: {s.geometry.n_views} views are too few to align"))
+        return issues
+
+    def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
+        sset, _ = SeriesSet.load(ctx.output("preprocess_for_alignment", "series"))
+        total = sum(s.geometry.n_views * s.geometry.image_shape_px[0] * s.geometry.image_shape_px[1] * 4
+                    for s in sset.series)
+        return Needs(disk_bytes=total + 1_000_000, memory_bytes=10 * total)
+
+    def run(self, params: StepParams, ctx: RunContext) -> StepRun:
+        from tomoguide.compute.align import align_tilt_series, apply_alignment
+        from tomoguide.compute.io.imod import write_tlt, write_xf
+        from tomoguide.compute.io.mrc import read_mrc, write_mrc
+
+        assert isinstance(params, AlignParams)
+        sset, base = SeriesSet.load(ctx.output("preprocess_for_alignment", "series"))
+        entries = []
+        metrics: dict[str, Any] = {"series": {}}
+        for k, s in enumerate(sset.series):
+            ctx.check_cancel()
+            yield Progress(k / len(sset.series), f"{s.name}: tracking patches and fitting the model")
+            stack, info = read_mrc(s.path("stack", base))
+            res = align_tilt_series(np.asarray(stack, np.float32), s.geometry, patch_size_A=params.patch_size_A,
+                                    patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
+                                    flatten=params.flatten, solve_rotation=params.solve_rotation,
+                                    solve_magnification=params.solve_magnification, min_cc=params.min_cc,
+                                    outlier_mad=params.outlier_mad)
+            ctx.check_cancel()
+            g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
+            summary = res.summary()
+            files = {"stack": s.files["stack"], "xf": f"{s.name}.xf", "tlt": f"{s.name}.tlt",
+                     "tracks": f"{s.name}_tracks.npz"}
+            link_or_copy(s.path("stack", base), ctx.run_dir / files["stack"])
+            rows, tlt = g.to_imod()
+            write_xf(ctx.run_dir / files["xf"], rows)
+            write_tlt(ctx.run_dir / files["tlt"], tlt)
+            np.savez_compressed(ctx.run_dir / files["tracks"], positions_px=res.tracks.positions_px,
+                                peak_cc=res.tracks.peak_cc, residuals_px=res.fit.residuals_px,
+                                rejected=res.fit.rejected, points_px=res.fit.points_px,
+                                coarse_shifts_px=res.coarse_shifts_px)
+            if params.interp_binning is not None:
+                ali = apply_alignment(np.asarray(stack, np.float32), g, binning=g.binning * params.interp_binning)
+                files["interp"] = f"{s.name}_ali.mrc"
+                write_mrc(ctx.run_dir / files["interp"], np.asarray(ali, np.float32),
+                          voxel_size_A=g.pixel_size_binned_A * params.interp_binning, is_stack=True)
+            info_out = {**s.info, "residual_per_view_px": summary["view_residual_px"],
+                        "mean_residual_px": summary["mean_residual_px"]}
+            entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=info_out))
+            metrics["series"][s.name] = {k2: summary[k2] for k2 in
+                                         ("tilt_axis_deg", "tilt_offset_deg", "mean_residual_px", "n_patches",
+                                          "n_rejected")}
+            ctx.log(f"{s.name}: tilt axis {summary['tilt_axis_deg']:.2f}°, offset {summary['tilt_offset_deg']:+.2f}°, "
+                    f"mean residual {summary['mean_residual_px']:.2f} px, {summary['n_patches']} patches "
+                    f"({summary['n_rejected']} rejected)")
+            yield Progress((k + 1) / len(sset.series), f"{s.name}: residual {summary['mean_residual_px']:.2f} px")
+        path = SeriesSet(series=entries).save(ctx.run_dir)
+        worst = max(m["mean_residual_px"] for m in metrics["series"].values())
+        metrics["worst_mean_residual_px"] = worst
+        return StepResult(outputs={"series": path}, metrics=metrics,
+                          summary=f"aligned {len(entries)} series (mean residual ≤ {worst:.2f} px)")
+
+
+class AssignParams(StepParams):
+    angle_tolerance_deg: float = param(
+        0.05, title="Angle tolerance", unit="°", hard=(0.0, 5.0), suggest=(0.0, 0.5), advanced=True,
+        help="Largest difference between the tilt angles of the source and the target series; larger differences "
+             "mean the two are not the same series, and the step refuses.")
+
+
+class AssignAlignment(Step):
+    id = "assign_alignment"
+    title = "Assign alignment"
+    summary = "Carry the alignment found on the binned series onto the full-size X-ray-erased series."
+    help = (
+        "<p><b>What it does.</b> The alignment was found on a small, binned copy of each tilt series. This step "
+        "copies it onto the full-size X-ray-erased series: the same tilt axis and tilt-angle offset, the shifts "
+        "multiplied by the ratio of the pixel sizes.</p>"
+        "<p><b>Why.</b> CTF estimation, CTF correction and reconstruction work on the full-size images.</p>"
+        "<p><b>A good result.</b> The same number of views and angles in both series; shifts that are the binned "
+        "ones × the binning.</p>"
+        "<p><b>What to check.</b> The step refuses when the series differ (a view was removed in one of them): "
+        "redo the alignment on the matching series.</p>"
+    )
+    Params = AssignParams
+    inputs = ("align",)
+
+    def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
+        assert isinstance(params, AssignParams)
+        if "align" not in ctx.upstream or "xray_erase" not in ctx.upstream:
+            return []
+        src, _ = SeriesSet.load(ctx.output("align", "series"))
+        dst, _ = SeriesSet.load(ctx.output("xray_erase", "series"))
+        issues = []
+        targets = {s.name: s for s in dst.series}
+        for s in src.series:
+            t = targets.get(s.name)
+            if t is None:
+                issues.append(Issue("error", f"{s.name}: no X-ray-erased series of that name to assign to"))
+                continue
+            if t.geometry.n_views != s.geometry.n_views:
+                issues.append(Issue("error", f"{s.name}: the aligned series has {s.geometry.n_views} views, the "
+                                    f"target {t.geometry.n_views}"))
+                continue
+            diff = np.abs(np.asarray(t.geometry.tilt_angles_deg) - np.asarray(s.geometry.tilt_angles_deg)).max()
+            if diff > params.angle_tolerance_deg:
+                issues.append(Issue("error", f"{s.name}: tilt angles differ by up to {diff:.2f}° between the aligned "
+                                    "and the target series"))
+        return issues
+
+    def run(self, params: StepParams, ctx: RunContext) -> StepRun:
+        assert isinstance(params, AssignParams)
+        src, _ = SeriesSet.load(ctx.output("align", "series"))
+        dst, dst_base = SeriesSet.load(ctx.output("xray_erase", "series"))
+        targets = {s.name: s for s in dst.series}
+        entries = []
+        metrics: dict[str, Any] = {"series": {}}
+        for k, s in enumerate(src.series):
+            ctx.check_cancel()
+            t = targets[s.name]
+            g = s.geometry.at_binning(t.geometry.binning)
+            g = g.model_validate({**g.model_dump(), "image_shape_px": t.geometry.image_shape_px,
+                                  "excluded": [a or b for a, b in zip(s.geometry.excluded, t.geometry.excluded)]})
+            files = {"stack": t.files["stack"]}
+            link_or_copy(t.path("stack", dst_base), ctx.run_dir / files["stack"])
+            entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(t.flags),
+                                       info={**t.info, **{k2: v for k2, v in s.info.items() if "residual" in k2}}))
+            factor = s.geometry.binning / t.geometry.binning
+            metrics["series"][s.name] = {"shift_scale": factor, "pixel_size_A": g.pixel_size_binned_A}
+            yield Progress((k + 1) / len(src.series), f"{s.name}: alignment assigned (shifts × {factor:g})")
+        path = SeriesSet(series=entries).save(ctx.run_dir)
+        return StepResult(outputs={"series": path}, metrics=metrics,
+                          summary=f"alignment assigned to {len(entries)} full-size series")
