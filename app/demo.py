@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tomoguide.project import PROJECT_FILE, Project
 
 
@@ -34,6 +36,16 @@ def demo_import_params(data_dir: Path) -> dict[str, Any]:
     if gains:
         values["gain_path"] = str(gains[0].resolve())
     return values
+
+
+def demo_params(data_dir: Path, sim: Any) -> dict[str, dict[str, Any]]:
+    """Parameters of the demo project for simulated data: the import's, and the tomogram thickness that holds
+    the simulated slab (the tutorial's 300 voxels are meant for real data at a finer pixel size)."""
+    from tomoguide.steps.preprocess import ReconstructionBinParams
+
+    voxel = sim.pixel_size_A * ReconstructionBinParams().binning
+    thickness = int(np.ceil(1.6 * sim.slab_thickness_A / voxel / 2.0)) * 2
+    return {"import_movies": demo_import_params(data_dir), "reconstruct": {"thickness_px": max(thickness, 16)}}
 
 
 def prepare_demo(out: Path, *, preset: str = "small", seed: int | None = None,
@@ -70,5 +82,5 @@ def prepare_demo(out: Path, *, preset: str = "small", seed: int | None = None,
     project_dir = out / "project"
     if not (project_dir / PROJECT_FILE).exists():
         Project.create(project_dir, name=f"tomoguide demo ({preset})",
-                       params={"import_movies": demo_import_params(out / "data")}).close()
+                       params=demo_params(out / "data", params)).close()
     return project_dir

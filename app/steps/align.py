@@ -38,9 +38,11 @@ class AlignParams(StepParams):
         False, title="Per-view magnification", advanced=True,
         help="Also fit a magnification change for every view (rarely needed).")
     flatten: bool = param(
-        True, title="Fit the tilt-angle offset",
-        help="Set the tilt-angle offset that makes the specimen lie flat in the tomogram (as IMOD's tiltalign "
-             "reports it): projections alone cannot tell a tilted specimen from a tilt-angle offset.")
+        False, title="Fit the tilt-angle offset", advanced=True,
+        help="Set the tilt-angle offset that makes the plane through the tracked patches lie flat in the tomogram "
+             "(as IMOD's tiltalign reports it): projections alone cannot tell a tilted specimen from a tilt-angle "
+             "offset. Needs many patches spread over the slab; with few, the plane is poorly defined and the "
+             "offset can be wildly wrong (the step then keeps 0 and warns).")
     outlier_mad: float = param(
         3.0, title="Outlier threshold", unit="MAD", hard=(1.0, 20.0), suggest=(2.0, 6.0), advanced=True,
         help="Patches whose mean residual is this many median absolute deviations above the median are "
@@ -118,6 +120,16 @@ class Align(Step):
                                     outlier_mad=params.outlier_mad)
             ctx.check_cancel()
             g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
+            if params.flatten and abs(g.tilt_offset_deg - s.geometry.tilt_offset_deg) > 10.0:
+                ctx.log(f"{s.name}: the patches give a tilt-angle offset of {g.tilt_offset_deg:+.1f}°, which is not "
+                        "plausible (too few patches to define the specimen plane); the offset is kept at "
+                        f"{s.geometry.tilt_offset_deg:+.1f}°")
+                res = align_tilt_series(np.asarray(stack, np.float32), s.geometry, patch_size_A=params.patch_size_A,
+                                        patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
+                                        flatten=False, solve_rotation=params.solve_rotation,
+                                        solve_magnification=params.solve_magnification, min_cc=params.min_cc,
+                                        outlier_mad=params.outlier_mad)
+                g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
             summary = res.summary()
             files = {"stack": s.files["stack"], "xf": f"{s.name}.xf", "tlt": f"{s.name}.tlt",
                      "tracks": f"{s.name}_tracks.npz"}
