@@ -248,9 +248,27 @@ def _file_error(path: str, exc: Exception) -> str:
     return text
 
 
+def simulation_parameters_text() -> str:
+    """Every simulation parameter with its unit, the presets' values and its help (``simulate --list``)."""
+    from tomoguide import synth
+
+    lines = ["simulation parameters (set with --set NAME=VALUE):", ""]
+    for name, f in synth.SimParams.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        unit = extra.get("unit", "")
+        presets = ", ".join(f"{p}={getattr(v, name)!r}" for p, v in synth.PRESETS.items())
+        lines.append(f"  {name} [{unit}]  ({presets})" if unit else f"  {name}  ({presets})")
+        if f.description:
+            lines.append(f"      {f.description}")
+    return "\n".join(lines)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tomoguide import synth
 
+    if args.list:
+        print(simulation_parameters_text())
+        return 0
     params = synth.PRESETS[args.preset].model_copy()
     values = {}
     for item in args.set or []:
@@ -378,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--set", action="append", metavar="PARAM=VALUE",
                    help="override a simulation parameter (see `tomoguide simulate --list`)")
+    s.add_argument("--list", action="store_true",
+                   help="list every simulation parameter (sizes, dose, defocus, error magnitudes) with its unit")
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("demo", help="simulate the demo data, create its project and run it (or open the wizard)")

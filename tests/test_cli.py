@@ -149,3 +149,18 @@ def test_inspect_coordinates_sqlite_and_text(tmp_path: Path, capsys) -> None:
     assert [f["n_particles"] for f in facts] == [7, 7]
     assert facts[0]["tomograms"] == {"TS_01": 7}
     np.testing.assert_allclose(facts[1]["x_range"], [table.xyz_px[:, 0].min(), table.xyz_px[:, 0].max()], atol=1e-3)
+
+
+def test_simulate_lists_every_parameter(capsys) -> None:
+    from tomoguide import synth
+
+    assert main(["simulate", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in synth.SimParams.model_fields:
+        assert f"  {name}" in out
+    assert "[e⁻/Å²]" in out or "e/" in out
+
+
+def test_simulate_rejects_unknown_parameter(tmp_path: Path, capsys) -> None:
+    assert main(["simulate", "--preset", "tiny", "--out", str(tmp_path), "--set", "no_such=3"]) == 2
+    assert "no_such" in capsys.readouterr().err
