@@ -11,7 +11,8 @@
   (a featureless image: empty beam, a view over a hole, a dead read-out) or is zero.
 * ``residual_jump`` — the per-view alignment residual jumps above the running median of its neighbours
   (``residual_window`` views) by more than ``z_threshold`` robust SDs and by at least ``residual_ratio``
-  times that median, or exceeds ``max_residual`` (same unit as the residuals) when given.
+  times that median and by more than ``min_residual_excess`` (an absolute floor: a residual of 0.7 px among
+  0.45 px neighbours is no reason to drop a view), or exceeds ``max_residual`` (same unit as the residuals).
 * ``defocus_outlier`` — the mean defocus ``(U + V)/2`` is more than ``defocus_z_threshold`` robust SDs and
   ``min_defocus_deviation_A`` away from a smooth trend against tilt. The trend is a robust low-order
   polynomial (degree ``defocus_trend_degree``) fitted with iterative rejection, rather than a running
@@ -264,6 +265,7 @@ def suggest_exclusions(
     residual_window: int = 4,
     residual_ratio: float = 1.5,
     max_residual: float | None = None,
+    min_residual_excess: float = 0.0,
     defocus_z_threshold: float = 4.0,
     min_defocus_deviation_A: float = 1500.0,
     defocus_trend_degree: int = 2,
@@ -329,7 +331,8 @@ def suggest_exclusions(
         floor = 0.05 * float(np.nanmedian(np.abs(res[ok]))) if ok.any() else 0.0
         sigma = max(sigma if np.isfinite(sigma) else 0.0, floor, 1e-12)
         for i in np.flatnonzero(ok):
-            jump = dev[i] > z_threshold * sigma and res[i] > residual_ratio * ref[i]
+            jump = (dev[i] > z_threshold * sigma and res[i] > residual_ratio * ref[i]
+                    and res[i] - ref[i] > min_residual_excess)
             too_big = max_residual is not None and res[i] > max_residual
             if jump or too_big:
                 why = (f"jumps above its neighbours' median {ref[i]:.3g} ({dev[i] / sigma:.1f} robust SDs)"

@@ -44,6 +44,10 @@ class ExcludeParams(StepParams):
     keep: str = param(
         "", title="Keep despite suggestions", widget="text",
         help="Views whose suggestions you overrule (same format): they are kept, with their CTF fit.")
+    min_residual_jump_px: float = param(
+        0.5, title="Residual jump floor", unit="px", hard=(0.0, 100.0), suggest=(0.2, 2.0), advanced=True,
+        help="A view's alignment residual must exceed its neighbours' by at least this much (and stand out "
+             "statistically) to be suggested: sub-pixel differences are no reason to lose a view.")
     max_astigmatism_A: float = param(
         2000.0, title="Astigmatism limit", unit="Å", hard=(0.0, 1e5), suggest=(500.0, 5000.0), advanced=True,
         help="CTF fits with more astigmatism (U − V) than this are suggested for exclusion.")
@@ -170,7 +174,8 @@ class Exclude(Step):
             residuals = s.info.get("residual_per_view_px")
             suggestions = suggest_exclusions(view_statistics(np.asarray(stack)), tilt_deg=g.true_tilt_deg(),
                                              ctf_table=table, residuals=residuals, excluded=g.excluded,
-                                             max_astigmatism_A=params.max_astigmatism_A)
+                                             max_astigmatism_A=params.max_astigmatism_A,
+                                             min_residual_excess=params.min_residual_jump_px)
             bad_view = np.array(g.excluded, bool)
             bad_fit = np.zeros(g.n_views, bool)
             for i in manual[s.name]:
