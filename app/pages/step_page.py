@@ -188,6 +188,10 @@ class StepPage(QWidget):
         ll.addWidget(self.log_view, 1)
 
         self.preview: Preview = make_preview(self.project, self.step_id)
+        # a preview that edits the step's parameters (the exclusion page's marks) keeps the form and status in step
+        marks_changed = getattr(self.preview, "marks_changed", None)
+        if marks_changed is not None:
+            marks_changed.connect(self._on_preview_changed_params)
         self.help_view = QTextBrowser()
         self.help_view.setObjectName("help_view")
         self.help_view.setOpenExternalLinks(True)
@@ -223,6 +227,15 @@ class StepPage(QWidget):
     # -- state -----------------------------------------------------------------------------------------------
     def is_running(self) -> bool:
         return self.worker is not None
+
+    def _on_preview_changed_params(self) -> None:
+        if self.is_running():
+            return
+        self.form.set_values(self.project.data.steps[self.step_id].params)
+        self._update_status()
+        self.update_issues()
+        self._update_buttons()
+        self.status_changed.emit(self.step_id)
 
     def refresh(self) -> None:
         """Re-read the step's state from the project: values, status, checks, last error, log, preview."""

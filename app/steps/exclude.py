@@ -101,7 +101,7 @@ def fill_excluded_fits(table: pd.DataFrame, excluded: np.ndarray) -> pd.DataFram
         tilt = out["rlnTomoNominalStageTiltAngle"].to_numpy(float)
         order = np.argsort(tilt[good])
         for col in ("rlnDefocusU", "rlnDefocusV"):
-            values = out[col].to_numpy(float)
+            values = out[col].to_numpy(float, copy=True)
             values[excluded] = np.interp(tilt[excluded], tilt[good][order], values[good][order])
             out[col] = values
     return out
