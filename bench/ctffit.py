@@ -77,15 +77,6 @@ def _angle_diff(a: float, b: float) -> float:
     return abs((a - b + 90.0) % 180.0 - 90.0)
 
 
-def _peer() -> Any:
-    try:
-        import torch_ctf_estimation  # type: ignore[import-not-found]  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means: no peer here
-        print(f"peer torch-ctf-estimation not importable ({type(exc).__name__}); skipping the peer comparison")
-        return None
-    return torch_ctf_estimation
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tomoguide.compute import ctffit
     from tomoguide.compute.io import star
@@ -105,7 +96,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cfg["nominal_defocus_A"] = p["nominal_defocus_um"] * 1e4
         cfg["narrow_A"] = float(args.narrow)
     optics = {"voltage_kV": p["voltage_kV"], "cs_mm": p["cs_mm"], "amplitude_contrast": p["amplitude_contrast"]}
-    peer = _peer() if args.peer else None
 
     rows: list[dict[str, Any]] = []
     for name in summary["series"]:
@@ -151,8 +141,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"(true {ang:+6.1f})  score {fit.score:.3f}  res {fit.fit_resolution_A:5.1f} Å  "
                   f"{'FAILED ' + fit.reason if fit.failed else ''}  {rec['seconds']:.2f} s"
                   + (f"  grid tilt {rec['grid_tilt_deg']:+.1f}°" if args.grid else ""), flush=True)
-            if peer is not None:  # pragma: no cover - only where the peer is installed
-                rec["peer"] = "importable; wire its call here when a peer venv is used"
 
     def stats(sel: list[dict[str, Any]], key: str) -> dict[str, Any]:
         e = np.abs([r[key] for r in sel])
@@ -194,7 +182,6 @@ def main() -> None:
     ap.add_argument("--narrow", type=float, default=None, help="search nominal defocus ± this many Å")
     ap.add_argument("--grid", action="store_true", help="also fit the 2x2 defocus grid per tilt")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--no-peer", dest="peer", action="store_false")
     args = ap.parse_args()
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
