@@ -6,8 +6,9 @@ Uses the frame-alignment step's aligned sums of a demo project (run bench/movies
 every tilt up to ±45° with :func:`tomoguide.compute.ctffit.estimate_ctf` (30-7 Å, 0.5-8 µm, 512 px windows, as
 the step) and with the peer (same band, range and window; the peer's units converted: defocus µm → Å), and
 writes ``ctf_vs_peer_<preset>.json``: time per tilt and the error of the mean defocus against the truth at the
-image centre for both. The peer runs in its own environment (it needs torch + torchvision): see
-/work/shared/docs/platform-notes.md or the closing notes for how it was installed.
+image centre for both. The peer runs in its own environment (it needs torch + torchvision), made with
+``python3 -m venv /tmp/ctfpeer && /tmp/ctfpeer/bin/pip install torch==2.14.1 torchvision==0.29.1 torch-ctf
+torch-ctf-estimation mrcfile`` (about 6 GB).
 """
 
 from __future__ import annotations
