@@ -141,10 +141,12 @@ class SeriesSetPreview(Preview):
 
     # -- for subclasses ------------------------------------------------------------------------------------
     def show_series(self, entry: SeriesEntry) -> None:
-        raise NotImplementedError
+        """Show one series' results (every subclass implements it)."""
+        raise TypeError(f"{type(self).__name__} must implement show_series()")
 
     def clear_series(self) -> None:
-        raise NotImplementedError
+        """Empty the preview (every subclass implements it)."""
+        raise TypeError(f"{type(self).__name__} must implement clear_series()")
 
 
 class SeriesPreview(SeriesSetPreview):

@@ -56,7 +56,8 @@ class Preview(QWidget):
         return f"Results of the run finished {st.finished or ''}".strip()
 
     def refresh(self) -> None:
-        raise NotImplementedError
+        """Re-read the step's outputs from the project (every preview implements it)."""
+        raise TypeError(f"{type(self).__name__} must implement refresh()")
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

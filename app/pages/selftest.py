@@ -95,7 +95,7 @@ def versions() -> dict[str, str]:
 
         out["Qt"] = qVersion()
     except ImportError:
-        pass
+        out["Qt"] = "not importable"
     return out
 
 
@@ -340,7 +340,7 @@ def run_selftest(*, timeout_s: float | None = None, work_dir: Path | None = None
         try:
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         except (AttributeError, ValueError, OSError):
-            pass
+            sys.stderr.write("(no thread tracebacks available)\n")
         sys.stderr.flush()
         os._exit(1)
 

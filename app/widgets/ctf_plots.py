@@ -230,7 +230,8 @@ class _PerTiltPlotBase(QWidget):
         self._update_current()
 
     def _update_current(self) -> None:
-        pass
+        """Hook for subclasses that mark the current view further; the base's line is already placed."""
+        return None
 
     def view_position(self, plot: pg.PlotItem, x: float, y: float) -> QPointF:
         """Widget position (in ``self.graphics`` viewport coordinates) of the data point (x, y) of ``plot``."""
