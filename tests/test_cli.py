@@ -164,3 +164,24 @@ def test_simulate_lists_every_parameter(capsys) -> None:
 def test_simulate_rejects_unknown_parameter(tmp_path: Path, capsys) -> None:
     assert main(["simulate", "--preset", "tiny", "--out", str(tmp_path), "--set", "no_such=3"]) == 2
     assert "no_such" in capsys.readouterr().err
+
+
+def test_inspect_on_the_simulated_mdoc_reports_the_truth(tiny_dataset: Path, capsys) -> None:
+    """Issue 3: `tomoguide inspect` on the generated mdoc says what the truth says."""
+    from tomoguide import synth
+    from tomoguide.compute.io.star import read_star
+
+    p = synth.PRESETS["tiny"]
+    mdoc = next((tiny_dataset / "data").glob("*/*.mdoc"))
+    assert main(["inspect", "--json", str(mdoc)]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    tilts = read_star(tiny_dataset / "truth" / "TS_01" / "TS_01_tilts.star")["tilts"]
+    assert facts["n_tilts"] == len(tilts)
+    assert facts["tilt_range_deg"] == [tilts["rlnTomoNominalStageTiltAngle"].min(),
+                                       tilts["rlnTomoNominalStageTiltAngle"].max()]
+    assert facts["tilt_axis_deg"] == p.tilt_axis_deg and facts["pixel_size_A"] == p.pixel_size_A
+    assert facts["dose_per_tilt_e_A2"] == pytest.approx(p.dose_per_tilt_e_A2)
+    assert facts["acquisition"]["scheme"] == "dose-symmetric"
+    order = tilts.sort_values("tomoguideAcquisitionOrder")["rlnTomoNominalStageTiltAngle"].tolist()
+    assert facts["acquisition"]["tilts_in_order"] == order
+    assert facts["movies"]["found"] == len(tilts) and facts["movies"]["missing"] == 0
