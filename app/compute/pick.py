@@ -1,0 +1,482 @@
+"""Automatic particle picking: templates, fast local normalised cross-correlation (template matching),
+peak picking with a minimum distance, a threshold suggestion, and matching picks against a known truth.
+
+Conventions
+-----------
+* Volumes are arrays ``(nz, ny, nx)``; a voxel ``[z, y, x]`` has its centre at the coordinate ``(x, y, z)``
+  (0-based, corner origin), the convention of :class:`tomoguide.compute.io.coords.ParticleTable`.
+* A template is a cube ``(b, b, b)`` with its centre at voxel ``b // 2`` on every axis (the convention of
+  maps, RELION's and ``truth/apoferritin.mrc``). Templates hold POSITIVE density (protein bright).
+* Sign: in our tomograms particles are DARK (the reconstruction is the negative of the Coulomb potential,
+  :func:`tomoguide.truth.tomogram_correlation`). :func:`template_match` therefore negates the tomogram when
+  ``particles_dark=True`` (the default), so that templates stay positive and a particle gives a positive score.
+* Orientations: RELION ZYZ Euler angles in degrees (:mod:`tomoguide.compute.euler`), ``A`` maps reference to
+  specimen coordinates, ``x_specimen = A @ x_reference + t``; the template rotated by ``A`` is
+  ``T_A(x) = T(A^T x)`` (about the template centre).
+* Missing wedge: with the tilt axis along y and "+tilt moves +z towards +x" (:mod:`tomoguide.geometry`), the
+  view at tilt ``β`` measures the Fourier plane spanned by ``k_y`` and ``(cos β, 0, sin β)`` in ``(k_x, k_z)``;
+  a Fourier voxel is measured when ``atan2(k_z, k_x)`` (folded into (-90°, 90°]) lies within the tilt range.
+
+Method
+------
+Fast local normalised cross-correlation (Roseman 2003, Ultramicroscopy 94:225; as in PyTom and GAPSTOP):
+with a spherical mask ``M`` of ``N`` voxels and a template ``T`` normalised under the mask
+(zero mean, unit variance inside ``M``, zero outside), the score at voxel ``v`` is::
+
+    ncc(v) = Σ_u V(v + u) T(u) / (N σ_M(v)),   σ_M(v)² = (V² ⋆ M)(v) / N - ((V ⋆ M)(v) / N)²
+
+where ``⋆`` is a cross-correlation computed by FFT; ``σ_M`` is computed once (the mask is a sphere, so it is
+invariant under rotation) and each rotation costs one forward and one inverse FFT. The tomogram is padded
+by half the template box with its mean so that correlations do not wrap around the edges. ``ncc`` is in
+[-1, 1]: 1 for a perfect (affine) match under the mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+import scipy.optimize
+import scipy.spatial
+from numpy.typing import ArrayLike, NDArray
+
+from .backend import fft, to_numpy, xp_of
+from .euler import euler_to_matrix, matrix_to_euler
+from .rescale import fourier_bin
+from .symmetry import symmetry_matrices
+
+__all__ = [
+    "shell_template", "reference_template", "spherical_mask", "missing_wedge_mask", "angle_sampling", "template_match",
+    "TemplateMatchResult", "pick_peaks", "score_histogram", "suggest_threshold", "register_translation",
+    "match_to_truth",
+]
+
+
+# --------------------------------------------------------------------------------------------------- templates
+def _radius_grid(box: int) -> NDArray[np.float64]:
+    """Distance (px) of every voxel of a ``box``³ cube from its centre ``box // 2``."""
+    c = box // 2
+    g = np.arange(box, dtype=np.float64) - c
+    return np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
+
+
+def shell_template(radius_outer_A: float, radius_inner_A: float, voxel_A: float, box: int) -> NDArray[np.float32]:
+    """A spherical shell (``radius_inner_A`` = 0: a solid sphere) of unit density, float32 ``(box, box, box)``,
+    centre at ``box // 2``, edges anti-aliased linearly over one voxel (partial-volume approximation).
+
+    For apoferritin (outer radius ≈ 62 Å, cavity radius ≈ 40 Å) at 12 Å voxels use e.g. (62, 40, 12, 16).
+    """
+    if radius_outer_A <= 0 or radius_inner_A < 0 or radius_inner_A >= radius_outer_A:
+        raise ValueError("need 0 <= radius_inner_A < radius_outer_A")
+    r = _radius_grid(box)
+    ro, ri = radius_outer_A / voxel_A, radius_inner_A / voxel_A
+    outer = np.clip(ro - r + 0.5, 0.0, 1.0)
+    inner = np.clip(r - ri + 0.5, 0.0, 1.0) if ri > 0 else 1.0
+    return (outer * inner).astype(np.float32)
+
+
+def spherical_mask(box: int, radius_px: float) -> NDArray[np.float32]:
+    """Binary sphere (1 inside, radius ``radius_px`` about ``box // 2``), float32 ``(box, box, box)``."""
+    return (_radius_grid(box) <= radius_px).astype(np.float32)
+
+
+def reference_template(volume: ArrayLike, map_voxel_A: float, voxel_A: float, box: int) -> NDArray[np.float32]:
+    """A reference map (cube, centre at ``n // 2``, voxel ``map_voxel_A``) resampled by Fourier cropping to
+    ``voxel_A`` (≥ ``map_voxel_A``) and cut or zero-padded to ``(box, box, box)`` with its centre at ``box // 2``
+    (a sub-voxel Fourier shift corrects the half-voxel difference between the ``n // 2`` and ``(n - 1) / 2``
+    conventions of :func:`tomoguide.compute.rescale.fourier_bin`). Density keeps the map's sign (positive)."""
+    vol = np.asarray(to_numpy(volume), dtype=np.float32)
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise ValueError(f"reference map must be a cube, got shape {vol.shape}")
+    n = vol.shape[0]
+    factor = voxel_A / map_voxel_A
+    if factor < 1 - 1e-6:
+        raise ValueError("reference_template only downsamples (voxel_A >= map_voxel_A)")
+    small = fourier_bin(vol, factor, ndim=3) if abs(factor - 1) > 1e-6 else vol
+    m = small.shape[0]
+    centre = (m - 1) / 2.0 + (n // 2 - (n - 1) / 2.0) / factor  # where the map centre n // 2 landed
+    out = np.zeros((box, box, box), np.float32)
+    # integer placement, then the fractional remainder by a Fourier shift
+    offset = box // 2 - centre
+    ioff = int(math.floor(offset))
+    src, dst = [], []
+    for _ in range(3):
+        a, b = max(0, -ioff), min(m, box - ioff)
+        src.append(slice(a, b))
+        dst.append(slice(a + ioff, b + ioff))
+    out[tuple(dst)] = small[tuple(src)]
+    frac = offset - ioff
+    if abs(frac) > 1e-6:
+        spec = scipy.ndimage.fourier_shift(scipy.fft.fftn(out), (frac, frac, frac))
+        out = np.real(scipy.fft.ifftn(spec)).astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- rotations
+def _so3_grid(step_deg: float) -> NDArray[np.float64]:
+    """Roughly uniform rotations of SO(3): Fibonacci-sphere directions ~``step_deg`` apart × in-plane angles
+    every ~``step_deg``; RELION Euler angles (n, 3) in degrees."""
+    step = math.radians(step_deg)
+    n_dir = max(1, int(math.ceil(4 * math.pi / step**2)))
+    i = np.arange(n_dir) + 0.5
+    tilt = np.degrees(np.arccos(1 - 2 * i / n_dir))
+    rot = np.degrees(np.pi * (1 + 5**0.5) * i) % 360.0
+    n_psi = max(1, int(math.ceil(360.0 / step_deg)))
+    psi = np.arange(n_psi) * (360.0 / n_psi)
+    ang = np.stack(np.broadcast_arrays(rot[:, None], tilt[:, None], psi[None, :]), axis=-1).reshape(-1, 3)
+    return ang
+
+
+def angle_sampling(angular_step_deg: float, symmetry: str = "C1") -> NDArray[np.float64]:
+    """Rotations covering SO(3) modulo the point group ``symmetry`` (an asymmetric-unit sampling) at about
+    ``angular_step_deg``: a greedy selection from a finer SO(3) grid that keeps a rotation only if it is at least
+    ``angular_step_deg`` (geodesic angle, minimised over ``A S`` for S in the group) from every rotation kept.
+    Returns RELION Euler angles (n, 3) in degrees; the first is the identity."""
+    sym = symmetry_matrices(symmetry)
+    cand = euler_to_matrix(_so3_grid(angular_step_deg / 1.5))
+    cand = np.concatenate([np.eye(3)[None], cand])
+    cos_lim = math.cos(math.radians(angular_step_deg))
+    kept: list[NDArray[np.float64]] = []
+    kept_sym = np.empty((0, 3, 3))  # every kept rotation times every symmetry element
+    for a in cand:
+        if len(kept_sym):
+            # angle between a and K S: trace(a^T K S) = 1 + 2 cos(angle)
+            tr = np.einsum("ij,kij->k", a, kept_sym)
+            if ((tr - 1) / 2).max() > cos_lim:
+                continue
+        kept.append(a)
+        kept_sym = np.concatenate([kept_sym, a[None] @ sym])
+    return matrix_to_euler(np.stack(kept))
+
+
+def _rotate_template(template: NDArray[np.float32], matrix: NDArray[np.float64]) -> NDArray[np.float32]:
+    """``T_A(x) = T(A^T x)`` about the centre ``b // 2`` (trilinear), matrices in (x, y, z) order."""
+    b = template.shape[0]
+    c = np.full(3, b // 2, dtype=np.float64)
+    inv_zyx = matrix.T[::-1, ::-1]  # A^T in (z, y, x) index order
+    offset = c - inv_zyx @ c
+    return scipy.ndimage.affine_transform(template, inv_zyx, offset=offset, order=1, mode="constant", cval=0.0
+                                          ).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------- filters
+def _fourier_radius(shape: tuple[int, int, int], xp: Any) -> tuple[Any, Any, Any]:
+    """(|k|, k_x, k_z) in cycles/voxel on an rfftn grid of ``shape`` (z, y, x)."""
+    kz = xp.asarray(scipy.fft.fftfreq(shape[0]))[:, None, None]
+    ky = xp.asarray(scipy.fft.fftfreq(shape[1]))[None, :, None]
+    kx = xp.asarray(scipy.fft.rfftfreq(shape[2]))[None, None, :]
+    return xp.sqrt(kz**2 + ky**2 + kx**2), kx, kz
+
+
+def missing_wedge_mask(shape: tuple[int, int, int], tilt_range_deg: tuple[float, float], *, xp: Any = np) -> Any:
+    """Boolean ``(nz, ny, nx // 2 + 1)`` mask on the rfftn grid of a volume ``shape`` (z, y, x): True where the
+    tilt series measured the Fourier component. Tilt axis along y, "+tilt moves +z towards +x"
+    (:mod:`tomoguide.geometry`): the view at tilt ``β`` measures the plane spanned by ``k_y`` and
+    ``(k_x, k_z) ∝ (cos β, sin β)``, so a component is measured when ``atan2(k_z, k_x)``, folded into
+    [-90°, 90°), lies in ``[min, max]`` of ``tilt_range_deg``; the origin and the ``k_y`` axis always are."""
+    k, kx, kz = _fourier_radius(shape, xp)
+    lo, hi = sorted(float(a) for a in tilt_range_deg)
+    ang = xp.degrees(xp.arctan2(kz, kx + 0 * kz))
+    ang = (ang + 90.0) % 180.0 - 90.0  # a direction and its opposite (Friedel mates) are the same line
+    on_axis = (kx + 0 * kz == 0) & (kz + 0 * kx == 0)
+    return (ang >= lo - 1e-6) & (ang <= hi + 1e-6) | xp.broadcast_to(on_axis, k.shape)
+
+
+def _filter(shape: tuple[int, int, int], voxel_A: float, lowpass_A: float | None, highpass_A: float | None,
+            tilt_range_deg: tuple[float, float] | None, xp: Any) -> Any | None:
+    """Real rfftn-grid filter: cosine-edged band-pass (edges 1/(box) wide … in cycles/Å) × missing-wedge mask;
+    ``None`` when nothing is asked."""
+    if lowpass_A is None and highpass_A is None and tilt_range_deg is None:
+        return None
+    k, kx, kz = _fourier_radius(shape, xp)
+    k_A = k / voxel_A
+    w = xp.ones(k.shape, dtype=xp.float32)
+    edge = 1.0 / (max(shape) * voxel_A)  # one Fourier pixel, cycles/Å
+    if lowpass_A is not None:
+        f = 1.0 / lowpass_A
+        t = xp.clip((k_A - f) / edge + 0.5, 0.0, 1.0)
+        w = w * (0.5 + 0.5 * xp.cos(np.pi * t))
+    if highpass_A is not None:
+        f = 1.0 / highpass_A
+        t = xp.clip((f - k_A) / edge + 0.5, 0.0, 1.0)
+        w = w * (0.5 + 0.5 * xp.cos(np.pi * t))
+    if tilt_range_deg is not None:
+        w = w * missing_wedge_mask(shape, tilt_range_deg, xp=xp).astype(xp.float32)
+    return w
+
+
+# --------------------------------------------------------------------------------------------------- matching
+@dataclass
+class TemplateMatchResult:
+    """Output of :func:`template_match`.
+
+    * ``score``: float32 ``(nz, ny, nx)``, the best local NCC over the rotations at every voxel (template centre
+      on that voxel), in [-1, 1].
+    * ``angle_index``: int32 ``(nz, ny, nx)``, index into ``angles_deg`` of the best rotation.
+    * ``angles_deg``: float64 ``(n, 3)`` RELION Euler angles searched (one row of zeros for a sphere template).
+    * ``mask_radius_px``: radius of the spherical mask used for the local normalisation.
+    """
+
+    score: Any
+    angle_index: Any
+    angles_deg: NDArray[np.float64]
+    mask_radius_px: float
+
+
+def _correlate(vol_ft: Any, kernel: Any, shape: tuple[int, int, int], xp: Any) -> Any:
+    """Cross-correlation ``c[v] = Σ_u V[v + u] K[c + u]`` of a volume (given as its rfftn) with a cube ``K`` whose
+    centre ``c = b // 2`` lands on ``v``; ``shape`` = padded volume shape."""
+    f = fft(xp)
+    b = kernel.shape[0]
+    pad = xp.zeros(shape, dtype=xp.float32)
+    pad[:b, :b, :b] = kernel
+    pad = xp.roll(pad, (-(b // 2),) * 3, axis=(0, 1, 2))
+    return f.irfftn(vol_ft * xp.conj(f.rfftn(pad)), s=shape)
+
+
+def template_match(
+    tomogram: Any,
+    template: Any,
+    *,
+    angles_deg: ArrayLike | None = None,
+    symmetry: str = "O",
+    angular_step_deg: float | None = None,
+    mask_radius_px: float | None = None,
+    tilt_range_deg: tuple[float, float] | None = None,
+    lowpass_A: float | None = None,
+    highpass_A: float | None = None,
+    voxel_A: float = 1.0,
+    particles_dark: bool = True,
+) -> TemplateMatchResult:
+    """Template matching by fast local normalised cross-correlation (module docstring).
+
+    * ``tomogram``: ``(nz, ny, nx)`` (numpy or cupy; the result comes back on the same module).
+    * ``template``: ``(b, b, b)`` positive density, centre ``b // 2`` (:func:`shell_template`,
+      :func:`reference_template`).
+    * Rotations: ``angles_deg`` (n, 3) RELION ZYZ Euler angles; else, when ``angular_step_deg`` is given, an
+      asymmetric-unit sampling of SO(3) modulo ``symmetry`` (:func:`angle_sampling`); else only the identity
+      (right for a sphere or a spherically averaged template).
+    * ``mask_radius_px``: radius of the spherical normalisation mask (default ``b // 2 - 1``); the template is
+      normalised to zero mean and unit variance inside it.
+    * ``tilt_range_deg``: (min, max) tilt of the series: the template is multiplied by the missing wedge in
+      Fourier space (after rotation) so that it looks like the particles of the tomogram.
+    * ``lowpass_A``, ``highpass_A``: cosine-edged band-pass (Å) applied to the tomogram and the template;
+      ``voxel_A`` the voxel size (Å) of both.
+    * ``particles_dark``: negate the tomogram first (our reconstructions show protein dark).
+    """
+    xp = xp_of(tomogram)
+    f = fft(xp)
+    tomo = xp.asarray(tomogram, dtype=xp.float32)
+    if tomo.ndim != 3:
+        raise ValueError(f"tomogram must be 3D, got shape {tomo.shape}")
+    tmpl = np.asarray(to_numpy(template), dtype=np.float32)
+    if tmpl.ndim != 3 or len(set(tmpl.shape)) != 1:
+        raise ValueError(f"template must be a cube, got shape {tmpl.shape}")
+    b = tmpl.shape[0]
+    radius = float(mask_radius_px) if mask_radius_px is not None else b // 2 - 1
+    if angles_deg is not None:
+        angles = np.atleast_2d(np.asarray(angles_deg, dtype=np.float64))
+    elif angular_step_deg is not None:
+        angles = angle_sampling(angular_step_deg, symmetry)
+    else:
+        angles = np.zeros((1, 3))
+
+    # normalise the tomogram globally (float32 precision of the local variance), negate, pad with the mean (0)
+    tomo = (tomo - tomo.mean()) / (tomo.std() + 1e-30)
+    if particles_dark:
+        tomo = -tomo
+    half = b // 2 + 1
+    shape = tuple(int(scipy.fft.next_fast_len(n + 2 * half, real=True)) for n in tomo.shape)
+    padded = xp.zeros(shape, dtype=xp.float32)
+    nz, ny, nx = tomo.shape
+    padded[half:half + nz, half:half + ny, half:half + nx] = tomo
+    filt_vol = _filter(shape, voxel_A, lowpass_A, highpass_A, None, xp)
+    vol_ft = f.rfftn(padded)
+    if filt_vol is not None:
+        vol_ft = vol_ft * filt_vol
+        padded = f.irfftn(vol_ft, s=shape).astype(xp.float32)
+
+    mask = spherical_mask(b, radius)
+    n_mask = float(mask.sum())
+    mask_x = xp.asarray(mask)
+    mean = _correlate(vol_ft, mask_x, shape, xp) / n_mask
+    mean_sq = _correlate(f.rfftn(padded * padded), mask_x, shape, xp) / n_mask
+    sigma = xp.sqrt(xp.maximum(mean_sq - mean**2, 0.0))
+    del mean, mean_sq
+    floor = 1e-3 * float(sigma.max())
+    denom = n_mask * xp.maximum(sigma, floor)
+
+    tfilt = _filter((b, b, b), voxel_A, lowpass_A, highpass_A, tilt_range_deg, np)
+    sl = (slice(half, half + nz), slice(half, half + ny), slice(half, half + nx))
+    best = xp.full(tomo.shape, -xp.inf, dtype=xp.float32)
+    best_idx = xp.zeros(tomo.shape, dtype=xp.int32)
+    mats = euler_to_matrix(angles)
+    for i, a in enumerate(mats):
+        t = tmpl if np.allclose(a, np.eye(3)) else _rotate_template(tmpl, a)
+        if tfilt is not None:
+            t = scipy.fft.irfftn(scipy.fft.rfftn(t) * tfilt, s=t.shape).astype(np.float32)
+        inside = t[mask > 0]
+        sd = float(inside.std())
+        if sd <= 0:
+            raise ValueError("template is constant under the mask")
+        tn = ((t - inside.mean()) / sd * mask).astype(np.float32)
+        score = (_correlate(vol_ft, xp.asarray(tn), shape, xp) / denom)[sl].astype(xp.float32)
+        better = score > best
+        best = xp.where(better, score, best)
+        best_idx = xp.where(better, xp.int32(i), best_idx)
+    return TemplateMatchResult(score=best, angle_index=best_idx, angles_deg=angles, mask_radius_px=radius)
+
+
+# --------------------------------------------------------------------------------------------------- peaks
+def pick_peaks(
+    score: Any,
+    *,
+    min_distance_px: float,
+    threshold: float | None = None,
+    max_peaks: int | None = None,
+    exclude_border_px: int = 0,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Local maxima of a score volume ``(nz, ny, nx)`` with non-maximum suppression.
+
+    Candidates are voxels that are the maximum of their 3×3×3 neighbourhood, above ``threshold`` (if given) and at least ``exclude_border_px`` voxels from every
+    face; they are then accepted greedily by decreasing score, dropping any closer than ``min_distance_px``
+    (Euclidean) to one already accepted; at most ``max_peaks``.
+
+    Returns ``(xyz_px, scores)``: float64 ``(n, 3)`` voxel coordinates ``(x, y, z)`` (corner origin, 0-based,
+    the ParticleTable convention) and float64 ``(n,)``, by decreasing score.
+    """
+    s = np.asarray(to_numpy(score), dtype=np.float32)
+    local_max = scipy.ndimage.maximum_filter(s, size=3, mode="nearest")
+    cand = (s == local_max) & np.isfinite(s)
+    if threshold is not None:
+        cand &= s >= threshold
+    if exclude_border_px > 0:
+        e = int(exclude_border_px)
+        border = np.ones_like(cand)
+        border[e:s.shape[0] - e, e:s.shape[1] - e, e:s.shape[2] - e] = False
+        cand &= ~border
+    zyx = np.argwhere(cand)
+    vals = s[cand].astype(np.float64)
+    order = np.argsort(-vals, kind="stable")
+    zyx, vals = zyx[order], vals[order]
+    xyz = zyx[:, ::-1].astype(np.float64)
+    keep = np.zeros(len(xyz), bool)
+    tree = scipy.spatial.cKDTree(xyz) if len(xyz) else None
+    suppressed = np.zeros(len(xyz), bool)
+    n_kept = 0
+    for i in range(len(xyz)):
+        if suppressed[i]:
+            continue
+        keep[i] = True
+        n_kept += 1
+        if max_peaks is not None and n_kept >= max_peaks:
+            break
+        assert tree is not None
+        near = tree.query_ball_point(xyz[i], r=min_distance_px - 1e-9)
+        suppressed[near] = True
+    return xyz[keep], vals[keep]
+
+
+# --------------------------------------------------------------------------------------------------- threshold
+def score_histogram(scores: ArrayLike, *, bins: int = 100, range_: tuple[float, float] | None = None
+                    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Histogram of scores for the wizard: ``(counts (bins,), edges (bins + 1,))``, float64; non-finite values
+    are ignored. Pass the peak scores of :func:`pick_peaks` (without threshold) to choose a threshold."""
+    v = np.asarray(to_numpy(scores), dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    counts, edges = np.histogram(v, bins=bins, range=range_)
+    return counts.astype(np.float64), edges
+
+
+def _otsu(values: NDArray[np.float64], bins: int = 256) -> float:
+    counts, edges = np.histogram(values, bins=bins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    w0 = np.cumsum(counts)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(counts * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[1:][int(np.argmax(between[:-1]))])
+
+
+def suggest_threshold(scores: ArrayLike, *, method: str = "mad", k: float = 8.0) -> float:
+    """A score threshold from the data.
+
+    * ``"mad"``: ``median + k · 1.4826 · MAD`` of ``scores`` — a robust noise-level estimate, meant for the
+      whole score volume (where particles are a small minority of voxels): ``k`` ≈ 6–10 keeps noise out.
+    * ``"otsu"``: Otsu's threshold (maximum between-class variance of a 256-bin histogram), meant for the peak
+      scores of :func:`pick_peaks` when they are bimodal (noise peaks vs particles).
+    """
+    v = np.asarray(to_numpy(scores), dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("no finite scores")
+    if method == "mad":
+        med = float(np.median(v))
+        mad = float(np.median(np.abs(v - med)))
+        return med + k * 1.4826 * mad
+    if method == "otsu":
+        return _otsu(v)
+    raise ValueError(f"unknown method {method!r}: expected 'mad' or 'otsu'")
+
+
+# --------------------------------------------------------------------------------------------------- truth
+def register_translation(picked_xyz: ArrayLike, true_xyz: ArrayLike, *, max_shift: float,
+                         tolerance: float) -> NDArray[np.float64]:
+    """Global translation ``t`` (same units as the inputs, e.g. Å) that best maps the picked set onto the true
+    set (``picked + t ≈ true``), up to ``max_shift`` on each axis: the pairwise difference vector with the most
+    other differences within ``tolerance`` (a vote), refined as the mean difference of the pairs matched by
+    :func:`match_to_truth` after that shift. Returns float64 (3,); zeros when nothing can be paired."""
+    p = np.asarray(picked_xyz, dtype=np.float64).reshape(-1, 3)
+    q = np.asarray(true_xyz, dtype=np.float64).reshape(-1, 3)
+    if len(p) == 0 or len(q) == 0:
+        return np.zeros(3)
+    d = (q[None, :, :] - p[:, None, :]).reshape(-1, 3)
+    d = d[np.all(np.abs(d) <= max_shift, axis=1)]
+    if len(d) == 0:
+        return np.zeros(3)
+    tree = scipy.spatial.cKDTree(d)
+    votes = tree.query_ball_point(d, r=tolerance, return_length=True)
+    t = d[int(np.argmax(votes))]
+    for _ in range(3):
+        m = match_to_truth(p + t, q, max_distance=tolerance)
+        if len(m["pairs"]) == 0:
+            break
+        pairs = m["pairs"]
+        t = t + (q[pairs[:, 1]] - (p[pairs[:, 0]] + t)).mean(axis=0)
+    return t
+
+
+def match_to_truth(picked_xyz: ArrayLike, true_xyz: ArrayLike, *, max_distance: float) -> dict[str, Any]:
+    """One-to-one matching of picks to true positions (same units, e.g. Å) within ``max_distance``, minimising
+    the summed distance (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``).
+
+    Returns ``recall`` (matched / true), ``false_fraction`` (unmatched picks / picks), ``n_picked``, ``n_true``,
+    ``n_matched``, ``pairs`` int (m, 2) = (pick index, true index), ``distances`` float64 (m,) and
+    ``rms_distance`` (NaN when nothing matched).
+    """
+    p = np.asarray(picked_xyz, dtype=np.float64).reshape(-1, 3)
+    q = np.asarray(true_xyz, dtype=np.float64).reshape(-1, 3)
+    pairs = np.zeros((0, 2), dtype=np.int64)
+    dist = np.zeros(0)
+    if len(p) and len(q):
+        cost = np.linalg.norm(p[:, None, :] - q[None, :, :], axis=-1)
+        big = 1e6 * (max_distance + 1.0)
+        c = np.where(cost <= max_distance, cost, big)
+        rows, cols = scipy.optimize.linear_sum_assignment(c)
+        ok = cost[rows, cols] <= max_distance
+        pairs = np.stack([rows[ok], cols[ok]], axis=1).astype(np.int64)
+        dist = cost[rows[ok], cols[ok]]
+    n_m = len(pairs)
+    return {
+        "recall": n_m / len(q) if len(q) else float("nan"),
+        "false_fraction": (len(p) - n_m) / len(p) if len(p) else 0.0,
+        "n_picked": len(p), "n_true": len(q), "n_matched": n_m,
+        "pairs": pairs, "distances": dist,
+        "rms_distance": float(np.sqrt((dist**2).mean())) if n_m else float("nan"),
+    }
