@@ -404,7 +404,7 @@ def _otsu(values: NDArray[np.float64], bins: int = 256) -> float:
     return float(edges[1:][int(np.argmax(between[:-1]))])
 
 
-def suggest_threshold(scores: ArrayLike, *, method: str = "mad", k: float = 8.0) -> float:
+def suggest_threshold(scores: ArrayLike, *, method: str = "mad", k: float = 7.5) -> float:
     """A score threshold from the data.
 
     * ``"mad"``: ``median + k · 1.4826 · MAD`` of ``scores`` — a robust noise-level estimate, meant for the
