@@ -20,12 +20,13 @@ def workflow() -> tuple[type[Step], ...]:
     from tomoguide.steps.exclude import Exclude
     from tomoguide.steps.import_movies import ImportMovies
     from tomoguide.steps.motion_ctf import MotionCtf
+    from tomoguide.steps.pick import Pick
     from tomoguide.steps.preprocess import PreprocessForAlignment, PreprocessForReconstruction
     from tomoguide.steps.reconstruct import Reconstruct
     from tomoguide.steps.xray_erase import XrayErase
 
     return (ImportMovies, MotionCtf, XrayErase, PreprocessForAlignment, Align, AssignAlignment, CtfEstimate,
-            Exclude, CtfCorrect, PreprocessForReconstruction, Reconstruct)
+            Exclude, CtfCorrect, PreprocessForReconstruction, Reconstruct, Pick)
 
 
 def ids() -> list[str]:
