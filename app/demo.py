@@ -39,13 +39,17 @@ def demo_import_params(data_dir: Path) -> dict[str, Any]:
 
 
 def demo_params(data_dir: Path, sim: Any) -> dict[str, dict[str, Any]]:
-    """Parameters of the demo project for simulated data: the import's, and the tomogram thickness that holds
-    the simulated slab (the tutorial's 300 voxels are meant for real data at a finer pixel size)."""
+    """Parameters of the demo project for simulated data: the import's, the tomogram thickness that holds the
+    simulated slab and the picks' display box (the tutorial's 300 voxels and 54 px are meant for real data at a
+    finer pixel size)."""
     from tomoguide.steps.preprocess import ReconstructionBinParams
 
     voxel = sim.pixel_size_A * ReconstructionBinParams().binning
     thickness = int(np.ceil(1.6 * sim.slab_thickness_A / voxel / 2.0)) * 2
-    return {"import_movies": demo_import_params(data_dir), "reconstruct": {"thickness_px": max(thickness, 16)}}
+    box = int(np.ceil(2 * 125.0 / voxel))  # display boxes twice apoferritin's diameter (the tutorial's 54 px is at
+    #                                        a finer voxel size)
+    return {"import_movies": demo_import_params(data_dir), "reconstruct": {"thickness_px": max(thickness, 16)},
+            "pick": {"box_px": box}}
 
 
 def prepare_demo(out: Path, *, preset: str = "small", seed: int | None = None,

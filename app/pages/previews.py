@@ -208,12 +208,14 @@ def preview_factories() -> dict[str, PreviewFactory]:
     from tomoguide.pages.preview_align import AlignPreview, AssignPreview
     from tomoguide.pages.preview_ctf import CtfEstimatePreview
     from tomoguide.pages.preview_exclude import ExcludePreview
+    from tomoguide.pages.preview_pick import PickPreview
     from tomoguide.pages.preview_tomogram import TomogramPreview
 
     return {"import_movies": ImportPreview, "motion_ctf": MotionCtfPreview, "xray_erase": XrayPreview,
             "preprocess_for_alignment": SeriesPreview, "align": AlignPreview, "assign_alignment": AssignPreview,
             "ctf_estimate": CtfEstimatePreview, "exclude": ExcludePreview, "ctf_correct": SeriesPreview,
-            "preprocess_for_reconstruction": SeriesPreview, "reconstruct": TomogramPreview}
+            "preprocess_for_reconstruction": SeriesPreview, "reconstruct": TomogramPreview,
+            "pick": PickPreview}
 
 
 def make_preview(project: Project, step_id: str) -> Preview:
