@@ -20,6 +20,7 @@ No Qt here. Nothing here touches the project file: :mod:`tomoguide.runner` does.
 from __future__ import annotations
 
 import abc
+import queue
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -263,6 +264,41 @@ class RunContext:
         """Raise :class:`Cancelled` when the user asked to stop."""
         if self.cancel_event.is_set():
             raise Cancelled()
+
+    def run_in_thread(self, fn: Callable[[Callable[[float, str], None]], Any]) -> Generator[Progress, None, Any]:
+        """Run ``fn(progress)`` in a worker thread and yield its progress (use ``yield from``; returns ``fn``'s
+        result). For long compute calls that report through a callback (e.g. SIRT iterations): ``fn`` calls
+        ``progress(fraction, message)`` now and then, and that call raises :class:`Cancelled` once the user has
+        cancelled; meanwhile a heartbeat is yielded every half second so the GUI stays informed."""
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        def progress(fraction: float, message: str) -> None:
+            if self.cancel_event.is_set():
+                raise Cancelled()
+            events.put(("progress", (fraction, message)))
+
+        def target() -> None:
+            try:
+                events.put(("done", fn(progress)))
+            except BaseException as exc:  # handed over to the generator's thread
+                events.put(("error", exc))
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        while True:
+            try:
+                kind, value = events.get(timeout=0.5)
+            except queue.Empty:
+                yield Progress(None, "working")
+                continue
+            if kind == "progress":
+                yield Progress(*value)
+            elif kind == "done":
+                thread.join()
+                return value
+            else:
+                thread.join()
+                raise value
 
     def output(self, step_id: str, name: str) -> Path:
         """Path of output ``name`` of the done step ``step_id`` (KeyError with a clear message otherwise)."""

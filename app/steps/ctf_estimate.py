@@ -13,12 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
-from tomoguide.steps.records import SeriesEntry, SeriesSet, ctf_row, link_or_copy
+from tomoguide.steps.records import (
+    CTF_PREVIEW_PX,
+    SeriesEntry,
+    SeriesSet,
+    ctf_preview,
+    ctf_row,
+    ctf_summary,
+    link_or_copy,
+    write_ctf_results,
+)
 
-PREVIEW_PX = 256
 
 
 class CtfEstimateParams(StepParams):
@@ -96,13 +103,11 @@ class CtfEstimate(Step):
         sset, _ = SeriesSet.load(ctx.output("assign_alignment", "series"))
         n = sum(s.geometry.n_views for s in sset.series)
         ny, nx = sset.series[0].geometry.image_shape_px
-        return Needs(disk_bytes=n * PREVIEW_PX**2 * 4 + 100_000, memory_bytes=ny * nx * 4 * (n // 2 + 8))
+        return Needs(disk_bytes=n * CTF_PREVIEW_PX**2 * 4 + 100_000, memory_bytes=ny * nx * 4 * (n // 2 + 8))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.ctffit import ctf_rings_overlay, estimate_ctf
-        from tomoguide.compute.io.mrc import read_mrc, write_mrc
-        from tomoguide.compute.io.star import write_ctf_star
-        from tomoguide.compute.rescale import fourier_crop
+        from tomoguide.compute.ctffit import estimate_ctf
+        from tomoguide.compute.io.mrc import read_mrc
 
         assert isinstance(params, CtfEstimateParams)
         sset, base = SeriesSet.load(ctx.output("assign_alignment", "series"))
@@ -130,33 +135,19 @@ class CtfEstimate(Step):
                                          cs_mm=g.optics.cs_mm, amplitude_contrast=g.optics.amplitude_contrast, **kw)
                 rows.append(ctf_row(s.name, i, g.tilt_angles_deg[i], fit))
                 failed.append(bool(fit.failed))
-                overlay = ctf_rings_overlay(spec, fit)
-                if overlay.shape[0] > PREVIEW_PX:
-                    overlay = fourier_crop(overlay, (PREVIEW_PX, PREVIEW_PX))
-                previews.append(np.asarray(overlay, np.float32))
+                previews.append(ctf_preview(spec, fit))
                 if fit.failed:
                     ctx.log(f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: fit failed ({fit.reason})")
                 done += 1
                 yield Progress(done / n_total, f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: "
                                f"{fit.defocus_mean_A / 1e4:.2f} µm, {fit.fit_resolution_A:.1f} Å")
             files = dict(s.files)
-            files["ctf_star"] = f"{s.name}_ctf.star"
-            files["ctf_preview"] = f"{s.name}_ctf_preview.mrc"
-            write_ctf_star(ctx.run_dir / files["ctf_star"], pd.DataFrame(rows),
-                           optics={"rlnVoltage": g.optics.voltage_kV, "rlnSphericalAberration": g.optics.cs_mm,
-                                   "rlnAmplitudeContrast": g.optics.amplitude_contrast,
-                                   "rlnMicrographPixelSize": px})
-            write_mrc(ctx.run_dir / files["ctf_preview"], np.stack(previews), voxel_size_A=1.0, is_stack=True)
+            files.update(write_ctf_results(ctx.run_dir, s.name, rows, previews, g.optics, px))
             # the stack itself is not changed: link (or copy) it so the set is self-contained
             link_or_copy(s.path("stack", base), ctx.run_dir / files["stack"])
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files,
                                        flags={**s.flags, "ctf_failed": failed}, info=dict(s.info)))
-            ok = [r for r, f in zip(rows, failed) if not f]
-            metrics["series"][s.name] = {
-                "n_failed": int(sum(failed)),
-                "defocus_range_um": [min(r["rlnDefocusU"] for r in ok) / 1e4, max(r["rlnDefocusU"] for r in ok) / 1e4]
-                if ok else None,
-                "median_fit_resolution_A": float(np.median([r["rlnCtfMaxResolution"] for r in ok])) if ok else None}
+            metrics["series"][s.name] = ctf_summary(rows, failed)
         out = SeriesSet(series=entries).save(ctx.run_dir)
         n_failed = sum(m["n_failed"] for m in metrics["series"].values())
         metrics["n_failed"] = n_failed

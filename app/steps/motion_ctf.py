@@ -21,9 +21,16 @@ import pandas as pd
 
 from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
 from tomoguide.steps.import_movies import load_series
-from tomoguide.steps.records import SeriesEntry, SeriesSet, ctf_row
+from tomoguide.steps.records import (
+    CTF_PREVIEW_PX,
+    SeriesEntry,
+    SeriesSet,
+    ctf_preview,
+    ctf_row,
+    ctf_summary,
+    write_ctf_results,
+)
 
-PREVIEW_PX = 256
 
 
 class MotionCtfParams(StepParams):
@@ -163,18 +170,17 @@ class MotionCtf(Step):
         n = sum(len(s.tilts) for s in series)
         ny, nx = series[0].tilts[0].frame_shape_px
         per = ny * nx * 4 / params.binning**2
-        disk = n * per * (3 if params.even_odd else 1) + n * PREVIEW_PX**2 * 4
+        disk = n * per * (3 if params.even_odd else 1) + n * CTF_PREVIEW_PX**2 * 4
         frames = max(t.n_frames for s in series for t in s.tilts)
         return Needs(disk_bytes=int(disk), memory_bytes=int(ny * nx * 4 * frames * 6 + per * len(series[0].tilts)))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.backend import to_numpy
-        from tomoguide.compute.ctffit import ctf_rings_overlay, estimate_ctf, fit_ctf_grid
+        from tomoguide.compute.ctffit import estimate_ctf, fit_ctf_grid
         from tomoguide.compute.io.movies import check_gain_shape, read_gain, read_movie
         from tomoguide.compute.io.mrc import write_mrc
-        from tomoguide.compute.io.star import write_ctf_star, write_star
+        from tomoguide.compute.io.star import write_star
         from tomoguide.compute.motion import align_movie
-        from tomoguide.compute.rescale import fourier_crop
 
         assert isinstance(params, MotionCtfParams)
         series = load_series(ctx.output("import_movies", "tilt_series"))
@@ -244,10 +250,7 @@ class MotionCtf(Step):
                         row["tomoguideTiltFromDefocusPlane"] = float(grid.tilt_from_plane_deg)
                     ctf_rows.append(row)
                     failed.append(bool(fit.failed))
-                    overlay = ctf_rings_overlay(spec, fit)
-                    if overlay.shape[0] > PREVIEW_PX:
-                        overlay = fourier_crop(overlay, (PREVIEW_PX, PREVIEW_PX))
-                    previews.append(np.asarray(overlay, dtype=np.float32))
+                    previews.append(ctf_preview(spec, fit))
                     t_ctf += time.perf_counter() - t0
                     if fit.failed:
                         ctx.log(f"{s.name}: tilt {t.tilt_deg:+.1f}°: CTF fit failed ({fit.reason}); flagged for "
@@ -272,21 +275,10 @@ class MotionCtf(Step):
                                                           for r in shift_rows])),
             }
             if params.estimate_ctf:
-                files["ctf_star"] = f"{s.name}_ctf.star"
-                write_ctf_star(ctx.run_dir / files["ctf_star"], pd.DataFrame(ctf_rows),
-                               optics={"rlnVoltage": g.optics.voltage_kV, "rlnSphericalAberration": g.optics.cs_mm,
-                                       "rlnAmplitudeContrast": g.optics.amplitude_contrast,
-                                       "rlnMicrographPixelSize": px_out})
-                files["ctf_preview"] = f"{s.name}_ctf_preview.mrc"
-                write_mrc(ctx.run_dir / files["ctf_preview"], np.stack(previews), voxel_size_A=1.0, is_stack=True)
+                files.update(write_ctf_results(ctx.run_dir, s.name, ctf_rows, previews, g.optics, px_out))
                 flags["ctf_failed"] = failed
-                ok = [r for r, f in zip(ctf_rows, failed) if not f]
-                series_metrics.update({
-                    "n_ctf_failed": int(sum(failed)),
-                    "defocus_range_um": [min(r["rlnDefocusU"] for r in ok) / 1e4, max(r["rlnDefocusU"] for r in ok) / 1e4]
-                    if ok else None,
-                    "median_fit_resolution_A": float(np.median([r["rlnCtfMaxResolution"] for r in ok])) if ok else None,
-                })
+                summary = ctf_summary(ctf_rows, failed)
+                series_metrics.update({"n_ctf_failed": summary.pop("n_failed"), **summary})
             shape = (int(stack.shape[1]), int(stack.shape[2]))
             geo_out = g.at_binning(g.binning * params.binning)
             geo_out = geo_out.model_validate({**geo_out.model_dump(), "image_shape_px": shape})

@@ -10,15 +10,12 @@ the geometry record; no Z flip (+z towards the electron source as in the simulat
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 
 from tomoguide.steps.base import (
-    Cancelled,
     Issue,
     Needs,
     Progress,
@@ -68,43 +65,6 @@ class ReconstructParams(StepParams):
     sirt_iterations: int = param(
         30, title="SIRT iterations", unit="1", hard=(1, 500), suggest=(5, 50), enabled_if=[("method", "=", "SIRT")],
         help="Number of SIRT iterations: more = sharper but noisier.")
-
-
-def run_in_thread(fn: Callable[[Callable[[float, str], None]], Any], ctx: RunContext) -> Any:
-    """Run ``fn(progress)`` in a thread; yield its progress as :class:`Progress`; cancel through the callback.
-
-    ``fn`` calls ``progress(fraction, message)`` now and then; when the user cancels, that call raises
-    :class:`Cancelled` inside ``fn``. The generator returns ``fn``'s result (use ``yield from``).
-    """
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-    def progress(fraction: float, message: str) -> None:
-        if ctx.cancel_event.is_set():
-            raise Cancelled()
-        events.put(("progress", (fraction, message)))
-
-    def target() -> None:
-        try:
-            events.put(("done", fn(progress)))
-        except BaseException as exc:  # handed to the generator's thread
-            events.put(("error", exc))
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    while True:
-        try:
-            kind, value = events.get(timeout=0.5)
-        except queue.Empty:
-            yield Progress(None, "working")
-            continue
-        if kind == "progress":
-            yield Progress(*value)
-        elif kind == "done":
-            thread.join()
-            return value
-        else:
-            thread.join()
-            raise value
 
 
 class Reconstruct(Step):
@@ -180,7 +140,7 @@ class Reconstruct(Step):
                             progress=lambda f, m: progress((k + f) / n, m), **common)
 
             yield Progress(k / n, f"{s.name}: {params.method} into {shape[2]}×{shape[1]}×{shape[0]} voxels")
-            volume = yield from run_in_thread(work, ctx)
+            volume = yield from ctx.run_in_thread(work)
             files = {"tomogram": f"{s.name}_{params.method.lower()}.mrc"}
             save_tomogram(ctx.run_dir / files["tomogram"], volume, g)
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags),

@@ -73,3 +73,49 @@ def ctf_row(name: str, i: int, tilt_deg: float, fit: Any) -> dict[str, Any]:
     """One row of a per-tilt CTF STAR from a :class:`~tomoguide.compute.ctffit.CtfFit` (view ``i``, 0-based)."""
     return {"rlnMicrographName": f"{name}.mrc:{i + 1}", "rlnTomoNominalStageTiltAngle": tilt_deg,
             **fit.star_row(), "tomoguideCtfFailed": int(fit.failed), "tomoguideCtfReason": fit.reason or "-"}
+
+
+CTF_PREVIEW_PX = 256
+
+
+def ctf_preview(spectrum: Any, fit: Any) -> Any:
+    """The wizard's CTF image of one tilt: data | fitted rings (:func:`~tomoguide.compute.ctffit.ctf_rings_overlay`),
+    Fourier-cropped to at most :data:`CTF_PREVIEW_PX` px, float32."""
+    import numpy as np
+
+    from tomoguide.compute.ctffit import ctf_rings_overlay
+    from tomoguide.compute.rescale import fourier_crop
+
+    overlay = ctf_rings_overlay(spectrum, fit)
+    if overlay.shape[0] > CTF_PREVIEW_PX:
+        overlay = fourier_crop(overlay, (CTF_PREVIEW_PX, CTF_PREVIEW_PX))
+    return np.asarray(overlay, dtype=np.float32)
+
+
+def write_ctf_results(folder: Path, name: str, rows: list[dict[str, Any]], previews: list[Any], optics: Any,
+                      pixel_size_A: float) -> dict[str, str]:
+    """Write one series' per-tilt CTF STAR and preview stack into ``folder``; returns their roles and file names
+    (``ctf_star``, ``ctf_preview``), as :class:`SeriesEntry` stores them."""
+    import numpy as np
+    import pandas as pd
+
+    from tomoguide.compute.io.mrc import write_mrc
+    from tomoguide.compute.io.star import write_ctf_star
+
+    files = {"ctf_star": f"{name}_ctf.star", "ctf_preview": f"{name}_ctf_preview.mrc"}
+    write_ctf_star(Path(folder) / files["ctf_star"], pd.DataFrame(rows),
+                   optics={"rlnVoltage": optics.voltage_kV, "rlnSphericalAberration": optics.cs_mm,
+                           "rlnAmplitudeContrast": optics.amplitude_contrast, "rlnMicrographPixelSize": pixel_size_A})
+    write_mrc(Path(folder) / files["ctf_preview"], np.stack(previews), voxel_size_A=1.0, is_stack=True)
+    return files
+
+
+def ctf_summary(rows: list[dict[str, Any]], failed: list[bool]) -> dict[str, Any]:
+    """Metrics of one series' CTF fits: failed count, defocus range (µm) and median fit resolution (Å) of the rest."""
+    import numpy as np
+
+    ok = [r for r, f in zip(rows, failed) if not f]
+    return {"n_failed": int(sum(failed)),
+            "defocus_range_um": [min(r["rlnDefocusU"] for r in ok) / 1e4, max(r["rlnDefocusU"] for r in ok) / 1e4]
+            if ok else None,
+            "median_fit_resolution_A": float(np.median([r["rlnCtfMaxResolution"] for r in ok])) if ok else None}
