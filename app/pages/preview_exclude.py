@@ -243,9 +243,13 @@ class ExcludePreview(SeriesSetPreview):
         key = (entry.name, str(stack_path), max_astig)
         if key not in self._suggestion_cache:
             g = entry.geometry
-            stack = read_stack(stack_path)
+            from tomoguide.compute.io.mrc import read_mrc
+
+            # memory-mapped: view_statistics reads only a subsampled centre of each view (this runs on the GUI
+            # thread, once per series, before the step has run)
+            stack, _ = read_mrc(stack_path, mmap=True)
             table = read_ctf_star(entry.path("ctf_star", self.base)) if "ctf_star" in entry.files else None
-            found = suggest_exclusions(view_statistics(np.asarray(stack)), tilt_deg=g.true_tilt_deg(),
+            found = suggest_exclusions(view_statistics(stack), tilt_deg=g.true_tilt_deg(),
                                        ctf_table=table, residuals=entry.info.get("residual_per_view_px"),
                                        excluded=g.excluded, max_astigmatism_A=max_astig)
             self._suggestion_cache[key] = [{"view": s.view, "reason": s.reason, "message": s.message,
