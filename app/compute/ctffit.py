@@ -911,11 +911,14 @@ def fit_ctf_grid(
 
 
 def ctf_rings_overlay(
-    spectrum_2d: PowerSpectrum | np.ndarray, fit: CtfFit, *, pixel_size_A: float | None = None
+    spectrum_2d: PowerSpectrum | np.ndarray, fit: CtfFit, *, pixel_size_A: float | None = None,
+    display_px: int | None = None,
 ) -> np.ndarray:
     """Preview image (box, box) float32 in [0, 1], k = 0 at the centre: left half the background-subtracted
     amplitude spectrum (contrast-stretched), right half the fitted ``CTF²`` (same display convention as
-    CTFFIND's diagnostic image). ``spectrum_2d``: a :class:`PowerSpectrum` or an rfft-layout power array."""
+    CTFFIND's diagnostic image). ``spectrum_2d``: a :class:`PowerSpectrum` or an rfft-layout power array.
+    ``display_px``: the size the image will be shown at (after Fourier cropping); where the model's rings are
+    closer than about 3 display pixels they would alias into moiré, so the model fades to grey there."""
     if isinstance(spectrum_2d, PowerSpectrum):
         spec = spectrum_2d
     else:
@@ -936,6 +939,13 @@ def ctf_rings_overlay(
     model = ctfmod.ctf_2d((b, b), spec.pixel_size_A, fit.defocus_u_A, fit.defocus_v_A, fit.astig_angle_deg,
                           voltage_kV=fit.voltage_kV, cs_mm=fit.cs_mm, amplitude_contrast=fit.amplitude_contrast,
                           phase_shift_rad=fit.phase_shift_rad, rfft=True, dtype=np.float64) ** 2
+    if display_px is not None and display_px < b:
+        lam = ctfmod.electron_wavelength_A(fit.voltage_kV)
+        k = np.maximum(g.r_px / (b * spec.pixel_size_A), 1e-6)  # Å⁻¹
+        slope = np.abs(2 * lam * fit.defocus_mean_A * k - 2 * fit.cs_mm * 1e7 * lam**3 * k**3)  # 1/Δk of CTF²
+        period_px = spec.pixel_size_A * display_px / np.maximum(slope, 1e-12)
+        w = np.clip((period_px - 2.5) / 1.5, 0.0, 1.0)
+        model = 0.5 + (model - 0.5) * w
     full_d = _full_centred(data)
     full_m = _full_centred(model)
     out = full_d.copy()

@@ -86,7 +86,8 @@ def ctf_preview(spectrum: Any, fit: Any) -> Any:
     from tomoguide.compute.ctffit import ctf_rings_overlay
     from tomoguide.compute.rescale import fourier_crop
 
-    overlay = ctf_rings_overlay(spectrum, fit)
+    box = int(getattr(spectrum, "box", 0) or np.asarray(spectrum).shape[0])
+    overlay = ctf_rings_overlay(spectrum, fit, display_px=CTF_PREVIEW_PX if box > CTF_PREVIEW_PX else None)
     if overlay.shape[0] > CTF_PREVIEW_PX:
         overlay = fourier_crop(overlay, (CTF_PREVIEW_PX, CTF_PREVIEW_PX))
     return np.asarray(overlay, dtype=np.float32)

@@ -283,6 +283,8 @@ class DefocusResolutionPlot(_PerTiltPlotBase):
             item.sigClicked.connect(self._on_points_clicked)
         self.graphics.ci.layout.setRowStretchFactor(0, 3)
         self.graphics.ci.layout.setRowStretchFactor(1, 2)
+        # tall enough that the two axis titles and their tick labels do not run into each other
+        self.graphics.setMinimumHeight(200)
         self.suspicious: SuspiciousTilts | None = None
         self.highlighted = np.zeros(0, bool)
         self._u = self._v = self._res = np.zeros(0)

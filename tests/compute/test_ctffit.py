@@ -246,3 +246,19 @@ def test_tiny_dataset_against_truth(tiny_dataset: Path) -> None:
     assert float(np.median(err)) <= 150.0, errors
     assert float(err.max()) <= 600.0, errors
     assert n_failed <= 2
+
+
+def test_rings_overlay_fades_the_model_where_its_rings_would_alias_on_screen() -> None:
+    from tomoguide.compute.rescale import fourier_crop
+
+    img = _ctf_image((512, 512), 40300.0, 39700.0, 40.0, noise=0.5, seed=8)
+    fit, spec = ctffit.estimate_ctf(img, pixel_size_A=PX)
+    full = ctffit.ctf_rings_overlay(spec, fit)
+    shown = ctffit.ctf_rings_overlay(spec, fit, display_px=256)
+    # near the centre (wide rings) the model is untouched; near Nyquist (rings < 2.5 display px apart) it is grey
+    np.testing.assert_allclose(shown[256, 256 + 20:256 + 60], full[256, 256 + 20:256 + 60], atol=1e-6)
+    assert np.allclose(shown[256, 500:510], 0.5)
+    # after cropping to the display size, the faded model has no spurious (aliased) rings beyond the fade
+    small = fourier_crop(shown, (256, 256))
+    assert float(np.std(small[128, 200:255])) < 0.02 and float(np.std(fourier_crop(full, (256, 256))[128, 200:255])) > 0.1
+    assert np.allclose(shown[:, :256], full[:, :256])  # the data half is not touched
