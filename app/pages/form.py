@@ -6,7 +6,8 @@ reason is shown in red under the field; a value outside the suggested range is *
 ``directory``/``file`` → line edit + "Browse…"; text and glob patterns → line edit. The unit is shown after the
 field (not for dimensionless ``"1"``), the help text is the tooltip, ``empty_means`` is the placeholder text,
 fields whose ``enabled_if`` conditions do not hold are greyed out, and ``advanced`` fields sit in a folded
-section.
+section. Fields declared with ``widget="hidden"`` are never shown (their widgets stay hidden, out of the layout;
+the page's preview edits them, e.g. points clicked on slices); their values are kept in :meth:`ParamForm.values`.
 
 The form does not save anything: it emits ``committed(name, value)`` with a validated value and
 ``refused(name, reason)``; the step page saves through ``Project.set_params``.
@@ -106,6 +107,7 @@ class _Field:
     def __init__(self, form: ParamForm, meta: ParamMeta) -> None:
         self.meta = meta
         self.kind = field_kind(meta)
+        self.hidden = meta.widget == "hidden"
         self.label = QLabel(meta.title)
         self.label.setToolTip(meta.help)
         self.row = QWidget()
@@ -154,6 +156,8 @@ class _Field:
         self.label.installEventFilter(watcher)
 
     def show_value(self, value: Any) -> None:
+        if self.hidden:
+            return
         self.editor.blockSignals(True)
         try:
             if isinstance(self.editor, QCheckBox):
@@ -200,8 +204,8 @@ class _Field:
         symbol = "✖" if level == "error" else "⚠"
         self.message.setText(f"{symbol} {text}" if text else "")
         self.message.setStyleSheet(f"color: {colour};")
-        self.message.setVisible(bool(text))
-        if isinstance(self.editor, QLineEdit):
+        self.message.setVisible(bool(text) and not self.hidden)
+        if isinstance(self.editor, QLineEdit) and not self.hidden:
             self.editor.setStyleSheet(f"QLineEdit {{ border: 1px solid {colour}; }}" if text else "")
 
 
@@ -250,6 +254,11 @@ class ParamForm(QWidget):
         for name, meta in self.meta.items():
             f = _Field(self, meta)
             self.fields[name] = f
+            if f.hidden:  # edited by the page's preview (e.g. clicked points): kept in values(), never shown
+                for w in (f.label, f.row, f.message):
+                    w.setParent(self)
+                    w.hide()
+                continue
             grid = adv_grid if (meta.advanced and adv_grid is not None) else self._basic_grid
             r = rows[id(grid)]
             grid.addWidget(f.label, r, 0, Qt.AlignmentFlag.AlignVCenter)

@@ -5,7 +5,9 @@ Per tilt series (chooser at the top):
 * the ``reconstruct`` step's tomogram (MRC ``(nz, ny, nx)``) in a :class:`SliceViewer`, with the picks of the last
   run (``particles.star``, RELION 5) drawn as squares ``box_px`` wide (the display box size of the step) in every
   pane, for the particles whose centre lies within ± half a box of the slice shown; the nearer the particle's
-  centre to the slice, the more opaque its square (and the cross at its centre). Scene coordinates: voxel ``i`` spans ``[i, i + 1)``, so a
+  centre to the slice, the more opaque its square (and the cross at its centre). Oriented picks (surface models)
+  also get a line from the centre along the particle's z axis ``A · (0, 0, 1)`` (the surface normal), half a box
+  long, projected on the pane. Scene coordinates: voxel ``i`` spans ``[i, i + 1)``, so a
   particle at voxel ``(x, y, z)`` (0-based, corner origin, :class:`~tomoguide.compute.io.coords.ParticleTable`)
   is drawn at ``(x + 0.5, y + 0.5)`` in XY, ``(x + 0.5, z + 0.5)`` in XZ and ``(z + 0.5, y + 0.5)`` in YZ;
 * for template matching, the histogram of the score-volume peaks (``scores.npz``: ``<name>_hist_counts``,
@@ -13,6 +15,20 @@ Per tilt series (chooser at the top):
   colour, the others grey, and the threshold as a draggable vertical line. Releasing the line writes
   ``threshold`` through :meth:`Project.set_params` (the step becomes stale) and emits :attr:`marks_changed`, so
   that the step page refreshes its form; "Automatic" writes ``None`` back (median + k·MAD, per tomogram).
+
+Clicking (methods ``surface`` and ``manual``; the slices' ``voxel_clicked``, any pane, the clicked pane's own
+coordinate being its slice) edits the step's parameters through :meth:`Project.set_params` (the project file
+records the clicks; the step becomes stale) and emits :attr:`marks_changed`. Clicked points are stored in Å from
+the tomogram centre (:func:`tomoguide.steps.pick.px_to_centred_A`: voxel ``(n − 1) / 2`` is 0):
+
+* ``surface``: a click adds ``[tomogram, x_A, y_A, z_A, object]`` to ``surface_points`` for the current object
+  (the "Object" number; "New object" starts the next one); a click within :data:`POINT_REMOVE_PX` voxels of a
+  point of the tomogram removes it instead. The points on the shown slices are drawn as dots (a colour per
+  object), and the ellipsoid fitted to each object's points (as the run will fit it,
+  :func:`tomoguide.steps.pick.fit_surface_model`'s fit) as its outline in each pane;
+* ``manual``: a click adds ``[tomogram, x_A, y_A, z_A]`` to ``manual_points``; a click within a particle radius
+  (the step's ``outer_radius_A``) of a pick removes that pick instead. The clicked picks are drawn as dashed
+  orange squares ``box_px`` wide (the run's picks, drawn green, coincide once it has run).
 
 Before the step has run the tomogram is shown without picks (when the reconstruction exists), with the
 "No results yet" note.
@@ -26,8 +42,9 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget
 
+from tomoguide.compute.euler import euler_to_matrix
 from tomoguide.pages.preview_series import SeriesSetPreview
 from tomoguide.project import Project
 from tomoguide.steps.records import SeriesEntry, SeriesSet
@@ -39,6 +56,11 @@ ABOVE_COLOUR = "#26a69a"
 BELOW_COLOUR = "#9e9e9e"
 THRESHOLD_COLOUR = "#ff9800"
 PENDING_COLOUR = "#ff9800"
+MANUAL_COLOUR = "#ff9800"
+#: a colour per surface object (cycled)
+OBJECT_COLOURS = ("#ff4081", "#40c4ff", "#ffd740", "#b388ff", "#69f0ae", "#ff6e40")
+#: a click this close (voxels, 3D) to a contour point removes the point instead of adding one
+POINT_REMOVE_PX = 1.5
 
 
 def particles_near_slice(xyz_px: np.ndarray, axis: Axis, index: int, box_px: float
@@ -70,11 +92,13 @@ class PickPreview(SeriesSetPreview):
         self._entry: SeriesEntry | None = None
         self._volume_key: tuple[str, float] | None = None
         self._xyz = np.zeros((0, 3))
+        self._axes: np.ndarray | None = None  # (n, 3) the picks' z axes A · (0, 0, 1) when they have angles
 
         self.slices = SliceViewer()
         self.slices.slice_changed.connect(lambda *_: self.draw_picks())
         self.overlays: dict[Axis, pg.ScatterPlotItem] = {}
         self.centres: dict[Axis, pg.ScatterPlotItem] = {}
+        self.axis_lines: dict[Axis, pg.PlotDataItem] = {}
         for a in AXES:
             item = pg.ScatterPlotItem(pxMode=False, symbol="s", brush=None)
             item.setZValue(5)
@@ -87,6 +111,70 @@ class PickPreview(SeriesSetPreview):
             mark.setZValue(6)
             self.slices.panes[a].view.addItem(mark, ignoreBounds=True)
             self.centres[a] = mark
+            # oriented picks (surface models): a line from the centre along the particle's z axis (the normal)
+            arrow = pg.PlotDataItem(connect="pairs", pen=pg.mkPen(PICK_COLOUR, width=1.5, cosmetic=True))
+            arrow.setZValue(6)
+            self.slices.panes[a].view.addItem(arrow, ignoreBounds=True)
+            self.axis_lines[a] = arrow
+        # clicked points: contour dots, fitted outlines, manual picks
+        self.contour_marks: dict[Axis, pg.ScatterPlotItem] = {}
+        self.outlines: dict[Axis, pg.PlotDataItem] = {}
+        self.manual_marks: dict[Axis, pg.ScatterPlotItem] = {}
+        self.manual_centres: dict[Axis, pg.ScatterPlotItem] = {}
+        for a in AXES:
+            dots = pg.ScatterPlotItem(pxMode=True, symbol="o", size=7)
+            dots.setZValue(8)
+            self.slices.panes[a].view.addItem(dots, ignoreBounds=True)
+            self.contour_marks[a] = dots
+            line = pg.PlotDataItem(connect="finite")
+            line.setZValue(7)
+            self.slices.panes[a].view.addItem(line, ignoreBounds=True)
+            self.outlines[a] = line
+            boxes = pg.ScatterPlotItem(pxMode=False, symbol="s", brush=None)
+            boxes.setZValue(6)
+            self.slices.panes[a].view.addItem(boxes, ignoreBounds=True)
+            self.manual_marks[a] = boxes
+            cross = pg.ScatterPlotItem(pxMode=True, symbol="x", size=9, pen=pg.mkPen(MANUAL_COLOUR, width=1.5),
+                                       brush=pg.mkBrush(MANUAL_COLOUR))
+            cross.setZValue(6)
+            self.slices.panes[a].view.addItem(cross, ignoreBounds=True)
+            self.manual_centres[a] = cross
+        self._fits: dict[tuple[str, int], Any] = {}
+        self._fit_errors: dict[tuple[str, int], str] = {}
+        self._fits_key: Any = None
+        self.slices.voxel_clicked.connect(self.on_voxel_clicked)
+        self.click_info = QLabel("")
+        self.click_info.setObjectName("click_info")
+        self.click_info.setWordWrap(True)
+        self.click_info.setTextFormat(Qt.TextFormat.RichText)
+        self.object_spin = QSpinBox()
+        self.object_spin.setObjectName("object_number")
+        self.object_spin.setRange(1, 999)
+        self.object_spin.setPrefix("Object ")
+        self.object_spin.setToolTip("The object (vesicle) the next clicks belong to; one surface is fitted per "
+                                    "object")
+        self.object_spin.valueChanged.connect(lambda _: self.draw_clicks())
+        self.new_object_button = QPushButton("New object")
+        self.new_object_button.setObjectName("new_object")
+        self.new_object_button.setToolTip("Start the outline of another vesicle or membrane")
+        self.new_object_button.clicked.connect(self.new_object)
+        self.undo_button = QPushButton("Remove last")
+        self.undo_button.setObjectName("remove_last")
+        self.undo_button.setToolTip("Remove the last point clicked (of this object, or the last manual pick)")
+        self.undo_button.clicked.connect(self.remove_last)
+        self.clear_button = QPushButton("Clear")
+        self.clear_button.setObjectName("clear_clicks")
+        self.clear_button.setToolTip("Remove all points of this object (surface) or all picks of this tomogram "
+                                     "(manual)")
+        self.clear_button.clicked.connect(self.clear_clicks)
+        self.click_box = QWidget()
+        cl = QHBoxLayout(self.click_box)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.addWidget(self.click_info, 1)
+        cl.addWidget(self.object_spin)
+        cl.addWidget(self.new_object_button)
+        cl.addWidget(self.undo_button)
+        cl.addWidget(self.clear_button)
         self.count_label = QLabel("")
         self.count_label.setObjectName("pick_count")
         self.count_label.setWordWrap(True)
@@ -138,6 +226,7 @@ class PickPreview(SeriesSetPreview):
         split.addWidget(hist_box)
         split.setChildrenCollapsible(False)
         split.setSizes([520, 200])
+        self.body.addWidget(self.click_box)
         self.body.addWidget(split, 1)
         self.body.addWidget(self.count_label)
         self.refresh()
@@ -146,6 +235,7 @@ class PickPreview(SeriesSetPreview):
     def refresh(self) -> None:
         self.note.setText(self.status_note())
         self._load_results()
+        self._fits_key = None  # the model or the points may have changed
         st = self.project.data.steps[INPUT_STEP]
         path = (self.project.dir / st.outputs["tomograms"]) if "tomograms" in st.outputs else None
         if path is None or st.status not in ("done", "stale", "skipped") or not path.exists():
@@ -200,16 +290,20 @@ class PickPreview(SeriesSetPreview):
                 raise ValueError(f"{path}: expected a volume, got shape {volume.shape}")
             nz, ny, nx = volume.shape
             voxel = float(info.voxel_size_A[0])
-            for item in (*self.overlays.values(), *self.centres.values()):
+            for item in (*self.overlays.values(), *self.centres.values(), *self.axis_lines.values()):
                 item.clear()
             self.slices.set_volume(volume, voxel, name=entry.name)
             self._volume_key = key
         self._entry = entry
         self.series_info.setText(f"{nx}×{ny}×{nz} voxels · {voxel:.2f} Å/voxel")
         if self.table is not None:
-            self._xyz = self.table.xyz_px[self.table.tomo_name == entry.name]
+            mine = self.table.tomo_name == entry.name
+            self._xyz = self.table.xyz_px[mine]
+            self._axes = (None if self.table.angles_deg is None
+                          else euler_to_matrix(self.table.angles_deg[mine]).reshape(-1, 3, 3)[:, :, 2])
         else:
             self._xyz = np.zeros((0, 3))
+            self._axes = None
         self.draw_picks()
         self.show_histogram()
 
@@ -218,9 +312,13 @@ class PickPreview(SeriesSetPreview):
         self._volume_key = None
         self._xyz = np.zeros((0, 3))
         self.slices.clear()
-        for item in (*self.overlays.values(), *self.centres.values()):
+        self._axes = None
+        for item in (*self.overlays.values(), *self.centres.values(), *self.axis_lines.values(),
+                     *self.contour_marks.values(), *self.manual_marks.values(), *self.manual_centres.values(),
+                     *self.outlines.values()):
             item.clear()
         self.count_label.setText("")
+        self.click_box.setVisible(False)
         self.show_histogram()
 
     # -- the picks on the slices -----------------------------------------------------------------------------
@@ -242,6 +340,13 @@ class PickPreview(SeriesSetPreview):
             self.overlays[a].setData(pos=uv, size=box, symbol="s", pen=pens, brush=None, pxMode=False,
                                      data=rows)
             self.centres[a].setData(pos=uv, data=rows, pen=pens, brush=None)
+            if self._axes is not None and len(rows):
+                u_col, v_col = {"xy": (0, 1), "xz": (0, 2), "yz": (2, 1)}[a]
+                tip = uv + (box / 2.0) * self._axes[rows][:, [u_col, v_col]]
+                seg = np.stack([uv, tip], axis=1).reshape(-1, 2)
+                self.axis_lines[a].setData(seg[:, 0], seg[:, 1], connect="pairs")
+            else:
+                self.axis_lines[a].setData([], [])
             shown[a] = len(rows)
         n = len(self._xyz)
         if self.table is None:
@@ -254,11 +359,13 @@ class PickPreview(SeriesSetPreview):
             if st.status == "stale":
                 text += f" — <span style='color:{PENDING_COLOUR}'>picks of the last run: run the step again</span>"
         self.count_label.setText(text)
+        self.draw_clicks()
 
     # -- the histogram and the threshold ---------------------------------------------------------------------
     def histogram(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """``(counts (bins,), edges (bins + 1,), peak scores (n,))`` of the current tomogram, or None."""
-        if self._entry is None:
+        """``(counts (bins,), edges (bins + 1,), peak scores (n,))`` of the current tomogram, or None (also when
+        the method is not template matching)."""
+        if self._entry is None or self.method() != "template":
             return None
         name = self._entry.name
         keys = (f"{name}_hist_counts", f"{name}_hist_edges", f"{name}_peak_scores")
@@ -354,3 +461,235 @@ class PickPreview(SeriesSetPreview):
         self.show_histogram()
         self.draw_picks()
         self.marks_changed.emit()
+
+    # -- clicking: surface contour points and manual picks ----------------------------------------------------
+    def method(self) -> str:
+        return str(self.project.params(self.step_id).method)
+
+    def _tomo_geometry(self) -> tuple[str, tuple[int, int, int], float] | None:
+        """(name, (nx, ny, nz), voxel Å) of the tomogram shown, or None."""
+        vol = self.slices.volume
+        if self._entry is None or vol is None:
+            return None
+        nz, ny, nx = vol.shape
+        return self._entry.name, (nx, ny, nz), float(self._entry.geometry.pixel_size_binned_A)
+
+    def surface_points_px(self) -> tuple[np.ndarray, np.ndarray]:
+        """The current tomogram's contour points: ``(xyz (n, 3)`` voxels, ``object numbers (n,))``, and nothing
+        else (rows of other tomograms are kept in the parameter but not returned)."""
+        from tomoguide.steps.pick import centred_A_to_px
+
+        geo = self._tomo_geometry()
+        rows = [r for r in self.project.params(self.step_id).surface_points if geo and r[0] == geo[0]]
+        if geo is None or not rows:
+            return np.zeros((0, 3)), np.zeros(0, dtype=int)
+        xyz = centred_A_to_px([r[1:4] for r in rows], geo[1], geo[2])
+        return xyz, np.array([int(r[4]) for r in rows], dtype=int)
+
+    def manual_points_px(self) -> np.ndarray:
+        """The current tomogram's manual picks ``(n, 3)`` voxel (x, y, z)."""
+        from tomoguide.steps.pick import centred_A_to_px
+
+        geo = self._tomo_geometry()
+        rows = [r for r in self.project.params(self.step_id).manual_points if geo and r[0] == geo[0]]
+        if geo is None or not rows:
+            return np.zeros((0, 3))
+        return centred_A_to_px([r[1:4] for r in rows], geo[1], geo[2])
+
+    def current_object(self) -> int:
+        """The object (model number, 0-based) the next contour clicks belong to."""
+        return int(self.object_spin.value()) - 1
+
+    def fits(self) -> dict[tuple[str, int], Any]:
+        """The surfaces fitted to the current contour points, per (tomogram, object) with enough points
+        (:class:`tomoguide.compute.surface.Ellipsoid` in Å from the tomogram centre); cached per parameters."""
+        from tomoguide.compute import surface
+        from tomoguide.steps.pick import surface_groups
+
+        params = self.project.params(self.step_id)
+        key = (tuple(map(tuple, params.surface_points)), params.surface_model)
+        if key != self._fits_key:
+            self._fits, self._fit_errors = {}, {}
+            for k, pts in surface_groups(params.surface_points).items():
+                try:
+                    self._fits[k] = surface.fit_ellipsoid(pts, params.surface_model)
+                except ValueError as exc:
+                    self._fit_errors[k] = str(exc)
+            self._fits_key = key
+        return self._fits
+
+    def on_voxel_clicked(self, x: float, y: float, z: float) -> None:
+        """A click in a pane at voxel (x, y, z): add or remove a contour point or a manual pick (see the module
+        docstring); nothing for the other methods or a read-only project."""
+        from tomoguide.steps.pick import px_to_centred_A
+
+        method = self.method()
+        geo = self._tomo_geometry()
+        if method not in ("surface", "manual") or geo is None or self.project.readonly:
+            return
+        name, shape, voxel = geo
+        here = np.array([x, y, z], dtype=np.float64)
+        params = self.project.params(self.step_id)
+        xyz_A = [round(float(v), 2) for v in px_to_centred_A(here, shape, voxel)[0]]
+        if method == "surface":
+            rows = [list(r) for r in params.surface_points]
+            mine = [i for i, r in enumerate(rows) if r[0] == name]
+            near = self._nearest(mine, rows, here, shape, voxel, POINT_REMOVE_PX)
+            if near is not None:
+                del rows[near]
+            else:
+                rows.append([name, *xyz_A, self.current_object()])
+            self._write({"surface_points": rows})
+        else:
+            rows = [list(r) for r in params.manual_points]
+            mine = [i for i, r in enumerate(rows) if r[0] == name]
+            near = self._nearest(mine, rows, here, shape, voxel, max(params.outer_radius_A / voxel, 1.0))
+            if near is not None:
+                del rows[near]
+            else:
+                rows.append([name, *xyz_A])
+            self._write({"manual_points": rows})
+
+    @staticmethod
+    def _nearest(indices: list[int], rows: list[list[Any]], here_px: np.ndarray, shape: tuple[int, int, int],
+                 voxel: float, radius_px: float) -> int | None:
+        """Index (into ``rows``) of the row among ``indices`` nearest to ``here_px`` within ``radius_px``."""
+        from tomoguide.steps.pick import centred_A_to_px
+
+        if not indices:
+            return None
+        xyz = centred_A_to_px([rows[i][1:4] for i in indices], shape, voxel)
+        d = np.linalg.norm(xyz - here_px, axis=1)
+        k = int(np.argmin(d))
+        return indices[k] if d[k] <= radius_px else None
+
+    def new_object(self) -> None:
+        """Make the next clicks start another object: one more than the highest object of this tomogram."""
+        _, objects = self.surface_points_px()
+        self.object_spin.setValue(int(objects.max()) + 2 if len(objects) else 1)
+
+    def remove_last(self) -> None:
+        """Remove the last contour point of the current object (surface) or the last pick of this tomogram."""
+        geo = self._tomo_geometry()
+        if geo is None or self.project.readonly:
+            return
+        params = self.project.params(self.step_id)
+        if self.method() == "surface":
+            rows = [list(r) for r in params.surface_points]
+            mine = [i for i, r in enumerate(rows) if r[0] == geo[0] and int(r[4]) == self.current_object()]
+            if mine:
+                del rows[mine[-1]]
+                self._write({"surface_points": rows})
+        elif self.method() == "manual":
+            rows = [list(r) for r in params.manual_points]
+            mine = [i for i, r in enumerate(rows) if r[0] == geo[0]]
+            if mine:
+                del rows[mine[-1]]
+                self._write({"manual_points": rows})
+
+    def clear_clicks(self) -> None:
+        """Remove every point of the current object (surface) or every pick of this tomogram (manual)."""
+        geo = self._tomo_geometry()
+        if geo is None or self.project.readonly:
+            return
+        params = self.project.params(self.step_id)
+        if self.method() == "surface":
+            rows = [list(r) for r in params.surface_points
+                    if not (r[0] == geo[0] and int(r[4]) == self.current_object())]
+            self._write({"surface_points": rows})
+        elif self.method() == "manual":
+            self._write({"manual_points": [list(r) for r in params.manual_points if r[0] != geo[0]]})
+
+    def _write(self, values: dict[str, Any]) -> None:
+        self.project.set_params(self.step_id, values)
+        self.note.setText(self.status_note())
+        self.draw_picks()
+        self.marks_changed.emit()
+
+    def draw_clicks(self) -> None:
+        """Contour points on each pane's slice, the fitted outlines, the manual picks, and the help line."""
+        method = self.method()
+        geo = self._tomo_geometry()
+        active = method in ("surface", "manual") and geo is not None
+        self.click_box.setVisible(active)
+        for item in (*self.contour_marks.values(), *self.manual_marks.values(), *self.manual_centres.values(),
+                     *self.outlines.values()):
+            item.clear()
+        if not active or geo is None:
+            return
+        name, shape, voxel = geo
+        editable = not self.project.readonly
+        for w in (self.undo_button, self.clear_button, self.new_object_button, self.object_spin):
+            w.setEnabled(editable)
+        self.object_spin.setVisible(method == "surface")
+        self.new_object_button.setVisible(method == "surface")
+        if method == "surface":
+            self._draw_surface(name, shape, voxel)
+        else:
+            self._draw_manual()
+
+    def _draw_surface(self, name: str, shape: tuple[int, int, int], voxel: float) -> None:
+        from tomoguide.steps.pick import centred_A_to_px
+
+        xyz, objects = self.surface_points_px()
+        for a in AXES:
+            rows, uv, _ = particles_near_slice(xyz, a, self.slices.index(a), 1.0)  # on the slice (±0.5 voxel)
+            brushes = [pg.mkBrush(OBJECT_COLOURS[int(objects[r]) % len(OBJECT_COLOURS)]) for r in rows]
+            self.contour_marks[a].setData(pos=uv, brush=brushes, pen=pg.mkPen("#000000", width=1), data=rows)
+        # the fitted outlines where each pane's plane cuts the surfaces
+        fits = {k: e for k, e in self.fits().items() if k[0] == name}
+        centre = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
+        for a in AXES:
+            depth_axis, u_col, v_col = {"xy": (2, 0, 1), "xz": (1, 0, 2), "yz": (0, 2, 1)}[a]
+            plane_A = (self.slices.index(a) - centre[depth_axis]) * voxel
+            us: list[np.ndarray] = []
+            vs: list[np.ndarray] = []
+            colours = []
+            for (_, obj), ell in fits.items():
+                ring = ell.section(plane_A, 180, axis=depth_axis)
+                if len(ring) == 0:
+                    continue
+                px = centred_A_to_px(ring, shape, voxel) + 0.5
+                us += [px[:, u_col], px[:1, u_col], [np.nan]]
+                vs += [px[:, v_col], px[:1, v_col], [np.nan]]
+                colours.append(obj)
+            if us:
+                colour = OBJECT_COLOURS[colours[0] % len(OBJECT_COLOURS)] if len(set(colours)) == 1 else "#ffffff"
+                self.outlines[a].setData(np.concatenate(us), np.concatenate(vs), connect="finite",
+                                         pen=pg.mkPen(colour, width=1.5, style=Qt.PenStyle.DashLine, cosmetic=True))
+        obj = self.current_object()
+        own = objects == obj
+        z_here = {int(round(z)) for z in xyz[own, 2]}
+        text = (f"<b>Surface picking</b>: click on the outline of a vesicle or membrane in a slice, then move the "
+                f"Z slider and click on two or three more slices; click on a dot to remove it. "
+                f"Object {obj + 1}: {int(own.sum())} point{'s' if own.sum() != 1 else ''}")
+        if z_here:
+            zs = ", ".join(map(str, sorted(z_here)))
+            text += f" on {len(z_here)} slice{'s' if len(z_here) != 1 else ''} (Z {zs})"
+        key = (name, obj)
+        if key in self._fits:
+            e = self._fits[key]
+            size = " × ".join(f"{2 * v:.0f}" for v in e.axes) if e.kind == "ellipsoid" else f"{2 * e.axes[0]:.0f}"
+            text += f" — {e.kind} fitted, diameter {size} Å, points {e.rms_A:.1f} Å from it (RMS)"
+        elif key in self._fit_errors and own.sum() > 0:
+            text += f" — <span style='color:{PENDING_COLOUR}'>{self._fit_errors[key]}</span>"
+        n_obj = len(set(objects.tolist()))
+        if n_obj > 1 or (n_obj == 1 and obj not in objects):
+            text += f"; {n_obj} object{'s' if n_obj != 1 else ''} in this tomogram"
+        self.click_info.setText(text)
+
+    def _draw_manual(self) -> None:
+        xyz = self.manual_points_px()
+        box = self.box_px()
+        colour = pg.mkColor(MANUAL_COLOUR)
+        for a in AXES:
+            rows, uv, dist = particles_near_slice(xyz, a, self.slices.index(a), box)
+            alpha = (255 * (1.0 - 0.75 * dist / max(box / 2.0, 1e-9))).astype(int)
+            pens = [pg.mkPen(colour.red(), colour.green(), colour.blue(), int(al), width=2,
+                             style=Qt.PenStyle.DashLine, cosmetic=True) for al in alpha]
+            self.manual_marks[a].setData(pos=uv, size=box, symbol="s", pen=pens, brush=None, pxMode=False, data=rows)
+            self.manual_centres[a].setData(pos=uv, data=rows)
+        on_slice = len(particles_near_slice(xyz, "xy", self.slices.index("xy"), box)[0])
+        self.click_info.setText(f"<b>Manual picking</b>: click on a particle to add it at the slice shown, on a pick "
+                                f"to remove it. {len(xyz)} pick{'s' if len(xyz) != 1 else ''} in this tomogram "
+                                f"({on_slice} near this Z slice, dashed orange).")

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 IssueLevel = Literal["error", "warning", "info"]
 ConditionOp = Literal["=", "!=", "in", "not in", "set", "unset"]
-WidgetKind = Literal["auto", "directory", "file", "glob", "text", "choice"]
+#: "hidden": not shown in the form; a page's preview edits it (e.g. points clicked on slices, a list of rows)
+WidgetKind = Literal["auto", "directory", "file", "glob", "text", "choice", "hidden"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

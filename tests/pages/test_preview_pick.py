@@ -223,3 +223,153 @@ def test_pick_preview_before_a_run(qtbot, tmp_path: Path) -> None:  # type: igno
         assert "No results yet" in preview.note.text()
         assert preview.series_combo.count() == 0 and not preview.slices.isEnabled()
         assert preview.histogram() is None and preview.picks().shape == (0, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# surface-model and manual picking by clicking in the slices
+# ---------------------------------------------------------------------------------------------------------------
+
+SHOTS = Path("/tmp/pick_shots")
+
+
+def _click_voxel(qtbot, preview: PickPreview, axis: str, u: float, v: float) -> None:  # type: ignore[no-untyped-def]
+    """A real left click on pane ``axis`` at scene point (u, v) (voxel i's centre at i + 0.5)."""
+    pane = preview.slices.panes[axis]  # type: ignore[index]
+    scene = pane.view.mapViewToScene(QPointF(u, v))
+    pos = pane.graphics.mapFromScene(scene)
+    qtbot.mouseClick(pane.graphics.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    QApplication.processEvents()
+
+
+def _geometry(project: Project) -> tuple[str, np.ndarray, float]:
+    sset, _ = SeriesSet.load(project.output_path("reconstruct", "tomograms"))
+    s = sset.series[0]
+    return s.name, np.array(list(reversed(s.info["shape_zyx"])), dtype=float), float(s.geometry.pixel_size_binned_A)
+
+
+def test_surface_and_manual_picking_by_clicking(qtbot, picked: Project) -> None:  # type: ignore[no-untyped-def]
+    from tomoguide.pages.step_page import StepPage
+    from tomoguide.steps.pick import Pick
+
+    name, shape, voxel = _geometry(picked)
+    centre_px = (shape - 1) / 2
+    page = StepPage(picked, Pick)
+    qtbot.addWidget(page)
+    page.resize(1500, 950)
+    page.show()
+    QApplication.processEvents()
+    preview = page.preview
+    assert isinstance(preview, PickPreview)
+    assert not preview.click_box.isVisible()  # template matching: no clicking
+    page.form.set_value("method", "surface")  # as the trainee chooses it in the form
+    QApplication.processEvents()
+    assert picked.params("pick").method == "surface" and preview.click_box.isVisible()
+    for hidden in ("surface_points", "manual_points"):  # edited here, not in the form
+        f = page.form.fields[hidden]
+        assert not f.row.isVisible() and not f.label.isVisible() and not f.message.isVisible()
+    assert not preview.hist_box.isVisible()
+    # nothing clicked yet: the page says what to do and refuses to run
+    assert "no contour points yet" in page.issues_label.text() and not page.run_button.isEnabled()
+    sv = preview.slices
+    # a vesicle of radius 0.3 × the width about (cx, cy, cz): its outline clicked on three XY slices
+    radius = 0.3 * shape[0]
+    c = np.array([centre_px[0] - 0.05 * shape[0], centre_px[1] + 0.05 * shape[1], centre_px[2]])
+    slices_z = [int(c[2]) - 4, int(c[2]), int(c[2]) + 3]
+    intended = []
+    for k, z in enumerate(slices_z):
+        sv.set_index("xy", z)
+        r = np.sqrt(radius**2 - (z - c[2]) ** 2)
+        for t in np.linspace(0, 2 * np.pi, 7, endpoint=False) + 0.4 * k:
+            x, y = c[0] + r * np.cos(t), c[1] + r * np.sin(t)
+            _click_voxel(qtbot, preview, "xy", x + 0.5, y + 0.5)
+            intended.append([x, y, z])
+    rows = picked.params("pick").surface_points
+    assert len(rows) == 21 and all(r[0] == name and r[4] == 0 for r in rows)
+    got_px = np.array([r[1:4] for r in rows]) / voxel + centre_px  # stored in Å from the tomogram centre
+    np.testing.assert_allclose(got_px[:, 2], np.array(intended)[:, 2])  # z = the slice shown, exactly
+    np.testing.assert_allclose(got_px[:, :2], np.array(intended)[:, :2], atol=1.0)  # within a screen pixel
+    assert picked.data.steps["pick"].status == "stale"  # the clicks changed the parameters
+    assert page.form.values()["surface_points"] == [list(r) for r in rows]  # the page's form kept in step
+    assert "Ready to run" in page.issues_label.text() and page.run_button.isEnabled()
+    # on the last slice: its 7 dots, and the fitted outline passes through them
+    dots = np.array([[p.pos().x(), p.pos().y()] for p in preview.contour_marks["xy"].points()])
+    assert len(dots) == 7
+    ox, oy = preview.outlines["xy"].getData()
+    outline = np.column_stack([ox, oy])
+    outline = outline[np.isfinite(outline).all(axis=1)]
+    assert len(outline) > 50
+    gap = np.min(np.linalg.norm(dots[:, None, :] - outline[None, :, :], axis=2), axis=1)
+    assert gap.max() < 1.5, gap
+    fit = preview.fits()[(name, 0)]
+    assert fit.kind == "sphere" and abs(fit.axes[0] / voxel - radius) < 1.0
+    np.testing.assert_allclose(fit.centre / voxel + centre_px, c, atol=1.0)
+    info = preview.click_info.text()
+    assert "Object 1: 21 points on 3 slices" in info and "sphere fitted" in info
+    # the outline in the XZ pane too (the slice through the vesicle's centre)
+    sv.set_index("xz", int(round(c[1])))
+    assert len(preview.outlines["xz"].getData()[0]) > 50
+    # a click on a dot removes it; clicking there again adds it back
+    last = got_px[-1]
+    _click_voxel(qtbot, preview, "xy", last[0] + 0.5, last[1] + 0.5)
+    assert len(picked.params("pick").surface_points) == 20
+    _click_voxel(qtbot, preview, "xy", last[0] + 0.5, last[1] + 0.5)
+    assert len(picked.params("pick").surface_points) == 21
+    # a second object: three clicks, "Remove last" and "Clear" act on it only
+    preview.new_object_button.click()
+    assert preview.current_object() == 1
+    for dx in (-3.0, 0.0, 3.0):
+        _click_voxel(qtbot, preview, "xy", 0.12 * shape[0] + dx, 0.12 * shape[1] + abs(dx))
+    assert sum(r[4] == 1 for r in picked.params("pick").surface_points) == 3
+    preview.undo_button.click()
+    assert sum(r[4] == 1 for r in picked.params("pick").surface_points) == 2
+    preview.clear_button.click()
+    assert [list(r) for r in picked.params("pick").surface_points] == [list(r) for r in rows]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.grab().save(str(SHOTS / "surface_clicked.png"))
+    # run from the page: the particles lie on the clicked sphere, within the clicked slices
+    page.run_button.click()
+    assert page.wait_for_run(120) and picked.data.steps["pick"].status == "done", page.error_label.text()
+    picks = preview.picks()
+    assert len(picks) > 10
+    d = np.linalg.norm((picks - c) * [1, 1, 1], axis=1)
+    np.testing.assert_allclose(d, radius, rtol=0.04)
+    assert picks[:, 2].min() >= min(slices_z) - 1e-6 and picks[:, 2].max() <= max(slices_z) + 1e-6
+    assert f"{len(picks)} picks" in preview.count_label.text()
+    # each pick's orientation line points away from the vesicle's centre (the outward normal, seen in XY)
+    lx, ly = preview.axis_lines["xy"].getData()
+    seg = np.column_stack([lx, ly]).reshape(-1, 2, 2)
+    assert len(seg) == len(preview.overlays["xy"].points()) > 0
+    out = seg[:, 0] - (c[:2] + 0.5)
+    along = seg[:, 1] - seg[:, 0]
+    cosine = np.sum(out * along, axis=1) / np.linalg.norm(out, axis=1) / np.linalg.norm(along, axis=1)
+    assert cosine.min() > 0.95
+    page.grab().save(str(SHOTS / "surface_picked.png"))
+
+    # manual picking: click to add three particles, click on one again to remove it
+    page.form.set_value("method", "manual")
+    QApplication.processEvents()
+    assert "Manual picking" in preview.click_info.text() and not preview.object_spin.isVisible()
+    z0 = int(c[2])
+    sv.set_index("xy", z0)
+    targets = [(0.25, 0.3), (0.6, 0.7), (0.75, 0.25)]
+    for fx, fy in targets:
+        _click_voxel(qtbot, preview, "xy", fx * shape[0] + 0.5, fy * shape[1] + 0.5)
+    manual = picked.params("pick").manual_points
+    assert len(manual) == 3 and all(r[0] == name for r in manual)
+    np.testing.assert_allclose(np.array([r[1:] for r in manual]) / voxel + centre_px,
+                               [[fx * shape[0], fy * shape[1], z0] for fx, fy in targets], atol=1.0)
+    assert len(preview.manual_marks["xy"].points()) == 3
+    # a click near (within a particle radius of) the second pick removes it
+    _click_voxel(qtbot, preview, "xy", 0.6 * shape[0] + 1.5, 0.7 * shape[1] + 0.5)
+    manual = picked.params("pick").manual_points
+    assert len(manual) == 2 and len(preview.manual_marks["xy"].points()) == 2
+    page.grab().save(str(SHOTS / "manual_clicked.png"))
+    page.run_button.click()
+    assert page.wait_for_run(60) and picked.data.steps["pick"].status == "done", page.error_label.text()
+    np.testing.assert_allclose(preview.picks(), np.array([r[1:] for r in manual]) / voxel + centre_px, atol=1e-3)
+    # saved and reopened: the project file holds the clicks
+    reopened = Project.open(picked.dir, readonly=True)
+    assert reopened.params("pick").manual_points == picked.params("pick").manual_points
+    assert reopened.params("pick").surface_points == picked.params("pick").surface_points
+    assert len(reopened.params("pick").surface_points) == 21
+    picked.set_params("pick", {"method": "template", "surface_points": [], "manual_points": []})

@@ -76,3 +76,124 @@ def test_import_of_a_missing_file_is_refused(picked: Project) -> None:
         StepRun(picked, "pick").preflight()
     assert "picks.star" in str(err.value)
     picked.set_params("pick", {"method": "template", "coordinates_file": ""})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# surface-model and manual picking (points generated here: the simulator has no vesicle)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tomogram(proj: Project) -> tuple[str, tuple[int, int, int], float]:
+    sset, _ = SeriesSet.load(proj.output_path("reconstruct", "tomograms"))
+    s = sset.series[0]
+    return s.name, tuple(int(n) for n in reversed(s.info["shape_zyx"])), float(s.geometry.pixel_size_binned_A)
+
+
+def _clicks_on_sphere(name: str, centre: np.ndarray, radius: float, zs: list[float], per_slice: int, model: int,
+                      noise_A: float, seed: int) -> list[list]:
+    """Contour points a trainee would click: on the sphere's circle in each slice z, with some hand jitter."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for z in zs:
+        r = np.sqrt(radius**2 - (z - centre[2]) ** 2)
+        t = rng.uniform(0, 2 * np.pi, per_slice)
+        x, y = centre[0] + r * np.cos(t), centre[1] + r * np.sin(t)
+        x, y = x + rng.normal(0, noise_A, per_slice), y + rng.normal(0, noise_A, per_slice)
+        rows += [[name, float(a), float(b), float(z), model] for a, b in zip(x, y)]
+    return rows
+
+
+def test_surface_picking_puts_oriented_particles_on_the_fitted_sphere(picked: Project) -> None:
+    from scipy.spatial import cKDTree
+
+    from tomoguide.compute.euler import euler_to_matrix
+
+    name, shape, voxel = _tomogram(picked)
+    half = (np.asarray(shape) - 1) / 2 * voxel  # the tomogram spans ±half Å about its centre
+    # two vesicles: their z slices at whole voxels (clicks are on slices), radius about a quarter of the width
+    radius = 0.22 * 2 * half[0]
+    spheres = {0: np.array([-0.4 * half[0], -0.3 * half[1], 0.0]), 1: np.array([0.45 * half[0], 0.4 * half[1], 0.0])}
+    zs = [v * voxel for v in (-6.0, 0.0, 5.0)]
+    rows = []
+    for model, c in spheres.items():
+        rows += _clicks_on_sphere(name, c, radius, zs, 6, model, noise_A=0.3 * voxel, seed=model)
+    spacing = 0.35 * radius
+    picked.set_params("pick", {"method": "surface", "surface_points": rows, "surface_spacing_A": spacing,
+                               "surface_region": "clicked z range", "surface_model": "auto"})
+    assert run_to_end(StepRun(picked, "pick")).status == "done"
+    df = read_particles_star(picked.output_path("pick", "particles")).particles
+    xyz = df[["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
+             ].to_numpy(float)
+    angles = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+    metrics = picked.data.steps["pick"].metrics
+    models = metrics["models"]
+    assert [m["model"] for m in models] == [0, 1] and all(m["kind"] == "sphere" for m in models)
+    assert sum(m["n_particles"] for m in models) == len(df) == metrics["n_particles"] > 10
+    for m, c in zip(models, spheres.values()):
+        np.testing.assert_allclose(m["centre_A"], c, atol=1.0 * voxel)
+        np.testing.assert_allclose(m["axes_A"], radius, rtol=0.03)
+    # every particle on one of the spheres, in the clicked z range, inside the tomogram
+    d = np.stack([np.linalg.norm(xyz - c, axis=1) for c in spheres.values()])
+    which = np.argmin(np.abs(d - radius), axis=0)
+    np.testing.assert_allclose(d[which, np.arange(len(xyz))], radius, rtol=0.03)
+    assert np.all((xyz[:, 2] >= min(zs) - 1e-3) & (xyz[:, 2] <= max(zs) + 1e-3))
+    assert np.all(np.abs(xyz) <= half + 1e-3)
+    # oriented along the outward normal: the particle's z axis A · (0, 0, 1) points away from its sphere's centre
+    centres = np.stack([spheres[k] for k in which])
+    outward = (xyz - centres) / np.linalg.norm(xyz - centres, axis=1, keepdims=True)
+    axis = euler_to_matrix(angles)[:, :, 2]
+    assert np.degrees(np.arccos(np.clip(np.sum(axis * outward, axis=1), -1, 1))).max() < 5.0
+    assert np.std(angles[:, 0]) > 30.0  # a random spin about the normal (rot)
+    # spaced as asked on each sphere: never closer, about that far apart
+    for k in spheres:
+        own = xyz[which == k]
+        nn = cKDTree(own).query(own, k=2)[0][:, 1]
+        assert nn.min() >= spacing * 0.999 and np.median(nn) <= 1.35 * spacing
+    # the points are in the project file: a reopened project has them
+    again = Project.open(picked.dir, readonly=True)
+    assert again.params("pick").surface_points == picked.params("pick").surface_points
+    assert [list(r) for r in again.params("pick").surface_points] == rows
+    # the whole surface: more particles (the spheres reach above and below the clicked slices)
+    picked.set_params("pick", {"surface_region": "whole surface", "surface_spin": "zero"})
+    assert run_to_end(StepRun(picked, "pick")).status == "done"
+    whole = read_particles_star(picked.output_path("pick", "particles")).particles
+    assert len(whole) > len(df) and np.all(whole["rlnAngleRot"].abs() < 1e-6)
+    picked.set_params("pick", {"method": "template", "surface_points": [], "surface_region": "clicked z range",
+                               "surface_spin": "random"})
+
+
+def test_manual_picking_writes_the_clicked_positions(picked: Project) -> None:
+    name, shape, voxel = _tomogram(picked)
+    rows = [[name, -40.0, 24.0, 8.0], [name, 100.0, -60.5, -16.0], [name, 0.0, 0.0, 0.0]]
+    picked.set_params("pick", {"method": "manual", "manual_points": rows})
+    assert run_to_end(StepRun(picked, "pick")).status == "done"
+    df = read_particles_star(picked.output_path("pick", "particles")).particles
+    cols = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
+    np.testing.assert_allclose(df[cols].to_numpy(float), [r[1:] for r in rows], atol=1e-3)
+    assert list(df["rlnTomoName"]) == [name] * 3 and "rlnAngleRot" not in df.columns
+    # in voxels: Å / voxel from the centre voxel (n - 1) / 2
+    table = coords.read_relion_particles(picked.output_path("pick", "particles"), centre_shapes({name: shape}), voxel)
+    np.testing.assert_allclose(table.xyz_px[2], (np.asarray(shape) - 1) / 2, atol=1e-6)
+    np.testing.assert_allclose(table.xyz_px[0] - table.xyz_px[2], np.array(rows[0][1:]) / voxel, atol=1e-6)
+    assert picked.data.steps["pick"].metrics["n_particles"] == 3
+    picked.set_params("pick", {"method": "template", "manual_points": []})
+
+
+def test_clicks_that_cannot_make_particles_are_refused(picked: Project) -> None:
+    from tomoguide.runner import RunRefused
+
+    name, _, _ = _tomogram(picked)
+    cases = [({"method": "surface", "surface_points": []}, "no contour points"),
+             ({"method": "surface", "surface_points": [[name, 0.0, 0.0, 0.0, 0], [name, 10.0, 0.0, 0.0, 0]]},
+              "at least 3"),
+             ({"method": "surface", "surface_points": [["TS_99", 0.0, 0.0, 0.0, 0]] * 4}, "TS_99"),
+             ({"method": "surface", "surface_points": [[name, 10.0 * k, 5.0 * k, 0.0, 2] for k in range(5)]},
+              "lie on a line"),
+             ({"method": "manual", "manual_points": []}, "no particles picked"),
+             ({"method": "manual", "manual_points": [["TS_99", 0.0, 0.0, 0.0]]}, "TS_99")]
+    for values, message in cases:
+        picked.set_params("pick", values)
+        with pytest.raises(RunRefused) as err:
+            StepRun(picked, "pick").preflight()
+        assert message in str(err.value), (values, str(err.value))
+    picked.set_params("pick", {"method": "template", "surface_points": [], "manual_points": []})
