@@ -210,12 +210,16 @@ def preview_factories() -> dict[str, PreviewFactory]:
     from tomoguide.pages.preview_exclude import ExcludePreview
     from tomoguide.pages.preview_pick import PickPreview
     from tomoguide.pages.preview_tomogram import TomogramPreview
+    from tomoguide.pages.preview_extract import ExtractPreview
+    from tomoguide.pages.preview_average import AveragePreview
 
     return {"import_movies": ImportPreview, "motion_ctf": MotionCtfPreview, "xray_erase": XrayPreview,
             "preprocess_for_alignment": SeriesPreview, "align": AlignPreview, "assign_alignment": AssignPreview,
             "ctf_estimate": CtfEstimatePreview, "exclude": ExcludePreview, "ctf_correct": SeriesPreview,
             "preprocess_for_reconstruction": SeriesPreview, "reconstruct": TomogramPreview,
-            "pick": PickPreview}
+            "pick": PickPreview, "extract": ExtractPreview, "extract_fine": ExtractPreview,
+            "initial_model": AveragePreview, "refine": AveragePreview, "reconstruct_particle": AveragePreview,
+            "refine_fine": AveragePreview}
 
 
 def make_preview(project: Project, step_id: str) -> Preview:
