@@ -48,8 +48,20 @@ def demo_params(data_dir: Path, sim: Any) -> dict[str, dict[str, Any]]:
     thickness = int(np.ceil(1.6 * sim.slab_thickness_A / voxel / 2.0)) * 2
     box = int(np.ceil(2 * 125.0 / voxel))  # display boxes twice apoferritin's diameter (the tutorial's 54 px is at
     #                                        a finer voxel size)
-    return {"import_movies": demo_import_params(data_dir), "reconstruct": {"thickness_px": max(thickness, 16)},
-            "pick": {"box_px": box}}
+    params: dict[str, dict[str, Any]] = {
+        "import_movies": demo_import_params(data_dir), "reconstruct": {"thickness_px": max(thickness, 16)},
+        "pick": {"box_px": box}}
+    # particle boxes: apoferritin (130 Å across) with a margin, the cut before the CTF with room for the CTF's
+    # delocalisation (the tutorial's 128/64 px and 256/128 px are for its finer pixel size)
+    for step, binning, crop_A, ratio in (("extract", 6.0, 288.0, 4 / 3), ("extract_fine", 2.0, 256.0, 1.5)):
+        vox = sim.pixel_size_A * binning
+        crop = max(8, int(np.ceil(crop_A / vox / 2.0)) * 2)
+        params[step] = {"binning": binning, "crop_px": crop, "box_px": int(np.ceil(crop * ratio / 2.0)) * 2}
+    if sim.n_particles * sim.n_series < 100:  # the tiny preset: a quick run of the averaging steps
+        params["initial_model"] = {"n_minibatches": 8}
+        params["refine"] = {"max_iterations": 3}
+        params["refine_fine"] = {"max_iterations": 2}
+    return params
 
 
 def prepare_demo(out: Path, *, preset: str = "small", seed: int | None = None,

@@ -18,15 +18,20 @@ def workflow() -> tuple[type[Step], ...]:
     from tomoguide.steps.ctf_correct import CtfCorrect
     from tomoguide.steps.ctf_estimate import CtfEstimate
     from tomoguide.steps.exclude import Exclude
+    from tomoguide.steps.extract import Extract, ExtractFine
     from tomoguide.steps.import_movies import ImportMovies
+    from tomoguide.steps.initial_model import InitialModel
     from tomoguide.steps.motion_ctf import MotionCtf
     from tomoguide.steps.pick import Pick
     from tomoguide.steps.preprocess import PreprocessForAlignment, PreprocessForReconstruction
     from tomoguide.steps.reconstruct import Reconstruct
+    from tomoguide.steps.reconstruct_particle import ReconstructParticle
+    from tomoguide.steps.refine import Refine, RefineFine
     from tomoguide.steps.xray_erase import XrayErase
 
     return (ImportMovies, MotionCtf, XrayErase, PreprocessForAlignment, Align, AssignAlignment, CtfEstimate,
-            Exclude, CtfCorrect, PreprocessForReconstruction, Reconstruct, Pick)
+            Exclude, CtfCorrect, PreprocessForReconstruction, Reconstruct, Pick, Extract, InitialModel, Refine,
+            ExtractFine, ReconstructParticle, RefineFine)
 
 
 def ids() -> list[str]:

@@ -1,0 +1,165 @@
+"""Records of the subtomogram-averaging steps (``extract`` … ``refine_fine``): what they write and the pages read.
+
+Two JSON records, each next to the files it names (paths relative to the record's folder):
+
+* :class:`ParticleStack` (``particles.json``, output ``particles`` of ``extract`` / ``extract_fine``): the
+  pseudo-subtomograms of every particle, ``subtomos/<TS>_<nnnnnn>_data.mrc`` (B, B, B) float32 real space,
+  centre ``B // 2``, and ``…_weights.mrc`` (B, B, B) float32 CTF²·dose² weights on the *centred* Fourier grid
+  (zero frequency at ``B // 2``, the missing wedge where 0); ``particles.star`` (RELION 5 blocks ``optics`` and
+  ``particles``: rlnTomoName, rlnTomoParticleName, rlnCenteredCoordinateX/Y/ZAngst, rlnAngleRot/Tilt/Psi,
+  rlnOriginX/Y/ZAngst, rlnRandomSubset, rlnImageName, rlnCtfImage); ``gallery.mrc`` (m, B, B) float32: each
+  pseudo-subtomogram averaged over its central slab (±¼ box) along z, low-passed, for display.
+* :class:`AverageRecord` (``average.json``, output ``average`` of ``initial_model``, ``refine``,
+  ``reconstruct_particle`` and ``refine_fine``): maps ``map.mrc`` (merged, FSC-weighted and low-passed to the
+  resolution), ``half1.mrc``/``half2.mrc`` (unfiltered half maps; absent for the initial model), ``mask.mrc``;
+  the FSC curves; ``particles.star`` with the poses; the per-iteration history.
+
+Conventions: maps (B, B, B) numpy order (z, y, x), centre ``B // 2``, voxel size in the MRC header and in
+``voxel_A``; orientations RELION ZYZ Euler angles (:mod:`tomoguide.compute.euler`), ``x_tomogram = R x_ref + t``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def _save(model: BaseModel, path: Path) -> Path:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(model.model_dump_json(indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+class ParticleStack(BaseModel):
+    """Extracted pseudo-subtomograms (see the module docstring)."""
+
+    voxel_A: float
+    box_px: int
+    binning: float
+    n_particles: int
+    tomo_names: list[str]
+    star: str = "particles.star"
+    gallery: str = "gallery.mrc"
+    dimensionality: int = 3
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    def save(self, folder: Path) -> Path:
+        return _save(self, Path(folder) / "particles.json")
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[ParticleStack, Path]:
+        """From ``particles.json`` (or its folder); returns the record and its folder."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "particles.json"
+        return cls.model_validate(json.loads(p.read_text())), p.parent
+
+
+class FSCCurve(BaseModel):
+    """FSC between half maps against spatial frequency (Å⁻¹); ``resolution_A`` where the chosen curve crosses
+    the threshold (0.143)."""
+
+    freq_per_A: list[float]
+    fsc_unmasked: list[float]
+    fsc_masked: list[float]
+    fsc_corrected: list[float] = Field(default_factory=list)
+    threshold: float = 0.143
+    resolution_A: float
+    fsc_vs_reference: list[float] = Field(default_factory=list)
+
+
+class AverageRecord(BaseModel):
+    """A map with its halves, mask, FSC and poses (see the module docstring)."""
+
+    voxel_A: float
+    box_px: int
+    symmetry: str
+    resolution_A: float | None = None
+    map: str = "map.mrc"
+    half1: str | None = "half1.mrc"
+    half2: str | None = "half2.mrc"
+    mask: str | None = "mask.mrc"
+    particles: str = "particles.star"
+    fsc: FSCCurve | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    def save(self, folder: Path) -> Path:
+        return _save(self, Path(folder) / "average.json")
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[AverageRecord, Path]:
+        """From ``average.json`` (or its folder); returns the record and its folder."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "average.json"
+        return cls.model_validate(json.loads(p.read_text())), p.parent
+
+
+def poses_to_table(df: Any, rotations: Any, shifts_A: Any, scores: Any | None = None,
+                   half_sets: Any | None = None) -> Any:
+    """A copy of a particles table (pandas) with refined poses: RELION angles from ``rotations`` (m, 3, 3),
+    ``rlnOriginX/Y/ZAngst = −shifts_A`` (RELION subtracts the origin: particle centre = coordinate − origin,
+    while ``x_tomogram = R x_ref + t`` puts the centre at coordinate + t), scores as rlnLogLikeliContribution,
+    half sets as rlnRandomSubset."""
+    import numpy as np
+
+    from tomoguide.compute.euler import matrix_to_euler
+
+    out = df.reset_index(drop=True).copy()
+    ang = matrix_to_euler(np.asarray(rotations, np.float64))
+    for k, c in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
+        out[c] = ang[:, k]
+    sh = np.asarray(shifts_A, np.float64).reshape(-1, 3)
+    base = np.zeros_like(sh)
+    if all(c in out.columns for c in ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+        base = out[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(np.float64)
+    for k, c in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+        out[c] = base[:, k] - sh[:, k]
+    if scores is not None:
+        out["rlnLogLikeliContribution"] = np.asarray(scores, np.float64)
+    if half_sets is not None:
+        out["rlnRandomSubset"] = np.asarray(half_sets, np.int64)
+    return out
+
+
+def table_rotations(df: Any) -> Any:
+    """Rotation matrices (m, 3, 3) of a particles table's RELION angles (identity where absent)."""
+    import numpy as np
+
+    from tomoguide.compute.euler import euler_to_matrix
+
+    cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    if not all(c in df.columns for c in cols):
+        return np.repeat(np.eye(3)[None], len(df), axis=0)
+    return euler_to_matrix(df[cols].to_numpy(np.float64))
+
+
+def write_average(folder: Path, *, voxel_A: float, symmetry: str, merged: Any, particles: Any,
+                  optics: dict[str, Any], half1: Any | None = None, half2: Any | None = None,
+                  mask: Any | None = None, fsc: FSCCurve | None = None, history: list[dict[str, Any]] | None = None,
+                  info: dict[str, Any] | None = None) -> Path:
+    """Write the maps (MRC, voxel size in the header), ``particles.star`` and ``average.json``; returns the
+    folder."""
+    from tomoguide.compute.io.mrc import write_mrc
+    from tomoguide.compute.io.star import write_particles_star
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_mrc(folder / "map.mrc", merged, voxel_A)
+    names: dict[str, str | None] = {"half1": None, "half2": None, "mask": None}
+    for key, vol in (("half1", half1), ("half2", half2), ("mask", mask)):
+        if vol is not None:
+            write_mrc(folder / f"{key}.mrc", vol, voxel_A)
+            names[key] = f"{key}.mrc"
+    write_particles_star(folder / "particles.star", particles, optics)
+    rec = AverageRecord(voxel_A=voxel_A, box_px=int(merged.shape[0]), symmetry=symmetry,
+                        resolution_A=None if fsc is None else fsc.resolution_A, fsc=fsc,
+                        history=history or [], info=info or {}, **names)
+    rec.save(folder)
+    return folder
