@@ -3,12 +3,16 @@
 Usage::
 
     python bench/align.py [--data /tmp/demo_small] [--preset small] [--out bench/results]
-                          [--solve-rotation] [--fixed-axis] [--iterations 2]
+                          [--solve-rotation] [--fixed-axis] [--iterations 2] [--no-across-offsets]
+                          [--series SERIES.json --truth TRUTH_DIR]
 
 Input: the binned, normalised tilt series of the workflow's ``preprocess_for_alignment`` step (tutorial bin 10,
 20 Å/px): read from ``DATA/project`` when that step has run there; otherwise the preset is simulated into
 ``DATA`` (unless ``DATA/truth/summary.json`` exists) and the project is run up to that step with
-:func:`tomoguide.cli.run_steps`.
+:func:`tomoguide.cli.run_steps`. ``--series`` (a copy of that step's ``series.json`` with its stacks) and
+``--truth`` (the simulator's ``truth`` folder) read the data from elsewhere and write nothing there.
+``--no-across-offsets`` fits a plain point per patch (the behaviour before the per-patch across-axis offsets;
+file tag ``_noacross``).
 
 For every series: :func:`align_tilt_series` with the tutorial's parameters (patches of 500 Å, 80 % overlap),
 timed, then compared with ``truth/<TS>/<TS>_geometry.json`` at the stack's binning:
@@ -98,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solve-rotation", action="store_true", help="also solve per-view rotations")
     ap.add_argument("--fixed-axis", action="store_true", help="keep the tilt axis at the mdoc value")
     ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--no-across-offsets", action="store_true",
+                    help="fit one 3D point per patch without the per-patch across-axis offset")
+    ap.add_argument("--series", type=Path, default=None, help="series.json of preprocess_for_alignment to read")
+    ap.add_argument("--truth", type=Path, default=None, help="the simulator's truth folder (default DATA/truth)")
     args = ap.parse_args(argv)
 
     from tomoguide.compute.align import align_tilt_series, apply_alignment
@@ -105,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     from tomoguide.geometry import TiltSeriesGeometry, rotation_angle_deg
     from tomoguide.steps.records import SeriesSet
 
-    series_path = _project_series(args.data, args.preset)
+    series_path = args.series if args.series is not None else _project_series(args.data, args.preset)
+    truth_dir = args.truth if args.truth is not None else args.data / "truth"
     sset, folder = SeriesSet.load(series_path)
     rows = []
     for entry in sset.series:
@@ -113,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         stack = np.asarray(read_mrc(folder / entry.files["stack"])[0], dtype=np.float32)
         t0 = time.perf_counter()
         result = align_tilt_series(stack, geo, solve_axis=not args.fixed_axis, solve_rotation=args.solve_rotation,
-                                   iterations=args.iterations)
+                                   iterations=args.iterations, across_offsets=not args.no_across_offsets)
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         apply_alignment(stack, result.geometry)
         interp_seconds = time.perf_counter() - t1
         truth = TiltSeriesGeometry.model_validate_json(
-            (args.data / "truth" / entry.name / f"{entry.name}_geometry.json").read_text())
+            (truth_dir / entry.name / f"{entry.name}_geometry.json").read_text())
         true_b = truth.at_binning(geo.binning)
         est = result.geometry.specimen_shifts_px()
         ref = true_b.specimen_shifts_px()
@@ -163,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{'' if row['pass'] else '  [target missed]'}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "_rot" if args.solve_rotation else ("_fixedaxis" if args.fixed_axis else "")
+    tag += "_noacross" if args.no_across_offsets else ""
     out = args.out / f"align_{args.preset}{tag}.json"
     out.write_text(json.dumps({
         "benchmark": "tilt-series alignment (coarse xcorr + patch tracking + projection model)",
-        "data": str(args.data), "preset": args.preset, "settings": {
+        "data": str(args.series if args.series is not None else args.data), "preset": args.preset, "settings": {
             "patch_size_A": 500.0, "patch_overlap": 0.8, "solve_rotation": args.solve_rotation,
-            "fixed_axis": args.fixed_axis, "iterations": args.iterations},
+            "fixed_axis": args.fixed_axis, "iterations": args.iterations,
+            "across_offsets": not args.no_across_offsets},
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "processor": platform.processor()},
         "series": rows,

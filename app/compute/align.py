@@ -28,12 +28,18 @@ Conventions (those of :mod:`tomoguide.geometry`, stated once here)
 * Tilt-angle offset: adding ``α`` to all tilts equals rotating the specimen by ``-α`` about the tilt axis, so
   it is not fitted; ``flatten=True`` sets it so that the patches' plane is level (as ``tiltalign`` reports).
 
-Accuracy and limits (measured; see ``bench/align.py`` and the tests): shifts are recovered to ~0.1-0.25 px
-RMS on the small preset at bin 10 and the residual mean is ~0.3 px. The tilt-axis angle is the weakest
-quantity: tracked patches of a thick specimen hold features at several depths whose parallax makes patches
-imperfect 3D points, which biases the angle (blob series ±8 px deep: +0.6°; ±3 px: ~0.1°; small preset:
-+0.2° and -0.9° on its two series; a block bootstrap over patch regions gives a spread of 0.4-1°). Where the
-microscope's axis is trusted, ``solve_axis=False`` keeps it.
+Accuracy and limits (measured; see ``bench/align.py`` and the tests): on the small preset at bin 10 the shifts
+are recovered to 0.08 px RMS (gauge-free) on both series and the residual mean is 0.21-0.23 px (0.10 / 0.24 px
+and 0.28-0.31 px with a plain point per patch). The tilt-axis angle is the weakest quantity: a tracked patch of
+a thick specimen is a blend of features at several depths, and as the tilt grows the features that dominate its
+correlation change (they drift apart across the axis by parallax), so the track is not that of one 3D point.
+The per-patch across-axis offsets (``across_offsets``, on by default in :func:`align_tilt_series`) take the
+constant part of that mismatch off the axis (small preset: +0.19° → +0.12° and -0.89° → -0.56°), but a part
+remains: a blend's *along*-axis position also drifts, coherently over many neighbouring steps and in opposite
+directions on the two sides of 0° (an apparent per-view rotation growing with |tilt|, found with the true axis
+and shifts in rendered blob series ±15 px deep, about ±1° at ±60°, absent for a flat specimen), and with only
+a few independent patch regions that drift does not average out: the axis of such series scatters by
+0.5-1.5° between specimens. Where the microscope's axis is trusted, ``solve_axis=False`` keeps it.
 
 Filters are in cycles/px at the stack's binning, as IMOD's ``tiltxcorr`` (``FilterSigma1``,
 ``FilterRadius2``, ``FilterSigma2``). Image work (sampling, FFTs) uses the array module of the input
@@ -416,13 +422,16 @@ class ModelFit:
     """Result of :func:`fit_projection_model` (px at the stack's binning, degrees).
 
     ``tilt_axis_deg`` (mean axis), ``tilt_offset_deg`` (total: the input offset, plus the flattening angle
-    when asked), ``specimen_slope_deg`` the x-z slope of the plane through the points (0 after flattening),
-    ``shifts_px`` (n, 2) specimen shifts, ``rotations_deg`` (n,) per-view rotation about the mean axis (0 if
-    not solved), ``magnifications`` (n,) (1 if not solved), ``points_px`` (m, 3) patch positions (x, y, z) in
-    the specimen frame (mean 0), ``residuals_px`` (n, m, 2) model minus observation (NaN where not observed
-    or rejected), ``view_residual_px`` (n,) and ``patch_residual_px`` (m,) mean residual lengths (NaN where
-    none), ``mean_residual_px`` the mean residual length over all used observations (IMOD's "residual error
-    mean"), ``rejected`` (m,) patches dropped as outliers or for too few views, ``n_rounds`` fits done.
+    when asked), ``specimen_slope_deg`` the x-z slope of the plane through the points (about 0 after
+    flattening; with across offsets the plane is through ``x + c``), ``shifts_px`` (n, 2) specimen shifts,
+    ``rotations_deg`` (n,) per-view rotation about the mean axis (0 if not solved), ``magnifications`` (n,)
+    (1 if not solved), ``points_px`` (m, 3) patch positions (x, y, z) in the specimen frame (mean 0),
+    ``residuals_px`` (n, m, 2) model minus observation (NaN where not observed or rejected),
+    ``view_residual_px`` (n,) and ``patch_residual_px`` (m,) mean residual lengths (NaN where none),
+    ``mean_residual_px`` the mean residual length over all used observations (IMOD's "residual error mean"),
+    ``rejected`` (m,) patches dropped as outliers or for too few views, ``n_rounds`` fits done,
+    ``across_offsets_px`` (m,) the per-patch across-axis offsets ``c_j`` (zeros when not solved, NaN for
+    rejected patches; see :func:`fit_projection_model`).
     """
 
     tilt_axis_deg: float
@@ -438,6 +447,7 @@ class ModelFit:
     rejected: np.ndarray
     n_rounds: int
     specimen_slope_deg: float = 0.0
+    across_offsets_px: np.ndarray | None = None
     solved: dict[str, bool] = field(default_factory=dict)
 
 
@@ -446,7 +456,8 @@ class _Model:
 
     def __init__(self, obs_view: np.ndarray, obs_patch: np.ndarray, obs_uv: np.ndarray, n: int, m: int,
                  tilts_rad: np.ndarray, views: np.ndarray, solve_rotation: bool, solve_magnification: bool,
-                 combine: scipy.sparse.csr_matrix | None = None, fixed_axis_rad: float | None = None) -> None:
+                 combine: scipy.sparse.csr_matrix | None = None, fixed_axis_rad: float | None = None,
+                 across_offsets: bool = False, offset_prior: float = 0.0) -> None:
         self.iv, self.jp, self.uv = obs_view, obs_patch, obs_uv
         self.n, self.m = n, m
         self.beta = tilts_rad
@@ -454,8 +465,11 @@ class _Model:
         self.sr, self.sm = solve_rotation, solve_magnification
         self.combine = combine  # (q, 2k) rows fitted instead of the 2k position residuals (tracking steps)
         self.fixed_axis = fixed_axis_rad  # a stiff extra residual holds the axis there
+        self.co = across_offsets  # per-patch across-axis offsets c_j (mean 0) after the 3D points
+        self.c_prior = float(offset_prior)  # weight of the rows ``offset_prior * c_j`` pulling each c_j to 0
         self.i_p = 0
-        self.i_s = 3 * m
+        self.i_c = 3 * m
+        self.i_s = self.i_c + (m if across_offsets else 0)
         self.i_t = self.i_s + 2 * n
         k = self.i_t + 1
         self.i_r = k
@@ -464,9 +478,12 @@ class _Model:
         k += n if solve_magnification else 0
         self.size = k
 
-    def pack(self, p: np.ndarray, s: np.ndarray, theta: float, rot: np.ndarray, mag: np.ndarray) -> np.ndarray:
+    def pack(self, p: np.ndarray, s: np.ndarray, theta: float, rot: np.ndarray, mag: np.ndarray,
+             c: np.ndarray | None = None) -> np.ndarray:
         x = np.zeros(self.size)
         x[: 3 * self.m] = p.ravel()
+        if self.co and c is not None:
+            x[self.i_c: self.i_s] = c
         x[self.i_s: self.i_t] = s.ravel()
         x[self.i_t] = theta
         if self.sr:
@@ -483,6 +500,10 @@ class _Model:
         mag = x[self.i_m: self.i_m + self.n] if self.sm else np.ones(self.n)
         return p, s, theta, rot, mag
 
+    def offsets(self, x: np.ndarray) -> np.ndarray:
+        """(m,) per-patch across-axis offsets c_j (zeros when not solved)."""
+        return x[self.i_c: self.i_s].copy() if self.co else np.zeros(self.m)
+
     def _parts(self, x: np.ndarray) -> tuple[Any, ...]:
         p, s, theta, rot, mag = self.unpack(x)
         iv, jp = self.iv, self.jp
@@ -493,6 +514,8 @@ class _Model:
         mg = mag[iv]
         px, py, pz = p[jp, 0], p[jp, 1], p[jp, 2]
         qx = px * cb + pz * sb
+        if self.co:
+            qx = qx + x[self.i_c + jp]
         qy = py
         return p, s, rot, mag, iv, jp, cb, sb, cp, sp, mg, px, pz, qx, qy
 
@@ -509,6 +532,10 @@ class _Model:
         if self.combine is not None:
             r = self.combine @ r
         gauge = [p.mean(axis=0)]
+        if self.co:
+            gauge.append(np.array([x[self.i_c: self.i_s].mean()]))
+            if self.c_prior > 0:
+                gauge.append(self.c_prior * x[self.i_c: self.i_s])
         if self.fixed_axis is not None:
             gauge.append(np.array([theta - self.fixed_axis]))
         if self.sr:
@@ -533,6 +560,8 @@ class _Model:
         add(3 * jp, mg * cp * cb, mg * sp * cb)
         add(3 * jp + 1, -mg * sp, mg * cp)
         add(3 * jp + 2, mg * cp * sb, mg * sp * sb)
+        if self.co:
+            add(self.i_c + jp, mg * cp, mg * sp)
         one = np.ones(k)
         zero = np.zeros(k)
         add(self.i_s + 2 * iv, one, zero)
@@ -555,6 +584,16 @@ class _Model:
         gc = [np.concatenate([3 * np.arange(self.m) + a for a in range(3)])]
         gv = [np.full(3 * self.m, 1.0 / self.m)]
         g += 3
+        if self.co:
+            gr.append(np.full(self.m, g))
+            gc.append(self.i_c + np.arange(self.m))
+            gv.append(np.full(self.m, 1.0 / self.m))
+            g += 1
+            if self.c_prior > 0:
+                gr.append(g + np.arange(self.m))
+                gc.append(self.i_c + np.arange(self.m))
+                gv.append(np.full(self.m, self.c_prior))
+                g += self.m
         if self.fixed_axis is not None:  # the data no longer move the axis; one row holds it in place
             jac = jac.tolil()
             jac[:, self.i_t] = 0.0
@@ -633,7 +672,8 @@ def fit_projection_model(positions_px: np.ndarray, tilt_angles_deg: np.ndarray, 
                          solve_magnification: bool = False, outlier_mad: float = 3.0,
                          min_outlier_px: float = 0.5, min_views: int = 3, max_rounds: int = 6,
                          weighting: Literal["axis", "isotropic"] = "axis", across_weight: float | None = None,
-                         solve_axis: bool = True) -> ModelFit:
+                         solve_axis: bool = True, across_offsets: bool = False,
+                         offset_prior: float = 0.0) -> ModelFit:
     """Least-squares fit of the projection model (module docstring) to tracked positions, like ``tiltalign``.
 
     ``positions_px`` (n_views, n_patches, 2): observed (x, y) px from the raw image centre, NaN where a patch
@@ -661,6 +701,24 @@ def fit_projection_model(positions_px: np.ndarray, tilt_angles_deg: np.ndarray, 
     fits of such tracks bias the tilt-axis angle (by about 1° for blobs spread ±8 px in depth in the tests).
     ``across_weight`` replaces the estimated ratio by a fixed one.
     Reported residuals are always the plain position differences (px).
+
+    Across-axis patch offsets (``across_offsets=True``): each patch gets one more unknown, a constant offset
+    ``c_j`` (px, mean 0 over the patches) added to its across-axis model coordinate,
+    ``u_ij = s_i + m_i R(θ + δ_i) [x_j cos β_i + z_j sin β_i + c_j, y_j]``. A tracked patch of a thick
+    specimen is a blend of features at several depths, and the features that dominate its correlation change
+    as they drift across the axis with the tilt, so its across-axis track is not that of one 3D point; a
+    constant part of that mismatch looks like ``c_j (1 - cos β)`` against a point model, which is the
+    across-axis signature of a tilt-axis error for a patch at ``y_j = -c_j / δ``, so unmodelled offsets that
+    correlate with ``y`` over the field bias the axis. With ``c_j`` free, the axis is set by the along-axis
+    positions (no parallax across the axis there; see the module docstring for what remains) and the
+    across-axis ``cos β`` / ``sin β`` terms; the shifts and the points' ``y``, ``z`` keep their meaning.
+    ``c_j`` is reported in :attr:`ModelFit.across_offsets_px`. Where a track's across-axis motion is even in
+    the tilt (a blend moving outwards on both sides), the data ask for a large ``c_j`` and an ``x_j`` that
+    compensates it (the patch's 0° position is ``x_j + c_j``), so single points' ``x`` can be far from the
+    patch (tens of px); the plane of ``flatten`` is therefore fitted through
+    ``(x_j + c_j, y_j, z_j)``. ``offset_prior`` > 0 adds rows ``offset_prior * c_j`` that pull the offsets to
+    0 (measured on TS_02 of the small preset: even 0.01 keeps them small but worsens the shifts of the
+    high-tilt views, 0.08 → 0.28 px RMS, so the default is 0).
 
     Outliers: after each fit, patches whose mean residual exceeds ``median + outlier_mad * 1.4826 * MAD`` of
     the patch residuals (and ``min_outlier_px``) are rejected and the fit repeated (at most ``max_rounds``
@@ -700,6 +758,7 @@ def fit_projection_model(positions_px: np.ndarray, tilt_angles_deg: np.ndarray, 
         a = rotation_2d(-tilt_axis_deg) @ (pos[i, j] - s0[i])
         p0[j] = [a[0] / max(math.cos(b_all[i]), 0.2), a[1], 0.0]
     p0[~rejected] -= p0[~rejected].mean(axis=0)
+    c0 = np.zeros(m)
     n_rounds = 0
     w_across = 1.0
     reweight = False
@@ -714,12 +773,14 @@ def fit_projection_model(positions_px: np.ndarray, tilt_angles_deg: np.ndarray, 
         views = np.unique(iv)
         combine = _axis_frame_weights(iv, theta + rot, w_across) if w_across < 1.0 else None
         model = _Model(iv, remap[jp], pos[iv, jp], n, jidx.size, b_all, views, solve_rotation,
-                       solve_magnification, combine, None if solve_axis else math.radians(tilt_axis_deg))
-        x0 = model.pack(p0[jidx], s0, theta, rot, mag)
+                       solve_magnification, combine, None if solve_axis else math.radians(tilt_axis_deg),
+                       across_offsets, offset_prior)
+        x0 = model.pack(p0[jidx], s0, theta, rot, mag, c0[jidx] - c0[jidx].mean())
         xsol, _ = _levenberg_marquardt(model, x0)
         p_fit, s_fit, theta, rot_fit, mag_fit = model.unpack(xsol)
         s0, rot, mag = s_fit.copy(), rot_fit.copy(), mag_fit.copy()
         p0[jidx] = p_fit
+        c0[jidx] = model.offsets(xsol)
         res = np.full((n, m, 2), np.nan)
         r = model.position_residuals(xsol)
         res[iv, jp] = r
@@ -759,9 +820,13 @@ def fit_projection_model(positions_px: np.ndarray, tilt_angles_deg: np.ndarray, 
     rot = np.where(has_v, rot, 0.0)
     mag = np.where(has_v, mag, 1.0)
     points = np.where(rejected[:, None], np.nan, p0)
-    good = points[~rejected]
-    design = np.c_[good[:, 0], good[:, 1], np.ones(good.shape[0])]
-    slope = float(np.linalg.lstsq(design, good[:, 2], rcond=None)[0][0])
+
+    def plane_slope(pts: np.ndarray) -> float:
+        good = pts[~rejected] + np.c_[c0[~rejected], np.zeros((int((~rejected).sum()), 2))]
+        design = np.c_[good[:, 0], good[:, 1], np.ones(good.shape[0])]
+        return float(np.linalg.lstsq(design, good[:, 2], rcond=None)[0][0])
+
+    slope = plane_slope(points)
     offset = tilt_offset_deg
     if flatten:
         alpha = -math.atan(slope)
@@ -769,16 +834,15 @@ def fit_projection_model(positions_px: np.ndarray, tilt_angles_deg: np.ndarray, 
         x, z = points[:, 0].copy(), points[:, 2].copy()
         points[:, 0], points[:, 2] = x * ca - z * sa, x * sa + z * ca  # Ry(-alpha)
         offset = tilt_offset_deg + math.degrees(alpha)
-        good = points[~rejected]
-        design = np.c_[good[:, 0], good[:, 1], np.ones(good.shape[0])]
-        slope = float(np.linalg.lstsq(design, good[:, 2], rcond=None)[0][0])
+        slope = plane_slope(points)
     return ModelFit(
         tilt_axis_deg=math.degrees(theta), tilt_offset_deg=offset, shifts_px=shifts,
         rotations_deg=np.degrees(rot), magnifications=mag, points_px=points, residuals_px=res,
         view_residual_px=view_err, patch_residual_px=patch_err, mean_residual_px=float(np.nanmean(length[obs])),
         rejected=rejected, n_rounds=n_rounds, specimen_slope_deg=math.degrees(math.atan(slope)),
         solved={"axis": solve_axis, "flatten": flatten, "rotation": solve_rotation,
-                "magnification": solve_magnification},
+                "magnification": solve_magnification, "across_offsets": across_offsets},
+        across_offsets_px=np.where(rejected, np.nan, c0),
     )
 
 
@@ -827,15 +891,18 @@ def align_tilt_series(stack: Any, geometry: TiltSeriesGeometry, *, patch_size_A:
                       patch_overlap: float = 0.8, solve_axis: bool = True, flatten: bool = False,
                       solve_rotation: bool = False, solve_magnification: bool = False, min_cc: float = 0.25,
                       outlier_mad: float = 3.0,
-                      settings: FilterSettings = FilterSettings(), iterations: int = 2) -> AlignmentResult:
+                      settings: FilterSettings = FilterSettings(), iterations: int = 2,
+                      across_offsets: bool = True) -> AlignmentResult:
     """Marker-free alignment of one tilt series (IMOD's coarse alignment, patch tracking and tiltalign).
 
     ``stack`` (n, ny, nx) float in view order at ``geometry.binning`` (pixel ``geometry.pixel_size_binned_A``),
     ``geometry`` its record (tilt axis and offset are starting values; any ``xf`` is ignored; excluded views
     are skipped and get interpolated shifts). Patches of ``patch_size_A`` Å (at least 8 px) with fractional
     ``patch_overlap``. ``iterations`` > 1 re-tracks with the fitted shifts, axis and offset as predictions.
-    ``solve_axis``, ``flatten``, ``solve_rotation``, ``solve_magnification``, ``outlier_mad``: see
-    :func:`fit_projection_model`; ``min_cc``: see :func:`track_patches`.
+    ``solve_axis``, ``flatten``, ``solve_rotation``, ``solve_magnification``, ``outlier_mad``,
+    ``across_offsets`` (per-patch across-axis offsets, on by default: they take the depth-blend mismatch of
+    thick-specimen patches off the tilt-axis angle): see :func:`fit_projection_model`; ``min_cc``: see
+    :func:`track_patches`.
     Returns :class:`AlignmentResult` whose ``geometry`` carries the xf, tilt axis and tilt offset.
     """
     n, ny, nx = stack.shape
@@ -853,7 +920,8 @@ def align_tilt_series(stack: Any, geometry: TiltSeriesGeometry, *, patch_size_A:
         fit = fit_projection_model(tracks.positions_px, np.asarray(work.tilt_angles_deg), work.tilt_axis_deg,
                                    tilt_offset_deg=work.tilt_offset_deg, initial_shifts_px=shifts,
                                    solve_axis=solve_axis, flatten=flatten, solve_rotation=solve_rotation,
-                                   solve_magnification=solve_magnification, outlier_mad=outlier_mad)
+                                   solve_magnification=solve_magnification, outlier_mad=outlier_mad,
+                                   across_offsets=across_offsets)
         work = geometry_from_fit(geometry, fit)
         shifts = fit.shifts_px
     assert fit is not None and tracks is not None
