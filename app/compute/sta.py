@@ -60,6 +60,7 @@ __all__ = [
     "average_from_subtomograms",
     "fourier_to_map",
     "rescale_map",
+    "pseudo_subtomograms",
 ]
 
 _CHUNK_SAMPLES = 2_000_000  # 2D samples per insertion batch (~200 bytes of temporaries each)
@@ -150,6 +151,7 @@ def extract_subtilts(
     ctf: ViewCTF | None,
     dose_weighting: bool = True,
     chunk: int = 32,
+    crop_px: int | None = None,
 ) -> Subtilts:
     """Crop every particle from every non-excluded view, CTF-premultiply and dose-weight it.
 
@@ -158,7 +160,10 @@ def extract_subtilts(
     the stack's); ``positions_A`` (m, 3) tomogram-frame Å from the tomogram centre; ``box_px`` crop size;
     ``ctf`` per-view defocus (None: no CTF, weights = D²); ``dose_weighting`` multiplies by the exposure
     filter of each view (needs ``prior_dose_e_A2`` in the geometry; doses of views with unknown ``dose_e_A2``
-    count as 0). Particles are processed ``chunk`` at a time. Returns :class:`Subtilts`.
+    count as 0). Particles are processed ``chunk`` at a time. ``crop_px`` (RELION's cropped box): the
+    crops are extracted and CTF-multiplied at ``box_px`` (room for the CTF's delocalisation), then their
+    real-space centre ``crop_px`` is kept (centre ``crop_px // 2``) and the weights are the ``CTF² · D²`` of
+    the cropped grid's frequencies; None keeps ``box_px``. Returns :class:`Subtilts` (box = the cropped size).
     """
     st = np.asarray(stack)
     if st.ndim != 3:
@@ -173,6 +178,9 @@ def extract_subtilts(
     b = int(box_px)
     if b < 4:
         raise ValueError("box_px must be >= 4")
+    bc = b if crop_px is None else int(crop_px)
+    if bc < 4 or bc > b:
+        raise ValueError(f"crop_px must be in [4, box_px], got {crop_px}")
     pos = np.asarray(positions_A, dtype=np.float64).reshape(-1, 3)
     m = pos.shape[0]
     px = float(geometry.pixel_size_binned_A)
@@ -216,8 +224,19 @@ def extract_subtilts(
     else:
         mean_df = np.zeros((m, k))
 
-    images = np.empty((m, k, b, b), np.float32)
-    weights = np.empty((m, k, b, b), np.float32)
+    if bc != b:
+        f1c = scipy.fft.fftfreq(bc)
+        kxc_A = np.broadcast_to(f1c[None, :] / px, (bc, bc))
+        kyc_A = np.broadcast_to(f1c[:, None] / px, (bc, bc))
+        if dose_weighting and geometry.prior_dose_e_A2 is not None:
+            kkc = np.sqrt(kxc_A**2 + kyc_A**2)
+            dfilt_c = np.stack([attenuation(kkc, float(p), float(d), geometry.optics.voltage_kV)
+                                for p, d in zip(prior, dose, strict=True)]).astype(np.float32)
+        else:
+            dfilt_c = np.ones((k, bc, bc), np.float32)
+    o = b // 2 - bc // 2
+    images = np.empty((m, k, bc, bc), np.float32)
+    weights = np.empty((m, k, bc, bc), np.float32)
     ar = np.arange(b)
     for s in range(0, m, chunk):
         e = min(m, s + chunk)
@@ -245,8 +264,21 @@ def extract_subtilts(
         filt = filt * inside[:, :, None, None]
         ft *= filt
         ft[:, :, 0, 0] = 0.0
-        images[s:e] = scipy.fft.fftshift(scipy.fft.ifft2(ft, workers=-1).real, axes=(-2, -1))
-        weights[s:e] = filt * filt
+        full = scipy.fft.fftshift(scipy.fft.ifft2(ft, workers=-1).real, axes=(-2, -1))
+        if bc == b:
+            images[s:e] = full
+            weights[s:e] = filt * filt
+        else:
+            images[s:e] = full[:, :, o:o + bc, o:o + bc]
+            if ctf is not None:
+                cc_ = _ctf_stack(kxc_A, kyc_A, mean_df[s:e], 0.5 * (du - dv), ang, ph,
+                                 voltage_kV=geometry.optics.voltage_kV, cs_mm=geometry.optics.cs_mm,
+                                 amplitude_contrast=geometry.optics.amplitude_contrast)
+                fc = cc_ * dfilt_c[None]
+            else:
+                fc = np.broadcast_to(dfilt_c[None], (e - s, k, bc, bc))
+            fc = fc * inside[:, :, None, None]
+            weights[s:e] = fc * fc
     return Subtilts(images=images, weights=weights, view_matrices=pm[:, :, :3].copy(), views=views,
                     pixel_size_A=px, defocus_A=mean_df)
 
@@ -585,3 +617,21 @@ def rescale_map(vol: np.ndarray, voxel_in_A: float, voxel_out_A: float, box: int
     d0 = lo - (c_in - c_out)
     out[d0:d0 + hi - lo, d0:d0 + hi - lo, d0:d0 + hi - lo] = v[lo:hi, lo:hi, lo:hi]
     return out
+
+
+def pseudo_subtomograms(subtilts: Subtilts, *, pad: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """3D pseudo-subtomograms of all particles of ``subtilts`` (:func:`backproject_subtomogram` in a loop).
+
+    Returns ``(data (m, B, B, B) float32`` real space, centre ``B // 2``, tomogram frame; ``weights (m, P, P,
+    P) float32`` centred Fourier CTF² · dose² weights, P = pad · B)``: the input of
+    :func:`tomoguide.compute.refine.auto_refine` and :func:`tomoguide.compute.initial_model.initial_model`
+    (with ``pad`` = 1).
+    """
+    m, b = subtilts.images.shape[0], subtilts.box
+    p = pad * b
+    data = np.empty((m, b, b, b), np.float32)
+    weights = np.empty((m, p, p, p), np.float32)
+    for i in range(m):
+        data[i], weights[i] = backproject_subtomogram(subtilts.images[i], subtilts.weights[i],
+                                                      subtilts.view_matrices, pad=pad)
+    return data, weights

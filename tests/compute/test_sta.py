@@ -323,3 +323,29 @@ def test_rescale_map_keeps_centre_and_scales_positions() -> None:
     np.testing.assert_allclose(sta.rescale_map(vol, 2.0, 2.0, 40), vol, atol=1e-6)
     with pytest.raises(ValueError):
         sta.rescale_map(vol, 2.0, 3.0, 30)
+
+
+def test_crop_after_ctf_keeps_centre_and_gives_cropped_grid_weights(synthetic: dict) -> None:
+    pos = synthetic["pos_A"][:3]
+    big = sta.extract_subtilts(synthetic["stack"], synthetic["geom"], pos, box_px=BOX, ctf=synthetic["ctf"])
+    crop = sta.extract_subtilts(synthetic["stack"], synthetic["geom"], pos, box_px=BOX, ctf=synthetic["ctf"],
+                                crop_px=BOX // 2)
+    small = sta.extract_subtilts(synthetic["stack"], synthetic["geom"], pos, box_px=BOX // 2, ctf=synthetic["ctf"])
+    assert crop.box == BOX // 2 and crop.images.shape == small.images.shape
+    o = BOX // 2 - BOX // 4
+    # the crop is the centre of the CTF-multiplied big box, exactly
+    np.testing.assert_allclose(crop.images, big.images[..., o:o + BOX // 2, o:o + BOX // 2], atol=1e-5)
+    # weights: CTF² · dose² at the cropped grid's frequencies (= what extracting at that box gives)
+    np.testing.assert_allclose(crop.weights, small.weights, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        sta.extract_subtilts(synthetic["stack"], synthetic["geom"], pos, box_px=16, ctf=synthetic["ctf"], crop_px=20)
+
+
+def test_pseudo_subtomograms_stack_backprojections(synthetic: dict) -> None:
+    st = sta.extract_subtilts(synthetic["stack"], synthetic["geom"], synthetic["pos_A"][:3], box_px=16,
+                              ctf=synthetic["ctf"])
+    data, weights = sta.pseudo_subtomograms(st)
+    assert data.shape == weights.shape == (3, 16, 16, 16) and data.dtype == weights.dtype == np.float32
+    d1, w1 = sta.backproject_subtomogram(st.images[1], st.weights[1], st.view_matrices)
+    np.testing.assert_array_equal(data[1], d1)
+    np.testing.assert_array_equal(weights[1], w1)
