@@ -54,7 +54,7 @@ import scipy.fft
 
 from tomoguide.compute import fsc as F
 from tomoguide.compute.euler import matrix_to_euler, rotation_angle_deg
-from tomoguide.compute.sta import fourier_to_map
+from tomoguide.compute.sta import fourier_to_map, ssnr_wiener_term
 from tomoguide.compute.symmetry import symmetry_matrices
 
 __all__ = [
@@ -475,10 +475,26 @@ def symmetrise_grids(data_grid: np.ndarray, weight_grid: np.ndarray, operators: 
 def _merged_map(half1: np.ndarray, half2: np.ndarray, grids: list[tuple[np.ndarray, np.ndarray]], box: int,
                 fsc_curve: np.ndarray, resolution_A: float, voxel_A: float, wiener_constant: float | None,
                 regularisation: float) -> np.ndarray:
-    full = fourier_to_map(grids[0][0] + grids[1][0], grids[0][1] + grids[1][1], box,
-                          wiener_constant=wiener_constant, regularisation=regularisation)
+    wg = grids[0][1] + grids[1][1]
+    tau = ssnr_wiener_term(wg, fsc_curve, box, merged=True) if wiener_constant is None else wiener_constant
+    full = fourier_to_map(grids[0][0] + grids[1][0], wg, box, wiener_constant=tau, regularisation=regularisation)
     filt = F.fsc_to_wiener_filter(fsc_curve, half_maps=True)
     return F.lowpass(F.apply_shell_filter(full, filt), resolution_A, voxel_A)
+
+
+def _half_maps(grids: list[tuple[np.ndarray, np.ndarray]], box: int, mask: np.ndarray, voxel_A: float,
+               wiener_constant: float | None, regularisation: float) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The two half maps and their FSC statistics. Without a fixed ``wiener_constant`` the halves are made twice:
+    first with ``regularisation × mean(weight)``, then with the FSC-based term of :func:`ssnr_wiener_term`
+    (RELION's), which divides out the CTF² weights fully where the halves agree (near the CTF zeros too)."""
+    halves = [fourier_to_map(g[0], g[1], box, wiener_constant=wiener_constant, regularisation=regularisation)
+              for g in grids]
+    stats = _fsc_stats(halves[0], halves[1], mask, voxel_A)
+    if wiener_constant is None:
+        halves = [fourier_to_map(g[0], g[1], box, wiener_constant=ssnr_wiener_term(g[1], stats["fsc_true"], box))
+                  for g in grids]
+        stats = _fsc_stats(halves[0], halves[1], mask, voxel_A)
+    return halves, stats
 
 
 def _fsc_stats(half1: np.ndarray, half2: np.ndarray, mask: np.ndarray, voxel_A: float) -> dict[str, Any]:
@@ -527,10 +543,8 @@ def reconstruct_halves(
     w = np.ascontiguousarray(weights, dtype=np.float32)
     t_px = np.asarray(poses.shifts_A, np.float64) / voxel_A
     grids = [reconstruct_grids(dft, w, poses.rotations, t_px, hs == h, symmetry=symmetry) for h in (1, 2)]
-    halves = [fourier_to_map(g[0], g[1], b, wiener_constant=wiener_constant, regularisation=regularisation)
-              for g in grids]
     mask = _mask(b, voxel_A, mask_diameter_A)
-    st = _fsc_stats(halves[0], halves[1], mask, voxel_A)
+    halves, st = _half_maps(grids, b, mask, voxel_A, wiener_constant, regularisation)
     merged = _merged_map(halves[0], halves[1], grids, b, st["fsc_true"], st["resolution_A"], voxel_A,
                          wiener_constant, regularisation)
     return RefineResult(poses=poses, half_sets=hs, half1=halves[0], half2=halves[1], merged=merged, mask=mask,
@@ -962,9 +976,7 @@ def auto_refine(
         report((it + 0.85) / max_iterations, f"iteration {it + 1}: reconstructing the half maps")
         tc = time.perf_counter()
         grids = [reconstruct_grids(dft, w, rot, t_px, hs == h, symmetry=symmetry) for h in (1, 2)]
-        halves = [fourier_to_map(g[0], g[1], b, wiener_constant=wiener_constant, regularisation=regularisation)
-                  for g in grids]
-        stats = _fsc_stats(halves[0], halves[1], mask, voxel_A)
+        halves, stats = _half_maps(grids, b, mask, voxel_A, wiener_constant, regularisation)
         res = float(stats["resolution_A"])
         t_rec = time.perf_counter() - tc
         history.append({"iteration": it + 1, "search": "global" if is_global else "local",

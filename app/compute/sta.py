@@ -59,6 +59,7 @@ __all__ = [
     "reconstruct_average",
     "average_from_subtomograms",
     "fourier_to_map",
+    "ssnr_wiener_term",
     "rescale_map",
     "pseudo_subtomograms",
 ]
@@ -470,26 +471,60 @@ def rotate_fourier(grid: np.ndarray, rotations: np.ndarray) -> np.ndarray:
 
 
 def fourier_to_map(
-    data_grid: np.ndarray, weight_grid: np.ndarray, box: int, *, wiener_constant: float | None = None,
+    data_grid: np.ndarray, weight_grid: np.ndarray, box: int, *, wiener_constant: Any = None,
     regularisation: float = 0.01,
 ) -> np.ndarray:
     """CTF-corrected map from summed centred Fourier grids: ``IFT[data / (weight + τ)]`` cropped to ``box``.
 
-    ``τ = wiener_constant`` when given (in the weights' units; ``1/SNR`` per unit weight), else
-    ``regularisation × mean(weight)`` over the voxels inside the Nyquist sphere. Returns (box, box, box)
-    float32, centre ``box // 2``.
+    ``τ = wiener_constant`` when given (in the weights' units; ``1/SNR`` per unit weight): a number, or an array
+    of the grid's shape (a per-voxel term, e.g. :func:`ssnr_wiener_term`), else ``regularisation ×
+    mean(weight)`` over the voxels inside the Nyquist sphere. Returns (box, box, box) float32, centre
+    ``box // 2``.
     """
     p = data_grid.shape[0]
     k1 = np.arange(p) - p // 2
     r2 = k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2
     inside = r2 < (p // 2 - 1) ** 2
     if wiener_constant is None:
-        tau = float(regularisation) * float(weight_grid[inside].mean())
+        tau: Any = max(float(regularisation) * float(weight_grid[inside].mean()), 1e-12)
+    elif np.ndim(wiener_constant) == 0:
+        tau = max(float(wiener_constant), 1e-12)
     else:
-        tau = float(wiener_constant)
-    tau = max(tau, 1e-12)
+        tau = np.maximum(np.asarray(wiener_constant, dtype=np.float64), 1e-12)
     f = np.where(inside, data_grid / (weight_grid + tau), 0)
     return _crop_centre(_centred_ifft(f), box).astype(np.float32)
+
+
+def ssnr_wiener_term(weight_grid: np.ndarray, fsc_curve: Any, box: int, *, merged: bool = False,
+                     floor: float = 1e-4) -> np.ndarray:
+    """Per-voxel Wiener term ``τ(k) = ⟨W⟩_k / SSNR(k)`` of a centred weight grid (P, P, P) from an FSC curve.
+
+    RELION's regularisation: in a shell where the two half maps agree (FSC near 1) the signal is well
+    measured, so the summed CTF² weights are divided out almost exactly, even near the CTF zeros where the
+    weights are small; where the FSC falls, τ grows and the shell is suppressed. ``fsc_curve``: FSC per shell
+    of the ``box``-sized maps (index = shell radius in voxels of ``box``); for a half map ``SSNR = FSC / (1 −
+    FSC)``, for the ``merged`` map of both halves ``FSC' = 2 FSC / (1 + FSC)`` replaces the FSC. ``⟨W⟩_k``
+    is the mean weight of shell k of the grid (P may be an oversampled ``pad · box``). A floor of ``floor ×
+    mean(weight)`` keeps empty voxels finite. Returns float64 (P, P, P).
+    """
+    w = np.asarray(weight_grid, dtype=np.float64)
+    p = w.shape[0]
+    k1 = np.arange(p) - p // 2
+    r = np.sqrt(k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2)
+    shell = np.rint(r).astype(np.int64)
+    n_shells = int(shell.max()) + 1
+    counts = np.bincount(shell.ravel(), minlength=n_shells)
+    mean_w = np.bincount(shell.ravel(), weights=w.ravel(), minlength=n_shells) / np.maximum(counts, 1)
+    f = np.asarray(fsc_curve, dtype=np.float64)
+    x = np.arange(n_shells) * (box / p)  # shell radius in voxels of the box-sized maps
+    fk = np.interp(x, np.arange(f.size), f, right=0.0)
+    if merged:
+        fk = 2.0 * fk / (1.0 + np.maximum(fk, 0.0))
+    fk = np.clip(fk, 1e-3, 0.999)
+    tau_k = mean_w * (1.0 - fk) / fk
+    inside = r < (p // 2 - 1)
+    floor_abs = floor * float(w[inside].mean()) if inside.any() else 0.0
+    return np.maximum(tau_k[shell], max(floor_abs, 1e-12))
 
 
 def _orientations(orientations: Any, m: int) -> np.ndarray:
