@@ -85,6 +85,8 @@ def initial_model(
     n_starts: int = 3,
     seed: int = 0,
     progress: Callable[[float, str], None] | None = None,
+    prior_axes: np.ndarray | None = None,
+    prior_sigma_deg: float = 10.0,
 ) -> InitialModelResult:
     """Reference-free initial model (module docstring).
 
@@ -96,7 +98,9 @@ def initial_model(
     ``offset_range_px`` voxels of the extraction centre; ``n_starts`` independent runs from different random
     starts (seeds ``seed``, ``seed + 1``, …), of which the one whose final alignment has the highest mean
     log-likelihood score is returned (a single start can settle in a wrong, rotated local optimum).
-    ``progress(fraction, message)`` may raise to cancel.
+    ``prior_axes`` (m, 3) / ``prior_sigma_deg``: RELION's prior on the tilt (each particle's expected direction
+    of the reference z axis, e.g. a membrane normal from surface picking; see
+    :func:`tomoguide.compute.refine.tilt_log_prior`). ``progress(fraction, message)`` may raise to cancel.
     """
     t_start = time.perf_counter()
     d = np.asarray(data, np.float32)
@@ -127,7 +131,8 @@ def initial_model(
             report((k + frac) / n_s, msg if n_s == 1 else f"start {k + 1}/{n_s}: {msg}")
 
         out = _one_start(dft, w, voxel_A, symmetry, n_b, reg, mask, grids, angular_step_deg, res0, res1,
-                         offset_range_px, np.random.default_rng(seed + k), sub)
+                         offset_range_px, np.random.default_rng(seed + k), sub,
+                         {"prior_axes": prior_axes, "prior_sigma_deg": prior_sigma_deg})
         if best is None or out[4] > best[4]:
             best = out
     final, history, r_all, t_all, _, s_all = best
@@ -138,7 +143,8 @@ def initial_model(
 
 def _one_start(dft: np.ndarray, w: np.ndarray, voxel_A: float, symmetry: str, n_b: int, reg: float, mask: np.ndarray,
                grids: dict[float, np.ndarray], angular_step_deg: float, res0: float, res1: float,
-               offset_range_px: float, rng: np.random.Generator, report: Callable[[float, str], None]) -> tuple:
+               offset_range_px: float, rng: np.random.Generator, report: Callable[[float, str], None],
+               prior: dict[str, Any] | None = None) -> tuple:
     """One run from a random start: (map, history, rotations, shifts px, mean score, scores)."""
     m, b = dft.shape[0], dft.shape[-1]
     ident = np.repeat(np.eye(3)[None], m, axis=0)
@@ -170,7 +176,8 @@ def _one_start(dft: np.ndarray, w: np.ndarray, voxel_A: float, symmetry: str, n_
         r_max = b * voxel_A / res
         ref_ft = RF.prepare_reference(model, None)
         report(it / (n_b + 1), f"initial model: mini-batch {it + 1}/{n_b}, {size} particles, {res:.0f} Å")
-        r_b, t_b, _ = RF.search_poses(dft, w, ref_ft, batch, ident, zeros, grids[step], r_max, n_shifts=1)
+        r_b, t_b, _ = RF.search_poses(dft, w, ref_ft, batch, ident, zeros, grids[step], r_max, n_shifts=1,
+                                      **(prior or {}))
         rot = ident.copy()
         rot[batch] = r_b
         t_b = RF.refine_shifts(dft, ref_ft, batch, rot, zeros, zeros, r_max, offset_range_px)
@@ -194,7 +201,8 @@ def _one_start(dft: np.ndarray, w: np.ndarray, voxel_A: float, symmetry: str, n_
     step = angular_step_deg / 2.0
     r_max = b * voxel_A / res1
     ref_ft = RF.prepare_reference(model, None)
-    r_all, _, s_all = RF.search_poses(dft, w, ref_ft, np.arange(m), ident, zeros, grids[step], r_max, n_shifts=1)
+    r_all, _, s_all = RF.search_poses(dft, w, ref_ft, np.arange(m), ident, zeros, grids[step], r_max, n_shifts=1,
+                                      **(prior or {}))
     t_all = RF.refine_shifts(dft, ref_ft, np.arange(m), r_all, zeros, zeros, r_max, offset_range_px)
     dg, wg = RF.reconstruct_grids(dft, w, r_all, t_all, None, symmetry=symmetry)
     final = F.lowpass(fourier_to_map(dg, wg, b, regularisation=0.1 / reg), res1, voxel_A) * mask

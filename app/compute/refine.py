@@ -651,6 +651,18 @@ def _local_scores(ref_re: Any, ref_im: Any, scale: float, data_ft: Any, weights:
             out_y[c, j] = ys[j]
 
 
+def tilt_log_prior(z_axes: np.ndarray, prior_axes: np.ndarray, sigma_deg: float) -> np.ndarray:
+    """Gaussian log-prior ``−½ (θ / σ)²`` of the angle θ between candidate reference z axes ``z_axes`` (c, n, 3)
+    (``R ẑ`` in the tomogram frame) and each particle's prior direction ``prior_axes`` (c, 3) (unit vectors;
+    a row of NaN = no prior, 0). Returns (c, n) float64."""
+    n = np.asarray(prior_axes, np.float64)
+    cosang = np.einsum("cja,ca->cj", np.asarray(z_axes, np.float64), np.nan_to_num(n))
+    theta = np.degrees(np.arccos(np.clip(cosang, -1.0, 1.0)))
+    out = -0.5 * (theta / float(sigma_deg)) ** 2
+    out[~np.isfinite(n).all(axis=1)] = 0.0
+    return out
+
+
 def search_poses(
     data_ft: np.ndarray,
     weights: np.ndarray,
@@ -666,6 +678,8 @@ def search_poses(
     ref_pad: int = 2,
     chunk: int = 48,
     progress: Callable[[int], None] | None = None,
+    prior_axes: np.ndarray | None = None,
+    prior_sigma_deg: float = 10.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best rotation and shift of the particles ``select`` against one reference (see the module docstring).
 
@@ -677,8 +691,11 @@ def search_poses(
     ``n_shifts`` = 7; 1: none). The data are never interpolated: when every selected particle's current
     rotation is the identity (a global search) the scores are two matrix products shared by all particles
     (``A_j`` sampled once); otherwise a numba kernel samples the reference at ``(R_i P_j)ᵀ q`` for each
-    particle. Returns ``(rotations (k, 3, 3), shifts_px (k, 3), scores (k,))`` for the selected particles,
-    in their order.
+    particle. ``prior_axes`` (m, 3) unit vectors (tomogram frame; NaN rows: no prior) add RELION's prior on
+    the tilt: ``−½ (∠(R ẑ, n_i) / prior_sigma_deg)²`` to the log-likelihood of a candidate ``R`` whose
+    reference z axis ``R ẑ`` is at an angle from the particle's prior direction ``n_i`` (e.g. a membrane's
+    normal from surface picking). Returns ``(rotations (k, 3, 3), shifts_px (k, 3), scores (k,))`` for the
+    selected particles, in their order.
     """
     b = data_ft.shape[-1]
     pts = _points(b, min(r_max, b / 2.0 - 1.0), half=True)
@@ -722,7 +739,11 @@ def search_poses(
                 d_ri = np.concatenate([de.real, de.imag], axis=1)  # (c k, 2 n_p)
                 x = (a_ri @ d_ri.T).reshape(nj, c, k).transpose(1, 0, 2)  # (c, nj, k)
                 y = (a2 @ wp.T).T[:, :, None]  # (c, nj, 1)
-                flat = (x * np.abs(x) / (2.0 * np.maximum(y, 1e-30))).reshape(c, nj * k)
+                sc3 = x * np.abs(x) / (2.0 * np.maximum(y, 1e-30))  # (c, nj, k)
+                if prior_axes is not None:
+                    sc3 = sc3 + tilt_log_prior(np.broadcast_to(pj[None, :, :, 2], (c, nj, 3)),
+                                               np.asarray(prior_axes, np.float64)[idx], prior_sigma_deg)[:, :, None]
+                flat = sc3.reshape(c, nj * k)
                 bi = np.argmax(flat, axis=1)
                 bs = flat[np.arange(c), bi]
                 better = bs > best_s[s0:s0 + c]
@@ -749,6 +770,10 @@ def search_poses(
                       x, y2)
         y = y2[:, :, None]
         score = x * np.abs(x) / (2.0 * np.maximum(y, 1e-30))
+        if prior_axes is not None:
+            z_axes = np.einsum("cab,jb->cja", rc, pert[:, :, 2])  # (c, n_rot, 3): R_i P_j ẑ
+            score = score + tilt_log_prior(z_axes, np.asarray(prior_axes, np.float64)[idx],
+                                           prior_sigma_deg)[:, :, None]
         flat = score.reshape(c, n_rot * k)
         best = np.argmax(flat, axis=1)
         j, kk = best // k, best % k
@@ -864,6 +889,8 @@ def auto_refine(
     regularisation: float = 0.01,
     seed: int = 0,
     progress: Progress | None = None,
+    prior_axes: np.ndarray | None = None,
+    prior_sigma_deg: float = 10.0,
 ) -> RefineResult:
     """Gold-standard 3D auto-refine of pseudo-subtomograms against ``reference`` (module docstring).
 
@@ -885,6 +912,9 @@ def auto_refine(
     whole range in the first iteration and in every global one, and the ±``offset_step_px`` candidates of the
     rotation search (0 and ± one step per axis; the step halves with the angular step, down to 0.125 px).
     Search resolution: the current FSC 0.143 resolution + 2 shells (first iteration ``initial_lowpass_A``).
+    Prior on the tilt: with ``prior_axes`` (m, 3) (each particle's expected direction of the reference z axis,
+    e.g. a membrane normal; NaN rows: none) every search adds :func:`tilt_log_prior` of width
+    ``prior_sigma_deg`` (RELION's "prior width on tilt").
     Half sets: ``half_sets`` (m,) 1/2, or a random split with ``seed``; each half is aligned to its own
     reference (the same one in the first iteration). Reconstructions use the Wiener term
     ``wiener_constant`` (weight units) or ``regularisation × mean(weight)``.
@@ -957,7 +987,7 @@ def auto_refine(
             # a global search ignores the current orientations (exact shared sampling of the grid)
             r_h, t_h, s_h = search_poses(dft, w, refs[h - 1], sel, ident if is_global else rot, t_px, pert, r_max,
                                          shift_step_px=shift_step, n_shifts=1 if is_global and it > 0 else 7,
-                                         progress=prog)
+                                         progress=prog, prior_axes=prior_axes, prior_sigma_deg=prior_sigma_deg)
             tb = time.perf_counter()
             t_search += tb - ta
             if it == 0 or is_global:

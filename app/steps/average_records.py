@@ -163,3 +163,19 @@ def write_average(folder: Path, *, voxel_A: float, symmetry: str, merged: Any, p
                         history=history or [], info=info or {}, **names)
     rec.save(folder)
     return folder
+
+
+def prior_axes(df: Any) -> Any:
+    """Each particle's prior direction of the reference z axis (m, 3) from RELION's ``rlnAngleTiltPrior`` and
+    ``rlnAnglePsiPrior`` (``R ẑ`` depends on tilt and psi only), or None when the table has no priors."""
+    import numpy as np
+
+    from tomoguide.compute.euler import euler_to_matrix
+
+    if not {"rlnAngleTiltPrior", "rlnAnglePsiPrior"} <= set(df.columns):
+        return None
+    tp = df[["rlnAngleTiltPrior", "rlnAnglePsiPrior"]].to_numpy(np.float64)
+    ang = np.column_stack([np.zeros(len(tp)), tp])
+    axes = euler_to_matrix(np.nan_to_num(ang))[:, :, 2]
+    axes[~np.isfinite(tp).all(axis=1)] = np.nan
+    return axes

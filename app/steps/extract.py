@@ -180,6 +180,10 @@ class Extract(Step):
         for c in ORIGIN:
             if c not in out.columns:
                 out[c] = 0.0
+        # orientations from picking (surface normals, template matching) become RELION's priors on tilt and psi
+        if all(c in out.columns for c in ANGLES) and "rlnAngleTiltPrior" not in out.columns:
+            out["rlnAngleTiltPrior"] = out["rlnAngleTilt"]
+            out["rlnAnglePsiPrior"] = out["rlnAnglePsi"]
         return out
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:

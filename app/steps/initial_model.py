@@ -15,8 +15,30 @@ from typing import Any
 
 import numpy as np
 
-from tomoguide.steps.average_records import poses_to_table, write_average
+from tomoguide.steps.average_records import poses_to_table, prior_axes, write_average
 from tomoguide.steps.base import Issue, Needs, RunContext, Step, StepParams, StepResult, StepRun, param
+
+
+def particles_have_priors(ctx: RunContext, step_id: str) -> bool:
+    """Whether the particles extracted by ``step_id`` (done) carry orientation priors from picking."""
+    from tomoguide.compute.io.star import read_particles_star
+    from tomoguide.steps.average_records import ParticleStack, prior_axes
+
+    try:
+        rec, base = ParticleStack.load(ctx.output(step_id, "particles"))
+        return prior_axes(read_particles_star(base / rec.star).particles) is not None
+    except (KeyError, OSError, ValueError):
+        return False
+
+
+def prior_issues(symmetry: str, width_deg: float | None, has_priors: bool) -> list[Issue]:
+    """A warning when a prior on the tilt is used with a point group whose reference z axis is not unique
+    (T, O, I: the prior then favours one of several equivalent axes)."""
+    if has_priors and width_deg is not None and symmetry.strip().upper()[:1] in ("T", "O", "I"):
+        return [Issue("warning", f"a prior on the tilt assumes one particle axis (Cn, Dn); with {symmetry} it "
+                                 "favours one of several equivalent axes: consider leaving it empty",
+                      "prior_tilt_width_deg")]
+    return []
 
 
 def symmetry_issues(symmetry: str, field: str = "symmetry") -> list[Issue]:
@@ -46,6 +68,13 @@ class InitialModelParams(StepParams):
     symmetry: str = param(
         "O", title="Symmetry",
         help="Point-group symmetry imposed on the model: C1 (none), Cn, Dn, T, O (apoferritin: octahedral) or I.")
+    prior_tilt_width_deg: float | None = param(
+        10.0, title="Prior width on tilt", unit="°", hard=(0.5, 180.0), suggest=(3.0, 30.0),
+        empty_means="no prior",
+        help="When the particles carry orientations from picking (surface models: the membrane's normal), "
+             "orientations whose particle axis tilts away from it by much more than this are unlikely (RELION's "
+             "prior on the tilt; tutorial 10°). Particles picked without orientations (template matching with a "
+             "sphere, imports without angles) have no prior and this has no effect.")
     angular_step_deg: float = param(
         15.0, title="Coarsest angular step", unit="°", hard=(1.0, 45.0), suggest=(5.0, 30.0), advanced=True,
         help="Orientation sampling of the first mini-batches (finer later).")
@@ -73,7 +102,8 @@ class InitialModel(Step):
 
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, InitialModelParams)
-        return symmetry_issues(params.symmetry)
+        return symmetry_issues(params.symmetry) + prior_issues(params.symmetry, params.prior_tilt_width_deg,
+                                                               particles_have_priors(ctx, "extract"))
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
         from tomoguide.steps.average_records import ParticleStack
@@ -87,12 +117,16 @@ class InitialModel(Step):
 
         assert isinstance(params, InitialModelParams)
         rec, star, data, weights = load_particles(ctx.output("extract", "particles"))
+        axes = None if params.prior_tilt_width_deg is None else prior_axes(star.particles)
+        if params.prior_tilt_width_deg is not None and axes is None:
+            ctx.log("the particles carry no orientation priors: no prior on the tilt")
 
         def work(progress: Callable[[float, str], None]) -> Any:
             return initial_model(data, weights, rec.voxel_A, symmetry=params.symmetry,
                                  n_minibatches=params.n_minibatches, regularisation=params.regularisation,
                                  mask_diameter_A=params.mask_diameter_A, angular_step_deg=params.angular_step_deg,
-                                 seed=params.seed, progress=progress)
+                                 seed=params.seed, progress=progress, prior_axes=axes,
+                                 prior_sigma_deg=params.prior_tilt_width_deg or 10.0)
 
         res = yield from ctx.run_in_thread(work)
         poses = res.poses

@@ -25,11 +25,12 @@ from tomoguide.steps.average_records import (
     AverageRecord,
     FSCCurve,
     poses_to_table,
+    prior_axes,
     table_rotations,
     write_average,
 )
 from tomoguide.steps.base import Issue, Needs, RunContext, Step, StepParams, StepResult, StepRun, param
-from tomoguide.steps.initial_model import symmetry_issues
+from tomoguide.steps.initial_model import particles_have_priors, prior_issues, symmetry_issues
 
 
 class RefineParams(StepParams):
@@ -58,6 +59,12 @@ class RefineParams(StepParams):
     offset_step_px: float = param(
         1.0, title="Offset search step", unit="px", hard=(0.1, 10.0), suggest=(0.5, 2.0),
         help="Step of the offset search (tutorial: 1 px); finer steps follow automatically.")
+    prior_tilt_width_deg: float | None = param(
+        10.0, title="Prior width on tilt", unit="°", hard=(0.5, 180.0), suggest=(3.0, 30.0),
+        empty_means="no prior",
+        help="With orientations from picking (surface models), orientations whose particle axis tilts away from "
+             "the picked one by much more than this are unlikely (RELION's prior on the tilt; tutorial 10°). No "
+             "effect for particles picked without orientations.")
     max_iterations: int = param(
         12, title="Maximum iterations", unit="1", hard=(1, 100), suggest=(4, 30), advanced=True,
         help="The refinement stops earlier when the resolution and the orientations stop changing.")
@@ -73,6 +80,11 @@ class RefineFineParams(RefineParams):
     initial_angular_step_deg: float = param(
         1.8, title="Initial angular sampling", unit="°", hard=(0.1, 30.0), suggest=(0.5, 7.5),
         help="The poses carried over are already close: the search starts locally at this step.")
+    prior_tilt_width_deg: float | None = param(
+        None, title="Prior width on tilt", unit="°", hard=(0.5, 180.0), suggest=(3.0, 30.0),
+        empty_means="no prior",
+        help="No prior on the tilt at this stage (the tutorial's setting): the poses carried over are better "
+             "than any picking orientation.")
     offset_range_px: float = param(
         3.0, title="Offset search range", unit="px", hard=(0.0, 50.0), suggest=(1.0, 10.0),
         help="How far (in voxels of the finer extraction) a particle's centre may move.")
@@ -144,7 +156,8 @@ class Refine(Step):
 
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, RefineParams)
-        issues = symmetry_issues(params.symmetry)
+        issues = symmetry_issues(params.symmetry) + prior_issues(
+            params.symmetry, params.prior_tilt_width_deg, particles_have_priors(ctx, self.particles_step))
         if params.local_searches_from_deg > params.initial_angular_step_deg:
             issues.append(Issue("warning", "local searches start at a coarser step than the initial sampling: the "
                                            "whole refinement will be local", "local_searches_from_deg"))
@@ -170,6 +183,10 @@ class Refine(Step):
         if not self.global_first:
             start = Poses(rotations=table_rotations(df), shifts_A=np.zeros((len(df), 3)), scores=np.zeros(len(df)))
 
+        axes = None if params.prior_tilt_width_deg is None else prior_axes(df)
+        if params.prior_tilt_width_deg is not None and axes is None:
+            ctx.log("the particles carry no orientation priors: no prior on the tilt")
+
         def work(progress: Callable[[float, str], None]) -> Any:
             return auto_refine(data, weights, rec.voxel_A, ref, symmetry=params.symmetry,
                                mask_diameter_A=params.mask_diameter_A, initial_lowpass_A=params.initial_lowpass_A,
@@ -177,7 +194,8 @@ class Refine(Step):
                                local_searches_from_deg=params.local_searches_from_deg,
                                offset_range_px=params.offset_range_px, offset_step_px=params.offset_step_px,
                                initial_poses=start, half_sets=halves, max_iterations=params.max_iterations,
-                               seed=params.seed, progress=progress)
+                               seed=params.seed, progress=progress, prior_axes=axes,
+                               prior_sigma_deg=params.prior_tilt_width_deg or 10.0)
 
         res = yield from ctx.run_in_thread(work)
         table = poses_to_table(df, res.poses.rotations, res.poses.shifts_A, res.poses.scores, res.half_sets)

@@ -258,3 +258,35 @@ def test_auto_refine_local_from_given_poses_and_cancel(chiral_data: dict) -> Non
 
     with pytest.raises(Cancelled):
         RF.auto_refine(d, w, VOXEL, chiral_data["ref"], symmetry="C1", initial_poses=poses, progress=cancel)
+
+
+def test_tilt_prior_pulls_the_reference_z_axis_towards_the_prior_direction() -> None:
+    """RELION's prior on the tilt: −½ (θ/σ)² for the angle θ between R ẑ and the particle's prior direction;
+    with data that carry no orientation signal the searches (global and local) follow the prior."""
+    rng = np.random.default_rng(5)
+    z = np.array([[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
+    lp = RF.tilt_log_prior(z, np.array([[0.0, 0.0, 1.0]]), 10.0)
+    assert np.allclose(lp, [[0.0, -0.5 * 9.0**2]])
+    assert np.allclose(RF.tilt_log_prior(z, np.full((1, 3), np.nan), 10.0), 0.0)
+    m, b = 10, 24
+    ref = chiral_map(b)
+    data = (rng.normal(size=(m, b, b, b)) * 1e-6).astype(np.float32)  # no signal: the prior decides
+    weights = np.ones((m, b, b, b), np.float32)
+    dft = RF.centred_fft_stack(data)
+    ref_ft = RF.prepare_reference(ref, None)
+    axes = rng.normal(size=(m, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    ident = np.repeat(np.eye(3)[None], m, axis=0)
+    grid = RF.asymmetric_unit_grid(15.0, "C1")
+
+    def angles(r: np.ndarray) -> np.ndarray:
+        return np.degrees(np.arccos(np.clip(np.einsum("ma,ma->m", r[:, :, 2], axes), -1, 1)))
+
+    r0, _, _ = RF.search_poses(dft, weights, ref_ft, np.arange(m), ident, np.zeros((m, 3)), grid, 6.0, n_shifts=1)
+    r1, _, _ = RF.search_poses(dft, weights, ref_ft, np.arange(m), ident, np.zeros((m, 3)), grid, 6.0, n_shifts=1,
+                               prior_axes=axes, prior_sigma_deg=5.0)
+    assert angles(r1).max() < 12.0 < np.median(angles(r0))
+    # local search from the global result: stays within the prior's reach and gets closer
+    r2, _, _ = RF.search_poses(dft, weights, ref_ft, np.arange(m), r1, np.zeros((m, 3)),
+                               RF.local_rotations(3.0, 2.0), 6.0, n_shifts=1, prior_axes=axes, prior_sigma_deg=5.0)
+    assert angles(r2).max() <= angles(r1).max() + 1e-6 and np.median(angles(r2)) < 4.0

@@ -148,3 +148,23 @@ def test_the_averaging_chain_runs_to_a_map_with_the_right_hand(picked: Project, 
     # (the tiny preset's 16 particles in 7 views: a weak but consistent hand signal, about 0.05 in every band
     # from 60 to 10 Å; the small preset's bench measures it properly)
     assert cc > 0.6 and band > band_mirror + 0.03, (cc, band, band_mirror)
+
+
+def test_picked_orientations_become_tilt_priors_along_the_particle_axis() -> None:
+    """Angles from picking (e.g. surface normals) are kept as RELION's rlnAngleTiltPrior/PsiPrior at extraction,
+    and the prior direction the searches use is the picked R ẑ (rot, the spin about it, does not matter)."""
+    import pandas as pd
+
+    from tomoguide.steps.average_records import prior_axes
+    from tomoguide.steps.extract import Extract, ExtractParams
+
+    rng = np.random.default_rng(3)
+    ang = np.column_stack([rng.uniform(-180, 180, 6), rng.uniform(0, 180, 6), rng.uniform(-180, 180, 6)])
+    df = pd.DataFrame({"rlnTomoName": ["TS_01"] * 6, **{c: rng.normal(size=6) for c in XYZ},
+                       "rlnAngleRot": ang[:, 0], "rlnAngleTilt": ang[:, 1], "rlnAnglePsi": ang[:, 2]})
+    out = Extract()._prepare(df, ExtractParams())
+    np.testing.assert_allclose(out["rlnAngleTiltPrior"], ang[:, 1])
+    axes = prior_axes(out)
+    np.testing.assert_allclose(axes, euler_to_matrix(ang)[:, :, 2], atol=1e-12)
+    assert prior_axes(df.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"])) is None
+    assert "rlnAngleTiltPrior" not in Extract()._prepare(df[["rlnTomoName", *XYZ]], ExtractParams()).columns
