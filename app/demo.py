@@ -46,8 +46,8 @@ def demo_params(data_dir: Path, sim: Any) -> dict[str, dict[str, Any]]:
 
     voxel = sim.pixel_size_A * ReconstructionBinParams().binning
     thickness = int(np.ceil(1.6 * sim.slab_thickness_A / voxel / 2.0)) * 2
-    box = int(np.ceil(2 * 125.0 / voxel))  # display boxes twice apoferritin's diameter (the tutorial's 54 px is at
-    #                                        a finer voxel size)
+    box = int(np.ceil(150.0 / voxel))  # display boxes a little larger than apoferritin (130 Å; the tutorial's 54 px
+    #                                    is at a finer voxel size)
     params: dict[str, dict[str, Any]] = {
         "import_movies": demo_import_params(data_dir), "reconstruct": {"thickness_px": max(thickness, 16)},
         "pick": {"box_px": box}}

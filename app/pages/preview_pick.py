@@ -221,11 +221,16 @@ class PickPreview(SeriesSetPreview):
         row.addWidget(self.auto_button)
         hl.addLayout(row)
         self.hist_box = hist_box
+        # the slices get most of the height (the picks must be visible); the histogram may be short
+        self.plot.setMinimumHeight(80)
+        hist_box.setMaximumHeight(170)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.slices)
         split.addWidget(hist_box)
         split.setChildrenCollapsible(False)
-        split.setSizes([520, 200])
+        split.setSizes([640, 150])
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 1)
         self.body.addWidget(self.click_box)
         self.body.addWidget(split, 1)
         self.body.addWidget(self.count_label)

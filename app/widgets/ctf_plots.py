@@ -254,8 +254,7 @@ class DefocusResolutionPlot(_PerTiltPlotBase):
         super().__init__(parent)
         self.defocus_plot: pg.PlotItem = self.graphics.addPlot(row=0, col=0)
         self.resolution_plot: pg.PlotItem = self.graphics.addPlot(row=1, col=0)
-        self.defocus_plot.setLabel("left", "Δf µm")
-        self.resolution_plot.setLabel("left", "res. Å")
+        # no axis titles: at the preview's height the two would run into each other; the caption names the plots
         self.resolution_plot.setLabel("bottom", "Tilt angle (°)")
         self.resolution_plot.setXLink(self.defocus_plot)
         self.defocus_plot.getAxis("bottom").setStyle(showValues=False)  # shared with the plot below
@@ -283,8 +282,6 @@ class DefocusResolutionPlot(_PerTiltPlotBase):
             item.sigClicked.connect(self._on_points_clicked)
         self.graphics.ci.layout.setRowStretchFactor(0, 3)
         self.graphics.ci.layout.setRowStretchFactor(1, 2)
-        # tall enough that the two axis titles and their tick labels do not run into each other
-        self.graphics.setMinimumHeight(200)
         self.suspicious: SuspiciousTilts | None = None
         self.highlighted = np.zeros(0, bool)
         self._u = self._v = self._res = np.zeros(0)
@@ -312,7 +309,8 @@ class DefocusResolutionPlot(_PerTiltPlotBase):
         self._refresh_points()
         n_bad = int(self.highlighted.sum())
         self.caption.setText(
-            f"<span style='color:{U_COLOUR}'>● U</span> <span style='color:{V_COLOUR}'>▲ V</span> · "
+            f"top: defocus (µm) <span style='color:{U_COLOUR}'>● U</span> <span style='color:{V_COLOUR}'>▲ V</span>"
+            f" · bottom: fit resolution (Å) · "
             + (f"<span style='color:{SUSPICIOUS_COLOUR}'>{n_bad} suspicious tilt(s) in red</span>" if n_bad
                else "no suspicious tilts"))
         self.caption.setToolTip("Defocus U and V (µm) and the fit resolution (Å) of every tilt; the dashed line "
