@@ -25,7 +25,7 @@ import platform
 import sys
 from pathlib import Path
 
-FIRST, LAST = "align", "reconstruct"
+FIRST = "align"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,39 +37,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
 
-    from tomoguide import truth
-    from tomoguide.cli import run_steps
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tilt_series_to_tomograms import run_and_measure
+
     from tomoguide.compute import align as align_module
     from tomoguide.project import Project
-    from tomoguide.steps import registry
 
     if args.no_across_offsets:
         align_module.align_tilt_series = functools.partial(align_module.align_tilt_series, across_offsets=False)
     project_dir = args.work / "project"
     truth_dir = args.work / "truth"
-    ids = registry.ids()
-    steps = ids[ids.index(FIRST): ids.index(LAST) + 1]
     result: dict = {"preset": args.preset, "across_offsets": not args.no_across_offsets,
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "platform": platform.platform(), "load_average_1min": os.getloadavg()[0]}}
     with Project.open(project_dir) as proj:
         proj.mark_stale_from(FIRST, reason="bench/align_tomograms.py: alignment code changed", include_self=True)
         proj.save()
-    for method in ("WBP", "SIRT"):
-        code = run_steps(project_dir, until=LAST, quiet=True, sets={"reconstruct": {"method": method}})
-        if code != 0:
-            print("a step failed; see `tomoguide status`", file=sys.stderr)
-            return code
-        with Project.open(project_dir, readonly=True) as proj:
-            result.setdefault("step_wall_time_s", {})
-            for s in steps:
-                key = s if s != "reconstruct" else f"reconstruct_{method}"
-                result["step_wall_time_s"][key] = proj.data.steps[s].metrics.get("wall_time_s")
-            result[f"tomogram_{method}"] = truth.tomograms_vs_true_alignment(
-                truth_dir, proj.output_path("preprocess_for_reconstruction", "series"),
-                proj.output_path("reconstruct", "tomograms"), proj.params("reconstruct"))
-            if method == "WBP":
-                result["alignment"] = truth.alignment_errors(truth_dir, proj.output_path("align", "series"))
+    code = run_and_measure(project_dir, truth_dir, result)
+    if code != 0:
+        return code
     result["targets"] = {"axis_error_deg": 0.3, "shift_rms_px": 0.5, "mean_residual_px": 1.0,
                          "tomogram_ratio_vs_true_alignment": 0.8}
     args.out.mkdir(parents=True, exist_ok=True)

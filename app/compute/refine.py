@@ -240,34 +240,12 @@ def _points(box: int, r_max: float, *, half: bool, r_min: float = 1.0) -> np.nda
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
-def _tri_c(g: Any, gi: int, x: float, y: float, z: float, p: int) -> complex:
+def _tri(g: Any, gi: int, x: float, y: float, z: float, p: int) -> Any:
+    """Trilinear sample of grid ``g[gi]`` (complex or real; numba compiles one version per dtype) at index
+    coordinates (x, y, z); neighbours outside the grid count as 0."""
     x0, y0, z0 = int(math.floor(x)), int(math.floor(y)), int(math.floor(z))
     fx, fy, fz = x - x0, y - y0, z - z0
-    acc = 0j
-    for dz in range(2):
-        zz = z0 + dz
-        if zz < 0 or zz >= p:
-            continue
-        wz = fz if dz else 1.0 - fz
-        for dy in range(2):
-            yy = y0 + dy
-            if yy < 0 or yy >= p:
-                continue
-            wy = fy if dy else 1.0 - fy
-            for dx in range(2):
-                xx = x0 + dx
-                if xx < 0 or xx >= p:
-                    continue
-                wx = fx if dx else 1.0 - fx
-                acc += g[gi, zz, yy, xx] * (wz * wy * wx)
-    return acc
-
-
-@numba.njit(cache=True, fastmath=True, inline="always")
-def _tri_r(g: Any, gi: int, x: float, y: float, z: float, p: int) -> float:
-    x0, y0, z0 = int(math.floor(x)), int(math.floor(y)), int(math.floor(z))
-    fx, fy, fz = x - x0, y - y0, z - z0
-    acc = 0.0
+    acc = g[gi, 0, 0, 0] * 0.0
     for dz in range(2):
         zz = z0 + dz
         if zz < 0 or zz >= p:
@@ -325,7 +303,7 @@ def _gather_c(grids: Any, which: Any, scale: float, rots: Any, shifts: Any, pts:
             qx = r[0, 0] * px + r[0, 1] * py + r[0, 2] * pz
             qy = r[1, 0] * px + r[1, 1] * py + r[1, 2] * pz
             qz = r[2, 0] * px + r[2, 1] * py + r[2, 2] * pz
-            v = _tri_c(grids, gi, scale * qx + h, scale * qy + h, scale * qz + h, p)
+            v = _tri(grids, gi, scale * qx + h, scale * qy + h, scale * qz + h, p)
             out[i, n] = v * (ex[int(px) + kmax] * ey[int(py) + kmax] * ez[int(pz) + kmax])
 
 
@@ -342,7 +320,7 @@ def _gather_r(grids: Any, which: Any, scale: float, rots: Any, pts: Any, out: An
             qx = r[0, 0] * px + r[0, 1] * py + r[0, 2] * pz
             qy = r[1, 0] * px + r[1, 1] * py + r[1, 2] * pz
             qz = r[2, 0] * px + r[2, 1] * py + r[2, 2] * pz
-            out[i, n] = _tri_r(grids, gi, scale * qx + h, scale * qy + h, scale * qz + h, p)
+            out[i, n] = _tri(grids, gi, scale * qx + h, scale * qy + h, scale * qz + h, p)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -375,11 +353,11 @@ def _gather_sum(data: Any, weights: Any, which: Any, rots: Any, shifts: Any, pts
                 qx = r[0, 0] * px + r[0, 1] * py + r[0, 2] * pz
                 qy = r[1, 0] * px + r[1, 1] * py + r[1, 2] * pz
                 qz = r[2, 0] * px + r[2, 1] * py + r[2, 2] * pz
-                v = _tri_c(data, gi, qx + h, qy + h, qz + h, p)
+                v = _tri(data, gi, qx + h, qy + h, qz + h, p)
                 e = ex[int(px) + kmax] * ey[int(py) + kmax] * ez[int(pz) + kmax]
                 acc_re[n - n0] += v.real * e.real - v.imag * e.imag
                 acc_im[n - n0] += v.real * e.imag + v.imag * e.real
-                accw[n - n0] += _tri_r(weights, gi, qx + h, qy + h, qz + h, p)
+                accw[n - n0] += _tri(weights, gi, qx + h, qy + h, qz + h, p)
         for n in range(n0, n1):
             out_d[n] += complex(acc_re[n - n0], acc_im[n - n0])
             out_w[n] += accw[n - n0]
