@@ -28,6 +28,14 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+def _load(cls: Any, path: Path, file_name: str) -> tuple[Any, Path]:
+    """A record from its JSON file (or the folder holding ``file_name``); returns it and its folder."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / file_name
+    return cls.model_validate(json.loads(p.read_text())), p.parent
+
+
 def _save(model: BaseModel, path: Path) -> Path:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(model.model_dump_json(indent=1))
@@ -54,10 +62,7 @@ class ParticleStack(BaseModel):
     @classmethod
     def load(cls, path: Path) -> tuple[ParticleStack, Path]:
         """From ``particles.json`` (or its folder); returns the record and its folder."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / "particles.json"
-        return cls.model_validate(json.loads(p.read_text())), p.parent
+        return _load(cls, path, "particles.json")
 
 
 class FSCCurve(BaseModel):
@@ -95,10 +100,7 @@ class AverageRecord(BaseModel):
     @classmethod
     def load(cls, path: Path) -> tuple[AverageRecord, Path]:
         """From ``average.json`` (or its folder); returns the record and its folder."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / "average.json"
-        return cls.model_validate(json.loads(p.read_text())), p.parent
+        return _load(cls, path, "average.json")
 
 
 def poses_to_table(df: Any, rotations: Any, shifts_A: Any, scores: Any | None = None,

@@ -199,8 +199,7 @@ class Extract(Step):
         unknown = sorted(set(df["rlnTomoName"].astype(str)) - known)
         if unknown:
             raise ValueError(f"particles of unknown tilt series {', '.join(unknown)} (series: {', '.join(known)})")
-        out_dir = ctx.run_dir / "subtomos"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.run_dir / "subtomos").mkdir(parents=True, exist_ok=True)
         m_total = len(df)
         b = params.crop_px
         gallery = np.zeros((m_total, b, b), np.float32)
@@ -235,30 +234,26 @@ class Extract(Step):
             if params.ctf_premultiply:
                 ctf = sta.ViewCTF.from_star(read_ctf_star(s.path("ctf_star", base)))
             pos = _centred_positions(df.iloc[rows])
+            view_mats[s.name] = g.projection_matrices()[:, :, :3].tolist()
             chunk = 16
             for a in range(0, rows.size, chunk):
                 ctx.check_cancel()
                 idx = rows[a:a + chunk]
                 sub = sta.extract_subtilts(st, g, pos[a:a + chunk], box_px=params.box_px, crop_px=params.crop_px,
                                            ctf=ctf, dose_weighting=params.dose_weighting)
-                view_mats[s.name] = g.projection_matrices()[:, :, :3].tolist()
                 views_used[s.name] = [int(v) for v in sub.views]
                 for j, i in enumerate(idx):
                     pname = f"{s.name}_{i + 1:06d}"
                     particle_names[i] = f"{s.name}/{i + 1}"
                     d3, w3 = sta.backproject_subtomogram(sub.images[j], sub.weights[j], sub.view_matrices)
                     gallery[i] = _gallery(d3[None])[0]
-                    if params.dimensionality == "3D":
-                        write_mrc(out_dir / f"{pname}_data.mrc", d3, voxel)
-                        write_mrc(out_dir / f"{pname}_weights.mrc", w3.astype(np.float16), voxel)
-                    else:
-                        write_mrc(out_dir / f"{pname}_subtilts.mrc", sub.images[j], voxel, is_stack=True)
-                        write_mrc(out_dir / f"{pname}_weights.mrc", sub.weights[j].astype(np.float16), voxel,
-                                  is_stack=True)
-                        image_names[i] = f"subtomos/{pname}_subtilts.mrc"
-                    if params.dimensionality == "3D":
-                        image_names[i] = f"subtomos/{pname}_data.mrc"
+                    three_d = params.dimensionality == "3D"
+                    image_names[i] = f"subtomos/{pname}_{'data' if three_d else 'subtilts'}.mrc"
                     ctf_names[i] = f"subtomos/{pname}_weights.mrc"
+                    write_mrc(ctx.run_dir / image_names[i], d3 if three_d else sub.images[j], voxel,
+                              is_stack=not three_d)
+                    write_mrc(ctx.run_dir / ctf_names[i], (w3 if three_d else sub.weights[j]).astype(np.float16),
+                              voxel, is_stack=not three_d)
                 done += idx.size
                 yield Progress(done / m_total, f"{s.name}: {done}/{m_total} particles extracted")
             metrics["series"][s.name] = {"n_particles": int(rows.size), "views_used": len(views_used[s.name])}
