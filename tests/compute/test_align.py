@@ -193,6 +193,35 @@ def test_across_axis_patch_offsets_do_not_bias_the_axis() -> None:
         [math.cos(math.radians(fit.tilt_axis_deg)), math.sin(math.radians(fit.tilt_axis_deg))])
     np.testing.assert_allclose(np.nanmean(np.linalg.norm(model - pos, axis=-1)), fit.mean_residual_px, rtol=1e-6)
 
+def test_across_offsets_gauge_is_the_typical_patch() -> None:
+    """Most patches track one 3D point (c = 0); a few blends drift far across the axis (c = +4 px). A constant
+    added to every offset and taken from every view's across-axis shift predicts the same positions, so the
+    level is a gauge. Held at the offsets' mean (0.6 px here) it would move every view 0.6 px across the axis,
+    which no 3D translation of the origin undoes (the tilt axis would sit 0.6 px off in the tomogram); the fit
+    gives the median patch c = 0, so the shifts and the point patches' offsets come out as the truth's."""
+    rng = np.random.default_rng(3)
+    tilts = np.arange(-60.0, 61.0, 3.0)
+    axis = 85.0
+    pts = np.c_[rng.uniform(-45, 45, (120, 2)), rng.uniform(-12, 12, 120)]
+    pts -= pts.mean(axis=0)
+    shifts = rng.normal(0, 3, (len(tilts), 2))
+    drifting = rng.random(120) < 0.15
+    offsets = np.where(drifting, 4.0, 0.0)
+    across_dir = np.array([math.cos(math.radians(axis)), math.sin(math.radians(axis))])
+    pos = align.model_positions(pts, shifts, axis, tilts) + offsets[None, :, None] * across_dir
+    pos += rng.normal(0, 0.03, pos.shape)
+    fit = align.fit_projection_model(pos, tilts, 85.3, across_offsets=True)
+    assert abs(fit.tilt_axis_deg - axis) < 0.05
+    assert not fit.rejected.any()
+    assert fit.across_offsets_px is not None
+    assert np.abs(fit.across_offsets_px[~drifting]).max() < 0.1
+    np.testing.assert_allclose(fit.across_offsets_px[drifting], 4.0, atol=0.1)
+    assert _offset_removed_rms(fit.shifts_px, shifts, axis, tilts) < 0.05
+    # the mean gauge's constant across-axis shift (0.6 px) is not a 3D translation: 0.16 px of it would stay
+    moved = shifts + offsets.mean() * across_dir
+    assert _offset_removed_rms(moved, shifts, axis, tilts) > 0.1
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Correlation and images
 # ------------------------------------------------------------------------------------------------------------
