@@ -238,9 +238,11 @@ class ExcludePreview(SeriesSetPreview):
         from tomoguide.compute.exclusion import suggest_exclusions, view_statistics
         from tomoguide.compute.io.star import read_ctf_star
 
-        max_astig = float(self.project.params(self.step_id).max_astigmatism_A)
+        params = self.project.params(self.step_id)
+        max_astig = float(params.max_astigmatism_A)
+        min_jump = float(params.min_residual_jump_px)
         stack_path = entry.path("stack", self.base)
-        key = (entry.name, str(stack_path), max_astig)
+        key = (entry.name, str(stack_path), max_astig, min_jump)
         if key not in self._suggestion_cache:
             g = entry.geometry
             from tomoguide.compute.io.mrc import read_mrc
@@ -251,7 +253,8 @@ class ExcludePreview(SeriesSetPreview):
             table = read_ctf_star(entry.path("ctf_star", self.base)) if "ctf_star" in entry.files else None
             found = suggest_exclusions(view_statistics(stack), tilt_deg=g.true_tilt_deg(),
                                        ctf_table=table, residuals=entry.info.get("residual_per_view_px"),
-                                       excluded=g.excluded, max_astigmatism_A=max_astig)
+                                       excluded=g.excluded, max_astigmatism_A=max_astig,
+                                       min_residual_excess=min_jump)  # the step's own checks
             self._suggestion_cache[key] = [{"view": s.view, "reason": s.reason, "message": s.message,
                                             "target": s.target} for s in found]
         return self._suggestion_cache[key]

@@ -260,6 +260,8 @@ def test_exclusion_page_marks_then_run(qtbot, tiny_dataset: Path, tmp_path: Path
         assert "run the step" in preview.note.text() and preview.viewer.isEnabled()
         assert preview.defocus_plot.point_indices(preview.defocus_plot.defocus_u_item) == list(range(n))
         assert not preview.excluded_views.any() and "not applied yet" in preview.state_label.text()
+        # the suggestions shown before the run are the step's own (same checks, same thresholds)
+        before = [(s["view"], s["reason"]) for s in preview.suggestions]
         # space on the view at the highest tilt: marked, red, and in the step's parameters
         k = n - 1
         preview.select_view(k)
@@ -294,6 +296,7 @@ def test_exclusion_page_marks_then_run(qtbot, tiny_dataset: Path, tmp_path: Path
         assert run_to_end(StepRun(proj, "exclude")).status == "done"
         preview.refresh()
         out, _ = _entry(proj, "exclude")
+        assert [(s["view"], s["reason"]) for s in out.info["suggestions"]] == before
         assert out.geometry.excluded == [i == k for i in range(n)]
         assert out.flags["ctf_excluded"] == [False] * n
         assert not preview.pending() and "applied by the last run" in preview.state_label.text()
