@@ -154,11 +154,18 @@ class AlignPreview(SeriesSetPreview):
         mean = entry.info.get("mean_residual_px")
         n_patches = self.positions.shape[1]
         mean_text = f"<b>mean residual {mean:.2f} px</b>" if mean is not None else "mean residual unknown"
+        marker_text = ""
+        if "markers" in entry.files:
+            with np.load(entry.path("markers", self.base)) as z:
+                patch_axis = float(z["patch_tilt_axis_deg"])
+                n_markers = int(np.asarray(z["points_px"]).shape[0])
+            marker_text = (f" · refined with <b>{n_markers} particles as markers</b> (patch tracking alone: "
+                           f"axis {patch_axis:.2f}°)")
         self.summary.setText(f"Tilt axis <b>{g.tilt_axis_deg:.2f}°</b> · tilt-angle offset "
                              f"<b>{g.tilt_offset_deg:+.2f}°</b> · {mean_text} "
                              f"({mean * g.pixel_size_binned_A / 10.0 if mean is not None else float('nan'):.2f} nm) · "
                              f"{n_patches} patches, <span style='color:{REJECTED_COLOUR}'>{int(self.rejected.sum())} "
-                             f"rejected</span>")
+                             f"rejected</span>{marker_text}")
         self.aligned_box.setEnabled(self.interp is not None)
         self.aligned_box.setToolTip("The interpolated, aligned stack the step wrote for viewing" if self.interp
                                     is not None else "The step wrote no aligned stack (set 'Aligned stack binning')")

@@ -3,7 +3,10 @@
 ``align`` works on the binned, normalised series: coarse cross-correlation of neighbouring tilts with cosine
 stretching, patch tracking (patches of 500 Å, 80 % overlap in the tutorial), and a least-squares projection model
 (per-view shifts, the tilt-axis angle, optionally per-view rotations and magnifications, the tilt-angle offset that
-makes the specimen flat) with outlier patches rejected (:func:`tomoguide.compute.align.align_tilt_series`). The
+makes the specimen flat) with outlier patches rejected (:func:`tomoguide.compute.align.align_tilt_series`); then,
+by default, a refinement that uses the specimen's compact particles as fiducial markers
+(:func:`tomoguide.compute.markers.refine_with_markers`): patch tracks of a thick specimen drift with the blend of
+depths they follow, which tilts the fitted axis by up to a degree; single particles do not. The
 alignment is stored as metadata in the geometry record and as IMOD .xf/.tlt ("+ali"); optionally an interpolated
 aligned stack is written for viewing ("!interp").
 
@@ -50,6 +53,23 @@ class AlignParams(StepParams):
     min_cc: float = param(
         0.25, title="Minimum correlation", unit="1", hard=(0.0, 1.0), suggest=(0.1, 0.6), advanced=True,
         help="A patch's track stops where its correlation peak falls below this.")
+    refine_with_markers: bool = param(
+        True, title="Refine with particles as markers",
+        help="After patch tracking, find compact dense particles (apoferritin, ribosomes, contamination) in a quick "
+             "tomogram and follow each one through the views as a fiducial marker, then fit the projection model to "
+             "them. Patches of a thick specimen hold features at several depths and their tracks drift, which "
+             "biases the tilt axis; single particles do not (on the simulated apoferritin series: axis errors of "
+             "up to 1.1° become ≤ 0.2°). Turn off for specimens without compact particles.")
+    marker_diameter_A: float = param(
+        120.0, title="Marker diameter", unit="Å", hard=(10.0, 2000.0), suggest=(60.0, 500.0), advanced=True,
+        help="Typical diameter of the particles used as markers (apoferritin: 120 Å). Sets the smoothing of the "
+             "detection and the box each marker is fitted in.")
+    marker_depth_A: float = param(
+        1000.0, title="Marker search depth", unit="Å", hard=(50.0, 10000.0), suggest=(300.0, 4000.0), advanced=True,
+        help="Thickness of the quick tomogram in which markers are searched: a little more than the ice.")
+    max_markers: int = param(
+        150, title="Markers", unit="", hard=(3, 5000), suggest=(30, 1000), advanced=True,
+        help="At most this many of the strongest particles are used as markers.")
     interp_binning: float | None = param(
         1.0, title="Aligned stack binning", unit="×", hard=(1.0, 16.0), empty_means="no aligned stack",
         help="Write an interpolated, aligned stack for viewing ('!interp'), binned by this factor relative to the "
@@ -102,6 +122,7 @@ class Align(Step):
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.align import align_tilt_series, apply_alignment
+        from tomoguide.compute.markers import refine_with_markers
         from tomoguide.compute.io.imod import write_tlt, write_xf
         from tomoguide.compute.io.mrc import read_mrc, write_mrc
 
@@ -131,8 +152,37 @@ class Align(Step):
                                         outlier_mad=params.outlier_mad)
                 g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
             summary = res.summary()
+            view_residuals, mean_residual = summary["view_residual_px"], summary["mean_residual_px"]
+            markers = None
+            if params.refine_with_markers:
+                ctx.check_cancel()
+                yield Progress((k + 0.6) / len(sset.series), f"{s.name}: refining with particles as markers")
+                px = g.pixel_size_binned_A
+                try:
+                    markers = refine_with_markers(
+                        np.asarray(stack, np.float32), g, diameter_px=params.marker_diameter_A / px,
+                        thickness_px=max(8, int(round(params.marker_depth_A / px))), max_count=params.max_markers,
+                        solve_axis=params.solve_axis, solve_rotation=params.solve_rotation,
+                        solve_magnification=params.solve_magnification, outlier_mad=params.outlier_mad)
+                except ValueError as exc:
+                    ctx.log(f"{s.name}: no refinement with markers ({exc}); the patch-tracking alignment is kept")
+                if markers is not None:
+                    mg = markers.geometry
+                    ctx.log(f"{s.name}: {markers.n_markers} particles as markers moved the tilt axis from "
+                            f"{summary['tilt_axis_deg']:.2f}° to {mg.tilt_axis_deg:.2f}°; mean residual "
+                            f"{markers.fit.mean_residual_px:.2f} px")
+                    g = mg.model_validate({**mg.model_dump(), "excluded": s.geometry.excluded})
+                    view_residuals = [None if not np.isfinite(v) else float(v) for v in markers.fit.view_residual_px]
+                    mean_residual = float(markers.fit.mean_residual_px)
             files = {"stack": s.files["stack"], "xf": f"{s.name}.xf", "tlt": f"{s.name}.tlt",
                      "tracks": f"{s.name}_tracks.npz"}
+            if markers is not None:
+                files["markers"] = f"{s.name}_markers.npz"
+                np.savez_compressed(ctx.run_dir / files["markers"], positions_px=markers.positions_px,
+                                    residuals_px=markers.fit.residuals_px, rejected=markers.fit.rejected,
+                                    points_px=markers.fit.points_px, profile_r_px=markers.profile[0],
+                                    profile=markers.profile[1], axis_history_deg=markers.axis_history_deg,
+                                    patch_tilt_axis_deg=summary["tilt_axis_deg"])
             link_or_copy(s.path("stack", base), ctx.run_dir / files["stack"])
             rows, tlt = g.to_imod()
             write_xf(ctx.run_dir / files["xf"], rows)
@@ -146,16 +196,18 @@ class Align(Step):
                 files["interp"] = f"{s.name}_ali.mrc"
                 write_mrc(ctx.run_dir / files["interp"], np.asarray(ali, np.float32),
                           voxel_size_A=g.pixel_size_binned_A * params.interp_binning, is_stack=True)
-            info_out = {**s.info, "residual_per_view_px": summary["view_residual_px"],
-                        "mean_residual_px": summary["mean_residual_px"]}
+            info_out = {**s.info, "residual_per_view_px": view_residuals, "mean_residual_px": mean_residual}
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=info_out))
-            metrics["series"][s.name] = {k2: summary[k2] for k2 in
-                                         ("tilt_axis_deg", "tilt_offset_deg", "mean_residual_px", "n_patches",
-                                          "n_rejected")}
-            ctx.log(f"{s.name}: tilt axis {summary['tilt_axis_deg']:.2f}°, offset {summary['tilt_offset_deg']:+.2f}°, "
-                    f"mean residual {summary['mean_residual_px']:.2f} px, {summary['n_patches']} patches "
+            metrics["series"][s.name] = {
+                "tilt_axis_deg": float(g.tilt_axis_deg), "tilt_offset_deg": float(g.tilt_offset_deg),
+                "mean_residual_px": mean_residual, "n_patches": summary["n_patches"],
+                "n_rejected": summary["n_rejected"], "patch_tilt_axis_deg": summary["tilt_axis_deg"],
+                "patch_mean_residual_px": summary["mean_residual_px"],
+                "n_markers": None if markers is None else markers.n_markers}
+            ctx.log(f"{s.name}: tilt axis {g.tilt_axis_deg:.2f}°, offset {g.tilt_offset_deg:+.2f}°, "
+                    f"mean residual {mean_residual:.2f} px, {summary['n_patches']} patches "
                     f"({summary['n_rejected']} rejected)")
-            yield Progress((k + 1) / len(sset.series), f"{s.name}: residual {summary['mean_residual_px']:.2f} px")
+            yield Progress((k + 1) / len(sset.series), f"{s.name}: residual {mean_residual:.2f} px")
         path = SeriesSet(series=entries).save(ctx.run_dir)
         worst = max(m["mean_residual_px"] for m in metrics["series"].values())
         metrics["worst_mean_residual_px"] = worst

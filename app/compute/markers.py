@@ -1,0 +1,247 @@
+"""Alignment refinement with the specimen's own compact particles as markers (IMOD's beadtrack idea, without beads).
+
+Why: patch tracking follows *blends* of features at several depths; as the tilt grows, parallax changes which
+features dominate a patch, and the blend's position drifts. On the simulator's apoferritin specimens that drift
+moves the fitted tilt axis by up to 1-2° (rendered point blobs at the true positions: 0.96° RMS over six
+specimens), while the same projection model fitted to the true particle centres is within 0.1°. Apoferritin
+(and other dense globular objects: contamination, ribosomes) are compact and nearly spherical, so each one
+projects to about the same round image in every view: they can serve as fiducial markers.
+
+Method (all px at the stack's binning; conventions of :mod:`tomoguide.compute.align`):
+
+1. :func:`detect_markers` — a WBP tomogram with the current alignment; the strongest local extrema of the
+   Gaussian-smoothed volume (with the contrast sign of dense matter, darker in the views) at least half a
+   marker diameter apart are the 3D marker positions ``(x, y, z)`` (px, tomogram centre origin).
+2. :func:`marker_profile` — the radial profile of a marker image, averaged over all markers in all views at
+   their predicted positions (so it is measured, not assumed), zero at the marker's outer radius.
+3. :func:`locate_markers` — in each view, every marker is located by Gauss-Newton least squares of
+   ``a · profile(|u - c|) + b`` over a small box, after its neighbours' modelled images (the profile at their
+   predicted positions) are subtracted; crowded specimens overlap in projection, and a plain correlation would
+   be pulled towards the neighbours. Markers that move more than ``max_move_px`` or come out faint are dropped.
+4. :func:`refine_with_markers` — the projection model (:func:`~tomoguide.compute.align.fit_projection_model`,
+   one 3D point per marker, no per-patch offsets) is fitted to the located positions; the new alignment
+   predicts the next round (the neighbour subtraction uses predictions, so each round recovers part of the
+   remaining error: a few rounds).
+
+Measured (``bench/align.py``, small preset, three seeds, six series): tilt-axis error RMS 0.52° → about 0.2°.
+Numpy on the CPU (a few hundred markers, boxes of ~10 px).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.ndimage
+
+from tomoguide.geometry import TiltSeriesGeometry
+
+__all__ = ["MarkerRefinement", "detect_markers", "marker_profile", "render_markers", "locate_markers",
+           "refine_with_markers"]
+
+
+def detect_markers(stack: np.ndarray, geometry: TiltSeriesGeometry, *, thickness_px: int, diameter_px: float,
+                   max_count: int, sign: float = -1.0, min_sigma: float = 3.0) -> np.ndarray:
+    """(K, 3) marker positions (x, y, z) in px (tomogram centre origin, the geometry's frame): the ``max_count``
+    strongest local extrema of the WBP tomogram (``thickness_px`` thick) smoothed by a Gaussian of a quarter
+    diameter, at least half a diameter apart and ``min_sigma`` robust standard deviations above the median
+    (``sign`` -1: dense matter is dark in the views and negative in the tomogram). Extrema closer than a
+    diameter to the volume's faces are skipped."""
+    from tomoguide.compute.reconstruct import backproject
+
+    n, ny, nx = stack.shape
+    vol = np.asarray(backproject(stack, geometry, (int(thickness_px), ny, nx)), dtype=np.float64)
+    sm = scipy.ndimage.gaussian_filter(vol, max(0.5, diameter_px / 4.0)) * sign
+    dist = max(1, int(round(diameter_px / 2.0)))
+    peaks = sm == scipy.ndimage.maximum_filter(sm, size=2 * dist + 1)
+    edge = max(2, int(math.ceil(diameter_px)))
+    peaks[:, :edge] = peaks[:, -edge:] = False
+    peaks[:, :, :edge] = peaks[:, :, -edge:] = False
+    zedge = min(2, max(0, thickness_px // 4))
+    if zedge:
+        peaks[:zedge] = peaks[-zedge:] = False
+    iz, iy, ix = np.nonzero(peaks)
+    value = sm[iz, iy, ix]
+    med = float(np.median(sm))
+    mad = 1.4826 * float(np.median(np.abs(sm - med)))
+    strong = value > med + min_sigma * mad
+    iz, iy, ix, value = iz[strong], iy[strong], ix[strong], value[strong]
+    order = np.argsort(-value)[:max_count]
+    zs = -1.0 if geometry.z_flip else 1.0
+    return np.c_[ix[order] - (nx - 1) / 2.0, iy[order] - (ny - 1) / 2.0,
+                 zs * (iz[order] - (thickness_px - 1) / 2.0)].astype(np.float64)
+
+
+def marker_profile(stack: np.ndarray, uv: np.ndarray, radius_px: int, *, samples_per_px: int = 4
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean radial profile of the markers' images: ``(r, profile)``, r from 0 to ``radius_px`` in steps of
+    ``1 / samples_per_px`` px. ``uv`` (n, K, 2): predicted raw positions (x, y; absolute px). Each view's median
+    is subtracted; the profile is shifted to 0 over its outermost pixel and is 0 at ``radius_px``."""
+    n, ny, nx = stack.shape
+    r_axis = np.arange(0.0, radius_px + 1e-9, 1.0 / samples_per_px)
+    acc = np.zeros(r_axis.size)
+    cnt = np.zeros(r_axis.size)
+    o = np.arange(-radius_px, radius_px + 2)
+    for i in range(n):
+        img = stack[i] - np.median(stack[i])
+        u, v = uv[i, :, 0], uv[i, :, 1]
+        ok = np.isfinite(u) & (u >= radius_px) & (u < nx - radius_px - 2) & (v >= radius_px) & (v < ny - radius_px - 2)
+        if not ok.any():
+            continue
+        x0 = np.floor(u[ok]).astype(int)
+        y0 = np.floor(v[ok]).astype(int)
+        xx = x0[:, None, None] + o[None, None, :]
+        yy = y0[:, None, None] + o[None, :, None]
+        r = np.hypot(xx - u[ok, None, None], yy - v[ok, None, None])
+        b = np.clip(np.round(r * samples_per_px).astype(int), 0, r_axis.size - 1)
+        np.add.at(acc, b.ravel(), img[yy, xx].ravel())
+        np.add.at(cnt, b.ravel(), 1.0)
+    filled = cnt > 0
+    if not filled.any():
+        return r_axis, np.zeros(r_axis.size)
+    # radii between pixel distances that no marker happened to sample are interpolated, not left at 0
+    prof = np.interp(r_axis, r_axis[filled], acc[filled] / cnt[filled])
+    prof -= prof[-samples_per_px:].mean()
+    prof[-1] = 0.0
+    return r_axis, prof
+
+
+def _profile_at(r: np.ndarray, r_axis: np.ndarray, prof: np.ndarray) -> np.ndarray:
+    return np.interp(r, r_axis, prof, right=0.0)
+
+
+def render_markers(shape: tuple[int, int], uv: np.ndarray, amplitudes: np.ndarray, r_axis: np.ndarray,
+                   prof: np.ndarray) -> np.ndarray:
+    """(ny, nx) image of markers at ``uv`` (K, 2) (x, y; absolute px; NaN rows skipped), each
+    ``amplitude · profile(|u - c|)``."""
+    ny, nx = shape
+    out = np.zeros(shape)
+    radius = int(math.ceil(r_axis[-1]))
+    o = np.arange(-radius, radius + 2)
+    ok = np.isfinite(uv).all(axis=1)
+    u, v, a = uv[ok, 0], uv[ok, 1], np.asarray(amplitudes, dtype=np.float64)[ok]
+    xx = np.floor(u).astype(int)[:, None, None] + o[None, None, :]
+    yy = np.floor(v).astype(int)[:, None, None] + o[None, :, None]
+    xx, yy = np.broadcast_arrays(xx, yy)
+    val = a[:, None, None] * _profile_at(np.hypot(xx - u[:, None, None], yy - v[:, None, None]), r_axis, prof)
+    inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
+    np.add.at(out, (yy[inside], xx[inside]), val[inside])
+    return out
+
+
+def locate_markers(image: np.ndarray, uv: np.ndarray, r_axis: np.ndarray, prof: np.ndarray, *, half_box: int,
+                   max_move_px: float, n_iter: int = 6, min_amplitude: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Markers located in one view: (K, 2) positions (x, y; absolute px; NaN where not found) and (K,)
+    amplitudes (1 = the mean marker).
+
+    ``image`` (ny, nx), median-subtracted; ``uv`` (K, 2) predicted positions. For each marker, the box of
+    ``2 half_box + 1`` px around its prediction, minus the modelled images of all the other markers at their
+    predictions, is fitted with ``a · profile(|u - c|) + b`` by Gauss-Newton in ``(c, a, b)`` starting from the
+    prediction (steps clipped to 0.5 px). A marker is not found when its box leaves the image, it moves more than
+    ``max_move_px`` or its amplitude is below ``min_amplitude``."""
+    ny, nx = image.shape
+    uv = np.asarray(uv, dtype=np.float64)
+    k = uv.shape[0]
+    model = render_markers(image.shape, uv, np.ones(k), r_axis, prof)
+    dprof = np.gradient(prof, r_axis)
+    finite = np.isfinite(uv).all(axis=1)
+    iu = np.where(finite, np.round(np.nan_to_num(uv[:, 0])), -10 * nx).astype(int)
+    iv = np.where(finite, np.round(np.nan_to_num(uv[:, 1])), -10 * ny).astype(int)
+    inside = (iu - half_box >= 0) & (iv - half_box >= 0) & (iu + half_box < nx) & (iv + half_box < ny)
+    o = np.arange(-half_box, half_box + 1)
+    xx, yy = np.broadcast_arrays((iu[:, None, None] + o[None, None, :]).astype(np.float64),
+                                 (iv[:, None, None] + o[None, :, None]).astype(np.float64))
+    xi = np.clip(xx.astype(int), 0, nx - 1)
+    yi = np.clip(yy.astype(int), 0, ny - 1)
+    start = np.nan_to_num(uv)
+    own = _profile_at(np.hypot(xx - start[:, 0, None, None], yy - start[:, 1, None, None]), r_axis, prof)
+    box = image[yi, xi] - model[yi, xi] + own  # the marker alone, plus noise and the neighbours' model errors
+    c = start.copy()
+    a = np.ones(k)
+    b = np.zeros(k)
+    for _ in range(n_iter):
+        dx = xx - c[:, 0, None, None]
+        dy = yy - c[:, 1, None, None]
+        r = np.maximum(np.hypot(dx, dy), 1e-9)
+        t = _profile_at(r, r_axis, prof)
+        dt = np.interp(r, r_axis, dprof, right=0.0)
+        jac = np.stack([a[:, None, None] * dt * (-dx / r), a[:, None, None] * dt * (-dy / r), t, np.ones_like(t)],
+                       axis=-1).reshape(k, -1, 4)
+        err = (a[:, None, None] * t + b[:, None, None] - box).reshape(k, -1)
+        normal = np.einsum("kpi,kpj->kij", jac, jac) + 1e-9 * np.eye(4)
+        step = -np.linalg.solve(normal, np.einsum("kpi,kp->ki", jac, err)[..., None])[..., 0]
+        step[:, :2] = np.clip(step[:, :2], -0.5, 0.5)
+        c += step[:, :2]
+        a += step[:, 2]
+        b += step[:, 3]
+    found = inside & finite & (np.linalg.norm(c - start, axis=1) <= max_move_px) & (a >= min_amplitude)
+    c[~found] = np.nan
+    return c, a
+
+
+@dataclass
+class MarkerRefinement:
+    """Result of :func:`refine_with_markers`: the refined ``geometry``, the last projection-model ``fit``
+    (points = the markers), ``positions_px`` (n, K, 2) located marker positions (px from the raw image centre,
+    NaN where not found), the marker ``profile`` ``(r, values)`` and the tilt axis after each round
+    (``axis_history_deg``)."""
+
+    geometry: TiltSeriesGeometry
+    fit: object
+    positions_px: np.ndarray
+    profile: tuple[np.ndarray, np.ndarray]
+    axis_history_deg: list[float]
+
+    @property
+    def n_markers(self) -> int:
+        return int(self.positions_px.shape[1])
+
+
+def refine_with_markers(stack: np.ndarray, geometry: TiltSeriesGeometry, *, diameter_px: float, thickness_px: int,
+                        max_count: int = 150, min_count: int = 30, rounds: int = 4, solve_axis: bool = True,
+                        solve_rotation: bool = False, solve_magnification: bool = False,
+                        outlier_mad: float = 3.0) -> MarkerRefinement:
+    """Refine an alignment (``geometry`` with its xf, tilt axis and offset, at the stack's binning) with markers
+    (module docstring): detection in a tomogram of ``thickness_px``, markers of ``diameter_px``, at most
+    ``max_count``; ``rounds`` of locate-and-fit (the axis settles within 3 on the small preset). Raises
+    ``ValueError`` when fewer than ``min_count`` markers are found: with few markers the fit follows their noise
+    (the tiny preset, 16 particles over ±30°, ends 0.9° further from the true axis than patch tracking)."""
+    from tomoguide.compute.align import fit_projection_model, geometry_from_fit
+
+    data = np.asarray(stack, dtype=np.float64)
+    n, ny, nx = data.shape
+    points = detect_markers(data, geometry, thickness_px=thickness_px, diameter_px=diameter_px, max_count=max_count)
+    if points.shape[0] < max(3, min_count):
+        raise ValueError(f"{geometry.name}: only {points.shape[0]} particles found to use as markers (at least "
+                         f"{max(3, min_count)} are needed)")
+    radius = max(2, int(math.ceil(diameter_px)))
+    half_box = max(2, int(math.ceil(0.75 * diameter_px)))
+    medians = np.median(data, axis=(1, 2))
+    tilts = np.asarray(geometry.tilt_angles_deg, dtype=np.float64)
+    g = geometry
+    history: list[float] = []
+    fit = None
+    pos = np.full((n, points.shape[0], 2), np.nan)
+    prof: tuple[np.ndarray, np.ndarray] = (np.zeros(1), np.zeros(1))
+    for _ in range(max(1, rounds)):
+        uv = g.project(points)[..., :2]
+        prof = marker_profile(data, uv, radius)
+        pos = np.full((n, points.shape[0], 2), np.nan)
+        for i in g.included_views():
+            pos[i], _ = locate_markers(data[i] - medians[i], uv[i], *prof, half_box=half_box,
+                                       max_move_px=max(1.0, 0.4 * diameter_px))
+        pos -= g.image_centre_px()
+        fit = fit_projection_model(pos, tilts, g.tilt_axis_deg, tilt_offset_deg=g.tilt_offset_deg,
+                                   initial_shifts_px=g.specimen_shifts_px(), solve_axis=solve_axis,
+                                   solve_rotation=solve_rotation, solve_magnification=solve_magnification,
+                                   outlier_mad=outlier_mad)
+        g = geometry_from_fit(geometry, fit)
+        history.append(float(fit.tilt_axis_deg))
+        keep = ~fit.rejected
+        if keep.sum() < max(3, min_count):
+            raise ValueError(f"{geometry.name}: only {int(keep.sum())} particles found to use as markers (at least "
+                             f"{max(3, min_count)} are needed): the others were not found in enough views")
+        points, pos = fit.points_px[keep], pos[:, keep]
+    assert fit is not None
+    return MarkerRefinement(geometry=g, fit=fit, positions_px=pos, profile=prof, axis_history_deg=history)
