@@ -16,7 +16,8 @@ file tag ``_noacross``). ``--seed N`` simulates the preset with another seed (an
 acquisition; file tag ``_seedN``), to see how the figures scatter between specimens.
 
 For every series: :func:`align_tilt_series` with the tutorial's parameters (patches of 500 Å, 80 % overlap),
-timed, then compared with ``truth/<TS>/<TS>_geometry.json`` at the stack's binning:
+then (unless ``--no-markers``) :func:`tomoguide.compute.markers.refine_with_markers` with the align step's
+defaults, both timed; the final alignment is compared with ``truth/<TS>/<TS>_geometry.json`` at the stack's binning:
 
 * ``axis_error_deg``: fitted tilt-axis angle minus the truth's ``tilt_axis_deg`` (the acquisition's axis; the
   truth's per-view in-plane rotation errors, std ``axis_error_deg`` of the simulation, average to about it:
@@ -31,6 +32,9 @@ timed, then compared with ``truth/<TS>/<TS>_geometry.json`` at the stack's binni
   alone gives on this specimen); ``apparent_rotation_deg`` per view, the in-plane rotation the patch tracks ask
   for with the axis held at the truth, against ``truth_view_rotation_deg`` (the simulator's per-view errors),
   with their correlation and RMS difference at |tilt| ≤ 45° and above (tracking bias shows up there).
+
+The patch-tracking figures are kept as ``patch_axis_error_deg``, ``patch_shift_rms_px``, ``patch_mean_residual_px``
+(``n_patches`` / ``n_rejected`` and the diagnostics are the patch tracks').
 
 Targets (issue 6): |axis error| ≤ 0.3°, shift RMS ≤ 0.5 px, mean residual < 1 px. The peer, teamtomo's
 ``torch-tiltxcorr`` (coarse cross-correlation only), is run when importable and skipped otherwise.
@@ -160,11 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="fit one 3D point per patch without the per-patch across-axis offset")
     ap.add_argument("--series", type=Path, default=None, help="series.json of preprocess_for_alignment to read")
     ap.add_argument("--truth", type=Path, default=None, help="the simulator's truth folder (default DATA/truth)")
+    ap.add_argument("--no-markers", action="store_true",
+                    help="patch tracking only, without the refinement with particles as markers (file tag _nomarkers)")
     ap.add_argument("--seed", type=int, default=None,
                     help="simulate the preset with this seed instead of its own (another specimen; file tag _seedN)")
     args = ap.parse_args(argv)
 
     from tomoguide.compute.align import align_tilt_series, apply_alignment
+    from tomoguide.compute.markers import refine_with_markers
+    from tomoguide.steps.align import AlignParams
     from tomoguide.compute.io.mrc import read_mrc
     from tomoguide.geometry import TiltSeriesGeometry, rotation_angle_deg
     from tomoguide.steps.records import SeriesSet
@@ -180,21 +188,34 @@ def main(argv: list[str] | None = None) -> int:
         result = align_tilt_series(stack, geo, solve_axis=not args.fixed_axis, solve_rotation=args.solve_rotation,
                                    iterations=args.iterations, across_offsets=not args.no_across_offsets)
         seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        apply_alignment(stack, result.geometry)
-        interp_seconds = time.perf_counter() - t1
         truth = TiltSeriesGeometry.model_validate_json(
             (truth_dir / entry.name / f"{entry.name}_geometry.json").read_text())
         true_b = truth.at_binning(geo.binning)
-        est = result.geometry.specimen_shifts_px()
         ref = true_b.specimen_shifts_px()
+        patch_rms = offset_removed_rms(result.geometry.specimen_shifts_px(), ref, truth.tilt_axis_deg,
+                                       true_b.true_tilt_deg())[0]
+        patch_fit = result.fit
+        final_geo, fit, marker_seconds, n_markers = result.geometry, result.fit, None, None
+        if not args.no_markers:  # the align step's default second stage, with its default parameters
+            defaults = AlignParams()
+            px = geo.pixel_size_binned_A
+            t2 = time.perf_counter()
+            m = refine_with_markers(stack, result.geometry, diameter_px=defaults.marker_diameter_A / px,
+                                    thickness_px=max(8, int(round(defaults.marker_depth_A / px))),
+                                    max_count=defaults.max_markers, solve_axis=not args.fixed_axis,
+                                    solve_rotation=args.solve_rotation)
+            marker_seconds = time.perf_counter() - t2
+            final_geo, fit, n_markers = m.geometry, m.fit, m.n_markers
+        t1 = time.perf_counter()
+        apply_alignment(stack, final_geo)
+        interp_seconds = time.perf_counter() - t1
+        est = final_geo.specimen_shifts_px()
         rms, offset = offset_removed_rms(est, ref, truth.tilt_axis_deg, true_b.true_tilt_deg())
         d = est - ref
         d = d - d.mean(axis=0)
         view_axes = -rotation_angle_deg(truth.xf_array()[:, :, :2])
-        fit = result.fit
         tilts = np.asarray(geo.tilt_angles_deg)
-        apparent = apparent_rotations(result.tracks, fit, tilts, truth.tilt_axis_deg)
+        apparent = apparent_rotations(result.tracks, patch_fit, tilts, truth.tilt_axis_deg)
         true_rot = view_axes - truth.tilt_axis_deg
         high = np.abs(tilts) > 45.0
         dev = apparent - true_rot
@@ -204,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             "image_shape_px": list(stack.shape[1:]),
             "pixel_size_A": geo.pixel_size_binned_A,
             "seconds": seconds,
+            "marker_seconds": marker_seconds,
+            "n_markers": n_markers,
+            "patch_tilt_axis_deg": patch_fit.tilt_axis_deg,
+            "patch_axis_error_deg": patch_fit.tilt_axis_deg - truth.tilt_axis_deg,
+            "patch_shift_rms_px": patch_rms,
+            "patch_mean_residual_px": patch_fit.mean_residual_px,
             "interp_seconds": interp_seconds,
             "tilt_axis_deg": fit.tilt_axis_deg,
             "truth_tilt_axis_deg": truth.tilt_axis_deg,
@@ -217,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             "mean_residual_px": fit.mean_residual_px,
             "view_residual_px": [None if not np.isfinite(v) else float(v) for v in fit.view_residual_px],
             "n_patches": result.tracks.n_patches,
-            "n_rejected": int(fit.rejected.sum()),
+            "n_rejected": int(patch_fit.rejected.sum()),
             "patch_size_px": result.tracks.patch_size_px,
             "specimen_slope_deg": fit.specimen_slope_deg,
             "truth_tilt_offset_deg": truth.tilt_offset_deg,
@@ -234,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             "peer_torch_tiltxcorr": _peer_tiltxcorr(stack, geo),
         }
         rows.append(row)
+        if n_markers is not None:
+            print(f"{entry.name} patch tracking: axis error {row['patch_axis_error_deg']:+.2f}°, shift RMS "
+                  f"{patch_rms:.2f} px; then {n_markers} particles as markers in {marker_seconds:.1f} s:", flush=True)
         print(f"{entry.name}: {seconds:.1f} s; axis {fit.tilt_axis_deg:.2f}° (truth {truth.tilt_axis_deg:.2f}°, "
               f"error {row['axis_error_deg']:+.2f}°); shift RMS {rms:.2f} px (mean-removed "
               f"{row['shift_rms_mean_removed_px']:.2f}, coarse {row['coarse_shift_rms_px']:.2f}); residual mean "
@@ -247,14 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "_rot" if args.solve_rotation else ("_fixedaxis" if args.fixed_axis else "")
     tag += "_noacross" if args.no_across_offsets else ""
+    tag += "_nomarkers" if args.no_markers else ""
     tag += f"_seed{args.seed}" if args.seed is not None else ""
     out = args.out / f"align_{args.preset}{tag}.json"
     out.write_text(json.dumps({
-        "benchmark": "tilt-series alignment (coarse xcorr + patch tracking + projection model)",
+        "benchmark": "tilt-series alignment (coarse xcorr + patch tracking + projection model, then particles as "
+                     "markers)",
         "data": str(args.series if args.series is not None else args.data), "preset": args.preset, "settings": {
             "patch_size_A": 500.0, "patch_overlap": 0.8, "solve_rotation": args.solve_rotation,
             "fixed_axis": args.fixed_axis, "iterations": args.iterations,
-            "across_offsets": not args.no_across_offsets, "seed": args.seed},
+            "across_offsets": not args.no_across_offsets, "markers": not args.no_markers, "seed": args.seed},
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "processor": platform.processor()},
         "series": rows,

@@ -42,7 +42,9 @@ a few independent patch regions that drift does not average out. Measured on six
 preset with seeds 2026, 7 and 11; ``bench/align.py --seed``): axis errors +0.09, -0.56, -0.13, +0.09, +0.07,
 +1.12°; the apparent per-view rotations the tracks ask for match the simulator's per-view rotation errors to
 0.07-0.16° RMS at |tilt| ≤ 45° but only to 0.10-0.59° above, and the mean axis is decided by the high tilts.
-Where the microscope's axis is trusted, ``solve_axis=False`` keeps it.
+Where the microscope's axis is trusted, ``solve_axis=False`` keeps it. The align step therefore follows patch
+tracking with :mod:`tomoguide.compute.markers` (single particles as fiducial markers), which brings the same six
+series to +0.01, +0.07, +0.17, +0.08, -0.05, +0.08°.
 
 Filters are in cycles/px at the stack's binning, as IMOD's ``tiltxcorr`` (``FilterSigma1``,
 ``FilterRadius2``, ``FilterSigma2``). Image work (sampling, FFTs) uses the array module of the input
