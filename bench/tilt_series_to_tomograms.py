@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         code = code or run_steps(project_dir, only=FIRST, force=True, quiet=True)
         if code != 0:
             return code
-    result: dict = {"preset": args.preset, "seed": args.seed, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                        "load_average_1min": os.getloadavg()[0]}}
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_1min": os.getloadavg()[0]}
+    result: dict = {"preset": args.preset, "seed": args.seed, "machine": machine}
     code = run_and_measure(project_dir, work / "truth", result, with_ctf=True)
     if code != 0:
         return code

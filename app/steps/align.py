@@ -62,13 +62,16 @@ class AlignParams(StepParams):
              "up to 1.1° become ≤ 0.2°). Turn off for specimens without compact particles.")
     marker_diameter_A: float = param(
         120.0, title="Marker diameter", unit="Å", hard=(10.0, 2000.0), suggest=(60.0, 500.0), advanced=True,
+        enabled_if=[("refine_with_markers", "=", True)],
         help="Typical diameter of the particles used as markers (apoferritin: 120 Å). Sets the smoothing of the "
              "detection and the box each marker is fitted in.")
     marker_depth_A: float = param(
         1000.0, title="Marker search depth", unit="Å", hard=(50.0, 10000.0), suggest=(300.0, 4000.0), advanced=True,
+        enabled_if=[("refine_with_markers", "=", True)],
         help="Thickness of the quick tomogram in which markers are searched: a little more than the ice.")
     max_markers: int = param(
-        150, title="Markers", unit="", hard=(3, 5000), suggest=(30, 1000), advanced=True,
+        150, title="Markers", unit="1", hard=(3, 5000), suggest=(30, 1000), advanced=True,
+        enabled_if=[("refine_with_markers", "=", True)],
         help="At most this many of the strongest particles are used as markers.")
     interp_binning: float | None = param(
         1.0, title="Aligned stack binning", unit="×", hard=(1.0, 16.0), empty_means="no aligned stack",
