@@ -221,15 +221,18 @@ def true_volume_at(truth_dir: Path, name: str, voxel_A: float, shape_zyx: tuple[
     return out
 
 
-def registered_correlation(vol: np.ndarray, ref: np.ndarray, *, max_shift_px: int = 8) -> tuple[float, list[int]]:
-    """Correlation coefficient of ``vol`` with ``ref`` after the best integer translation (≤ ``max_shift_px``)
-    found by FFT cross-correlation; returns (cc, shift zyx)."""
+def registered_correlation(vol: np.ndarray, ref: np.ndarray, *, max_shift_px: int = 8) -> tuple[float, list[float]]:
+    """Correlation coefficient of ``vol`` with ``ref`` after the best translation (≤ ``max_shift_px``), found
+    by FFT cross-correlation to the voxel and refined to a fraction of a voxel (a parabola through the peak on each
+    axis; ``ref`` is then moved by that shift with the Fourier shift theorem); returns (cc, shift zyx in voxels,
+    rounded to 0.01). The sub-voxel step matters: the origin of an estimated alignment is arbitrary, and at a
+    low-pass of 2 voxels half a voxel of misregistration costs about a tenth of the correlation."""
     import scipy.fft
 
     a = vol - vol.mean()
     b = ref - ref.mean()
-    cc = scipy.fft.irfftn(scipy.fft.rfftn(a, workers=-1) * np.conj(scipy.fft.rfftn(b, workers=-1)), s=a.shape,
-                          workers=-1)
+    fb = scipy.fft.rfftn(b, workers=-1)
+    cc = scipy.fft.irfftn(scipy.fft.rfftn(a, workers=-1) * np.conj(fb), s=a.shape, workers=-1)
     best, shift = -np.inf, [0, 0, 0]
     for dz in range(-max_shift_px, max_shift_px + 1):
         for dy in range(-max_shift_px, max_shift_px + 1):
@@ -237,9 +240,23 @@ def registered_correlation(vol: np.ndarray, ref: np.ndarray, *, max_shift_px: in
                 v = cc[dz % a.shape[0], dy % a.shape[1], dx % a.shape[2]]
                 if v > best:
                     best, shift = v, [dz, dy, dx]
-    moved = np.roll(b, shift, axis=(0, 1, 2))
+    sub = np.array(shift, dtype=np.float64)
+    for axis in range(3):
+        idx_m, idx_p = list(shift), list(shift)
+        idx_m[axis] -= 1
+        idx_p[axis] += 1
+        cm = cc[tuple(i % n for i, n in zip(idx_m, a.shape, strict=True))]
+        cp = cc[tuple(i % n for i, n in zip(idx_p, a.shape, strict=True))]
+        den = cm - 2.0 * best + cp
+        if den < 0:
+            sub[axis] += float(np.clip(0.5 * (cm - cp) / den, -0.5, 0.5))
+    kz = np.fft.fftfreq(a.shape[0])[:, None, None]
+    ky = np.fft.fftfreq(a.shape[1])[None, :, None]
+    kx = np.fft.rfftfreq(a.shape[2])[None, None, :]
+    phase = np.exp(-2j * np.pi * (kz * sub[0] + ky * sub[1] + kx * sub[2]))
+    moved = scipy.fft.irfftn(fb * phase, s=a.shape, workers=-1)
     r = float((a * moved).sum() / np.sqrt((a**2).sum() * (moved**2).sum()))
-    return r, shift
+    return r, [round(float(v), 2) for v in sub]
 
 
 def tomogram_correlation(truth_dir: Path, tomograms: Path, *, max_shift_px: int = 8,

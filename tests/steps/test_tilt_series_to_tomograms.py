@@ -95,7 +95,7 @@ def test_tomogram_matches_truth_with_the_right_hand(project: Project, tiny_datas
         project.output_path("reconstruct", "tomograms"), project.params("reconstruct"),
         lowpass_voxels=4.0)["series"]["TS_01"]
     # with the true alignment the reconstruction lands on the truth at zero shift and with the right hand
-    assert cc["shift_with_true_alignment_zyx_px"] == [0, 0, 0], cc
+    np.testing.assert_allclose(cc["shift_with_true_alignment_zyx_px"], 0.0, atol=0.35)
     assert cc["cc_with_true_alignment"] > 3 * abs(cc["cc_z_mirrored"]), cc
     # with the estimated alignment (7 noisy views over ±30°) it keeps most of that correlation, not mirrored; the
     # small preset's ratios are in bench/results/tilt_series_to_tomograms_small.json
@@ -148,3 +148,24 @@ def test_bad_exclusion_list_is_refused(project: Project) -> None:
     assert "7 views" in str(err.value)
     project.set_params("exclude", {"views": ""})
     assert json.loads((project.dir / "project.json").read_text())["steps"]["exclude"]["params"]["views"] == ""
+
+
+def test_registration_finds_sub_voxel_shifts() -> None:
+    """The tomogram-vs-truth correlation registers the arbitrary origin to a fraction of a voxel: a smooth volume
+    moved by (1.3, -0.4, 2.6) voxels is found there (±0.1) and correlates at > 0.99, where the best whole-voxel
+    shift leaves a visibly lower correlation."""
+    import scipy.fft
+    import scipy.ndimage
+
+    rng = np.random.default_rng(4)
+    ref = scipy.ndimage.gaussian_filter(rng.normal(size=(24, 32, 40)), 1.5)
+    shift = np.array([1.3, -0.4, 2.6])
+    k = np.meshgrid(np.fft.fftfreq(24), np.fft.fftfreq(32), np.fft.rfftfreq(40), indexing="ij")
+    phase = np.exp(-2j * np.pi * sum(ki * si for ki, si in zip(k, shift, strict=True)))
+    vol = scipy.fft.irfftn(scipy.fft.rfftn(ref) * phase, s=ref.shape)
+    cc, found = truth.registered_correlation(vol, ref, max_shift_px=4)
+    np.testing.assert_allclose(found, shift, atol=0.1)
+    assert cc > 0.99
+    whole = np.roll(ref, [1, 0, 3], axis=(0, 1, 2))
+    cc_whole = float(np.corrcoef(vol.ravel(), whole.ravel())[0, 1])
+    assert cc_whole < cc - 0.05
