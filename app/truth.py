@@ -140,6 +140,26 @@ def true_geometry(truth_dir: Path, name: str) -> Any:
     return TiltSeriesGeometry.model_validate_json((Path(truth_dir) / name / f"{name}_geometry.json").read_text())
 
 
+def origin_removed_shift_rms(est_px: np.ndarray, true_px: np.ndarray, axis_deg: float, tilts_deg: np.ndarray,
+                             use: np.ndarray | None = None) -> tuple[float, list[float]]:
+    """RMS (px) of per-view specimen-shift differences ``est - true`` ((n, 2) px) after removing the best 3D
+    translation ``t`` of the specimen origin, which an alignment cannot fix: it changes view i's shift by
+    ``R(θ) [t_x cos β_i + t_z sin β_i, t_y]`` (θ = ``axis_deg``, β = ``tilts_deg`` true tilts). ``use`` (n,) bool
+    selects the views (default all). Returns (rms, t as [t_x, t_y, t_z] px)."""
+    d = np.asarray(est_px, dtype=np.float64) - np.asarray(true_px, dtype=np.float64)
+    beta = np.radians(np.asarray(tilts_deg, dtype=np.float64))
+    th = np.radians(axis_deg)
+    r = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    rows = np.zeros((beta.size, 2, 3))
+    rows[:, :, 0] = r[:, 0][None] * np.cos(beta)[:, None]
+    rows[:, :, 1] = r[:, 1][None]
+    rows[:, :, 2] = r[:, 0][None] * np.sin(beta)[:, None]
+    use = np.ones(beta.size, dtype=bool) if use is None else np.asarray(use, dtype=bool)
+    t, *_ = np.linalg.lstsq(rows[use].reshape(-1, 3), d[use].reshape(-1), rcond=None)
+    resid = (d - rows @ t)[use]
+    return float(np.sqrt((resid**2).sum(axis=1).mean())), t.tolist()
+
+
 def alignment_errors(truth_dir: Path, align_series: Path) -> dict[str, Any]:
     """Tilt-axis angle and per-view shift errors of an alignment against the truth, at the alignment's binning.
 
@@ -153,25 +173,12 @@ def alignment_errors(truth_dir: Path, align_series: Path) -> dict[str, Any]:
         g = s.geometry
         tg = true_geometry(truth_dir, s.name).at_binning(g.binning)
         tg = tg.model_validate({**tg.model_dump(), "image_shape_px": g.image_shape_px})
-        d = g.specimen_shifts_px() - tg.specimen_shifts_px()
-        beta = np.radians(tg.true_tilt_deg())
-        th = np.radians(tg.tilt_axis_deg)
-        r = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
-        # d_i ≈ R (tx cos β + tz sin β, ty): linear in (tx, ty, tz)
-        rows = np.zeros((2 * g.n_views, 3))
-        for i, b in enumerate(beta):
-            rows[2 * i:2 * i + 2, 0] = r[:, 0] * np.cos(b)
-            rows[2 * i:2 * i + 2, 2] = r[:, 0] * np.sin(b)
-            rows[2 * i:2 * i + 2, 1] = r[:, 1]
-        use = ~np.asarray(g.excluded)
-        sel = np.repeat(use, 2)
-        t, *_ = np.linalg.lstsq(rows[sel], d.reshape(-1)[sel], rcond=None)
-        resid = (d.reshape(-1) - rows @ t).reshape(-1, 2)[use]
+        rms, t = origin_removed_shift_rms(g.specimen_shifts_px(), tg.specimen_shifts_px(), tg.tilt_axis_deg,
+                                          tg.true_tilt_deg(), use=~np.asarray(g.excluded))
         out["series"][s.name] = {
             "tilt_axis_deg": g.tilt_axis_deg, "true_tilt_axis_deg": tg.tilt_axis_deg,
             "axis_error_deg": float(abs(((g.tilt_axis_deg - tg.tilt_axis_deg) + 90) % 180 - 90)),
-            "shift_rms_px": float(np.sqrt((resid**2).sum(axis=1).mean())),
-            "origin_offset_px": t.tolist(), "pixel_size_A": g.pixel_size_binned_A,
+            "shift_rms_px": rms, "origin_offset_px": t, "pixel_size_A": g.pixel_size_binned_A,
             "mean_residual_px": s.info.get("mean_residual_px")}
     vals = out["series"].values()
     out["max_axis_error_deg"] = max(v["axis_error_deg"] for v in vals)

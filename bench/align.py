@@ -79,17 +79,11 @@ def _project_series(data: Path, preset: str, seed: int | None = None) -> Path:
 
 
 def offset_removed_rms(est: np.ndarray, true: np.ndarray, axis_deg: float, tilts_deg: np.ndarray) -> tuple[float, Any]:
-    """RMS (px) of ``est - true`` after removing the best 3D translation of the specimen origin; and it."""
-    d = est - true
-    a = math.radians(axis_deg)
-    r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    b = np.radians(tilts_deg)
-    m = np.zeros((len(b), 2, 3))
-    m[:, :, 0] = r[:, 0][None] * np.cos(b)[:, None]
-    m[:, :, 1] = r[:, 1][None]
-    m[:, :, 2] = r[:, 0][None] * np.sin(b)[:, None]
-    t = np.linalg.lstsq(m.reshape(-1, 3), d.reshape(-1), rcond=None)[0]
-    return float(np.sqrt(((d - m @ t) ** 2).sum(axis=1).mean())), t.tolist()
+    """RMS (px) of ``est - true`` after removing the best 3D translation of the specimen origin; and it
+    (:func:`tomoguide.truth.origin_removed_shift_rms`)."""
+    from tomoguide.truth import origin_removed_shift_rms
+
+    return origin_removed_shift_rms(est, true, axis_deg, tilts_deg)
 
 
 def apparent_rotations(tracks: Any, fit: Any, tilts_deg: np.ndarray, true_axis_deg: float) -> np.ndarray:

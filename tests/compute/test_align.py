@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tomoguide.compute import align
-from tomoguide.geometry import TiltSeriesGeometry, rotation_2d
+from tomoguide.geometry import TiltSeriesGeometry
+from tomoguide.truth import origin_removed_shift_rms
 
 
 def _geometry(n_views: int, tilts: np.ndarray, shape: tuple[int, int], axis: float = 85.0,
@@ -24,16 +25,8 @@ def _geometry(n_views: int, tilts: np.ndarray, shape: tuple[int, int], axis: flo
 
 def _offset_removed_rms(est: np.ndarray, true: np.ndarray, axis_deg: float, tilts_true_deg: np.ndarray) -> float:
     """RMS (px) of the shift difference after removing the best 3D translation of the specimen origin (the
-    arbitrary global offset): a translation t changes s_i by R(θ) [t_x cos β + t_z sin β, t_y]."""
-    d = est - true
-    r = rotation_2d(axis_deg)
-    b = np.radians(tilts_true_deg)
-    m = np.zeros((len(b), 2, 3))
-    m[:, :, 0] = r[:, 0][None] * np.cos(b)[:, None]
-    m[:, :, 1] = r[:, 1][None]
-    m[:, :, 2] = r[:, 0][None] * np.sin(b)[:, None]
-    t = np.linalg.lstsq(m.reshape(-1, 3), d.reshape(-1), rcond=None)[0]
-    return float(np.sqrt(((d - m @ t) ** 2).sum(axis=1).mean()))
+    arbitrary global offset): :func:`tomoguide.truth.origin_removed_shift_rms`."""
+    return origin_removed_shift_rms(est, true, axis_deg, tilts_true_deg)[0]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -200,16 +193,12 @@ def test_across_offsets_gauge_is_the_typical_patch() -> None:
     which no 3D translation of the origin undoes (the tilt axis would sit 0.6 px off in the tomogram); the fit
     gives the median patch c = 0, so the shifts and the point patches' offsets come out as the truth's."""
     rng = np.random.default_rng(3)
-    tilts = np.arange(-60.0, 61.0, 3.0)
     axis = 85.0
-    pts = np.c_[rng.uniform(-45, 45, (120, 2)), rng.uniform(-12, 12, 120)]
-    pts -= pts.mean(axis=0)
-    shifts = rng.normal(0, 3, (len(tilts), 2))
+    tilts, pts, shifts, pos = _synthetic_tracks(rng, axis=axis, offset=0.0, noise=0.03, n_points=120, missing=0.0)
     drifting = rng.random(120) < 0.15
     offsets = np.where(drifting, 4.0, 0.0)
     across_dir = np.array([math.cos(math.radians(axis)), math.sin(math.radians(axis))])
-    pos = align.model_positions(pts, shifts, axis, tilts) + offsets[None, :, None] * across_dir
-    pos += rng.normal(0, 0.03, pos.shape)
+    pos = pos + offsets[None, :, None] * across_dir
     fit = align.fit_projection_model(pos, tilts, 85.3, across_offsets=True)
     assert abs(fit.tilt_axis_deg - axis) < 0.05
     assert not fit.rejected.any()

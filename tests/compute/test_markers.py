@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
 
 from tomoguide.compute import markers
 from tomoguide.geometry import TiltSeriesGeometry, rotation_2d
+from tomoguide.truth import origin_removed_shift_rms
 
 
 def _blob_profile(sigma: float = 1.5, radius: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -83,16 +83,8 @@ def _series(axis: float, rng: np.random.Generator, count: int = 90) -> tuple[np.
 
 def _gauge_free_shift_rms(est: TiltSeriesGeometry, true: TiltSeriesGeometry) -> float:
     """RMS (px) of the specimen-shift differences after the best 3D translation of the origin."""
-    d = est.specimen_shifts_px() - true.specimen_shifts_px()
-    t = math.radians(true.tilt_axis_deg)
-    r = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-    b = np.radians(true.true_tilt_deg())
-    m = np.zeros((b.size, 2, 3))
-    m[:, :, 0] = r[:, 0][None] * np.cos(b)[:, None]
-    m[:, :, 1] = r[:, 1][None]
-    m[:, :, 2] = r[:, 0][None] * np.sin(b)[:, None]
-    sol = np.linalg.lstsq(m.reshape(-1, 3), d.reshape(-1), rcond=None)[0]
-    return float(np.sqrt(((d - m @ sol) ** 2).sum(axis=1).mean()))
+    return origin_removed_shift_rms(est.specimen_shifts_px(), true.specimen_shifts_px(), true.tilt_axis_deg,
+                                    true.true_tilt_deg())[0]
 
 
 def test_refinement_recovers_the_axis_and_shifts() -> None:
