@@ -73,6 +73,11 @@ class AlignParams(StepParams):
         150, title="Markers", unit="1", hard=(3, 5000), suggest=(30, 1000), advanced=True,
         enabled_if=[("refine_with_markers", "=", True)],
         help="At most this many of the strongest particles are used as markers.")
+    min_markers: int = param(
+        30, title="Fewest markers", unit="1", hard=(3, 5000), suggest=(10, 300), advanced=True,
+        enabled_if=[("refine_with_markers", "=", True)],
+        help="With fewer particles found in enough views, the patch-tracking alignment is kept: a few markers fit "
+             "their own noise (16 particles over ±30° made the axis worse in a test).")
     interp_binning: float | None = param(
         1.0, title="Aligned stack binning", unit="×", hard=(1.0, 16.0), empty_means="no aligned stack",
         help="Write an interpolated, aligned stack for viewing ('!interp'), binned by this factor relative to the "
@@ -168,6 +173,7 @@ class Align(Step):
                     markers = refine_with_markers(
                         np.asarray(stack, np.float32), g, diameter_px=params.marker_diameter_A / px,
                         thickness_px=max(8, int(round(params.marker_depth_A / px))), max_count=params.max_markers,
+                        min_count=params.min_markers,
                         solve_axis=params.solve_axis, solve_rotation=params.solve_rotation,
                         solve_magnification=params.solve_magnification, outlier_mad=params.outlier_mad)
                 except ValueError as exc:

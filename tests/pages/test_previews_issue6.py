@@ -70,6 +70,44 @@ def _entry(project: Project, step: str, output: str = "series"):  # type: ignore
 # align and assign_alignment
 # ---------------------------------------------------------------------------------------------------------------
 
+def test_alignment_refined_with_markers_through_the_step_and_page(  # type: ignore[no-untyped-def]
+        qtbot, tiny_dataset: Path, tmp_path: Path) -> None:
+    """The tiny preset has 16 particles: with the default 30 the step keeps patch tracking and says why; allowed
+    down to 8 markers, it refines with them, records them and the page says so."""
+    from tomoguide import synth
+    from tomoguide import truth as truth_mod
+
+    proj = _project(tiny_dataset, tmp_path / "p", "align")
+    try:
+        m = proj.data.steps["align"].metrics["series"]["TS_01"]
+        assert m["n_markers"] is None and m["tilt_axis_deg"] == m["patch_tilt_axis_deg"]
+        entry, _ = _entry(proj, "align")
+        assert "markers" not in entry.files
+        params = demo_params(tiny_dataset / "data", synth.PRESETS["tiny"])
+        params["align"] = {**params.get("align", {}), "min_markers": 8}
+        proj.set_params("align", params["align"])
+        assert run_to_end(StepRun(proj, "align")).status == "done"
+        m = proj.data.steps["align"].metrics["series"]["TS_01"]
+        assert m["n_markers"] is not None and m["n_markers"] >= 8
+        entry, base = _entry(proj, "align")
+        with np.load(entry.path("markers", base)) as z:
+            assert z["positions_px"].shape[:2] == (entry.geometry.n_views, m["n_markers"])
+            assert float(z["patch_tilt_axis_deg"]) == pytest.approx(m["patch_tilt_axis_deg"])
+        assert entry.geometry.tilt_axis_deg == pytest.approx(m["tilt_axis_deg"])
+        assert entry.info["mean_residual_px"] == pytest.approx(m["mean_residual_px"])
+        # the alignment still lands on the truth (7 views over ±30°: the tests' loose bounds)
+        err = truth_mod.alignment_errors(tiny_dataset / "truth", proj.output_path("align", "series"))
+        assert err["series"]["TS_01"]["shift_rms_px"] < 1.0
+        preview = make_preview(proj, "align")
+        qtbot.addWidget(preview)
+        _settle(preview)
+        text = preview.summary.text()
+        assert f"refined with <b>{m['n_markers']} particles as markers</b>" in text
+        assert f"patch tracking alone: axis {m['patch_tilt_axis_deg']:.2f}°" in text
+    finally:
+        proj.close()
+
+
 def test_align_preview_tracks_residuals_and_aligned_series(qtbot, reconstructed: Project) -> None:  # type: ignore[no-untyped-def]
     preview = make_preview(reconstructed, "align")
     qtbot.addWidget(preview)
