@@ -30,6 +30,7 @@ from tomoguide.widgets.tiltseries_viewer import TiltSeriesViewer
 TRACK_COLOUR = "#4dd0e1"
 REJECTED_COLOUR = "#ff9800"
 HIGH_RESIDUAL_FACTOR = 2.0
+MARKER_COLOUR = "#ffeb3b"  # particles used as fiducial markers
 TRACK_MARKER_PX = 4.0  # marker diameter on screen (small: 80 % overlapping patches are dense)
 
 
@@ -88,6 +89,7 @@ class AlignPreview(SeriesSetPreview):
         self.interp: np.ndarray | None = None
         self.positions = np.zeros((0, 0, 2))
         self.rejected = np.zeros(0, bool)
+        self.markers = np.zeros((0, 0, 2))  # (n, K, 2) located marker positions, px from the raw centre
         self.residuals = np.zeros(0)
         self.showing = "stack"
         self._entry: SeriesEntry | None = None
@@ -97,12 +99,18 @@ class AlignPreview(SeriesSetPreview):
                                                pen=pg.mkPen(TRACK_COLOUR, width=1.0))
         self.rejected_item = pg.ScatterPlotItem(symbol="o", size=TRACK_MARKER_PX, brush=None,
                                                 pen=pg.mkPen(REJECTED_COLOUR, width=1.0))
-        for item in (self.tracked_item, self.rejected_item):
+        self.marker_item = pg.ScatterPlotItem(symbol="s", size=TRACK_MARKER_PX + 4.0, brush=None,
+                                              pen=pg.mkPen(MARKER_COLOUR, width=1.2))
+        for item in (self.tracked_item, self.rejected_item, self.marker_item):
             item.setZValue(10)
             self.viewer.view.addItem(item)
         self.tracks_box = QCheckBox("Show patch tracks")
         self.tracks_box.setChecked(True)
         self.tracks_box.toggled.connect(lambda _: self._draw_tracks())
+        self.markers_box = QCheckBox("Show markers")
+        self.markers_box.setToolTip("The particles the alignment was refined with, where they were found in this view")
+        self.markers_box.setChecked(True)
+        self.markers_box.toggled.connect(lambda _: self._draw_tracks())
         self.aligned_box = QCheckBox("Show aligned series")
         self.aligned_box.setObjectName("show_aligned")
         self.aligned_box.setToolTip("The interpolated, aligned stack the step wrote for viewing (tilt axis vertical)")
@@ -119,6 +127,7 @@ class AlignPreview(SeriesSetPreview):
         self.viewer.info_label.hide()
         boxes = QHBoxLayout()
         boxes.addWidget(self.tracks_box)
+        boxes.addWidget(self.markers_box)
         boxes.addWidget(self.aligned_box)
         boxes.addStretch(1)
         split = QSplitter(Qt.Orientation.Vertical)
@@ -155,8 +164,10 @@ class AlignPreview(SeriesSetPreview):
         n_patches = self.positions.shape[1]
         mean_text = f"<b>mean residual {mean:.2f} px</b>" if mean is not None else "mean residual unknown"
         marker_text = ""
+        self.markers = np.zeros((n, 0, 2))
         if "markers" in entry.files:
             with np.load(entry.path("markers", self.base)) as z:
+                self.markers = np.asarray(z["positions_px"], dtype=np.float64)
                 patch_axis = float(z["patch_tilt_axis_deg"])
                 n_markers = int(np.asarray(z["points_px"]).shape[0])
             marker_text = (f" · refined with <b>{n_markers} particles as markers</b> (patch tracking alone: "
@@ -180,9 +191,11 @@ class AlignPreview(SeriesSetPreview):
         self._entry = None
         self.stack = self.interp = None
         self.positions, self.rejected = np.zeros((0, 0, 2)), np.zeros(0, bool)
+        self.markers = np.zeros((0, 0, 2))
         self.viewer.clear()
         self.bars.set_data(np.zeros(0), np.zeros(0))
         self.tracked_item.clear()
+        self.marker_item.clear()
         self.rejected_item.clear()
         self.summary.setText("")
         self.view_info.setText("")
@@ -230,10 +243,24 @@ class AlignPreview(SeriesSetPreview):
         rej = self.rejected if len(self.rejected) == len(p) else np.zeros(len(p), bool)
         return p[ok & ~rej], p[ok & rej]
 
+    def marker_positions(self, view_index: int) -> np.ndarray:
+        """Scene positions (k, 2) (x, y) of the markers found on a view (none where the step used none)."""
+        if self.stack is None or not self.markers.size or view_index >= self.markers.shape[0]:
+            return np.zeros((0, 2))
+        ny, nx = self.stack.shape[1:]
+        p = self.markers[view_index] + np.array([nx / 2.0, ny / 2.0])
+        return p[np.all(np.isfinite(p), axis=1)]
+
     def _draw_tracks(self) -> None:
-        visible = self.tracks_box.isChecked() and self.showing == "stack" and self.stack is not None
+        raw = self.showing == "stack" and self.stack is not None
+        visible = self.tracks_box.isChecked() and raw
         self.tracked_item.setVisible(visible)
         self.rejected_item.setVisible(visible)
+        self.markers_box.setEnabled(bool(self.markers.size))
+        show_markers = self.markers_box.isChecked() and raw and bool(self.markers.size)
+        self.marker_item.setVisible(show_markers)
+        if show_markers:
+            self.marker_item.setData(pos=self.marker_positions(self.viewer.current_index()))
         if not visible:
             return
         good, bad = self.track_positions(self.viewer.current_index())
@@ -258,6 +285,9 @@ class AlignPreview(SeriesSetPreview):
             dx, dy = np.asarray(g.xf[i])[:, 2]
             shift = f" · shift ({dx:+.1f}, {dy:+.1f}) px"
         excluded = " · <b>excluded</b>" if g.excluded[i] else ""
+        if self.markers.size:
+            excluded = (f", <span style='color:{MARKER_COLOUR}'>□ {len(self.marker_positions(i))} markers</span>"
+                        f"{excluded}")
         self.view_info.setText(f"<b>Tilt {g.tilt_angles_deg[i]:+.1f}°</b> (view {i + 1}/{g.n_views}) · {res_text}"
                                f"{shift} · <span style='color:{TRACK_COLOUR}'>○ {len(good)} tracked</span>, "
                                f"<span style='color:{REJECTED_COLOUR}'>○ {len(bad)} rejected</span>{excluded}")

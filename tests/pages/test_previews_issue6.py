@@ -83,6 +83,11 @@ def test_alignment_refined_with_markers_through_the_step_and_page(  # type: igno
         assert m["n_markers"] is None and m["tilt_axis_deg"] == m["patch_tilt_axis_deg"]
         entry, _ = _entry(proj, "align")
         assert "markers" not in entry.files
+        preview = make_preview(proj, "align")
+        qtbot.addWidget(preview)
+        _settle(preview)
+        assert "as markers" not in preview.summary.text() and not preview.markers_box.isEnabled()
+        assert not preview.marker_item.isVisible()
         params = demo_params(tiny_dataset / "data", synth.PRESETS["tiny"])
         params["align"] = {**params.get("align", {}), "min_markers": 8}
         proj.set_params("align", params["align"])
@@ -104,6 +109,17 @@ def test_alignment_refined_with_markers_through_the_step_and_page(  # type: igno
         text = preview.summary.text()
         assert f"refined with <b>{m['n_markers']} particles as markers</b>" in text
         assert f"patch tracking alone: axis {m['patch_tilt_axis_deg']:.2f}°" in text
+        # the markers found on the shown view are drawn on it (squares), hidden with the check box
+        with np.load(entry.path("markers", base)) as z:
+            located = np.asarray(z["positions_px"])
+        k = preview.current_view()
+        ny, nx = entry.geometry.image_shape_px
+        expected = located[k][np.isfinite(located[k]).all(axis=1)] + [nx / 2.0, ny / 2.0]
+        assert len(expected) > 0 and preview.marker_item.isVisible() and preview.markers_box.isEnabled()
+        np.testing.assert_allclose(np.c_[preview.marker_item.getData()], expected)
+        assert f"□ {len(expected)} markers" in preview.view_info.text()
+        preview.markers_box.setChecked(False)
+        assert not preview.marker_item.isVisible()
     finally:
         proj.close()
 
