@@ -16,7 +16,6 @@ README), from a script with an offscreen QApplication.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -262,25 +261,15 @@ class AveragePreview(Preview):
                               mass_kDa=float(mass) if mass else None)
 
 
-def _offscreen_app() -> QApplication:
-    app = QApplication.instance()
-    if app is None:
-        if "QT_QPA_PLATFORM" not in os.environ and not (os.environ.get("DISPLAY")
-                                                         or os.environ.get("WAYLAND_DISPLAY")):
-            os.environ["QT_QPA_PLATFORM"] = "offscreen"
-        app = QApplication(["tomoguide-figures"])
-    assert isinstance(app, QApplication)
-    return app
-
-
 def render_average_figures(average_dir: Path, out_dir: Path) -> list[Path]:
     """Write ``fsc.png`` (the FSC plot, 720×460) and ``map3d.png`` (the merged map's central slices and
     isosurface at the default level, 720×820) of the average in ``average_dir`` (a folder with average.json, or
     the file) into ``out_dir``; returns the two paths. Creates an offscreen QApplication when none exists."""
     from tomoguide.compute.io.mrc import read_mrc
+    from tomoguide.pages.screenshots import offscreen_app
     from tomoguide.steps.average_records import AverageRecord
 
-    _offscreen_app()
+    offscreen_app("tomoguide-figures")
     record, folder = AverageRecord.load(Path(average_dir))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

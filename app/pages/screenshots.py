@@ -17,13 +17,15 @@ from PySide6.QtWidgets import QApplication
 SHOT_SIZE = QSize(1320, 860)
 
 
-def _app() -> QApplication:
+def offscreen_app(name: str = "tomoguide-screenshots") -> QApplication:
+    """The running QApplication, or a new one named ``name``; without a display (no DISPLAY or WAYLAND_DISPLAY
+    and no QT_QPA_PLATFORM set) it renders offscreen."""
     app = QApplication.instance()
     if app is None:
         if "QT_QPA_PLATFORM" not in os.environ and not (os.environ.get("DISPLAY")
                                                          or os.environ.get("WAYLAND_DISPLAY")):
             os.environ["QT_QPA_PLATFORM"] = "offscreen"
-        app = QApplication(["tomoguide-screenshots"])
+        app = QApplication([name])
     assert isinstance(app, QApplication)
     return app
 
@@ -39,7 +41,7 @@ def render_all(project_dir: Path, out_dir: Path) -> list[Path]:
     from tomoguide.pages.wizard import WizardWindow
     from tomoguide.project import Project, ProjectLockedError
 
-    _app()
+    offscreen_app()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
