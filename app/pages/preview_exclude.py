@@ -17,7 +17,7 @@ views, the suggestions when "apply suggestions" is on (unless the view is in ``k
 listed, minus the views in ``keep``. Un-marking a view that a suggestion excludes puts it in ``keep``.
 
 Suggestions come from the last run of the step when it has results, otherwise they are computed here with the
-step's own function (:func:`tomoguide.compute.exclusion.suggest_exclusions`) on the input.
+step's own function (:func:`tomoguide.steps.exclude.series_suggestions`) on the input.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class ExcludePreview(SeriesSetPreview):
         self.suggestions: list[dict[str, Any]] = []
         self.excluded_views = np.zeros(0, bool)
         self.excluded_fits = np.zeros(0, bool)
-        self._suggestion_cache: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+        self._suggestion_cache: dict[tuple[str, str, float, float], list[dict[str, Any]]] = {}
         self.marks_error = ""
 
         self.viewer = TiltSeriesViewer()
@@ -235,26 +235,19 @@ class ExcludePreview(SeriesSetPreview):
         out = self._output_entry(entry.name)
         if out is not None and "suggestions" in out.info:
             return [dict(s) for s in out.info["suggestions"]]
-        from tomoguide.compute.exclusion import suggest_exclusions, view_statistics
+        from tomoguide.compute.io.mrc import read_mrc
         from tomoguide.compute.io.star import read_ctf_star
+        from tomoguide.steps.exclude import series_suggestions
 
         params = self.project.params(self.step_id)
-        max_astig = float(params.max_astigmatism_A)
-        min_jump = float(params.min_residual_jump_px)
         stack_path = entry.path("stack", self.base)
-        key = (entry.name, str(stack_path), max_astig, min_jump)
+        key = (entry.name, str(stack_path), float(params.max_astigmatism_A), float(params.min_residual_jump_px))
         if key not in self._suggestion_cache:
-            g = entry.geometry
-            from tomoguide.compute.io.mrc import read_mrc
-
-            # memory-mapped: view_statistics reads only a subsampled centre of each view (this runs on the GUI
-            # thread, once per series, before the step has run)
+            # memory-mapped: the checks read only a subsampled centre of each view (this runs on the GUI thread,
+            # once per series, before the step has run)
             stack, _ = read_mrc(stack_path, mmap=True)
             table = read_ctf_star(entry.path("ctf_star", self.base)) if "ctf_star" in entry.files else None
-            found = suggest_exclusions(view_statistics(stack), tilt_deg=g.true_tilt_deg(),
-                                       ctf_table=table, residuals=entry.info.get("residual_per_view_px"),
-                                       excluded=g.excluded, max_astigmatism_A=max_astig,
-                                       min_residual_excess=min_jump)  # the step's own checks
+            found = series_suggestions(entry, stack, table, params)
             self._suggestion_cache[key] = [{"view": s.view, "reason": s.reason, "message": s.message,
                                             "target": s.target} for s in found]
         return self._suggestion_cache[key]

@@ -92,6 +92,20 @@ def drop_views(geometry: Any, keep: np.ndarray) -> Any:
     return type(geometry).model_validate(d)
 
 
+def series_suggestions(entry: SeriesEntry, stack: Any, ctf_table: pd.DataFrame | None,
+                       params: ExcludeParams) -> list[Any]:
+    """The automatic checks of one series (:func:`tomoguide.compute.exclusion.suggest_exclusions`) with the step's
+    thresholds: what the step applies and what its page shows before a run. ``stack`` (n, ny, nx), may be
+    memory-mapped (only a subsampled centre of each view is read); ``ctf_table`` the series' CTF fits or None."""
+    from tomoguide.compute.exclusion import suggest_exclusions, view_statistics
+
+    g = entry.geometry
+    return suggest_exclusions(view_statistics(stack), tilt_deg=g.true_tilt_deg(), ctf_table=ctf_table,
+                              residuals=entry.info.get("residual_per_view_px"), excluded=g.excluded,
+                              max_astigmatism_A=params.max_astigmatism_A,
+                              min_residual_excess=params.min_residual_jump_px)
+
+
 def fill_excluded_fits(table: pd.DataFrame, excluded: np.ndarray) -> pd.DataFrame:
     """Replace the defocus of excluded fits by a linear interpolation over tilt of the others (flagged)."""
     out = table.copy()
@@ -154,7 +168,6 @@ class Exclude(Step):
                      memory_bytes=total)
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.exclusion import suggest_exclusions, view_statistics
         from tomoguide.compute.io.mrc import read_mrc, write_mrc
         from tomoguide.compute.io.star import read_ctf_star, write_ctf_star
 
@@ -171,11 +184,7 @@ class Exclude(Step):
             g = s.geometry
             stack, info = read_mrc(s.path("stack", base), mmap=True)
             table = read_ctf_star(s.path("ctf_star", base))
-            residuals = s.info.get("residual_per_view_px")
-            suggestions = suggest_exclusions(view_statistics(np.asarray(stack)), tilt_deg=g.true_tilt_deg(),
-                                             ctf_table=table, residuals=residuals, excluded=g.excluded,
-                                             max_astigmatism_A=params.max_astigmatism_A,
-                                             min_residual_excess=params.min_residual_jump_px)
+            suggestions = series_suggestions(s, np.asarray(stack), table, params)
             bad_view = np.array(g.excluded, bool)
             bad_fit = np.zeros(g.n_views, bool)
             for i in manual[s.name]:
