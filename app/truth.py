@@ -25,6 +25,23 @@ def _tilts(truth_dir: Path, name: str) -> dict[str, pd.DataFrame]:
     return read_star(Path(truth_dir) / name / f"{name}_tilts.star")
 
 
+def true_reference_map(truth_dir: Path, voxel_A: float, box: int) -> np.ndarray:
+    """The simulator's reference map (``truth/apoferritin.mrc``) resampled to ``voxel_A`` by Fourier cropping or
+    padding into a cube of ``box`` voxels, centre at ``box // 2`` (float64)."""
+    import mrcfile
+
+    from tomoguide.compute.sta import rescale_map
+
+    with mrcfile.open(Path(truth_dir) / "apoferritin.mrc", permissive=True) as m:
+        return np.asarray(rescale_map(m.data, float(m.voxel_size.x), voxel_A, box), dtype=np.float64)
+
+
+def true_tilt_table(truth_dir: Path, name: str) -> pd.DataFrame:
+    """The per-tilt truth of series ``name`` (``<TS>_tilts.star``, block ``tilts``: one row per view in angle
+    order, with the true ``rlnDefocusU/V``, ``rlnDefocusAngle`` in Å and degrees)."""
+    return _tilts(truth_dir, name)["tilts"]
+
+
 def frame_shift_errors(truth_dir: Path, motion_series: Path) -> dict[str, Any]:
     """Frame-shift errors (px) of a ``motion_ctf`` output against the truth, over all series and movies.
 

@@ -31,7 +31,6 @@ import mrcfile
 import numpy as np
 
 from tomoguide.compute import fsc as F
-from tomoguide.compute import sta
 from tomoguide.compute.euler import euler_to_matrix, rotation_angle_deg
 from tomoguide.compute.io.star import read_particles_star
 from tomoguide.compute.pick import match_to_truth, register_translation
@@ -41,6 +40,7 @@ from tomoguide.project import Project
 from tomoguide.runner import StepRun, run_to_end
 from tomoguide.steps import registry
 from tomoguide.steps.average_records import AverageRecord
+from tomoguide.truth import true_reference_map
 
 XYZ = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
 ORIGIN = ["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
@@ -72,8 +72,7 @@ def measure_map(folder: Path, truth_dir: Path) -> dict:
     else:
         with mrcfile.open(base / rec.map) as a:
             vol = np.asarray(a.data, np.float64)
-    with mrcfile.open(truth_dir / "apoferritin.mrc", permissive=True) as m:
-        ref = sta.rescale_map(m.data, float(m.voxel_size.x), rec.voxel_A, rec.box_px).astype(np.float64)
+    ref = true_reference_map(truth_dir, rec.voxel_A, rec.box_px)
     mask = F.soft_sphere_mask(rec.box_px, 75.0 / rec.voxel_A, 3.0)
     freqs, curve = F.fsc(vol, ref, voxel_A=rec.voxel_A, mask=mask)
     out["fsc_vs_truth_0.5_A"] = F.resolution_at(curve, freqs, 0.5)

@@ -41,6 +41,7 @@ from tomoguide import truth
 from tomoguide.compute import fsc as F
 from tomoguide.compute import refine as RF
 from tomoguide.compute import sta
+from tomoguide.compute.io.star import read_ctf_star
 from tomoguide.compute.euler import euler_to_matrix, rotation_angle_deg
 from tomoguide.compute.initial_model import initial_model
 from tomoguide.compute.pick import match_to_truth, register_translation
@@ -56,20 +57,6 @@ def _cc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     a = (a - a.mean()) * mask
     b = (b - b.mean()) * mask
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def _table(star: object) -> object:
-    if isinstance(star, dict):
-        for v in star.values():
-            if "rlnDefocusU" in v:
-                return v
-        raise KeyError("no block with rlnDefocusU")
-    return star
-
-
-def _truth_map(truth_dir: Path, voxel_A: float, box: int) -> np.ndarray:
-    with mrcfile.open(truth_dir / "apoferritin.mrc", permissive=True) as m:
-        return sta.rescale_map(m.data, float(m.voxel_size.x), voxel_A, box)
 
 
 class Series:
@@ -99,7 +86,7 @@ def load(args: argparse.Namespace) -> tuple[list[Series], dict]:
         true_rot = euler_to_matrix(tp[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy())
         if picks is not None:
             g = entry.geometry
-            ctf = sta.ViewCTF.from_star(_table(starfile.read(entry.path("ctf_star", base))))
+            ctf = sta.ViewCTF.from_star(read_ctf_star(entry.path("ctf_star", base)))
             pp = picks[picks["rlnTomoName"] == name][XYZ].to_numpy(np.float64)
             shift = register_translation(pp, true_pos, max_shift=150.0, tolerance=30.0)
             mt = match_to_truth(pp + shift, true_pos, max_distance=40.0)
@@ -113,7 +100,7 @@ def load(args: argparse.Namespace) -> tuple[list[Series], dict]:
             tg = truth.true_geometry(args.truth, name).at_binning(entry.geometry.binning)
             g = tg.model_validate({**tg.model_dump(), "image_shape_px": stack.shape[1:],
                                    "excluded": entry.geometry.excluded})
-            ctf = sta.ViewCTF.from_star(_table(starfile.read(args.truth / name / f"{name}_tilts.star")))
+            ctf = sta.ViewCTF.from_star(truth.true_tilt_table(args.truth, name))
             pos = true_pos.copy()
             offset = np.zeros(3)
             info[name] = {"n_particles": int(len(pos))}
@@ -154,7 +141,7 @@ def extract(series: list[Series], positions: list[np.ndarray], binning: float, b
 
 def accuracy(res: RF.RefineResult, true_rot: np.ndarray, truth_dir: Path, tag: str) -> dict:
     voxel, b = res.voxel_A, res.half1.shape[0]
-    ref = _truth_map(truth_dir, voxel, b)
+    ref = truth.true_reference_map(truth_dir, voxel, b)
     err = RF.symmetry_angle_error_deg(res.poses.rotations, true_rot, "O")
     mask = F.soft_sphere_mask(b, 75.0 / voxel, 3.0)
     full = 0.5 * (res.half1 + res.half2)
@@ -218,7 +205,7 @@ def main() -> int:
     times["initial_model_s"] = time.perf_counter() - t0
     times["initial_model_cpu_s"] = time.process_time() - c0
     b_c = data.shape[-1]
-    ref_c = _truth_map(args.truth, voxel, b_c)
+    ref_c = truth.true_reference_map(args.truth, voxel, b_c)
     mask_c = F.soft_sphere_mask(b_c, 75.0 / voxel, 2.0)
     lp = F.lowpass(ref_c, im.resolution_A, voxel)
     im_cc, _ = truth.registered_correlation(im.map * mask_c, lp * mask_c, max_shift_px=3)

@@ -36,6 +36,7 @@ import starfile
 from tomoguide import truth
 from tomoguide.compute import fsc as F
 from tomoguide.compute import sta
+from tomoguide.compute.io.star import read_ctf_star
 from tomoguide.compute.euler import euler_to_matrix
 from tomoguide.compute.rescale import fourier_bin
 from tomoguide.project import Project
@@ -46,22 +47,6 @@ def _cc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     a = (a - a.mean()) * mask
     b = (b - b.mean()) * mask
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def _reference(truth_dir: Path, voxel_A: float, box: int) -> np.ndarray:
-    """truth/apoferritin.mrc resampled to ``voxel_A`` (Fourier cropping), centre at ``box // 2``."""
-    with mrcfile.open(truth_dir / "apoferritin.mrc", permissive=True) as m:
-        return sta.rescale_map(m.data, float(m.voxel_size.x), voxel_A, box)
-
-
-def _table(star: object) -> object:
-    """starfile.read gives a DataFrame for one block, a dict of them for several: the per-view table."""
-    if isinstance(star, dict):
-        for v in star.values():
-            if "rlnDefocusU" in v:
-                return v
-        raise KeyError("no block with rlnDefocusU")
-    return star
 
 
 def main() -> int:
@@ -98,10 +83,9 @@ def main() -> int:
         tg = truth.true_geometry(args.truth, name).at_binning(b)
         tg = tg.model_validate({**tg.model_dump(), "image_shape_px": stack.shape[1:], "excluded": g_proj.excluded})
         if args.ctf == "truth":
-            tilts = starfile.read(args.truth / name / f"{name}_tilts.star")
-            ctf = sta.ViewCTF.from_star(_table(tilts))
+            ctf = sta.ViewCTF.from_star(truth.true_tilt_table(args.truth, name))
         else:
-            ctf = sta.ViewCTF.from_star(_table(starfile.read(entry.path("ctf_star", base))))
+            ctf = sta.ViewCTF.from_star(read_ctf_star(entry.path("ctf_star", base)))
         p = parts[parts["rlnTomoName"] == name]
         if args.max_particles:
             p = p.iloc[: args.max_particles]
@@ -124,7 +108,7 @@ def main() -> int:
     avg_c1 = sta.reconstruct_average(sets, r_all, symmetry="C1", pad=args.pad)
     times["reconstruct_average_c1_s"] = time.perf_counter() - t0
 
-    ref = _reference(args.truth, voxel, args.box)
+    ref = truth.true_reference_map(args.truth, voxel, args.box)
     # radius of apoferritin ~ 65 Å: mask at 75 Å with a 3-voxel soft edge
     mask = F.soft_sphere_mask(args.box, 75.0 / voxel, 3.0)
     cc = _cc(avg, ref, mask)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import scipy.fft
 
+from synthetic_particles import blob_map
+
 from tomoguide.compute import sta
 from tomoguide.compute.ctf import ctf_2d
 from tomoguide.compute.dose import dose_filter
@@ -28,21 +30,12 @@ PX = 5.0
 BOX = 32
 
 
-def _blob_map(box: int, centres: np.ndarray, sigma: float = 1.6) -> np.ndarray:
-    c = np.arange(box) - box // 2
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
-    vol = np.zeros((box,) * 3)
-    for cx, cy, cz in centres:
-        vol += np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * sigma**2))
-    return vol.astype(np.float32)
-
-
 def _chiral_reference(box: int = BOX) -> np.ndarray:
     # a right-handed helix of blobs plus an off-axis marker: no mirror symmetry
     t = np.linspace(0, 2 * np.pi, 9)
     centres = np.stack([6 * np.cos(t), 6 * np.sin(t), 1.4 * (t - np.pi) * 2], axis=1)
     centres = np.vstack([centres, [[0, 0, 0], [3, -2, 5]]])
-    return _blob_map(box, centres)
+    return blob_map(box, centres, 1.6)
 
 
 def _geometry(rng: np.random.Generator, shape: tuple[int, int] = (200, 200), n_views: int = 21) -> TiltSeriesGeometry:
@@ -209,7 +202,7 @@ def test_symmetry_expansion_recovers_symmetric_reference() -> None:
     sym = symmetry_matrices("O")
     seed = np.array([[6.0, 2.0, 1.0], [3.0, 7.0, -2.0]])
     centres = np.concatenate([seed @ s.T for s in sym])
-    ref = _blob_map(BOX, centres, sigma=1.4)
+    ref = blob_map(BOX, centres, sigma=1.4)
     m = 4
     pos_A = np.column_stack([rng.uniform(-200, 200, m), rng.uniform(-200, 200, m), rng.uniform(-60, 60, m)])
     rots = euler_to_matrix(rng.uniform(-180, 180, (m, 3)))
@@ -309,7 +302,7 @@ def test_tiny_preset_average_with_true_poses(tiny_dataset: Path) -> None:
 
 def test_rescale_map_keeps_centre_and_scales_positions() -> None:
     # blobs at the centre and 8 voxels along +x of a 40-voxel map at 2 Å -> 4 Å: at the centre and 4 voxels
-    vol = _blob_map(40, np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 0.0]]), sigma=2.5)
+    vol = blob_map(40, np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 0.0]]), sigma=2.5)
     out = sta.rescale_map(vol, 2.0, 4.0, 30)
     assert out.shape == (30, 30, 30)
     c = 15
