@@ -31,11 +31,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.ndimage
 
 from tomoguide.geometry import TiltSeriesGeometry
+
+if TYPE_CHECKING:
+    from tomoguide.compute.align import ModelFit
 
 __all__ = ["MarkerRefinement", "detect_markers", "marker_profile", "render_markers", "locate_markers",
            "refine_with_markers"]
@@ -188,7 +192,7 @@ class MarkerRefinement:
     (``axis_history_deg``)."""
 
     geometry: TiltSeriesGeometry
-    fit: object
+    fit: ModelFit
     positions_px: np.ndarray
     profile: tuple[np.ndarray, np.ndarray]
     axis_history_deg: list[float]
