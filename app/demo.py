@@ -51,15 +51,7 @@ def demo_params(data_dir: Path, sim: Any) -> dict[str, dict[str, Any]]:
     params: dict[str, dict[str, Any]] = {
         "import_movies": demo_import_params(data_dir), "reconstruct": {"thickness_px": max(thickness, 16)},
         "pick": {"box_px": box}}
-    # extraction binnings with the tutorial's voxel sizes (its data have about 1.35 Å pixels: bin 6 ≈ 8 Å voxels,
-    # where apoferritin's channels still define its orientation; at 12 Å it is a featureless shell), then bin 2;
-    # particle boxes: apoferritin (130 Å across) with a margin, the cut before the CTF with room for the CTF's
-    # delocalisation (the tutorial's 128/64 px and 256/128 px are for its finer pixel size)
-    coarse = float(max(1, round(8.1 / sim.pixel_size_A)))
-    for step, binning, crop_A, ratio in (("extract", coarse, 288.0, 4 / 3), ("extract_fine", 2.0, 256.0, 1.5)):
-        vox = sim.pixel_size_A * binning
-        crop = max(8, int(np.ceil(crop_A / vox / 2.0)) * 2)
-        params[step] = {"binning": binning, "crop_px": crop, "box_px": int(np.ceil(crop * ratio / 2.0)) * 2}
+    # the extraction binnings and boxes are chosen from the data by the extract steps (tutorial voxel sizes)
     if sim.n_particles * sim.n_series < 100:  # the tiny preset: a quick run of the averaging steps
         params["initial_model"] = {"n_minibatches": 8}
         params["refine"] = {"max_iterations": 3}

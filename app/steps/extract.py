@@ -18,6 +18,7 @@ RELION ZYZ (``x_tomogram = R x_reference + t`` with ``t = −origin``).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,20 +34,36 @@ ORIGIN = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
 ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
 
+# Sizes chosen from the data when the fields are left empty. The tutorial's values are for its data (about
+# 1.35 Å pixels): bin 6 gives about 8 Å voxels, where apoferritin's channels still define its orientation (at
+# 12 Å it is a featureless shell), and bin 2 gives 2.7 Å. The physical targets below reproduce them on the
+# tutorial's data and carry over to any pixel size.
+COARSE_VOXEL_A = 8.1  # the first extraction: bin 6 × 1.35 Å
+FINE_BINNING = 2.0  # the finer extraction: the tutorial's bin 2
+COARSE_CROP_A = 288.0  # final box of the first extraction: apoferritin (130 Å) with a wide margin
+FINE_CROP_A = 256.0  # final box of the finer extraction
+PARTICLE_DIAMETER_A = 150.0  # the apoferritin mask diameter; the box before the crop holds it plus the CTF's spread
+
+
 class ExtractParams(StepParams):
-    binning: float = param(
-        6.0, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0),
-        help="Binning of the tilt images the particles are cut from, relative to the full-size series (tutorial: "
-             "6 for the first extraction, 2 for the finer one). Voxel size = binning × pixel size.")
-    box_px: int = param(
-        32, title="Box size", unit="px", hard=(8, 512), suggest=(16, 256),
+    binning: float | None = param(
+        None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0),
+        empty_means="≈ 8 Å voxels",
+        help="Binning of the tilt images the particles are cut from, relative to the full-size series. Voxel size "
+             "= binning × pixel size. Empty: the binning whose voxels are closest to 8.1 Å (the tutorial's bin 6 "
+             "of its 1.35 Å data; bin 4 of 2 Å data), where apoferritin's orientation is still defined.")
+    box_px: int | None = param(
+        None, title="Box size", unit="px", hard=(8, 1024), suggest=(16, 256),
+        empty_means="from the defocus",
         help="Size of the square cut from each tilt image before the CTF is applied. It must hold the particle "
              "plus the CTF's delocalisation (signal spread by defocus), so larger than the final box "
-             "(tutorial: 128, cropped to 64).")
-    crop_px: int = param(
-        24, title="Cropped box size", unit="px", hard=(8, 512), suggest=(16, 256),
+             "(tutorial: 128, cropped to 64). Empty: 150 Å plus twice the delocalisation at the voxel size's "
+             "Nyquist frequency and the series' largest defocus, and at least 4/3 of the cropped box.")
+    crop_px: int | None = param(
+        None, title="Cropped box size", unit="px", hard=(8, 1024), suggest=(16, 256),
+        empty_means="≈ 288 Å",
         help="Final box after the CTF has been applied: the particle (apoferritin: 130 Å across) with a margin. "
-             "The averaging steps work in this box.")
+             "The averaging steps work in this box. Empty: about 288 Å (an even number of voxels).")
     dimensionality: Literal["3D", "2D"] = param(
         "3D", title="Output", choices=["3D", "2D"], widget="choice",
         help="'3D': each particle's sub-tilts inserted into a 3D pseudo-subtomogram with its CTF² weight volume "
@@ -65,17 +82,61 @@ class ExtractParams(StepParams):
 
 
 class ExtractFineParams(ExtractParams):
-    binning: float = param(
-        2.0, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0),
-        help="Binning of the finer extraction (tutorial: 2). Must be finer than the first extraction's.")
-    box_px: int = param(
-        96, title="Box size", unit="px", hard=(8, 512), suggest=(16, 256),
+    binning: float | None = param(
+        None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0), empty_means="2",
+        help="Binning of the finer extraction (tutorial: 2). Must be finer than the first extraction's. Empty: 2, "
+             "or the first extraction's binning when that is already finer.")
+    box_px: int | None = param(
+        None, title="Box size", unit="px", hard=(8, 1024), suggest=(16, 256), empty_means="from the defocus",
         help="Size of the square cut from each tilt image before the CTF is applied (tutorial: 256 at bin 2 of "
              "its data). It must hold the particle plus the CTF's delocalisation: about 100 Å each side at 4 µm "
-             "defocus and 8 Å resolution.")
-    crop_px: int = param(
-        64, title="Cropped box size", unit="px", hard=(8, 512), suggest=(16, 256),
-        help="Final box after the CTF has been applied (tutorial: 128): the particle with a margin.")
+             "defocus and 8 Å resolution. Empty: 150 Å plus twice the delocalisation at the voxel size's Nyquist "
+             "frequency and the series' largest defocus, and at least 4/3 of the cropped box.")
+    crop_px: int | None = param(
+        None, title="Cropped box size", unit="px", hard=(8, 1024), suggest=(16, 256), empty_means="≈ 256 Å",
+        help="Final box after the CTF has been applied (tutorial: 128): the particle with a margin. Empty: about "
+             "256 Å (an even number of voxels).")
+
+
+def _even_at_least(n: float, lo: int = 8) -> int:
+    """The smallest even number ``>= n`` (and ``>= lo``) whose only prime factors are 2, 3 and 5 (fast FFTs)."""
+    m = max(lo, int(math.ceil(n / 2.0 - 1e-6)) * 2)
+    while True:
+        k = m
+        for f in (2, 3, 5):
+            while k % f == 0:
+                k //= f
+        if k == 1:
+            return m
+        m += 2
+
+
+def extraction_sizes(params: ExtractParams, *, pixel_size_A: float, max_defocus_A: float, voltage_kV: float,
+                     fine: bool, coarse_binning: float | None = None) -> tuple[float, int, int]:
+    """``(binning, box_px, crop_px)``: the typed values, and for empty fields the ones chosen from the data.
+
+    ``pixel_size_A``: the full-size series' pixel size; ``max_defocus_A``: the largest mean defocus of the
+    series' views (Å, underfocus positive); ``coarse_binning``: the first extraction's binning (finer step only).
+    The box holds :data:`PARTICLE_DIAMETER_A` plus, on each side, the CTF's delocalisation ``λ Δf k`` at the
+    voxel size's Nyquist frequency ``k = 1 / (2 voxel)`` (Å), and is at least 4/3 of the crop.
+    """
+    from tomoguide.compute.ctf import electron_wavelength_A
+
+    if params.binning is not None:
+        binning = float(params.binning)
+    elif fine:
+        binning = FINE_BINNING if coarse_binning is None else min(FINE_BINNING, float(coarse_binning))
+    else:
+        binning = float(max(1, round(COARSE_VOXEL_A / pixel_size_A)))
+    voxel = pixel_size_A * binning
+    crop = int(params.crop_px) if params.crop_px is not None else _even_at_least(
+        (FINE_CROP_A if fine else COARSE_CROP_A) / voxel)
+    if params.box_px is not None:
+        box = int(params.box_px)
+    else:
+        deloc_A = electron_wavelength_A(voltage_kV) * max(max_defocus_A, 0.0) / (2.0 * voxel)
+        box = _even_at_least(max((PARTICLE_DIAMETER_A + 2.0 * deloc_A) / voxel, crop * 4.0 / 3.0))
+    return binning, box, crop
 
 
 def _centred_positions(df: pd.DataFrame) -> np.ndarray:
@@ -148,10 +209,12 @@ class Extract(Step):
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, ExtractParams)
         issues = []
-        if params.crop_px > params.box_px:
+        if params.crop_px is not None and params.box_px is not None and params.crop_px > params.box_px:
             issues.append(Issue("error", "the cropped box must not be larger than the box", "crop_px"))
-        if params.crop_px % 2 or params.box_px % 2:
-            issues.append(Issue("error", "box sizes must be even", "crop_px" if params.crop_px % 2 else "box_px"))
+        for name in ("crop_px", "box_px"):
+            value = getattr(params, name)
+            if value is not None and value % 2:
+                issues.append(Issue("error", "box sizes must be even", name))
         return issues
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
@@ -160,8 +223,38 @@ class Extract(Step):
             n = len(self._particles(ctx))
         except (KeyError, OSError):
             n = 1000
-        per = params.crop_px**3 * 8
+        try:
+            _, _, crop = self.sizes(params, ctx)
+        except (KeyError, OSError, ValueError):
+            crop = params.crop_px or 64
+        per = crop**3 * 8
         return Needs(disk_bytes=n * per, memory_bytes=n * per + 2_000_000_000)
+
+    def _coarse_binning(self, ctx: RunContext, pixel_size_A: float) -> float | None:
+        """The binning of the extraction the particles come from (``None`` for the first extraction)."""
+        return None
+
+    def sizes(self, params: ExtractParams, ctx: RunContext) -> tuple[float, int, int]:
+        """``(binning, box_px, crop_px)`` for this run: typed values, the others from the data
+        (:func:`extraction_sizes`: the pixel size and the largest defocus of the non-excluded views)."""
+        from tomoguide.compute.io.star import read_ctf_star
+
+        sset, base = SeriesSet.load(ctx.output("exclude", "series"))
+        g = sset.series[0].geometry
+        max_defocus = 0.0
+        if params.box_px is None:
+            for s in sset.series:
+                try:
+                    ctf = read_ctf_star(s.path("ctf_star", base))
+                except KeyError:
+                    continue
+                mean = 0.5 * (ctf["rlnDefocusU"].to_numpy(float) + ctf["rlnDefocusV"].to_numpy(float))
+                mean = mean[np.isfinite(mean)]
+                if mean.size:
+                    max_defocus = max(max_defocus, float(np.percentile(mean, 90)))
+        return extraction_sizes(params, pixel_size_A=g.pixel_size_A, max_defocus_A=max_defocus,
+                                voltage_kV=g.optics.voltage_kV, fine=self._coarse_binning(ctx, g.pixel_size_A)
+                                is not None, coarse_binning=self._coarse_binning(ctx, g.pixel_size_A))
 
     def _particles(self, ctx: RunContext) -> pd.DataFrame:
         from tomoguide.compute.io.star import read_particles_star
@@ -194,6 +287,12 @@ class Extract(Step):
 
         assert isinstance(params, ExtractParams)
         sset, base = SeriesSet.load(ctx.output("exclude", "series"))
+        binning, box_px, crop_px = self.sizes(params, ctx)
+        ctx.log(f"binning {binning:g} ({'typed' if params.binning is not None else 'from the pixel size'}), box "
+                f"{box_px} px ({'typed' if params.box_px is not None else 'from the defocus'}), cropped box "
+                f"{crop_px} px ({'typed' if params.crop_px is not None else 'from the voxel size'})")
+        if crop_px > box_px:
+            raise ValueError(f"the cropped box ({crop_px} px) must not be larger than the box ({box_px} px)")
         df = self._prepare(self._particles(ctx), params)
         known = set(sset.names())
         unknown = sorted(set(df["rlnTomoName"].astype(str)) - known)
@@ -201,7 +300,7 @@ class Extract(Step):
             raise ValueError(f"particles of unknown tilt series {', '.join(unknown)} (series: {', '.join(known)})")
         (ctx.run_dir / "subtomos").mkdir(parents=True, exist_ok=True)
         m_total = len(df)
-        b = params.crop_px
+        b = crop_px
         gallery = np.zeros((m_total, b, b), np.float32)
         image_names = [""] * m_total
         ctf_names = [""] * m_total
@@ -216,17 +315,17 @@ class Extract(Step):
             if rows.size == 0:
                 continue
             ctx.check_cancel()
-            yield Progress(done / max(m_total, 1), f"{s.name}: binning the tilt images by {params.binning:g}")
+            yield Progress(done / max(m_total, 1), f"{s.name}: binning the tilt images by {binning:g}")
             stack, _ = read_mrc(s.path("stack", base))
             g0 = s.geometry
-            factor = params.binning / g0.binning
+            factor = binning / g0.binning
             if factor < 1 - 1e-6:
                 raise ValueError(f"{s.name}: the series is already binned by {g0.binning:g}; cannot extract at "
-                                 f"binning {params.binning:g}")
+                                 f"binning {binning:g}")
             st = np.asarray(stack, np.float32)
             if abs(factor - 1) > 1e-6:
                 st = fourier_bin(st, factor)
-            g = g0.at_binning(params.binning)
+            g = g0.at_binning(binning)
             if tuple(g.image_shape_px) != st.shape[1:]:
                 g = g.model_validate({**g.model_dump(), "image_shape_px": list(st.shape[1:])})
             voxel = float(g.pixel_size_binned_A)
@@ -239,7 +338,7 @@ class Extract(Step):
             for a in range(0, rows.size, chunk):
                 ctx.check_cancel()
                 idx = rows[a:a + chunk]
-                sub = sta.extract_subtilts(st, g, pos[a:a + chunk], box_px=params.box_px, crop_px=params.crop_px,
+                sub = sta.extract_subtilts(st, g, pos[a:a + chunk], box_px=box_px, crop_px=crop_px,
                                            ctf=ctf, dose_weighting=params.dose_weighting)
                 views_used[s.name] = [int(v) for v in sub.views]
                 for j, i in enumerate(idx):
@@ -271,11 +370,11 @@ class Extract(Step):
                   "rlnAmplitudeContrast": g_any.optics.amplitude_contrast}
         write_particles_star(ctx.run_dir / "particles.star", out, optics)
         write_mrc(ctx.run_dir / "gallery.mrc", gallery, voxel, is_stack=True)
-        rec = ParticleStack(voxel_A=voxel, box_px=b, binning=params.binning, n_particles=m_total,
+        rec = ParticleStack(voxel_A=voxel, box_px=b, binning=binning, n_particles=m_total,
                             tomo_names=[n for n in sset.names() if n in views_used],
                             dimensionality=3 if params.dimensionality == "3D" else 2,
                             info={"view_matrices": view_mats, "views_used": views_used,
-                                  "box_before_crop_px": params.box_px})
+                                  "box_before_crop_px": box_px})
         path = rec.save(ctx.run_dir)
         metrics.update({"n_particles": m_total, "voxel_A": voxel, "box_px": b,
                         "half_sets": [int((out["rlnRandomSubset"] == k).sum()) for k in (1, 2)]})
@@ -306,6 +405,12 @@ class ExtractFine(Extract):
 
         rec, base = AverageRecord.load(ctx.output("refine", "average"))
         return read_particles_star(base / rec.particles).particles
+
+    def _coarse_binning(self, ctx: RunContext, pixel_size_A: float) -> float | None:
+        from tomoguide.steps.average_records import AverageRecord
+
+        rec, _ = AverageRecord.load(ctx.output("refine", "average"))
+        return float(round(rec.voxel_A / pixel_size_A, 3))
 
     def _prepare(self, df: pd.DataFrame, params: ExtractParams) -> pd.DataFrame:
         """Re-centre: coordinates minus the refined origin offsets, offsets set to 0; poses and halves kept."""
