@@ -10,6 +10,14 @@ Formats: MRC/MRCS through :mod:`.mrc` (mrcfile header), TIFF through ``tifffile`
 without decoding pixels). LZW-compressed TIFF (what SerialEM writes) and EER need the ``imagecodecs``
 package; without it the error says so. DM4 gain references are not read: convert them to MRC with
 IMOD's ``dm2mrc``.
+
+EER (Thermo Fisher Falcon 4/4i/C electron-event movies, ``.eer``): a (Big)TIFF whose every page is one
+*fraction* (a few ms of exposure, 0/1 events per pixel), compression 65000, 65001 or 65002. They are
+decoded at the physical pixel size (the events' super-resolution sub-pixel bits are ignored, as RELION and
+Warp do by default), one page at a time, and summed into *frames* of ``eer_fractions_per_frame`` fractions
+(RELION's "EER fractionation", the tutorial's "EER fraction"); the last ``n_fractions %
+eer_fractions_per_frame`` fractions are left out, as RELION does. A first page that is not an EER page
+(an integrated image some versions write) is skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from .errors import FormatError, problem
 
 MRC_SUFFIXES = {".mrc", ".mrcs", ".st"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".eer"}
+EER_COMPRESSIONS = {65000, 65001, 65002}  # Thermo Fisher's EER codes (tifffile: EER_V0, EER_V1, EER_V2)
 
 
 def _format_of(path: Path) -> str:
@@ -57,9 +66,24 @@ def _tiff_error(path: Path, exc: Exception) -> FormatError:
     return FormatError(path, None, f"not a readable TIFF ({type(exc).__name__}: {text})")
 
 
+def _eer_pages(tif: tifffile.TiffFile) -> list[Any]:
+    """The EER pages (fractions) of an open TIFF, in file order; empty when it is not an EER file."""
+    first = tif.pages.first
+    if int(first.compression) not in EER_COMPRESSIONS and not (len(tif.pages) > 1 and
+                                                               int(tif.pages[1].compression) in EER_COMPRESSIONS):
+        return []
+    return [p for p in tif.pages if int(p.compression) in EER_COMPRESSIONS]
+
+
 def _tiff_shape(path: Path) -> tuple[tuple[int, int, int], np.dtype, str]:
+    """``((n, ny, nx), dtype, compression name)`` of a TIFF movie; for EER ``n`` is the number of fractions
+    and the dtype uint8 (0/1 events per pixel and fraction)."""
     try:
         with tifffile.TiffFile(path) as tif:
+            eer = _eer_pages(tif) if tif.pages else []
+            if eer:
+                ny, nx = (int(v) for v in eer[0].shape[-2:])
+                return (len(eer), ny, nx), np.dtype(np.uint8), eer[0].compression.name
             series = tif.series[0]
             shape = tuple(int(s) for s in series.shape)
             dtype = np.dtype(series.dtype)
@@ -80,10 +104,38 @@ def _tiff_shape(path: Path) -> tuple[tuple[int, int, int], np.dtype, str]:
     return shape, dtype, compression  # type: ignore[return-value]
 
 
-def read_movie_header(path: str | PathLike[str], *, strict: bool = True) -> tuple[int, int, int, str]:
-    """``(n_frames, ny, nx, dtype)`` of a movie without reading its pixels (MRC/MRCS or TIFF/EER).
+def eer_fractions_per_frame(
+    n_fractions: int,
+    fractions_per_frame: int,
+    *,
+    group_exposure_e_A2: float | None = None,
+    movie_dose_e_A2: float | None = None,
+) -> int:
+    """How many EER fractions make one frame: ``fractions_per_frame`` (the tutorial's "EER fraction"), or,
+    when ``group_exposure_e_A2`` (e⁻/Å² per frame, the tutorial's "EER group exposure") and the movie's dose
+    ``movie_dose_e_A2`` (e⁻/Å², all fractions) are both given and positive, the number of fractions that
+    received that exposure: ``round(group_exposure / (movie_dose / n_fractions))``. Clipped to
+    ``1 .. n_fractions`` (a movie always gives at least one frame)."""
+    n = max(int(n_fractions), 1)
+    k = int(fractions_per_frame)
+    if group_exposure_e_A2 and movie_dose_e_A2 and group_exposure_e_A2 > 0 and movie_dose_e_A2 > 0:
+        k = int(round(float(group_exposure_e_A2) / (float(movie_dose_e_A2) / n)))
+    return int(min(max(k, 1), n))
 
-    A single 2D image counts as one frame. Errors (:class:`FormatError`) name the file.
+
+def _eer_dtype(k: int) -> np.dtype:
+    return np.dtype(np.uint8 if k <= 255 else np.uint16)
+
+
+def read_movie_header(
+    path: str | PathLike[str], *, strict: bool = True, eer_fractions_per_frame: int | None = None
+) -> tuple[int, int, int, str]:
+    """``(n_frames, ny, nx, dtype)`` of a movie without reading its pixels (MRC/MRCS, TIFF or EER).
+
+    A single 2D image counts as one frame. For an EER movie: with ``eer_fractions_per_frame = k`` the number
+    of frames after grouping, ``max(n_fractions // k, 1)`` (dtype ``uint8``, or ``uint16`` for k > 255),
+    as :func:`read_movie` returns them; without it (``None``) the number of raw fractions (dtype ``uint8``).
+    ``eer_fractions_per_frame`` is ignored for other formats. Errors (:class:`FormatError`) name the file.
     """
     p = Path(path)
     _check_exists(p)
@@ -94,12 +146,61 @@ def read_movie_header(path: str | PathLike[str], *, strict: bool = True) -> tupl
             raise FormatError(p, "ispg", f"a stack of volumes ({info.shape}), not a movie")
         n = info.n_complete_sections if info.truncated else shape[0]
         return int(n), int(shape[1]), int(shape[2]), info.dtype
-    shape, dtype, _ = _tiff_shape(p)
+    shape, dtype, compression = _tiff_shape(p)
+    if compression.startswith("EER") and eer_fractions_per_frame is not None:
+        k = _check_grouping(p, eer_fractions_per_frame)
+        return max(shape[0] // k, 1), shape[1], shape[2], _eer_dtype(k).name
     return shape[0], shape[1], shape[2], dtype.name
 
 
-def read_movie(path: str | PathLike[str], *, strict: bool = True) -> np.ndarray:
-    """Read all frames of a movie: ``(n_frames, ny, nx)`` in the stored dtype (MRC/MRCS or TIFF)."""
+def _check_grouping(p: Path, k: int) -> int:
+    if int(k) < 1:
+        raise FormatError(p, "EER fraction", f"{k} fractions per frame: must be at least 1")
+    return int(k)
+
+
+def _read_eer(p: Path, k: int | None, *, total: bool = False) -> np.ndarray:
+    """Decode an EER file page by page (physical pixels). ``k`` fractions per frame (``None``: every
+    fraction its own frame); ``total``: only the sum of all fractions ``(ny, nx)`` uint32."""
+    try:
+        with tifffile.TiffFile(p) as tif:
+            pages = _eer_pages(tif)
+            if not pages:
+                raise FormatError(p, "compression", "no EER pages (compression 65000-65002) in this file")
+            ny, nx = (int(v) for v in pages[0].shape[-2:])
+            n = len(pages)
+            if total:
+                out = np.zeros((ny, nx), np.uint32)
+                for page in pages:
+                    out += page.asarray()
+                return out
+            kk = 1 if k is None else min(_check_grouping(p, k), n)
+            n_frames = n // kk
+            out = np.zeros((n_frames, ny, nx), _eer_dtype(kk))
+            for i, page in enumerate(pages[: n_frames * kk]):
+                ev = page.asarray()
+                if ev.shape != (ny, nx):
+                    raise FormatError(p, "shape", f"EER fraction {i} is {ev.shape[-1]}×{ev.shape[-2]} px, the "
+                                      f"first is {nx}×{ny}")
+                out[i // kk] += ev
+            return out
+    except FormatError:
+        raise
+    except Exception as exc:
+        raise _tiff_error(p, exc) from exc
+
+
+def read_movie(
+    path: str | PathLike[str], *, strict: bool = True, eer_fractions_per_frame: int | None = None
+) -> np.ndarray:
+    """Read all frames of a movie: ``(n_frames, ny, nx)`` in the stored dtype (MRC/MRCS, TIFF or EER).
+
+    EER: the fractions decoded one page at a time at the physical pixel size and summed into frames of
+    ``eer_fractions_per_frame`` fractions (``uint8`` counts, ``uint16`` above 255 fractions per frame); the
+    last ``n_fractions % k`` fractions are left out. Without a grouping every fraction is a frame: fine for
+    tests, but a real Falcon movie then needs (fractions × 16 MB) of memory; give the grouping, or use
+    :func:`read_movie_sum` for the sum. ``eer_fractions_per_frame`` is ignored for other formats.
+    """
     p = Path(path)
     _check_exists(p)
     if _format_of(p) == "MRC":
@@ -108,12 +209,47 @@ def read_movie(path: str | PathLike[str], *, strict: bool = True) -> np.ndarray:
             raise FormatError(p, "ispg", f"a stack of volumes ({data.shape}), not a movie")
         arr = np.asarray(data)
         return arr[None] if arr.ndim == 2 else arr
-    shape, _, _ = _tiff_shape(p)
+    shape, _, compression = _tiff_shape(p)
+    if compression.startswith("EER"):
+        return _read_eer(p, eer_fractions_per_frame)
     try:
         arr = tifffile.imread(p)
     except Exception as exc:
         raise _tiff_error(p, exc) from exc
     return np.asarray(arr).reshape(shape)
+
+
+def read_movie_sum(path: str | PathLike[str], *, strict: bool = True) -> np.ndarray:
+    """The sum of all frames of a movie, ``(ny, nx)`` float64, read one frame (EER: one fraction) at a time,
+    so that a long movie never sits in memory whole: the raw frame sum for previews and for the gain's
+    orientation (:func:`tomoguide.compute.gain.detect_orientation`). For EER every fraction counts (no
+    grouping, nothing left out)."""
+    p = Path(path)
+    _check_exists(p)
+    if _format_of(p) == "MRC":
+        data, _ = mrc.read_mrc(p, mmap=True, strict=strict)
+        if data.ndim == 4:
+            raise FormatError(p, "ispg", f"a stack of volumes ({data.shape}), not a movie")
+        if data.ndim == 2:
+            return np.asarray(data, dtype=np.float64)
+        out = np.zeros(data.shape[-2:], np.float64)
+        for j in range(data.shape[0]):
+            out += data[j]
+        return out
+    shape, _, compression = _tiff_shape(p)
+    if compression.startswith("EER"):
+        return _read_eer(p, None, total=True).astype(np.float64)
+    try:
+        with tifffile.TiffFile(p) as tif:
+            if len(tif.series[0].pages) == shape[0]:
+                out = np.zeros(shape[1:], np.float64)
+                for page in tif.series[0].pages:
+                    out += np.asarray(page.asarray()).reshape(shape[1:])
+                return out
+            arr = tif.series[0].asarray()
+    except Exception as exc:
+        raise _tiff_error(p, exc) from exc
+    return np.asarray(arr, dtype=np.float64).reshape(shape).sum(axis=0)
 
 
 def _atomic_tmp(p: Path) -> Path:
@@ -155,15 +291,19 @@ def read_gain(
     flip_y: bool = False,
     transpose: bool = False,
     strict: bool = True,
+    keep_bad: bool = False,
 ) -> np.ndarray:
     """Read a gain reference (MRC or TIFF) as ``(ny, nx)`` float32, oriented to match the movies.
 
-    Order of operations (as RELION and Warp apply them): **transpose first** (``g.T``: the pixel at
-    ``(y, x)`` moves to ``(x, y)``), **then flip X** (mirror columns, ``x -> nx - 1 - x``), **then flip Y**
-    (mirror rows, ``y -> ny - 1 - y``). Zero, negative or non-finite gain values are an error (field
-    ``gain``, with how many pixels) when ``strict``; otherwise a warning, and they are replaced by the
-    median of the valid pixels.
+    Order of operations (as RELION and Warp apply them; :func:`tomoguide.compute.gain.apply_orientation`):
+    **transpose first** (``g.T``: the pixel at ``(y, x)`` moves to ``(x, y)``), **then flip X** (mirror
+    columns, ``x -> nx - 1 - x``), **then flip Y** (mirror rows, ``y -> ny - 1 - y``). Zero, negative or
+    non-finite gain values are an error (field ``gain``, with how many pixels) when ``strict``; otherwise a
+    warning, and they are replaced by the median of the valid pixels. ``keep_bad``: return them as stored,
+    with no error or warning (for :func:`tomoguide.compute.gain.detect_orientation`, which masks them).
     """
+    from tomoguide.compute.gain import apply_orientation
+
     p = Path(path)
     _check_exists(p)
     fmt = _format_of(p)
@@ -178,14 +318,9 @@ def read_gain(
     g = np.squeeze(g)
     if g.ndim != 2:
         raise FormatError(p, "shape", f"a gain reference is one 2D image, this file holds shape {g.shape}")
-    g = g.astype(np.float32, copy=True)
-    if transpose:
-        g = g.T
-    if flip_x:
-        g = g[:, ::-1]
-    if flip_y:
-        g = g[::-1, :]
-    g = np.ascontiguousarray(g)
+    g = np.ascontiguousarray(apply_orientation(g.astype(np.float32, copy=True), transpose, flip_x, flip_y))
+    if keep_bad:
+        return g
     bad = ~np.isfinite(g) | (g <= 0)
     n_bad = int(np.count_nonzero(bad))
     if n_bad:
