@@ -105,10 +105,32 @@ def cmd_new(args: argparse.Namespace) -> int:
                 proj.set_params(step_id, values)
             except Exception as exc:
                 raise CliError(f"--set {step_id}: {_validation_message(exc)}") from None
+        report = import_report(proj)
     finally:
         proj.close()
     print(f"created project {proj.dir} on {movies.resolve()}")
+    print(report)
     return 0
+
+
+def import_report(proj: Any) -> str:
+    """What the import step will find with the project's parameters (``tomoguide new`` prints it before any run):
+    per tilt series the mdoc, tilts, movies found (where) or missing (named), gain, tilt axis, pixel size and dose
+    with their sources, and the problems that would refuse or worry the run."""
+    from tomoguide.compute.io.errors import FormatError
+    from tomoguide.steps.import_movies import format_survey, survey
+
+    try:
+        params = proj.params("import_movies")
+        sv = survey(params)
+    except (FormatError, OSError, ValueError) as exc:
+        return f"import: {exc}"
+    text = format_survey(sv)
+    if not sv.mdocs:
+        text += f"\nno file matches the pattern {params.pattern!r}: set it with --set pattern=..."
+    elif sv.errors:
+        text += "\n`tomoguide run` refuses to import until these errors are fixed (--set import_movies.PARAM=VALUE)"
+    return text
 
 
 def _progress_bar(title: str) -> Any:

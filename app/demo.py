@@ -28,14 +28,10 @@ def _same_simulation(truth_summary: Path, params: Any) -> bool:
 
 
 def demo_import_params(data_dir: Path) -> dict[str, Any]:
-    """Import-step parameters for simulated data in ``data_dir`` (mdocs at the top or one folder per series)."""
-    top = sorted(data_dir.glob("*.mdoc"))
-    pattern = "*.mdoc" if top else "*/*.mdoc"
-    gains = sorted(data_dir.glob("gain*.mrc")) + sorted(data_dir.glob("gain*.tif*"))
-    values: dict[str, Any] = {"files_dir": str(data_dir.resolve()), "pattern": pattern, "tilt_axis_deg": 85.0}
-    if gains:
-        values["gain_path"] = str(gains[0].resolve())
-    return values
+    """Import-step parameters for simulated data in ``data_dir``: the session folder only. Everything else is found
+    as for any SerialEM session (the mdocs at any depth, the movies by name, the gain file, the tilt axis from the
+    mdoc, the gain's orientation from the movies)."""
+    return {"files_dir": str(Path(data_dir).resolve())}
 
 
 def demo_params(data_dir: Path, sim: Any) -> dict[str, dict[str, Any]]:

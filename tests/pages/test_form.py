@@ -24,7 +24,7 @@ def test_widgets_follow_the_declaration(qtbot) -> None:  # type: ignore[no-untyp
     assert form.fields["amplitude_contrast"].unit.text() == ""  # dimensionless: no unit shown
     assert form.editor("pixel_size_A").placeholderText() == "from mdoc"
     assert form.editor("pixel_size_A").text() == ""
-    assert form.editor("gain_path").placeholderText() == "no gain reference"
+    assert form.editor("gain_path").placeholderText() == "found automatically"
     for name in ("files_dir", "gain_path"):
         assert isinstance(form.fields[name].browse, QPushButton)
     assert form.fields["pattern"].browse is None

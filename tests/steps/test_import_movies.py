@@ -67,7 +67,8 @@ def test_empty_fields_are_read_from_the_mdoc(tmp_path: Path, mini_session: Path)
     proj = _project(tmp_path, mini_session, tilt_axis_deg=None)
     run_to_end(StepRun(proj, "import_movies"))
     s = load_series(proj.output_path("import_movies", "tilt_series"))[0]
-    assert s.geometry.tilt_axis_deg == 85.0 and s.tilt_axis_source == "mdoc" and s.pixel_size_source == "mdoc"
+    assert s.geometry.tilt_axis_deg == 85.0 and s.tilt_axis_source == "mdoc title"
+    assert s.pixel_size_source == "mdoc PixelSpacing" and s.dose_source == "mdoc ExposureDose"
     proj.close()
 
 

@@ -29,11 +29,11 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from os import PathLike
 from pathlib import Path, PureWindowsPath
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -61,7 +61,8 @@ class MdocSection:
     (``n`` in ``[ZValue = n]``; for other kinds the same number, with ``key`` saying which kind).
     ``sub_frame_path`` is the movie path as written (often a Windows path). ``frame_dose_e_A2`` is the
     dose per frame from ``FrameDosesAndNumber`` (frame-weighted mean when several pairs are given).
-    ``raw`` holds every key of the section as text.
+    ``frame_dose_total_e_A2`` is the whole movie's dose from the same key (sum of dose × number over the
+    pairs). ``raw`` holds every key of the section as text.
     """
 
     index: int
@@ -83,6 +84,7 @@ class MdocSection:
     key: str = "ZValue"
     prior_record_dose_e_A2: float | None = None
     line: int = 0
+    frame_dose_total_e_A2: float | None = None
 
     @property
     def label(self) -> str:
@@ -138,6 +140,10 @@ class TiltRecord:
     ``prior_dose_e_A2`` the cumulative dose before it (initial dose + doses of all tilts acquired
     earlier), both e⁻/Å². ``target_defocus_um`` is positive for underfocus. ``movie_path`` is where the
     movie was found, or where it was expected (``movie_found`` False); ``None`` without ``SubFramePath``.
+    ``dose_source`` says where the dose came from (``"typed"``, ``"ExposureDose"``, ``"FrameDosesAndNumber"``
+    or ``""`` when none was found); ``movie_how`` how the movie was found (see :class:`Located`),
+    ``movie_others`` other files of the same name that were not used, ``movie_ambiguous`` True when one
+    of those was as good a match as the one used.
     """
 
     index_in_mdoc: int
@@ -152,6 +158,10 @@ class TiltRecord:
     num_sub_frames: int | None
     datetime: datetime | None
     mdoc_path: Path | None = None
+    dose_source: str = ""
+    movie_how: str = ""
+    movie_others: tuple[Path, ...] = ()
+    movie_ambiguous: bool = False
 
 
 # --- parsing helpers --------------------------------------------------------------------------------
@@ -233,6 +243,21 @@ def _frame_dose(text: str | None) -> float | None:
     return sum(d * k for d, k in pairs) / n
 
 
+def _frame_dose_total(text: str | None) -> float | None:
+    """``FrameDosesAndNumber = d1 n1 d2 n2 ...`` -> the movie's dose, sum of d × n (e⁻/Å²); None if unreadable."""
+    if not text:
+        return None
+    parts = text.split()
+    try:
+        pairs = [(float(parts[i]), int(float(parts[i + 1]))) for i in range(0, len(parts) - 1, 2)]
+    except ValueError:
+        return None
+    if not pairs:
+        return None
+    total = sum(d * k for d, k in pairs)
+    return total if math.isfinite(total) else None
+
+
 def _section(
     path: Path,
     key: str,
@@ -292,6 +317,7 @@ def _section(
         sub_frame_path=fields.get("SubFramePath") or None,
         num_sub_frames=None if nsub is None else int(nsub),
         frame_dose_e_A2=_frame_dose(fields.get("FrameDosesAndNumber")),
+        frame_dose_total_e_A2=_frame_dose_total(fields.get("FrameDosesAndNumber")),
         exposure_time_s=num("ExposureTime"),
         magnification=num("Magnification"),
         binning=num("Binning"),
@@ -403,17 +429,31 @@ def _windows_basename(sub_frame_path: str) -> str:
     return PureWindowsPath(sub_frame_path.strip()).name  # splits on both "\\" and "/"
 
 
+def _movie_stem(name: str) -> str:
+    """``TS_01_000_0.0.tif`` -> ``TS_01_000_0.0`` (only a movie extension is removed)."""
+    suffix = Path(name).suffix
+    return name[: -len(suffix)] if suffix.lower() in MOVIE_EXTENSIONS else name
+
+
+def _named_folders(sub_frame_path: str) -> list[str]:
+    """The folders a path names, lower case, without drive or root: ``X:\\a\\Frames\\TS_07\\m.tif`` ->
+    ``["a", "frames", "ts_07"]`` (Windows or POSIX separators)."""
+    pw = PureWindowsPath(sub_frame_path.strip())
+    parts = list(pw.parent.parts)
+    if parts and pw.anchor and parts[0] == pw.anchor:
+        parts = parts[1:]
+    return [p.lower() for p in parts if p not in ("", ".", "..")]
+
+
 def find_movie(sub_frame_path: str, search_dirs: Sequence[Path]) -> tuple[Path, bool]:
-    """Map a ``SubFramePath`` as written (``D:\\data\\frames\\TS_01_001_-0.0.tif``) to a local file.
+    """Map a ``SubFramePath`` as written (``D:\\data\\frames\\TS_01_001_-0.0.tif``) to a file in one of a few folders.
 
     Looks in each of ``search_dirs`` for the same basename, then for the same stem with any of
     ``.tif .tiff .mrc .mrcs .eer``. Returns ``(path, True)`` when found, else ``(first dir / basename, False)``.
+    (The import step searches a whole session folder with :class:`SessionFiles` instead.)
     """
     name = _windows_basename(sub_frame_path)
-    stem = name
-    suffix = Path(name).suffix
-    if suffix.lower() in MOVIE_EXTENSIONS:
-        stem = name[: -len(suffix)]
+    stem = _movie_stem(name)
     for d in search_dirs:
         cand = d / name
         if cand.is_file():
@@ -427,47 +467,310 @@ def find_movie(sub_frame_path: str, search_dirs: Sequence[Path]) -> tuple[Path, 
     return search_dirs[0] / name, False
 
 
+# --- finding the files of a session -----------------------------------------------------------------
+
+
+@dataclass
+class Located:
+    """Where a file named by an mdoc (a ``SubFramePath``, an ``ImageFile``, a ``GainReference``) was found.
+
+    ``path`` is the file, or ``None`` when it was not found (``expected`` is then the first place looked at).
+    ``how`` says in a few words where it was found (``"beside the mdoc"``, ``"in Frames/TS_07 (named by
+    SubFramePath)"``, ``"in the movie folder"``, ...). ``others`` are other files of the same name that were not
+    used; ``ambiguous`` is True when one of them matched as well as the one used (the first in path order is
+    used); ``renamed`` when the file has the same stem but another movie extension (``.tif`` <-> ``.mrc``).
+    """
+
+    path: Path | None
+    how: str
+    expected: Path | None = None
+    others: tuple[Path, ...] = ()
+    ambiguous: bool = False
+    renamed: bool = False
+
+
+def _abs(p: str | PathLike[str]) -> Path:
+    """Absolute path without resolving symbolic links (a linked ``Frames`` folder keeps its name)."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(p))))
+
+
+class SessionFiles:
+    """Every file under one or more folders, indexed once by lower-case name (and by stem for movies).
+
+    Folders are walked in sorted order (hidden ones, starting with ``.``, are skipped; linked folders are
+    followed once), so lookups are deterministic and cost a dictionary access instead of a directory scan per
+    movie. ``max_files`` bounds the walk (``truncated`` tells when it stopped early, e.g. a folder chosen too
+    high up). Paths are absolute, symbolic links not resolved.
+    """
+
+    def __init__(self, roots: Sequence[str | PathLike[str]], *, max_files: int = 2_000_000) -> None:
+        self.roots: list[Path] = []
+        for r in roots:
+            p = _abs(r)
+            if p.is_dir() and not any(p == q or q in p.parents for q in self.roots):
+                self.roots = [q for q in self.roots if p not in q.parents] + [p]
+        self.truncated = False
+        self._by_name: dict[str, list[Path]] = {}
+        self._by_stem: dict[str, list[Path]] = {}
+        self._in_dir: dict[Path, list[Path]] = {}
+        n = 0
+        seen: set[str] = set()
+        for root in sorted(self.roots):
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in seen:  # a link loop or a folder reached twice
+                    dirnames[:] = []
+                    continue
+                seen.add(real)
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                d = Path(dirpath)
+                files = []
+                for f in sorted(filenames):
+                    if f.startswith("."):
+                        continue
+                    fp = d / f
+                    files.append(fp)
+                    self._by_name.setdefault(f.lower(), []).append(fp)
+                    if Path(f).suffix.lower() in MOVIE_EXTENSIONS:
+                        self._by_stem.setdefault(_movie_stem(f).lower(), []).append(fp)
+                self._in_dir[d] = files
+                n += len(files)
+                if n >= max_files:
+                    self.truncated = True
+                    break
+            if self.truncated:
+                break
+
+    @property
+    def n_files(self) -> int:
+        return sum(len(v) for v in self._in_dir.values())
+
+    def named(self, name: str) -> list[Path]:
+        """Files of this name (any case), in path order."""
+        return list(self._by_name.get(name.lower(), []))
+
+    def same_stem(self, name: str) -> list[Path]:
+        """Movie files with the stem of ``name`` and any of ``MOVIE_EXTENSIONS`` (``x.tif`` finds ``x.mrc``)."""
+        return list(self._by_stem.get(_movie_stem(name).lower(), []))
+
+    def files_in(self, folder: Path) -> list[Path]:
+        """The files directly in ``folder`` (indexed folders only)."""
+        return list(self._in_dir.get(_abs(folder), []))
+
+    def subfolders_named(self, folder: Path, name: str) -> list[Path]:
+        """Indexed folders directly inside ``folder`` whose name is ``name`` in any case (``Frames``, ``frames``)."""
+        folder = _abs(folder)
+        return [d for d in self._in_dir if d.parent == folder and d.name.lower() == name.lower()]
+
+    def locate(self, written: str, *, mdoc_dir: Path, session_dir: Path | None = None,
+               movies_dir: Path | None = None) -> Located:
+        """Find the file a path in an mdoc names (``X:\\Frames\\TS_07\\TS_07_000_-20.00.tif`` or POSIX).
+
+        Candidates: every indexed file of the same basename (any case); when there is none, the same stem with
+        another movie extension. They are ranked by, in this order: directly in ``movies_dir``; beside the mdoc
+        (``mdoc_dir``); the number of trailing folders of the written path that the candidate's folder repeats
+        (``Frames/TS_07/`` beats ``TS_07/``), at any depth; in a ``Frames`` folder (any case) beside the mdoc or in
+        ``session_dir``; anywhere under ``movies_dir``; elsewhere in the indexed folders. Ties at the top are
+        reported as ``ambiguous`` (the first in path order is used).
+        """
+        mdoc_dir = _abs(mdoc_dir)
+        session = _abs(session_dir) if session_dir is not None else None
+        movies = _abs(movies_dir) if movies_dir is not None else None
+        name = _windows_basename(written)
+        first = (movies or mdoc_dir) / name
+        if not name:
+            return Located(None, "no file name", expected=None)
+        cands = self.named(name)
+        renamed = False
+        if not cands and Path(name).suffix.lower() in MOVIE_EXTENSIONS:
+            cands = self.same_stem(name)
+            renamed = bool(cands)
+        if not cands:
+            return Located(None, "not found", expected=first)
+        folders = _named_folders(written)
+
+        def trail(d: Path) -> int:
+            k = 0
+            for a, b in zip(reversed([p.lower() for p in d.parts]), reversed(folders)):
+                if a != b:
+                    break
+                k += 1
+            return k
+
+        def key(c: Path) -> tuple[bool, bool, int, bool, bool]:
+            d = c.parent
+            in_frames = d.name.lower() == "frames" and (d.parent == mdoc_dir or d.parent == session)
+            return (movies is not None and d == movies, d == mdoc_dir, trail(d), in_frames,
+                    movies is not None and movies in d.parents)
+
+        keys = {c: key(c) for c in cands}
+        best = max(keys.values())
+        top = sorted(c for c, k in keys.items() if k == best)
+        chosen = top[0]
+        d = chosen.parent
+
+        def rel(folder: Path) -> str:
+            for base in (session, mdoc_dir):
+                if base is not None and (folder == base or base in folder.parents):
+                    r = folder.relative_to(base).as_posix()
+                    return (r + "/") if r != "." else "./"
+            return str(folder)
+
+        if best[0]:
+            how = "in the movie folder"
+        elif best[1]:
+            how = "beside the mdoc"
+        elif best[2] > 0:
+            how = f"in {rel(d)} (folder named by the mdoc)"
+        elif best[3]:
+            how = f"in {rel(d)}"
+        elif best[4]:
+            how = f"in {rel(d)} (under the movie folder)"
+        else:
+            how = f"in {rel(d)} (same name; the mdoc names another folder)"
+        if renamed:
+            how += f" as {chosen.name}"
+        return Located(chosen, how, expected=first, others=tuple(c for c in sorted(cands) if c != chosen),
+                       ambiguous=len(top) > 1, renamed=renamed)
+
+
+# --- doses, tilt axis, vendors ------------------------------------------------------------------------
+
+
+def section_dose(sec: MdocSection) -> tuple[float | None, str]:
+    """The dose of one tilt (e⁻/Å²) and its key: ``ExposureDose`` when > 0, else the movie's
+    ``FrameDosesAndNumber`` (sum of dose × number) when > 0, else ``(None, "")``."""
+    v = sec.exposure_dose_e_A2
+    if v is not None and math.isfinite(v) and v > 0:
+        return float(v), "ExposureDose"
+    t = sec.frame_dose_total_e_A2
+    if t is not None and t > 0:
+        return float(t), "FrameDosesAndNumber"
+    return None, ""
+
+
 def _doses(
-    path: Path,
+    paths: Sequence[Path],
     sections: Sequence[MdocSection],
     dose_per_tilt_e_A2: float | None,
     strict: bool,
-) -> list[float]:
+) -> tuple[list[float], list[str]]:
+    """Dose and its source per section: the typed dose when given, else :func:`section_dose`. Sections without a
+    dose are a problem naming the first one's file, section and field."""
     if dose_per_tilt_e_A2 is not None:
         if not (dose_per_tilt_e_A2 >= 0 and math.isfinite(dose_per_tilt_e_A2)):
             raise ValueError(f"dose_per_tilt_e_A2 must be a finite number >= 0, got {dose_per_tilt_e_A2}")
-        return [float(dose_per_tilt_e_A2)] * len(sections)
-    bad = [s for s in sections if not s.exposure_dose_e_A2]
+        return [float(dose_per_tilt_e_A2)] * len(sections), ["typed"] * len(sections)
+    found = [section_dose(s) for s in sections]
+    bad = [i for i, (v, _) in enumerate(found) if v is None]
     if bad:
+        sec = sections[bad[0]]
+        fdn = " and FrameDosesAndNumber gives none" if "FrameDosesAndNumber" in sec.raw else ""
         problem(
             strict,
-            path,
-            f"{bad[0].label} ExposureDose",
-            f"missing or 0 in {len(bad)} of {len(sections)} sections; give the dose per tilt (e/A^2)",
+            paths[bad[0]],
+            f"{sec.label} ExposureDose",
+            f"missing or 0 in {len(bad)} of {len(sections)} sections{fdn}; give the dose per tilt (e/A^2)",
         )
-    return [float(s.exposure_dose_e_A2 or 0.0) for s in sections]
+    return [float(v or 0.0) for v, _ in found], [src for _, src in found]
+
+
+def axis_from_rotation_angle(rotation_angle_deg: float) -> float:
+    """SerialEM's ``RotationAngle`` (image rotation, degrees) -> tilt-axis angle: RotationAngle − 90°, wrapped to
+    (−180°, 180°]. Checked on real files: EMPIAR-10164 TS_01 (RotationAngle 175.3, title axis 85.3) and a SerialEM
+    4.1 PACEtomo series (RotationAngle −176, title axis 94.0)."""
+    a = (float(rotation_angle_deg) - 90.0) % 360.0
+    return a - 360.0 if a > 180.0 else a
+
+
+def _circular_median_deg(values: Sequence[float]) -> float:
+    ref = values[0]
+    d = [((v - ref + 180.0) % 360.0) - 180.0 for v in values]
+    m = ref + float(np.median(d))
+    m = ((m + 180.0) % 360.0) - 180.0
+    return 180.0 if m == -180.0 else m
+
+
+def tilt_axis_info(mdocs: Sequence[Mdoc], sections: Sequence[MdocSection] | None = None) -> tuple[float | None, str]:
+    """The tilt-axis angle an mdoc (or the per-movie mdocs of one series) gives, and its source.
+
+    In order: the title's ``Tilt axis angle = …`` (``"mdoc title"``), the global ``TiltAxisAngle`` key
+    (``"mdoc TiltAxisAngle"``), the sections' ``RotationAngle`` − 90° (``"mdoc RotationAngle"``; per-movie frame
+    mdocs carry only this), else ``(None, "unknown")``. Degrees, SerialEM's convention (from the image Y axis,
+    counter-clockwise).
+    """
+    for md in mdocs:
+        for t in md.title_lines:
+            m = _TILT_AXIS_RE.search(t)
+            if m:
+                return float(m.group(1)), "mdoc title"
+    for md in mdocs:
+        for k in ("TiltAxisAngle", "Tilt axis angle"):
+            v = _to_float(md.global_fields.get(k))
+            if v is not None and math.isfinite(v):
+                return v, "mdoc TiltAxisAngle"
+    secs = list(sections) if sections is not None else [s for md in mdocs for s in md.sections]
+    rot = [s.rotation_angle_deg for s in secs if s.rotation_angle_deg is not None]
+    if rot:
+        return round(axis_from_rotation_angle(_circular_median_deg(rot)), 4), "mdoc RotationAngle"
+    return None, "unknown"
+
+
+#: Thermo Fisher's Tomography 5 writes its tilt-axis angle about ±176° where SerialEM's is near ±90° or 0°/180°
+TOMO5_AXIS_DEG = 176.0
+
+
+def thermo_signature(md: Mdoc) -> str | None:
+    """Why an mdoc looks written by Thermo Fisher's Tomography software rather than SerialEM, or ``None``.
+
+    Signs: a title or ``Version``/``Application`` naming Tomography, Thermo, TFS or EPU; the global ``TiltAxisAngle``
+    key without a SerialEM title (SerialEM writes the axis in its title); EPU's movie names (``*_Fractions.*``,
+    ``*_EER.eer``)."""
+    texts = [t.lower() for t in md.title_lines]
+    texts += [md.global_fields.get(k, "").lower() for k in ("Version", "Application", "Software")]
+    for t in texts:
+        for word in ("tomography", "thermo", "tfs", "epu", "tomo5", "tomo 5"):
+            if re.search(rf"\b{re.escape(word)}\b", t):
+                return f"its header names {word!r}"
+    serialem = any("serialem" in t for t in texts)
+    if "TiltAxisAngle" in md.global_fields and not serialem:
+        return "a global TiltAxisAngle key and no SerialEM title"
+    for s in md.sections[:3]:
+        low = (s.sub_frame_path or "").lower()
+        if "_fractions." in low or low.endswith("_eer.eer"):
+            return "EPU-style movie names (…_Fractions, …_EER)"
+    return None
+
+
+def looks_like_tomo5_axis(axis_deg: float, *, tolerance_deg: float = 1.5) -> bool:
+    """Whether an axis angle lies within ``tolerance_deg`` of ±176°, the value Tomography 5 writes."""
+    return abs(abs(((axis_deg + 180.0) % 360.0) - 180.0) - TOMO5_AXIS_DEG) <= tolerance_deg
+
+
+# --- records ------------------------------------------------------------------------------------------
+
+Locator = Callable[[str, Path], Located]
 
 
 def _records(
-    path: Path,
+    paths: Sequence[Path],
     sections: Sequence[MdocSection],
-    search_dirs_for: Sequence[Sequence[Path]],
+    locate: Locator,
     initial_dose_e_A2: float,
     dose_per_tilt_e_A2: float | None,
     strict: bool,
-    mdoc_paths: Sequence[Path],
+    movie_names: Sequence[str | None] | None = None,
 ) -> list[TiltRecord]:
-    doses = _doses(path, sections, dose_per_tilt_e_A2, strict)
+    doses, sources = _doses(paths, sections, dose_per_tilt_e_A2, strict)
     rank, _ = acquisition_order(sections)
     by_order = np.argsort(rank)
     prior = np.empty(len(sections))
     prior[by_order] = initial_dose_e_A2 + np.concatenate(([0.0], np.cumsum(np.asarray(doses)[by_order])[:-1]))
     out = []
     for i, sec in enumerate(sections):
-        movie: Path | None = None
-        found = False
-        if sec.sub_frame_path:
-            movie, found = find_movie(sec.sub_frame_path, search_dirs_for[i])
+        written = movie_names[i] if movie_names is not None else sec.sub_frame_path
+        loc = locate(written, paths[i].parent) if written else None
+        movie = None if loc is None else (loc.path or loc.expected)
         out.append(
             TiltRecord(
                 index_in_mdoc=i,
@@ -478,19 +781,31 @@ def _records(
                 target_defocus_um=sec.target_defocus_um,
                 pixel_spacing_A=sec.pixel_spacing_A,
                 movie_path=movie,
-                movie_found=found,
+                movie_found=loc is not None and loc.path is not None,
                 num_sub_frames=sec.num_sub_frames,
                 datetime=sec.datetime,
-                mdoc_path=mdoc_paths[i],
+                mdoc_path=paths[i],
+                dose_source=sources[i],
+                movie_how="" if loc is None else loc.how,
+                movie_others=() if loc is None else loc.others,
+                movie_ambiguous=False if loc is None else loc.ambiguous,
             )
         )
     return out
 
 
-def _search_dirs(mdoc_path: Path, movie_dir: str | PathLike[str] | None) -> list[Path]:
-    dirs = [Path(movie_dir)] if movie_dir is not None else []
-    dirs.append(mdoc_path.parent)
-    return dirs
+def _dir_locator(movie_dir: str | PathLike[str] | None) -> Locator:
+    """The simple search of :func:`find_movie`: ``movie_dir`` (when given), then the mdoc's folder."""
+
+    def locate(written: str, mdoc_dir: Path) -> Located:
+        dirs = ([Path(movie_dir)] if movie_dir is not None else []) + [mdoc_dir]
+        path, found = find_movie(written, dirs)
+        if not found:
+            return Located(None, "not found", expected=path)
+        how = "in the movie folder" if movie_dir is not None and path.parent == Path(movie_dir) else "beside the mdoc"
+        return Located(path, how, expected=path)
+
+    return locate
 
 
 def tilt_records(
@@ -500,21 +815,23 @@ def tilt_records(
     initial_dose_e_A2: float = 0.0,
     dose_per_tilt_e_A2: float | None = None,
     strict: bool = True,
+    locate: Locator | None = None,
 ) -> list[TiltRecord]:
     """One :class:`TiltRecord` per section of ``mdoc``, in section order.
 
     Dose per tilt: ``dose_per_tilt_e_A2`` when given (it overrides the file), else each section's
-    ``ExposureDose``; when that is missing or 0, strict mode raises :class:`FormatError` naming the first
-    such section and ``ExposureDose`` (permissive: a warning and 0). Prior dose accumulates in
-    acquisition order from ``initial_dose_e_A2``. Movies are looked for in ``movie_dir`` (when given)
-    and then beside the mdoc, by basename and extension variants (see :func:`find_movie`).
+    ``ExposureDose``, else its ``FrameDosesAndNumber`` (sum of dose × number); when neither gives a dose, strict
+    mode raises :class:`FormatError` naming the file, the first such section and ``ExposureDose`` (permissive: a
+    warning and 0). Prior dose accumulates in acquisition order from ``initial_dose_e_A2``. Movies: ``locate
+    (written path, mdoc folder) -> Located`` (e.g. :meth:`SessionFiles.locate`); by default they are looked for in
+    ``movie_dir`` (when given) and then beside the mdoc, by basename and extension variants (:func:`find_movie`).
     """
     for sec in mdoc.sections:
         if sec.tilt_angle_deg is None:
             raise FormatError(mdoc.path, f"{sec.label} TiltAngle", "missing")
-    dirs = _search_dirs(mdoc.path, movie_dir)
     n = len(mdoc.sections)
-    return _records(mdoc.path, mdoc.sections, [dirs] * n, initial_dose_e_A2, dose_per_tilt_e_A2, strict, [mdoc.path] * n)
+    return _records([mdoc.path] * n, mdoc.sections, locate or _dir_locator(movie_dir), initial_dose_e_A2,
+                    dose_per_tilt_e_A2, strict)
 
 
 def mdoc_for_frameset(path: str | PathLike[str], *, strict: bool = True) -> MdocSection:
@@ -534,11 +851,13 @@ def tilt_records_from_movie_mdocs(
     initial_dose_e_A2: float = 0.0,
     dose_per_tilt_e_A2: float | None = None,
     strict: bool = True,
+    locate: Locator | None = None,
 ) -> list[TiltRecord]:
     """Records from a folder of per-movie mdocs (one ``[FrameSet]`` file per tilt movie), one per file.
 
     ``index_in_mdoc`` is the position in ``paths``; acquisition order and prior dose as in
-    :func:`tilt_records`. Each movie is looked for in ``movie_dir`` and beside its own mdoc.
+    :func:`tilt_records`; a dose error names the file of the first movie without a dose. Each movie is looked for
+    with ``locate``, by default in ``movie_dir`` and beside its own mdoc.
     """
     ps = [Path(p) for p in paths]
     if not ps:
@@ -548,8 +867,172 @@ def tilt_records_from_movie_mdocs(
         sec = mdoc_for_frameset(p, strict=strict)
         sec.index = i
         sections.append(sec)
-    # name the first file in a dose error: the sections' labels are all "[FrameSet = 0]"
-    return _records(ps[0], sections, [_search_dirs(p, movie_dir) for p in ps], initial_dose_e_A2, dose_per_tilt_e_A2, strict, ps)
+    return _records(ps, sections, locate or _dir_locator(movie_dir), initial_dose_e_A2, dose_per_tilt_e_A2, strict)
+
+
+# --- per-movie mdocs assembled into tilt series ---------------------------------------------------------
+
+_DATE_SUFFIX_RE = re.compile(r"_[A-Za-z]{3}\d{1,2}_\d{1,2}\.\d{2}\.\d{2}$")  # SerialEM: _Oct08_07.39.05
+_NUM_ANGLE_RE = re.compile(r"^(?P<prefix>.+?)_(?P<num>\d+)_(?P<angle>[-+]?\d+\.\d+)$")
+_ANGLE_NUM_RE = re.compile(r"^(?P<prefix>.+?)_(?P<angle>[-+]?\d+\.\d+)_(?P<num>\d+)$")
+_NUM_RE = re.compile(r"^(?P<prefix>.+?)_(?P<num>\d+)$")
+_ANGLE_RE = re.compile(r"^(?P<prefix>.+?)_(?P<angle>[-+]?\d+\.\d+)$")
+_BRACKET_RE = re.compile(r"^(?P<prefix>.+?)_(?P<num>\d+)\[(?P<angle>[-+]?\d+(?:\.\d+)?)\](?:_.*)?$")  # Tomo5/EPU
+
+
+def strip_mdoc_name(name: str) -> str:
+    """``TS_07_000_-20.00.tif.mdoc`` -> ``TS_07_000_-20.00``: ``.mdoc`` and one image/movie extension removed."""
+    if name.lower().endswith(".mdoc"):
+        name = name[:-5]
+    for suffix in (*MOVIE_EXTENSIONS, ".st", ".ali"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def frame_name_parts(name: str) -> tuple[str | None, int | None, float | None]:
+    """Series prefix, acquisition number and tilt angle in a movie or per-movie mdoc name, where present.
+
+    Recognised (after removing ``.mdoc``, the movie extension and SerialEM's date suffix ``_Oct08_07.39.05``):
+    ``<prefix>_<NNN>_<angle>`` (SerialEM's and PACEtomo's frame names, ``TS_07_000_-20.00``,
+    ``s_mmm_00993_33.0``), ``<prefix>_<angle>_<NNN>``, ``<prefix>_<NNN>[<angle>]`` (Tomography 5),
+    ``<prefix>_<NNN>`` (``test_000``) and ``<prefix>_<angle>``. The angle must have a decimal point. Else
+    ``(None, None, None)``.
+    """
+    base = _DATE_SUFFIX_RE.sub("", strip_mdoc_name(name))
+    for rx in (_BRACKET_RE, _NUM_ANGLE_RE, _ANGLE_NUM_RE, _NUM_RE, _ANGLE_RE):
+        m = rx.match(base)
+        if m:
+            g = m.groupdict()
+            prefix = g["prefix"]  # the shortest prefix that leaves a number and an angle
+            num = int(g["num"]) if g.get("num") is not None else None
+            angle = float(g["angle"]) if g.get("angle") is not None else None
+            return prefix, num, angle
+    return None, None, None
+
+
+@dataclass
+class MovieMdoc:
+    """One single-tilt mdoc, ready to be grouped: a per-movie ``[FrameSet]`` mdoc, or a ``[ZValue]`` mdoc whose
+    sections are all at one tilt (one image stack, e.g. a STEM multi-frame record).
+
+    ``section`` is the tilt's section (for a ZValue file: the first one, with the doses of all its sections
+    added up and ``NumSubFrames`` the number of sections when not recorded). ``movie_name`` is the movie as
+    written (``SubFramePath``, else the file's ``ImageFile``); ``key`` the movie's identity (lower-case stem)
+    used to find duplicates and the movies a series mdoc lists; ``prefix``/``number`` from the name."""
+
+    path: Path
+    mdoc: Mdoc
+    section: MdocSection
+    movie_name: str | None
+    key: str
+    prefix: str | None
+    number: int | None
+
+
+def single_tilt(md: Mdoc, *, tolerance_deg: float = 0.05) -> MovieMdoc | None:
+    """The :class:`MovieMdoc` of an mdoc that describes one tilt, else ``None`` (a tilt series, a montage, or
+    one file holding several movies at one tilt)."""
+    if md.kind == "montage" or not md.sections:
+        return None
+    if md.kind == "frameset":
+        sec = md.sections[0]
+        movie = sec.sub_frame_path
+    else:
+        tilts = [s.tilt_angle_deg for s in md.sections]
+        if any(t is None for t in tilts) or max(tilts) - min(tilts) > tolerance_deg:  # type: ignore[type-var,operator]
+            return None
+        sfp = {s.sub_frame_path for s in md.sections if s.sub_frame_path}
+        if len(sfp) > 1:
+            return None
+        first = md.sections[0]
+        doses = [s.exposure_dose_e_A2 or 0.0 for s in md.sections]
+        nsub = first.num_sub_frames if first.num_sub_frames is not None else (
+            len(md.sections) if not sfp else None)
+        sec = replace(first, exposure_dose_e_A2=float(sum(doses)), num_sub_frames=nsub)
+        movie = next(iter(sfp)) if sfp else (md.global_fields.get("ImageFile") or None)
+    name = md.path.name
+    prefix, number, _ = frame_name_parts(name)
+    if prefix is None and movie:
+        prefix, number, _ = frame_name_parts(_windows_basename(movie))
+    key = _movie_stem(_windows_basename(movie)).lower() if movie else strip_mdoc_name(name).lower()
+    return MovieMdoc(md.path, md, sec, movie, key, prefix, number)
+
+
+def group_movie_mdocs(items: Sequence[MovieMdoc], *, max_gap_s: float = 1800.0) -> list[list[MovieMdoc]]:
+    """Group single-tilt mdocs into tilt series, each in acquisition order.
+
+    Grouped by folder and name prefix (:func:`frame_name_parts`; files without a recognised name form one group
+    per folder). Within a group, files are ordered by ``DateTime`` when all have one, else by their number, else
+    by name; a new series starts where the sequence is inconsistent with one tilt series: a tilt angle already in
+    the series (within 0.05°) together with a number that does not increase (or no number), a number that falls
+    back while times increase (the next series restarting at 000), or a pause longer than ``max_gap_s`` and ten
+    times the median interval. Groups keep the order of their first file's path.
+    """
+    buckets: dict[tuple[Path, str], list[MovieMdoc]] = {}
+    for it in items:
+        buckets.setdefault((it.path.parent, (it.prefix or "").lower()), []).append(it)
+    groups: list[list[MovieMdoc]] = []
+    for bucket in buckets.values():
+        timed = all(it.section.datetime is not None for it in bucket)
+        if timed:
+            bucket = sorted(bucket, key=lambda it: (it.section.datetime, it.number if it.number is not None else -1,
+                                                    it.path.name))
+        else:
+            bucket = sorted(bucket, key=lambda it: (it.number if it.number is not None else -1, it.path.name))
+        gaps = []
+        if timed:
+            ts = [it.section.datetime.timestamp() for it in bucket]  # type: ignore[union-attr]
+            gaps = [b - a for a, b in zip(ts, ts[1:]) if b > a]
+        limit = max(max_gap_s, 10.0 * float(np.median(gaps))) if gaps else math.inf
+        run: list[MovieMdoc] = []
+        for it in bucket:
+            if run:
+                prev = run[-1]
+                angle = it.section.tilt_angle_deg
+                repeated = any(abs((r.section.tilt_angle_deg or 0.0) - (angle or 0.0)) < 0.05 for r in run)
+                rising = prev.number is not None and it.number is not None and it.number > prev.number
+                restart = timed and prev.number is not None and it.number is not None and it.number < prev.number
+                gap = timed and (it.section.datetime.timestamp()  # type: ignore[union-attr]
+                                 - prev.section.datetime.timestamp()) > limit  # type: ignore[union-attr]
+                if (repeated and not rising) or restart or gap:
+                    groups.append(run)
+                    run = []
+            run.append(it)
+        if run:
+            groups.append(run)
+    return sorted(groups, key=lambda g: (str(g[0].path.parent), (g[0].prefix or ""), str(g[0].path)))
+
+
+def movie_group_records(
+    group: Sequence[MovieMdoc],
+    *,
+    locate: Locator,
+    initial_dose_e_A2: float = 0.0,
+    dose_per_tilt_e_A2: float | None = None,
+    strict: bool = True,
+) -> list[TiltRecord]:
+    """Records of a group from :func:`group_movie_mdocs` (in its order; ``index_in_mdoc`` = position); doses as in
+    :func:`tilt_records`, a dose error naming the first file without one; ``mdoc_path`` each tilt's own mdoc."""
+    sections = []
+    for i, it in enumerate(group):
+        sec = replace(it.section, index=i)
+        sections.append(sec)
+    return _records([it.path for it in group], sections, locate, initial_dose_e_A2, dose_per_tilt_e_A2, strict,
+                    movie_names=[it.movie_name for it in group])
+
+
+def movie_keys(md: Mdoc) -> set[str]:
+    """The movies a tilt-series mdoc lists, as lower-case stems of its ``SubFramePath`` basenames."""
+    return {_movie_stem(_windows_basename(s.sub_frame_path)).lower() for s in md.sections if s.sub_frame_path}
+
+
+def gain_reference_name(md: Mdoc) -> str | None:
+    """The basename of the gain reference an mdoc names (``GainReference``, global or in a section), or None."""
+    text = md.global_fields.get("GainReference")
+    if not text:
+        text = next((s.raw["GainReference"] for s in md.sections if s.raw.get("GainReference")), None)
+    return _windows_basename(text) if text else None
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -680,11 +1163,13 @@ def describe(
         md = read_mdoc(path, strict=False)
         records: list[TiltRecord] = []
         if md.sections and md.kind != "montage":
-            n_no_dose = sum(1 for s in md.sections if not s.exposure_dose_e_A2)
+            n_no_dose = sum(1 for s in md.sections if section_dose(s)[0] is None)
             dose = dose_per_tilt_e_A2
             if dose is None and n_no_dose:
                 # a fact about the file, not a format problem: the dose must then be typed in at import
-                notes.append(f"ExposureDose is 0 or missing in {n_no_dose} of {len(md.sections)} sections: "
+                fdn = " (FrameDosesAndNumber gives none either)" if any(
+                    "FrameDosesAndNumber" in s.raw for s in md.sections) else ""
+                notes.append(f"ExposureDose is 0 or missing in {n_no_dose} of {len(md.sections)} sections{fdn}: "
                              "give the dose per tilt when importing")
                 dose = 0.0
             records = tilt_records(md, movie_dir=movie_dir, initial_dose_e_A2=initial_dose_e_A2,
