@@ -74,7 +74,28 @@ __all__ = [
     "frame_dose_weights",
     "shift_frames",
     "estimate_shifts",
+    "judge_alignment",
+    "MAX_TOTAL_SHIFT_A",
+    "MAX_FRAME_SHIFT_A",
+    "MIN_PEAK_Z",
 ]
+
+#: Largest plausible whole-frame shift of any frame from the first, Å. Whole-frame trajectories of real
+#: movies (stage drift of about 1-2 Å/s that SerialEM and EPU wait for before exposing, plus beam-induced
+#: motion concentrated in the first frames) span a few to a few tens of Å over an exposure: see the drift
+#: trajectories in Li et al. 2013 (Nat. Methods 10:584, MotionCorr) and Zheng et al. 2017 (Nat. Methods
+#: 14:331, MotionCor2), and the beam-induced motion measured by Brilot et al. 2012 (J. Struct. Biol.
+#: 177:630). 200 Å is several times that: a trajectory beyond it is noise followed by the alignment.
+MAX_TOTAL_SHIFT_A = 200.0
+#: Largest plausible shift between consecutive frames, Å (same sources: the fastest motion, in the first
+#: frames, is a few Å to ~20 Å per frame even for frames of a second).
+MAX_FRAME_SHIFT_A = 100.0
+#: Smallest median significance of the frames' correlation peaks (peak above the map's median in robust
+#: standard deviations, :func:`estimate_shifts`) for a movie to count as aligned. Pure noise reaches 3-5 (the
+#: largest of the search window's samples); the simulator's movies give 8-11 at 0.3× and 25-29 at 1× their
+#: dose (3 e⁻/Å² per tilt at 2 Å/px), ≤ 4.7 at 0.1× and 0.03× (dark views), whose trajectories wander by
+#: hundreds of px.
+MIN_PEAK_Z = 6.0
 
 
 @dataclass
@@ -97,6 +118,12 @@ class MotionResult:
     * ``cc_peak``: ``(n_frames,)`` normalised cross-correlation of each aligned, filtered frame with the
       sum of the others (≈ a correlation coefficient; small at cryo-ET doses); ``score`` = its mean.
     * ``hot_pixels``: ``(m, 2)`` int64 (y, x) of the replaced stationary defects.
+    * ``peak_z``: ``(n_frames,)`` significance of each frame's correlation peak in the last iteration (peak
+      above the map's median in robust standard deviations; pure noise gives 3-5).
+    * ``failed``: the movie could not be aligned (weak peaks: a dark, blank or featureless movie; or a
+      trajectory beyond the physical limits); then ``shifts_px`` are all 0 (the sums are the plain,
+      unshifted sums), ``failure_reason`` says why in one line and ``rejected_shifts_px`` holds the
+      trajectory the alignment had found (for plots and logs).
     """
 
     aligned_sum: Any
@@ -113,6 +140,10 @@ class MotionResult:
     hot_pixels: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
     patch_shifts_px: np.ndarray | None = None
     patch_centres_px: np.ndarray | None = None
+    peak_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    failed: bool = False
+    failure_reason: str = ""
+    rejected_shifts_px: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -436,15 +467,18 @@ def estimate_shifts(
     tol_px: float = 0.01,
     initial_px: np.ndarray | None = None,
     spacing: TemporalSpacing = "uniform",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
     """Iterative frame alignment on filtered, cropped spectra ``(n, my, mx//2+1)``.
 
     Each iteration shifts every spectrum by the current model shifts, correlates each frame with the sum
     of the others (cross-power spectrum → small real correlation map), refines the peak (parabola), fits
     the temporal model to ``current + measured residual`` and stops when the model moves less than
-    ``tol_px``. Returns ``(model_shifts, raw_shifts, cc_peak, n_iter)``: aligning shifts ``(n, 2)`` (x, y)
-    in input px (mean-free gauge: not yet referred to frame 0), the last per-frame measurements, the
-    normalised peak heights ``(n,)``.
+    ``tol_px``. Returns ``(model_shifts, raw_shifts, cc_peak, n_iter, peak_z)``: aligning shifts ``(n, 2)``
+    (x, y) in input px (mean-free gauge: not yet referred to frame 0), the last per-frame measurements, the
+    normalised peak heights ``(n,)``, and each peak's significance ``(n,)`` in the last iteration: its
+    height above the median of its whole correlation map in robust standard deviations of that map
+    (1.4826 × MAD). Pure noise gives the largest of many Gaussian samples, about 4-5; a frame that sees the
+    specimen in the others gives tens.
     """
     xp = xp_of(spectra)
     F = _fft(xp)
@@ -458,9 +492,10 @@ def estimate_shifts(
     radius = (min(max(2.0, max_shift_px / scale[0]), my / 4.0), min(max(2.0, max_shift_px / scale[1]), mx / 4.0))
     raw = shifts.copy()
     peaks = np.zeros(n)
+    peak_z = np.zeros(n)
     it = 0
     if n < 2:
-        return shifts, raw, np.ones(n), 0
+        return shifts, raw, np.ones(n), 0, np.full(n, np.inf)
     for it in range(1, max_iter + 1):
         g = spectra * _phase_ramps(shifts, ky, kx, xp)
         total = g.sum(axis=0)
@@ -471,6 +506,7 @@ def estimate_shifts(
         ref_energy = to_numpy(xp.sum(xp.abs(ref) ** 2 * hw, axis=(1, 2))).astype(np.float64)
         # irfft2 divides by my*mx; the correlation coefficient at the peak is Σ conj(G) R / sqrt(E_g E_r)
         peaks = peak * (my * mx) / np.sqrt(np.maximum(energy * ref_energy, 1e-300))
+        peak_z = _peak_significance(cc, peak)
         residual = np.stack([d_map[:, 1] * scale[1], d_map[:, 0] * scale[0]], axis=1)
         raw = shifts + residual
         new = fit_trajectory(raw, n_control, spacing=spacing)
@@ -479,7 +515,18 @@ def estimate_shifts(
         shifts = new
         if step < tol_px:
             break
-    return shifts, raw, peaks, it
+    return shifts, raw, peaks, it, peak_z
+
+
+def _peak_significance(cc: Any, peak: np.ndarray) -> np.ndarray:
+    """``(peak − median) / (1.4826 · MAD)`` of each correlation map ``(n, my, mx)`` (statistics from every
+    second pixel in each direction); 0 for a flat map."""
+    sub = to_numpy(cc[:, ::2, ::2]).reshape(cc.shape[0], -1).astype(np.float64)
+    med = np.median(sub, axis=1)
+    mad = np.median(np.abs(sub - med[:, None]), axis=1) * 1.4826
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(mad > 0, (np.asarray(peak, dtype=np.float64) - med) / mad, 0.0)
+    return z
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -525,7 +572,9 @@ def align_movie(
     voltage_kV: float = 300.0,
     even_odd: bool = False,
     binning: float = 1.0,
-    max_shift_A: float = 200.0,
+    max_total_shift_A: float = MAX_TOTAL_SHIFT_A,
+    max_frame_shift_A: float = MAX_FRAME_SHIFT_A,
+    min_peak_z: float = MIN_PEAK_Z,
     max_iter: int = 10,
     tol_px: float = 0.01,
     hot_pixel_sigma: float = 10.0,
@@ -548,7 +597,13 @@ def align_movie(
     * ``prior_dose_e_A2``: the tilt's exposure before this movie; ``dose_per_frame_e_A2``: scalar or
       ``(n_frames,)`` e⁻/Å², ``None`` = no dose weighting (``aligned_sum`` is the plain aligned sum).
     * ``even_odd``: also return the even/odd half sums. ``binning``: Fourier binning (≥ 1) of the sums.
-    * ``max_shift_A``: largest shift searched between a frame and the reference.
+    * ``max_total_shift_A``, ``max_frame_shift_A``: physical limits of the whole-frame trajectory: no frame
+      further than ``max_total_shift_A`` from the first (also the search radius of each correlation) and no
+      two consecutive frames further apart than ``max_frame_shift_A`` (defaults :data:`MAX_TOTAL_SHIFT_A`,
+      :data:`MAX_FRAME_SHIFT_A`, with their sources). ``min_peak_z``: smallest median significance of the
+      frames' correlation peaks (:data:`MIN_PEAK_Z`). A movie that fails either test
+      (:func:`judge_alignment`) keeps no shifts and is returned with ``failed`` set, and its local motion is
+      not estimated. Patches of the local motion whose peaks are weak keep the global trajectory.
     * ``hot_pixel_sigma``: threshold of :func:`find_hot_pixels` (``0`` = no defect replacement);
       ``outlier_sigma``: single-pixel outliers above it (robust σ) are suppressed in the patch copies used
       for local motion (never in the sums). ``patch_overlap``: patches are ``(1 + overlap)`` times the
@@ -579,13 +634,21 @@ def align_movie(
     # outliers such as X-ray hits do not correlate with the other frames) -------------------------------
     spec = F.rfft2(f)
     g, ky, kx, crop, scale = _band_from_spectrum(spec, (ny, nx), pixel_size_A, bfactor_A2, res_band_A)
-    model, raw, peaks, n_iter = estimate_shifts(
-        g, ky, kx, crop, scale, n_control=gt, max_shift_px=max_shift_A / pixel_size_A, max_iter=max_iter,
+    if max_total_shift_A <= 0 or max_frame_shift_A <= 0:
+        raise ValueError(f"max_total_shift_A={max_total_shift_A}, max_frame_shift_A={max_frame_shift_A}: "
+                         "the shift limits must be positive (Å)")
+    model, raw, peaks, n_iter, peak_z = estimate_shifts(
+        g, ky, kx, crop, scale, n_control=gt, max_shift_px=max_total_shift_A / pixel_size_A, max_iter=max_iter,
         tol_px=tol_px, spacing=temporal_spacing)
     del g
     ref0 = model[0].copy()
     shifts = model - ref0
     raw_rel = raw - ref0
+    failed, reason = judge_alignment(shifts, peak_z, pixel_size_A=pixel_size_A, max_total_shift_A=max_total_shift_A,
+                                     max_frame_shift_A=max_frame_shift_A, min_peak_z=min_peak_z)
+    rejected = None
+    if failed:
+        rejected, shifts = shifts, np.zeros_like(shifts)
 
     kyf = xp.asarray(F.fftfreq(ny))[:, None]
     kxf = xp.asarray(F.rfftfreq(nx))[None, :]
@@ -593,10 +656,11 @@ def align_movie(
     spec *= _phase_ramps(shifts, kyf, kxf, xp)
     patch_shifts = None
     centres = None
-    if gx * gy > 1 and n > 1:
+    if gx * gy > 1 and n > 1 and not failed:
         aligned = F.irfft2(spec, s=(ny, nx)).astype(xp.float32)
         local, centres = _local_residuals(aligned, hot, pixel_size_A, bfactor_A2, res_band_A, (gx, gy, gt),
-                                          max_iter, tol_px, outlier_sigma, patch_overlap, temporal_spacing)
+                                          max_iter, tol_px, outlier_sigma, patch_overlap, temporal_spacing,
+                                          min_peak_z)
         patch_shifts = local + shifts[None, None]
         aligned = _apply_local(aligned, local, centres)
         spec = F.rfft2(aligned)
@@ -627,8 +691,45 @@ def align_movie(
         aligned_sum=aligned_sum, unweighted_sum=unweighted, even_sum=even, odd_sum=odd,
         shifts_px=shifts, raw_shifts_px=raw_rel, cc_peak=peaks, score=float(np.mean(peaks)),
         pixel_size_A=float(out_px), binning=float(binning), n_iterations=int(n_iter), hot_pixels=hot_idx,
-        patch_shifts_px=patch_shifts, patch_centres_px=centres,
+        patch_shifts_px=patch_shifts, patch_centres_px=centres, peak_z=np.asarray(peak_z, dtype=np.float64),
+        failed=failed, failure_reason=reason, rejected_shifts_px=rejected,
     )
+
+
+def judge_alignment(
+    shifts_px: np.ndarray,
+    peak_z: np.ndarray,
+    *,
+    pixel_size_A: float,
+    max_total_shift_A: float = MAX_TOTAL_SHIFT_A,
+    max_frame_shift_A: float = MAX_FRAME_SHIFT_A,
+    min_peak_z: float = MIN_PEAK_Z,
+) -> tuple[bool, str]:
+    """Whether a movie's alignment failed, and why (one line; ``""`` when it did not).
+
+    ``shifts_px`` ``(n, 2)`` the fitted trajectory (frame 0 = 0), ``peak_z`` ``(n,)`` the significance of the
+    frames' correlation peaks (:func:`estimate_shifts`). Failed when the median peak significance is below
+    ``min_peak_z`` (the frames do not see each other: a dark, blank or featureless movie), or when a frame
+    lies further than ``max_total_shift_A`` from the first or two consecutive frames further apart than
+    ``max_frame_shift_A`` (not a physical drift). A single frame never fails.
+    """
+    s = np.asarray(shifts_px, dtype=np.float64)
+    z = np.asarray(peak_z, dtype=np.float64)
+    if s.shape[0] < 2:
+        return False, ""
+    zmed = float(np.median(z))
+    if not zmed >= min_peak_z:
+        return True, (f"weak correlation peaks (median significance {zmed:.1f}, at least {min_peak_z:g} needed): "
+                      "a dark, blank or featureless movie; no shifts applied")
+    total = float(np.max(np.hypot(*(s - s[0]).T))) * pixel_size_A
+    if total > max_total_shift_A:
+        return True, (f"trajectory reaches {total:.0f} Å from the first frame, beyond the {max_total_shift_A:g} Å "
+                      "a real movie drifts; no shifts applied")
+    step = float(np.max(np.hypot(*np.diff(s, axis=0).T))) * pixel_size_A
+    if step > max_frame_shift_A:
+        return True, (f"{step:.0f} Å between consecutive frames, beyond the {max_frame_shift_A:g} Å a real movie "
+                      "moves; no shifts applied")
+    return False, ""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -639,11 +740,12 @@ def align_movie(
 def _local_residuals(
     aligned: Any, hot: Any, pixel_size_A: float, bfactor_A2: float, res_band_A: tuple[float, float],
     grid: tuple[int, int, int], max_iter: int, tol_px: float, outlier_sigma: float, overlap: float,
-    spacing: TemporalSpacing = "uniform",
+    spacing: TemporalSpacing = "uniform", min_peak_z: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Residual aligning shifts ``(gy, gx, n, 2)`` (x, y) of patches of globally aligned frames, each
     referred to its own mean over frames (the global alignment fixes the common part), and the patch
-    centres ``(gy, gx, 2)`` (x, y) in px."""
+    centres ``(gy, gx, 2)`` (x, y) in px. A patch whose median peak significance is below ``min_peak_z``
+    (an empty or dark region) keeps no residual."""
     gx, gy, gt = grid
     n, ny, nx = aligned.shape
     ys, sy = _patch_layout(ny, gy, overlap)
@@ -656,10 +758,10 @@ def _local_residuals(
             hp = hot[y0:y0 + sy, x0:x0 + sx] if hot is not None else None
             a = _alignment_copy(patch, hp, outlier_sigma, 0.15)
             g, ky, kx, crop, scale = _band_spectra(a, pixel_size_A, bfactor_A2, res_band_A)
-            m, _, _, _ = estimate_shifts(g, ky, kx, crop, scale, n_control=gt,
-                                         max_shift_px=max(3.0, 0.05 * min(sy, sx)), max_iter=max_iter,
-                                         tol_px=tol_px, spacing=spacing)
-            local[i, j] = m - m.mean(axis=0)
+            m, _, _, _, pz = estimate_shifts(g, ky, kx, crop, scale, n_control=gt,
+                                             max_shift_px=max(3.0, 0.05 * min(sy, sx)), max_iter=max_iter,
+                                             tol_px=tol_px, spacing=spacing)
+            local[i, j] = m - m.mean(axis=0) if float(np.median(pz)) >= min_peak_z else 0.0
             centres[i, j] = (x0 + (sx - 1) / 2.0, y0 + (sy - 1) / 2.0)
     # the global alignment already removed the common translation of each frame: keep only the spatially
     # varying part, referred to frame 0 (frame 0 stays where it is, as in the global convention)

@@ -317,6 +317,8 @@ def test_tiny_preset_frame_shifts(tiny_dataset: Path) -> None:
         n = frames.shape[0]
         r = motion.align_movie(frames, pixel_size_A=PX_A, gain=gain, dose_per_frame_e_A2=3.0 / n,
                                prior_dose_e_A2=float(row["rlnMicrographPreExposure"]))
+        assert not r.failed and r.failure_reason == "" and r.rejected_shifts_px is None
+        assert np.median(r.peak_z) > 3 * motion.MIN_PEAK_Z  # far above the failure threshold
         assert r.aligned_sum.shape == frames.shape[1:] and np.isfinite(r.aligned_sum).all()
         assert len(r.hot_pixels) >= 1
         if np.abs(truth).max() > 2.0:  # visible drift: the aligned sum keeps more mid-frequency power
@@ -330,3 +332,69 @@ def test_tiny_preset_frame_shifts(tiny_dataset: Path) -> None:
     rms_free = math.sqrt(np.mean([_rms(e) ** 2 for e in errs_free]))
     assert rms_model < 0.25
     assert rms_free < 0.2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Physical limits and failed movies
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_dark_movies_are_flagged_and_get_no_shifts(tiny_dataset: Path) -> None:
+    """The tiny preset's movies at 3 % of their dose (binomial thinning of the counts = Poisson at 0.03 × the
+    dose: the issue's dark view) cannot be aligned: flagged, no shifts (before the limits they wandered by
+    hundreds of px); the same movies at full dose are aligned within 0.25 px of the truth."""
+    from tomoguide.compute.io import movies
+
+    tilts, fs = _truth_tables(tiny_dataset)
+    gain = movies.read_gain(tiny_dataset / "data" / "gain.mrc", flip_x=True)
+    rng = np.random.default_rng(12)
+    errs = []
+    for name in list(tilts["rlnMicrographMovieName"])[:4]:
+        frames = movies.read_movie(tiny_dataset / name)
+        n = frames.shape[0]
+        sel = fs[fs["rlnMicrographMovieName"] == name].sort_values("rlnMicrographFrameNumber")
+        truth = sel[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(dtype=np.float64)
+        dark = rng.binomial(frames, 0.03).astype(np.uint8)
+        r = motion.align_movie(dark, pixel_size_A=PX_A, gain=gain, dose_per_frame_e_A2=0.03 * 3.0 / n)
+        assert r.failed and "weak correlation peaks" in r.failure_reason, r.failure_reason
+        np.testing.assert_array_equal(r.shifts_px, 0.0)  # within any limit
+        assert np.median(r.peak_z) < motion.MIN_PEAK_Z and r.rejected_shifts_px is not None
+        plain = motion.apply_gain(dark, gain).sum(axis=0)  # the sum is the plain, unshifted sum
+        keep = np.ones(plain.shape, bool)
+        keep[tuple(r.hot_pixels.T)] = False  # (apart from the replaced defects)
+        np.testing.assert_allclose(r.unweighted_sum[keep], plain[keep], atol=1e-3 * float(np.abs(plain).max()))
+        ok = motion.align_movie(frames, pixel_size_A=PX_A, gain=gain, dose_per_frame_e_A2=3.0 / n)
+        assert not ok.failed
+        errs.append(_rms(ok.shifts_px - truth))
+    assert max(errs) < 0.25
+
+
+def test_judge_alignment_limits() -> None:
+    z = np.full(4, 20.0)
+    s = np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 5.0], [30.0, 5.0]])  # px at 2 Å/px: 61 Å in all
+    assert motion.judge_alignment(s, z, pixel_size_A=PX_A) == (False, "")
+    failed, why = motion.judge_alignment(s, z, pixel_size_A=PX_A, max_total_shift_A=50.0)
+    assert failed and "61 Å from the first frame" in why and "50 Å" in why
+    failed, why = motion.judge_alignment(s, z, pixel_size_A=PX_A, max_frame_shift_A=15.0)
+    assert failed and "between consecutive frames" in why and "22 Å" in why  # (10, 0) → (20, 5): 11.2 px
+    failed, why = motion.judge_alignment(s, np.array([20.0, 3.0, 4.0, 5.0]), pixel_size_A=PX_A)
+    assert failed and "median significance 4.5" in why
+    assert motion.judge_alignment(s[:1], z[:1], pixel_size_A=PX_A) == (False, "")  # one frame: nothing to judge
+
+
+def test_large_real_drift_is_followed_and_an_implausible_one_flagged() -> None:
+    """A steady 60 Å drift (30 px over 6 frames at 2 Å/px, within the limits) is aligned; the same movie with
+    a 50 Å total limit is flagged and left unshifted."""
+    rng = np.random.default_rng(13)
+    n = 6
+    drift = np.stack([np.linspace(0, 24.0, n), np.linspace(0, -18.0, n)], axis=1)
+    frames, _ = _noisy_movie(drift, (256, 256), 4.0, 0.3, rng)
+    r = motion.align_movie(frames, pixel_size_A=PX_A, grid=(1, 1, n), hot_pixel_sigma=0)
+    assert not r.failed, r.failure_reason
+    assert _rms(r.shifts_px + drift) < 0.15
+    tight = motion.align_movie(frames, pixel_size_A=PX_A, grid=(1, 1, n), hot_pixel_sigma=0,
+                               max_total_shift_A=50.0)
+    assert tight.failed and "first frame" in tight.failure_reason
+    np.testing.assert_array_equal(tight.shifts_px, 0.0)
+    with pytest.raises(ValueError, match="limits must be positive"):
+        motion.align_movie(frames, pixel_size_A=PX_A, max_frame_shift_A=0.0)
