@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
     QLabel,
+    QPlainTextEdit,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -105,14 +106,22 @@ class MetricsPreview(Preview):
 
 
 class ImportPreview(Preview):
-    """The import step: a table of tilt series and the frame sums in a tilt-series viewer."""
+    """The import step: what the session folder holds (before any run: :func:`~tomoguide.steps.import_movies.
+    survey`), a table of the imported tilt series and the frame sums in a tilt-series viewer."""
 
     COLUMNS = ("Series", "Tilts", "Range\n(°)", "Pixel\n(Å)", "Dose/tilt\n(e⁻/Å²)",
-               "Total dose\n(e⁻/Å²)", "Tilt axis\n(°)", "Frames")
+               "Total dose\n(e⁻/Å²)", "Tilt axis\n(°)", "Frames", "Gain\norientation")
 
     def __init__(self, project: Project, step_id: str, parent: QWidget | None = None) -> None:
         super().__init__(project, step_id, parent)
         self.series: list[Any] = []
+        self.found = QPlainTextEdit()
+        self.found.setObjectName("found_report")
+        self.found.setReadOnly(True)
+        self.found.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.found.setToolTip("What the session folder holds with the current settings: per tilt series the mdoc, "
+                              "the movies found (and where) or missing, the gain, the tilt axis, pixel size and dose "
+                              "with where each comes from")
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setObjectName("series_table")
         self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
@@ -125,21 +134,40 @@ class ImportPreview(Preview):
         self.table.itemSelectionChanged.connect(self._on_select)
         self.viewer = TiltSeriesViewer()
         split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.found)
         split.addWidget(self.table)
         split.addWidget(self.viewer)
         split.setStretchFactor(0, 1)
-        split.setStretchFactor(1, 3)
-        split.setSizes([140, 420])
+        split.setStretchFactor(1, 1)
+        split.setStretchFactor(2, 3)
+        split.setSizes([130, 120, 380])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.note)
         lay.addWidget(split, 1)
         self.refresh()
 
+    def found_text(self) -> str:
+        """The survey of the session folder with the step's current parameters, as text (no movie is read)."""
+        from tomoguide.compute.io.errors import FormatError
+        from tomoguide.steps.import_movies import format_survey, survey
+
+        try:
+            params = self.project.params(self.step_id)
+        except ValueError as exc:
+            return f"Invalid settings: {exc}"
+        if not params.files_dir:
+            return "Choose the session folder (Files directory): what it holds is listed here before the run."
+        try:
+            return "Found before the run:\n" + format_survey(survey(params))
+        except (FormatError, OSError) as exc:
+            return str(exc)
+
     def refresh(self) -> None:
         from tomoguide.steps.import_movies import load_series
 
         self.note.setText(self.status_note())
+        self.found.setPlainText(self.found_text())
         self.series = []
         if self.has_results():
             try:
@@ -152,14 +180,21 @@ class ImportPreview(Preview):
             tilts = [t.tilt_deg for t in s.tilts]
             doses = [t.dose_e_A2 for t in s.tilts]
             frames = sorted({t.n_frames for t in s.tilts})
+            go = s.gain_orientation
+            gain_text = ("no gain" if s.gain is None else "not detected" if go is None
+                         else f"{go.name} ({go.confidence:.0f})" if go.decided else f"undecided ({go.name}?)")
             cells = [s.name, str(len(s.tilts)), f"{min(tilts):+.0f} … {max(tilts):+.0f}",
                      f"{s.geometry.pixel_size_A:.3f}", f"{float(np.median(doses)):.2f}", f"{sum(doses):.1f}",
                      f"{s.geometry.tilt_axis_deg:.1f}",
-                     "/".join(str(f) for f in frames)]
+                     "/".join(str(f) for f in frames), gain_text]
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
+                gain_tip = ("no gain reference" if s.gain is None else
+                            f"gain {s.gain} ({s.gain_source})" + ("" if go is None else
+                            f"; orientation {go.name}, confidence {go.confidence:.1f} (≥ 5 decides), score "
+                            f"{go.score:.3f}, runner-up {go.second}"))
                 item.setToolTip(f"{s.name}: tilts {min(tilts):+.1f}° to {max(tilts):+.1f}°; tilt axis from "
-                                f"{s.tilt_axis_source}, pixel size from {s.pixel_size_source}; {s.mdoc}")
+                                f"{s.tilt_axis_source}, pixel size from {s.pixel_size_source}; {s.mdoc}; {gain_tip}")
                 if c > 0:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(r, c, item)
