@@ -282,16 +282,29 @@ def simulation_parameters_text() -> str:
         lines.append(f"  {name} [{unit}]  ({presets})" if unit else f"  {name}  ({presets})")
         if f.description:
             lines.append(f"      {f.description}")
+    lines += ["", "scenarios (--scenario NAME; other SerialEM / vendor conventions with planted problems):", ""]
+    for name, note in synth.SCENARIO_NOTES.items():
+        lines.append(f"  {name}: {note}")
     return "\n".join(lines)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from tomoguide import synth
 
     if args.list:
         print(simulation_parameters_text())
         return 0
-    params = synth.PRESETS[args.preset].model_copy()
+    if args.scenario is not None and args.preset is not None:
+        raise CliError("give either --preset or --scenario, not both")
+    if args.scenario is not None:
+        if args.scenario not in synth.SCENARIOS:
+            raise CliError(f"--scenario {args.scenario!r}: unknown; choose one of {', '.join(synth.SCENARIOS)}")
+        params, label = synth.SCENARIOS[args.scenario].model_copy(), args.scenario
+    else:
+        label = args.preset or "small"
+        params = synth.PRESETS[label].model_copy()
     values = {}
     for item in args.set or []:
         if "=" not in item:
@@ -302,10 +315,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         values["seed"] = args.seed
     try:
         params = synth.SimParams.model_validate({**params.model_dump(), **values})
+    except ValidationError as exc:  # a whole-model check has no field: its message alone, not the input
+        msgs = [e["msg"].removeprefix("Value error, ") if not e["loc"] else None for e in exc.errors()]
+        text = _validation_message(exc) if None in msgs else "; ".join(m for m in msgs if m)
+        raise CliError(f"--set: {text}") from None
     except Exception as exc:
         raise CliError(f"--set: {_validation_message(exc)}") from None
     out = Path(args.out)
-    bar = _progress_bar(f"simulating ({args.preset})")
+    bar = _progress_bar(f"simulating ({label})")
 
     def progress(fraction: float, message: str) -> None:
         bar.n = int(1000 * fraction)
@@ -413,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("simulate", help="write a synthetic apoferritin acquisition with its ground truth")
-    s.add_argument("--preset", choices=["tiny", "small"], default="small")
+    s.add_argument("--preset", choices=["tiny", "small"], default=None, help="tiny or small (default small)")
+    s.add_argument("--scenario", default=None, metavar="NAME",
+                   help="a session with other conventions and planted problems (listed by --list)")
     s.add_argument("--out", default="tomoguide-sim", metavar="DIR")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--set", action="append", metavar="PARAM=VALUE",

@@ -45,6 +45,7 @@ float64 (geometry).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,9 @@ from tomoguide.geometry import TiltSeriesGeometry, rotation_2d
 
 __all__ = [
     "dose_symmetric_angles",
+    "tilt_scheme_angles",
+    "TILT_SCHEMES",
+    "match_tilts",
     "drift_trajectory",
     "FourierProjector",
     "ice_power_spectrum",
@@ -115,6 +119,47 @@ def dose_symmetric_angles(
             order.append(float(src.pop(0)))
         side, take = -side, group_size
     return np.round(np.asarray(order, dtype=np.float64), 6)
+
+
+TILT_SCHEMES = ("dose_symmetric", "bidirectional", "unidirectional")
+
+
+def tilt_scheme_angles(
+    scheme: str = "dose_symmetric",
+    max_tilt_deg: float = 60.0,
+    step_deg: float = 3.0,
+    *,
+    start_deg: float = 0.0,
+    first_group: int = 1,
+    group_size: int = 2,
+) -> np.ndarray:
+    """Nominal tilt angles (degrees) in **acquisition order** for the three schemes SerialEM records.
+
+    * ``"dose_symmetric"``: :func:`dose_symmetric_angles` from ``start_deg`` (grouped when
+      ``group_size > 1``; ``first_group`` tilts on the + side first).
+    * ``"bidirectional"``: from ``start_deg`` up to ``+max_tilt_deg`` in steps of ``step_deg``, then from
+      ``start_deg - step_deg`` down to ``-max_tilt_deg`` (e.g. -20, -17, ..., +58, then -23, ..., -59).
+    * ``"unidirectional"``: from ``-max_tilt_deg`` up to ``+max_tilt_deg`` (``start_deg`` must be 0).
+
+    Every angle lies on the grid ``start_deg + k · step_deg`` within ``[-max, +max]`` (a tolerance of 1e-6 step).
+    Raises ``ValueError`` for an unknown scheme or a start outside the range.
+    """
+    if scheme not in TILT_SCHEMES:
+        raise ValueError(f"tilt scheme must be one of {', '.join(TILT_SCHEMES)}, got {scheme!r}")
+    eps = 1e-6 * step_deg
+    if abs(start_deg) > max_tilt_deg + eps:
+        raise ValueError(f"start tilt {start_deg}° lies outside ±{max_tilt_deg}°")
+    if scheme == "dose_symmetric":
+        return dose_symmetric_angles(max_tilt_deg, step_deg, start_deg=start_deg, first_group=first_group,
+                                     group_size=group_size)
+    if scheme == "unidirectional":
+        if start_deg != 0.0:
+            raise ValueError("a unidirectional series runs from -max to +max; start_tilt_deg must be 0")
+        n = int(math.floor(2.0 * max_tilt_deg / step_deg + 1e-6)) + 1
+        return np.round(-max_tilt_deg + step_deg * np.arange(n, dtype=np.float64), 6)
+    up = np.arange(start_deg, max_tilt_deg + eps, step_deg)
+    down = np.arange(start_deg - step_deg, -max_tilt_deg - eps, -step_deg)
+    return np.round(np.concatenate([up, down]).astype(np.float64), 6)
 
 
 def drift_trajectory(
@@ -360,10 +405,18 @@ class SeriesTruth:
     nominal_defocus_A: float
     n_frames: int
     frame_dose_e_A2: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    view_dose_scale: np.ndarray | None = None
 
     @property
     def n_views(self) -> int:
         return self.geometry.n_views
+
+    def frame_doses(self, view: int) -> np.ndarray:
+        """(F,) e⁻/Å² of each frame of ``view`` (angle order): ``frame_dose_e_A2`` times the view's dose
+        scale (< 1 for a dark view)."""
+        if self.view_dose_scale is None or float(self.view_dose_scale[view]) == 1.0:
+            return self.frame_dose_e_A2
+        return self.frame_dose_e_A2 * float(self.view_dose_scale[view])
 
 
 @dataclass
@@ -402,8 +455,22 @@ def plan_series(
     voltage_kV: float = 300.0,
     cs_mm: float = 2.7,
     amplitude_contrast: float = 0.1,
+    tilt_scheme: str = "dose_symmetric",
+    start_tilt_deg: float = 0.0,
+    dark_view_tilts_deg: Sequence[float] = (),
+    dark_view_dose_fraction: float = 0.03,
+    jump_view_tilts_deg: Sequence[float] = (),
+    jump_A: tuple[float, float] = (0.0, 0.0),
 ) -> SeriesTruth:
     """Draw the hidden quantities of one tilt series (nothing rendered).
+
+    Tilt angles and their acquisition order from :func:`tilt_scheme_angles` (``tilt_scheme``,
+    ``start_tilt_deg``, ``first_group``, ``group_size``); prior dose accumulates in acquisition order.
+    **Dark views** (nominal tilts ``dark_view_tilts_deg``) receive ``dark_view_dose_fraction`` of the dose
+    (``view_dose_scale``; the geometry's ``dose_e_A2`` and the later views' prior dose say so).
+    **Jump views** (``jump_view_tilts_deg``) get an extra specimen shift ``jump_A`` (x, y) Å on top of the
+    random one (a tracking jump): it is part of the true xf, so ``geometry.specimen_shifts_px()`` holds it.
+    Each listed tilt must be one of the scheme's nominal tilts (:func:`match_tilts`).
 
     Specimen shift per view: a slow random walk (``shift_walk_A`` per view) plus a random offset
     (``shift_sigma_A``); in-plane rotation error per view ``N(0, axis_error_deg)`` so the true xf rotation
@@ -412,12 +479,27 @@ def plan_series(
     series value. Drift per view: :func:`drift_trajectory` with ``|δ| ≈ drift_A`` (larger for early
     views of the series, as the stage settles).
     """
-    acq_angles = dose_symmetric_angles(max_tilt_deg, step_deg, first_group=first_group, group_size=group_size)
+    acq_angles = tilt_scheme_angles(tilt_scheme, max_tilt_deg, step_deg, start_deg=start_tilt_deg,
+                                    first_group=first_group, group_size=group_size)
     n = acq_angles.size
     order_by_angle = np.argsort(acq_angles, kind="stable")
     nominal = acq_angles[order_by_angle]
     acq_rank = order_by_angle.astype(np.int64)  # acquisition index (0 = first) of each view in angle order
-    prior = acq_rank * dose_per_tilt_e_A2
+    dark = match_tilts(nominal, dark_view_tilts_deg, what="dark view")
+    jump = match_tilts(nominal, jump_view_tilts_deg, what="jump view")
+    if not 0.0 < dark_view_dose_fraction <= 1.0:
+        raise ValueError(f"dark_view_dose_fraction must be in (0, 1], got {dark_view_dose_fraction}")
+    dose_scale = np.ones(n)
+    dose_scale[dark] = dark_view_dose_fraction
+    if len(dark):
+        dose_views = dose_per_tilt_e_A2 * dose_scale  # angle order
+        by_acq = np.argsort(acq_rank)  # view index of each acquisition
+        before = np.concatenate(([0.0], np.cumsum(dose_views[by_acq])[:-1]))
+        prior = np.empty(n)
+        prior[by_acq] = before
+    else:
+        dose_views = np.full(n, dose_per_tilt_e_A2)
+        prior = acq_rank * dose_per_tilt_e_A2
 
     # per-view errors drawn in acquisition order (a walk in time), stored in angle order
     walk = np.cumsum(rng.normal(0.0, shift_walk_A, (n, 2)), axis=0)
@@ -439,6 +521,8 @@ def plan_series(
         return a[order_by_angle]
 
     shifts_px = to_angle(shifts_acq) / pixel_size_A
+    if len(jump):
+        shifts_px[jump] += np.asarray(jump_A, dtype=np.float64) / pixel_size_A
     axis_err = to_angle(axis_err_acq)
     df = to_angle(df_acq)
     dastig = to_angle(dastig_acq)
@@ -453,14 +537,34 @@ def plan_series(
         name=name, pixel_size_A=pixel_size_A, binning=1.0, image_shape_px=tuple(shape),
         optics={"voltage_kV": voltage_kV, "cs_mm": cs_mm, "amplitude_contrast": amplitude_contrast},
         tilt_axis_deg=tilt_axis_deg, tilt_angles_deg=nominal, tilt_offset_deg=tilt_offset_deg,
-        acquisition_order=acq_rank, prior_dose_e_A2=prior, dose_e_A2=np.full(n, dose_per_tilt_e_A2),
+        acquisition_order=acq_rank, prior_dose_e_A2=prior, dose_e_A2=dose_views,
         nominal_defocus_um=np.full(n, nominal_defocus_A / 1e4), xf=xf, defocus_handedness=defocus_handedness,
     )
     return SeriesTruth(
         geometry=geom, defocus_u_A=u, defocus_v_A=v, astig_angle_deg=ang,
         frame_shifts_px=-to_angle(drift_acq), nominal_defocus_A=nominal_defocus_A, n_frames=n_frames,
         frame_dose_e_A2=np.full(n_frames, dose_per_tilt_e_A2 / n_frames),
+        view_dose_scale=dose_scale if len(dark) else None,
     )
+
+
+def match_tilts(nominal_deg: Any, wanted_deg: Sequence[float], *, what: str = "tilt",
+                tol_deg: float = 1e-3) -> np.ndarray:
+    """Indices into ``nominal_deg`` (n,) of each angle of ``wanted_deg`` (within ``tol_deg``), int64.
+
+    Raises ``ValueError`` naming the nearest nominal tilt when one is not in the series, or when one is
+    listed twice."""
+    nom = np.asarray(nominal_deg, dtype=np.float64)
+    out = []
+    for w in wanted_deg:
+        d = np.abs(nom - float(w))
+        i = int(np.argmin(d))
+        if d[i] > tol_deg:
+            raise ValueError(f"{what} at {float(w):g}° is not a tilt of the series (nearest: {nom[i]:g}°)")
+        if i in out:
+            raise ValueError(f"{what} at {float(w):g}° is listed twice")
+        out.append(i)
+    return np.asarray(out, dtype=np.int64)
 
 
 def _rfft_k(shape: tuple[int, int], pixel_size_A: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -650,7 +754,7 @@ def simulate_view(
     # ---- frames --------------------------------------------------------------------------------------
     nf = truth.n_frames
     prior = geom.prior_dose_e_A2[view]
-    fd = truth.frame_dose_e_A2
+    fd = truth.frame_doses(view)
     drift = -truth.frame_shifts_px[view]  # content displacement delta_j
     gain_inv = (1.0 / gain).astype(np.float32)
     out_dtype = np.uint8 if max_count <= 255 else np.uint16

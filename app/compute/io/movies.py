@@ -256,9 +256,10 @@ def _atomic_tmp(p: Path) -> Path:
     return p.with_name(f".{p.name}.{os.getpid()}.tmp{p.suffix}")
 
 
-def write_movie_tiff(path: str | PathLike[str], frames: np.ndarray, *, compression: str | None = "zlib") -> None:
+def write_movie_tiff(path: str | PathLike[str], frames: np.ndarray, *, compression: str | None = "lzw") -> None:
     """Write frames ``(n_frames, ny, nx)`` (or one ``(ny, nx)`` frame) as a multi-page TIFF, one page per
-    frame, dtype kept; ``compression`` ``"zlib"`` (lossless, no extra package) or ``None``. Atomic."""
+    frame, dtype kept; ``compression`` ``"lzw"`` (what SerialEM writes; needs ``imagecodecs``), ``"zlib"``
+    (lossless, no extra package) or ``None``. Atomic."""
     p = Path(path)
     arr = np.asarray(frames)
     if arr.ndim == 2:
@@ -268,6 +269,21 @@ def write_movie_tiff(path: str | PathLike[str], frames: np.ndarray, *, compressi
     tmp = _atomic_tmp(p)
     try:
         tifffile.imwrite(tmp, arr, compression=compression, photometric="minisblack")
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_gain_tiff(path: str | PathLike[str], gain: np.ndarray) -> None:
+    """Write a gain reference ``(ny, nx)`` as a single-page float32 TIFF (uncompressed). Atomic."""
+    p = Path(path)
+    g = np.asarray(gain, dtype=np.float32)
+    if g.ndim != 2:
+        raise ValueError(f"{p}: a gain reference is one (ny, nx) image, got shape {g.shape}")
+    tmp = _atomic_tmp(p)
+    try:
+        tifffile.imwrite(tmp, g, photometric="minisblack")
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
