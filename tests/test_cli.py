@@ -185,3 +185,22 @@ def test_inspect_on_the_simulated_mdoc_reports_the_truth(tiny_dataset: Path, cap
     order = tilts.sort_values("tomoguideAcquisitionOrder")["rlnTomoNominalStageTiltAngle"].tolist()
     assert facts["acquisition"]["tilts_in_order"] == order
     assert facts["movies"]["found"] == len(tilts) and facts["movies"]["missing"] == 0
+
+
+def test_new_reports_what_was_found_before_any_run(tmp_path: Path, mini_session: Path, capsys) -> None:
+    victim = sorted(mini_session.glob("TS_02_*.mrc"))[1]
+    victim.unlink()
+    (mini_session / "gain.mrc").write_bytes(b"")
+    assert main(["new", str(tmp_path / "p"), "--movies", str(mini_session)]) == 0
+    out = capsys.readouterr().out
+    assert "2 mdoc file(s), 2 tilt series" in out
+    ts1, ts2 = out.split("\nTS_01: ")[1].split("\nTS_02: ")
+    assert "movies: 5 of 5 found (5 beside the mdoc)" in ts1 and "MISSING" not in ts1
+    assert "movies: 4 of 5 found" in ts2 and f"MISSING: {victim.name}" in ts2
+    for part in (ts1, ts2):
+        assert "tilts: 5, -6.0° to +6.0°, dose-symmetric from +0.0°" in part
+        assert "gain: gain.mrc (found in the session folder)" in part
+        assert "tilt axis: 85° (mdoc title)" in part
+        assert "pixel size: 2.5 Å (mdoc PixelSpacing); dose: 3 e⁻/Å² per tilt (mdoc ExposureDose)" in part
+    assert f"error: TS_02.mrc.mdoc: 1 movie file(s) missing: {victim.name}" in out
+    assert "`tomoguide run` refuses to import until these errors are fixed" in out

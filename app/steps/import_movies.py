@@ -388,7 +388,7 @@ def _find_gain(files: mdocio.SessionFiles, params: ImportMoviesParams, name: str
     pool = mine or readable
     chosen = max(pool, key=lambda c: (c.stat().st_mtime, str(c)))
     others = [c for c in readable if c != chosen]
-    issues.append(Issue("warning", f"{label}: {len(readable)} gain references found ("
+    issues.append(Issue("warning", f"{len(readable)} gain references found ("
                         + ", ".join(_rel(c, session) for c in readable) + f"); using the newest, {_rel(chosen, session)}"
                         " — choose one as the gain image if that is wrong", "gain_path"))
     return GainFinding(chosen, f"found in {_where(chosen.parent, session)}, the newest of {len(readable)}", others)
@@ -606,9 +606,15 @@ def survey(params: ImportMoviesParams) -> Survey:
         if len(group) == 1:
             it = group[0]
             level = "warning" if it.section.sub_frame_path else "info"
-            session_issues.append(Issue(level, f"{it.path}: one image at {it.section.tilt_angle_deg:g}° that belongs "
+            session_issues.append(Issue(level, f"{it.path}: one image at {it.section.tilt_angle_deg:.1f}° that belongs "
                                                "to no tilt series (a tracking or preview image?): not imported",
                                         "pattern"))
+            continue
+        angles = [it.section.tilt_angle_deg or 0.0 for it in group]
+        if max(angles) - min(angles) <= 0.05:
+            session_issues.append(Issue("warning", f"{group[0].path.parent}: {len(group)} per-movie mdocs at one tilt "
+                                                   f"angle ({angles[0]:g}°: {group[0].path.name}, ...): not a tilt "
+                                                   "series, not imported", "pattern"))
             continue
         issues = []
         recs = _records(lambda strict, group=group: mdocio.movie_group_records(
@@ -821,8 +827,9 @@ class ImportMovies(Step):
             stack = np.stack(sums).astype(np.float32)
             axis, axis_source = plan.axis_deg, plan.axis_source
             if axis is None:
-                axis, axis_source = _axis_from_data(stack, [t.tilt_deg for t in tilts]), "data"
-                ctx.log(f"{name}: no tilt axis in the mdoc; estimated from the frame sums: {axis:.1f}°")
+                axis, axis_source = round(_axis_from_data(stack, [t.tilt_deg for t in tilts]), 2), "data"
+                ctx.log(f"{name}: no tilt axis in the mdoc; estimated from the frame sums by common lines: "
+                        f"{axis:.1f}° (a line: the tilt direction, ±180°, is decided later)")
             orientation = None
             if plan.gain.path is not None and raw_sum is not None:
                 yield Progress(done / max(n_total, 1), f"{name}: gain orientation")

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from os import PathLike
@@ -965,15 +966,30 @@ def group_movie_mdocs(items: Sequence[MovieMdoc], *, max_gap_s: float = 1800.0) 
     Grouped by folder and name prefix (:func:`frame_name_parts`; files without a recognised name form one group
     per folder). Within a group, files are ordered by ``DateTime`` when all have one, else by their number, else
     by name; a new series starts where the sequence is inconsistent with one tilt series: a tilt angle already in
-    the series (within 0.05°) together with a number that does not increase (or no number), a number that falls
-    back while times increase (the next series restarting at 000), or a pause longer than ``max_gap_s`` and ten
-    times the median interval. Groups keep the order of their first file's path.
+    the series (within 0.05°) with a number that does not increase (or no number: a re-taken tilt keeps counting
+    up, the next series restarts), or a pause longer than ``max_gap_s`` and ten times the median interval. (File
+    numbers alone do not split: real sessions number files out of acquisition order.) Without times, a number
+    that occurs k times in a group means k series. Groups are sorted by folder, prefix and first path.
     """
     buckets: dict[tuple[Path, str], list[MovieMdoc]] = {}
     for it in items:
         buckets.setdefault((it.path.parent, (it.prefix or "").lower()), []).append(it)
     groups: list[list[MovieMdoc]] = []
+    parts: list[list[MovieMdoc]] = []
     for bucket in buckets.values():
+        if all(it.section.datetime is not None for it in bucket):
+            parts.append(bucket)
+            continue
+        # no times: a number that occurs k times means k series (the k-th file of each number, by name, in the k-th)
+        occurrence: Counter[int] = Counter()
+        split: dict[int, list[MovieMdoc]] = {}
+        for it in sorted(bucket, key=lambda it: (it.number if it.number is not None else -1, it.path.name)):
+            k = occurrence[it.number] if it.number is not None else 0
+            if it.number is not None:
+                occurrence[it.number] += 1
+            split.setdefault(k, []).append(it)
+        parts.extend(split.values())
+    for bucket in parts:
         timed = all(it.section.datetime is not None for it in bucket)
         if timed:
             bucket = sorted(bucket, key=lambda it: (it.section.datetime, it.number if it.number is not None else -1,
@@ -992,10 +1008,9 @@ def group_movie_mdocs(items: Sequence[MovieMdoc], *, max_gap_s: float = 1800.0) 
                 angle = it.section.tilt_angle_deg
                 repeated = any(abs((r.section.tilt_angle_deg or 0.0) - (angle or 0.0)) < 0.05 for r in run)
                 rising = prev.number is not None and it.number is not None and it.number > prev.number
-                restart = timed and prev.number is not None and it.number is not None and it.number < prev.number
                 gap = timed and (it.section.datetime.timestamp()  # type: ignore[union-attr]
                                  - prev.section.datetime.timestamp()) > limit  # type: ignore[union-attr]
-                if (repeated and not rising) or restart or gap:
+                if (repeated and not rising) or gap:
                     groups.append(run)
                     run = []
             run.append(it)
