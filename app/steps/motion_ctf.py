@@ -1,19 +1,23 @@
 """Step 2, ``motion_ctf``: frame alignment with dose weighting, and the CTF of every tilt (as Warp does it).
 
-For every tilt movie of every imported tilt series: gain correction (with the gain's flip/transpose options),
-alignment of the frames (:func:`tomoguide.compute.motion.align_movie`: cross-correlation against a running
+For every tilt movie of every imported tilt series: gain correction (the gain's orientation detected from the
+data by the import step, :func:`tomoguide.compute.gain.detect_orientation`, or the flip/transpose switches),
+EER movies grouped into frames, alignment of the frames (:func:`tomoguide.compute.motion.align_movie`: cross-correlation against a running
 reference, B-factor and resolution band, a smooth X×Y×temporal motion model), a dose-weighted sum; then the CTF
 of the aligned (unweighted) sum (:func:`tomoguide.compute.ctffit.estimate_ctf`, tilt-aware, and the defocus
 model grid with :func:`~tomoguide.compute.ctffit.fit_ctf_grid`).
 
 Outputs: ``series`` (``series.json``: per series the dose-weighted stack in angle order, optional even/odd
 stacks, the CTF STAR, the CTF preview stack and the frame shifts, with the geometry record at the output
-binning and per-view ``ctf_failed`` flags for the exclusion step).
+binning and per-view ``ctf_failed`` and ``motion_failed`` flags for the exclusion step; ``motion_failed``: the
+movie's frames could not be aligned (a dark, blank or featureless movie, or a trajectory beyond the physical
+limits of :mod:`tomoguide.compute.motion`), its sum is the plain unshifted sum).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,14 +66,37 @@ class MotionCtfParams(StepParams):
     even_odd: bool = param(
         False, title="Even/odd sums",
         help="Also write sums of the even and of the odd frames (for denoising or half-set checks). Tutorial: No.")
+    gain_orientation_auto: bool = param(
+        True, title="Gain orientation: from the data",
+        help="Orient the gain reference as the data show it: the import step compares the fixed pattern of the "
+             "raw (uncorrected) frame sums with the gain in each of its 8 possible orientations (flips and "
+             "rotations) and keeps the one that explains it, with a confidence. Untick to set the orientation "
+             "yourself with the three switches below (the tutorial's gain needs 'flip X'). When the data cannot "
+             "decide (e.g. a nearly uniform gain) the switches are used, with a warning.")
     gain_transpose: bool = param(
-        False, title="Gain: transpose", help="Transpose the gain reference before use (rows ↔ columns). Applied "
-        "first, then the flips. The tutorial's gain is not transposed.")
+        False, title="Gain: transpose", enabled_if=[("gain_orientation_auto", "=", False)],
+        help="Transpose the gain reference before use (rows ↔ columns). Applied first, then the flips. The "
+             "tutorial's gain is not transposed. Used when the orientation is not taken from the data.")
     gain_flip_x: bool = param(
-        True, title="Gain: flip X", help="Mirror the gain reference left-right before use (x → nx−1−x). The "
-        "tutorial's gain is written flipped in X, as is the demo's: check that the corrected sums are flat.")
+        True, title="Gain: flip X", enabled_if=[("gain_orientation_auto", "=", False)],
+        help="Mirror the gain reference left-right before use (x → nx−1−x). The tutorial's gain is written "
+             "flipped in X: check that the corrected sums are flat. Used when the orientation is not taken from "
+             "the data.")
     gain_flip_y: bool = param(
-        False, title="Gain: flip Y", help="Mirror the gain reference top-bottom before use (y → ny−1−y).")
+        False, title="Gain: flip Y", enabled_if=[("gain_orientation_auto", "=", False)],
+        help="Mirror the gain reference top-bottom before use (y → ny−1−y). Used when the orientation is not "
+             "taken from the data.")
+    eer_fraction: int = param(
+        16, title="EER fraction", unit="1", hard=(1, 10000), suggest=(4, 200),
+        help="Only for EER movies (Falcon 4/4i/C cameras): how many EER fractions (the camera's own, very short "
+             "frames) are summed into one frame for the alignment. Each frame should get about 0.1-0.5 e⁻/Å²; "
+             "the last fractions that do not fill a frame are left out, as RELION does. The movies are decoded "
+             "at the camera's physical pixel size (EER super-resolution is not used). Default 16.")
+    eer_group_exposure_e_A2: float | None = param(
+        None, title="EER group exposure", unit="e⁻/Å²", hard=(0.001, 100.0), suggest=(0.05, 2.0),
+        empty_means="from EER fraction",
+        help="Only for EER movies: the exposure each frame should get. When given, the number of fractions per "
+             "frame is computed from each movie's dose (mdoc) and replaces 'EER fraction'.")
     estimate_ctf: bool = param(
         True, title="Estimate CTF",
         help="Estimate the defocus and astigmatism of every tilt from its aligned sum (tutorial: Yes).")
@@ -108,6 +135,59 @@ class MotionCtfParams(StepParams):
         help="Also fit an additional phase shift (only for data taken with a phase plate). Tutorial: No.")
 
 
+ORIENTATION_FIELDS = ("gain_transpose", "gain_flip_x", "gain_flip_y")
+
+
+def _typed_switches(params: MotionCtfParams) -> tuple[bool, bool, bool]:
+    return (bool(params.gain_transpose), bool(params.gain_flip_x), bool(params.gain_flip_y))
+
+
+def gain_orientation_for(params: MotionCtfParams, series: Any) -> tuple[tuple[bool, bool, bool] | None, str, Any]:
+    """The gain orientation ``(transpose, flip_x, flip_y)`` the step uses for an imported series, where it comes
+    from, and the import step's detection record (or None).
+
+    ``(switches, "from the data", record)`` when the orientation is taken from the data and the import step
+    decided it; ``(typed, "typed switches", record)`` when ``gain_orientation_auto`` is off;
+    ``(typed, "switches (the data could not decide)", record)`` when the detection was undecided;
+    ``(None, "to detect", None)`` when the import step recorded no detection (the run then detects it from
+    the movies)."""
+    rec = getattr(series, "gain_orientation", None)
+    typed = _typed_switches(params)
+    if not params.gain_orientation_auto:
+        return typed, "typed switches", rec
+    if rec is None:
+        return None, "to detect", None
+    if rec.decided:
+        return (bool(rec.transpose), bool(rec.flip_x), bool(rec.flip_y)), "from the data", rec
+    return typed, "switches (the data could not decide)", rec
+
+
+def detect_gain_orientation_from_movies(series: Any, *, check_every: int = 4, enough: float = 20.0) -> Any:
+    """:func:`tomoguide.compute.gain.detect_orientation` on the raw sum of a series' movies, for series imported
+    without a detection: movies are added in acquisition order and the detection is tried every
+    ``check_every`` movies; it stops once the confidence reaches ``enough`` (most series need a few movies),
+    else uses them all. Returns the :class:`tomoguide.compute.gain.GainOrientation`."""
+    from tomoguide.compute.gain import detect_orientation
+    from tomoguide.compute.io.errors import FormatError
+    from tomoguide.compute.io.movies import read_gain, read_movie_sum
+
+    stored = read_gain(series.gain, keep_bad=True)
+    raw = None
+    res = None
+    tilts = sorted(series.tilts, key=lambda t: t.acquisition_order)
+    for i, t in enumerate(tilts):
+        m = read_movie_sum(t.movie)
+        raw = m if raw is None else raw + m
+        if (i + 1) % check_every == 0 or i + 1 == len(tilts):
+            try:
+                res = detect_orientation(raw, stored)
+            except ValueError as exc:
+                raise FormatError(series.gain, "shape", f"does not fit the movies of {series.name}: {exc}") from None
+            if res.decided and res.confidence >= enough:
+                break
+    return res
+
+
 class MotionCtf(Step):
     id = "motion_ctf"
     title = "Frame alignment and CTF"
@@ -126,7 +206,9 @@ class MotionCtf(Step):
         "spectrum) continue; a defocus that changes smoothly with tilt, and a fit resolution that gets worse at "
         "high tilt (the specimen is thicker there).</p>"
         "<p><b>What to check.</b> Tilts marked as failed CTF fits (shown in red: they are suggested for exclusion "
-        "later), jumps in the defocus plot, a gain that looks wrong (try the flip options), trajectories that "
+        "later), tilts whose frames could not be aligned (a dark or blank movie: they keep no shifts and are "
+        "flagged), jumps in the defocus plot, the gain's orientation in the log (taken from the data, with its "
+        "confidence; a corrected sum with stripes or a pattern means a wrong orientation), trajectories that "
         "jump by many pixels.</p>"
     )
     Params = MotionCtfParams
@@ -162,22 +244,60 @@ class MotionCtf(Step):
                                         f"than the images", "ctf_window_px"))
                 if s.gain is None:
                     issues.append(Issue("info", f"{s.name}: no gain reference: the movies are used as they are"))
+                    continue
+                issues.extend(self._gain_issues(params, s))
         return issues
+
+    @staticmethod
+    def _gain_issues(params: MotionCtfParams, s: Any) -> list[Issue]:
+        """Warnings about the gain orientation of one series (see :func:`gain_orientation_for`)."""
+        from tomoguide.compute.gain import MIN_CONFIDENCE, orientation_name
+
+        used, source, rec = gain_orientation_for(params, s)
+        if rec is None:
+            if used is None:
+                return [Issue("info", f"{s.name}: the gain's orientation was not recorded at import; it is detected "
+                                      "from the movies at the start of the run")]
+            return []
+        typed = _typed_switches(params)
+        found = (bool(rec.transpose), bool(rec.flip_x), bool(rec.flip_y))
+        if source == "typed switches" and rec.decided and rec.confidence >= MIN_CONFIDENCE and found != typed:
+            return [Issue("warning", f"{s.name}: the data show the gain as '{orientation_name(*found)}' "
+                                     f"(confidence {rec.confidence:.1f}) but the switches say "
+                                     f"'{orientation_name(*typed)}': the corrected images will carry the gain's "
+                                     "pattern. Tick 'Gain orientation: from the data' or check the switches.",
+                          "gain_orientation_auto")]
+        if source.startswith("switches"):
+            return [Issue("warning", f"{s.name}: the gain's orientation could not be decided from the data "
+                                     f"(confidence {rec.confidence:.1f}; best '{orientation_name(*found)}'); the "
+                                     f"switches are used ('{orientation_name(*typed)}')", "gain_orientation_auto")]
+        return []
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
         assert isinstance(params, MotionCtfParams)
         series = load_series(ctx.output("import_movies", "tilt_series"))
+        from tomoguide.compute.io.movies import eer_fractions_per_frame, read_movie_header
+
         n = sum(len(s.tilts) for s in series)
         ny, nx = series[0].tilts[0].frame_shape_px
         per = ny * nx * 4 / params.binning**2
         disk = n * per * (3 if params.even_odd else 1) + n * CTF_PREVIEW_PX**2 * 4
-        frames = max(t.n_frames for s in series for t in s.tilts)
+        frames = 1
+        for s in series:  # frames after EER grouping (the header of each series' longest movie)
+            t = max(s.tilts, key=lambda t: t.n_frames)
+            k = eer_fractions_per_frame(t.n_frames, params.eer_fraction,
+                                        group_exposure_e_A2=params.eer_group_exposure_e_A2, movie_dose_e_A2=t.dose_e_A2)
+            try:
+                frames = max(frames, read_movie_header(t.movie, eer_fractions_per_frame=k)[0])
+            except (OSError, ValueError):
+                frames = max(frames, t.n_frames)
         return Needs(disk_bytes=int(disk), memory_bytes=int(ny * nx * 4 * frames * 6 + per * len(series[0].tilts)))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.backend import to_numpy
         from tomoguide.compute.ctffit import estimate_ctf, fit_ctf_grid
-        from tomoguide.compute.io.movies import check_gain_shape, read_gain, read_movie
+        from tomoguide.compute.gain import bin_gain_2x, orientation_name
+        from tomoguide.compute.io.movies import check_gain_shape, eer_fractions_per_frame, read_gain, read_movie
         from tomoguide.compute.io.mrc import write_mrc
         from tomoguide.compute.io.star import write_star
         from tomoguide.compute.motion import align_movie
@@ -189,20 +309,54 @@ class MotionCtf(Step):
         entries: list[SeriesEntry] = []
         metrics: dict[str, Any] = {"series": {}}
         t_align = t_ctf = 0.0
+        n_motion_failed = 0
         for s in series:
             g = s.geometry
             gain = None
+            gain_metrics: dict[str, Any] = {}
             if s.gain:
-                gain = read_gain(s.gain, flip_x=params.gain_flip_x, flip_y=params.gain_flip_y,
-                                 transpose=params.gain_transpose)
+                used, source, rec = gain_orientation_for(params, s)
+                confidence = None if rec is None else float(rec.confidence)
+                if used is None:
+                    yield Progress(done / max(n_total, 1), f"{s.name}: detecting the gain's orientation")
+                    det = detect_gain_orientation_from_movies(s)
+                    confidence = float(det.confidence)
+                    if det.decided:
+                        used, source = det.switches, "from the data (detected here)"
+                    else:
+                        used, source = _typed_switches(params), "switches (the data could not decide)"
+                    ctx.log(f"{s.name}: gain orientation detected from the movies: {det.describe()}")
+                gain = read_gain(s.gain, transpose=used[0], flip_x=used[1], flip_y=used[2])
+                fy, fx = s.tilts[0].frame_shape_px
+                if gain.shape == (2 * fy, 2 * fx):
+                    gain = bin_gain_2x(gain)
+                    ctx.log(f"{s.name}: super-resolution gain {gain.shape[1] * 2}×{gain.shape[0] * 2} binned 2× to "
+                            "the movies (harmonic mean of each 2×2 block)")
                 check_gain_shape(gain, s.tilts[0].frame_shape_px, s.gain)
+                conf_text = "" if confidence is None else f", confidence {confidence:.1f}"
+                ctx.log(f"{s.name}: gain {Path(s.gain).name} used as '{orientation_name(*used)}' ({source}"
+                        f"{conf_text})")
+                gain_metrics = {"gain_orientation": orientation_name(*used), "gain_orientation_source": source,
+                                "gain_orientation_confidence": None if confidence is None else round(confidence, 2)}
             sums, evens, odds, previews, ctf_rows, shift_rows = [], [], [], [], [], []
             failed: list[bool] = []
+            motion_failed: list[bool] = []
             px_out = g.pixel_size_A * params.binning
             true_tilts = g.true_tilt_deg()
+            eer_logged = False
             for i, t in enumerate(s.tilts):
                 ctx.check_cancel()
-                frames = read_movie(t.movie)
+                k = eer_fractions_per_frame(t.n_frames, params.eer_fraction,
+                                            group_exposure_e_A2=params.eer_group_exposure_e_A2,
+                                            movie_dose_e_A2=t.dose_e_A2)
+                frames = read_movie(t.movie, eer_fractions_per_frame=k)  # k is used for EER movies only
+                # an EER movie's t.n_frames counts its fractions: k of them make one frame
+                per_frame = 1 if frames.shape[0] == t.n_frames else k
+                if per_frame > 1 and not eer_logged:
+                    ctx.log(f"{s.name}: EER movies: {t.n_frames} fractions grouped by {k} into {frames.shape[0]} "
+                            f"frames of {t.dose_e_A2 * k / t.n_frames:.3f} e⁻/Å²"
+                            + (f" ({t.n_frames % k} fractions left out)" if t.n_frames % k else ""))
+                    eer_logged = True
                 if frames.shape[1:] != tuple(t.frame_shape_px):
                     from tomoguide.compute.io.errors import FormatError
 
@@ -213,9 +367,13 @@ class MotionCtf(Step):
                     frames, pixel_size_A=g.pixel_size_A, gain=gain, bfactor_A2=params.bfactor_A2,
                     res_band_A=(params.res_low_A, params.res_high_A),
                     grid=(params.grid_x, params.grid_y, params.grid_t), prior_dose_e_A2=t.prior_dose_e_A2,
-                    dose_per_frame_e_A2=t.dose_e_A2 / max(t.n_frames, 1), voltage_kV=g.optics.voltage_kV,
-                    even_odd=params.even_odd, binning=params.binning)
+                    dose_per_frame_e_A2=t.dose_e_A2 * per_frame / max(t.n_frames, 1),
+                    voltage_kV=g.optics.voltage_kV, even_odd=params.even_odd, binning=params.binning)
                 t_align += time.perf_counter() - t0
+                motion_failed.append(bool(res.failed))
+                if res.failed:
+                    ctx.log(f"{s.name}: tilt {t.tilt_deg:+.1f}°: frame alignment failed ({res.failure_reason}); "
+                            "flagged for the exclusion step")
                 sums.append(to_numpy(res.aligned_sum).astype(np.float32))
                 if params.even_odd:
                     evens.append(to_numpy(res.even_sum).astype(np.float32))
@@ -225,7 +383,9 @@ class MotionCtf(Step):
                                        "rlnMicrographFrameNumber": f_i + 1, "rlnMicrographShiftX": float(sx),
                                        "rlnMicrographShiftY": float(sy),
                                        "tomoguideRawShiftX": float(res.raw_shifts_px[f_i, 0]),
-                                       "tomoguideRawShiftY": float(res.raw_shifts_px[f_i, 1])})
+                                       "tomoguideRawShiftY": float(res.raw_shifts_px[f_i, 1]),
+                                       "tomoguidePeakSignificance": float(res.peak_z[f_i]),
+                                       "tomoguideMotionFailed": int(res.failed)})
                 yield Progress((done + 0.5) / n_total, f"{s.name}: aligned tilt {t.tilt_deg:+.1f}° "
                                f"(drift {res.total_drift_px:.1f} px)")
                 if params.estimate_ctf:
@@ -268,11 +428,15 @@ class MotionCtf(Step):
                 write_mrc(ctx.run_dir / files["odd"], np.stack(odds), voxel_size_A=px_out, is_stack=True)
             files["frame_shifts"] = f"{s.name}_frame_shifts.star"
             write_star(ctx.run_dir / files["frame_shifts"], {"frame_shifts": pd.DataFrame(shift_rows)})
-            flags: dict[str, list[bool]] = {}
+            flags: dict[str, list[bool]] = {"motion_failed": motion_failed}
+            n_motion_failed += int(sum(motion_failed))
             series_metrics: dict[str, Any] = {
                 "n_tilts": len(s.tilts),
                 "median_total_drift_px": float(np.median([np.hypot(r["rlnMicrographShiftX"], r["rlnMicrographShiftY"])
                                                           for r in shift_rows])),
+                "n_motion_failed": int(sum(motion_failed)),
+                "motion_failed_tilts_deg": [float(t.tilt_deg) for t, f in zip(s.tilts, motion_failed) if f],
+                **gain_metrics,
             }
             if params.estimate_ctf:
                 files.update(write_ctf_results(ctx.run_dir, s.name, ctf_rows, previews, g.optics, px_out))
@@ -290,8 +454,10 @@ class MotionCtf(Step):
         metrics["time_per_tilt_align_s"] = round(t_align / n, 3)
         metrics["time_per_tilt_ctf_s"] = round(t_ctf / n, 3)
         metrics["n_ctf_failed"] = int(sum(m.get("n_ctf_failed", 0) for m in metrics["series"].values()))
+        metrics["n_motion_failed"] = n_motion_failed
         return StepResult(outputs={"series": out}, metrics=metrics,
                           summary=f"aligned {n_total} movies ({metrics['time_per_tilt_align_s']:.2f} s per tilt)"
+                          + (f", {n_motion_failed} could not be aligned (flagged)" if n_motion_failed else "")
                           + (f", CTF of every tilt ({metrics['n_ctf_failed']} failed fits flagged)"
                              if params.estimate_ctf else ""))
 
