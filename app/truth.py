@@ -150,6 +150,27 @@ def xray_detection(truth_dir: Path, motion_series: Path, xray_series: Path) -> d
             "other_pixels_touched_fraction": other / n_pix, "other_pixels_touched": other}
 
 
+def planted(truth_dir: Path) -> dict[str, Any]:
+    """The conventions and planted problems of a simulated session (``summary.json`` block ``planted``, see
+    :func:`tomoguide.synth.generate`): ``tilt_scheme``, ``layout``, ``mdoc_kind``, ``movie_format``, ``gain``
+    (path and the transpose / flip_x / flip_y that restore it), ``tilt_axis`` (``true_deg`` vs ``mdoc_deg``),
+    ``dark_views`` and ``jump_views`` per series (nominal tilt, angle-order ``view_index``, acquisition order,
+    movie). Data simulated before these options existed: the defaults (flat layout, series mdocs, gain flipped
+    in X, mdoc axis = true axis, no dark or jump views)."""
+    import json
+
+    info = json.loads((Path(truth_dir) / "summary.json").read_text())
+    if "planted" in info:
+        return info["planted"]
+    prm = info["params"]
+    return {"tilt_scheme": "dose_symmetric", "layout": "flat", "mdoc_kind": "series",
+            "movie_format": prm.get("movie_format", "mrc"), "line_endings": "lf", "series_names": list(info["series"]),
+            "gain": {"path": "data/gain.mrc", "file_name": "gain.mrc", "transpose": False, "flip_x": True,
+                     "flip_y": False},
+            "tilt_axis": {"true_deg": prm["tilt_axis_deg"], "mdoc_deg": prm["tilt_axis_deg"], "mdoc_error_deg": 0.0},
+            "dark_views": {n: [] for n in info["series"]}, "jump_views": {n: [] for n in info["series"]}}
+
+
 def true_geometry(truth_dir: Path, name: str) -> Any:
     """The simulator's true :class:`~tomoguide.geometry.TiltSeriesGeometry` of series ``name`` (binning 1)."""
     from tomoguide.geometry import TiltSeriesGeometry

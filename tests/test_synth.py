@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.ndimage
+import tifffile
 from scipy.ndimage import fourier_shift
 
 from tomoguide import synth
@@ -303,3 +304,329 @@ def test_particles_star_orientations_reproduce_volume(tiny: dict) -> None:
     cc = np.corrcoef(box_vals, ref_vals)[0, 1]
     assert cc > 0.6, cc
     assert cc > np.corrcoef(box_vals, ref_wrong)[0, 1] + 0.05
+
+
+# ---- other sessions' conventions (issue 14): each option checked on the files it writes ------------------
+
+CONV = synth.PRESETS["tiny"].model_copy(update=dict(
+    seed=31, image_nx_px=256, image_ny_px=192, n_frames=2, n_particles=6, n_globular_distractors=0,
+    dose_per_tilt_e_A2=12.0, shift_sigma_A=4.0, shift_walk_A=2.0, truth_binning=4,
+    series_names=["TS_07"], layout="frames", mdoc_kind="both", movie_format="tiff", line_endings="crlf",
+    gain_file_name="CountRef_TS_07.tif", gain_transpose=True, gain_flip_x=False, gain_flip_y=True,
+    tilt_axis_deg=-94.0, mdoc_axis_error_deg=0.7, tilt_scheme="bidirectional", start_tilt_deg=-10.0,
+    dark_view_tilts_deg=[20.0], jump_view_tilts_deg=[-20.0]))
+
+
+@pytest.fixture(scope="module")
+def conv(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small session in SerialEM's Frames/ layout: TS_07, LZW TIFF, CRLF series and per-movie mdocs, a
+    transposed + Y-flipped TIFF gain, bidirectional from -10°, mdoc axis 0.7° off, a dark and a jump view."""
+    params = synth.SimParams.model_validate(CONV.model_dump())  # validated like a user's --set
+    out = tmp_path_factory.mktemp("synth_conv")
+    summary = synth.generate(out, params)
+    ts = "TS_07"
+    tilts = star.read_star(out / "truth" / ts / f"{ts}_tilts.star")["tilts"]
+    geom = TiltSeriesGeometry.model_validate_json((out / "truth" / ts / f"{ts}_geometry.json").read_text())
+    info = json.loads((out / "truth" / "summary.json").read_text())
+    return {"out": out, "summary": summary, "params": params, "tilts": tilts, "geom": geom, "info": info, "ts": ts}
+
+
+def test_conventions_layout_names_and_crlf(conv: dict) -> None:
+    out, s, ts = conv["out"], conv["summary"], conv["ts"]
+    data = out / "data"
+    assert s.series == [ts] and s.mdoc_paths == [data / f"{ts}.mdoc"]
+    assert s.gain_path == data / "Frames" / "CountRef_TS_07.tif" and s.gain_path.is_file()
+    movies_dir = data / "Frames" / ts
+    names = sorted(p.name for p in movies_dir.glob("*.tif"))
+    order = list(conv["params"].acquisition_tilts_deg())  # bidirectional from -10: -10, 0, 10, 20, 30, -20, -30
+    assert order == [-10.0, 0.0, 10.0, 20.0, 30.0, -20.0, -30.0]
+    assert names == sorted(f"{ts}_{i:03d}_{a:.2f}.tif" for i, a in enumerate(order))
+    assert sorted(p.name for p in movies_dir.glob("*.mdoc")) == sorted(f"{n}.mdoc" for n in names)
+    assert [p.parent for p in s.movie_mdoc_paths] == [movies_dir] * len(names)
+    for path in [s.mdoc_paths[0], *s.movie_mdoc_paths]:
+        raw = path.read_bytes()
+        assert raw.count(b"\r\n") == raw.count(b"\n") > 10, path  # every line ends in CRLF
+    md = mdoc.read_mdoc(s.mdoc_paths[0])
+    subs = [sec.sub_frame_path for sec in md.sections]
+    assert subs == [f"X:\\Frames\\{ts}\\{ts}_{i:03d}_{a:.2f}.tif" for i, a in enumerate(order)]
+    assert conv["tilts"]["rlnMicrographMovieName"].str.startswith(f"data/Frames/{ts}/").all()
+    # the truth's movie names and the summary's lists point at the files
+    assert all((out / m).is_file() for m in conv["info"]["series"][ts]["movies"])
+    assert conv["info"]["series"][ts]["mdoc"] == f"data/{ts}.mdoc"
+
+
+def test_conventions_mdoc_axis_is_true_plus_error(conv: dict) -> None:
+    s, info, geom = conv["summary"], conv["info"], conv["geom"]
+    md = mdoc.read_mdoc(s.mdoc_paths[0])
+    assert md.tilt_axis_deg == pytest.approx(-94.0 + 0.7)
+    assert all(sec.rotation_angle_deg == pytest.approx(-93.3 + 90.0) for sec in md.sections)
+    frame = mdoc.read_mdoc(s.movie_mdoc_paths[0])
+    assert frame.kind == "frameset" and frame.tilt_axis_deg is None  # frame mdocs state no axis in a title
+    assert frame.sections[0].rotation_angle_deg == pytest.approx(-3.3)
+    # the truth keeps the true axis
+    assert geom.tilt_axis_deg == -94.0 and info["params"]["tilt_axis_deg"] == -94.0
+    assert info["planted"]["tilt_axis"] == {"true_deg": -94.0, "mdoc_deg": pytest.approx(-93.3),
+                                            "mdoc_error_deg": 0.7, "mdoc_rotation_angle_deg": -3.3,
+                                            "title_states_axis": True}
+    from tomoguide.geometry import rotation_angle_deg
+
+    rot = rotation_angle_deg(geom.xf_array()[:, :, :2])
+    assert np.all(np.abs(rot - 94.0) < 2.0)  # the true xf rotate by -(true axis)
+
+
+def test_conventions_per_movie_mdocs_match_truth(conv: dict) -> None:
+    s, tilts = conv["summary"], conv["tilts"]
+    first = s.movie_mdoc_paths[0].read_text(encoding="latin-1").splitlines()
+    assert first[0].startswith("T = SerialEM: ") and first[1] == "Voltage = 300" and first[3] == "[FrameSet = 0]"
+    recs = mdoc.tilt_records_from_movie_mdocs(sorted(s.movie_mdoc_paths, key=lambda p: p.name)[::-1])
+    by_angle = sorted(recs, key=lambda r: r.tilt_angle_deg)
+    np.testing.assert_allclose([r.tilt_angle_deg for r in by_angle], tilts["rlnTomoNominalStageTiltAngle"])
+    np.testing.assert_array_equal([r.acquisition_order for r in by_angle], tilts["tomoguideAcquisitionOrder"])
+    np.testing.assert_allclose([r.prior_dose_e_A2 for r in by_angle], tilts["rlnMicrographPreExposure"])
+    np.testing.assert_allclose([r.dose_e_A2 for r in by_angle], tilts["tomoguideDose"])
+    assert all(r.movie_found for r in recs)
+    assert [Path(r.movie_path).name for r in by_angle] == [Path(m).name for m in tilts["rlnMicrographMovieName"]]
+    for path in s.movie_mdoc_paths:
+        sec = mdoc.mdoc_for_frameset(path)
+        assert sec.raw["GainReference"] == "CountRef_TS_07.tif"
+        assert sec.num_sub_frames == 2 and sec.pixel_spacing_A == 2.0 and sec.target_defocus_um == 4.0
+        assert sec.sub_frame_path.endswith(path.name.removesuffix(".mdoc"))
+        row = tilts[tilts["rlnTomoNominalStageTiltAngle"] == sec.tilt_angle_deg].iloc[0]
+        assert sec.defocus_um * 1e4 == pytest.approx((row["rlnDefocusU"] + row["rlnDefocusV"]) / 2, abs=1.0)
+
+
+def test_conventions_tiff_movies_are_lzw(conv: dict) -> None:
+    for name in conv["tilts"]["rlnMicrographMovieName"]:
+        with tifffile.TiffFile(conv["out"] / name) as tif:
+            assert len(tif.pages) == 2
+            assert all(p.compression == tifffile.COMPRESSION.LZW for p in tif.pages)
+            assert tif.pages[0].dtype == np.uint8 and tif.pages[0].shape == (192, 256)
+    assert movies.read_movie(conv["out"] / name).shape == (2, 192, 256)
+
+
+def _raw_mean(t: dict, exclude: set[int] = frozenset()) -> np.ndarray:
+    total = 0.0
+    for v, name in enumerate(t["tilts"]["rlnMicrographMovieName"]):
+        if v not in exclude:
+            total = total + sum(_clean_at(f, 80) for f in movies.read_movie(t["out"] / name).astype(np.float64))
+    return total
+
+
+def _clean_at(frame: np.ndarray, limit: float) -> np.ndarray:
+    f = frame.copy()
+    f[f > limit] = np.median(f)
+    return f
+
+
+def test_gain_orientation_restored_by_recorded_ops(conv: dict) -> None:
+    """The gain file, read with the orientation the truth records, explains the fixed pattern of the raw
+    frames; none of the 7 other orientations does."""
+    g = conv["info"]["planted"]["gain"]
+    assert (g["transpose"], g["flip_x"], g["flip_y"]) == (True, False, True)
+    path = conv["out"] / g["path"]
+    stored = np.asarray(tifffile.imread(path))
+    assert stored.dtype == np.float32 and stored.shape == (256, 192)  # transposed: (nx, ny) on disk
+    dark = {int(conv["info"]["planted"]["dark_views"]["TS_07"][0]["view_index"])}
+    raw = _raw_mean(conv, exclude=dark)
+    scores = {}
+    for tr in (False, True):
+        for fx in (False, True):
+            for fy in (False, True):
+                gain = movies.read_gain(path, transpose=tr, flip_x=fx, flip_y=fy)
+                if gain.shape != raw.shape:
+                    scores[(tr, fx, fy)] = 0.0
+                    continue
+                scores[(tr, fx, fy)] = np.corrcoef(raw.ravel(), (1.0 / gain).ravel())[0, 1]
+    best = max(scores, key=scores.get)
+    assert best == (True, False, True), scores
+    others = [v for k, v in scores.items() if k != best]
+    assert scores[best] > 0.5 and scores[best] > 2 * max(others), scores
+    np.testing.assert_array_equal(synth.restore_gain(stored, transpose=True, flip_x=False, flip_y=True),
+                                  movies.read_gain(path, transpose=True, flip_x=False, flip_y=True))
+
+
+def test_every_gain_orientation_round_trips(tmp_path: Path) -> None:
+    """stored_gain is the inverse of read_gain's transpose -> flip X -> flip Y, for all 8 orientations."""
+    gain = np.random.default_rng(0).uniform(0.8, 1.2, (6, 9)).astype(np.float32)
+    seen = set()
+    for tr in (False, True):
+        for fx in (False, True):
+            for fy in (False, True):
+                stored = synth.stored_gain(gain, transpose=tr, flip_x=fx, flip_y=fy)
+                seen.add(stored.tobytes())
+                mrc.write_mrc(tmp_path / "g.mrc", stored, 1.0)
+                movies.write_gain_tiff(tmp_path / "g.tif", stored)
+                for name in ("g.mrc", "g.tif"):
+                    back = movies.read_gain(tmp_path / name, transpose=tr, flip_x=fx, flip_y=fy)
+                    np.testing.assert_array_equal(back, gain)
+    assert len(seen) == 8  # eight different files
+
+
+def test_dark_view_is_dark_and_its_dose_recorded(conv: dict) -> None:
+    p, tilts, info = conv["params"], conv["tilts"], conv["info"]
+    (entry,) = info["planted"]["dark_views"]["TS_07"]
+    v = entry["view_index"]
+    assert entry["nominal_tilt_deg"] == 20.0 and tilts["rlnTomoNominalStageTiltAngle"].iloc[v] == 20.0
+    assert entry["acquisition_order"] == 3 and entry["movie"].endswith("TS_07_003_20.00.tif")
+    assert tilts["tomoguideDose"].iloc[v] == pytest.approx(12.0 * 0.03)
+    frames = [movies.read_movie(conv["out"] / m).astype(float) for m in tilts["rlnMicrographMovieName"]]
+    gain = movies.read_gain(conv["out"] / info["planted"]["gain"]["path"], transpose=True, flip_y=True)
+    hot = np.loadtxt(conv["out"] / "truth" / "hot_pixels.csv", delimiter=",", skiprows=1, dtype=int)
+    mask = np.ones(gain.shape, bool)
+    mask[hot[:, 0], hot[:, 1]] = False
+    counts = np.array([np.mean(np.clip(f * gain, 0, 80)[:, mask]) for f in frames])  # per pixel and frame
+    normal = np.delete(counts, v)
+    expected = p.dose_per_tilt_e_A2 / p.n_frames * p.pixel_size_A**2
+    np.testing.assert_allclose(normal, expected, rtol=0.02)
+    assert counts[v] / expected == pytest.approx(0.03, rel=0.05)
+    md = mdoc.read_mdoc(conv["summary"].mdoc_paths[0])
+    sec = next(s for s in md.sections if s.tilt_angle_deg == 20.0)
+    assert sec.exposure_dose_e_A2 == pytest.approx(0.36)
+    # the views acquired after it had 11.64 e/Å² less prior dose than 12 x their order
+    later = tilts["tomoguideAcquisitionOrder"] > 3
+    np.testing.assert_allclose(tilts["rlnMicrographPreExposure"][later],
+                               12.0 * tilts["tomoguideAcquisitionOrder"][later] - 11.64)
+
+
+def test_jump_view_in_truth_alignment(conv: dict) -> None:
+    geom, tilts, info = conv["geom"], conv["tilts"], conv["info"]
+    (entry,) = info["planted"]["jump_views"]["TS_07"]
+    v = entry["view_index"]
+    assert entry["nominal_tilt_deg"] == -20.0 and entry["jump_px"] == [120.0, -72.0]
+    shifts = geom.specimen_shifts_px()
+    others = np.delete(shifts, v, axis=0)
+    # random shifts are small in this fixture (4 Å, 2 Å walk): the jump stands out by (120, -72) px
+    np.testing.assert_allclose(shifts[v] - np.median(others, axis=0), [120.0, -72.0], atol=8.0)
+    assert np.all(np.hypot(*(others - np.median(others, axis=0)).T) < 8.0)
+    # the same jump in the truth STAR and the truth .xf the alignment is scored against
+    np.testing.assert_allclose(tilts["tomoguideSpecimenShiftX"].iloc[v], shifts[v, 0])
+    xf = imod.read_xf(conv["out"] / "truth" / "TS_07" / "TS_07.xf")
+    s_xf = -np.linalg.solve(xf[:, :4].reshape(-1, 2, 2), xf[:, 4:, None])[..., 0]
+    np.testing.assert_allclose(s_xf, shifts, atol=0.01)
+
+
+def test_sim_params_refuse_bad_combinations() -> None:
+    base = synth.PRESETS["tiny"].model_dump()
+    bad = {
+        "not a tilt of the series": dict(dark_view_tilts_deg=[15.0]),
+        "listed twice": dict(jump_view_tilts_deg=[10.0, 10.0]),
+        "series_names has 2 names": dict(series_names=["A", "B"]),
+        "distinct": dict(n_series=2, series_names=["A", "A"]),
+        "letters, digits": dict(series_names=["TS 1"]),
+        "plain file name": dict(gain_file_name="Frames/gain.mrc"),
+        "ending in": dict(gain_file_name="gain.dm4"),
+        "start_tilt_deg must be 0": dict(tilt_scheme="unidirectional", start_tilt_deg=-10.0),
+        "electrons per pixel per EER fraction": dict(movie_format="eer", eer_fractions_per_frame=2),
+        "Extra inputs": dict(no_such_option=1),
+        "Input should be 'flat' or 'frames'": dict(layout="Frames"),
+    }
+    for message, change in bad.items():
+        with pytest.raises(ValueError, match=message):
+            synth.SimParams.model_validate({**base, **change})
+    ok = synth.SimParams.model_validate({**base, "tilt_scheme": "bidirectional", "start_tilt_deg": -10.0,
+                                         "dark_view_tilts_deg": [30.0], "movie_format": "eer"})
+    assert ok.names() == ["TS_01"] and ok.acquisition_tilts_deg()[0] == -10.0
+
+
+@pytest.fixture(scope="module")
+def eer_pair(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same small session written twice, as MRC and as EER movies (same seed: the same frames)."""
+    base = synth.PRESETS["tiny"].model_copy(update=dict(
+        seed=9, image_nx_px=160, image_ny_px=128, n_frames=2, max_tilt_deg=10.0, n_particles=3,
+        n_globular_distractors=0, truth_binning=4, tilt_scheme="unidirectional", mdoc_kind="per_movie",
+        xray_hits_per_tilt=3.0))
+    out = {}
+    for fmt in ("mrc", "eer"):
+        d = tmp_path_factory.mktemp(f"synth_{fmt}")
+        out[fmt] = (d, synth.generate(d, synth.SimParams.model_validate({**base.model_dump(), "movie_format": fmt})))
+    return out
+
+
+def test_eer_movies_are_the_frames_split_into_fractions(eer_pair: dict) -> None:
+    """Decoded by tifffile/imagecodecs, each group of 16 EER fractions sums to the simulated frame (the
+    MRC movie of the same seed), saturated at 16 counts (one event per pixel and fraction)."""
+    (d_mrc, _), (d_eer, s_eer) = eer_pair["mrc"], eer_pair["eer"]
+    names = sorted(p.name for p in (d_eer / "data" / "TS_01").glob("*.eer"))
+    assert names == ["TS_01_000_-10.0.eer", "TS_01_001_0.0.eer", "TS_01_002_10.0.eer"]
+    n_sat = 0
+    for name in names:
+        frames = np.asarray(movies.read_movie(d_mrc / "data" / "TS_01" / name.replace(".eer", ".mrc")), np.int64)
+        with tifffile.TiffFile(d_eer / "data" / "TS_01" / name) as tif:
+            assert tif.is_eer and all(int(p.compression) == 65001 for p in tif.pages)
+            meta = tif.eer_metadata
+            fractions = tif.asarray()
+        assert fractions.shape == (32, 128, 160) and meta["numberOfFrames"] == 32
+        assert meta["sensorPixelSize.width"] == pytest.approx(2e-10) and meta["totalDose"] == pytest.approx(3.0)
+        summed = fractions.reshape(2, 16, 128, 160).sum(axis=1)
+        np.testing.assert_array_equal(summed, np.minimum(frames, 16))
+        n_sat += int(np.count_nonzero(frames > 16))
+    assert n_sat > 0  # hot pixels and X-ray hits saturate, as on a counting camera
+    sec = mdoc.mdoc_for_frameset(s_eer.movie_mdoc_paths[0])
+    assert sec.num_sub_frames == 32 and sec.frame_dose_e_A2 == pytest.approx(3.0 / 32)
+    assert json.loads((d_eer / "truth" / "summary.json").read_text())["planted"]["eer_fractions_per_frame"] == 16
+
+
+def test_scenarios_are_valid_and_described() -> None:
+    assert len(synth.SCENARIOS) == 8 and set(synth.SCENARIO_NOTES) == set(synth.SCENARIOS)
+    seeds = [p.seed for p in synth.SCENARIOS.values()]
+    assert len(set(seeds)) == 8
+    for name, p in synth.SCENARIOS.items():
+        again = synth.SimParams.model_validate(p.model_dump())  # every option passes validation
+        assert again == p, name
+        assert (p.image_nx_px, p.image_ny_px, p.n_frames) == (1024, 1024, 6), name
+    sc = synth.SCENARIOS
+    assert sc["frames_windows"].names() == ["TS_07"] and sc["frames_windows"].layout == "frames"
+    assert sc["frames_windows"].mdoc_axis_deg() == pytest.approx(-93.6)
+    assert sc["per_movie_mdocs"].names() == ["TS_01", "TS_02"] and sc["per_movie_mdocs"].mdoc_kind == "per_movie"
+    assert sc["axis_off_eer"].movie_format == "eer" and sc["axis_off_eer"].mdoc_axis_deg() == -95.0
+    assert sc["inverted_axis"].mdoc_axis_deg() == -95.0 and sc["inverted_axis"].tilt_axis_deg == 85.0
+    assert sc["sparse_lowdose"].acquisition_tilts_deg()[0] == -60.0
+    assert sc["near90_tiff"].names() == ["Position_3"] and sc["near90_tiff"].mdoc_axis_deg() == pytest.approx(91.3)
+    assert sc["grouped_dark"].mdoc_axis_deg() == pytest.approx(85.0)
+
+
+def test_scenario_planted_block(tmp_path: Path) -> None:
+    """frames_windows at reduced size (256², 2 frames): the files are where the planted block says."""
+    p = synth.SCENARIOS["frames_windows"].model_copy(update=dict(
+        image_nx_px=256, image_ny_px=256, n_frames=2, n_particles=4, n_globular_distractors=0, truth_binning=8))
+    synth.generate(tmp_path, synth.SimParams.model_validate(p.model_dump()))
+    from tomoguide import truth
+
+    pl = truth.planted(tmp_path / "truth")
+    assert pl["layout"] == "frames" and pl["movie_format"] == "tiff" and pl["line_endings"] == "crlf"
+    assert pl["tilt_scheme"] == "bidirectional" and pl["tilts_in_acquisition_order"][:2] == [-20.0, -17.0]
+    assert pl["gain"]["path"] == "data/Frames/CountRef_TS_07.mrc" and (tmp_path / pl["gain"]["path"]).is_file()
+    assert (pl["gain"]["transpose"], pl["gain"]["flip_x"], pl["gain"]["flip_y"]) == (False, False, True)
+    assert pl["tilt_axis"]["true_deg"] == -94.0 and pl["tilt_axis"]["mdoc_deg"] == pytest.approx(-93.6)
+    md = mdoc.read_mdoc(tmp_path / "data" / "TS_07.mdoc")
+    assert md.tilt_axis_deg == pytest.approx(pl["tilt_axis"]["mdoc_deg"])
+    tilts = star.read_star(tmp_path / "truth" / "TS_07" / "TS_07_tilts.star")["tilts"]
+    for kind, tilt in (("dark_views", 58.0), ("jump_views", 22.0)):
+        (e,) = pl[kind]["TS_07"]
+        row = tilts.iloc[e["view_index"]]
+        assert e["nominal_tilt_deg"] == row["rlnTomoNominalStageTiltAngle"] == tilt
+        assert e["acquisition_order"] == row["tomoguideAcquisitionOrder"]
+        assert e["movie"] == row["rlnMicrographMovieName"] and (tmp_path / e["movie"]).is_file()
+    assert pl["dark_views"]["TS_07"][0]["dose_e_A2"] == pytest.approx(0.09)
+
+
+def test_simulate_command_with_a_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tomoguide.cli import main
+
+    assert main(["simulate", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"  {name}: " in listed for name in synth.SCENARIOS)
+    small = ["--set", "image_nx_px=128", "--set", "image_ny_px=128", "--set", "n_frames=2", "--set",
+             "n_particles=2", "--set", "n_globular_distractors=0", "--set", "truth_binning=8"]
+    assert main(["simulate", "--scenario", "grouped_dark", "--seed", "5", "--out", str(tmp_path), *small]) == 0
+    info = json.loads((tmp_path / "truth" / "summary.json").read_text())
+    assert info["params"]["seed"] == 5 and info["params"]["image_nx_px"] == 128
+    assert info["params"]["tilt_axis_deg"] == 84.2 and info["params"]["group_size"] == 4
+    assert [e["nominal_tilt_deg"] for e in info["planted"]["dark_views"]["TS_01"]] == [-51.0, 60.0]
+    assert [e["nominal_tilt_deg"] for e in info["planted"]["jump_views"]["TS_01"]] == [-27.0]
+    assert main(["simulate", "--scenario", "no_such", "--out", str(tmp_path)]) == 2
+    assert "frames_windows" in capsys.readouterr().err
+    assert main(["simulate", "--scenario", "grouped_dark", "--preset", "tiny", "--out", str(tmp_path)]) == 2
+    assert main(["simulate", "--scenario", "grouped_dark", "--out", str(tmp_path),
+                 "--set", "dark_view_tilts_deg=[50]"]) == 2
+    assert "dark_view_tilts_deg at 50° is not a tilt of the series" in capsys.readouterr().err

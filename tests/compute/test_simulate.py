@@ -217,3 +217,78 @@ def test_specimen_volume_places_reference(ref4: tuple[np.ndarray, specimen.Atoms
     comb = np.array(scipy.ndimage.center_of_mass(np.clip(vb, 0, None)))[::-1] - (np.array([32, 28, 24]) - 1) / 2
     np.testing.assert_allclose(comb * 2, com, atol=0.3)
     assert math.isfinite(float(vb.max()))
+
+
+def test_tilt_schemes_in_acquisition_order() -> None:
+    from tomoguide.compute.io import mdoc
+
+    bi = simulate.tilt_scheme_angles("bidirectional", 60.0, 3.0, start_deg=-20.0)
+    assert list(bi[:3]) == [-20.0, -17.0, -14.0] and bi[26] == 58.0 and list(bi[27:29]) == [-23.0, -26.0]
+    assert bi[-1] == -59.0 and len(bi) == 40 and len(set(bi)) == 40
+    np.testing.assert_allclose((bi + 20.0) / 3.0, np.round((bi + 20.0) / 3.0))  # on the start's 3° grid
+    uni = simulate.tilt_scheme_angles("unidirectional", 60.0, 3.0)
+    np.testing.assert_array_equal(uni, np.arange(-60.0, 60.1, 3.0))
+    ds = simulate.tilt_scheme_angles("dose_symmetric", 60.0, 3.0, first_group=4, group_size=4)
+    np.testing.assert_array_equal(ds, simulate.dose_symmetric_angles(60.0, 3.0, first_group=4, group_size=4))
+    assert list(ds[:9]) == [0.0, 3.0, 6.0, 9.0, 12.0, -3.0, -6.0, -9.0, -12.0]
+    # the mdoc reader's classifier (independent code) recognises each order
+    bi0 = simulate.tilt_scheme_angles("bidirectional", 60.0, 3.0)
+    assert list(bi0[:2]) == [0.0, 3.0] and list(bi0[21:23]) == [-3.0, -6.0]
+    assert mdoc.classify_scheme(bi0, 3.0) == "bidirectional"
+    assert mdoc.classify_scheme(uni, 3.0) == "unidirectional"
+    assert mdoc.classify_scheme(ds, 3.0) == "dose-symmetric"
+    with pytest.raises(ValueError, match="start_tilt_deg must be 0"):
+        simulate.tilt_scheme_angles("unidirectional", 60.0, 3.0, start_deg=-20.0)
+    with pytest.raises(ValueError, match="outside"):
+        simulate.tilt_scheme_angles("bidirectional", 60.0, 3.0, start_deg=-70.0)
+    with pytest.raises(ValueError, match="tilt scheme"):
+        simulate.tilt_scheme_angles("spiral", 60.0, 3.0)
+
+
+def test_plan_series_dark_and_jump_views() -> None:
+    """Dark and jump views change only what they claim: the same draws otherwise (same generator state)."""
+    kw = dict(name="T", shape=(96, 128), pixel_size_A=2.0, max_tilt_deg=30.0, step_deg=10.0, n_frames=3,
+              dose_per_tilt_e_A2=3.0, tilt_scheme="bidirectional", start_tilt_deg=-10.0)
+    base = simulate.plan_series(rng=np.random.default_rng(8), **kw)
+    planted = simulate.plan_series(rng=np.random.default_rng(8), dark_view_tilts_deg=[20.0],
+                                   dark_view_dose_fraction=0.05, jump_view_tilts_deg=[-20.0],
+                                   jump_A=(240.0, -144.0), **kw)
+    g0, g1 = base.geometry, planted.geometry
+    nominal = np.asarray(g1.tilt_angles_deg)
+    dark, jump = int(np.flatnonzero(nominal == 20.0)[0]), int(np.flatnonzero(nominal == -20.0)[0])
+    # acquisition order of the bidirectional scheme from -10: -10, 0, 10, 20, 30, -20, -30
+    np.testing.assert_array_equal(g1.acquisition_order, [6, 5, 0, 1, 2, 3, 4])
+    # the jump: an extra specimen shift of (120, -72) px in that view only, in the true geometry
+    ds = g1.specimen_shifts_px() - g0.specimen_shifts_px()
+    np.testing.assert_allclose(ds[jump], [120.0, -72.0], atol=1e-9)
+    np.testing.assert_allclose(np.delete(ds, jump, axis=0), 0.0, atol=1e-9)
+    # the dark view: 5 % of the dose; its frames get 5 % of the frame dose; later views' prior dose drops
+    dose = np.asarray(g1.dose_e_A2)
+    assert dose[dark] == pytest.approx(0.15) and np.all(np.delete(dose, dark) == 3.0)
+    np.testing.assert_allclose(planted.frame_doses(dark), base.frame_doses(dark) * 0.05)
+    np.testing.assert_allclose(planted.frame_doses(0), base.frame_doses(0))
+    order = np.asarray(g1.acquisition_order)
+    expected_prior = np.array([sum(dose[order == k][0] for k in range(order[v])) for v in range(len(order))])
+    np.testing.assert_allclose(g1.prior_dose_e_A2, expected_prior)
+    assert g1.prior_dose_e_A2[jump] == pytest.approx(g0.prior_dose_e_A2[jump] - 2.85)
+    np.testing.assert_allclose(planted.defocus_u_A, base.defocus_u_A)
+    with pytest.raises(ValueError, match="not a tilt of the series"):
+        simulate.plan_series(rng=np.random.default_rng(8), dark_view_tilts_deg=[15.0], **kw)
+
+
+def test_simulate_view_dark_view_counts() -> None:
+    """A dark view's frames hold the stated fraction of the counts of the same view at full dose."""
+    kw = dict(name="T", shape=(128, 128), pixel_size_A=2.0, max_tilt_deg=10.0, step_deg=10.0, n_frames=2,
+              dose_per_tilt_e_A2=20.0)
+    full = simulate.plan_series(rng=np.random.default_rng(3), **kw)
+    dark = simulate.plan_series(rng=np.random.default_rng(3), dark_view_tilts_deg=[0.0],
+                                dark_view_dose_fraction=0.03, **kw)
+    gain = np.ones((128, 128), np.float32)
+    means = []
+    for t in (full, dark):
+        frames, _, _ = simulate.simulate_view(t, 1, [], gain=gain, hot_pixels=np.zeros((0, 2), int),
+                                              rng=np.random.default_rng(1), ice_thickness_A=100.0,
+                                              xray_hits_per_view=0.0)
+        means.append(frames.astype(float).mean())
+    assert means[0] == pytest.approx(20.0 / 2 * 4.0, rel=0.01)  # counts per pixel per frame at full dose
+    assert means[1] / means[0] == pytest.approx(0.03, rel=0.05)
