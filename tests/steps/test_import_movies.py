@@ -311,7 +311,8 @@ def test_stem_per_tilt_mdocs_assembled(tmp_path: Path, shared_data_dir: Path) ->
     proj.close()
 
 
-def _frames_layout_session(data: Path, *, crlf: bool = True) -> tuple[np.ndarray, Path]:
+def _frames_layout_session(data: Path, *, crlf: bool = True, gain_name: str = "CountRef_TS_07.mrc"
+                           ) -> tuple[np.ndarray, Path]:
     """The issue's session by hand: data/TS_07.mdoc (CRLF) naming X:\\Frames\\TS_07\\<movie>.tif, the LZW TIFF movies
     in data/Frames/TS_07/, the gain CountRef_TS_07.mrc in data/Frames/ stored flipped in Y; tilt axis −94°. The
     movies are Poisson counts of a flat beam divided by the camera's gain (so the gain's pattern is in them)."""
@@ -322,7 +323,13 @@ def _frames_layout_session(data: Path, *, crlf: bool = True) -> tuple[np.ndarray
     gain_cam = rng.lognormal(0.0, 0.15, shape).astype(np.float32)  # camera orientation
     frames_dir = data / "Frames" / "TS_07"
     frames_dir.mkdir(parents=True)
-    write_mrc(data / "Frames" / "CountRef_TS_07.mrc", np.ascontiguousarray(gain_cam[::-1, :]), 2.0)
+    stored = np.ascontiguousarray(gain_cam[::-1, :])
+    if gain_name.endswith(".mrc"):
+        write_mrc(data / "Frames" / gain_name, stored, 2.0)
+    else:  # SerialEM's and EPU's .gain: a float32 TIFF
+        import tifffile
+
+        tifffile.imwrite(data / "Frames" / gain_name, stored)
     tilts = [-20.0, -10.0, 0.0, 10.0, 20.0]
     lines = ["PixelSpacing = 2", "Voltage = 300", "ImageFile = TS_07.mrc", "", "[T = SerialEM: Krios  01-Jan-24]", "",
              "[T =     Tilt axis angle = -94.0, binning = 1  spot = 8  camera = 0]", ""]
@@ -356,6 +363,18 @@ def test_windows_frames_layout_found_with_defaults(tmp_path: Path) -> None:
     # stored flipped in Y: detected from the movies' fixed pattern
     assert go is not None and go.decided and (go.transpose, go.flip_x, go.flip_y) == (False, False, True)
     assert go.confidence > 5.0
+    proj.close()
+
+
+def test_dot_gain_tiff_is_found_and_read(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _frames_layout_session(data, gain_name="20240101_K3.gain")
+    proj = _project(tmp_path, data)
+    run_to_end(StepRun(proj, "import_movies"))
+    (s,) = load_series(proj.output_path("import_movies", "tilt_series"))
+    assert Path(s.gain).name == "20240101_K3.gain" and s.gain_source == "found in Frames/"
+    go = s.gain_orientation
+    assert go is not None and go.decided and (go.transpose, go.flip_x, go.flip_y) == (False, False, True)
     proj.close()
 
 
@@ -471,4 +490,50 @@ def test_axis_from_the_data_when_no_mdoc_gives_one(tmp_path: Path, tiny_dataset:
     truth = json.loads((tiny_dataset / "truth" / "summary.json").read_text())["params"]["tilt_axis_deg"]
     err = (s.geometry.tilt_axis_deg - truth + 90.0) % 180.0 - 90.0  # a line: known up to 180°
     assert s.tilt_axis_source == "data" and abs(err) < 2.0, (s.geometry.tilt_axis_deg, truth)
+    proj.close()
+
+
+def _reduced_scenario(name: str, **extra):
+    """A scenario of synth.SCENARIOS at test size: 256² px, 5 tilts (±6° in 3° steps), 2 frames, a few particles;
+    its session conventions (layout, mdoc kind, gain name and orientation, movie format, axes) unchanged."""
+    from tomoguide import synth
+
+    p = synth.SCENARIOS[name]
+    upd = dict(image_nx_px=256, image_ny_px=256, max_tilt_deg=6.0, tilt_step_deg=3.0, n_frames=2, n_particles=6,
+               dark_view_tilts_deg=[], jump_view_tilts_deg=[], truth_binning=4, **extra)
+    if p.tilt_scheme == "bidirectional":
+        upd["start_tilt_deg"] = -3.0
+    return synth.SimParams.model_validate({**p.model_dump(), **upd})
+
+
+@pytest.mark.parametrize("scenario, extra", [("frames_windows", {}), ("per_movie_mdocs", {"n_series": 1})])
+def test_simulated_sessions_of_other_layouts_import_with_defaults(tmp_path: Path, scenario: str, extra: dict) -> None:
+    """The simulator's Frames/ layout (Windows SubFramePath, LZW TIFF, CRLF, CountRef gain flipped in Y) and its
+    per-movie [FrameSet] mdocs (no series mdoc; gain transposed) import with the session folder as the only
+    parameter: every movie found, the mdoc's axis, the gain and its orientation as planted."""
+    from tomoguide import synth
+
+    params = _reduced_scenario(scenario, **extra)
+    synth.generate(tmp_path / "sim", params)
+    planted = json.loads((tmp_path / "sim" / "truth" / "summary.json").read_text())["planted"]
+    proj = _project(tmp_path, tmp_path / "sim" / "data")
+    issues = StepRun(proj, "import_movies").check_issues()
+    assert issues == [], issues
+    run_to_end(StepRun(proj, "import_movies"))
+    series = load_series(proj.output_path("import_movies", "tilt_series"))
+    assert [s.name for s in series] == planted["series_names"]
+    for s in series:
+        g = s.geometry
+        assert g.n_views == 5 and g.pixel_size_A == params.pixel_size_A
+        assert g.tilt_axis_deg == pytest.approx(planted["tilt_axis"]["mdoc_deg"], abs=0.01)
+        assert s.tilt_axis_source == ("mdoc title" if params.mdoc_kind != "per_movie" else "mdoc RotationAngle")
+        assert s.mdoc_kind == ("per_movie" if params.mdoc_kind == "per_movie" else "series")
+        order = sorted(s.tilts, key=lambda t: t.acquisition_order)
+        assert [t.tilt_deg for t in order] == planted["tilts_in_acquisition_order"]
+        assert all(t.dose_e_A2 == params.dose_per_tilt_e_A2 for t in s.tilts)
+        assert Path(s.gain).resolve() == (tmp_path / "sim" / planted["gain"]["path"]).resolve()
+        go = s.gain_orientation
+        assert go is not None and go.decided
+        assert (go.transpose, go.flip_x, go.flip_y) == (planted["gain"]["transpose"], planted["gain"]["flip_x"],
+                                                        planted["gain"]["flip_y"])
     proj.close()

@@ -44,13 +44,15 @@ def _format_of(path: Path) -> str:
         return "MRC"
     if suffix in TIFF_SUFFIXES:
         return "EER" if suffix == ".eer" else "TIFF"
-    if suffix in (".dm4", ".dm3", ".gain"):
+    if suffix in (".dm4", ".dm3"):
         raise FormatError(path, None, f"{suffix} files are not read here; convert to MRC (IMOD: dm2mrc) or TIFF")
-    # unknown suffix: sniff the first bytes
+    # unknown suffix (and .gain, which SerialEM and EPU write as a TIFF): sniff the first bytes
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "TIFF"
+    if suffix == ".gain":
+        raise FormatError(path, None, "a .gain file that is not a TIFF: not read here; convert it to MRC or TIFF")
     return "MRC"
 
 
