@@ -120,6 +120,7 @@ class MotionCtfSeries:
     failed: np.ndarray
     ctf_preview: np.ndarray | None
     nyquist_A: float | None
+    motion_failed: np.ndarray | None = None  # (n_views,) bool: frames not aligned (flags["motion_failed"])
 
 
 def load_motion_ctf(entry: SeriesEntry, base: Path) -> MotionCtfSeries:
@@ -145,7 +146,9 @@ def load_motion_ctf(entry: SeriesEntry, base: Path) -> MotionCtfSeries:
             nyquist = 2.0 * float(ctf["rlnMicrographPixelSize"].iloc[0])
         if "ctf_preview" in entry.files:
             preview = read_stack(entry.path("ctf_preview", base))
-    return MotionCtfSeries(shifts=shifts, ctf=ctf, failed=failed, ctf_preview=preview, nyquist_A=nyquist)
+    motion_failed = np.asarray(entry.flags.get("motion_failed", [False] * n), dtype=bool)
+    return MotionCtfSeries(shifts=shifts, ctf=ctf, failed=failed, ctf_preview=preview, nyquist_A=nyquist,
+                           motion_failed=motion_failed)
 
 
 class MotionCtfPreview(SeriesSetPreview):
@@ -210,8 +213,15 @@ class MotionCtfPreview(SeriesSetPreview):
         self.defocus_plot.setVisible(d.ctf is not None)
         self.spectrum.setVisible(d.ctf_preview is not None)
         self.viewer.set_series(stack, **viewer_arrays(entry), name=entry.name)
+        gain = ""
+        step = self.project.data.steps.get(self.step_id)
+        m = ((step.metrics or {}).get("series") or {}).get(entry.name, {}) if step is not None else {}
+        if m.get("gain_orientation"):
+            conf = m.get("gain_orientation_confidence")
+            gain = (f" · gain {m['gain_orientation']} ({m.get('gain_orientation_source', '')}"
+                    + (f", confidence {conf:.0f}" if conf is not None else "") + ")")
         self.viewer.title_label.setText(
-            f"<b>{entry.name}</b> aligned sums")
+            f"<b>{entry.name}</b> aligned sums{gain}")
 
     def clear_series(self) -> None:
         self.data = None
@@ -255,6 +265,10 @@ class MotionCtfPreview(SeriesSetPreview):
             prior = f" ({g.prior_dose_e_A2[i]:.1f} before)" if g.prior_dose_e_A2 is not None else ""
             acq = f" · acquired #{g.acquisition_order[i] + 1}" if g.acquisition_order is not None else ""
             parts = [f"<b>Tilt {g.tilt_angles_deg[i]:+.1f}°</b> · {dose}{prior}{acq}{drift}"]
+        if d.motion_failed is not None and i < len(d.motion_failed) and d.motion_failed[i]:
+            parts.append(f"<span style='color:{SUSPICIOUS_COLOUR}'>⚠ Frames not aligned: they did not correlate "
+                         "(a dark, blank or featureless movie?); the plain sum is shown, flagged for the exclusion "
+                         "step</span>")
         if d.ctf is not None:
             row = d.ctf.iloc[i]
             self.defocus_plot.set_current(i)

@@ -97,21 +97,51 @@ def test_dark_movie_flagged_others_aligned(aligned: Project, dark_copy: tuple[Pa
     assert float(np.sqrt(np.mean(np.concatenate(errs)))) < 0.3
 
 
-def test_orientation_detected_in_the_step_when_import_recorded_none(aligned: Project) -> None:
-    """A series imported without a detection (an older project): the step detects the orientation itself."""
-    path = aligned.output_path("import_movies", "tilt_series")
-    raw = json.loads(Path(path).read_text())
-    for s in raw["series"]:
-        s.pop("gain_orientation", None)
-    Path(path).write_text(json.dumps(raw))
+def test_preview_shows_the_failed_movie_and_the_gain(qtbot, aligned: Project) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtWidgets import QApplication
+
+    from tomoguide.pages.previews import make_preview
+
+    preview = make_preview(aligned, "motion_ctf")
+    qtbot.addWidget(preview)
+    preview.resize(1000, 700)
+    preview.show()
+    QApplication.processEvents()
+    assert "gain flip X (from the data, confidence" in preview.viewer.title_label.text()
+    tilts = list(aligned.data.steps["motion_ctf"].metrics["series"]["TS_01"]["motion_failed_tilts_deg"])
+    sset, _ = SeriesSet.load(aligned.output_path("motion_ctf", "series"))
+    angles = sset.series[0].geometry.tilt_angles_deg
+    preview.select_view(angles.index(tilts[0]))
+    assert "Frames not aligned" in preview.tilt_info.text()
+    preview.select_view(angles.index(0.0))
+    assert "Frames not aligned" not in preview.tilt_info.text()
+
+
+def test_orientation_detected_in_the_step_when_import_recorded_none(aligned: Project,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A series imported without a detection (the import could not run it): the step detects the orientation
+    from the movies itself, stopping once it is sure."""
+    from tomoguide.steps import motion_ctf
+
+    original = motion_ctf.load_series
+
+    def without_record(path: Path) -> list:
+        return [s.model_copy(update={"gain_orientation": None}) for s in original(path)]
+
+    series = without_record(aligned.output_path("import_movies", "tilt_series"))
+    params = motion_ctf.MotionCtfParams()
+    assert motion_ctf.gain_orientation_for(params, series[0]) == (None, "to detect", None)
+    det = motion_ctf.detect_gain_orientation_from_movies(series[0])
+    assert det.name == "flip X" and det.decided and det.confidence >= 20.0
+    monkeypatch.setattr(motion_ctf, "load_series", without_record)
     issues = StepRun(aligned, "motion_ctf").check_issues()
-    assert any("detected from the movies at the start of the run" in i.message for i in issues)
+    assert any("detected from the movies at the start of the run" in i.message for i in issues), issues
     aligned.set_params("motion_ctf", {"binning": 2.0})  # a new run
     st = run_to_end(StepRun(aligned, "motion_ctf"))
     assert st.status == "done", st.error
     m = st.metrics["series"]["TS_01"]
     assert m["gain_orientation"] == "flip X" and m["gain_orientation_source"] == "from the data (detected here)"
-    assert m["gain_orientation_confidence"] > 20.0
+    assert m["gain_orientation_confidence"] == pytest.approx(det.confidence, abs=0.01)  # rounded in the metrics
     assert any("gain orientation detected from the movies: flip X" in line for line in st.log)
 
 
