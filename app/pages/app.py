@@ -34,6 +34,7 @@ from tomoguide.pages.settings import add_recent_project, recent_projects
 from tomoguide.pages.wizard import WizardWindow
 from tomoguide.pages.worker import FunctionWorker
 from tomoguide.project import PROJECT_FILE, Project, ProjectError, ProjectLockedError
+from tomoguide.steps.import_movies import DEFAULT_PATTERN
 
 
 def _path_row(edit: QLineEdit, browse: QPushButton) -> QWidget:
@@ -68,9 +69,10 @@ class StartScreen(QWidget):
         self.movies_edit.setToolTip("The folder with the SerialEM .mdoc files and the movies beside them")
         movies_browse = QPushButton("Browse…")
         movies_browse.clicked.connect(lambda: self._choose_dir(self.movies_edit, "Movies folder"))
-        self.pattern_edit = QLineEdit("*.mdoc")
+        self.pattern_edit = QLineEdit(DEFAULT_PATTERN)
         self.pattern_edit.setObjectName("pattern_edit")
-        self.pattern_edit.setToolTip("Which mdoc files to import (*/*.mdoc when each tilt series has its own folder)")
+        self.pattern_edit.setToolTip("Which mdoc files to import (**/*.mdoc: every mdoc at any depth; *.mdoc: only "
+                                     "those directly in the folder)")
         self.project_edit = QLineEdit()
         self.project_edit.setObjectName("project_edit")
         self.project_edit.setPlaceholderText("a new folder")
@@ -164,7 +166,7 @@ class StartScreen(QWidget):
             self.new_message.setText("Choose a folder for the project.")
             return
         self.new_message.setText("")
-        self.create_requested.emit(Path(movies).expanduser(), self.pattern_edit.text().strip() or "*.mdoc",
+        self.create_requested.emit(Path(movies).expanduser(), self.pattern_edit.text().strip() or DEFAULT_PATTERN,
                                    Path(project).expanduser())
 
     def _on_open(self) -> None:

@@ -43,7 +43,7 @@ def test_new_project_change_fields_and_run_import(qtbot, mini_session: Path, tmp
     project_dir = tmp_path / "new_project"
     qtbot.keyClicks(start.movies_edit, str(mini_session))
     qtbot.keyClicks(start.project_edit, str(project_dir))
-    assert start.pattern_edit.text() == "*.mdoc"
+    assert start.pattern_edit.text() == "**/*.mdoc"  # the import step's default
     with qtbot.waitSignal(controller.project_opened, timeout=5000) as opened:
         qtbot.mouseClick(start.create_button, Qt.MouseButton.LeftButton)
     window: WizardWindow = opened.args[0]
