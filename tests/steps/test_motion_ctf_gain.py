@@ -198,3 +198,48 @@ def test_eer_movies_grouped_into_frames(tmp_path: Path, session_writer, group: d
         # replaced; a lost group would cost a sixth or a third of the counts; exact grouping: test_movies_eer.py)
         assert stack[view].mean() == pytest.approx(expected, rel=0.015)
     proj.close()
+
+
+def test_simulated_eer_session_with_a_turned_gain_and_a_dark_view(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The simulator's tiny preset as Falcon EER movies (16 fractions per simulated frame), the gain stored
+    transposed and flipped in Y, the +20° view recorded at 3 % of the dose: with default parameters the step
+    groups the fractions back into the simulated frames, uses the planted gain orientation, flags the dark view
+    only, and aligns the others to the simulator's frame shifts."""
+    from tomoguide import synth
+    from tomoguide.compute.gain import orientation_name
+
+    root = tmp_path_factory.mktemp("tiny_eer")
+    sim = synth.PRESETS["tiny"].model_copy(update={
+        "movie_format": "eer", "gain_transpose": True, "gain_flip_x": False, "gain_flip_y": True,
+        "dark_view_tilts_deg": [20.0], "seed": 31})
+    synth.generate(root, sim)
+    planted = json.loads((root / "truth" / "summary.json").read_text())["planted"]
+    g = planted["gain"]
+    true_gain = orientation_name(g["transpose"], g["flip_x"], g["flip_y"])
+    assert true_gain == "transpose + flip Y" and planted["eer_fractions_per_frame"] == 16
+    proj = Project.create(root / "proj", params={"import_movies": {"files_dir": str(root / "data")},
+                                                 "motion_ctf": NO_CTF})
+    for step in ("import_movies", "motion_ctf"):
+        st = run_to_end(StepRun(proj, step))
+        assert st.status == "done", (step, st.error)
+    m = st.metrics["series"]["TS_01"]
+    assert m["gain_orientation"] == true_gain and m["gain_orientation_source"] == "from the data", m
+    assert any("64 fractions grouped by 16 into 4 frames" in line for line in st.log), st.log
+    dark = [v["nominal_tilt_deg"] for v in planted["dark_views"]["TS_01"]]
+    assert m["motion_failed_tilts_deg"] == dark == [20.0]
+    sset, base = SeriesSet.load(proj.output_path("motion_ctf", "series"))
+    shifts = read_star(sset.series[0].path("frame_shifts", base))["frame_shifts"]
+    truth = read_star(root / "truth" / "TS_01" / "TS_01_tilts.star")
+    errs = []
+    for _, row in truth["tilts"].iterrows():
+        angle = float(row["rlnTomoNominalStageTiltAngle"])
+        if angle in dark:
+            continue
+        mine = shifts[shifts["rlnTomoNominalStageTiltAngle"] == angle].sort_values("rlnMicrographFrameNumber")
+        tr = truth["frame_shifts"]
+        tr = tr[tr["rlnMicrographMovieName"] == row["rlnMicrographMovieName"]].sort_values("rlnMicrographFrameNumber")
+        e = (mine[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy()
+             - tr[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy())
+        errs.append(np.sum((e - e.mean(axis=0)) ** 2, axis=1))
+    assert len(errs) == 6 and float(np.sqrt(np.mean(np.concatenate(errs)))) < 0.3
+    proj.close()
