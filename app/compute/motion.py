@@ -38,6 +38,11 @@ Conventions
   frequency. (A common factor ``exp(-N0/2Ne)`` cancels, so the tilt's prior dose does not change a
   movie sum; the tilt-level exposure filter is the reconstruction's business.) Even/odd sums use the
   same weights on frames 0, 2, 4, ... and 1, 3, 5, ... (0-based), so ``even + odd = sum``.
+* **Physical limits and failures**: the whole-frame trajectory must stay within :data:`MAX_TOTAL_SHIFT_A` of
+  the first frame and :data:`MAX_FRAME_SHIFT_A` between consecutive frames, and the frames' correlation peaks
+  must stand out of their maps (median significance ≥ :data:`MIN_PEAK_Z`); otherwise the movie is returned
+  unshifted with ``failed`` set and the reason (:func:`judge_alignment`): a dark, blank or featureless movie
+  would otherwise follow noise peaks by hundreds of pixels.
 * **Hot pixels** (stationary defects, bright in most frames) are found in the frame sum without its
   brightest frame (so single-frame X-ray hits are not taken for defects) and replaced by the frame mean in
   every frame, also in the output sums (RELION's motion correction does the same). Single-frame outliers
@@ -92,9 +97,10 @@ MAX_TOTAL_SHIFT_A = 200.0
 MAX_FRAME_SHIFT_A = 100.0
 #: Smallest median significance of the frames' correlation peaks (peak above the map's median in robust
 #: standard deviations, :func:`estimate_shifts`) for a movie to count as aligned. Pure noise reaches 3-5 (the
-#: largest of the search window's samples); the simulator's movies give 8-11 at 0.3× and 25-29 at 1× their
-#: dose (3 e⁻/Å² per tilt at 2 Å/px), ≤ 4.7 at 0.1× and 0.03× (dark views), whose trajectories wander by
-#: hundreds of px.
+#: largest of the search window's samples). The simulator's movies (3 e⁻/Å² per tilt at 2 Å/px) give: tiny
+#: preset (512², 4 frames) 25-29 at their dose, 8-11 at 0.3×, ≤ 4.7 at 0.1× and 0.03× (unalignable: before
+#: this test their trajectories wandered by hundreds of px); small preset (1024², 6 frames) 67-79, 26-33, 9-13
+#: (still aligned to 0.2 px) and 3.3-4.9 at 0.03× (a dark view).
 MIN_PEAK_Z = 6.0
 
 
