@@ -2,20 +2,30 @@
 
 Used by the command line (``tomoguide run``) and by the wizard's worker thread alike (no Qt here).
 
-* Before a run (:meth:`StepRun.preflight`): the steps it needs must be done and up to date, its parameters
-  valid, ``check()`` must report no error, and the disk and memory it needs (``estimate()``) must be there.
-  A run that cannot succeed is refused with the reasons (:class:`RunRefused`), before anything changes.
+* Before a run (:meth:`StepRun.preflight`): the steps it needs must be done and up to date, their records must
+  pass validation (a damaged one is named as ``FILE: field: problem`` and its step marked to run again), the
+  data must be where they were recorded, its parameters valid, ``check()`` must report no error, and the disk
+  and memory it needs (``estimate()``) must be there. A run that cannot succeed is refused with the reasons
+  (:class:`RunRefused`), before anything changes.
 * During the run the step's generator yields :class:`~tomoguide.steps.base.Progress`; outputs go to a fresh
-  ``steps/<id>/run-<stamp>.partial`` folder.
-* Success: the folder is renamed to ``run-<stamp>``, outputs/metrics/hash recorded, status ``done``, steps that
-  depend on it marked stale, the previous run's folder of this step removed (it is superseded), project saved.
+  ``steps/<id>/run-<stamp>.partial`` folder (created only inside the project, never through a symbolic link).
+* Success: every output must lie in that folder and its records pass validation; the run's manifest (files,
+  sizes, digests) and content hash are computed and written with the run's record to ``run.json``; the folder
+  is renamed to ``run-<stamp>`` (the moment the run counts as finished: a program killed after it is adopted on
+  the next open); then the project records it: the previous run is kept for a way back (retention rule), later
+  steps whose inputs' content changed become stale (identical results keep them done), project saved, runs
+  beyond the retention rule deleted (only ``steps/<id>/run-…`` folders).
+* A result that leaves the next step nothing (:attr:`StepResult.nothing_for_next`) is recorded as a failure
+  with the step's message.
 * Cancel (``cancel_event`` set, the step raises :class:`Cancelled` from ``ctx.check_cancel()``): the partial
   folder is removed and the step's recorded state restored exactly as before the run.
 * Error: status ``failed`` with a one-line message and the traceback in the log; earlier outputs are kept.
+* Parameter changes (:func:`set_params_checked`) are transactional: values a step's checks refuse are not saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import shutil
@@ -25,7 +35,8 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from tomoguide.project import Project, StepState, now_iso
+from tomoguide.integrity import RUN_RECORD_FILE, PathRefused, build_manifest, no_links_below
+from tomoguide.project import Project, ProjectError, RunFile, RunRecord, StepState, now_iso
 from tomoguide.steps import registry
 from tomoguide.steps.base import Cancelled, Issue, Progress, RunContext, StepOutputs, StepResult
 
@@ -39,8 +50,17 @@ class RunRefused(Exception):
         super().__init__(f"{step_id}: " + "; ".join(i.message for i in issues))
 
 
+class ParamsRefused(ValueError):
+    """Parameter values that a step's checks refuse; nothing was saved. ``issues`` are the errors."""
+
+    def __init__(self, step_id: str, issues: list[Issue]) -> None:
+        self.step_id = step_id
+        self.issues = issues
+        super().__init__(f"{step_id}: " + "; ".join(i.message for i in issues))
+
+
 class StepFailed(Exception):
-    """The step raised an error; the project records it as failed."""
+    """The step raised an error (or left the next step nothing); the project records it as failed."""
 
 
 def upstream_outputs(project: Project, step_id: str) -> dict[str, StepOutputs]:
@@ -64,6 +84,16 @@ def _mem_available_bytes() -> int | None:
     return None
 
 
+def _problem_text(exc: BaseException) -> str:
+    """One line for an exception raised by a step's check or estimate (a file problem is printed as it is)."""
+    from tomoguide.compute.io.errors import FormatError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, (FormatError, PathRefused, ProjectError)):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class StepRun:
     """One run of one step. Create it, call :meth:`preflight` (raises RunRefused), then iterate :meth:`execute`."""
 
@@ -82,26 +112,63 @@ class StepRun:
                           upstream=upstream_outputs(self.project, self.step_id),
                           cancel_event=self.cancel_event, on_log=self.on_log)
 
-    def check_issues(self) -> list[Issue]:
-        """Everything that would stop or worry this run, without running it (errors first)."""
+    def input_issues(self, *, save: bool = True) -> list[Issue]:
+        """Errors about what the run reads: steps not up to date, damaged records (their step is marked to run
+        again, saved when ``save``), data that moved, a step folder that is a link."""
+        project = self.project
         issues: list[Issue] = []
         for need in self.step_cls.inputs:
-            if not self.project.is_up_to_date(need):
+            if need not in project.data.steps:
+                continue
+            why = project.why_not_up_to_date(need)
+            if why is not None:
                 title = registry.get(need).title
-                st = self.project.data.steps[need].status
-                issues.append(Issue("error", f"run “{title}” first (it is {st})", None))
+                st = project.data.steps[need]
+                detail = f"it is {st.status}" if why.startswith("it is") else f"it is {st.status}: {why}"
+                issues.append(Issue("error", f"run “{title}” first ({detail})", None))
+        if not issues:
+            damaged = False
+            for sid in registry.upstream(self.step_id):
+                if sid not in project.data.steps or project.data.steps[sid].status not in ("done", "skipped"):
+                    continue
+                problem = project.validate_outputs(sid)
+                if problem is not None:
+                    project.mark_damaged(sid, problem)
+                    damaged = True
+                    issues.append(Issue("error", f"{problem} — run “{registry.get(sid).title}” again", None))
+            if damaged and save and not project.readonly:
+                project.save()
+        data = project.data_problem(self.step_id)
+        if data:
+            issues.append(Issue("error", data, None))
+        try:
+            project.step_dir(self.step_id)
+        except (PathRefused, ValueError) as exc:
+            issues.append(Issue("error", str(exc), None))
+        return issues
+
+    def check_issues(self) -> list[Issue]:
+        """Everything that would stop or worry this run, without running it (errors first)."""
+        issues = self.input_issues()
         try:
             params = self.project.params(self.step_id)
         except Exception as exc:  # pydantic ValidationError: name the field
             issues.append(Issue("error", f"invalid parameters: {exc}", None))
-            return issues
+            return _errors_first(issues)
         issues.extend(params.soft_issues())
         if any(i.level == "error" for i in issues):
             return _errors_first(issues)
         ctx = self._context(self.project.dir / "steps" / self.step_id / "check")
-        issues.extend(self.step.check(params, ctx))
+        try:
+            issues.extend(self.step.check(params, ctx))
+        except Exception as exc:  # noqa: BLE001 - a damaged input must be a message, not a traceback
+            issues.append(Issue("error", _problem_text(exc), None))
         if not any(i.level == "error" for i in issues):
-            needs = self.step.estimate(params, ctx)
+            try:
+                needs = self.step.estimate(params, ctx)
+            except Exception as exc:  # noqa: BLE001
+                issues.append(Issue("error", _problem_text(exc), None))
+                return _errors_first(issues)
             free = shutil.disk_usage(self.project.dir).free
             if needs.disk_bytes and needs.disk_bytes * 1.1 > free:
                 issues.append(Issue("error", f"not enough disk space: the outputs need about "
@@ -112,6 +179,23 @@ class StepRun:
                 issues.append(Issue("error", f"not enough memory: the run needs about "
                                     f"{needs.memory_bytes / 1e9:.2f} GB, {mem / 1e9:.2f} GB are available"))
         return _errors_first(issues)
+
+    def param_errors(self) -> list[Issue]:
+        """The errors the step's own checks find in its parameters (errors naming a parameter that is not a data
+        path: a folder or file being wrong is shown, not refused); empty when the inputs are not there to check
+        against yet (they are checked again before the run)."""
+        from tomoguide.project import _path_params
+
+        if any(i.level == "error" for i in self.input_issues(save=False)):
+            return []
+        params = self.project.params(self.step_id)
+        ctx = self._context(self.project.dir / "steps" / self.step_id / "check")
+        try:
+            issues = self.step.check(params, ctx)
+        except Exception:  # noqa: BLE001 - a damaged input is reported by the run's checks, not as a refused value
+            return []
+        paths = set(_path_params(self.step_id))
+        return [i for i in issues if i.level == "error" and i.field is not None and i.field not in paths]
 
     def preflight(self) -> list[Issue]:
         """Raise :class:`RunRefused` when the run cannot succeed; return the warnings otherwise."""
@@ -125,16 +209,21 @@ class StepRun:
         """Run the step (call :meth:`preflight` first). Yields progress; returns the new recorded state.
 
         Raises :class:`Cancelled` after restoring the previous state when cancelled, :class:`StepFailed` when
-        the step raised (after recording the failure).
-        """
+        the step raised or left the next step nothing (after recording the failure)."""
         project = self.project
         st = project.data.steps[self.step_id]
         before = st.model_copy(deep=True)
         params = project.params(self.step_id)
+        params_json = dict(st.params)
+        identity = project.step_hash(self.step_id)
+        inputs = project.input_hashes(self.step_id)
+        step_dir = project.step_dir(self.step_id)
+        step_dir.mkdir(parents=True, exist_ok=True)
+        no_links_below(project.dir, step_dir)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        final_dir = project.dir / "steps" / self.step_id / f"run-{stamp}"
+        final_dir = step_dir / f"run-{stamp}"
         partial = final_dir.with_name(final_dir.name + ".partial")
-        partial.mkdir(parents=True, exist_ok=False)
+        partial.mkdir(exist_ok=False)
         ctx = self._context(partial)
         self.ctx = ctx
         st.status = "running"
@@ -156,43 +245,82 @@ class StepRun:
             ctx.check_cancel()
             if not isinstance(result, StepResult):
                 raise TypeError(f"step {self.step_id} returned {type(result).__name__}, not a StepResult")
+            rec = self._finish(result, partial, final_dir, identity, inputs, params_json, st.started)
         except Cancelled:
             gen.close()
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_partial(project, partial)
             project.data.steps[self.step_id] = before
             project.save()
             raise
         except Exception as exc:
             gen.close()
             st.status = "failed"
-            st.error = _one_line(exc)
+            st.error = getattr(exc, "step_message", None) or _one_line(exc)
             st.finished = now_iso()
             st.log = [*ctx.log_lines, traceback.format_exc()]
             st.owner_pid = None
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_partial(project, partial)
+            project.refresh_staleness()
             project.save()
             raise StepFailed(f"{self.step_cls.title} failed: {st.error}") from exc
 
-        os.replace(partial, final_dir)
-        previous = st.run_dir
-        st.outputs = {k: project.relpath(final_dir / Path(v).relative_to(partial)) if _inside(Path(v), partial)
-                      else project.relpath(Path(v)) for k, v in result.outputs.items()}
-        st.metrics = _jsonable(result.metrics)
-        st.run_dir = project.relpath(final_dir)
-        st.status = "done"
-        st.finished = now_iso()
-        st.log = list(ctx.log_lines) + ([result.summary] if result.summary else [])
-        st.stale_reason = None
-        st.owner_pid = None
-        st.hash = project.step_hash(self.step_id)
-        project.mark_stale_from(self.step_id, reason=f"{self.step_id} was run again", include_self=False)
+        os.replace(partial, final_dir)  # the run is finished from here on (adopted if the program stops now)
+        _fsync_dir(step_dir)
+        dropped = project.record_run(self.step_id, rec)
+        st = project.data.steps[self.step_id]
         project.save()
-        if previous and previous != st.run_dir:
-            old = project.dir / previous
-            if old.is_dir() and old.resolve().is_relative_to(project.dir / "steps"):
-                shutil.rmtree(old, ignore_errors=True)
+        project.delete_runs(dropped)
         yield Progress(1.0, result.summary or "done")
         return st
+
+    def _finish(self, result: StepResult, partial: Path, final_dir: Path, identity: str,
+                inputs: dict[str, str | None], params_json: dict[str, Any], started: str | None) -> RunRecord:
+        """Check a successful result and write its ``run.json`` (still in the partial folder)."""
+        from tomoguide.steps.records import RecordError, validate_output
+
+        if result.nothing_for_next:
+            raise _DeadEnd(result.nothing_for_next)
+        rel_outputs: dict[str, str] = {}
+        for name, value in result.outputs.items():
+            p = Path(value)
+            try:
+                rel = p.resolve().relative_to(partial.resolve())
+            except ValueError:
+                raise PathRefused(f"output {name!r} ({p}) is not inside the run folder {partial}") from None
+            rel_outputs[name] = rel.as_posix() if str(rel) != "." else "."
+            if not p.exists():
+                raise FileNotFoundError(f"output {name!r} ({p}) was not written")
+            try:
+                validate_output(p)
+            except RecordError as exc:
+                raise RecordError(exc.path, exc.field, f"{exc.message} (written by this run: a bug)") from None
+        manifest, content = build_manifest(partial)
+        run_rel = f"steps/{self.step_id}/{final_dir.name}"
+        finished = now_iso()
+        metrics = _jsonable(result.metrics)
+        log = list(self.ctx.log_lines if self.ctx else []) + ([result.summary] if result.summary else [])
+        outputs = {k: run_rel if r == "." else f"{run_rel}/{r}" for k, r in rel_outputs.items()}
+        rec = RunRecord(run_dir=run_rel, hash=identity, params=params_json, inputs=inputs, content_hash=content,
+                        manifest=manifest, outputs=outputs, metrics=metrics, log=log, started=started,
+                        finished=finished)
+        run_file = RunFile(step_id=self.step_id, **{**rec.model_dump(), "run_dir": final_dir.name,
+                                                     "outputs": rel_outputs})
+        path = partial / RUN_RECORD_FILE
+        tmp = partial / (RUN_RECORD_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(run_file.model_dump_json(indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return rec
+
+
+class _DeadEnd(Exception):
+    """A result that leaves the next step nothing: the step's own message is the error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.step_message = message
 
 
 def run_to_end(run: StepRun, on_progress: Callable[[Progress], None] | None = None) -> StepState:
@@ -207,12 +335,59 @@ def run_to_end(run: StepRun, on_progress: Callable[[Progress], None] | None = No
             on_progress(prog)
 
 
-def _inside(p: Path, folder: Path) -> bool:
+def set_params_checked(project: Project, changes: dict[str, dict[str, Any]], *, save: bool = True) -> list[str]:
+    """Change parameters of one or more steps as one transaction: validated by each step's model and by its own
+    checks (when its inputs are there to check against). Values refused raise (pydantic ``ValidationError`` or
+    :class:`ParamsRefused`) and leave the project exactly as it was, on disk and in memory. Returns the steps
+    that were up to date and are not any more."""
+    snapshot_steps = {sid: st.model_copy(deep=True) for sid, st in project.data.steps.items()}
+    snapshot_paths = {k: v.model_copy(deep=True) for k, v in project.data.data_paths.items()}
+    before = {sid for sid in registry.ids() if sid in project.data.steps and project.is_up_to_date(sid)}
+    known = {sid: {(i.message, i.field) for i in StepRun(project, sid).param_errors()} for sid in changes}
     try:
-        p.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+        changed = False
+        for step_id, values in changes.items():
+            changed = project._apply_params(step_id, values) or changed
+        project._why_cache.clear()
+        for step_id in changes:
+            errors = [i for i in StepRun(project, step_id).param_errors() if (i.message, i.field) not in known[step_id]]
+            if errors:
+                raise ParamsRefused(step_id, errors)
+    except BaseException:
+        project.data.steps.clear()
+        project.data.steps.update(snapshot_steps)
+        project.data.data_paths.clear()
+        project.data.data_paths.update(snapshot_paths)
+        project._why_cache.clear()
+        raise
+    stale: list[str] = []
+    if changed:
+        project.refresh_staleness()
+        project.restore_kept_runs()
+        project.refresh_staleness()
+        stale = [sid for sid in registry.ids() if sid in before and not project.is_up_to_date(sid)]
+        if save and not project.readonly:
+            project.save()
+    return stale
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_partial(project: Project, partial: Path) -> None:
+    """Remove this run's partial folder: only a ``run-….partial`` folder inside ``steps/<step>/``."""
+    try:
+        no_links_below(project.dir, partial)
+        if partial.name.endswith(".partial") and partial.parent.parent.name == "steps" and partial.is_dir():
+            shutil.rmtree(partial)
+    except (PathRefused, OSError):
+        pass
 
 
 def _errors_first(issues: list[Issue]) -> list[Issue]:

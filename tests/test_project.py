@@ -52,22 +52,70 @@ def test_invalid_parameter_is_refused_and_nothing_changes(tmp_path: Path) -> Non
         assert proj.params("import_movies").voltage_kV == 300
 
 
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from tomoguide.project import Project
+    proj = Project.open(sys.argv[1])
+    print("ready", flush=True)
+    time.sleep(60)
+""")
+
+
 def test_lock_refuses_second_writer_but_allows_readers(tmp_path: Path) -> None:
+    from tomoguide.integrity import machine_id, process_start
+
     proj = Project.create(tmp_path / "p")
-    # a second program: simulate with a lock written by another live pid (our parent process)
     lock = tmp_path / "p" / LOCK_FILE
-    info = json.loads(lock.read_text())
-    info["pid"] = os.getppid()
-    lock.write_text(json.dumps(info))
+    # a second writer (even in this process) is refused by the OS lock; breaking it is refused too
     with pytest.raises(ProjectLockedError) as err:
         Project.open(tmp_path / "p")
-    assert "another tomoguide" in str(err.value)
+    assert "another tomoguide" in str(err.value) and str(os.getpid()) in str(err.value)
+    assert not err.value.can_break
+    with pytest.raises(ProjectLockedError):
+        Project.open(tmp_path / "p", break_lock=True)
     ro = Project.open(tmp_path / "p", readonly=True)
     assert ro.data.steps.keys() == proj.data.steps.keys()
-    # a lock left by a dead program is taken over
-    info["pid"] = 2**22 + 12345
-    lock.write_text(json.dumps(info))
-    Project.open(tmp_path / "p").close()
+    proj.close()
+    assert not lock.exists()
+
+    # another program holds it: refused, naming its pid; once it is killed, the lock is taken over
+    with subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "p")], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as child:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        with pytest.raises(ProjectLockedError) as err:
+            Project.open(tmp_path / "p")
+        assert f"pid {child.pid}" in str(err.value)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert json.loads(lock.read_text())["pid"] == child.pid  # the dead program's lock file is still there
+    with Project.open(tmp_path / "p") as again:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        del again
+
+    me = {"host": "vm", "machine": machine_id(), "since": "2026-01-01T00:00:00+00:00", "command": "tomoguide run p"}
+    parent = os.getppid()
+    cases = {
+        "dead pid": ({**me, "pid": 2**22 + 12345}, True),
+        "pid reused by another process": ({**me, "pid": parent, "start": "boot:1"}, True),
+        "empty file (killed while writing it)": (None, True),
+        "alive, without the OS lock": ({**me, "pid": parent, "start": process_start(parent)}, False),
+        "another machine": ({**me, "pid": 1234, "host": "cluster-node-7", "machine": "0" * 32}, False),
+    }
+    for what, (info, taken) in cases.items():
+        lock.write_text("" if info is None else json.dumps(info))
+        if taken:
+            Project.open(tmp_path / "p").close()
+            assert not lock.exists(), what
+            continue
+        with pytest.raises(ProjectLockedError) as err:
+            Project.open(tmp_path / "p")
+        msg = str(err.value)
+        assert err.value.can_break and "--break-lock" in msg and f"pid {info['pid']}" in msg, what
+        if info["host"] == "cluster-node-7":
+            assert "cluster-node-7" in msg and "another machine" in msg
+        with Project.open(tmp_path / "p", break_lock=True) as broken:  # what --break-lock does
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+            del broken
 
 
 def test_corrupt_and_newer_files_give_clear_messages(tmp_path: Path) -> None:
@@ -156,4 +204,4 @@ def test_sigkill_while_saving_never_leaves_an_unreadable_project(tmp_path: Path)
             assert proj.params("import_movies").voltage_kV >= 100
     leftovers = [p.name for p in (tmp_path / "p").iterdir() if p.name.endswith(".tmp")]
     assert len(seen_values) > 5, "the kills should land at different moments of the save loop"
-    assert len(leftovers) <= 50  # stray temporaries may remain after a kill, but never replace the file
+    assert leftovers == []  # every open removes the temporaries a killed save left

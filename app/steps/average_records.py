@@ -20,27 +20,31 @@ Conventions: maps (B, B, B) numpy order (z, y, x), centre ``B // 2``, voxel size
 
 from __future__ import annotations
 
-import json
-import os
+import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from tomoguide.integrity import check_name, check_relative_file
+from tomoguide.steps.records import load_record, resolve_in, write_record
 
 
 def _load(cls: Any, path: Path, file_name: str) -> tuple[Any, Path]:
-    """A record from its JSON file (or the folder holding ``file_name``); returns it and its folder."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / file_name
-    return cls.model_validate(json.loads(p.read_text())), p.parent
+    """A record from its JSON file (or the folder holding ``file_name``), validated by the one record loader
+    (:func:`tomoguide.steps.records.load_record`: ``FILE: field: problem`` on any damage); returns it and its
+    folder."""
+    return load_record(cls, path, file_name)
 
 
 def _save(model: BaseModel, path: Path) -> Path:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(model.model_dump_json(indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_record(model, path)
+
+
+def _positive_finite(v: float, what: str) -> float:
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{what} must be a positive finite number (got {v})")
+    return v
 
 
 class ParticleStack(BaseModel):
@@ -55,6 +59,46 @@ class ParticleStack(BaseModel):
     gallery: str = "gallery.mrc"
     dimensionality: int = 3
     info: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("voxel_A", "binning")
+    @classmethod
+    def _positive(cls, v: float, info: Any) -> float:
+        return _positive_finite(v, info.field_name)
+
+    @field_validator("box_px")
+    @classmethod
+    def _box(cls, v: int) -> int:
+        if not 2 <= v <= 4096:
+            raise ValueError(f"box of {v} px is not between 2 and 4096")
+        return v
+
+    @field_validator("n_particles")
+    @classmethod
+    def _count(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"negative particle count {v}")
+        return v
+
+    @field_validator("dimensionality")
+    @classmethod
+    def _dim(cls, v: int) -> int:
+        if v not in (2, 3):
+            raise ValueError(f"dimensionality {v} is neither 2 nor 3")
+        return v
+
+    @field_validator("tomo_names")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return [check_name(n, "tomogram name") for n in v]
+
+    @field_validator("star", "gallery")
+    @classmethod
+    def _files(cls, v: str, info: Any) -> str:
+        return check_relative_file(v, f"{info.field_name} file name")
+
+    def path(self, field: str, base: Path) -> Path:
+        """The file named by ``star`` or ``gallery``, inside the record's folder ``base``."""
+        return resolve_in(base, getattr(self, field), field)
 
     def save(self, folder: Path) -> Path:
         return _save(self, Path(folder) / "particles.json")
@@ -93,6 +137,41 @@ class AverageRecord(BaseModel):
     fsc: FSCCurve | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)
     info: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("voxel_A")
+    @classmethod
+    def _voxel(cls, v: float) -> float:
+        return _positive_finite(v, "voxel_A")
+
+    @field_validator("box_px")
+    @classmethod
+    def _box(cls, v: int) -> int:
+        if not 2 <= v <= 4096:
+            raise ValueError(f"box of {v} px is not between 2 and 4096")
+        return v
+
+    @field_validator("resolution_A")
+    @classmethod
+    def _resolution(cls, v: float | None) -> float | None:
+        return None if v is None else _positive_finite(v, "resolution_A")
+
+    @field_validator("symmetry")
+    @classmethod
+    def _symmetry(cls, v: str) -> str:
+        return check_name(v, "symmetry")
+
+    @field_validator("map", "half1", "half2", "mask", "particles")
+    @classmethod
+    def _files(cls, v: str | None, info: Any) -> str | None:
+        return None if v is None else check_relative_file(v, f"{info.field_name} file name")
+
+    def path(self, field: str, base: Path) -> Path:
+        """The file named by ``map``, ``half1``, ``half2``, ``mask`` or ``particles``, inside the record's
+        folder ``base`` (KeyError when the record has none)."""
+        name = getattr(self, field)
+        if name is None:
+            raise KeyError(f"this average has no {field} file")
+        return resolve_in(base, name, field)
 
     def save(self, folder: Path) -> Path:
         return _save(self, Path(folder) / "average.json")

@@ -14,6 +14,13 @@ A step is a subclass of :class:`Step` with
 * ``run(params, ctx)``: a generator that yields :class:`Progress` about once a second or more often (so cancel
   is prompt) and *returns* a :class:`StepResult` (outputs: name -> path inside ``ctx.run_dir``; metrics).
 
+What a step writes, it writes through its context's guarded functions (design rule 8): :meth:`RunContext.out_path`
+(a path for a writer such as ``write_mrc``), :meth:`RunContext.write_text`, :meth:`RunContext.write_bytes`,
+:meth:`RunContext.mkdir` and :meth:`RunContext.remove`. Each resolves the path and refuses
+(:class:`~tomoguide.integrity.PathRefused`) anything outside the run's own folder, ``..`` and absolute names,
+and symbolic links. A result that leaves the next step nothing to work on (0 particles, every view excluded)
+says so in :attr:`StepResult.nothing_for_next`; the runner then records the run as failed with that message.
+
 No Qt here. Nothing here touches the project file: :mod:`tomoguide.runner` does.
 """
 
@@ -212,11 +219,17 @@ class Progress:
 
 @dataclass
 class StepResult:
-    """What a run returns: output files (name -> path, inside the run folder) and metrics (JSON-able)."""
+    """What a run returns: output files (name -> path, inside the run folder) and metrics (JSON-able).
+
+    ``nothing_for_next``: set when the result leaves the next step nothing to do (0 particles, every view
+    excluded, an empty map): a message for the trainee that names the parameter to change (e.g. "0 particles
+    above the threshold: lower Threshold (now 0.4)"). The runner turns it into a failed run with this message,
+    shown on this step's page, so the dead end is reported where it can be fixed and not one step later."""
 
     outputs: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    nothing_for_next: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +260,8 @@ class RunContext:
 
     ``run_dir`` is a fresh folder for this run's outputs (renamed into place only when the run succeeds).
     ``upstream`` maps step ids to the outputs of done steps. ``log`` appends a line to the step's log.
+    Writing: :meth:`out_path`, :meth:`write_text`, :meth:`write_bytes`, :meth:`mkdir`, :meth:`remove` (all
+    guarded: inside ``run_dir`` only, never through a symbolic link).
     """
 
     project_dir: Path
@@ -255,6 +270,56 @@ class RunContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     log_lines: list[str] = field(default_factory=list)
     on_log: Callable[[str], None] | None = None
+
+    # -- the one guarded way to write ----------------------------------------------------------------------------
+    def out_path(self, *parts: str | Path, mkdir: bool = False) -> Path:
+        """The path of an output file ``run_dir/parts…`` for a writer (``write_mrc(ctx.out_path(name), …)``).
+
+        Refuses (:class:`~tomoguide.integrity.PathRefused`) a name that is absolute or holds ``..``, a result
+        outside ``run_dir`` and any symbolic link on the way. ``mkdir``: create the parent folders (guarded)."""
+        from tomoguide.integrity import guarded_path
+
+        path = guarded_path(self.run_dir, *parts)
+        if mkdir and path.parent != self.run_dir:
+            self.mkdir(path.parent)
+        return path
+
+    def mkdir(self, *parts: str | Path) -> Path:
+        """Create the folder ``run_dir/parts…`` (and its parents inside ``run_dir``); returns it."""
+        from tomoguide.integrity import guarded_path
+
+        path = guarded_path(self.run_dir, *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        guarded_path(self.run_dir, path)  # a link raced in while creating: refuse
+        return path
+
+    def write_text(self, name: str | Path, text: str) -> Path:
+        """Write a text file (UTF-8) in the run folder, atomically (temporary file, then rename)."""
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_bytes(self, name: str | Path, data: bytes) -> Path:
+        """Write a file in the run folder, atomically (temporary file, then rename)."""
+        import os
+
+        path = self.out_path(name)
+        tmp = self.out_path(path.with_name(path.name + ".tmp"))
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return path
+
+    def remove(self, *parts: str | Path) -> None:
+        """Delete a file or folder inside the run folder (never the run folder itself, never through a link)."""
+        import shutil
+
+        from tomoguide.integrity import PathRefused, guarded_path
+
+        path = guarded_path(self.run_dir, *parts)
+        if path == self.run_dir:
+            raise PathRefused(f"{path}: the run folder itself cannot be removed by the step")
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
     def log(self, message: str) -> None:
         self.log_lines.append(message)

@@ -13,18 +13,108 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from tomoguide.compute.io.errors import FormatError
 from tomoguide.geometry import TiltSeriesGeometry
+from tomoguide.integrity import check_name, check_relative_file
 
 SERIES_FILE = "series.json"
+TILT_SERIES_FILE = "tilt_series.json"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class RecordError(FormatError):
+    """A step record on disk that cannot be used: ``str(err)`` is ``FILE: field: problem`` (one line)."""
+
+
+def _pydantic_problem(exc: ValidationError) -> tuple[str, str]:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "(record)"
+    msg = str(first.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    more = len(exc.errors()) - 1
+    return loc, msg + (f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else "")
+
+
+def read_json_record(path: Path) -> Any:
+    """The JSON content of a record file, or :class:`RecordError` naming the file and what is wrong with it
+    (missing, empty, not UTF-8, not JSON: with line and column)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RecordError(path, None, "missing (the step's output was deleted or moved)") from None
+    except OSError as exc:
+        raise RecordError(path, None, f"unreadable ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise RecordError(path, None, "empty file (the step's output is damaged: run the step again)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(path, f"byte {exc.start}", "not UTF-8 text (the file is damaged)") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(path, f"line {exc.lineno} column {exc.colno}",
+                          f"not valid JSON ({exc.msg}; the file is damaged or cut short)") from None
+    except (ValueError, RecursionError) as exc:
+        raise RecordError(path, None, f"not valid JSON ({type(exc).__name__})") from None
+
+
+def load_record(model: type[M], path: Path, file_name: str | None = None) -> tuple[M, Path]:
+    """The one loader of step records: ``path`` (or ``path/file_name`` when ``path`` is a folder) validated as
+    ``model``. Returns the record and the folder its file names are relative to. Any problem (missing, empty,
+    truncated, not UTF-8, wrong type, a name that is a path, a value out of range) raises :class:`RecordError`
+    as ``FILE: field: problem``."""
+    p = Path(path)
+    if file_name is not None and p.is_dir():
+        p = p / file_name
+    raw = read_json_record(p)
+    try:
+        return model.model_validate(raw), p.parent
+    except ValidationError as exc:
+        loc, msg = _pydantic_problem(exc)
+        raise RecordError(p, loc, msg) from None
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise RecordError(p, None, f"{type(exc).__name__}: {exc}") from None
+
+
+def write_record(model: BaseModel, path: Path) -> Path:
+    """Write a record atomically (temporary file, then rename): a reader never sees half a record."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(model.model_dump_json(indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_in(base: Path, name: str, what: str) -> Path:
+    """``base / name`` for a file name read from a record, refused unless it stays inside ``base`` (also through
+    symbolic links)."""
+    base = Path(base)
+    try:
+        check_relative_file(name, what)
+    except ValueError as exc:
+        raise RecordError(base, what, str(exc)) from None
+    p = base / name
+    try:
+        p.resolve().relative_to(base.resolve())
+    except ValueError:
+        raise RecordError(p, what, f"leads outside its folder {base} (a symbolic link?)") from None
+    return p
 
 
 class SeriesEntry(BaseModel):
     """One tilt series as a step wrote it. ``files`` maps a role ("stack", "even", "odd", "ctf_star",
-    "ctf_preview", "mask", ...) to a file name; ``flags`` holds per-view markers (e.g. ``ctf_failed``)."""
+    "ctf_preview", "mask", ...) to a file name relative to the record's folder; ``flags`` holds per-view markers
+    (e.g. ``ctf_failed``). ``name`` and the roles are plain names and the file names stay inside the record's
+    folder: a record that breaks this is refused when it is read (names from files are never trusted)."""
 
     name: str
     geometry: TiltSeriesGeometry
@@ -32,10 +122,23 @@ class SeriesEntry(BaseModel):
     flags: dict[str, list[bool]] = Field(default_factory=dict)
     info: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return check_name(v, "series name")
+
+    @field_validator("files")
+    @classmethod
+    def _relative_files(cls, v: dict[str, str]) -> dict[str, str]:
+        for role, name in v.items():
+            check_name(role, "file role")
+            check_relative_file(name, f"file name of {role!r}")
+        return v
+
     def path(self, role: str, base: Path) -> Path:
         if role not in self.files:
             raise KeyError(f"tilt series {self.name} has no {role!r} file (it has: {', '.join(self.files)})")
-        return Path(base) / self.files[role]
+        return resolve_in(base, self.files[role], f"files.{role}")
 
 
 class SeriesSet(BaseModel):
@@ -43,22 +146,83 @@ class SeriesSet(BaseModel):
 
     series: list[SeriesEntry]
 
+    @field_validator("series")
+    @classmethod
+    def _unique_names(cls, v: list[SeriesEntry]) -> list[SeriesEntry]:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tilt series {', '.join(dup)} appear more than once")
+        return v
+
     def save(self, folder: Path) -> Path:
-        path = Path(folder) / SERIES_FILE
-        path.write_text(self.model_dump_json(indent=1))
-        return path
+        return write_record(self, Path(folder) / SERIES_FILE)
 
     @classmethod
     def load(cls, path: Path) -> tuple[SeriesSet, Path]:
-        """Read ``series.json``; returns the set and the folder its file names are relative to."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / SERIES_FILE
-        data = json.loads(path.read_text())
-        return cls.model_validate(data), path.parent
+        """Read and validate ``series.json`` (or the folder holding it); returns the set and the folder its file
+        names are relative to. :class:`RecordError` (``FILE: field: problem``) when it is damaged or tampered."""
+        return load_record(cls, path, SERIES_FILE)
 
     def names(self) -> list[str]:
         return [s.name for s in self.series]
+
+
+def load_tilt_series(path: Path) -> list[Any]:
+    """The import step's ``tilt_series.json`` validated (its :class:`~tomoguide.steps.import_movies.ImportedSeries`
+    models, plain series names, no duplicates): the list of series, or :class:`RecordError`."""
+    from pydantic import create_model
+
+    from tomoguide.steps.import_movies import ImportedSeries
+
+    wrapper = create_model("TiltSeriesRecord", series=(list[ImportedSeries], ...))
+    rec, _ = load_record(wrapper, path, TILT_SERIES_FILE)
+    names: list[str] = []
+    for i, s in enumerate(rec.series):  # type: ignore[attr-defined]
+        try:
+            check_name(s.name, "series name")
+        except ValueError as exc:
+            raise RecordError(path, f"series.{i}.name", str(exc)) from None
+        if s.name in names:
+            raise RecordError(path, f"series.{i}.name", f"tilt series {s.name} appears more than once")
+        names.append(s.name)
+    return list(rec.series)  # type: ignore[attr-defined]
+
+
+def validate_output(path: Path) -> None:
+    """Validate a step output that is (or holds) a record: ``series.json``, ``tilt_series.json``,
+    ``particles.json``, ``average.json`` (their models and names) or a STAR table. Raises :class:`RecordError`
+    (``FILE: field: problem``); other outputs (images, folders of images) only need to exist."""
+    from tomoguide.steps.average_records import AverageRecord, ParticleStack
+
+    p = Path(path)
+    if not p.exists():
+        raise RecordError(p, None, "missing (the step's output was deleted or moved)")
+    if p.is_dir():
+        for name in (SERIES_FILE, TILT_SERIES_FILE, "particles.json", "average.json"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            return
+    name = p.name
+    if name == SERIES_FILE:
+        SeriesSet.load(p)
+    elif name == TILT_SERIES_FILE:
+        load_tilt_series(p)
+    elif name == "particles.json":
+        ParticleStack.load(p)
+    elif name == "average.json":
+        AverageRecord.load(p)
+    elif p.suffix.lower() == ".star":
+        from tomoguide.compute.io.star import read_star
+
+        try:
+            read_star(p)
+        except FormatError as exc:
+            raise RecordError(exc.path, exc.field, exc.message) from None
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, IndexError) as exc:
+            raise RecordError(p, None, f"not a readable STAR file ({type(exc).__name__}: {exc})") from None
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
