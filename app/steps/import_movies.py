@@ -527,7 +527,8 @@ def survey(params: ImportMoviesParams) -> Survey:
     series_md: list[mdocio.Mdoc] = []
     singles: list[mdocio.MovieMdoc] = []
     by_name = {(p.parent, p.name.lower()): p for p in mdoc_paths}
-    for p in mdoc_paths:
+
+    def read_one(p: Path) -> None:
         low = p.name.lower()
         if "_override" in low:
             base = by_name.get((p.parent, low.replace("_override", "")))
@@ -538,25 +539,45 @@ def survey(params: ImportMoviesParams) -> Survey:
                 msg = (f"{p}: an '_override' mdoc; tomoguide does not pair override files with the mdoc they "
                        "change: remove or rename it, or narrow the Pattern")
             session_issues.append(Issue("error", msg, "pattern"))
-            continue
+            return
         try:
             md = mdocio.read_mdoc(p)
         except FormatError as exc:
             session_issues.append(Issue("error", str(exc), "files_dir"))
-            continue
+            return
         if md.kind == "montage":
             session_issues.append(Issue("info", f"{p}: a montage, not a tilt series: not imported", "pattern"))
-            continue
+            return
         one = mdocio.single_tilt(md)
         if one is not None:
             singles.append(one)
-            continue
+            return
         tilts = [s.tilt_angle_deg for s in md.sections if s.tilt_angle_deg is not None]
         if md.kind == "tilt_series" and len(tilts) > 1 and max(tilts) - min(tilts) <= 0.05:
             session_issues.append(Issue("warning", f"{p}: {len(tilts)} movies at one tilt angle ({tilts[0]:g}°): "
                                                    "not a tilt series, not imported", "pattern"))
-            continue
+            return
         series_md.append(md)
+
+    # SerialEM names a movie's own mdoc <movie>.mdoc: those are read last, and not at all when a series mdoc
+    # lists their movie (a session of 20 series keeps its 1220 frame mdocs unread)
+    def movie_key(p: Path) -> str | None:
+        stem = p.name[:-5] if p.name.lower().endswith(".mdoc") else p.name
+        return mdocio._movie_stem(stem).lower() if Path(stem).suffix.lower() in mdocio.MOVIE_EXTENSIONS else None
+
+    deferred = [p for p in mdoc_paths if movie_key(p) is not None and "_override" not in p.name.lower()]
+    deferred_set = set(deferred)
+    for p in mdoc_paths:
+        if p not in deferred_set:
+            read_one(p)
+    pre_keys = [mdocio.movie_keys(md) for md in series_md]
+    pre_absorbed: Counter[int] = Counter()
+    for p in deferred:
+        owner = next((i for i, k in enumerate(pre_keys) if movie_key(p) in k), None)
+        if owner is not None:
+            pre_absorbed[owner] += 1
+        else:
+            read_one(p)
     # two series mdocs for the same movies (a copy, a renamed file): refused, naming both
     keys = [mdocio.movie_keys(md) for md in series_md]
     sigs = [tuple((round(s.tilt_angle_deg or 0.0, 2), s.raw.get("DateTime", "")) for s in md.sections) for md in series_md]
@@ -570,8 +591,7 @@ def survey(params: ImportMoviesParams) -> Survey:
                                                      "duplicate mdocs are not imported; remove one or narrow the "
                                                      "Pattern", "pattern"))
                 dup |= {i, j}
-    listed: set[str] = set().union(*keys) if keys else set()
-    absorbed = Counter()
+    absorbed: Counter[int] = Counter(pre_absorbed)
     left: list[mdocio.MovieMdoc] = []
     first_of: dict[str, mdocio.MovieMdoc] = {}
     for it in singles:

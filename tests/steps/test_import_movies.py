@@ -537,3 +537,23 @@ def test_simulated_sessions_of_other_layouts_import_with_defaults(tmp_path: Path
         assert (go.transpose, go.flip_x, go.flip_y) == (planted["gain"]["transpose"], planted["gain"]["flip_x"],
                                                         planted["gain"]["flip_y"])
     proj.close()
+
+
+def test_the_shared_mdoc_folder_as_one_session(tmp_path: Path, shared_data_dir: Path) -> None:
+    """Every real mdoc at once (recursive default pattern): the tilt series are found, the rest is reported."""
+    session = tmp_path / "mdoc"
+    shutil.copytree(shared_data_dir / "mdoc", session)
+    sv = survey(_params(session, dose_per_tilt_e_A2=3.0))
+    assert len(sv.mdocs) == 11
+    errors = [i.message for i in sv.errors]
+    # TS_01 twice (the LF file and its CRLF copy): refused, naming both, never paired
+    assert any(str(session / TS01_LF.removeprefix("mdoc/")) in e and str(session / TS01_CRLF.removeprefix("mdoc/")) in e
+               and "41 of the same movies" in e for e in errors)
+    names = {s.name: s for s in sv.series}
+    assert set(names) == {"L1_ts_001", "test"}
+    assert len(names["L1_ts_001"].records) == 41 and names["L1_ts_001"].axis_deg == 94.0
+    assert [round(r.tilt_angle_deg) for r in names["test"].records] == [0, -5, 5]
+    notes = [i.message for i in sv.issues() if i.level != "error"]
+    assert sum("a montage, not a tilt series" in n for n in notes) == 2
+    assert any("L1_tgt_001.mrc.mdoc: one image at 0.0°" in n for n in notes)
+    assert any("2 per-movie mdocs at one tilt angle (32.984°" in n for n in notes)  # the two frame sets at 33°

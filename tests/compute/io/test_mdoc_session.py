@@ -242,3 +242,23 @@ def test_two_series_with_one_prefix_are_split(tmp_path: Path) -> None:
     for it in items:
         it.section.datetime = None
     assert [len(g) for g in md.group_movie_mdocs(items)] == [5, 5]
+
+
+def test_keys_are_read_by_name_in_any_order(shared_data: Path, tmp_path: Path) -> None:
+    src = md.read_mdoc(shared_data / L1_TS)
+    out = tmp_path / "shuffled.mdoc"
+    md.write_mdoc(out, title_lines=src.title_lines, global_fields=dict(reversed(list(src.global_fields.items()))),
+                  sections=[{"ZValue": s.z_value, **dict(reversed(list(s.raw.items())))} for s in src.sections[::-1]])
+    back = md.read_mdoc(out)
+    assert back.tilt_axis_deg == 94.0 and back.pixel_spacing_A == 2.663 and back.image_size == (5760, 4092)
+    by_z = {s.z_value: s for s in back.sections}
+    for s in src.sections:  # the same values whatever the order of keys and sections
+        b = by_z[s.z_value]
+        assert (b.tilt_angle_deg, b.datetime, b.sub_frame_path, b.exposure_dose_e_A2, b.frame_dose_total_e_A2,
+                b.rotation_angle_deg, b.target_defocus_um) == (
+            s.tilt_angle_deg, s.datetime, s.sub_frame_path, s.exposure_dose_e_A2, s.frame_dose_total_e_A2,
+            s.rotation_angle_deg, s.target_defocus_um)
+    # acquisition order comes from DateTime, not from the order of the sections in the file
+    ra, _ = md.acquisition_order(src.sections)
+    rb, _ = md.acquisition_order(back.sections)
+    assert list(rb) == list(ra[::-1])
