@@ -13,6 +13,14 @@
   (``residual_window`` views) by more than ``z_threshold`` robust SDs and by at least ``residual_ratio``
   times that median and by more than ``min_residual_excess`` (an absolute floor: a residual of 0.7 px among
   0.45 px neighbours is no reason to drop a view), or exceeds ``max_residual`` (same unit as the residuals).
+* ``tracking_jump`` — the view's specimen shift (from the alignment) lies far from where its neighbours in tilt
+  put it: its deviation from the median shift of its ``jump_window`` nearest active views is above
+  ``jump_z_threshold`` robust SDs of all views' deviations (per component, ``1.4826 · MAD``, combined) and above
+  ``min_jump_px``. The stage lost the area for that view (a tracking failure): the alignment may have followed it,
+  but its field overlaps its neighbours' less and its record is suspect. The shifts are expected in px of the
+  unbinned images and the floor likewise (the issue's "100 px or more"); view-to-view shifts of a few tens of nm
+  are normal, so the statistical test carries most of the decision (a 2D Gaussian deviation exceeds the default
+  3.5 σ in about 1 view of 450).
 * ``defocus_outlier`` — the mean defocus ``(U + V)/2`` is more than ``defocus_z_threshold`` robust SDs and
   ``min_defocus_deviation_A`` away from a smooth trend against tilt. The trend is a robust low-order
   polynomial (degree ``defocus_trend_degree``) fitted with iterative rejection, rather than a running
@@ -25,7 +33,7 @@
   (larger) than that, in Å.
 
 Each :class:`Suggestion` says whether it concerns the **view** (``target="view"``: dark, blank, residual
-jump) or its **CTF** (``target="ctf"``), with a message for the page. Views already excluded are left out of
+jump, tracking jump) or its **CTF** (``target="ctf"``), with a message for the page. Views already excluded are left out of
 the trends and get no suggestion. Pure numpy.
 """
 
@@ -50,11 +58,13 @@ __all__ = [
     "robust_line_fit",
     "suggest_exclusions",
     "suggested_views",
+    "tracking_jumps",
 ]
 
-REASONS: tuple[str, ...] = ("dark_view", "blank_view", "residual_jump", "defocus_outlier", "high_astigmatism",
-                            "ctf_failed", "poor_fit_resolution")
-_TARGET = {"dark_view": "view", "blank_view": "view", "residual_jump": "view", "defocus_outlier": "ctf",
+REASONS: tuple[str, ...] = ("dark_view", "blank_view", "residual_jump", "tracking_jump", "defocus_outlier",
+                            "high_astigmatism", "ctf_failed", "poor_fit_resolution")
+_TARGET = {"dark_view": "view", "blank_view": "view", "residual_jump": "view", "tracking_jump": "view",
+           "defocus_outlier": "ctf",
            "high_astigmatism": "ctf", "ctf_failed": "ctf", "poor_fit_resolution": "ctf"}
 _MAD_TO_SIGMA = 1.4826
 
@@ -248,6 +258,36 @@ def _running_median(values: np.ndarray, valid: np.ndarray, window: int) -> np.nd
     return out
 
 
+def tracking_jumps(shifts_px: Any, active: Any = None, *, z_threshold: float = 3.5, min_jump_px: float = 100.0,
+                   window: int = 4) -> list[tuple[int, float, float]]:
+    """Views whose shift jumps away from their neighbours': ``(view, distance_px, z)`` for each.
+
+    ``shifts_px`` (n, 2) per-view specimen shifts in view (tilt) order, any px unit; ``active`` (n,) bool views to
+    consider (default all finite rows). Each active view's deviation is its shift minus the component-wise median of
+    its ``window`` nearest active views in view order; ``σ`` is the robust SD of the deviations (1.4826 · MAD per
+    component, their RMS); a view is a jump when ``|deviation| > max(z_threshold · σ, min_jump_px)``.
+    Needs at least ``window + 2`` active views (else none)."""
+    s = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
+    n = s.shape[0]
+    ok = np.isfinite(s).all(axis=1)
+    if active is not None:
+        ok &= np.asarray(active, dtype=bool).reshape(-1)
+    idx = np.flatnonzero(ok)
+    if idx.size < window + 2:
+        return []
+    dev = np.full((n, 2), np.nan)
+    for i in idx:
+        others = idx[idx != i]
+        near = others[np.argsort(np.abs(others - i), kind="stable")[:window]]
+        dev[i] = s[i] - np.median(s[near], axis=0)
+    d = dev[idx]
+    sig = _MAD_TO_SIGMA * np.median(np.abs(d - np.median(d, axis=0)), axis=0)
+    sigma = max(float(np.sqrt(np.mean(sig ** 2))), 1e-9)
+    dist = np.linalg.norm(d, axis=1)
+    cut = max(z_threshold * sigma, float(min_jump_px))
+    return [(int(i), float(r), float(r / sigma)) for i, r in zip(idx, dist) if r > cut]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Suggestions
 # --------------------------------------------------------------------------------------------------------
@@ -266,6 +306,11 @@ def suggest_exclusions(
     residual_ratio: float = 1.5,
     max_residual: float | None = None,
     min_residual_excess: float = 0.0,
+    shifts_px: Sequence[Sequence[float]] | np.ndarray | None = None,
+    pixel_size_A: float | None = None,
+    jump_z_threshold: float = 3.5,
+    min_jump_px: float = 100.0,
+    jump_window: int = 4,
     defocus_z_threshold: float = 4.0,
     min_defocus_deviation_A: float = 1500.0,
     defocus_trend_degree: int = 2,
@@ -278,7 +323,9 @@ def suggest_exclusions(
     :class:`ViewStats`, or ``None`` to skip the image checks. ``tilt_deg`` (n,): true tilts in degrees,
     in view order. ``ctf_table``: :class:`CtfTable`, a dict / DataFrame (see :meth:`CtfTable.from_mapping`)
     or a list of ``CtfFit``; ``None`` skips the CTF checks. ``residuals`` (n,): mean alignment residual per
-    view (any unit; NaN for unknown). ``excluded`` (n,) bool: views already excluded (ignored).
+    view (any unit; NaN for unknown). ``shifts_px`` (n, 2): the alignment's specimen shifts (x, y) in px of the
+    unbinned images (``pixel_size_A`` Å each, for the messages; NaN rows for unknown) for the ``tracking_jump``
+    test. ``excluded`` (n,) bool: views already excluded (ignored).
     ``min_log_sigma``: floor of the robust SD of log(mean) and log(SD) (a 2 % spread), so that a series of
     nearly identical views does not flag tiny differences. Thresholds as named (Å for defocus).
     """
@@ -339,6 +386,14 @@ def suggest_exclusions(
                        if jump else f"exceeds the limit {max_residual:.3g}")
                 add(i, "residual_jump", f"view {i} ({tilt[i]:+.1f}°): alignment residual {res[i]:.3g} {why}",
                     res[i])
+
+    # ---- tracking jumps -------------------------------------------------------------------------------
+    if shifts_px is not None:
+        for i, dist, z in tracking_jumps(shifts_px, active, z_threshold=jump_z_threshold, min_jump_px=min_jump_px,
+                                         window=jump_window):
+            size = f"{dist:.0f} px" + (f" ({dist * pixel_size_A / 10.0:.0f} nm)" if pixel_size_A else "")
+            add(i, "tracking_jump", f"view {i} ({tilt[i]:+.1f}°): the specimen jumped by {size} from where its "
+                f"neighbours' shifts put it ({z:.1f} robust SDs of the view-to-view shifts)", dist)
 
     # ---- CTF ------------------------------------------------------------------------------------------
     if ctf_table is not None:

@@ -205,17 +205,27 @@ class MarkerRefinement:
 def refine_with_markers(stack: np.ndarray, geometry: TiltSeriesGeometry, *, diameter_px: float, thickness_px: int,
                         max_count: int = 150, min_count: int = 30, rounds: int = 4, solve_axis: bool = True,
                         solve_rotation: bool = False, solve_magnification: bool = False,
-                        outlier_mad: float = 3.0) -> MarkerRefinement:
+                        outlier_mad: float = 3.0, view_weights: np.ndarray | None = None) -> MarkerRefinement:
     """Refine an alignment (``geometry`` with its xf, tilt axis and offset, at the stack's binning) with markers
     (module docstring): detection in a tomogram of ``thickness_px``, markers of ``diameter_px``, at most
     ``max_count``; ``rounds`` of locate-and-fit (the axis settles within 3 on the small preset). Raises
     ``ValueError`` when fewer than ``min_count`` markers are found: with few markers the fit follows their noise
-    (the tiny preset, 16 particles over ±30°, ends 0.9° further from the true axis than patch tracking)."""
+    (the tiny preset, 16 particles over ±30°, ends 0.9° further from the true axis than patch tracking).
+    ``view_weights`` (n,): weights of the views in the fits (:func:`~tomoguide.compute.align.fit_projection_model`;
+    e.g. the align step's down-weighted dark views); views weighted below 1 do not contribute to the marker
+    profile."""
     from tomoguide.compute.align import fit_projection_model, geometry_from_fit
 
     data = np.asarray(stack, dtype=np.float64)
     n, ny, nx = data.shape
-    points = detect_markers(data, geometry, thickness_px=thickness_px, diameter_px=diameter_px, max_count=max_count)
+    weights = None if view_weights is None else np.asarray(view_weights, dtype=np.float64).reshape(-1)
+    full = np.ones(n, dtype=bool) if weights is None else weights >= 1.0
+    if not full.any():
+        full[:] = True
+    seen = geometry.model_validate({**geometry.model_dump(),
+                                    "excluded": [bool(e) or not f for e, f in
+                                                 zip(list(geometry.excluded) or [False] * n, full)]})
+    points = detect_markers(data, seen, thickness_px=thickness_px, diameter_px=diameter_px, max_count=max_count)
     if points.shape[0] < max(3, min_count):
         raise ValueError(f"{geometry.name}: only {points.shape[0]} particles found to use as markers (at least "
                          f"{max(3, min_count)} are needed)")
@@ -230,7 +240,7 @@ def refine_with_markers(stack: np.ndarray, geometry: TiltSeriesGeometry, *, diam
     prof: tuple[np.ndarray, np.ndarray] = (np.zeros(1), np.zeros(1))
     for _ in range(max(1, rounds)):
         uv = g.project(points)[..., :2]
-        prof = marker_profile(data, uv, radius)
+        prof = marker_profile(data[full], uv[full], radius)
         pos = np.full((n, points.shape[0], 2), np.nan)
         for i in g.included_views():
             pos[i], _ = locate_markers(data[i] - medians[i], uv[i], *prof, half_box=half_box,
@@ -239,7 +249,7 @@ def refine_with_markers(stack: np.ndarray, geometry: TiltSeriesGeometry, *, diam
         fit = fit_projection_model(pos, tilts, g.tilt_axis_deg, tilt_offset_deg=g.tilt_offset_deg,
                                    initial_shifts_px=g.specimen_shifts_px(), solve_axis=solve_axis,
                                    solve_rotation=solve_rotation, solve_magnification=solve_magnification,
-                                   outlier_mad=outlier_mad)
+                                   outlier_mad=outlier_mad, view_weights=weights)
         g = geometry_from_fit(geometry, fit)
         history.append(float(fit.tilt_axis_deg))
         keep = ~fit.rejected

@@ -241,7 +241,8 @@ class ExcludePreview(SeriesSetPreview):
 
         params = self.project.params(self.step_id)
         stack_path = entry.path("stack", self.base)
-        key = (entry.name, str(stack_path), float(params.max_astigmatism_A), float(params.min_residual_jump_px))
+        key = (entry.name, str(stack_path), float(params.max_astigmatism_A), float(params.min_residual_jump_px),
+               float(params.min_tracking_jump_px))
         if key not in self._suggestion_cache:
             # memory-mapped: the checks read only a subsampled centre of each view (this runs on the GUI thread,
             # once per series, before the step has run)

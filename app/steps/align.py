@@ -34,6 +34,12 @@ class AlignParams(StepParams):
         help="How much neighbouring patches overlap (tutorial 80 %): more overlap = more patches.")
     solve_axis: bool = param(True, title="Refine the tilt-axis angle",
                              help="Fit the tilt-axis angle (recommended: the mdoc's value is often off by a degree).")
+    check_axis: bool = param(
+        True, title="Check the tilt axis against the views", enabled_if=[("solve_axis", "=", True)],
+        help="Before tracking, find the tilt axis from the views themselves (their common lines) and compare it with "
+             "the one the import gave (the mdoc's or a typed value): a difference of more than 5° is reported, and "
+             "above 12° the import's value is taken to be wrong and the alignment starts from the views' own. "
+             "The mdoc's axis can be several degrees off.")
     solve_rotation: bool = param(
         False, title="Per-view rotation", advanced=True,
         help="Also fit a small in-plane rotation for every view (needs many well-tracked patches).")
@@ -84,14 +90,44 @@ class AlignParams(StepParams):
              "aligned series (1 = same size). Empty: none. The alignment itself is kept as metadata ('+ali').")
 
 
+AXIS_WARN_DEG = 5.0
+
+
+def _axis_check_messages(name: str, res: Any) -> list[str]:
+    """Log lines (warnings) about the tilt axis: the views' own axis (the search) against the prior (the import's),
+    where the alignment started, and the fitted axis against the prior; empty when all agree within
+    :data:`AXIS_WARN_DEG`. Angles are compared modulo 180° (the tilt direction is the hand check's business)."""
+    from tomoguide.compute.align import axis_difference_deg
+
+    out = []
+    prior = float(res.prior_axis_deg)
+    found = None if res.axis_search is None else float(res.axis_search.axis_deg)
+    fitted = float(res.fit.tilt_axis_deg)
+    if found is not None and abs(axis_difference_deg(found, prior)) > AXIS_WARN_DEG:
+        if abs(res.start_axis_deg - prior) > 1e-6:
+            out.append(f"{name}: warning: the views put the tilt axis at {found:.1f}°, {found - prior:+.1f}° from the "
+                       f"import's {prior:.1f}°; the import's value looks wrong, the alignment started from the views' "
+                       "own axis")
+        else:
+            out.append(f"{name}: warning: the views put the tilt axis at {found:.1f}°, {found - prior:+.1f}° from the "
+                       f"import's {prior:.1f}°; the alignment started from the import's value")
+    if abs(axis_difference_deg(fitted, prior)) > AXIS_WARN_DEG:
+        out.append(f"{name}: warning: the fitted tilt axis {fitted:.2f}° is {axis_difference_deg(fitted, prior):+.1f}° "
+                   f"from the import's {prior:.1f}°: check the mdoc's tilt axis (or the value typed at the import)")
+    return out
+
+
 class Align(Step):
     id = "align"
     title = "Tilt-series alignment"
     summary = "Find the shifts of every view and the tilt axis by patch tracking and a projection model."
     help = (
         "<p><b>What it does.</b> Between tilts the specimen moves a little and the tilt axis is not exactly where "
-        "the microscope says. This step first cross-correlates neighbouring tilts (stretching the lower tilt to "
-        "the higher one's foreshortening), then follows patches of 500 Å through the series, and fits a model in "
+        "the microscope says. This step first finds the tilt axis from the views themselves and compares it with "
+        "the import's (it warns when they differ by more than 5°, and starts from its own above 12°). It then "
+        "cross-correlates neighbouring tilts (stretching the lower tilt to the higher one's foreshortening; a view "
+        "that jumped far is searched again in a wider range, and a dark or blank view is bridged over), then "
+        "follows patches of 500 Å through the series, and fits a model in "
         "which every patch is a point in 3D projected at each tilt: the fit gives each view's shift, the tilt-"
         "axis angle and the tilt-angle offset. Patches that do not fit are rejected. Then it finds compact dense "
         "particles (here apoferritin) in a quick tomogram and follows each one through the views like a gold "
@@ -132,7 +168,7 @@ class Align(Step):
         return Needs(disk_bytes=total + 1_000_000, memory_bytes=10 * total)
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.align import align_tilt_series, apply_alignment
+        from tomoguide.compute.align import align_tilt_series, apply_alignment, axis_difference_deg
         from tomoguide.compute.markers import refine_with_markers
         from tomoguide.compute.io.imod import write_tlt, write_xf
         from tomoguide.compute.io.mrc import read_mrc, write_mrc
@@ -149,8 +185,15 @@ class Align(Step):
                                     patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
                                     flatten=params.flatten, solve_rotation=params.solve_rotation,
                                     solve_magnification=params.solve_magnification, min_cc=params.min_cc,
-                                    outlier_mad=params.outlier_mad)
+                                    outlier_mad=params.outlier_mad, check_axis=params.check_axis)
             ctx.check_cancel()
+            axis_notes = _axis_check_messages(s.name, res)
+            for note in axis_notes:
+                ctx.log(note)
+            weak = [int(i) for i in res.weak_views]
+            if weak:
+                ctx.log(f"{s.name}: views {', '.join(str(i + 1) for i in weak)} correlate poorly with both neighbours "
+                        "(dark, blank or blurred): bridged over in tracking and down-weighted in the fit")
             g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
             if params.flatten and abs(g.tilt_offset_deg - s.geometry.tilt_offset_deg) > 10.0:
                 ctx.log(f"{s.name}: the patches give a tilt-angle offset of {g.tilt_offset_deg:+.1f}°, which is not "
@@ -160,7 +203,7 @@ class Align(Step):
                                         patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
                                         flatten=False, solve_rotation=params.solve_rotation,
                                         solve_magnification=params.solve_magnification, min_cc=params.min_cc,
-                                        outlier_mad=params.outlier_mad)
+                                        outlier_mad=params.outlier_mad, check_axis=params.check_axis)
                 g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
             summary = res.summary()
             view_residuals, mean_residual = summary["view_residual_px"], summary["mean_residual_px"]
@@ -175,7 +218,8 @@ class Align(Step):
                         thickness_px=max(8, int(round(params.marker_depth_A / px))), max_count=params.max_markers,
                         min_count=params.min_markers,
                         solve_axis=params.solve_axis, solve_rotation=params.solve_rotation,
-                        solve_magnification=params.solve_magnification, outlier_mad=params.outlier_mad)
+                        solve_magnification=params.solve_magnification, outlier_mad=params.outlier_mad,
+                        view_weights=res.view_weights)
                 except ValueError as exc:
                     ctx.log(f"{s.name}: no refinement with markers ({exc}); the patch-tracking alignment is kept")
                 if markers is not None:
@@ -208,14 +252,20 @@ class Align(Step):
                 files["interp"] = f"{s.name}_ali.mrc"
                 write_mrc(ctx.run_dir / files["interp"], np.asarray(ali, np.float32),
                           voxel_size_A=g.pixel_size_binned_A * params.interp_binning, is_stack=True)
-            info_out = {**s.info, "residual_per_view_px": view_residuals, "mean_residual_px": mean_residual}
+            info_out = {**s.info, "residual_per_view_px": view_residuals, "mean_residual_px": mean_residual,
+                        "weak_views": weak, "widened_views": summary["widened_views"]}
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=info_out))
             metrics["series"][s.name] = {
                 "tilt_axis_deg": float(g.tilt_axis_deg), "tilt_offset_deg": float(g.tilt_offset_deg),
                 "mean_residual_px": mean_residual, "n_patches": summary["n_patches"],
                 "n_rejected": summary["n_rejected"], "patch_tilt_axis_deg": summary["tilt_axis_deg"],
                 "patch_mean_residual_px": summary["mean_residual_px"],
-                "n_markers": None if markers is None else markers.n_markers}
+                "n_markers": None if markers is None else markers.n_markers,
+                "prior_tilt_axis_deg": summary["prior_axis_deg"], "searched_tilt_axis_deg": summary["searched_axis_deg"],
+                "axis_search_contrast": summary["axis_search_contrast"], "start_tilt_axis_deg": summary["start_axis_deg"],
+                "axis_prior_difference_deg": axis_difference_deg(float(g.tilt_axis_deg), summary["prior_axis_deg"]),
+                "axis_warnings": axis_notes, "weak_views": [i + 1 for i in weak],
+                "widened_views": [i + 1 for i in summary["widened_views"]]}
             ctx.log(f"{s.name}: tilt axis {g.tilt_axis_deg:.2f}°, offset {g.tilt_offset_deg:+.2f}°, "
                     f"mean residual {mean_residual:.2f} px, {summary['n_patches']} patches "
                     f"({summary['n_rejected']} rejected)")

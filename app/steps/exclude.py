@@ -1,7 +1,7 @@
 """Step 8, ``exclude``: mark bad tilt images and bad CTF fits, with automatic suggestions.
 
 Suggestions (:func:`tomoguide.compute.exclusion.suggest_exclusions`): dark or blank views, jumps in the alignment
-residuals, defocus outliers against the trend over tilt, high astigmatism, failed CTF fits. The trainee accepts
+residuals, tracking jumps (a view whose specimen shift lies far from its neighbours'), defocus outliers against the trend over tilt, high astigmatism, failed CTF fits. The trainee accepts
 them and adds or removes views and fits by hand (in the wizard: space key or check box; on the command line:
 IMOD-style view lists, 1-based, per series: ``"TS_01: 1-3,7; TS_02: 41"``).
 
@@ -30,9 +30,9 @@ class ExcludeParams(StepParams):
              "change your mind (the tutorial's 'mark as excluded'). 'restack': write a new stack without them.")
     apply_suggestions: bool = param(
         True, title="Apply the suggestions",
-        help="Exclude what the automatic checks suggest (dark or blank views, residual jumps, defocus outliers, "
-             "high astigmatism, failed fits). Each suggestion is listed with its reason; the views and fits "
-             "below are excluded in addition, and those in 'keep' are kept whatever the checks say.")
+        help="Exclude what the automatic checks suggest (dark or blank views, residual jumps, tracking jumps, "
+             "defocus outliers, high astigmatism, failed fits). Each suggestion is listed with its reason; the views "
+             "and fits below are excluded in addition, and those in 'keep' are kept whatever the checks say.")
     views: str = param(
         "", title="Views to exclude", widget="text",
         help="Views to exclude, per tilt series, as IMOD view lists (1-based, in angle order): "
@@ -48,6 +48,11 @@ class ExcludeParams(StepParams):
         0.5, title="Residual jump floor", unit="px", hard=(0.0, 100.0), suggest=(0.2, 2.0), advanced=True,
         help="A view's alignment residual must exceed its neighbours' by at least this much (and stand out "
              "statistically) to be suggested: sub-pixel differences are no reason to lose a view.")
+    min_tracking_jump_px: float = param(
+        100.0, title="Tracking jump floor", unit="px", hard=(0.0, 1e5), suggest=(20.0, 1000.0), advanced=True,
+        help="A view whose specimen shift (found by the alignment) lies this far (in pixels of the full-size images) "
+             "or more from where its neighbours' shifts put it, and stands out statistically from the ordinary "
+             "view-to-view shifts, is suggested: the stage lost the area for that view.")
     max_astigmatism_A: float = param(
         2000.0, title="Astigmatism limit", unit="Å", hard=(0.0, 1e5), suggest=(500.0, 5000.0), advanced=True,
         help="CTF fits with more astigmatism (U − V) than this are suggested for exclusion.")
@@ -100,10 +105,12 @@ def series_suggestions(entry: SeriesEntry, stack: Any, ctf_table: pd.DataFrame |
     from tomoguide.compute.exclusion import suggest_exclusions, view_statistics
 
     g = entry.geometry
+    shifts = g.specimen_shifts_px() * g.binning if g.xf is not None else None  # px of the unbinned images
     return suggest_exclusions(view_statistics(stack), tilt_deg=g.true_tilt_deg(), ctf_table=ctf_table,
                               residuals=entry.info.get("residual_per_view_px"), excluded=g.excluded,
                               max_astigmatism_A=params.max_astigmatism_A,
-                              min_residual_excess=params.min_residual_jump_px)
+                              min_residual_excess=params.min_residual_jump_px, shifts_px=shifts,
+                              pixel_size_A=g.pixel_size_A, min_jump_px=params.min_tracking_jump_px)
 
 
 def fill_excluded_fits(table: pd.DataFrame, excluded: np.ndarray) -> pd.DataFrame:
@@ -128,7 +135,7 @@ class Exclude(Step):
     help = (
         "<p><b>What it does.</b> Lists the tilt images and their CTF fits with automatic suggestions: views much "
         "darker or emptier than their neighbours (an obstacle in the beam, the grid bar at high tilt), views whose "
-        "alignment residual jumps, defocus values far from the trend over tilt, very high astigmatism, fits that "
+        "alignment residual jumps, views the stage put far from where their neighbours are (a tracking jump), defocus values far from the trend over tilt, very high astigmatism, fits that "
         "failed. You decide: accept the suggestions, exclude more, or keep a view despite a suggestion.</p>"
         "<p><b>Why.</b> One bad view adds streaks to the whole tomogram; a wrong defocus flips the contrast of "
         "the wrong frequencies during CTF correction.</p>"
