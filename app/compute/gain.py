@@ -30,6 +30,10 @@ scatter, its dead/hot columns and its sensor pattern carry it. Wrong orientation
 score about 0 (only a pattern the wrong orientation maps onto itself, such as column stripes under a Y flip,
 is shared, so the best orientation wins by its pixel-scale part).
 
+Some files hold the *inverse* of a gain (a sensitivity or flat-field map, raw ∝ file: Thermo Fisher's EER gain
+references in MRC format, which RELION inverts): the 8 orientations are also scored under that hypothesis
+(correlation instead of anti-correlation), so 16 hypotheses compete, and the result says ``inverted``.
+
 The **confidence** is the best score's margin over the second best, in units of the margin's standard
 error, estimated from the spread of the same margin over an 8 × 8 grid of image blocks (the blocks are
 independent samples of the fixed pattern). Below :data:`MIN_CONFIDENCE` (5 standard errors) the result is
@@ -56,6 +60,8 @@ __all__ = [
     "apply_orientation",
     "orientation_name",
     "bin_gain_2x",
+    "invert_gain",
+    "INVERSE_SUFFIX",
     "detect_orientation",
 ]
 
@@ -73,6 +79,8 @@ ORIENTATIONS: tuple[tuple[bool, bool, bool], ...] = (
 
 #: Smallest confidence (best score's margin over the second best, in standard errors) that decides.
 MIN_CONFIDENCE = 5.0
+#: Appended to an orientation's name when the file holds the inverse of a gain.
+INVERSE_SUFFIX = " (inverse gain)"
 
 _HP_SIZE_PX = 7  # side of the local-mean box of the high-pass (px)
 _OUTLIER_SIGMA = 8.0  # |robust z| above which a pixel of the high-passed raw sum is masked (hot pixels, hits)
@@ -106,6 +114,15 @@ def _bad_mask(g: np.ndarray) -> np.ndarray:
     return ~np.isfinite(g) | (g <= 0)
 
 
+def invert_gain(stored: np.ndarray) -> np.ndarray:
+    """A multiplicative gain from a file that holds its inverse (a sensitivity map): ``mean / stored`` over the
+    valid pixels (float32, mean ≈ 1 like the file's); bad pixels (zero, negative, not finite: defects) stay 0."""
+    s = np.asarray(stored, dtype=np.float64)
+    bad = _bad_mask(s)
+    mean = float(s[~bad].mean()) if (~bad).any() else 1.0
+    return np.where(bad, 0.0, mean / np.where(bad, 1.0, s)).astype(np.float32)
+
+
 def bin_gain_2x(gain: np.ndarray) -> np.ndarray:
     """A super-resolution gain ``(2m, 2n)`` binned to ``(m, n)`` float32: the harmonic mean of each 2×2 block
     (``4 / Σ 1/g``: a counted pixel's sensitivity is the mean of its sub-pixels' 1/g). A block with a bad
@@ -132,6 +149,10 @@ class GainOrientation:
       ``min_confidence`` standard errors).
     * ``scores``: score of every orientation tried, keyed by :func:`orientation_name` (only the orientations
       the shapes allow).
+    * ``inverted``: the file holds the *inverse* of a gain (a sensitivity map: the raw counts follow it
+      instead of its inverse), as Thermo Fisher's EER gain references in MRC format do (RELION inverts them,
+      only its ``.gain`` TIFFs are multiplicative); use ``mean / file`` as the gain
+      (:func:`invert_gain`). The name then ends in :data:`INVERSE_SUFFIX`.
     * ``second``: name of the runner-up; ``gain_binning``: 2 when a super-resolution gain was binned 2×2
       to the frames, else 1; ``frames_binning``: 2 when the raw sum was (movies at twice the gain's size);
       ``n_pixels``: pixels used.
@@ -145,14 +166,16 @@ class GainOrientation:
     decided: bool
     scores: dict[str, float] = field(default_factory=dict)
     second: str = ""
+    inverted: bool = False
     gain_binning: int = 1
     frames_binning: int = 1
     n_pixels: int = 0
 
     @property
     def name(self) -> str:
-        """:func:`orientation_name` of the best orientation."""
-        return orientation_name(self.transpose, self.flip_x, self.flip_y)
+        """:func:`orientation_name` of the best orientation, with :data:`INVERSE_SUFFIX` when the file holds the
+        inverse of a gain."""
+        return orientation_name(self.transpose, self.flip_x, self.flip_y) + (INVERSE_SUFFIX if self.inverted else "")
 
     @property
     def switches(self) -> tuple[bool, bool, bool]:
@@ -278,8 +301,8 @@ def detect_orientation(
     nby = max(1, min(n_blocks, ny // 32))
     nbx = max(1, min(n_blocks, nx // 32))
     rr_b = _block_sums(h_r * h_r, (nby, nbx))
-    per_block: list[np.ndarray] = []
-    scores: list[float] = []
+    corr_block: list[np.ndarray] = []
+    corr: list[float] = []
     n_used = 0
     for o in candidates:
         hg = apply_orientation(h_g, *o)
@@ -290,13 +313,18 @@ def detect_orientation(
         gg_b = _block_sums(hgm * hgm, (nby, nbx))
         rr_o = _block_sums(hrm * hrm, (nby, nbx)) if not mg.all() else rr_b
         with np.errstate(divide="ignore", invalid="ignore"):
-            blk = np.where((gg_b > 0) & (rr_o > 0), -rg_b / np.sqrt(gg_b * rr_o), 0.0)
+            blk = np.where((gg_b > 0) & (rr_o > 0), rg_b / np.sqrt(gg_b * rr_o), 0.0)
             den = float(np.sqrt(gg_b.sum() * rr_o.sum()))
-        scores.append(float(-rg_b.sum() / den) if den > 0 else 0.0)
-        per_block.append(blk.ravel())
+        corr.append(float(rg_b.sum() / den) if den > 0 else 0.0)
+        corr_block.append(blk.ravel())
         n_used = max(n_used, int(np.count_nonzero(mg)))
+    # hypotheses: each orientation of a multiplicative gain (raw ∝ 1/gain: anti-correlated), then of an inverse
+    # gain (a sensitivity map, raw ∝ file: correlated), so that ties prefer the multiplicative identity
+    hyps = [(o, False) for o in candidates] + [(o, True) for o in candidates]
+    scores = [-c for c in corr] + corr
+    per_block = [-b for b in corr_block] + corr_block
 
-    order = np.argsort(-np.asarray(scores), kind="stable")  # ties: the earlier orientation (identity first)
+    order = np.argsort(-np.asarray(scores), kind="stable")  # ties: the earlier hypothesis (identity first)
     best = int(order[0])
     k = per_block[best].size
 
@@ -304,7 +332,7 @@ def detect_orientation(
         return float(np.std(x, ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("inf")
 
     score = scores[best]
-    second = int(order[1])  # 4 or 8 candidates: there is always a runner-up
+    second = int(order[1])  # 8 or 16 hypotheses: there is always a runner-up
     margin = score - scores[second]
     se = _stderr(per_block[best] - per_block[second])
     se_score = _stderr(per_block[best])
@@ -319,10 +347,14 @@ def detect_orientation(
     confidence = _ratio(margin, se) if k > 1 else 0.0
     significance = _ratio(score, se_score) if k > 1 else 0.0
     decided = bool(confidence >= min_confidence and significance >= min_confidence and score > 0)
-    t, fx, fy = candidates[best]
+    (t, fx, fy), inverted = hyps[best]
+
+    def _label(h: tuple[tuple[bool, bool, bool], bool]) -> str:
+        return orientation_name(*h[0]) + (INVERSE_SUFFIX if h[1] else "")
+
     return GainOrientation(
         transpose=t, flip_x=fx, flip_y=fy, score=float(score), confidence=float(confidence), decided=decided,
-        scores={orientation_name(*o): float(s) for o, s in zip(candidates, scores)},
-        second=orientation_name(*candidates[second]),
+        scores={_label(h): float(sc) for h, sc in zip(hyps, scores)},
+        second=_label(hyps[second]), inverted=bool(inverted),
         gain_binning=gain_bin, frames_binning=frames_bin, n_pixels=n_used,
     )

@@ -586,6 +586,7 @@ def align_movie(
     hot_pixel_sigma: float = 10.0,
     outlier_sigma: float = 8.0,
     patch_overlap: float = 0.5,
+    defects: Any | None = None,
 ) -> MotionResult:
     """Align the frames of one tilt movie and sum them with dose weighting.
 
@@ -614,6 +615,9 @@ def align_movie(
       ``outlier_sigma``: single-pixel outliers above it (robust σ) are suppressed in the patch copies used
       for local motion (never in the sums). ``patch_overlap``: patches are ``(1 + overlap)`` times the
       image side / grid count.
+    * ``defects``: ``(ny, nx)`` bool, pixels known to be defective (e.g. where the gain reference is zero or
+      not finite); replaced by the frame mean in every frame, like the hot pixels found in the data (and
+      listed with them in ``hot_pixels``).
 
     Returns a :class:`MotionResult`.
     """
@@ -631,6 +635,11 @@ def align_movie(
 
     # stationary defects: replaced in every frame (also in the output)
     hot = find_hot_pixels(f, hot_pixel_sigma) if hot_pixel_sigma > 0 else xp.zeros((ny, nx), dtype=bool)
+    if defects is not None:
+        d = xp.asarray(defects, dtype=bool)
+        if tuple(d.shape) != (ny, nx):
+            raise ValueError(f"defects is {tuple(d.shape)} (ny, nx) but the frames are {(ny, nx)}")
+        hot = hot | d
     hot_idx = np.argwhere(to_numpy(hot)).astype(np.int64)
     if hot_idx.shape[0]:
         means = f.mean(axis=(1, 2), dtype=xp.float64).astype(xp.float32)

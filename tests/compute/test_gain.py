@@ -85,7 +85,8 @@ def test_every_orientation_detected_on_a_non_square_camera(o: tuple[bool, bool, 
     res = G.detect_orientation(raw, _stored_for(cam, o))
     assert res.switches == o, res.describe()
     assert res.decided and res.confidence > 15.0, res.describe()
-    assert len(res.scores) == 4 and res.score == max(res.scores.values())
+    assert len(res.scores) == 8 and res.score == max(res.scores.values())  # 4 orientations × (gain, inverse)
+    assert not res.inverted
     assert res.name == G.orientation_name(*o) and res.second != res.name
     assert res.gain_binning == res.frames_binning == 1 and res.n_pixels > 0.9 * raw.size
     d = res.to_dict()
@@ -102,7 +103,7 @@ def test_every_orientation_on_the_tiny_preset(tiny_dataset: Path) -> None:
     for o in G.ORIENTATIONS:
         res = G.detect_orientation(raw, _stored_for(cam, o))
         assert res.switches == o and res.decided, res.describe()
-        assert len(res.scores) == 8
+        assert len(res.scores) == 16 and not res.inverted
         confidences.append(res.confidence)
     assert min(confidences) > 20.0, confidences
     # the stored file as it is: flip X (the preset's convention)
@@ -167,3 +168,27 @@ def test_shapes_that_fit_no_orientation() -> None:
         G.detect_orientation(np.ones((100, 110)), np.ones((100, 120)))
     with pytest.raises(ValueError, match="2D"):
         G.detect_orientation(np.ones((2, 10, 10)), np.ones((10, 10)))
+
+
+def test_a_file_holding_the_inverse_gain() -> None:
+    """A sensitivity map instead of a gain (raw ∝ file; Thermo Fisher's MRC gain references for EER): found as
+    the inverse, in the right orientation; invert_gain turns it into the multiplicative gain."""
+    rng = np.random.default_rng(17)
+    cam = simulate.make_gain_reference((160, 224), rng)
+    raw = _raw_sum(cam, rng)
+    o = (True, True, False)
+    stored = _stored_for((1.0 / cam).astype(np.float32), o)
+    stored[3, 4] = 0.0  # a defect
+    res = G.detect_orientation(raw, stored)
+    assert res.switches == o and res.inverted and res.decided, res.describe()
+    assert res.name == "transpose + flip X" + G.INVERSE_SUFFIX and res.name in res.scores
+    plain = G.detect_orientation(raw, _stored_for(cam, o))  # the same gain stored as a gain: not inverted
+    assert plain.switches == o and not plain.inverted
+    assert res.confidence == pytest.approx(plain.confidence, rel=0.3)
+    oriented = G.apply_orientation(stored, *o)
+    g = G.invert_gain(oriented)
+    assert g.dtype == np.float32 and np.array_equal(g == 0, oriented == 0)  # the defect stays a defect, alone
+    ok = g > 0
+    ratio = g[ok] / cam[ok]  # the gain up to a common factor (mean of the file ≈ 1)
+    np.testing.assert_allclose(ratio / ratio.mean(), 1.0, rtol=1e-5)
+    assert abs(ratio.mean() - 1.0) < 0.01

@@ -184,6 +184,15 @@ def test_hot_pixels_replaced_but_not_single_frame_hits() -> None:
     s = r.unweighted_sum
     assert abs(float(s[10, 20]) - 15.0) < 10.0  # replaced by the frame means (5 × 3 counts)
     assert float(s[40, 41]) > 50.0  # the hit is left for the X-ray eraser
+    # known defects (e.g. zero gain): replaced like the hot pixels and listed with them
+    defects = np.zeros((64, 64), bool)
+    defects[[3, 50], [7, 12]] = True
+    frames[:, 3, 7] = 0.0  # a dead pixel
+    r2 = motion.align_movie(frames, pixel_size_A=PX_A, grid=(1, 1, 1), defects=defects)
+    assert sorted(r2.hot_pixels.tolist()) == [[3, 7], [10, 20], [50, 12]]
+    assert abs(float(r2.unweighted_sum[3, 7]) - 15.0) < 5.0
+    with pytest.raises(ValueError, match="defects"):
+        motion.align_movie(frames, pixel_size_A=PX_A, defects=defects[:10])
 
 
 def test_bad_parameters() -> None:
