@@ -184,14 +184,16 @@ def load_series(path: Path) -> list[ImportedSeries]:
     return [ImportedSeries.model_validate(s) for s in raw["series"]]
 
 
-def find_mdocs(params: ImportMoviesParams) -> list[Path]:
-    """The mdoc files that match the pattern under the session folder, sorted (absolute, links not resolved)."""
+def find_mdocs(params: ImportMoviesParams, files: mdocio.SessionFiles | None = None) -> list[Path]:
+    """The mdoc files under the session folder whose relative path matches the pattern (``**/*.mdoc``: any depth;
+    ``*.mdoc``: the folder itself; ``*/*.mdoc``: one level down; case-insensitive; linked folders followed once,
+    hidden ones skipped), sorted, absolute (links not resolved). ``files``: an index of the folder already built."""
     folder = mdocio._abs(params.files_dir) if params.files_dir else Path(params.files_dir)
     if not params.files_dir or not folder.is_dir():
         raise FormatError(folder, "files_dir", "no such folder")
-    # the pattern is matched relative to the folder: "**/*.mdoc", "*.mdoc", "*/*.mdoc" (one folder per series)
-    return sorted(p for p in folder.glob(params.pattern or DEFAULT_PATTERN)
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if files is None:
+        files = mdocio.SessionFiles([folder])
+    return files.matching(folder, params.pattern or DEFAULT_PATTERN)
 
 
 def _series_name(mdoc_path: Path) -> str:
@@ -510,15 +512,16 @@ def survey(params: ImportMoviesParams) -> Survey:
     Fast: reads the mdoc files and lists the folders once (:class:`~tomoguide.compute.io.mdoc.SessionFiles`); no
     movie or gain file is opened. Raises :class:`FormatError` (field ``files_dir``) when the folder does not exist.
     """
-    mdoc_paths = find_mdocs(params)
+    if not params.files_dir or not mdocio._abs(params.files_dir).is_dir():
+        raise FormatError(mdocio._abs(params.files_dir or "."), "files_dir", "no such folder")
     session = mdocio._abs(params.files_dir)
     movies_dir = mdocio._abs(params.movies_dir) if params.movies_dir else None
     session_issues: list[Issue] = []
     if movies_dir is not None and not movies_dir.is_dir():
         session_issues.append(Issue("error", f"{movies_dir}: movie folder: no such folder", "movies_dir"))
         movies_dir = None
-    files = mdocio.SessionFiles([session, *([movies_dir] if movies_dir else []),
-                                 *sorted({p.parent for p in mdoc_paths})])
+    files = mdocio.SessionFiles([session, *([movies_dir] if movies_dir else [])])
+    mdoc_paths = find_mdocs(params, files)
     if files.truncated:
         session_issues.append(Issue("warning", f"{session}: more than {files.n_files} files under the session "
                                                "folder: the search for movies stopped there; choose the session "

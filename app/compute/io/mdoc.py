@@ -495,6 +495,42 @@ def _abs(p: str | PathLike[str]) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(p))))
 
 
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A compiled, case-insensitive regular expression for a glob pattern over ``/``-separated relative paths:
+    ``**`` (a whole component) matches any number of folders including none, ``*`` and ``?`` match within one
+    name, ``[...]`` a character class."""
+    parts = [p for p in pattern.replace("\\", "/").split("/") if p not in ("", ".")]
+    out = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out += ".*" if last else "(?:[^/]+/)*"
+            continue
+        rx = ""
+        j = 0
+        while j < len(part):
+            c = part[j]
+            if c == "*":
+                rx += "[^/]*"
+            elif c == "?":
+                rx += "[^/]"
+            elif c == "[":
+                k = part.find("]", j + 1)
+                if k < 0:
+                    rx += re.escape(c)
+                else:
+                    body = part[j + 1:k]
+                    if body.startswith("!"):
+                        body = "^" + body[1:]
+                    rx += f"[{body}]"
+                    j = k
+            else:
+                rx += re.escape(c)
+            j += 1
+        out += rx + ("" if last else "/")
+    return re.compile(f"^{out}$", re.IGNORECASE)
+
+
 class SessionFiles:
     """Every file under one or more folders, indexed once by lower-case name (and by stem for movies).
 
@@ -553,6 +589,21 @@ class SessionFiles:
     def same_stem(self, name: str) -> list[Path]:
         """Movie files with the stem of ``name`` and any of ``MOVIE_EXTENSIONS`` (``x.tif`` finds ``x.mrc``)."""
         return list(self._by_stem.get(_movie_stem(name).lower(), []))
+
+    def matching(self, folder: Path, pattern: str) -> list[Path]:
+        """Indexed files under ``folder`` whose path relative to it matches a glob ``pattern`` (``*.mdoc``,
+        ``*/*.mdoc``, ``**/*.mdoc``: ``**`` is any number of folders, none included; ``*``, ``?`` and ``[...]``
+        stay within one name; case-insensitive). Unlike ``Path.glob`` it follows linked folders (once). Sorted."""
+        rx = glob_regex(pattern)
+        folder = _abs(folder)
+        out = []
+        for d, files in self._in_dir.items():
+            if d != folder and folder not in d.parents:
+                continue
+            for f in files:
+                if rx.match(f.relative_to(folder).as_posix()):
+                    out.append(f)
+        return sorted(out)
 
     def files_in(self, folder: Path) -> list[Path]:
         """The files directly in ``folder`` (indexed folders only)."""

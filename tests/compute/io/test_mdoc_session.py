@@ -262,3 +262,18 @@ def test_keys_are_read_by_name_in_any_order(shared_data: Path, tmp_path: Path) -
     ra, _ = md.acquisition_order(src.sections)
     rb, _ = md.acquisition_order(back.sections)
     assert list(rb) == list(ra[::-1])
+
+
+def test_glob_patterns_over_the_index(tmp_path: Path) -> None:
+    s = tmp_path / "s"
+    for rel in ("TS_01.mdoc", "a/TS_02.MDOC", "a/b/TS_03.mdoc", "a/b/notes.txt", ".hidden/TS_09.mdoc"):
+        _touch(s / rel)
+    store = _touch(tmp_path / "store" / "TS_04.mdoc").parent
+    os.symlink(store, s / "linked")  # Path.glob('**') would not enter it
+    files = md.SessionFiles([s])
+    rel = lambda ps: [p.relative_to(s).as_posix() for p in ps]  # noqa: E731
+    assert rel(files.matching(s, "**/*.mdoc")) == ["TS_01.mdoc", "a/TS_02.MDOC", "a/b/TS_03.mdoc", "linked/TS_04.mdoc"]
+    assert rel(files.matching(s, "*.mdoc")) == ["TS_01.mdoc"]
+    assert rel(files.matching(s, "*/*.mdoc")) == ["a/TS_02.MDOC", "linked/TS_04.mdoc"]
+    assert rel(files.matching(s, "a/**/TS_0[13].mdoc")) == ["a/b/TS_03.mdoc"]
+    assert [p.name for p in files.matching(s / "a", "*.mdoc")] == ["TS_02.MDOC"]  # relative to the folder given
