@@ -37,7 +37,6 @@ Rule of the tutorial: an empty field means "read it from the mdoc"; a value type
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections import Counter
