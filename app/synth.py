@@ -79,7 +79,7 @@ class SimParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = _f(2026, "", "Random seed: the same seed gives the same data, bit for bit.")
-    n_series: int = _f(2, "", "Number of tilt series (named TS_01, TS_02, ...).", ge=1, le=99)
+    n_series: int = _f(2, "", "Number of tilt series (named TS_01, TS_02, ... unless series_names).", ge=1, le=99)
     image_nx_px: int = _f(1024, "px", "Image width (columns) of the camera.", ge=64)
     image_ny_px: int = _f(1024, "px", "Image height (rows) of the camera.", ge=64)
     pixel_size_A: float = _f(2.0, "Å", "Pixel size of the movies.", gt=0.3, le=20.0)

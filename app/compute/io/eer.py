@@ -97,10 +97,11 @@ def _encode_events(flat: np.ndarray, out: np.ndarray) -> int:  # pragma: no cove
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_counts(counts: np.ndarray, seed: np.uint64, out: np.ndarray, used: np.ndarray) -> None:  # pragma: no cover - numba
-    """Spread each pixel's counts over distinct fractions (partial Fisher-Yates on a bit mask, splitmix64
-    random numbers from ``seed``) and append the events to each fraction's stream ``out[f]``; ``used[f]``
-    receives the strip length of fraction f."""
+def _encode_counts(counts: np.ndarray, seed: np.uint64, out: np.ndarray,
+                   used: np.ndarray) -> None:  # pragma: no cover - numba
+    """Spread each pixel's counts over distinct fractions (uniform draws, a fraction already taken drawn
+    again; splitmix64 random numbers from ``seed``) and append the events to each fraction's stream
+    ``out[f]``; ``used[f]`` receives the strip length of fraction f."""
     nf = out.shape[0]
     n = counts.shape[0]
     bitpos = np.zeros(nf, dtype=np.int64)
@@ -115,27 +116,18 @@ def _encode_counts(counts: np.ndarray, seed: np.uint64, out: np.ndarray, used: n
         if c == 0:
             continue
         mask = np.uint64(0)
-        for k in range(c):
-            state += golden
-            z = state
-            z = (z ^ (z >> np.uint64(30))) * m1
-            z = (z ^ (z >> np.uint64(27))) * m2
-            z = z ^ (z >> np.uint64(31))
-            r = np.int64(((z >> np.uint64(32)) * np.uint64(nf - k)) >> np.uint64(32))  # uniform 0..nf-k-1
-            j = 0
-            while True:  # the r-th fraction not taken yet
-                if ((mask >> np.uint64(j)) & one) == 0:
-                    if r == 0:
-                        break
-                    r -= 1
-                j += 1
-            mask |= one << np.uint64(j)
-        # each fraction's stream is independent; within it events come in raster order
-        while mask != 0:
-            f = 0
-            while ((mask >> np.uint64(f)) & one) == 0:
-                f += 1
-            mask ^= one << np.uint64(f)
+        for _ in range(c):
+            while True:  # a fraction this pixel has no event in yet (rejection: a uniform c-subset)
+                state += golden
+                z = state
+                z = (z ^ (z >> np.uint64(30))) * m1
+                z = (z ^ (z >> np.uint64(27))) * m2
+                z = z ^ (z >> np.uint64(31))
+                f = np.int64(((z >> np.uint64(32)) * np.uint64(nf)) >> np.uint64(32))  # uniform 0..nf-1
+                if ((mask >> np.uint64(f)) & one) == 0:
+                    break
+            mask |= one << np.uint64(f)
+            # each fraction's stream is independent: events stay in raster order within it
             bitpos[f] = _event(out, f, bitpos[f], last[f], i)
             last[f] = i + 1
     for f in range(nf):
