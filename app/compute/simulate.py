@@ -35,8 +35,10 @@ What is simulated, per view (tilt) of a series
    corrected image), plus hot pixels (a fixed set with an extra rate in every frame) and X-ray hits
    (1-4 connected pixels in a single frame with tens of counts). Counts are clipped to ``max_count``.
 
-Conventions of the dose-symmetric scheme: :func:`dose_symmetric_angles` (the EMPIAR-10164 / TS_01
-variant 0, +3, −3, −6, +6, +9, −9, −12, ... by default).
+Tilt schemes (:func:`tilt_scheme_angles`): dose-symmetric (:func:`dose_symmetric_angles`, the EMPIAR-10164 /
+TS_01 variant 0, +3, −3, −6, +6, +9, −9, −12, ... by default; grouped), bidirectional from a start angle, and
+unidirectional. Planted problems (:func:`plan_series`): dark views (a fraction of the dose) and tracking jumps
+(an extra specimen shift of one view, part of the true xf).
 
 Everything is deterministic for a ``numpy.random.Generator``. Arrays are numpy float32 (images) and
 float64 (geometry).
