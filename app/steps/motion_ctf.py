@@ -251,7 +251,7 @@ class MotionCtf(Step):
     @staticmethod
     def _gain_issues(params: MotionCtfParams, s: Any) -> list[Issue]:
         """Warnings about the gain orientation of one series (see :func:`gain_orientation_for`)."""
-        from tomoguide.compute.gain import MIN_CONFIDENCE, orientation_name
+        from tomoguide.compute.gain import INVERSE_SUFFIX, MIN_CONFIDENCE, orientation_name
 
         used, source, rec = gain_orientation_for(params, s)
         if rec is None:
@@ -261,6 +261,12 @@ class MotionCtf(Step):
             return []
         typed = _typed_switches(params)
         found = (bool(rec.transpose), bool(rec.flip_x), bool(rec.flip_y))
+        inverse = bool(getattr(rec, "inverted", False)) or str(getattr(rec, "name", "")).endswith(INVERSE_SUFFIX)
+        if source == "typed switches" and rec.decided and inverse:
+            return [Issue("warning", f"{s.name}: the data show that the gain file holds the inverse of a gain "
+                                     f"(confidence {rec.confidence:.1f}); with the switches it is used as it is. "
+                                     "Tick 'Gain orientation: from the data' to have it inverted.",
+                          "gain_orientation_auto")]
         if source == "typed switches" and rec.decided and rec.confidence >= MIN_CONFIDENCE and found != typed:
             return [Issue("warning", f"{s.name}: the data show the gain as '{orientation_name(*found)}' "
                                      f"(confidence {rec.confidence:.1f}) but the switches say "
@@ -272,6 +278,39 @@ class MotionCtf(Step):
                                      f"(confidence {rec.confidence:.1f}; best '{orientation_name(*found)}'); the "
                                      f"switches are used ('{orientation_name(*typed)}')", "gain_orientation_auto")]
         return []
+
+    @staticmethod
+    def _oriented_gain(s: Any, used: tuple[bool, bool, bool], inverted: bool,
+                       ctx: RunContext) -> tuple[np.ndarray, np.ndarray | None]:
+        """The series' gain in the movies' orientation ``(ny, nx)`` float32 and its defect mask (pixels where the
+        file is zero, negative or not finite; their gain is set to 0 and the frames' values there are replaced),
+        or None when there are none. A file holding the inverse of a gain is inverted; a super-resolution gain
+        (twice the frames' size) is binned 2×. More than 10 % defects is an error naming the file."""
+        from tomoguide.compute.gain import bin_gain_2x, invert_gain
+        from tomoguide.compute.io.errors import FormatError
+        from tomoguide.compute.io.movies import check_gain_shape, read_gain
+
+        gain = read_gain(s.gain, transpose=used[0], flip_x=used[1], flip_y=used[2], keep_bad=True)
+        if inverted:
+            gain = invert_gain(gain)
+            ctx.log(f"{s.name}: the gain file holds the inverse of a gain (as Thermo Fisher's MRC gain references "
+                    "for EER do): inverted")
+        fy, fx = s.tilts[0].frame_shape_px
+        if gain.shape == (2 * fy, 2 * fx):
+            ctx.log(f"{s.name}: super-resolution gain {gain.shape[1]}×{gain.shape[0]} binned 2× to the movies "
+                    "(harmonic mean of each 2×2 block)")
+            gain = bin_gain_2x(gain)
+        check_gain_shape(gain, s.tilts[0].frame_shape_px, s.gain)
+        bad = ~np.isfinite(gain) | (gain <= 0)
+        n_bad = int(bad.sum())
+        if not n_bad:
+            return gain, None
+        if n_bad > 0.1 * gain.size:
+            raise FormatError(s.gain, "gain", f"{n_bad} of {gain.size} pixels are zero, negative or not finite: "
+                              "not a gain reference of these movies?")
+        gain = np.where(bad, 0.0, gain).astype(np.float32)
+        ctx.log(f"{s.name}: {n_bad} defect pixels in the gain (zero or not finite): replaced by the frame mean")
+        return gain, bad
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
         assert isinstance(params, MotionCtfParams)
@@ -296,8 +335,8 @@ class MotionCtf(Step):
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.backend import to_numpy
         from tomoguide.compute.ctffit import estimate_ctf, fit_ctf_grid
-        from tomoguide.compute.gain import bin_gain_2x, orientation_name
-        from tomoguide.compute.io.movies import check_gain_shape, eer_fractions_per_frame, read_gain, read_movie
+        from tomoguide.compute.gain import INVERSE_SUFFIX, orientation_name
+        from tomoguide.compute.io.movies import eer_fractions_per_frame, read_movie
         from tomoguide.compute.io.mrc import write_mrc
         from tomoguide.compute.io.star import write_star
         from tomoguide.compute.motion import align_movie
@@ -312,32 +351,30 @@ class MotionCtf(Step):
         n_motion_failed = 0
         for s in series:
             g = s.geometry
-            gain = None
+            gain = defects = None
             gain_metrics: dict[str, Any] = {}
             if s.gain:
                 used, source, rec = gain_orientation_for(params, s)
                 confidence = None if rec is None else float(rec.confidence)
+                # a file holding the inverse of a gain (found by the detection; the record's name says so too)
+                inverted = source == "from the data" and (bool(getattr(rec, "inverted", False))
+                                                          or str(getattr(rec, "name", "")).endswith(INVERSE_SUFFIX))
                 if used is None:
                     yield Progress(done / max(n_total, 1), f"{s.name}: detecting the gain's orientation")
                     det = detect_gain_orientation_from_movies(s)
                     confidence = float(det.confidence)
                     if det.decided:
-                        used, source = det.switches, "from the data (detected here)"
+                        used, source, inverted = det.switches, "from the data (detected here)", det.inverted
                     else:
                         used, source = _typed_switches(params), "switches (the data could not decide)"
                     ctx.log(f"{s.name}: gain orientation detected from the movies: {det.describe()}")
-                gain = read_gain(s.gain, transpose=used[0], flip_x=used[1], flip_y=used[2])
-                fy, fx = s.tilts[0].frame_shape_px
-                if gain.shape == (2 * fy, 2 * fx):
-                    gain = bin_gain_2x(gain)
-                    ctx.log(f"{s.name}: super-resolution gain {gain.shape[1] * 2}×{gain.shape[0] * 2} binned 2× to "
-                            "the movies (harmonic mean of each 2×2 block)")
-                check_gain_shape(gain, s.tilts[0].frame_shape_px, s.gain)
+                gain, defects = self._oriented_gain(s, used, inverted, ctx)
                 conf_text = "" if confidence is None else f", confidence {confidence:.1f}"
-                ctx.log(f"{s.name}: gain {Path(s.gain).name} used as '{orientation_name(*used)}' ({source}"
-                        f"{conf_text})")
-                gain_metrics = {"gain_orientation": orientation_name(*used), "gain_orientation_source": source,
-                                "gain_orientation_confidence": None if confidence is None else round(confidence, 2)}
+                name_used = orientation_name(*used) + (INVERSE_SUFFIX if inverted else "")
+                ctx.log(f"{s.name}: gain {Path(s.gain).name} used as '{name_used}' ({source}{conf_text})")
+                gain_metrics = {"gain_orientation": name_used, "gain_orientation_source": source,
+                                "gain_orientation_confidence": None if confidence is None else round(confidence, 2),
+                                "gain_defect_pixels": int(defects.sum()) if defects is not None else 0}
             sums, evens, odds, previews, ctf_rows, shift_rows = [], [], [], [], [], []
             failed: list[bool] = []
             motion_failed: list[bool] = []
@@ -368,7 +405,8 @@ class MotionCtf(Step):
                     res_band_A=(params.res_low_A, params.res_high_A),
                     grid=(params.grid_x, params.grid_y, params.grid_t), prior_dose_e_A2=t.prior_dose_e_A2,
                     dose_per_frame_e_A2=t.dose_e_A2 * per_frame / max(t.n_frames, 1),
-                    voltage_kV=g.optics.voltage_kV, even_odd=params.even_odd, binning=params.binning)
+                    voltage_kV=g.optics.voltage_kV, even_odd=params.even_odd, binning=params.binning,
+                    defects=defects if gain is not None else None)
                 t_align += time.perf_counter() - t0
                 motion_failed.append(bool(res.failed))
                 if res.failed:

@@ -145,6 +145,45 @@ def test_orientation_detected_in_the_step_when_import_recorded_none(aligned: Pro
     assert any("gain orientation detected from the movies: flip X" in line for line in st.log)
 
 
+def test_inverse_gain_with_defect_pixels(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The tiny preset's gain replaced by its inverse (a sensitivity map, as Thermo Fisher's MRC gain references
+    for EER are), still stored flipped in X, with 25 defect pixels (0): found as the inverse in the
+    right orientation, inverted, the defects replaced; the corrected sums are as flat as with the true gain."""
+    from tomoguide.compute.io import movies
+    from tomoguide.compute.io.mrc import write_mrc
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "data", data)
+    stored = movies.read_gain(data / "gain.mrc")  # as stored (flipped in X)
+    inverse = (1.0 / stored).astype(np.float32)
+    rng = np.random.default_rng(9)
+    ys, xs = rng.integers(0, stored.shape[0], 25), rng.integers(0, stored.shape[1], 25)
+    inverse[ys, xs] = 0.0
+    write_mrc(data / "gain.mrc", inverse, voxel_size_A=2.0)
+    proj = Project.create(tmp_path / "proj", params={"import_movies": {"files_dir": str(data)}, "motion_ctf": NO_CTF})
+    for step in ("import_movies", "motion_ctf"):
+        st = run_to_end(StepRun(proj, step))
+        assert st.status == "done", (step, st.error)
+    m = st.metrics["series"]["TS_01"]
+    assert m["gain_orientation"] == "flip X (inverse gain)" and m["gain_orientation_source"] == "from the data", m
+    n_bad = len({(int(y), int(x)) for y, x in zip(ys, xs)})
+    assert m["gain_defect_pixels"] == n_bad
+    assert any("holds the inverse of a gain" in line for line in st.log)
+    # the corrected sums are flat: the gain's column stripes are gone as with the true gain (flip X of the file)
+    sset, base = SeriesSet.load(proj.output_path("motion_ctf", "series"))
+    with mrcfile.open(sset.series[0].path("stack", base)) as f:
+        total = np.asarray(f.data, dtype=np.float64).sum(axis=0)
+    raw = sum(movies.read_movie(p).astype(np.float64).sum(axis=0) for p in sorted(data.glob("TS_01/*.mrc")))
+
+    def stripes(img: np.ndarray) -> float:
+        c = img.mean(axis=0)
+        return float(c.std() / c.mean())
+
+    right, wrong = stripes(raw * stored[:, ::-1]), stripes(raw * stored)
+    assert stripes(total) < 1.3 * right and stripes(total) < 0.5 * wrong, (stripes(total), right, wrong)
+    proj.close()
+
+
 def _eer_session(folder: Path, session_writer, n_fractions: int) -> list[np.ndarray]:
     """The hand-written mini session (two 5-tilt series of 3-frame MRC movies, 64 × 80 px) with every movie
     re-written as an EER movie of ``n_fractions`` fractions; returns the counts summed over each movie, in
