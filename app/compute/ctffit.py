@@ -80,6 +80,12 @@ __all__ = [
     "fit_ctf_grid",
     "ctf_rings_overlay",
     "equiphase_profile",
+    "TiltDirectionEvidence",
+    "TiltDirectionCheck",
+    "TwoWayCtf",
+    "ctf_both_directions",
+    "check_tilt_direction",
+    "check_tilt_direction_images",
 ]
 
 TiltMode = Literal["rescale", "restrict", "none"]
@@ -903,6 +909,445 @@ def fit_ctf_grid(
         tilt_est = math.degrees(math.atan(-defocus_handedness * g_perp / pixel_size_A))
     return CtfGridFit((gy, gx), c, fits, centre_df, np.asarray(grad, dtype=np.float64), expected, tilt_est,
                       global_fit)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tilt direction (hand) from the defocus gradient of tilted views
+# --------------------------------------------------------------------------------------------------------
+
+TiltDirectionVerdict = Literal["as given", "inverted", "undecided"]
+
+
+@dataclass(frozen=True)
+class TiltDirectionEvidence:
+    """What one view says about the tilt direction (see :func:`check_tilt_direction`).
+
+    ``cc_as_given`` / ``cc_inverted``: the CC of the view's windows with the CTF model (in the band of the fit)
+    after rescaling them onto the centre defocus with the defocus gradient the geometry predicts, and with the
+    opposite gradient (the axis turned by 180°); each at its best mean defocus near the first-pass fit. ``cc_flat``: the plain average (no gradient). ``spread_A``: the
+    predicted defocus range over the window centres (Å). ``evidence = cc_as_given − cc_inverted`` (> 0:
+    the data agree with the geometry). ``noise``: its spread from the noise of the data, the RMS of the same
+    difference between ``n_null`` pairs of equally right patterns of the ``n_cells`` cells of windows (in every
+    strip across the axis one half rescaled each way; NaN with fewer than two). The scores are those of
+    equal-phase radial profiles (:class:`_DirectionProfiles`). ``used`` is False (with ``reason``) for views that
+    cannot tell.
+    """
+
+    view: int
+    tilt_deg: float
+    cc_as_given: float = float("nan")
+    cc_inverted: float = float("nan")
+    cc_flat: float = float("nan")
+    defocus_A: float = float("nan")
+    spread_A: float = 0.0
+    used: bool = False
+    reason: str = ""
+    noise: float = float("nan")
+    n_cells: int = 0
+    n_null: int = 0
+
+    @property
+    def evidence(self) -> float:
+        return self.cc_as_given - self.cc_inverted
+
+
+@dataclass
+class TiltDirectionCheck:
+    """Verdict of :func:`check_tilt_direction` for one tilt series.
+
+    ``verdict``: "as given" (the defocus gradient across the tilted views has the sign the geometry
+    predicts), "inverted" (the opposite sign: the tilt axis is 180° off, i.e. the tilt direction is
+    inverted, or the camera's defocus handedness is the other one) or "undecided". ``z``: the combined z score of
+    the per-view evidence over the ``n_views`` views used (> 0 supports "as given"; :func:`check_tilt_direction`);
+    ``n_as_given`` / ``n_inverted``: how many of them lean each way; ``views``: every view's evidence.
+    """
+
+    verdict: TiltDirectionVerdict
+    z: float
+    n_views: int
+    n_as_given: int
+    n_inverted: int
+    min_tilt_deg: float
+    reason: str
+    views: list[TiltDirectionEvidence] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """JSON-friendly summary (for step metrics): verdict, z, counts and the per-view evidence."""
+        def num(v: float) -> float | None:
+            return round(float(v), 5) if math.isfinite(v) else None
+
+        return {
+            "verdict": self.verdict, "z": num(self.z), "n_views": self.n_views, "n_as_given": self.n_as_given,
+            "n_inverted": self.n_inverted, "min_tilt_deg": self.min_tilt_deg, "reason": self.reason,
+            "views": [{"view": e.view, "tilt_deg": round(e.tilt_deg, 2), "used": e.used,
+                       "cc_as_given": num(e.cc_as_given), "cc_inverted": num(e.cc_inverted),
+                       "cc_flat": num(e.cc_flat), "noise": num(e.noise), "spread_A": round(e.spread_A, 1),
+                       "reason": e.reason}
+                      for e in self.views],
+        }
+
+
+@dataclass
+class TwoWayCtf:
+    """One view's CTF spectra for both tilt directions (:func:`ctf_both_directions`).
+
+    ``first_fit``: the fit on the plain average of the windows (the first pass of :func:`estimate_ctf`);
+    ``spectrum_as_given``: the windows rescaled onto that fit's defocus with the geometry's defocus gradient (the
+    plain average when the view is untilted or has a single window: ``rescaled`` False); ``evidence``: the view's
+    :class:`TiltDirectionEvidence`. The spectrum with the opposite gradient, needed only when a series turns out
+    inverted, is :func:`power_spectrum` with the corrected geometry and ``reference_defocus_A`` =
+    ``first_fit.defocus_mean_A``.
+    """
+
+    first_fit: CtfFit
+    plain: PowerSpectrum
+    spectrum_as_given: PowerSpectrum
+    rescaled: bool
+    evidence: TiltDirectionEvidence
+
+
+def _check_box(shape: tuple[int, int], box: int) -> int:
+    """Window size for the direction check: at most ``box``, and small enough that the image holds at least
+    three half-overlapping windows across (so windows at different defocus exist)."""
+    b = int(min(box, min(shape) // 2))
+    return max(64, b - b % 2)
+
+
+class _DirectionProfiles:
+    """Equal-phase radial profiles of cells of windows, rescaled onto one defocus with either gradient sign.
+
+    The windows (:class:`WindowSpectra`) are grouped into cells of about the same predicted defocus offset (the
+    rounding of :func:`average_spectra`) and the same half of the image along the tilt axis. Each cell's mean
+    amplitude spectrum is averaged on rings of the equal-phase radius of the fit's astigmatism (¼-px steps);
+    a hypothesis gives every cell a sign ``s_c`` (+1: the offset the geometry predicts, −1: the opposite one) and
+    the cells' profiles, each resampled radially onto the rings of the reference defocus (``χ(k; ref + s_c o_c) =
+    χ(k'; ref)``, the 1D form of :func:`_rescale_spectrum`), are averaged. Its score is the CC of the
+    background-subtracted profile with the filtered model ``sin²(χ + α)`` (as the 1D search of :func:`fit_ctf`) in
+    the band, at the best mean defocus of a small grid. The band stops where the rings of ``CTF²`` come closer
+    than 3 px in the spectrum (beyond, a box this small cannot tell the two gradients apart).
+    """
+
+    STEP = 0.25
+
+    def __init__(self, w: WindowSpectra, fit: CtfFit, *, res_range_A: tuple[float, float], voltage_kV: float,
+                 cs_mm: float, amplitude_contrast: float, search_A: float) -> None:
+        b, px = w.box, w.pixel_size_A
+        g = _Grid.make(b, px)
+        self.opt = _Optics.make(voltage_kV, cs_mm, amplitude_contrast)
+        self.ref = ref = max(fit.defocus_mean_A, 1000.0)
+        half = 0.5 * (fit.defocus_u_A - fit.defocus_v_A)
+        t = math.radians(2.0 * fit.astig_angle_deg)
+        a_, b_ = half * math.cos(t), half * math.sin(t)
+        r_eq = g.equiphase_r_px(ref, a_, b_) if half else g.r_px
+        nb = int(round((b // 2) / self.STEP)) + 1
+        idx = np.rint(r_eq / self.STEP).astype(np.int64).ravel()
+        ok = idx < nb
+        cnt = np.bincount(idx[ok], minlength=nb).astype(np.float64)
+        self.r = np.arange(nb) * self.STEP  # px of the box
+        self.k2 = (self.r / (b * px)) ** 2
+        has = cnt > 0
+        # cells: the rounding of average_spectra × two halves along the axis
+        offs = w.offsets_A
+        keys = np.round(offs / max(25.0, 0.0025 * ref)).astype(np.int64)
+        th = math.radians(w.tilt_axis_deg)
+        cy, cx = (w.image_shape[0] - 1) / 2.0, (w.image_shape[1] - 1) / 2.0
+        along = -(w.centres_px[:, 0] - cx) * math.sin(th) + (w.centres_px[:, 1] - cy) * math.cos(th)
+        half_along = (along > 0.5 * (along.min() + along.max())).astype(np.int64)
+        cell_ids = np.unique(np.stack([keys, half_along], 1), axis=0)
+        profiles, cell_offs, counts, halves = [], [], [], []
+        for key, hk in cell_ids:
+            sel = (keys == key) & (half_along == hk)
+            halves.append(int(hk))
+            amp = np.sqrt(np.maximum(w.spectra[sel].mean(axis=0).astype(np.float64), 0.0)).ravel()
+            tot = np.bincount(idx[ok], weights=amp[ok], minlength=nb)
+            prof = np.zeros(nb)
+            prof[has] = tot[has] / cnt[has]
+            profiles.append(np.interp(self.r, self.r[has], prof[has]))
+            cell_offs.append(float(offs[sel].mean()))
+            counts.append(int(sel.sum()))
+        self.profiles = np.asarray(profiles)
+        self.offsets = np.asarray(cell_offs)
+        self.weights = np.asarray(counts, dtype=np.float64) / float(sum(counts))
+        self.halves = np.asarray(halves, dtype=np.int64)
+        # strips across the axis (up to 8, by offset) for the null patterns
+        n_strips = int(min(8, len(np.unique(keys))))
+        edges = np.quantile(offs, np.linspace(0.0, 1.0, n_strips + 1)[1:-1]) if n_strips > 1 else np.zeros(0)
+        self.strips = np.searchsorted(edges, self.offsets, side="right")
+        # each cell's profile resampled for +offset and −offset (rows: cells)
+        self.plus = np.stack([self._resampled(p, o) for p, o in zip(self.profiles, self.offsets, strict=True)])
+        self.minus = np.stack([self._resampled(p, -o) for p, o in zip(self.profiles, self.offsets, strict=True)])
+        lo_res = float(max(res_range_A))
+        k_max = b * px / (6.0 * self.opt.lam * ref)
+        self.hi_res_A = max(float(min(res_range_A)), 2.0 * px * 1.0001, 1.0 / k_max)
+        self.band = (self.r >= b * px / lo_res) & (self.r <= b * px / self.hi_res_A) & (self.r >= 3.0)
+        self.phase = fit.phase_shift_rad
+        self.models = []
+        for m in ref + np.linspace(-search_A, search_A, 9):
+            per = self.opt.period_k2(self.k2, float(m))
+            model = np.sin(self.opt.chi_iso(self.k2, float(m), self.phase) + self.opt.alpha) ** 2
+            mm = (model - _running_mean_k2(self.k2, model, per))[self.band]
+            mm = mm - mm.mean()
+            self.models.append((per, mm / (np.sqrt(mm @ mm) or 1.0)))
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.offsets)
+
+    def _resampled(self, prof: np.ndarray, offset_A: float) -> np.ndarray:
+        if abs(offset_A) < 1.0:
+            return prof
+        c = 0.5 * math.pi * self.opt.cs_A * self.opt.lam**3
+        a1 = math.pi * self.opt.lam * (self.ref + offset_A)
+        q = math.pi * self.opt.lam * self.ref * self.k2 - c * self.k2 * self.k2
+        k2 = 2.0 * q / (a1 + np.sqrt(np.maximum(a1 * a1 - 4.0 * c * q, 0.0)))
+        r_src = np.sqrt(np.maximum(k2, 0.0)) / np.sqrt(np.maximum(self.k2, 1e-30)) * self.r
+        r_src[0] = 0.0
+        return np.interp(r_src, self.r, prof)
+
+    def score(self, profile: np.ndarray) -> float:
+        y = profile.copy()
+        y[self.r < 3.0] = y[self.r >= 3.0][0]
+        best = -1.0
+        for per, mm in self.models:
+            d = (y - _running_mean_k2(self.k2, y, per))[self.band]
+            d = d - d.mean()
+            best = max(best, float(mm @ d) / (math.sqrt(float(d @ d)) or 1.0))
+        return best
+
+    def combined(self, signs: np.ndarray) -> np.ndarray:
+        """The cells' profiles rescaled with offset × ``signs`` (n_cells,) and averaged."""
+        pick = np.where(np.asarray(signs)[:, None] > 0, self.plus, self.minus)
+        return self.weights @ pick
+
+    def flat(self) -> np.ndarray:
+        return self.weights @ self.profiles
+
+    def null_patterns(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Up to ``n`` distinct sign patterns with, in every strip across the axis, one half (along the axis)
+        rescaled the geometry's way and the other half the opposite way: both a pattern and its complement hold
+        as much of the true gradient, so their score difference is noise only. Empty when the cells do not span
+        both halves of at least two strips."""
+        strips = np.unique(self.strips)
+        both = [q for q in strips if len(np.unique(self.halves[self.strips == q])) == 2]
+        if len(both) < 2:
+            return []
+        n_distinct = 2 ** (len(strips) - 1)
+        seen: set[tuple[int, ...]] = set()
+        out = []
+        for _ in range(8 * n):
+            bits = rng.integers(0, 2, len(strips))
+            bits = bits if bits[0] == 0 else 1 - bits  # a pattern and its complement give ± the same difference
+            key = tuple(int(b) for b in bits)
+            if key in seen:
+                continue
+            seen.add(key)
+            bit_of = dict(zip(strips.tolist(), bits.tolist(), strict=True))
+            out.append(np.array([1.0 if h == bit_of[q] else -1.0 for q, h in zip(self.strips, self.halves,
+                                                                                 strict=True)]))
+            if len(out) >= min(n, n_distinct):
+                break
+        return out
+
+
+def ctf_both_directions(
+    image: Any,
+    *,
+    pixel_size_A: float,
+    box: int = 512,
+    overlap: float = 0.5,
+    tilt_deg: float = 0.0,
+    tilt_axis_deg: float = 0.0,
+    defocus_handedness: int = 1,
+    view: int = 0,
+    min_tilt_deg: float = 20.0,
+    check_box: int | None = None,
+    n_null: int = 24,
+    voltage_kV: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.1,
+    **fit_kwargs: Any,
+) -> TwoWayCtf:
+    """The first pass of :func:`estimate_ctf` on one view (ny, nx), its windows rescaled with the geometry's
+    gradient, and the view's evidence on the tilt direction.
+
+    ``fit_kwargs`` go to :func:`fit_ctf` (defocus_range_A, res_range_A, ...). The second pass is
+    ``fit_ctf(result.spectrum_as_given, ...)`` once the series' direction is known to be as given: exactly
+    :func:`estimate_ctf`'s. The evidence (views with ``|tilt_deg| ≥ min_tilt_deg`` and a first fit that did not
+    fail) uses windows of ``check_box`` px (default: ``box``, reduced so that at least three half-overlapping
+    windows fit across the image), the band ``fit_kwargs["res_range_A"]`` and ``n_null`` pairs of equally right
+    sign patterns for its noise.
+    """
+    optics = {"voltage_kV": voltage_kV, "cs_mm": cs_mm}
+    h = int(defocus_handedness)
+    w = window_spectra(image, pixel_size_A=pixel_size_A, box=box, overlap=overlap, tilt_deg=tilt_deg,
+                       tilt_axis_deg=tilt_axis_deg, defocus_handedness=h)
+    plain = average_spectra(w, tilt_mode="none")
+    first = fit_ctf(plain, amplitude_contrast=amplitude_contrast, **optics, **fit_kwargs)
+    tilted = abs(tilt_deg) > 1e-6
+    rescaled = tilted and float(np.ptp(w.offsets_A)) > 1.0
+    given = (average_spectra(w, reference_defocus_A=first.defocus_mean_A, tilt_mode="rescale", **optics)
+             if rescaled else plain)
+    ev = TiltDirectionEvidence(view=int(view), tilt_deg=float(tilt_deg), defocus_A=first.defocus_mean_A)
+    if abs(tilt_deg) < min_tilt_deg:
+        ev = _replace_ev(ev, reason=f"|tilt| < {min_tilt_deg:g}°")
+    elif first.failed:
+        ev = _replace_ev(ev, reason=f"CTF fit failed ({first.reason})")
+    else:
+        img = np.asarray(to_numpy(image))
+        cb = _check_box(img.shape[-2:], box if check_box is None else check_box)
+        wc = w if cb == w.box else window_spectra(img, pixel_size_A=pixel_size_A, box=cb, overlap=overlap,
+                                                  tilt_deg=tilt_deg, tilt_axis_deg=tilt_axis_deg,
+                                                  defocus_handedness=h)
+        spread = float(np.ptp(wc.offsets_A))
+        if spread <= 1.0:
+            ev = _replace_ev(ev, reason="a single window: no defocus gradient to measure")
+        else:
+            prof = _DirectionProfiles(wc, first, res_range_A=fit_kwargs.get("res_range_A", (30.0, 7.0)),
+                                      voltage_kV=voltage_kV, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
+                                      search_A=max(200.0, 0.25 * spread))
+            ones = np.ones(prof.n_cells)
+            cg, ci, cf = prof.score(prof.combined(ones)), prof.score(prof.combined(-ones)), prof.score(prof.flat())
+            # the evidence's noise: the same difference between patterns that are equally right (in every strip
+            # across the axis one half rescaled each way), i.e. from the noise of the data alone
+            null = [prof.score(prof.combined(p_)) - prof.score(prof.combined(-p_))
+                    for p_ in prof.null_patterns(n_null, np.random.default_rng(int(view) + 1))]
+            noise = float(np.sqrt(np.mean(np.square(null)))) if len(null) >= 2 else float("nan")
+            ev = _replace_ev(ev, cc_as_given=cg, cc_inverted=ci, cc_flat=cf, spread_A=spread, used=True,
+                             noise=noise, n_cells=prof.n_cells, n_null=len(null))
+    return TwoWayCtf(first, plain, given, rescaled, ev)
+
+
+def _replace_ev(ev: TiltDirectionEvidence, **changes: Any) -> TiltDirectionEvidence:
+    from dataclasses import replace
+
+    return replace(ev, **changes)
+
+
+def check_tilt_direction(
+    evidence: Any,
+    *,
+    min_tilt_deg: float = 20.0,
+    z_threshold: float = 4.0,
+    min_views: int = 4,
+    min_agreement: float = 0.75,
+) -> TiltDirectionCheck:
+    """Is the tilt direction of a series as its geometry says? The verdict from the views' evidence.
+
+    ``evidence``: the :class:`TiltDirectionEvidence` of the views (:func:`ctf_both_directions`); views with
+    ``used`` set and ``|tilt| ≥ min_tilt_deg`` count. Each view's evidence ``e_i = cc_as_given − cc_inverted`` is
+    divided by its noise ``σ_i`` (the view's own ``noise`` from equally right sign patterns, shrunk towards the
+    median over the views: ``σ_i² = (ν s_i² + 4 s₀²) / (ν + 4)`` with ``ν = n_null``; views without one use
+    ``s₀``), clipped to ±10 so that no single view decides, and combined as
+    Stouffer's
+    ``z = Σ z_i / √n``; with fewer than two noise estimates ``z`` is the t statistic ``mean(e) / (sd(e) / √n)``.
+    The verdict is "as given" when ``z ≥ z_threshold`` and at least ``min_agreement`` of the views have
+    ``e_i > 0``, "inverted" when ``z ≤ −z_threshold`` and as many have ``e_i < 0``, and "undecided" otherwise or
+    with fewer than ``min_views`` views.
+
+    **Why the defocus gradient tells the direction.** A view with true tilt β, read with tilt axis θ, puts a
+    specimen mid-plane point at the distance ``x⊥ = (x − c_x) cos θ + (y − c_y) sin θ`` (px) from the axis at the
+    depth ``−x⊥ tan β``, so its defocus is ``Δf − h tan β x⊥ · pixel`` (module docstring; ``h`` the record's
+    ``defocus_handedness``). The axis θ + 180° with the same tilts projects the point-inverted specimen equally well
+    (alignment cannot tell them apart; the tomogram is the mirror image), but predicts the opposite gradient;
+    the Thon rings of the tilted views measure the true one. Rescaling the windows with the right gradient makes
+    the rings sharper than with the wrong one (which doubles the smear of a plain average): ``cc_as_given >
+    cc_inverted`` (AreTomo3's test, ``FindCtf/CRefineCtfMain.cpp::mFindHandedness``, scores both handednesses
+    the same way, on 2D spectra).
+
+    **Conventions of real instruments and programs** (what "inverted" means for real data). The data fix only
+    the product of the axis direction and the defocus handedness ``h``, i.e. which side of a view is more
+    underfocused at positive tilt; which side that is for the correctly handed geometry depends on whether the
+    camera's image is a mirror image of the specimen seen along the beam, so programs differ:
+
+    * tomoguide (``geometry.py``, the simulator's default ``defocus_handedness = +1``) and **AreTomo3** agree:
+      AreTomo3 (``FindCtf/CTiltInducedZ.cpp``: ``Δz = −x_rot tan α``, the same depth as here, and
+      ``CGenAvgSpectrum.cpp``: tile defocus ``= centre + Δz · pixel · hand``) keeps ``hand = +1`` ("z points to the
+      electron source, positive tilt makes the particle with positive Δx less defocused",
+      ``CAreTomoMain.cpp``) and, since 2.0.5/2.0.6, turns the tilt axis by 180° when the CTF says −1. With
+      ``h = +1``: at positive tilt the raw-image side in direction ``(cos θ, sin θ)`` (x = column, y = row; the
+      aligned image's +X) is *less* underfocused.
+    * **IMOD** (ctfphaseflip.cpp: strip defocus ``= defocus − (nx/2 − x) · pixel · tan β``, "the right side of an
+      aligned image is both lower in the scope and at a higher underfocus"; ctfplotter/ctfphaseflip option
+      ``InvertTiltAngles``: "to compensate for a left-handed coordinate system in the microscope … when the sign of
+      the tilt angles and the tilt axis rotation angle are such that reconstructions are generated with inverted
+      handedness") assumes the opposite sign, i.e. tomoguide's ``h = −1``, for correctly handed data; so does
+      **RELION 5** (``Tomogram::getCtf``: ``Δf += rlnTomoHand · pixel · depth``, the same projection model as
+      geometry.py; its import's default ``rlnTomoHand = −1``, "the correct one for the tutorial dataset"
+      EMPIAR-10164, and "it has to be determined experimentally") and WarpTools' export (``GetRelionHand``:
+      −1 unless ``AreAnglesInverted``; both real RELION 5 STAR files in ``shared/data`` have −1).
+    * **Warp/WarpTools** (``ts_defocus_hand``) correlates the 2×2-grid defocus gradients with the geometry's and,
+      when negative, flips only the sign used for defocus (``AreAnglesInverted``), keeping the geometry: its
+      documentation says SerialEM is usually calibrated for the right map hand but "the defocus convention has about
+      a 50:50 chance of being wrong across labs". For EMPIAR-10491 (the tutorial's full data set, mdoc axis
+      −93.5°) its tutorial gets the right map hand only with ``ts_import --dont_invert`` (Warp angles = mdoc angles,
+      which in geometry.py's projection model is the mdoc's tilts with the axis ≈ −85.6° + 180°) and the hand check
+      says "no flip" (correlation 0.932): translated to geometry.py that is ``h = +1`` with the axis 180° from the
+      mdoc's, as here and in AreTomo3.
+
+    So "inverted" means: the data disagree with the record's axis *and* ``h``. Turning the axis by 180° (the
+    default of the ctf_estimate step, as AreTomo3) is right when ``h`` is right for the camera; on a set-up whose
+    SerialEM geometry is known to give the right hand, flipping ``h`` instead (Warp) is the right fix.
+    """
+    views = list(evidence)
+    used = [e for e in views if e.used and abs(e.tilt_deg) >= min_tilt_deg and math.isfinite(e.evidence)]
+    n = len(used)
+    e = np.array([u.evidence for u in used], dtype=np.float64)
+    n_pos, n_neg = int((e > 0).sum()), int((e < 0).sum())
+    if n < max(2, min_views):
+        return TiltDirectionCheck("undecided", float("nan"), n, n_pos, n_neg, min_tilt_deg,
+                                  f"only {n} tilted view(s) with |tilt| ≥ {min_tilt_deg:g}° and a CTF fit "
+                                  f"(at least {max(2, min_views)} needed)", views)
+    noise = np.array([u.noise for u in used], dtype=np.float64)
+    has = np.isfinite(noise) & (noise > 0)
+    if has.sum() >= 2:
+        s0 = float(np.sqrt(np.median(noise[has] ** 2)))
+        nu = np.array([u.n_null for u in used], dtype=np.float64)
+        var = np.where(has, (nu * np.where(has, noise, 0.0) ** 2 + 4.0 * s0**2) / (nu + 4.0), s0**2)
+        z = float(np.clip(e / np.sqrt(var), -10.0, 10.0).sum() / math.sqrt(n))
+    else:
+        mean, sd = float(e.mean()), float(e.std(ddof=1))
+        z = mean / (sd / math.sqrt(n)) if sd > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    need = math.ceil(min_agreement * n - 1e-9)
+    counts = f"{n_pos} of {n} views with |tilt| ≥ {min_tilt_deg:g}° agree with the geometry, {n_neg} with the " \
+             f"axis turned by 180° (z = {z:+.1f})"
+    if z >= z_threshold and n_pos >= need:
+        verdict: TiltDirectionVerdict = "as given"
+    elif z <= -z_threshold and n_neg >= need:
+        verdict = "inverted"
+    else:
+        verdict = "undecided"
+    return TiltDirectionCheck(verdict, z, n, n_pos, n_neg, min_tilt_deg, counts, views)
+
+
+def check_tilt_direction_images(
+    images: Any,
+    tilts_deg: Any,
+    *,
+    pixel_size_A: float,
+    tilt_axis_deg: float,
+    defocus_handedness: int = 1,
+    box: int = 512,
+    min_tilt_deg: float = 20.0,
+    z_threshold: float = 4.0,
+    voltage_kV: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.1,
+    **fit_kwargs: Any,
+) -> TiltDirectionCheck:
+    """:func:`check_tilt_direction` on a stack of views (n, ny, nx) with their true tilts (n,) degrees: each view
+    with ``|tilt| ≥ min_tilt_deg`` is fitted (first pass) and scored both ways by :func:`ctf_both_directions`."""
+    t = np.asarray(tilts_deg, dtype=np.float64).reshape(-1)
+    ev = []
+    for i, tilt in enumerate(t):
+        if abs(tilt) < min_tilt_deg:
+            ev.append(TiltDirectionEvidence(view=i, tilt_deg=float(tilt), reason=f"|tilt| < {min_tilt_deg:g}°"))
+            continue
+        two = ctf_both_directions(images[i], pixel_size_A=pixel_size_A, box=box, tilt_deg=float(tilt),
+                                  tilt_axis_deg=tilt_axis_deg, defocus_handedness=defocus_handedness, view=i,
+                                  min_tilt_deg=min_tilt_deg, voltage_kV=voltage_kV, cs_mm=cs_mm,
+                                  amplitude_contrast=amplitude_contrast, **fit_kwargs)
+        ev.append(two.evidence)
+    return check_tilt_direction(ev, min_tilt_deg=min_tilt_deg, z_threshold=z_threshold)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -6,11 +6,20 @@ rescaled to the defocus at the image centre before averaging (the defocus gradie
 :func:`tomoguide.compute.ctffit.estimate_ctf`). Optionally the search is narrowed around the nominal defocus from
 the mdoc (the tutorial's tip). Output ``series``: per series the CTF STAR (rlnDefocusU/V/Angle at the raw image
 centre, rlnCtfMaxResolution, rlnCtfFigureOfMerit, failure flags) and the spectra with the fitted rings.
+
+**Tilt direction.** The windows of every view are averaged after rescaling with the defocus gradient the geometry
+predicts and with the opposite one (the tilt axis turned by 180°); on the views with |tilt| ≥ 20° the sharper
+rings tell which is right (:func:`tomoguide.compute.ctffit.check_tilt_direction`, whose docstring gives the
+conventions of IMOD, RELION, Warp and AreTomo3). By default (``tilt_direction = "rotate_axis"``, as AreTomo3) an
+inverted series gets the tilt axis + 180° (every view's transform negated, so the specimen shifts stay where they
+were in the raw images) and its CTF is fitted with the corrected gradient; ``"flip_defocus"`` keeps the axis and
+flips the defocus handedness instead (Warp), ``"report"`` only says so. The verdict is in the log, the metrics,
+the summary and ``info["tilt_direction"]`` of every series.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,7 +35,9 @@ from tomoguide.steps.records import (
     write_ctf_results,
 )
 
+from tomoguide.geometry import TiltSeriesGeometry
 
+TILT_DIRECTION_ACTIONS = ("rotate_axis", "flip_defocus", "report", "off")
 
 class CtfEstimateParams(StepParams):
     box_px: int = param(
@@ -57,6 +68,24 @@ class CtfEstimateParams(StepParams):
         help="Half-width of the search around the nominal defocus.")
     fit_phase: bool = param(False, title="Fit phase shift",
                             help="Also fit an additional phase shift (phase-plate data only). Tutorial: No.")
+    tilt_direction: Literal["rotate_axis", "flip_defocus", "report", "off"] = param(
+        "rotate_axis", title="Tilt direction check", choices=list(TILT_DIRECTION_ACTIONS), widget="choice",
+        help="On a tilted image one side is further from focus than the other; which side depends on the direction "
+             "of the tilt. If the Thon rings say the direction is the opposite of the geometry's (the tilt axis is "
+             "180° off, e.g. typed as −95° instead of 85°), the tomogram would be the mirror image of the specimen. "
+             "rotate_axis (default, as AreTomo3): turn the tilt axis by 180° when the data clearly say so. "
+             "flip_defocus (as Warp): keep the axis and flip the defocus handedness instead — for a microscope whose "
+             "tilt axis is known to give the right hand. report: only say so. off: no check.")
+    direction_min_tilt_deg: float = param(
+        20.0, title="Check tilts from", unit="°", hard=(5.0, 60.0), suggest=(15.0, 40.0), advanced=True,
+        enabled_if=[("tilt_direction", "!=", "off")],
+        help="Only views tilted at least this much count for the tilt-direction check (small tilts have almost no "
+             "defocus gradient).")
+    direction_z: float = param(
+        4.0, title="Confidence needed", unit="1", hard=(1.0, 50.0), suggest=(3.0, 10.0), advanced=True,
+        enabled_if=[("tilt_direction", "!=", "off")],
+        help="How sure the check must be (a z score over the tilted views) before it calls the direction as given "
+             "or inverted; below it the verdict is 'undecided' and nothing is changed.")
 
 
 class CtfEstimate(Step):
@@ -76,6 +105,10 @@ class CtfEstimate(Step):
         "<p><b>What to check.</b> Red tilts (failed fits, or far from the trend): exclude them in the next step. "
         "A defocus at the edge of the search range means the range is wrong; the tutorial's tip is to search "
         "around the nominal defocus.</p>"
+        "<p><b>Tilt direction.</b> The step also checks, from the defocus gradient across the tilted views, that the "
+        "tilt direction (the tilt axis up to 180°) is right; a wrong one gives a mirror-image tomogram. When the data "
+        "clearly say it is inverted, the tilt axis is turned by 180° and the summary says so; 'undecided' changes "
+        "nothing.</p>"
     )
     Params = CtfEstimateParams
     inputs = ("assign_alignment",)
@@ -106,21 +139,27 @@ class CtfEstimate(Step):
         return Needs(disk_bytes=n * CTF_PREVIEW_PX**2 * 4 + 100_000, memory_bytes=ny * nx * 4 * (n // 2 + 8))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.ctffit import estimate_ctf
+        from tomoguide.compute.ctffit import check_tilt_direction, ctf_both_directions, fit_ctf, power_spectrum
         from tomoguide.compute.io.mrc import read_mrc
 
         assert isinstance(params, CtfEstimateParams)
         sset, base = SeriesSet.load(ctx.output("assign_alignment", "series"))
+        imported_axes = _imported_axes(ctx)
         n_total = sum(s.geometry.n_views for s in sset.series)
         done = 0
         entries: list[SeriesEntry] = []
         metrics: dict[str, Any] = {"series": {}}
+        direction_notes: list[str] = []
+        check_on = params.tilt_direction != "off"
         for s in sset.series:
             g = s.geometry
             stack, _ = read_mrc(s.path("stack", base), mmap=True)
             px = g.pixel_size_binned_A
             tilts = g.true_tilt_deg()
-            rows, previews, failed = [], [], []
+            optics = dict(voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm,
+                          amplitude_contrast=g.optics.amplitude_contrast)
+            twos = []
+            kws = []
             for i in range(g.n_views):
                 ctx.check_cancel()
                 kw: dict[str, Any] = dict(defocus_range_A=(params.defocus_min_A, params.defocus_max_A),
@@ -129,28 +168,135 @@ class CtfEstimate(Step):
                                           fit_phase=params.fit_phase)
                 if params.narrow_around_nominal and g.nominal_defocus_um:
                     kw.update(nominal_defocus_A=g.nominal_defocus_um[i] * 1e4, narrow_A=params.narrow_A)
-                fit, spec = estimate_ctf(np.asarray(stack[i], np.float32), pixel_size_A=px, box=params.box_px,
-                                         tilt_deg=float(tilts[i]), tilt_axis_deg=g.tilt_axis_deg,
-                                         defocus_handedness=g.defocus_handedness, voltage_kV=g.optics.voltage_kV,
-                                         cs_mm=g.optics.cs_mm, amplitude_contrast=g.optics.amplitude_contrast, **kw)
+                two = ctf_both_directions(
+                    np.asarray(stack[i], np.float32), pixel_size_A=px, box=params.box_px, tilt_deg=float(tilts[i]),
+                    tilt_axis_deg=g.tilt_axis_deg, defocus_handedness=g.defocus_handedness, view=i,
+                    min_tilt_deg=params.direction_min_tilt_deg if check_on else float("inf"), **optics, **kw)
+                twos.append(two)
+                kws.append(kw)
+                yield Progress((done + 0.6 * (i + 1)) / n_total,
+                               f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: first fit "
+                               f"{two.first_fit.defocus_mean_A / 1e4:.2f} µm")
+
+            # ---- tilt direction -------------------------------------------------------------------------------
+            g_out, use_inverted, direction = g, False, None
+            if check_on:
+                check = check_tilt_direction([t.evidence for t in twos], min_tilt_deg=params.direction_min_tilt_deg,
+                                             z_threshold=params.direction_z)
+                g_out, use_inverted, note = _apply_tilt_direction(g, check.verdict, params.tilt_direction,
+                                                                  imported_axes.get(s.name))
+                direction = {**check.metrics(), "action": params.tilt_direction if use_inverted else "none",
+                             "tilt_axis_before_deg": g.tilt_axis_deg, "tilt_axis_after_deg": g_out.tilt_axis_deg,
+                             "defocus_handedness_before": g.defocus_handedness,
+                             "defocus_handedness_after": g_out.defocus_handedness,
+                             "imported_tilt_axis_deg": imported_axes.get(s.name), "note": note}
+                ctx.log(f"{s.name}: {note} ({check.reason})")
+                direction_notes.append(f"{s.name}: {note}")
+
+            # ---- second pass with the chosen gradient -------------------------------------------------------------
+            rows, previews, failed = [], [], []
+            for i, (two, kw) in enumerate(zip(twos, kws, strict=True)):
+                ctx.check_cancel()
+                if two.rescaled:
+                    # the geometry passed on gives the gradient; with it unchanged this is estimate_ctf's 2nd pass
+                    spec = two.spectrum_as_given if not use_inverted else power_spectrum(
+                        np.asarray(stack[i], np.float32), pixel_size_A=px, box=params.box_px,
+                        tilt_deg=float(tilts[i]), tilt_axis_deg=g_out.tilt_axis_deg,
+                        defocus_handedness=g_out.defocus_handedness,
+                        reference_defocus_A=two.first_fit.defocus_mean_A, tilt_mode="rescale",
+                        voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm)
+                    fit = fit_ctf(spec, **optics, **kw)
+                else:
+                    spec, fit = two.plain, two.first_fit
                 rows.append(ctf_row(s.name, i, g.tilt_angles_deg[i], fit))
                 failed.append(bool(fit.failed))
                 previews.append(ctf_preview(spec, fit))
                 if fit.failed:
                     ctx.log(f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: fit failed ({fit.reason})")
-                done += 1
-                yield Progress(done / n_total, f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: "
+                yield Progress((done + 0.6 * g.n_views + 0.4 * (i + 1)) / n_total,
+                               f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: "
                                f"{fit.defocus_mean_A / 1e4:.2f} µm, {fit.fit_resolution_A:.1f} Å")
+            done += g.n_views
             files = dict(s.files)
             files.update(write_ctf_results(ctx.run_dir, s.name, rows, previews, g.optics, px))
             # the stack itself is not changed: link (or copy) it so the set is self-contained
             link_or_copy(s.path("stack", base), ctx.run_dir / files["stack"])
-            entries.append(SeriesEntry(name=s.name, geometry=g, files=files,
-                                       flags={**s.flags, "ctf_failed": failed}, info=dict(s.info)))
+            info = dict(s.info)
+            if direction is not None:
+                info["tilt_direction"] = direction
+            entries.append(SeriesEntry(name=s.name, geometry=g_out, files=files,
+                                       flags={**s.flags, "ctf_failed": failed}, info=info))
             metrics["series"][s.name] = ctf_summary(rows, failed)
+            if direction is not None:
+                metrics["series"][s.name]["tilt_direction"] = direction
         out = SeriesSet(series=entries).save(ctx.run_dir)
         n_failed = sum(m["n_failed"] for m in metrics["series"].values())
         metrics["n_failed"] = n_failed
-        return StepResult(outputs={"series": out}, metrics=metrics,
-                          summary=f"CTF of {n_total} tilts ({n_failed} failed fits flagged)")
+        summary = f"CTF of {n_total} tilts ({n_failed} failed fits flagged)"
+        if check_on:
+            verdicts = {name: m["tilt_direction"]["verdict"] for name, m in metrics["series"].items()}
+            corrected = [name for name, m in metrics["series"].items() if m["tilt_direction"]["action"] != "none"]
+            metrics["tilt_direction"] = verdicts
+            metrics["n_tilt_direction_changed"] = len(corrected)
+            if corrected or any(v != "as given" for v in verdicts.values()):
+                summary += "; " + "; ".join(n for n in direction_notes
+                                            if not n.split(": ", 1)[1].startswith("tilt direction as given"))
+            else:
+                summary += f"; tilt direction as given ({len(verdicts)} series)"
+        return StepResult(outputs={"series": out}, metrics=metrics, summary=summary)
 
+
+def _imported_axes(ctx: RunContext) -> dict[str, float]:
+    """The tilt axis of each series as imported (the mdoc's or the typed one), from the motion_ctf output when it is
+    among the done steps (for the messages only)."""
+    try:
+        if "motion_ctf" not in ctx.upstream:
+            return {}
+        sset, _ = SeriesSet.load(ctx.output("motion_ctf", "series"))
+        return {s.name: float(s.geometry.tilt_axis_deg) for s in sset.series}
+    except Exception:  # the messages do without it
+        return {}
+
+
+def _wrap180(a: float) -> float:
+    """Angle in (−180°, 180°]."""
+    return float(-((-a + 180.0) % 360.0 - 180.0))
+
+
+def rotate_tilt_axis_180(g: TiltSeriesGeometry) -> TiltSeriesGeometry:
+    """The same acquisition with the tilt axis turned by 180° (the tilt direction inverted).
+
+    Every view's transform ``aligned = A raw + d`` becomes ``aligned = (−A) raw + (−d)``: the aligned image turned
+    by 180°, so the specimen shift ``s = −A⁻¹ d`` (where the aligned centre lies in the raw image) is unchanged and a
+    per-view rotation or magnification refined by the alignment is kept. ``tilt_axis_deg`` + 180° (wrapped into
+    (−180°, 180°]); tilts, tilt offset, X tilt and defocus handedness are kept. With the same tilt angles the
+    projections are those of the point-inverted specimen (the alignment fits both equally); the predicted defocus
+    gradient and the hand of the tomogram are inverted."""
+    update: dict[str, Any] = {"tilt_axis_deg": _wrap180(g.tilt_axis_deg + 180.0)}
+    if g.xf is not None:
+        update["xf"] = -g.xf_array()
+    return g.model_validate({**g.model_dump(), **update})
+
+
+def _apply_tilt_direction(g: TiltSeriesGeometry, verdict: str, action: str,
+                          imported_axis: float | None) -> tuple[TiltSeriesGeometry, bool, str]:
+    """The geometry passed on, whether the "inverted" spectra are the right ones, and the message for one series."""
+    axis = g.tilt_axis_deg
+    refined = imported_axis is not None and abs(_wrap180(imported_axis - axis)) > 0.05
+    src = (f"the imported axis {imported_axis:.1f}° (refined to {axis:.1f}° by the alignment)" if refined
+           else f"the tilt axis {axis:.1f}°")
+    if verdict == "as given":
+        return g, False, f"tilt direction as given (tilt axis {axis:.1f}°)"
+    if verdict == "undecided":
+        return g, False, (f"tilt direction undecided: the defocus gradient of the tilted views does not clearly tell; "
+                          f"{src} is kept")
+    if action == "rotate_axis":
+        g2 = rotate_tilt_axis_180(g)
+        return g2, True, f"tilt direction inverted: {src} was off by 180°; corrected to {g2.tilt_axis_deg:.1f}°"
+    if action == "flip_defocus":
+        h = -int(g.defocus_handedness)
+        g2 = g.model_validate({**g.model_dump(), "defocus_handedness": h})
+        return g2, True, (f"defocus gradient opposite to the geometry's: defocus handedness set to {h:+d}, "
+                          f"{src} kept")
+    return g, False, (f"tilt direction looks inverted ({src} 180° off) but is kept ('report'): the tomogram will be "
+                      "the mirror image unless the axis is turned by 180°")

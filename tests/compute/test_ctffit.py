@@ -262,3 +262,94 @@ def test_rings_overlay_fades_the_model_where_its_rings_would_alias_on_screen() -
     small = fourier_crop(shown, (256, 256))
     assert float(np.std(small[128, 200:255])) < 0.02 and float(np.std(fourier_crop(full, (256, 256))[128, 200:255])) > 0.1
     assert np.allclose(shown[:, :256], full[:, :256])  # the data half is not touched
+
+
+# ---- tilt direction from the defocus gradient ----------------------------------------------------------------
+
+_DIR_TILTS = (-51.0, -36.0, -21.0, 21.0, 36.0, 51.0)
+
+
+def _tilted_views(tilts: tuple[float, ...], *, axis: float, hand: int, noise: float, df: float = 30000.0,
+                  shape: tuple[int, int] = (768, 768), flat: bool = False) -> np.ndarray:
+    """Views of a flat specimen tilted about ``axis`` whose defocus varies as the geometry with ``hand`` predicts
+    (``flat``: no gradient at all, a specimen that tells nothing)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    out = []
+    for i, t in enumerate(tilts):
+        offs = None if flat else ctffit.defocus_offsets_A(xx, yy, shape, PX, t, axis, hand)
+        out.append(_ctf_image(shape, df + 150.0 + 40 * i, df - 150.0 + 40 * i, 30.0, noise=noise, seed=40 + i,
+                              offsets_A=offs))
+    return np.stack(out)
+
+
+def _direction(views: np.ndarray, tilts: tuple[float, ...], axis: float, hand: int) -> ctffit.TiltDirectionCheck:
+    return ctffit.check_tilt_direction_images(views, tilts, pixel_size_A=PX, tilt_axis_deg=axis, box=256,
+                                              defocus_handedness=hand, res_range_A=(50.0, 5.0),
+                                              defocus_range_A=(10000.0, 50000.0))
+
+
+def test_tilt_direction_as_given_inverted_and_flipped_handedness() -> None:
+    axis = 85.0
+    views = _tilted_views(_DIR_TILTS, axis=axis, hand=1, noise=2.5)
+    given = _direction(views, _DIR_TILTS, axis, 1)
+    assert given.verdict == "as given", given.reason
+    assert given.n_views == 6 and given.n_as_given == 6 and given.z >= 4.0
+    # every tilted view prefers the gradient it was made with, and rescaling with it beats the plain average
+    for e in given.views:
+        assert e.used and e.cc_as_given > e.cc_inverted and e.cc_as_given > e.cc_flat, e
+        # 5 × 5 windows of 256 px, 128 px apart: the predicted defocus range over their centres
+        t, a = math.radians(abs(e.tilt_deg)), math.radians(axis)
+        assert e.spread_A == pytest.approx(512 * (abs(math.cos(a)) + abs(math.sin(a))) * PX * math.tan(t), rel=1e-6)
+        assert e.n_cells >= 6 and e.n_null >= 4 and 0.0 < e.noise < e.evidence
+    # the axis typed 180° off (e.g. −95° for 85°): the same data call the direction inverted, as strongly
+    turned = _direction(views, _DIR_TILTS, axis - 180.0, 1)
+    assert turned.verdict == "inverted" and turned.z <= -4.0, turned.reason
+    np.testing.assert_allclose([e.evidence for e in turned.views], [-e.evidence for e in given.views], rtol=0.02)
+    # the other defocus handedness with the right axis predicts the same (wrong) gradient as the turned axis
+    flipped = _direction(views, _DIR_TILTS, axis, -1)
+    assert flipped.verdict == "inverted" and flipped.z <= -4.0
+    np.testing.assert_allclose([e.evidence for e in flipped.views], [-e.evidence for e in given.views], atol=1e-9)
+    m = turned.metrics()
+    assert m["verdict"] == "inverted" and len(m["views"]) == 6 and m["n_inverted"] == 6
+
+
+def test_tilt_direction_at_low_dose_with_failed_views_and_near_90_axis() -> None:
+    """Thin ice at low dose (the rings barely above the noise), a 2.5 µm defocus, the axis near −90° and two
+    views that are pure noise (failed fits): the failed views are left out and the verdict is still right."""
+    axis, tilts = -91.5, (-54.0, -42.0, -30.0, -24.0, 24.0, 30.0, 42.0, 54.0)
+    views = _tilted_views(tilts, axis=axis, hand=1, noise=4.5, df=25000.0)
+    rng = np.random.default_rng(9)
+    views[1] = rng.normal(size=views[1].shape).astype(np.float32)
+    views[6] = rng.normal(size=views[6].shape).astype(np.float32)
+    given = _direction(views, tilts, axis, 1)
+    assert not given.views[1].used and not given.views[6].used
+    assert "failed" in given.views[1].reason
+    assert given.verdict == "as given" and given.n_views == 6, given.reason
+    assert _direction(views, tilts, axis + 180.0, 1).verdict == "inverted"
+
+
+def test_tilt_direction_without_a_gradient_is_undecided_never_inverted() -> None:
+    """A specimen whose views carry no defocus gradient gives no evidence either way: never a flip."""
+    views = _tilted_views(_DIR_TILTS, axis=85.0, hand=1, noise=2.5, flat=True)
+    for axis in (85.0, -95.0):
+        check = _direction(views, _DIR_TILTS, axis, 1)
+        assert check.verdict == "undecided", (axis, check.reason)
+        assert abs(check.z) < 4.0
+
+
+def test_tilt_direction_verdict_rules() -> None:
+    def ev(i: int, tilt: float, e: float, used: bool = True) -> ctffit.TiltDirectionEvidence:
+        return ctffit.TiltDirectionEvidence(view=i, tilt_deg=tilt, cc_as_given=0.2 + e, cc_inverted=0.2,
+                                            used=used)
+
+    strong = [ev(i, t, -0.02 - 0.002 * i) for i, t in enumerate((-50.0, -30.0, 30.0, 50.0, 60.0))]
+    check = ctffit.check_tilt_direction(strong)
+    assert check.verdict == "inverted" and check.n_inverted == 5 and check.z < -4.0
+    # too few views at |tilt| ≥ 20°: undecided whatever they say (views below 20° and unused ones do not count)
+    few = strong[:3] + [ev(7, 10.0, -0.05), ev(8, 45.0, -0.05, used=False)]
+    assert ctffit.check_tilt_direction(few).verdict == "undecided"
+    # a strong mean carried by a minority of views is not enough
+    mixed = [ev(i, 30.0 + i, e) for i, e in enumerate((-0.2, -0.001, 0.001, 0.002, -0.15, 0.001, 0.003, -0.3))]
+    assert ctffit.check_tilt_direction(mixed, z_threshold=1.0).verdict == "undecided"
+    as_given = [ev(i, 25.0 + 5 * i, 0.01 + 0.001 * i) for i in range(6)]
+    assert ctffit.check_tilt_direction(as_given).verdict == "as given"
