@@ -1167,7 +1167,8 @@ def classify_scheme(tilts_in_acquisition_order: Sequence[float], step_deg: float
 
     Dose-symmetric: starts near 0°, every new tilt on a side lies further out than the earlier ones on
     that side, and the side changes at least twice (Hagen scheme, any group size). Bidirectional: same
-    outward rule, one change of side. Unidirectional: monotonic.
+    outward rule from the first tilt, one change of side; it may start anywhere (e.g. at −20°: up to +60°,
+    then from −23° down to −60°). Unidirectional: monotonic.
     """
     t = np.asarray(tilts_in_acquisition_order, dtype=float)
     if t.size < 2:
@@ -1183,8 +1184,9 @@ def classify_scheme(tilts_in_acquisition_order: Sequence[float], step_deg: float
     if np.all(d > -tol) or np.all(d < tol):
         return "unidirectional"
     start = t[0]
-    if abs(start - np.median(t)) > 3 * max(tol, 1.0) and abs(start) > 3 * max(tol, 1.0):
-        return "other"
+    # a bidirectional series may start anywhere (SerialEM's "start at -20°, go up, come back, go down"); a
+    # dose-symmetric one starts near 0° or the middle of the range
+    centred = not (abs(start - np.median(t)) > 3 * max(tol, 1.0) and abs(start) > 3 * max(tol, 1.0))
     rel = t - start
     side = np.sign(np.where(np.abs(rel) < tol, 0.0, rel))
     outward = True
@@ -1198,7 +1200,7 @@ def classify_scheme(tilts_in_acquisition_order: Sequence[float], step_deg: float
         far[s] = max(far[s], r)
     nz = side[side != 0]
     switches = int(np.count_nonzero(np.diff(nz))) if nz.size > 1 else 0
-    if outward and switches >= 2:
+    if outward and switches >= 2 and centred:
         return "dose-symmetric"
     if outward and switches == 1:
         return "bidirectional"

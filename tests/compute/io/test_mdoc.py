@@ -120,6 +120,11 @@ def test_classify_scheme() -> None:
     assert md.classify_scheme(list(np.arange(60, -61, -2.0))) == "unidirectional"
     bidir = list(np.arange(0, 61, 3.0)) + list(np.arange(-3, -61, -3.0))
     assert md.classify_scheme(bidir) == "bidirectional"
+    # SerialEM's bidirectional series started off zero (the TS_07: -20° up to +58°, then -23° down to -59°)
+    bidir_off = list(np.arange(-20, 59, 3.0)) + list(np.arange(-23, -60, -3.0))
+    assert md.classify_scheme(bidir_off) == "bidirectional"
+    # dose-symmetric about a lamella's pre-tilt (starts at the middle of the range, not at 0°)
+    assert md.classify_scheme([-30, -27, -33, -24, -36, -21, -39]) == "dose-symmetric"
     assert md.classify_scheme([5.0, 5.0]) == "single" and md.classify_scheme([1.0]) == "single"
     assert md.classify_scheme([0, 9, -3, 3, -6, 6, -9]) == "other"  # +3 after +9: not outward
 
