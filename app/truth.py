@@ -47,10 +47,16 @@ def frame_shift_errors(truth_dir: Path, motion_series: Path) -> dict[str, Any]:
 
     ``rms_px``: RMS over frames of |ours − truth| with frame 1 = 0 in both; ``rms_offset_removed_px``: the same
     after removing each movie's mean error (an arbitrary common offset of a movie does not blur its sum).
+    Movies the step flagged as impossible to align (``motion_failed``: dark or blank views, left unshifted) are
+    left out of these figures and counted in ``n_movies_flagged`` (their tilts in ``flagged_tilts_deg``).
     """
     sset, base = SeriesSet.load(motion_series)
     errs, errs_centred, worst = [], [], []
+    flagged: list[float] = []
     for s in sset.series:
+        failed = s.flags.get("motion_failed", [False] * s.geometry.n_views)
+        flagged_tilts = {round(float(t), 3) for t, f in zip(s.geometry.tilt_angles_deg, failed, strict=True) if f}
+        flagged.extend(sorted(flagged_tilts))
         blocks = _tilts(truth_dir, s.name)
         tilts, truth = blocks["tilts"], blocks["frame_shifts"]
         tilt_of = dict(zip(tilts["rlnMicrographMovieName"], tilts["rlnTomoNominalStageTiltAngle"]))
@@ -62,7 +68,9 @@ def frame_shift_errors(truth_dir: Path, motion_series: Path) -> dict[str, Any]:
             raise ValueError(f"{s.name}: {len(ours)} frames in the result, {len(m)} matched in the truth")
         d = np.stack([m["rlnMicrographShiftX"] - m["rlnMicrographShiftX_true"],
                       m["rlnMicrographShiftY"] - m["rlnMicrographShiftY_true"]], axis=1)
-        for _, idx in m.groupby("rlnTomoNominalStageTiltAngle").indices.items():
+        for tilt, idx in m.groupby("rlnTomoNominalStageTiltAngle").indices.items():
+            if round(float(tilt), 3) in flagged_tilts:
+                continue
             e = d[idx]
             errs.append(e)
             c = e - e.mean(axis=0)
@@ -72,7 +80,8 @@ def frame_shift_errors(truth_dir: Path, motion_series: Path) -> dict[str, Any]:
     all_c = np.concatenate(errs_centred)
     return {"rms_px": float(np.sqrt((all_e**2).sum(axis=1).mean())),
             "rms_offset_removed_px": float(np.sqrt((all_c**2).sum(axis=1).mean())),
-            "worst_movie_rms_px": float(max(worst)), "n_movies": len(worst), "n_frames": int(len(all_e))}
+            "worst_movie_rms_px": float(max(worst)), "n_movies": len(worst), "n_frames": int(len(all_e)),
+            "n_movies_flagged": len(flagged), "flagged_tilts_deg": flagged}
 
 
 def defocus_errors(truth_dir: Path, series: Path, *, max_tilt_deg: float = 45.0,
