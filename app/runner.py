@@ -257,7 +257,9 @@ class StepRun:
             st.status = "failed"
             st.error = getattr(exc, "step_message", None) or _one_line(exc)
             st.finished = now_iso()
-            st.log = [*ctx.log_lines, traceback.format_exc()]
+            # a dead end is the step's own message, not a bug: no traceback to unfold
+            st.log = [*ctx.log_lines, st.error] if isinstance(exc, _DeadEnd) else [*ctx.log_lines,
+                                                                                 traceback.format_exc()]
             st.owner_pid = None
             _remove_partial(project, partial)
             project.refresh_staleness()
@@ -276,7 +278,7 @@ class StepRun:
     def _finish(self, result: StepResult, partial: Path, final_dir: Path, identity: str,
                 inputs: dict[str, str | None], params_json: dict[str, Any], started: str | None) -> RunRecord:
         """Check a successful result and write its ``run.json`` (still in the partial folder)."""
-        from tomoguide.steps.records import RecordError, validate_output
+        from tomoguide.steps.records import RecordError, output_items, validate_output
 
         if result.nothing_for_next:
             raise _DeadEnd(result.nothing_for_next)
@@ -294,6 +296,11 @@ class StepRun:
                 validate_output(p)
             except RecordError as exc:
                 raise RecordError(exc.path, exc.field, f"{exc.message} (written by this run: a bug)") from None
+            counted = output_items(p)
+            if counted is not None and counted[0] == 0 and registry.downstream(self.step_id):
+                raise _DeadEnd(f"{self.step_cls.title} produced no {counted[1]} (output {name!r}): the next step "
+                               f"would have nothing to work on; change this step's parameters (see its help) and run "
+                               f"it again")
         manifest, content = build_manifest(partial)
         run_rel = f"steps/{self.step_id}/{final_dir.name}"
         finished = now_iso()

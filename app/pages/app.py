@@ -31,9 +31,9 @@ from PySide6.QtWidgets import (
 
 from tomoguide import __version__
 from tomoguide.pages.settings import add_recent_project, recent_projects
-from tomoguide.pages.wizard import WizardWindow
+from tomoguide.pages.wizard import WizardWindow, open_project_interactive
 from tomoguide.pages.worker import FunctionWorker
-from tomoguide.project import PROJECT_FILE, Project, ProjectError, ProjectLockedError
+from tomoguide.project import PROJECT_FILE, Project
 from tomoguide.steps.import_movies import DEFAULT_PATTERN
 
 
@@ -217,23 +217,10 @@ class AppController(QObject):
             if w.project.dir == Path(project_dir).resolve():
                 w.raise_()
                 return w
-        try:
-            project = Project.open(project_dir)
-        except ProjectLockedError as exc:
-            self._error("Project in use", str(exc))
+        # a stale lock offered for removal, the backup offered, moved data asked for (tomoguide.pages.wizard)
+        project = open_project_interactive(Path(project_dir), self.start if self.start.isVisible() else None)
+        if project is None:
             return None
-        except ProjectError as exc:
-            if (Path(project_dir) / "project.json.bak").exists() and QMessageBox.question(
-                    None, "Cannot open the project", f"{exc}\n\nOpen the backup (the previous saved state)?") \
-                    == QMessageBox.StandardButton.Yes:
-                try:
-                    project = Project.open(project_dir, use_backup=True)
-                except ProjectError as exc2:
-                    self._error("Cannot open the project", str(exc2))
-                    return None
-            else:
-                self._error("Cannot open the project", str(exc))
-                return None
         return self._show_wizard(project)
 
     def _show_wizard(self, project: Project) -> WizardWindow:

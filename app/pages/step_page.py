@@ -6,9 +6,12 @@ warnings are shown), Run and Cancel, the progress bar with the step's message an
 error box (a readable message, the traceback folded) and the log; on the right the preview (top) and the help
 panel (the step's help, then the help of the field that has the focus).
 
-Every accepted parameter change is saved at once through :meth:`Project.set_params`; the page says which steps
-became stale. While a run is active the page owns the project through its :class:`StepWorker`: the form is
-disabled and ``running_changed(True)`` tells the wizard to lock navigation.
+Every accepted parameter change is saved at once through :func:`~tomoguide.runner.set_params_checked` (a value
+the step's own checks refuse is not saved: the form goes back to the saved value and says why); the page says
+which steps became stale. Before a run that could make finished later steps stale (Run on a done step), the page
+asks, listing them (:meth:`StepPage.confirm_rerun`); after it, it says whether they stayed done (identical
+results) or became stale. While a run is active the page owns the project through its :class:`StepWorker`: the
+form is disabled and ``running_changed(True)`` tells the wizard to lock navigation.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -38,7 +42,7 @@ from tomoguide.pages.form import ERROR_COLOUR, WARNING_COLOUR, ParamForm
 from tomoguide.pages.previews import Preview, make_preview
 from tomoguide.pages.worker import StepWorker, eta_text
 from tomoguide.project import Project
-from tomoguide.runner import StepRun
+from tomoguide.runner import ParamsRefused, StepRun, set_params_checked
 from tomoguide.steps import registry
 from tomoguide.steps.base import Issue, Step
 
@@ -80,6 +84,7 @@ class StepPage(QWidget):
         self.progress_history: list[tuple[float | None, str]] = []
         self._run_started = 0.0
         self.last_stale: list[str] = []
+        self.at_risk: list[str] = []
         self.last_outcome: str | None = None
         self.focused_field: str | None = None
         self._build()
@@ -323,13 +328,16 @@ class StepPage(QWidget):
     def _on_committed(self, name: str, value: Any) -> None:
         if self.is_running() or self.project.readonly:
             return
-        try:
-            stale = self.project.set_params(self.step_id, {name: value})
-        except ValidationError as exc:  # cross-field validation: show it, keep the saved state
-            self.form.set_values(self.project.data.steps[self.step_id].params)
-            self.saved_label.setText(f"<span style='color:{ERROR_COLOUR}'>Not saved: {html.escape(str(exc))}</span>")
-            return
         title = self.form.meta[name].title
+        try:
+            stale = set_params_checked(self.project, {self.step_id: {name: value}})
+        except (ValidationError, ParamsRefused) as exc:  # refused: show why, keep (and show) the saved value
+            self.form.set_values(self.project.data.steps[self.step_id].params)
+            reason = "; ".join(i.message for i in exc.issues) if isinstance(exc, ParamsRefused) else str(exc)
+            self.saved_label.setText(f"<span style='color:{ERROR_COLOUR}'>Not saved: {html.escape(title)} — "
+                                     f"{html.escape(reason)}</span>")
+            self.update_issues()
+            return
         text = f"Saved: {html.escape(title)}."
         if stale:
             titles = ", ".join(registry.get(s).title for s in stale)
@@ -348,14 +356,34 @@ class StepPage(QWidget):
                                  f"{html.escape(reason)}.</span>")
 
     # -- running ---------------------------------------------------------------------------------------------
+    def confirm_rerun(self, at_risk: list[str]) -> bool:
+        """Ask before a run that may make the finished later steps ``at_risk`` stale (tests replace
+        QMessageBox.question)."""
+        titles = "\n".join(f"  • {registry.get(s).title}" for s in at_risk)
+        answer = QMessageBox.question(
+            self, "Run this step again?",
+            f"{len(at_risk)} later step{'s are' if len(at_risk) > 1 else ' is'} done with the present results of "
+            f"“{self.step_cls.title}”:\n\n{titles}\n\n"
+            f"If this run gives the same results, they stay done. If its results differ, they become stale and "
+            f"must be run again (their present results are kept, and come back if you return to these "
+            f"settings).\n\nRun “{self.step_cls.title}” again?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
     def run_step(self) -> bool:
-        """Check, then start the run in a worker thread; False (with the reasons shown) when refused."""
+        """Check, ask when finished later steps could become stale, then start the run in a worker thread; False
+        (with the reasons shown) when refused or not confirmed."""
         if self.is_running() or self.project.readonly:
             return False
         issues = self.update_issues()
         if any(i.level == "error" for i in issues):
             self.progress_label.setText("The run was refused: fix the errors listed above.")
             return False
+        at_risk = self.project.steps_at_risk(self.step_id)
+        if at_risk and not self.confirm_rerun(at_risk):
+            self.progress_label.setText("Not run: the later steps stay as they are.")
+            return False
+        self.at_risk = at_risk
         self.error_box.setVisible(False)
         self.form.set_values(self.project.data.steps[self.step_id].params)  # drop refused text: runs use saved values
         self.log_view.clear()
@@ -423,7 +451,8 @@ class StepPage(QWidget):
     def _on_failed(self, message: str, traceback_text: str) -> None:
         self.progress_label.setText("Failed.")
         self.eta_label.setText("")
-        self.show_error(message, traceback_text)
+        # a dead end ("0 particles: lower the threshold") is the step's message, not a bug: no traceback to unfold
+        self.show_error(message, traceback_text if "Traceback" in traceback_text else "")
 
     def _on_refused_run(self, issues: list[Issue]) -> None:
         self.progress_label.setText("The run was refused:")
@@ -441,6 +470,17 @@ class StepPage(QWidget):
         self.progress_bar.setValue(1000)
         self.progress_label.setText(f"Done in {elapsed:.1f} s." + (f" {state.log[-1]}" if state.log else ""))
         self.eta_label.setText("")
+        if self.at_risk:
+            stale = [s for s in self.at_risk if not self.project.is_up_to_date(s)]
+            self.last_stale = stale
+            if stale:
+                titles = ", ".join(registry.get(s).title for s in stale)
+                self.saved_label.setText(f"<span style='color:{STATUS_COLOURS['stale']}'>The results changed: now "
+                                         f"stale (run again): {html.escape(titles)}.</span>")
+            else:
+                self.saved_label.setText(f"<span style='color:{STATUS_COLOURS['done']}'>Identical results: the "
+                                         f"{len(self.at_risk)} later step(s) stay done.</span>")
+            self.at_risk = []
 
     def _on_finished(self, outcome: str) -> None:
         worker = self.worker

@@ -7,13 +7,20 @@
 * The window's size and position are kept in the settings file (:mod:`tomoguide.pages.settings`).
 * While a step runs, navigation is locked (the run owns the project). Closing the window then asks; "Yes"
   cancels the run, waits for the runner to restore the step's previous state and save, and releases the lock.
+* Project > Settings… opens :class:`~tomoguide.pages.settings.ProjectSettingsDialog` (runs kept, disk budget).
+* :func:`open_project_interactive` opens a project as a person would: a lock left by a program that cannot be
+  checked from here is offered for removal with what is known about its owner, a damaged project file offers the
+  backup, and data that moved are asked for once (and checked to be the same data).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import QByteArray, QSize, Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QColor, QIcon, QKeySequence, QPainter, QPen, QPixmap, QShortcut
 from PySide6.QtWidgets import (
+    QFileDialog,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -27,9 +34,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tomoguide.pages.settings import qsettings
+from tomoguide.pages.settings import ProjectSettingsDialog, qsettings
 from tomoguide.pages.step_page import STATUS_COLOURS, StepPage
-from tomoguide.project import Project
+from tomoguide.project import BACKUP_FILE, Project, ProjectError, ProjectLockedError
 from tomoguide.steps import registry
 
 DEFAULT_SIZE = QSize(1320, 860)
@@ -131,6 +138,9 @@ class WizardWindow(QMainWindow):
         self.setCentralWidget(split)
 
         menu = self.menuBar().addMenu("&Project")
+        settings = QAction("Settings…", self)
+        settings.triggered.connect(self.show_settings)
+        menu.addAction(settings)
         start = QAction("Start screen…", self)
         start.triggered.connect(self._to_start_screen)
         menu.addAction(start)
@@ -151,7 +161,8 @@ class WizardWindow(QMainWindow):
             geometry = qsettings().value("wizard/geometry")
             if isinstance(geometry, QByteArray) and not geometry.isEmpty():
                 self.restoreGeometry(geometry)
-        self.statusBar().showMessage(f"Project saved in {project.dir / 'project.json'}")
+        self.statusBar().showMessage("; ".join(project.notes) if project.notes
+                                     else f"Project saved in {project.dir / 'project.json'}")
         self.refresh_statuses()
         ids = [s.id for s in self.steps]
         first = start_step if start_step in ids else project.first_not_done()
@@ -268,6 +279,13 @@ class WizardWindow(QMainWindow):
         self.refresh_statuses()
         self.statusBar().showMessage("Running…" if running else f"Project saved in {self.project.dir / 'project.json'}")
 
+    def show_settings(self) -> ProjectSettingsDialog:
+        """The project's settings (runs kept, disk budget); non-modal, returned for tests."""
+        dialog = ProjectSettingsDialog(self.project, self)
+        dialog.accepted.connect(self.refresh_statuses)
+        dialog.open()
+        return dialog
+
     # -- closing ---------------------------------------------------------------------------------------------
     def _to_start_screen(self) -> None:
         self.start_screen_requested.emit()  # show it first, so that closing this window does not quit
@@ -299,3 +317,72 @@ class WizardWindow(QMainWindow):
         event.accept()
         self.closed.emit()
         super().closeEvent(event)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# opening a project as a person would
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def ask(parent: QWidget | None, title: str, text: str) -> bool:
+    """A Yes/No question (tests replace QMessageBox.question)."""
+    answer = QMessageBox.question(parent, title, text,
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def ask_folder(parent: QWidget | None, title: str, start: str) -> str:
+    """A folder chosen by the user ("" when cancelled; tests replace QFileDialog.getExistingDirectory)."""
+    return QFileDialog.getExistingDirectory(parent, title, start)
+
+
+def open_project_interactive(project_dir: Path, parent: QWidget | None = None) -> Project | None:
+    """Open a project, asking what only the user can decide; None (after saying why) when it stays closed.
+
+    * Locked by a program that cannot be checked from here (another machine, or not tomoguide): the owner is
+      named and the lock offered for removal ("Break the lock?"). A lock held by a running tomoguide on this
+      machine is only reported.
+    * A damaged project file: the backup (the previous saved state) is offered.
+    * Data not where they were (moved): the new folder is asked for once and checked to hold the same data
+      (names, sizes and hashes of the mdocs); the project remembers it."""
+    project: Project | None = None
+    use_backup = break_lock = False
+    for _ in range(4):
+        try:
+            project = Project.open(project_dir, use_backup=use_backup, break_lock=break_lock)
+            break
+        except ProjectLockedError as exc:
+            if exc.can_break and not break_lock and ask(
+                    parent, "Project locked",
+                    f"{exc}\n\nBreak the lock? Only do this when no tomoguide is working on this project any "
+                    f"more (the program named above has stopped)."):
+                break_lock = True
+                continue
+            QMessageBox.warning(parent, "Project in use", str(exc))
+            return None
+        except ProjectError as exc:
+            if not use_backup and (Path(project_dir) / BACKUP_FILE).exists() and ask(
+                    parent, "Cannot open the project", f"{exc}\n\nOpen the backup (the previous saved state)?"):
+                use_backup = True
+                continue
+            QMessageBox.warning(parent, "Cannot open the project", str(exc))
+            return None
+    if project is None:
+        return None
+    while project.missing_data:
+        key = project.missing_data[0]
+        old = project.data.data_paths[key].abs
+        folder = ask_folder(parent, f"The data moved: where is {Path(old).name} now? (was {old})",
+                            str(Path(old).parent if Path(old).parent.exists() else project.dir))
+        if not folder:
+            QMessageBox.information(parent, "Data not found",
+                                    f"{old}: not there any more. The project opens; the steps that read the data "
+                                    f"cannot run until you tell tomoguide where they are (open the project again, "
+                                    f"or `tomoguide relocate {project.dir} --data NEW_FOLDER`).")
+            break
+        try:
+            project.relocate(folder, key=key)
+        except ProjectError as exc:
+            QMessageBox.warning(parent, "Not the same data", str(exc))
+    return project

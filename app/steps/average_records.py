@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from tomoguide.integrity import check_name, check_relative_file
+from tomoguide.integrity import check_name, check_relative_file, guarded_path
 from tomoguide.steps.records import load_record, resolve_in, write_record
 
 
@@ -101,7 +101,7 @@ class ParticleStack(BaseModel):
         return resolve_in(base, getattr(self, field), field)
 
     def save(self, folder: Path) -> Path:
-        return _save(self, Path(folder) / "particles.json")
+        return _save(self, guarded_path(Path(folder), "particles.json"))
 
     @classmethod
     def load(cls, path: Path) -> tuple[ParticleStack, Path]:
@@ -174,7 +174,7 @@ class AverageRecord(BaseModel):
         return resolve_in(base, name, field)
 
     def save(self, folder: Path) -> Path:
-        return _save(self, Path(folder) / "average.json")
+        return _save(self, guarded_path(Path(folder), "average.json"))
 
     @classmethod
     def load(cls, path: Path) -> tuple[AverageRecord, Path]:
@@ -225,20 +225,20 @@ def write_average(folder: Path, *, voxel_A: float, symmetry: str, merged: Any, p
                   optics: dict[str, Any], half1: Any | None = None, half2: Any | None = None,
                   mask: Any | None = None, fsc: FSCCurve | None = None, history: list[dict[str, Any]] | None = None,
                   info: dict[str, Any] | None = None) -> Path:
-    """Write the maps (MRC, voxel size in the header), ``particles.star`` and ``average.json``; returns the
-    folder."""
+    """Write the maps (MRC, voxel size in the header), ``particles.star`` and ``average.json`` into ``folder`` (the
+    run folder: every file through :func:`~tomoguide.integrity.guarded_path`); returns the folder."""
     from tomoguide.compute.io.mrc import write_mrc
     from tomoguide.compute.io.star import write_particles_star
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_mrc(folder / "map.mrc", merged, voxel_A)
+    write_mrc(guarded_path(folder, "map.mrc"), merged, voxel_A)
     names: dict[str, str | None] = {"half1": None, "half2": None, "mask": None}
     for key, vol in (("half1", half1), ("half2", half2), ("mask", mask)):
         if vol is not None:
-            write_mrc(folder / f"{key}.mrc", vol, voxel_A)
+            write_mrc(guarded_path(folder, f"{key}.mrc"), vol, voxel_A)
             names[key] = f"{key}.mrc"
-    write_particles_star(folder / "particles.star", particles, optics)
+    write_particles_star(guarded_path(folder, "particles.star"), particles, optics)
     rec = AverageRecord(voxel_A=voxel_A, box_px=int(merged.shape[0]), symmetry=symmetry,
                         resolution_A=None if fsc is None else fsc.resolution_A, fsc=fsc,
                         history=history or [], info=info or {}, **names)

@@ -84,8 +84,8 @@ class CtfCorrect(Step):
                 yield Progress(done / n_total, f"{s.name}: view {i + 1}/{g.n_views} flipped"
                                + (" (excluded: copied)" if g.excluded[i] else ""))
             files = {"stack": f"{s.name}.mrc", "ctf_star": s.files["ctf_star"]}
-            write_mrc(ctx.run_dir / files["stack"], out, voxel_size_A=info.voxel_size_A[0], is_stack=True)
-            link_or_copy(s.path("ctf_star", base), ctx.run_dir / files["ctf_star"])
+            write_mrc(ctx.out_path(files["stack"]), out, voxel_size_A=info.voxel_size_A[0], is_stack=True)
+            link_or_copy(s.path("ctf_star", base), ctx.out_path(files["ctf_star"]))
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=dict(s.info)))
             metrics["series"][s.name] = {"n_flipped": int(g.n_views - sum(g.excluded))}
         path = SeriesSet(series=entries).save(ctx.run_dir)

@@ -87,7 +87,7 @@ class _BinStep(Step):
             g = g.model_validate({**g.model_dump(), "image_shape_px": (int(out.shape[1]), int(out.shape[2]))})
             px = g.pixel_size_binned_A
             files = {"stack": f"{s.name}.mrc"}
-            write_mrc(ctx.run_dir / files["stack"], out, voxel_size_A=px, is_stack=True)
+            write_mrc(ctx.out_path(files["stack"]), out, voxel_size_A=px, is_stack=True)
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags),
                                        info={"source_step": self.source}))
             metrics["series"][s.name] = {"pixel_size_A": px, "shape_px": list(out.shape)}

@@ -142,7 +142,7 @@ class Reconstruct(Step):
             yield Progress(k / n, f"{s.name}: {params.method} into {shape[2]}×{shape[1]}×{shape[0]} voxels")
             volume = yield from ctx.run_in_thread(work)
             files = {"tomogram": f"{s.name}_{params.method.lower()}.mrc"}
-            save_tomogram(ctx.run_dir / files["tomogram"], volume, g)
+            save_tomogram(ctx.out_path(files["tomogram"]), volume, g)
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags),
                                        info={"method": params.method, "shape_zyx": list(shape)}))
             metrics["series"][s.name] = {"shape_zyx": list(shape), "voxel_size_A": g.pixel_size_binned_A,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from tomoguide.compute.io.errors import FormatError
 from tomoguide.geometry import TiltSeriesGeometry
-from tomoguide.integrity import check_name, check_relative_file
+from tomoguide.integrity import check_name, check_relative_file, guarded_path
 
 SERIES_FILE = "series.json"
 TILT_SERIES_FILE = "tilt_series.json"
@@ -156,7 +156,8 @@ class SeriesSet(BaseModel):
         return v
 
     def save(self, folder: Path) -> Path:
-        return write_record(self, Path(folder) / SERIES_FILE)
+        """Write ``series.json`` into ``folder`` (atomically; refused outside it or through a link)."""
+        return write_record(self, guarded_path(Path(folder), SERIES_FILE))
 
     @classmethod
     def load(cls, path: Path) -> tuple[SeriesSet, Path]:
@@ -187,6 +188,38 @@ def load_tilt_series(path: Path) -> list[Any]:
             raise RecordError(path, f"series.{i}.name", f"tilt series {s.name} appears more than once")
         names.append(s.name)
     return list(rec.series)  # type: ignore[attr-defined]
+
+
+def output_items(path: Path) -> tuple[int, str] | None:
+    """How many things a validated output holds for the next step: (tilt series | particles, what), or None when
+    it is not a counted record. A count of 0 is a dead end (the runner reports it on the step's own page)."""
+    from tomoguide.steps.average_records import ParticleStack
+
+    p = Path(path)
+    if p.is_dir():
+        for name in (SERIES_FILE, TILT_SERIES_FILE, "particles.json"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            return None
+    if p.name == SERIES_FILE:
+        return len(SeriesSet.load(p)[0].series), "tilt series"
+    if p.name == TILT_SERIES_FILE:
+        return len(load_tilt_series(p)), "tilt series"
+    if p.name == "particles.json":
+        return ParticleStack.load(p)[0].n_particles, "particles"
+    if p.suffix.lower() == ".star":
+        from tomoguide.compute.io.star import read_star
+
+        try:
+            blocks = read_star(p)
+        except (FormatError, OSError, ValueError):
+            return None
+        table = blocks.get("particles")
+        if table is not None and hasattr(table, "__len__") and not isinstance(table, dict):
+            return len(table), "particles"
+    return None
 
 
 def validate_output(path: Path) -> None:

@@ -101,11 +101,11 @@ class XrayErase(Step):
                 done += 1
                 yield Progress(done / n_total, f"{s.name}: view {i + 1}: {res.count} patches replaced")
             files = {"stack": f"{s.name}.mrc", "mask": f"{s.name}_replaced.mrc"}
-            write_mrc(ctx.run_dir / files["stack"], cleaned, voxel_size_A=info.voxel_size_A[0], is_stack=True)
-            write_mrc(ctx.run_dir / files["mask"], masks, voxel_size_A=info.voxel_size_A[0], is_stack=True)
+            write_mrc(ctx.out_path(files["stack"]), cleaned, voxel_size_A=info.voxel_size_A[0], is_stack=True)
+            write_mrc(ctx.out_path(files["mask"]), masks, voxel_size_A=info.voxel_size_A[0], is_stack=True)
             for role in ("ctf_star", "ctf_preview"):  # the CTF found on these images stays valid: carry it on
                 if role in s.files:
-                    link_or_copy(s.path(role, base), ctx.run_dir / s.files[role])
+                    link_or_copy(s.path(role, base), ctx.out_path(s.files[role]))
                     files[role] = s.files[role]
             entries.append(SeriesEntry(name=s.name, geometry=s.geometry, files=files, flags=dict(s.flags),
                                        info={**s.info, "replaced_per_view": counts}))

@@ -56,9 +56,14 @@ def test_open_recent_and_locked(qtbot, project_dir: Path, monkeypatch: pytest.Mo
         window.close()
         (project_dir / LOCK_FILE).write_text('{"pid": 1, "host": "elsewhere", "since": "now"}')
         messages: list[str] = []
+        questions: list[str] = []
         monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: messages.append(text))
+        # a lock from another machine cannot be checked from here: its removal is offered, "No" keeps it
+        monkeypatch.setattr(QMessageBox, "question",
+                            lambda parent, title, text, *a: questions.append(text) or QMessageBox.StandardButton.No)
         assert controller.open_project(project_dir) is None
-        assert "open in another tomoguide" in messages[-1]
+        assert "elsewhere" in questions[-1] and "Break the lock?" in questions[-1]
+        assert "locked by pid 1 on elsewhere" in messages[-1] and "another machine" in messages[-1]
     finally:
         controller.close_all()
 
