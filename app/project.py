@@ -690,7 +690,10 @@ class Project:
             if changed:
                 return f"the results of {', '.join(changed)} changed"
             return f"parameters or inputs of {step_id} changed"
-        return self.verify_outputs(st)
+        problem = self.verify_outputs(st)
+        if problem is None and st.status != "skipped":
+            problem = self.validate_outputs(step_id)  # records must also read back (cached by size and time)
+        return problem
 
     def validate_outputs(self, step_id: str) -> str | None:
         """Validate the records among a step's current outputs with the one record loader (cached by size and

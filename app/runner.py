@@ -124,7 +124,9 @@ class StepRun:
             if why is not None:
                 title = registry.get(need).title
                 st = project.data.steps[need]
-                detail = f"it is {st.status}" if why.startswith("it is") else f"it is {st.status}: {why}"
+                if why.startswith("it is"):
+                    why = st.stale_reason if st.status == "stale" and st.stale_reason else ""
+                detail = f"it is {st.status}: {why}" if why else f"it is {st.status}"
                 issues.append(Issue("error", f"run “{title}” first ({detail})", None))
         if not issues:
             damaged = False

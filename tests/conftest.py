@@ -98,3 +98,26 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def session_writer():
     """The function :func:`write_mini_session`, for tests that need sessions with other settings."""
     return write_mini_session
+
+
+@pytest.fixture(scope="session")
+def tiny_project_root(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ROOT/data`` (a copy of the tiny preset's data) and ``ROOT/project``: a project run through the steps on
+    it, once per test session (as ``tomoguide demo --preset tiny --no-gui`` does), at least up to the tomogram
+    (tests that need a later step skip when it did not finish). Copy ROOT before changing
+    it."""
+    import shutil
+
+    from tomoguide import synth
+    from tomoguide.cli import run_steps
+    from tomoguide.demo import demo_params
+    from tomoguide.project import Project
+
+    root = tmp_path_factory.mktemp("tiny_project")
+    shutil.copytree(tiny_dataset / "data", root / "data")
+    Project.create(root / "project", params=demo_params(root / "data", synth.PRESETS["tiny"])).close()
+    run_steps(root / "project", quiet=True)
+    with Project.open(root / "project", readonly=True) as proj:
+        assert proj.is_up_to_date("reconstruct"), proj.data.steps["reconstruct"].error
+    return root
+
