@@ -95,16 +95,12 @@ def cmd_new(args: argparse.Namespace) -> int:
         raise CliError(f"--movies {movies}: no such folder")
     sets = parse_sets(args.set, default_step="import_movies")
     sets.setdefault("import_movies", {})["files_dir"] = str(movies.resolve())
-    try:
-        proj = Project.create(args.project, params={})
+    try:  # every value validated first, project.json written once: a killed `new` leaves all or nothing
+        proj = Project.create(args.project, params=sets)
     except Exception as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(f"--set: {_validation_message(exc)}" if type(exc).__name__ == "ValidationError"
+                       else str(exc)) from None
     try:
-        for step_id, values in sets.items():
-            try:
-                proj.set_params(step_id, values)
-            except Exception as exc:
-                raise CliError(f"--set {step_id}: {_validation_message(exc)}") from None
         report = import_report(proj)
     finally:
         proj.close()
@@ -143,10 +139,14 @@ def _progress_bar(title: str) -> Any:
 
 def run_steps(project_dir: Path, *, until: str | None = None, only: str | None = None,
               sets: dict[str, dict[str, Any]] | None = None, force: bool = False,
-              quiet: bool = False) -> int:
-    """Run the workflow's steps in order (skipping up-to-date ones); returns an exit status."""
-    from tomoguide.project import Project
-    from tomoguide.runner import RunRefused, StepFailed, StepRun, run_to_end
+              quiet: bool = False, use_backup: bool = False, break_lock: bool = False) -> int:
+    """Run the workflow's steps in order (skipping up-to-date ones); returns an exit status.
+
+    ``sets`` are applied as one transaction before anything runs: values a step's checks refuse leave the
+    project file as it was. Before rerunning a step whose later steps are done, says which may become stale,
+    and after the run which did (identical results keep them done)."""
+    from tomoguide.project import Project, ProjectError
+    from tomoguide.runner import ParamsRefused, RunRefused, StepFailed, StepRun, run_to_end, set_params_checked
     from tomoguide.steps import registry
 
     ids = registry.ids()
@@ -154,31 +154,42 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
         if name is not None and name not in ids:
             raise CliError(f"unknown step {name!r}; the steps are: {', '.join(ids)}")
     try:
-        proj = Project.open(project_dir)
-    except Exception as exc:
+        proj = Project.open(project_dir, use_backup=use_backup, break_lock=break_lock)
+    except ProjectError as exc:
         raise CliError(str(exc)) from None
+    say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr))
     try:
-        for step_id, values in (sets or {}).items():
+        for note in proj.notes:
+            say(f"note: {note}")
+        if sets:
             try:
-                proj.set_params(step_id, values)
+                stale = set_params_checked(proj, sets)
+            except ParamsRefused as exc:
+                raise CliError(f"--set {exc.step_id}: refused: " + "; ".join(i.message for i in exc.issues)
+                               + " (nothing was saved)") from None
             except Exception as exc:
-                raise CliError(f"--set {step_id}: {_validation_message(exc)}") from None
+                raise CliError(f"--set: {_validation_message(exc)} (nothing was saved)") from None
+            if stale:
+                say(f"note: now stale (parameters changed): {', '.join(stale)}")
         if only:
             todo = [only]
         else:
             todo = ids[: ids.index(until) + 1] if until else ids
         for step_id in todo:
             if not force and proj.is_up_to_date(step_id) and step_id != only:
-                if not quiet:
-                    print(f"{step_id}: up to date, skipped", file=sys.stderr)
+                say(f"{step_id}: up to date, skipped")
                 continue
+            at_risk = proj.steps_at_risk(step_id)
             run = StepRun(proj, step_id, on_log=None if quiet else (lambda m: print(f"  {m}", file=sys.stderr)))
             try:
                 warnings = run.preflight()
             except RunRefused as exc:
                 raise CliError(f"{step_id} cannot run: " + "; ".join(i.message for i in exc.issues)) from None
             for w in warnings:
-                print(f"{step_id}: {w.level}: {w.message}", file=sys.stderr)
+                say(f"{step_id}: {w.level}: {w.message}")
+            if at_risk:
+                say(f"{step_id}: note: {len(at_risk)} later step(s) are done ({', '.join(at_risk)}): they stay done "
+                    f"if this run gives identical results, otherwise they become stale (their results are kept)")
             t0 = time.perf_counter()
             bar = None if quiet else _progress_bar(registry.get(step_id).title)
 
@@ -201,8 +212,11 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
             if bar is not None:
                 bar.close()
             dt = time.perf_counter() - t0
-            if not quiet:
-                print(f"{step_id}: done in {dt:.1f} s", file=sys.stderr)
+            say(f"{step_id}: done in {dt:.1f} s")
+            if at_risk:
+                now_stale = [s for s in at_risk if not proj.is_up_to_date(s)]
+                say(f"{step_id}: now stale: {', '.join(now_stale)}" if now_stale else
+                    f"{step_id}: identical results: the later steps stay done")
             st.metrics.setdefault("wall_time_s", round(dt, 2))
             proj.save()
     finally:
@@ -212,21 +226,26 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
 
 def cmd_run(args: argparse.Namespace) -> int:
     return run_steps(Path(args.project), until=args.until, only=args.only, sets=parse_sets(args.set),
-                     force=args.force)
+                     force=args.force, use_backup=args.use_backup, break_lock=args.break_lock)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tomoguide.project import Project
+    from tomoguide.project import Project, ProjectError
 
     try:
-        proj = Project.open(args.project, readonly=True)
-    except Exception as exc:
+        proj = Project.open(args.project, readonly=True, use_backup=args.use_backup)
+    except ProjectError as exc:
         raise CliError(str(exc)) from None
     info = proj.status_dict()
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps(info, indent=1, default=str, allow_nan=False) if _finite(info)
+              else json.dumps(_nan_to_none(info), indent=1, default=str))
         return 0
     print(f"project {info['project']}")
+    if args.use_backup:
+        print("  (read from the backup project.json.bak; `tomoguide run --use-backup` makes it the project)")
+    for key in proj.missing_data:
+        print(f"  data missing: {proj.data_problem(key.split('.', 1)[0])}")
     for s in info["steps"]:
         line = f"  {s['id']:<28} {s['status']:<12}"
         if s["status"] == "failed" and s["error"]:
@@ -236,6 +255,44 @@ def cmd_status(args: argparse.Namespace) -> int:
         elif s["metrics"]:
             short = {k: v for k, v in s["metrics"].items() if isinstance(v, (int, float, str))}
             line += " " + ", ".join(f"{k}={v}" for k, v in list(short.items())[:4])
+        print(line)
+    return 0
+
+
+def _finite(obj: Any) -> bool:
+    import math
+
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_finite(v) for v in obj)
+    return True
+
+
+def _nan_to_none(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def cmd_relocate(args: argparse.Namespace) -> int:
+    """The project's data moved: record the new folder (checked to hold the same data)."""
+    from tomoguide.project import Project, ProjectError
+
+    try:
+        with Project.open(args.project, break_lock=args.break_lock) as proj:
+            changed = proj.relocate(args.data, key=args.param, force=args.force)
+    except ProjectError as exc:
+        raise CliError(str(exc)) from None
+    for line in changed:
         print(line)
     return 0
 
@@ -414,12 +471,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", metavar="STEP", help="run only this step")
     s.add_argument("--set", action="append", metavar="STEP.PARAM=VALUE", help="set a parameter (repeatable)")
     s.add_argument("--force", action="store_true", help="run steps again even when up to date")
+    s.add_argument("--use-backup", action="store_true",
+                   help="open the project from its backup (project.json.bak) when project.json is damaged; the "
+                        "backup becomes the project's state")
+    s.add_argument("--break-lock", action="store_true",
+                   help="take over a lock left on another machine (or by a program that is not tomoguide); "
+                        "never one that a running tomoguide on this machine holds")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="steps, their status, outputs and metrics")
     s.add_argument("project", metavar="PROJECT_DIR")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--use-backup", action="store_true",
+                   help="show the state saved in the backup (project.json.bak) when project.json is damaged")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("relocate", help="the project's data moved: tell it the new folder (checked: same mdocs)")
+    s.add_argument("project", metavar="PROJECT_DIR")
+    s.add_argument("--data", required=True, metavar="DIR", help="the folder the data (movies, mdocs) are in now")
+    s.add_argument("--param", metavar="STEP.PARAM", default=None,
+                   help="which data path (default: the missing one, else import_movies.files_dir)")
+    s.add_argument("--force", action="store_true",
+                   help="use the folder even when its mdocs differ (the steps that read them will run again)")
+    s.add_argument("--break-lock", action="store_true", help="as for run")
+    s.set_defaults(func=cmd_relocate)
 
     s = sub.add_parser("inspect", help="what tomoguide reads from mdoc, MRC, STAR, IMOD, AreTomo and "
                                        "coordinate files")
