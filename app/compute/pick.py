@@ -51,7 +51,8 @@ from .symmetry import symmetry_matrices
 
 __all__ = [
     "shell_template", "reference_template", "spherical_mask", "missing_wedge_mask", "angle_sampling", "template_match",
-    "TemplateMatchResult", "pick_peaks", "score_histogram", "suggest_threshold", "register_translation",
+    "TemplateMatchResult", "pick_peaks", "score_histogram", "suggest_threshold", "SpecimenSlab", "find_specimen_slab",
+    "NoiseModel", "fit_noise_model", "ThresholdChoice", "automatic_threshold", "register_translation",
     "match_to_truth",
 ]
 
@@ -339,12 +340,14 @@ def pick_peaks(
     threshold: float | None = None,
     max_peaks: int | None = None,
     exclude_border_px: int = 0,
+    mask: ArrayLike | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Local maxima of a score volume ``(nz, ny, nx)`` with non-maximum suppression.
 
-    Candidates are voxels that are the maximum of their 3×3×3 neighbourhood, above ``threshold`` (if given) and at least ``exclude_border_px`` voxels from every
-    face; they are then accepted greedily by decreasing score, dropping any closer than ``min_distance_px``
-    (Euclidean) to one already accepted; at most ``max_peaks``.
+    Candidates are voxels that are the maximum of their 3×3×3 neighbourhood, above ``threshold`` (if given), at
+    least ``exclude_border_px`` voxels from every face and, when ``mask`` (bool ``(nz, ny, nx)``, e.g.
+    :meth:`SpecimenSlab.mask`) is given, inside it; they are then accepted greedily by decreasing score, dropping
+    any closer than ``min_distance_px`` (Euclidean) to one already accepted; at most ``max_peaks``.
 
     Returns ``(xyz_px, scores)``: float64 ``(n, 3)`` voxel coordinates ``(x, y, z)`` (corner origin, 0-based,
     the ParticleTable convention) and float64 ``(n,)``, by decreasing score.
@@ -354,6 +357,11 @@ def pick_peaks(
     cand = (s == local_max) & np.isfinite(s)
     if threshold is not None:
         cand &= s >= threshold
+    if mask is not None:
+        m = np.asarray(to_numpy(mask), dtype=bool)
+        if m.shape != s.shape:
+            raise ValueError(f"mask shape {m.shape} differs from the score volume's {s.shape}")
+        cand &= m
     if exclude_border_px > 0:
         e = int(exclude_border_px)
         border = np.ones_like(cand)
@@ -423,6 +431,393 @@ def suggest_threshold(scores: ArrayLike, *, method: str = "mad", k: float = 7.5)
     if method == "otsu":
         return _otsu(v)
     raise ValueError(f"unknown method {method!r}: expected 'mad' or 'otsu'")
+
+
+# --------------------------------------------------------------------------------------------------- specimen
+@dataclass
+class SpecimenSlab:
+    """Where the specimen lies along z in a tomogram: a slab about a (possibly tilted) centre plane.
+
+    Heights are in voxels along z. The slab's centre plane is ``z_c(x, y) = centre_z_px + slope[0] · (x − cx) +
+    slope[1] · (y − cy)`` (``cx = (nx − 1) / 2``, ``cy = (ny − 1) / 2``; voxel coordinates, voxel ``i``'s
+    centre at ``i``); the specimen occupies the heights ``h = z − z_c(x, y)`` in ``[bottom_px, top_px]`` (the
+    detected slab widened by ``margin_px`` on each side). When no slab stands out from empty space (``found`` False: the
+    tomogram is filled by the specimen, or it is too noisy to tell), the region is the whole volume.
+
+    * ``profile`` ``(n,)``: the band-passed energy per height ``heights`` ``(n,)`` (after flattening the plane),
+      the curve the slab was found on; ``background`` and ``peak`` its empty-space level (10th percentile) and
+      maximum, ``contrast = peak / background``.
+    * ``note``: how the region was found, in words (for the step's log).
+    """
+
+    found: bool
+    shape_zyx: tuple[int, int, int]
+    centre_z_px: float
+    slope: tuple[float, float]
+    bottom_px: float
+    top_px: float
+    margin_px: float
+    heights: NDArray[np.float64]
+    profile: NDArray[np.float64]
+    background: float
+    peak: float
+    contrast: float
+    note: str
+
+    def plane(self) -> NDArray[np.float64]:
+        """``z_c(x, y)`` of the centre plane, float64 ``(ny, nx)``."""
+        _, ny, nx = self.shape_zyx
+        x = np.arange(nx) - (nx - 1) / 2.0
+        y = np.arange(ny) - (ny - 1) / 2.0
+        return self.centre_z_px + self.slope[0] * x[None, :] + self.slope[1] * y[:, None]
+
+    def mask(self) -> NDArray[np.bool_]:
+        """Bool ``(nz, ny, nx)``: True inside the specimen region (everywhere when ``found`` is False)."""
+        nz, ny, nx = self.shape_zyx
+        if not self.found:
+            return np.ones(self.shape_zyx, dtype=bool)
+        h = np.arange(nz, dtype=np.float64)[:, None, None] - self.plane()[None]
+        return (h >= self.bottom_px) & (h <= self.top_px)
+
+    def thickness_A(self, voxel_A: float) -> float:
+        """Thickness of the region (margins included) in Å along z."""
+        return (self.top_px - self.bottom_px) * float(voxel_A)
+
+    def fraction(self) -> float:
+        """Fraction of the tomogram's voxels inside the region."""
+        return float(self.mask().mean()) if self.found else 1.0
+
+
+def _slab_run(profile: NDArray[np.float64], edge: int, level_fraction: float, max_gap: int
+              ) -> tuple[int, int, float, float] | None:
+    """Indices ``(lo, hi)`` of the run of ``profile`` above ``background + level_fraction · (peak − background)``
+    that holds the peak (background = 10th percentile, peak = maximum, both away from ``edge`` samples at each
+    end), joined with further runs less than ``max_gap`` samples away; with background and peak. None when the
+    profile is too short. (The run, not every sample above the level: back-projection streaks make the empty
+    space near the tomogram's faces busier than near the specimen.)"""
+    n = len(profile)
+    off = edge if n - 2 * edge >= 8 else 0
+    inner = profile[off:n - off]
+    if len(inner) < 4:
+        return None
+    bg = float(np.percentile(inner, 10.0))
+    k = int(np.argmax(inner))
+    peak = float(inner[k])
+    above = inner > bg + level_fraction * (peak - bg)
+    lo = hi = k
+    while True:  # extend upwards to the farthest sample above the level within max_gap + 1
+        ahead = np.flatnonzero(above[hi + 1:hi + 2 + max_gap])
+        if len(ahead) == 0:
+            break
+        hi = hi + 1 + int(ahead[-1])
+    while True:  # and downwards
+        start = max(0, lo - max_gap - 1)
+        behind = np.flatnonzero(above[start:lo])
+        if len(behind) == 0:
+            break
+        lo = start + int(behind[0])
+    return lo + off, hi + off, bg, peak
+
+
+def _spread(profile: NDArray[np.float64], run: tuple[int, int, float, float], pad: int) -> float:
+    """SD (samples) of the heights weighted by the profile above its background, over the run ± ``pad``."""
+    lo, hi, bg, _ = run
+    a, b = max(0, lo - pad), min(len(profile), hi + pad + 1)
+    w = np.maximum(profile[a:b] - bg, 0.0)
+    h = np.arange(a, b, dtype=np.float64)
+    m = float((w * h).sum() / max(w.sum(), 1e-300))
+    return math.sqrt(float((w * (h - m) ** 2).sum() / max(w.sum(), 1e-300)))
+
+
+def find_specimen_slab(tomogram: Any, voxel_A: float, *, particle_radius_A: float = 62.0, margin_A: float | None = None,
+                       min_contrast: float = 2.5, level_fraction: float = 0.25, tile_A: float = 600.0
+                       ) -> SpecimenSlab:
+    """The specimen slab of a tomogram ``(nz, ny, nx)`` (voxel ``voxel_A`` Å) from its local variance along z.
+
+    Method: the tomogram is band-passed to the particles' scale (difference of Gaussians, σ = 0.7 and 2 particle
+    radii ``particle_radius_A``: the scale where particles stand out most from reconstruction noise), squared
+    (clipped at the 99.5th percentile, so that one contamination blob does not decide) and averaged over tiles
+    about ``tile_A`` wide in x and y: one energy profile along z per tile, smoothed over half a radius. The
+    specimen has more structure than the empty space above and below it (only reconstruction noise and
+    streaks); the slab is the run of heights around the profile's maximum where it exceeds ``background +
+    level_fraction · (peak − background)`` (background: 10th percentile; runs less than a radius apart are
+    joined). With six tiles or more, the energy-weighted centre height of each tile gives a least-squares centre
+    plane (a tilted lamella or ice layer; kept when its slopes are significant against the tiles' scatter), every column's energy is shifted onto it, and the slab is found again
+    on the flattened profile, kept when that is 5 % thinner (SD of the heights) than without the plane (a slab
+    tilted by a few degrees gains less than the scatter of the tiles' centres). The region is widened by
+    ``margin_A`` (default: 1.5 particle radii) on each side. When the peak is less
+    than ``min_contrast`` times the background, or the slab fills the tomogram, ``found`` is False and the
+    region is the whole volume (a tomogram cut tightly around the specimen, or too noisy to tell).
+    """
+    t = np.asarray(to_numpy(tomogram), dtype=np.float32)
+    if t.ndim != 3:
+        raise ValueError(f"tomogram must be 3D, got shape {t.shape}")
+    nz, ny, nx = t.shape
+    r_px = float(particle_radius_A) / float(voxel_A)
+    margin_px = (float(margin_A) if margin_A is not None else 1.5 * float(particle_radius_A)) / float(voxel_A)
+    t = (t - t.mean()) / (t.std() + 1e-30)
+    bp = scipy.ndimage.gaussian_filter(t, max(0.5, 0.7 * r_px)) - scipy.ndimage.gaussian_filter(t, max(1.0, 2.0 * r_px))
+    e = bp * bp
+    e = np.minimum(e, np.percentile(e, 99.5))
+    n_t = int(np.clip(round(min(nx, ny) * voxel_A / tile_A), 1, 6))
+    ex = np.linspace(0, nx, n_t + 1).round().astype(int)
+    ey = np.linspace(0, ny, n_t + 1).round().astype(int)
+    sums = np.add.reduceat(np.add.reduceat(e, ey[:-1], axis=1), ex[:-1], axis=2)  # (nz, n_t, n_t)
+    counts = np.diff(ey)[:, None] * np.diff(ex)[None, :]
+    tiles = scipy.ndimage.gaussian_filter1d(sums / counts[None], max(1.0, 0.5 * r_px), axis=0, mode="nearest")
+    z = np.arange(nz, dtype=np.float64)
+    edge = int(min(max(2, round(r_px)), nz // 6))
+    whole = SpecimenSlab(False, (nz, ny, nx), (nz - 1) / 2.0, (0.0, 0.0), -(nz - 1) / 2.0, (nz - 1) / 2.0, 0.0,
+                         z - (nz - 1) / 2.0, tiles.mean(axis=(1, 2)).astype(np.float64), 0.0, 0.0, 1.0, "")
+    gap = max(1, int(round(r_px)))
+    run = _slab_run(whole.profile, edge, level_fraction, gap)
+    if run is None:
+        whole.note = "the tomogram is too thin to find a specimen slab in it: the whole volume is used"
+        return whole
+    lo, hi, bg, peak = run
+    whole.background, whole.peak = bg, peak
+    whole.contrast = peak / bg if bg > 0 else math.inf
+    if whole.contrast < min_contrast:
+        whole.note = (f"no specimen slab stands out along z (structure {whole.contrast:.1f}× the quietest "
+                      f"heights, less than {min_contrast:g}×): the whole volume is used")
+        return whole
+    centre, slope = (lo + hi) / 2.0, (0.0, 0.0)
+    profile, heights = whole.profile, z - centre
+    if n_t > 1:  # a centre plane through the tiles' energy-weighted centre heights
+        level = bg + level_fraction * (peak - bg)
+        win = (z >= lo - r_px) & (z <= hi + r_px)
+        w = np.where(win[:, None, None], np.maximum(tiles - level, 0.0), 0.0)
+        wsum = w.sum(axis=0)
+        ok = wsum > 0
+        if ok.sum() >= 6:
+            zc = (w * z[:, None, None]).sum(axis=0)[ok] / wsum[ok]
+            xc = (0.5 * (ex[:-1] + ex[1:]) - 0.5 - (nx - 1) / 2.0)[None, :] * np.ones((n_t, 1))
+            yc = (0.5 * (ey[:-1] + ey[1:]) - 0.5 - (ny - 1) / 2.0)[:, None] * np.ones((1, n_t))
+            a = np.stack([np.ones(ok.sum()), xc[ok], yc[ok]], axis=1)
+            sw = np.sqrt(wsum[ok] / wsum[ok].mean())
+            aw = a * sw[:, None]
+            coef, *_ = np.linalg.lstsq(aw, zc * sw, rcond=None)
+            # the tilt only when the tiles' centres determine it: slopes beyond their scatter (chi² of the two
+            # slopes against their covariance from the residuals > 13.8, p = 0.001)
+            resid = zc * sw - aw @ coef
+            cov = float(resid @ resid) / max(len(zc) - 3, 1) * np.linalg.pinv(aw.T @ aw)
+            chi2 = float(coef[1:] @ np.linalg.pinv(cov[1:, 1:]) @ coef[1:])
+            if chi2 > 13.8 and np.all(np.abs(coef[1:]) <= math.tan(math.radians(45.0))):
+                # flatten: every column's energy as a function of the height above the plane (whole voxels)
+                c_new = float(coef[0])
+                h_new = z - c_new
+                gx = np.arange(nx) - (nx - 1) / 2.0
+                gy = np.arange(ny) - (ny - 1) / 2.0
+                off = np.rint(coef[1] * gx[None, :] + coef[2] * gy[:, None]).astype(int)  # (ny, nx)
+                acc, cnt = np.zeros(nz), np.zeros(nz)
+                for d in np.unique(off):
+                    cols = off == d
+                    col_sum = e[:, cols].sum(axis=1)  # (nz,) energy at z of these columns, height z - d - c
+                    lo_z, hi_z = max(0, d), min(nz, nz + d)  # z = height index + d must lie in the volume
+                    acc[lo_z - d:hi_z - d] += col_sum[lo_z:hi_z]
+                    cnt[lo_z - d:hi_z - d] += cols.sum()
+                flat = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0)
+                flat = scipy.ndimage.gaussian_filter1d(flat, max(1.0, 0.5 * r_px), mode="nearest")
+                run_new = _slab_run(flat, edge, level_fraction, gap)
+                # the plane only when it makes the slab clearly thinner (a tilted slab): with few particles the
+                # tiles' centre heights scatter, and a slab tilted by a few degrees gains less than that scatter
+                if run_new is not None and _spread(flat, run_new, 2 * gap) < 0.95 * _spread(profile, run, 2 * gap):
+                    centre, slope = c_new, (float(coef[1]), float(coef[2]))
+                    profile, heights = flat, h_new
+    run = _slab_run(profile, edge, level_fraction, gap)
+    if run is None:  # cannot happen for a profile that had a run before flattening; kept for safety
+        whole.note = "no specimen slab found after flattening: the whole volume is used"
+        return whole
+    lo, hi, bg, peak = run
+    bottom, top = heights[lo] - margin_px, heights[hi] + margin_px
+    # the slab itself (margins aside) must leave some of the tomogram out, else it is the whole volume
+    plane_span = abs(slope[0]) * (nx - 1) + abs(slope[1]) * (ny - 1)
+    if heights[hi] - heights[lo] + plane_span >= 0.9 * nz:
+        whole.note = (f"the specimen fills the tomogram's thickness ({nz} voxels, {nz * voxel_A:.0f} Å): the whole "
+                      f"volume is used")
+        return whole
+    tilt = math.degrees(math.atan(math.hypot(*slope)))
+    note = (f"specimen slab {(heights[hi] - heights[lo]) * voxel_A:.0f} Å thick (structure {peak / bg:.1f}× the "
+            f"empty space), centre at z = {centre:.0f} of {nz} voxels"
+            + (f", tilted {tilt:.1f}°" if n_t > 1 else "")
+            + f"; searched ±{margin_px * voxel_A:.0f} Å beyond it ({(top - bottom) * voxel_A:.0f} Å)")
+    return SpecimenSlab(True, (nz, ny, nx), centre, slope, float(bottom), float(top), margin_px, heights,
+                        np.asarray(profile, np.float64), bg, peak, peak / bg if bg > 0 else math.inf, note)
+
+
+# --------------------------------------------------------------------------------------------------- noise model
+@dataclass
+class NoiseModel:
+    """Gaussian model of the scores of the peaks that are noise (:func:`fit_noise_model`).
+
+    * ``mean``, ``sigma``: the noise peaks' score distribution N(mean, sigma²);
+    * ``n_peaks``: the peaks the model was fitted on; ``n_noise``: how many of them it takes for noise
+      (``n_peaks`` minus the peaks standing out above ``threshold``);
+    * ``expected_false``: noise peaks expected above ``threshold``, which is the score with
+      ``n_noise · P(score ≥ threshold) = expected_false`` (``z = (threshold − mean) / sigma``).
+    """
+
+    mean: float
+    sigma: float
+    n_peaks: int
+    n_noise: float
+    expected_false: float
+    threshold: float
+    z: float
+
+    def expected_above(self, score: ArrayLike) -> NDArray[np.float64]:
+        """Noise peaks expected at or above ``score`` (array or scalar)."""
+        from scipy.special import ndtr
+
+        u = (np.asarray(score, dtype=np.float64) - self.mean) / self.sigma
+        return self.n_noise * ndtr(-u)
+
+    def density(self, score: ArrayLike) -> NDArray[np.float64]:
+        """Noise peaks per unit score at ``score`` (to draw over a histogram: multiply by the bin width)."""
+        u = (np.asarray(score, dtype=np.float64) - self.mean) / self.sigma
+        return self.n_noise * np.exp(-0.5 * u * u) / (self.sigma * math.sqrt(2 * math.pi))
+
+
+def fit_noise_model(peak_scores: ArrayLike, *, expected_false: float = 1.0, max_iter: int = 50) -> NoiseModel:
+    """Fit :class:`NoiseModel` to the scores of local maxima (peaks of :func:`pick_peaks` without threshold,
+    inside the specimen), most of which are noise when the search covers several times the expected number of
+    particles.
+
+    The particles are the high end; the model is fitted on the noise's quantiles only: with a fraction ``p`` of
+    the peaks taken for signal (all above the noise's), the noise's median and its 15.87th and 84.13th
+    percentiles (one SD below and above) are the ``0.5 (1 − p)``, ``0.1587 (1 − p)`` and ``0.8413 (1 − p)``
+    quantiles of all peaks; sigma is the smaller of the two one-SD distances (noise peaks are often skewed
+    towards low scores, and the upper tail is the one that matters). ``p`` is then the fraction of peaks above
+    the resulting threshold (minus the ``expected_false`` that noise puts there), and the fit is repeated until
+    ``p`` settles. This is robust to particles being up to about half of the peaks, and needs no assumption on
+    their scores.
+
+    Raises ``ValueError`` with fewer than 20 finite scores (too few to tell noise from signal).
+    """
+    from scipy.special import ndtri
+
+    v = np.sort(np.asarray(to_numpy(peak_scores), dtype=np.float64).ravel())
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n < 20:
+        raise ValueError(f"only {n} peaks: too few to model the noise (at least 20 are needed)")
+    if expected_false <= 0:
+        raise ValueError("expected_false must be positive")
+    p = 0.0
+    mean = sigma = thr = z = 0.0
+    n_noise = float(n)
+    for _ in range(max_iter):
+        q = 1.0 - p
+        mean = float(np.quantile(v, 0.5 * q))
+        # one SD below and above the median; the smaller (noise peaks are often skewed to low scores, and the
+        # upper one is the one that counts; particles below the threshold can only widen it)
+        sigma = min(mean - float(np.quantile(v, 0.15865525 * q)), float(np.quantile(v, 0.84134475 * q)) - mean)
+        if not sigma > 0:  # degenerate (many equal scores): fall back on the spread of the lower half
+            sigma = float(np.std(v[: max(2, int(0.5 * q * n))])) or 1e-6
+        n_noise = n * q
+        z = float(-ndtri(min(expected_false / n_noise, 0.5)))
+        thr = mean + z * sigma
+        n_above = int(n - np.searchsorted(v, thr, side="left"))
+        p_new = min(max(n_above - expected_false, 0.0) / n, 0.9)
+        if abs(p_new - p) * n < 0.5:
+            p = p_new
+            break
+        p = p_new
+    n_noise = n * (1.0 - p)
+    return NoiseModel(mean=mean, sigma=sigma, n_peaks=n, n_noise=n_noise, expected_false=float(expected_false),
+                      threshold=thr, z=z)
+
+
+@dataclass
+class ThresholdChoice:
+    """The automatic threshold (:func:`automatic_threshold`) and what it was chosen from.
+
+    * ``threshold``: the score threshold; ``how``: ``"noise"`` (the noise model's threshold) or ``"particles"``
+      (raised into the gap below a well-separated particle population);
+    * ``noise``: the :class:`NoiseModel`; ``n_above``: peaks at or above ``threshold``; ``highest``: the highest
+      peak score (−inf without peaks);
+    * ``particles_median``, ``particles_sigma``: median and robust SD (1.4826 MAD) of the particles' population
+      among the peaks above the noise threshold (NaN with fewer than 5 such peaks);
+    * ``standing_out``: peaks above ``mean + 2 sigma`` of the noise minus the noise expected there, and
+      ``standing_out_sd`` its Poisson uncertainty: about how many peaks rise above the noise, kept or not (a
+      sanity bound for the number of picks).
+    """
+
+    threshold: float
+    how: str
+    noise: NoiseModel
+    n_above: int
+    highest: float
+    particles_median: float
+    particles_sigma: float
+    standing_out: float
+    standing_out_sd: float
+
+    def describe(self) -> str:
+        """One line for a log: the threshold, how it was chosen, the noise model's parameters."""
+        nm = self.noise
+        text = (f"threshold {self.threshold:.3f} ({'noise model' if self.how == 'noise' else 'below the particles'}"
+                f"): noise peaks {nm.mean:.3f} ± {nm.sigma:.3f} (Gaussian fitted to {nm.n_peaks} "
+                f"peak scores, {nm.n_noise:.0f} taken for noise), {nm.expected_false:g} noise peak expected above "
+                f"{nm.threshold:.3f} (mean + {nm.z:.2f} SD)")
+        if self.how == "particles":
+            text += (f"; raised to {self.threshold:.3f} = the particles' median {self.particles_median:.3f} − "
+                     f"{(self.particles_median - self.threshold) / self.particles_sigma:.1f} × their SD "
+                     f"{self.particles_sigma:.3f}")
+        return text
+
+
+def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, particle_margin_sd: float = 4.0,
+                        max_raise_fraction: float = 0.05, tail_sd: float = 1.5) -> ThresholdChoice:
+    """A score threshold for peak picking from the peaks' own score distribution.
+
+    1. :func:`fit_noise_model` on ``peak_scores`` (the local maxima inside the specimen): the threshold above
+       which ``expected_false`` noise peaks are expected. It is never above every peak when some peaks stand out
+       from the noise; when none does, it is (and no particle is picked: the caller reports it).
+    2. When the peaks above it form a well separated population (median ``m``, robust SD ``s``; the peaks above
+       the widest gap of more than 2 noise SDs that leaves at least half of them above it, else all of them) and
+       ``m − particle_margin_sd · s`` lies above the noise threshold, the threshold is raised there, provided
+       that this drops at most ``max_raise_fraction`` of the peaks above the noise threshold (isolated
+       look-alikes: other globular proteins, contamination), or fewer than half of them all within ``tail_sd``
+       noise SDs of the noise threshold or closer to it than to the population (the noise's own tail, often
+       heavier than the Gaussian's, e.g. near the specimen's surfaces or with few views); never a second
+       population of particles standing clear of the noise.
+    """
+    from scipy.special import ndtr
+
+    v = np.asarray(to_numpy(peak_scores), dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    nm = fit_noise_model(v, expected_false=expected_false)
+    thr, how = nm.threshold, "noise"
+    above = np.sort(v[v >= nm.threshold])
+    med = sd = float("nan")
+    if len(above) >= 5:
+        # the population: above the widest gap (more than 2 noise SDs) that leaves at least half of the peaks
+        # above the noise threshold over it, else all of them
+        population = above
+        n_up = len(above) - 1 - np.arange(len(above) - 1)  # peaks above each gap
+        gaps = np.where(n_up >= max(5, 0.5 * len(above)), np.diff(above), 0.0)
+        if len(gaps) and gaps.max() > 2.0 * nm.sigma:
+            population = above[int(np.argmax(gaps)) + 1:]
+        med = float(np.median(population))
+        sd = 1.4826 * float(np.median(np.abs(population - med)))
+        raised = med - particle_margin_sd * sd
+        if sd > 0 and raised > nm.threshold:
+            dropped = above[above < raised]
+            # a few look-alikes, or the noise's own tail hugging its threshold (tails are often heavier than
+            # Gaussian) below a population far above it: within tail_sd noise SDs of the threshold, or closer to
+            # it than to the population's lowest peak
+            span = float(dropped.max()) - nm.threshold if len(dropped) else 0.0
+            gap = float(population.min()) - float(dropped.max()) if len(dropped) else 0.0
+            tail = len(dropped) < 0.5 * len(above) and (span < tail_sd * nm.sigma or span < gap)
+            if len(dropped) <= max_raise_fraction * len(above) or tail:
+                thr, how = raised, "particles"
+    low = nm.mean + 2.0 * nm.sigma
+    expected_low = nm.n_noise * float(ndtr(-2.0))
+    standing = float(np.sum(v >= low)) - expected_low
+    return ThresholdChoice(threshold=float(thr), how=how, noise=nm, n_above=int(np.sum(v >= thr)),
+                           highest=float(v.max()) if len(v) else -math.inf, particles_median=med,
+                           particles_sigma=sd, standing_out=standing, standing_out_sd=math.sqrt(expected_low))
 
 
 # --------------------------------------------------------------------------------------------------- truth

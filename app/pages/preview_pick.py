@@ -14,7 +14,14 @@ Per tilt series (chooser at the top):
   ``<name>_hist_edges``, ``<name>_peak_scores``) as bars, bins whose centre is at or above the threshold in
   colour, the others grey, and the threshold as a draggable vertical line. Releasing the line writes
   ``threshold`` through :meth:`Project.set_params` (the step becomes stale) and emits :attr:`marks_changed`, so
-  that the step page refreshes its form; "Automatic" writes ``None`` back (median + k·MAD, per tomogram).
+  that the step page refreshes its form; "Automatic" writes ``None`` back (the noise-model threshold of
+  :func:`tomoguide.compute.pick.automatic_threshold`, per tomogram). With the automatic threshold the noise model
+  of the last run (the step's metrics ``noise_mean``, ``noise_sigma``, ``noise_n``) is drawn over the bars as a
+  curve: the noise peaks expected per bin, ``noise_n · bin width · N(score; mean, sigma)``, and the label says
+  how the threshold was chosen.
+
+A run that failed (e.g. no particle above the threshold: the step names the threshold, the highest score and what
+to change) shows its message in the note at the top and in the line under the slices, in red.
 
 Clicking (methods ``surface`` and ``manual``; the slices' ``voxel_clicked``, any pane, the clicked pane's own
 coordinate being its slice) edits the step's parameters through :meth:`Project.set_params` (the project file
@@ -36,6 +43,7 @@ Before the step has run the tomogram is shown without picks (when the reconstruc
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +64,8 @@ ABOVE_COLOUR = "#26a69a"
 BELOW_COLOUR = "#9e9e9e"
 THRESHOLD_COLOUR = "#ff9800"
 PENDING_COLOUR = "#ff9800"
+NOISE_COLOUR = "#e0e0e0"
+FAILED_COLOUR = "#ff5252"
 MANUAL_COLOUR = "#ff9800"
 #: a colour per surface object (cycled)
 OBJECT_COLOURS = ("#ff4081", "#40c4ff", "#ffd740", "#b388ff", "#69f0ae", "#ff6e40")
@@ -187,12 +197,17 @@ class PickPreview(SeriesSetPreview):
         self.plot.setLabel("bottom", "peak score (correlation)")
         self.plot.getAxis("bottom").enableAutoSIPrefix(False)
         self.plot.setLabel("left", "peaks")
-        self.plot.setTitle("Score histogram of the peaks — drag the line to set the threshold")
+        self.plot.setTitle("Score histogram of the peaks in the specimen (curve: the noise model) — drag the line "
+                           "to set the threshold")
         self.plot.setMinimumSize(220, 160)
         self.above_bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=ABOVE_COLOUR, pen=None)
         self.below_bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=BELOW_COLOUR, pen=None)
         self.plot.addItem(self.below_bars)
         self.plot.addItem(self.above_bars)
+        # the noise model of the automatic threshold: noise peaks expected per bin
+        self.noise_curve = pg.PlotDataItem(pen=pg.mkPen(NOISE_COLOUR, width=2, cosmetic=True))
+        self.noise_curve.setZValue(8)
+        self.plot.addItem(self.noise_curve)
         self.threshold_line = pg.InfiniteLine(angle=90, movable=True,
                                               pen=pg.mkPen(THRESHOLD_COLOUR, width=2, cosmetic=True),
                                               hoverPen=pg.mkPen(THRESHOLD_COLOUR, width=4, cosmetic=True),
@@ -209,7 +224,8 @@ class PickPreview(SeriesSetPreview):
         self.threshold_label.setTextFormat(Qt.TextFormat.RichText)
         self.auto_button = QPushButton("Automatic threshold")
         self.auto_button.setObjectName("auto_threshold")
-        self.auto_button.setToolTip("Forget the threshold set here: median + k·MAD of each score volume")
+        self.auto_button.setToolTip("Forget the threshold set here: automatic, from a noise model of each "
+                                    "tomogram's peak scores")
         self.auto_button.clicked.connect(lambda: self.set_threshold(None))
 
         hist_box = QWidget()
@@ -277,6 +293,36 @@ class PickPreview(SeriesSetPreview):
             self.table, self.scores = None, {}
             self.results_error = str(exc)
             self.note.setText(f"Cannot read the picks: {exc}")
+
+    def status_note(self) -> str:
+        """The base note, or the message of a failed last run."""
+        st = self.project.data.steps[self.step_id]
+        if st.status == "failed" and st.error:
+            return f"The last run failed: {st.error}"
+        return super().status_note()
+
+    def failure(self) -> str:
+        """The message of the last run when it failed, else ''."""
+        st = self.project.data.steps[self.step_id]
+        return st.error or "" if st.status == "failed" else ""
+
+    def series_metrics(self) -> dict[str, Any]:
+        """The last run's metrics of the tomogram shown ({} when none)."""
+        if self._entry is None:
+            return {}
+        m = self.project.data.steps[self.step_id].metrics.get("series", {}).get(self._entry.name, {})
+        return m if isinstance(m, dict) else {}
+
+    def automatic_text(self) -> str:
+        """How the last run's automatic threshold was chosen, in words (from the step's metrics)."""
+        m = self.series_metrics()
+        if "noise_mean" not in m:
+            return "noise model of the peak scores"
+        text = (f"noise model of the peak scores, noise {m['noise_mean']:.3f} ± {m['noise_sigma']:.3f}, "
+                f"{m.get('noise_expected_false', 1.0):g} noise peak expected above {m['noise_threshold']:.3f}")
+        if m.get("threshold_how") == "particles":
+            text += ", raised into the gap below the particles"
+        return text
 
     def box_px(self) -> float:
         """The display box size (px of the tomogram), from the step's parameters."""
@@ -354,7 +400,10 @@ class PickPreview(SeriesSetPreview):
                 self.axis_lines[a].setData([], [])
             shown[a] = len(rows)
         n = len(self._xyz)
-        if self.table is None:
+        failed = self.failure()
+        if failed:
+            text = f"<span style='color:{FAILED_COLOUR}'><b>The last run failed:</b> {html.escape(failed)}</span>"
+        elif self.table is None:
             text = "No picks yet: run the step." if not self.results_error else ""
         else:
             st = self.project.data.steps[self.step_id]
@@ -399,9 +448,15 @@ class PickPreview(SeriesSetPreview):
         if hist is None:
             self.above_bars.setOpts(x0=[], x1=[], height=[])
             self.below_bars.setOpts(x0=[], x1=[], height=[])
+            self.noise_curve.setData([], [])
             return
         counts, edges, _ = hist
         thr, _ = self.current_threshold()
+        curve = self.noise_model_curve()
+        if curve is not None:
+            self.noise_curve.setData(*curve)
+        else:
+            self.noise_curve.setData([], [])
         # setValue emits sigPositionChanged (recolours, updates the line's label), never ...ChangeFinished
         lo, hi = float(edges[0]), float(edges[-1])
         if thr is not None:  # a value set outside the peaks' range must not be clamped by the bounds
@@ -413,6 +468,20 @@ class PickPreview(SeriesSetPreview):
         self.plot.setXRange(float(edges[0]), float(edges[-1]), padding=0.02)
         self.plot.setYRange(0.0, float(max(counts.max(), 1.0)) * 1.05, padding=0.0)
         self._update_histogram_colours()
+
+    def noise_model_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(scores (k,), noise peaks expected per bin (k,))`` of the last run's noise model over the histogram's
+        range (bins of the histogram), or None without a model."""
+        hist = self.histogram()
+        m = self.series_metrics()
+        if hist is None or not all(k in m for k in ("noise_mean", "noise_sigma", "noise_n")):
+            return None
+        edges = hist[1]
+        width = float(edges[1] - edges[0])
+        x = np.linspace(float(edges[0]), float(edges[-1]), 400)
+        u = (x - float(m["noise_mean"])) / float(m["noise_sigma"])
+        y = float(m["noise_n"]) * width * np.exp(-0.5 * u * u) / (float(m["noise_sigma"]) * np.sqrt(2 * np.pi))
+        return x, y
 
     def bar_heights(self) -> tuple[np.ndarray, np.ndarray]:
         """Heights of the coloured (above) and grey (below) bars, each ``(bins,)`` (0 where the bin is the other
@@ -448,7 +517,7 @@ class PickPreview(SeriesSetPreview):
         if value is None or abs(value - thr) > 1e-12:
             text += f" — <span style='color:{PENDING_COLOUR}'>release to save</span>"
         elif automatic and st.status == "done":  # the last run had no threshold set: this is its automatic one
-            text += " (automatic: median + k·MAD of the score volume)"
+            text += f" (automatic: {self.automatic_text()})"
         elif automatic:
             text += (f" — <span style='color:{PENDING_COLOUR}'>automatic from the next run on (the line shows the "
                      f"last run's threshold): run the step again</span>")
@@ -457,14 +526,20 @@ class PickPreview(SeriesSetPreview):
         self.threshold_label.setText(text)
 
     def set_threshold(self, value: float | None) -> None:
-        """Write ``threshold`` (None: automatic) into the step's parameters; emits :attr:`marks_changed`."""
+        """Write ``threshold`` (None: automatic) into the step's parameters; emits :attr:`marks_changed`. When the
+        project restores a kept run of these parameters (e.g. back to automatic after a run with a value), its
+        picks, histogram and threshold are shown."""
         if self.project.readonly:
             return
         v = None if value is None else round(float(value), 4)
+        before = self.project.data.steps[self.step_id].run_dir
         self.project.set_params(self.step_id, {"threshold": v})
-        self.note.setText(self.status_note())
-        self.show_histogram()
-        self.draw_picks()
+        if self.project.data.steps[self.step_id].run_dir != before:  # a kept run came back
+            self.refresh()
+        else:
+            self.note.setText(self.status_note())
+            self.show_histogram()
+            self.draw_picks()
         self.marks_changed.emit()
 
     # -- clicking: surface contour points and manual picks ----------------------------------------------------

@@ -3,8 +3,16 @@
 Methods (one particle table whatever the source):
 
 * ``template``: template matching (:func:`tomoguide.compute.pick.template_match`: local normalised cross-
-  correlation) with a shell of apoferritin's size or a reference map over symmetry-reduced rotations, peak picking
-  with a minimum distance, and a score threshold (automatic: median + k·MAD of the score volume, or a value).
+  correlation) with a shell of apoferritin's size or a reference map over symmetry-reduced rotations (the template
+  given the series' missing wedge; every size in Å, so it scales with the voxel), peak picking with a minimum
+  distance inside the specimen slab found along z (:func:`tomoguide.compute.pick.find_specimen_slab`), and a score
+  threshold: a value, or automatic from a noise model of the peak scores
+  (:func:`tomoguide.compute.pick.automatic_threshold`: a Gaussian fitted to the noise peaks, the score above which
+  ``expected_false_picks`` noise peaks are expected, raised into the gap below a well-separated particle
+  population). The log gives, per tomogram, the region searched, the threshold and how it was chosen, the noise
+  model's parameters, the number of peaks above the threshold and the highest score. A run that would end with no
+  particle, or (automatic threshold) with far fewer than the peaks that rise above the noise
+  (:func:`sanity_check`), fails with a message naming the threshold, the highest score and what to change.
 * ``import``: a RELION 5 particles.star, a Scipion coordinates sqlite (the tutorial's), an IMOD point model (.mod)
   or a plain text file (x y z [rot tilt psi]); coordinates in voxels of the given pixel size are rescaled to the
   tomograms.
@@ -30,10 +38,12 @@ tomogram, model, kind, centre_A, axes_A, rotation, rms_A, n_points, n_particles)
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import model_validator
 
 from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
 from tomoguide.steps.records import SeriesSet
@@ -47,6 +57,15 @@ ManualRow = tuple[str, float, float, float]
 
 
 class PickParams(StepParams):
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_obsolete(cls, values: Any) -> Any:
+        """Projects written before the noise-model threshold stored ``threshold_k`` (the factor of median + k·MAD):
+        it has no meaning any more and is dropped."""
+        if isinstance(values, dict) and "threshold_k" in values:
+            values = {k: v for k, v in values.items() if k != "threshold_k"}
+        return values
+
     method: Literal["template", "import", "surface", "manual"] = param(
         "template", title="Method", choices=list(METHODS), widget="choice",
         help="'template': find particles automatically by template matching (the apoferritin tutorial uses a "
@@ -81,15 +100,28 @@ class PickParams(StepParams):
         96.0, title="Minimum distance", unit="Å", hard=(1.0, 5000.0), suggest=(30.0, 500.0),
         enabled_if=[("method", "=", "template")],
         help="Two picks are at least this far apart (about 0.8 × the particle's diameter).")
+    lowpass_A: float | None = param(
+        None, title="Low-pass", unit="Å", hard=(1.0, 1000.0), suggest=(15.0, 100.0), advanced=True,
+        empty_means="none (the tomogram's resolution)", enabled_if=[("method", "=", "template")],
+        help="Resolution (Å) above which the tomogram and the template are smoothed before matching. Empty: no "
+             "smoothing beyond the tomogram's voxel size (best on clean tomograms); try 30-40 Å on very noisy "
+             "ones.")
     threshold: float | None = param(
         None, title="Score threshold", unit="1", hard=(-1.0, 1.0), empty_means="automatic",
         enabled_if=[("method", "=", "template")],
-        help="Keep peaks whose correlation score is above this. Empty: automatic (median + k × MAD of the score "
-             "volume). Use the score histogram on this page to choose it.")
-    threshold_k: float = param(
-        7.5, title="Automatic threshold factor", unit="1", hard=(1.0, 50.0), suggest=(4.0, 12.0), advanced=True,
+        help="Keep peaks whose correlation score is above this. Empty: automatic, from a noise model of the peak "
+             "scores inside the specimen (the step's log says the threshold and the model). Use the score histogram "
+             "on this page to choose it.")
+    expected_false_picks: float = param(
+        1.0, title="Noise picks allowed", unit="1", hard=(0.01, 1000.0), suggest=(0.1, 20.0), advanced=True,
         enabled_if=[("method", "=", "template")],
-        help="k of the automatic threshold median + k·1.4826·MAD of the score volume.")
+        help="The automatic threshold is set where the noise model expects this many noise peaks above it per "
+             "tomogram. More lets fainter particles (and more noise) through.")
+    specimen_only: bool = param(
+        True, title="Search only the specimen slab", advanced=True, enabled_if=[("method", "=", "template")],
+        help="Find the specimen's slab along Z (where the tomogram has structure, not empty ice or vacuum) and "
+             "pick only there, one particle radius beyond it; the noise model is fitted there too. Off: the "
+             "whole tomogram.")
     coordinates_file: str = param(
         "", title="Coordinates file", widget="file", enabled_if=[("method", "=", "import")],
         help="File with the coordinates: .star (RELION 5 particles), .sqlite (Scipion), .mod (IMOD), .txt/.coords.")
@@ -222,6 +254,7 @@ class Pick(Step):
         shapes: dict[str, tuple[int, int, int]] = {}
         voxel = sset.series[0].geometry.pixel_size_binned_A
         tables = []
+        dead_end: str | None = None
         metrics: dict[str, Any] = {"series": {}}
         extras: dict[str, np.ndarray] = {}
         if params.method in ("surface", "manual"):
@@ -243,60 +276,274 @@ class Pick(Step):
             tables.append(table)
             yield Progress(1.0, f"imported {len(table)} particles")
         else:
-            from tomoguide.compute import pick as pk
-
+            found: list[TomogramPicks] = []
             for k, s in enumerate(sset.series):
                 ctx.check_cancel()
                 tomo, _ = read_mrc(s.path("tomogram", base))
                 nz, ny, nx = tomo.shape
                 shapes[s.name] = (nx, ny, nz)
-                box = int(2 * np.ceil(1.35 * params.outer_radius_A / voxel)) // 2 * 2 + 2
-                if params.template == "shell":
-                    template = pk.shell_template(params.outer_radius_A, params.inner_radius_A, voxel, box)
-                    kw: dict[str, Any] = {}
-                else:
-                    ref, info = read_mrc(Path(params.reference_map).expanduser())
-                    template = pk.reference_template(np.asarray(ref, np.float32), float(info.voxel_size_A[0]),
-                                                     voxel, box)
-                    kw = {"symmetry": params.symmetry, "angular_step_deg": params.angular_step_deg}
                 yield Progress((k + 0.2) / len(sset.series), f"{s.name}: template matching")
-                res = pk.template_match(np.asarray(tomo, np.float32), template, voxel_A=voxel,
-                                        mask_radius_px=1.35 * params.outer_radius_A / voxel, **kw)
+                res = pick_tomogram(np.asarray(tomo, np.float32), voxel, params, tilt_range_deg(s.geometry))
                 ctx.check_cancel()
-                score = np.asarray(res.score)
-                thr = (params.threshold if params.threshold is not None
-                       else pk.suggest_threshold(score, method="mad", k=params.threshold_k))
-                xyz, scores = pk.pick_peaks(score, min_distance_px=params.min_distance_A / voxel, threshold=None,
-                                            exclude_border_px=1)
-                keep = scores >= thr
-                counts, edges = pk.score_histogram(scores)
-                extras[f"{s.name}_peak_scores"] = scores
+                found.append(res)
+                keep = res.keep
+                extras[f"{s.name}_peak_scores"] = res.scores
+                counts, edges = res.histogram()
                 extras[f"{s.name}_hist_counts"] = counts
                 extras[f"{s.name}_hist_edges"] = edges
-                angles = None
-                if res.angles_deg.shape[0] > 1:
-                    ix = np.round(xyz[keep]).astype(int)
-                    angles = res.angles_deg[np.asarray(res.angle_index)[ix[:, 2], ix[:, 1], ix[:, 0]]]
                 tables.append(coords.ParticleTable(tomo_name=np.array([s.name] * int(keep.sum())),
-                                                   xyz_px=xyz[keep].astype(np.float64), pixel_size_A=voxel,
-                                                   angles_deg=angles, score=scores[keep]))
-                metrics["series"][s.name] = {"n_particles": int(keep.sum()), "threshold": float(thr),
-                                             "n_peaks": int(len(scores))}
-                ctx.log(f"{s.name}: {int(keep.sum())} particles above the threshold {thr:.3f} "
-                        f"({len(scores)} peaks)")
+                                                   xyz_px=res.xyz_px[keep].astype(np.float64), pixel_size_A=voxel,
+                                                   angles_deg=None if res.angles_deg is None else res.angles_deg[keep],
+                                                   score=res.scores[keep]))
+                metrics["series"][s.name] = res.metrics()
+                for line in res.log_lines(s.name, voxel):
+                    ctx.log(line)
                 yield Progress((k + 1) / len(sset.series), f"{s.name}: {int(keep.sum())} particles")
+            problems, warnings = sanity_check(found, sset.names(), params)
+            for w in warnings:
+                ctx.log(f"warning: {w}")
+            metrics["warnings"] = warnings
+            dead_end = " ".join(problems) or None
         table = coords.concat(tables) if len(tables) > 1 else tables[0]
-        out = ctx.run_dir / "particles.star"
+        out = ctx.out_path("particles.star")
         coords.write_relion_particles(out, table, centre_shapes(shapes))
         files = {"particles": out}
         if extras:
-            np.savez_compressed(ctx.run_dir / "scores.npz", **extras)
-            files["scores"] = ctx.run_dir / "scores.npz"
+            files["scores"] = ctx.out_path("scores.npz")
+            np.savez_compressed(files["scores"], **extras)
         metrics["n_particles"] = len(table)
         for name in table.tomograms:
             metrics["series"].setdefault(name, {})["n_particles"] = int(np.sum(table.tomo_name == name))
         metrics["box_px"] = params.box_px
-        return StepResult(outputs=files, metrics=metrics, summary=f"{len(table)} particles")
+        # no silent dead end: the runner records a run with this message as failed, on this step's page
+        return StepResult(outputs=files, metrics=metrics, summary=f"{len(table)} particles",
+                          nothing_for_next=dead_end)
+
+
+def tilt_range_deg(geometry: Any) -> tuple[float, float]:
+    """(lowest, highest) true tilt (nominal + offset, degrees) of a series' views that are not excluded: the
+    tilt range the tomogram was reconstructed from (its missing wedge)."""
+    tilts = np.asarray(geometry.tilt_angles_deg, dtype=np.float64) + float(geometry.tilt_offset_deg)
+    excluded = np.asarray(geometry.excluded, dtype=bool) if len(geometry.excluded) else np.zeros(len(tilts), bool)
+    used = tilts[~excluded] if (~excluded).any() else tilts
+    return float(used.min()), float(used.max())
+
+
+@dataclass
+class TomogramPicks:
+    """Template matching in one tomogram (:func:`pick_tomogram`).
+
+    * ``xyz_px`` ``(n, 3)`` and ``scores`` ``(n,)``: every peak of the score volume inside the searched region
+      (the specimen slab, or the whole tomogram), at least the minimum distance apart, by decreasing score
+      (voxel coordinates x, y, z; voxel i's centre at i); ``angles_deg`` ``(n, 3)`` their best rotations (RELION
+      Euler angles) for a reference template searched over rotations, else None;
+    * ``threshold``: the score threshold applied (``automatic``: from the noise model, else the parameter);
+      ``choice``: the automatic threshold and its noise model (None when the peaks were too few to fit it,
+      ``fit_error`` says why); ``slab``: the specimen region found (None when the whole tomogram was searched
+      by choice).
+    """
+
+    xyz_px: np.ndarray
+    scores: np.ndarray
+    angles_deg: np.ndarray | None
+    threshold: float
+    automatic: bool
+    choice: Any
+    fit_error: str
+    slab: Any
+
+    @property
+    def keep(self) -> np.ndarray:
+        """Bool ``(n,)``: the peaks at or above the threshold (the picks)."""
+        return self.scores >= self.threshold
+
+    @property
+    def highest(self) -> float:
+        return float(self.scores.max()) if len(self.scores) else float("-inf")
+
+    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """Histogram of the peak scores for the page: (counts (100,), edges (101,))."""
+        from tomoguide.compute import pick as pk
+
+        if len(self.scores) == 0:
+            return np.zeros(1), np.array([0.0, 1.0])
+        return pk.score_histogram(self.scores, bins=100)
+
+    def sanity_bound(self) -> float:
+        """The fewest picks that are plausible here: half the peaks that rise above the noise (more than 2 SD
+        above its mean, minus what noise puts there), when those are clearly more than the noise's own scatter
+        (more than 10 and 5 Poisson SDs); else 0. Also 0 when the automatic threshold was raised into the gap
+        below a well-separated population of particles: the peaks left below were judged look-alikes or the
+        noise's own tail, and the picks are that population."""
+        c = self.choice
+        if c is None or c.how == "particles" or not (c.standing_out > max(10.0, 5.0 * c.standing_out_sd)):
+            return 0.0
+        return 0.5 * c.standing_out
+
+    def noise_only(self) -> bool:
+        """True when the automatic threshold's picks could all be noise: no more than the noise model expects
+        above it (plus 3 Poisson SDs), the highest score less than one noise SD above the noise threshold (pure
+        noise puts its highest peak there; real particles stand higher), and no crowd of peaks rising above the
+        noise lower down (:meth:`sanity_bound` 0)."""
+        c = self.choice
+        if not self.automatic or c is None:
+            return False
+        nm = c.noise
+        n = int(self.keep.sum())
+        return 0 < n <= nm.expected_false + 3.0 * np.sqrt(nm.expected_false) and \
+            self.highest < nm.threshold + nm.sigma and self.sanity_bound() == 0.0
+
+    def top_scores(self, k: int) -> str:
+        """'a–b': the range of the ``k`` highest peak scores (for messages)."""
+        top = self.scores[:k]
+        return f"{top[0]:.3f}–{top[-1]:.3f}" if len(top) > 1 else (f"{top[0]:.3f}" if len(top) else "none")
+
+    def metrics(self) -> dict[str, Any]:
+        """The per-tomogram metrics of the step."""
+        keep = self.keep
+        out: dict[str, Any] = {
+            "n_particles": int(keep.sum()), "threshold": float(self.threshold), "n_peaks": int(len(self.scores)),
+            "highest_score": self.highest if len(self.scores) else None,
+            "threshold_how": ("set" if not self.automatic else (self.choice.how if self.choice is not None
+                                                                else "no noise model")),
+        }
+        if self.choice is not None:
+            nm = self.choice.noise
+            out.update({"noise_mean": nm.mean, "noise_sigma": nm.sigma, "noise_n": nm.n_noise,
+                        "noise_threshold": nm.threshold, "noise_expected_false": nm.expected_false,
+                        "automatic_threshold": self.choice.threshold,
+                        "standing_out": self.choice.standing_out})
+        if self.fit_error:
+            out["noise_model_error"] = self.fit_error
+        if self.slab is not None:
+            sl = self.slab
+            out["specimen"] = {"found": bool(sl.found), "centre_z_px": float(sl.centre_z_px),
+                               "slope": [float(v) for v in sl.slope], "bottom_px": float(sl.bottom_px),
+                               "top_px": float(sl.top_px), "contrast": float(sl.contrast), "note": sl.note}
+        return out
+
+    def log_lines(self, name: str, voxel_A: float) -> list[str]:
+        """What the step's log says about this tomogram: the region, the threshold and its noise model, the
+        number of peaks above it and the highest score."""
+        lines = [f"{name}: " + (self.slab.note if self.slab is not None else "the whole tomogram searched "
+                                                                                "(specimen_only off)")]
+        if self.choice is not None:
+            lines.append(f"{name}: automatic {self.choice.describe()}")
+        else:
+            lines.append(f"{name}: no noise model: {self.fit_error}")
+        n = int(self.keep.sum())
+        how = "automatic" if self.automatic else "set by hand"
+        lines.append(f"{name}: {n} particles = peaks at or above the threshold {self.threshold:.3f} ({how}) of "
+                     f"{len(self.scores)} peaks; highest score {self.highest:.3f}")
+        return lines
+
+
+def pick_tomogram(tomogram: np.ndarray, voxel_A: float, params: PickParams, tilt_range: tuple[float, float] | None
+                  ) -> TomogramPicks:
+    """Template matching with the step's parameters in one tomogram ``(nz, ny, nx)`` of ``voxel_A`` Å voxels.
+
+    Every size is in Å and scales with the voxel: the template box (2.7 outer radii, even), the normalisation
+    mask (radius 1.35 outer radii), the minimum distance and the low-pass. The template gets the missing wedge
+    of ``tilt_range`` (the series' tilt range, :func:`tilt_range_deg`; None: none), as the particles have it.
+    Peaks are searched in the specimen slab (:func:`tomoguide.compute.pick.find_specimen_slab`, when
+    ``specimen_only``) and the automatic threshold comes from their noise model
+    (:func:`tomoguide.compute.pick.automatic_threshold`), also computed when the threshold is set by hand.
+    """
+    from tomoguide.compute import pick as pk
+    from tomoguide.compute.io.mrc import read_mrc
+
+    r_px = params.outer_radius_A / voxel_A
+    box = int(2 * np.ceil(1.35 * r_px)) // 2 * 2 + 2
+    if params.template == "shell":
+        template = pk.shell_template(params.outer_radius_A, params.inner_radius_A, voxel_A, box)
+        kw: dict[str, Any] = {}
+    else:
+        ref, info = read_mrc(Path(params.reference_map).expanduser())
+        template = pk.reference_template(np.asarray(ref, np.float32), float(info.voxel_size_A[0]), voxel_A, box)
+        kw = {"symmetry": params.symmetry, "angular_step_deg": params.angular_step_deg}
+    res = pk.template_match(tomogram, template, voxel_A=voxel_A, mask_radius_px=1.35 * r_px,
+                            tilt_range_deg=tilt_range, lowpass_A=params.lowpass_A, **kw)
+    score = np.asarray(res.score)
+    slab = pk.find_specimen_slab(tomogram, voxel_A, particle_radius_A=params.outer_radius_A) \
+        if params.specimen_only else None
+    mask = slab.mask() if slab is not None and slab.found else None
+    xyz, scores = pk.pick_peaks(score, min_distance_px=params.min_distance_A / voxel_A, exclude_border_px=1,
+                                mask=mask)
+    choice, fit_error = None, ""
+    try:
+        choice = pk.automatic_threshold(scores, expected_false=params.expected_false_picks)
+    except ValueError as exc:
+        fit_error = str(exc)
+    if params.threshold is not None:
+        thr = float(params.threshold)
+    else:
+        thr = choice.threshold if choice is not None else float("inf")
+    angles = None
+    if res.angles_deg.shape[0] > 1 and len(xyz):
+        ix = np.round(xyz).astype(int)
+        angles = res.angles_deg[np.asarray(res.angle_index)[ix[:, 2], ix[:, 1], ix[:, 0]]]
+    return TomogramPicks(xyz_px=xyz, scores=scores, angles_deg=angles, threshold=thr,
+                         automatic=params.threshold is None, choice=choice, fit_error=fit_error, slab=slab)
+
+
+def sanity_check(found: list[TomogramPicks], names: list[str], params: PickParams) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)`` of a template-matching run. Problems stop the step (no silent dead end):
+
+    * no particle at all, or (automatic threshold) only picks that noise alone would give
+      (:meth:`TomogramPicks.noise_only`): for every tomogram, the threshold, the highest peak score and what to
+      change;
+    * with the automatic threshold, far fewer picks than the tomograms suggest: fewer in total than the sum of
+      :meth:`TomogramPicks.sanity_bound` (half the peaks that rise above the noise).
+
+    A single tomogram with no, noise-like or too few picks among others that have theirs is a warning.
+    """
+    what_to_change = (f"check the tomogram on this page (are the particles visible? a wrong tilt axis or a failed "
+                      f"alignment blurs them; does the reconstruction's thickness hold the specimen?), the template "
+                      f"(outer radius {params.outer_radius_A:g} Å, inner {params.inner_radius_A:g} Å: those of the "
+                      f"particle?), or set the score threshold by hand")
+    if params.threshold is not None:
+        autos = [r.choice.threshold for r in found if r.choice is not None]
+        what_to_change = (f"lower the score threshold (set by hand to {params.threshold:g}) below the highest peak "
+                          f"scores, or empty it for the automatic threshold"
+                          + (f" ({', '.join(f'{v:.3f}' for v in autos)} here)" if autos else "")
+                          + "; " + what_to_change.replace(", or set the score threshold by hand", ""))
+    lines, empty = [], 0
+    for name, r in zip(names, found):
+        n = int(r.keep.sum())
+        thr_text = f"the automatic threshold {r.threshold:.3f}" if r.automatic else \
+            f"the threshold {r.threshold:.3f} set by hand"
+        if r.choice is not None:
+            nm = r.choice.noise
+            thr_text += f" (noise model of {nm.n_peaks} peak scores: {nm.mean:.3f} ± {nm.sigma:.3f})"
+        elif r.automatic:
+            thr_text = f"no automatic threshold ({r.fit_error})"
+        if len(r.scores) == 0:
+            empty += 1
+            lines.append(f"{name}: no peak in the searched region")
+        elif n == 0:
+            empty += 1
+            lines.append(f"{name}: {thr_text} is above the highest peak score {r.highest:.3f} (the 10 highest "
+                         f"peaks score {r.top_scores(10)})"
+                         + ("; no peak stands out from the noise" if r.automatic and r.choice is not None else ""))
+        elif r.noise_only():
+            empty += 1
+            nm = r.choice.noise
+            lines.append(f"{name}: {n} peak(s) above {thr_text}, as many as noise alone gives (about "
+                         f"{nm.expected_false:g}), the highest score {r.highest:.3f} less than one noise SD above "
+                         f"it (the 10 highest peaks score {r.top_scores(10)}); no peak stands out from the noise")
+        elif r.automatic and n < r.sanity_bound():
+            k = int(round(r.choice.standing_out))
+            lines.append(f"{name}: {n} picks above {thr_text}, but about {k} peaks rise above the noise (highest "
+                         f"score {r.highest:.3f}; the {k} highest peaks score {r.top_scores(k)}): the particles "
+                         f"barely stand out from the noise")
+    total = sum(int(r.keep.sum()) for r in found)
+    if empty == len(found):
+        head = "No particle picked" if total == 0 else "No particle stands out from the noise"
+        return [f"{head}: " + "; ".join(lines) + f". To change: {what_to_change}."], []
+    if params.threshold is None and total < sum(r.sanity_bound() for r in found):
+        return ["Far fewer particles than the tomograms hold: " + "; ".join(lines)
+                + f". To change: {what_to_change} (the histogram on this page shows the peak scores)."], []
+    return [], lines
 
 
 def centre_shapes(shapes: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:

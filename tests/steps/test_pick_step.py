@@ -15,7 +15,7 @@ from tomoguide.demo import demo_params
 from tomoguide.project import Project
 from tomoguide.runner import StepRun, run_to_end
 from tomoguide.steps import registry
-from tomoguide.steps.pick import centre_shapes
+from tomoguide.steps.pick import PickParams, TomogramPicks, centre_shapes, sanity_check
 from tomoguide.steps.records import SeriesSet
 
 
@@ -45,6 +45,158 @@ def test_template_matching_finds_the_true_particles(picked: Project, tiny_datase
     m = match_to_truth(p + shift, t, max_distance=30.0)
     assert m["recall"] >= 15 / 16 and m["false_fraction"] <= 1 / 16, m
     assert "rlnAutopickFigureOfMerit" in ours.columns or picked.data.steps["pick"].metrics["n_particles"] == len(p)
+
+
+def test_template_run_logs_the_noise_model(picked: Project) -> None:
+    """The log and the metrics say, per tomogram, the region searched, the threshold and how it was chosen, the
+    noise model's parameters, the number of peaks above the threshold and the highest score; the threshold is
+    below the highest peak and the noise model's threshold below it."""
+    st = picked.data.steps["pick"]
+    m = st.metrics["series"]["TS_01"]
+    assert m["threshold_how"] in ("noise", "particles") and m["threshold"] == m["automatic_threshold"]
+    assert m["noise_threshold"] <= m["threshold"] < m["highest_score"]
+    assert 0 < m["noise_sigma"] < 0.2 and m["noise_n"] > 10 * m["n_particles"]
+    assert m["specimen"]["found"] and st.metrics["warnings"] == []
+    log = "\n".join(st.log)
+    assert f"threshold {m['threshold']:.3f}" in log and f"{m['noise_mean']:.3f} ± {m['noise_sigma']:.3f}" in log
+    assert f"highest score {m['highest_score']:.3f}" in log and "specimen slab" in log
+    assert f"{m['n_particles']} particles = peaks at or above the threshold" in log
+    with np.load(picked.output_path("pick", "scores")) as z:
+        assert len(z["TS_01_peak_scores"]) == m["n_peaks"] and z["TS_01_hist_counts"].sum() == m["n_peaks"]
+
+
+def test_a_run_without_particles_fails_with_a_message(picked: Project) -> None:
+    """A threshold above every peak: the step fails (no silent 'done' with 0 particles) and its message names
+    the threshold, the highest score and what to change."""
+    from tomoguide.runner import StepFailed
+
+    picked.set_params("pick", {"threshold": 0.99})
+    with pytest.raises(StepFailed):
+        run_to_end(StepRun(picked, "pick"))
+    st = picked.data.steps["pick"]
+    assert st.status == "failed"
+    err = st.error or ""
+    assert err.startswith("No particle picked") and "TS_01" in err
+    assert "threshold 0.990 set by hand" in err and "highest peak score 0." in err
+    assert "lower the score threshold" in err and "template" in err and "tomogram" in err
+    assert any("0 particles = peaks at or above the threshold 0.990" in line for line in st.log)
+    picked.set_params("pick", {"threshold": None})
+    assert run_to_end(StepRun(picked, "pick")).status == "done"
+
+
+@pytest.mark.gui
+def test_the_page_shows_the_failure(qtbot, picked: Project) -> None:  # type: ignore[no-untyped-def]
+    from tomoguide.pages.preview_pick import PickPreview
+    from tomoguide.pages.previews import make_preview
+    from tomoguide.runner import StepFailed
+
+    picked.set_params("pick", {"threshold": 0.99})
+    with pytest.raises(StepFailed):
+        run_to_end(StepRun(picked, "pick"))
+    preview = make_preview(picked, "pick")
+    qtbot.addWidget(preview)
+    assert isinstance(preview, PickPreview)
+    err = picked.data.steps["pick"].error or ""
+    assert preview.note.text() == f"The last run failed: {err}"
+    assert "The last run failed" in preview.count_label.text() and "highest peak score" in preview.count_label.text()
+    picked.set_params("pick", {"threshold": None})
+    assert run_to_end(StepRun(picked, "pick")).status == "done"
+    preview.refresh()
+    assert "failed" not in preview.count_label.text() and "noise model" in preview.threshold_label.text()
+    x, y = preview.noise_model_curve()  # type: ignore[misc]
+    m = picked.data.steps["pick"].metrics["series"]["TS_01"]
+    assert x[int(np.argmax(y))] == pytest.approx(m["noise_mean"], abs=2 * (x[1] - x[0]))
+
+
+def test_defaults_only_on_the_tiny_preset(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Only the import's parameters (the reconstruction's default thickness, 300 voxels: mostly empty space around
+    the 600 Å slab): the specimen slab is found and the automatic threshold picks the true particles."""
+    from tomoguide.demo import demo_import_params
+
+    with Project.create(tmp_path / "p", params={"import_movies": demo_import_params(tiny_dataset / "data")}) as proj:
+        ids = registry.ids()
+        for step in ids[: ids.index("pick") + 1]:
+            assert run_to_end(StepRun(proj, step)).status == "done", step
+        assert proj.params("reconstruct").thickness_px == 300
+        m = proj.data.steps["pick"].metrics["series"]["TS_01"]
+        assert m["specimen"]["found"] and m["specimen"]["top_px"] - m["specimen"]["bottom_px"] < 150
+        ours = read_particles_star(proj.output_path("pick", "particles")).particles
+        truth = read_particles_star(tiny_dataset / "truth" / "particles.star").particles
+        cols = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
+        p, t = ours[cols].to_numpy(float), truth[cols].to_numpy(float)
+        shift = register_translation(p, t, max_shift=120.0, tolerance=30.0)
+        mt = match_to_truth(p + shift, t, max_distance=30.0)
+        assert mt["recall"] >= 15 / 16 and mt["false_fraction"] <= 1 / 16, (mt, m)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sanity bound: no silent dead end (score volumes made here: noise fields with or without planted peaks)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _picks(seed: int, plants: int, height: float, params: PickParams) -> TomogramPicks:
+    """TomogramPicks of a smooth noise score volume (voxel SD 0.06) with ``plants`` peaks of ``height``."""
+    import scipy.ndimage
+
+    from tomoguide.compute import pick as pk
+
+    rng = np.random.default_rng(seed)
+    shape = (48, 128, 128)
+    f = scipy.ndimage.gaussian_filter(rng.normal(size=shape), 1.5, mode="wrap")
+    score = (f / f.std() * 0.06).astype(np.float32)
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    for k in range(plants):
+        x, y, z = 6 + (k * 37) % 116, 6 + (k * 53 // 7) % 116, 6 + (k * 11) % 36
+        score += (height * np.exp(-((xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2) / 4.5)).astype(np.float32)
+    xyz, scores = pk.pick_peaks(score, min_distance_px=8.0, exclude_border_px=1)
+    return _picks_of(xyz, scores, params)
+
+
+def _picks_of(xyz: np.ndarray, scores: np.ndarray, params: PickParams) -> TomogramPicks:
+    from tomoguide.compute import pick as pk
+
+    order = np.argsort(-scores)
+    xyz, scores = xyz[order], scores[order]
+    choice = pk.automatic_threshold(scores, expected_false=params.expected_false_picks)
+    thr = choice.threshold if params.threshold is None else params.threshold
+    return TomogramPicks(xyz_px=xyz, scores=scores, angles_deg=None, threshold=thr,
+                         automatic=params.threshold is None, choice=choice, fit_error="", slab=None)
+
+
+def test_sanity_check_refuses_noise_and_empty_runs() -> None:
+    auto = PickParams()
+    # pure noise: no or noise-like picks, and a failure naming the threshold, the highest score, what to change
+    for seed in range(3):
+        noise = _picks(seed, 0, 0.0, auto)
+        assert int(noise.keep.sum()) <= 4
+        problems, warnings = sanity_check([noise], ["TS_01"], auto)
+        assert len(problems) == 1 and warnings == []
+        msg = problems[0]
+        assert msg.startswith(("No particle picked", "No particle stands out from the noise")), msg
+        assert f"the automatic threshold {noise.threshold:.3f}" in msg
+        assert f"{noise.highest:.3f}" in msg and "no peak stands out from the noise" in msg
+        assert "template (outer radius 62 Å, inner 40 Å" in msg and "set the score threshold by hand" in msg
+    # clear particles: no problem, the picks are the plants
+    good = _picks(5, 40, 0.6, auto)
+    assert 40 <= int(good.keep.sum()) <= 42 and sanity_check([good], ["TS_01"], auto) == ([], [])
+    # one good tomogram and one of noise: a warning for the second, the run goes on
+    problems, warnings = sanity_check([good, _picks(1, 0, 0.0, auto)], ["TS_01", "TS_02"], auto)
+    assert problems == [] and len(warnings) == 1 and warnings[0].startswith("TS_02")
+    # a threshold set by hand above every peak: "lower it", with the automatic value
+    hand = PickParams(threshold=0.95)
+    high = _picks(5, 40, 0.6, hand)
+    problems, _ = sanity_check([high], ["TS_01"], hand)
+    assert problems and problems[0].startswith("No particle picked")
+    assert "the threshold 0.950 set by hand" in problems[0] and "lower the score threshold" in problems[0]
+    assert f"({high.choice.threshold:.3f} here)" in problems[0]
+    # particles that barely stand out (2.5 noise SDs): far fewer picks than peaks above the noise
+    rng = np.random.default_rng(7)
+    scores = np.concatenate([rng.normal(0.15, 0.05, 2000), rng.normal(0.27, 0.02, 150)])  # 2.4 noise SDs up
+    faint = _picks_of(np.zeros((len(scores), 3)), scores, auto)
+    assert faint.sanity_bound() > 2 * int(faint.keep.sum())
+    problems, _ = sanity_check([faint], ["TS_01"], auto)
+    assert problems and problems[0].startswith("Far fewer particles than the tomograms hold"), problems
+    assert "barely stand out from the noise" in problems[0]
 
 
 def test_imports_from_star_text_and_sqlite_give_the_same_table(picked: Project, tmp_path: Path) -> None:
