@@ -924,8 +924,9 @@ class TiltDirectionEvidence:
 
     ``cc_as_given`` / ``cc_inverted``: the CC of the view's windows with the CTF model (in the band of the fit)
     after rescaling them onto the centre defocus with the defocus gradient the geometry predicts, and with the
-    opposite gradient (the axis turned by 180°); each at its best mean defocus near the first-pass fit. ``cc_flat``: the plain average (no gradient). ``spread_A``: the
-    predicted defocus range over the window centres (Å). ``evidence = cc_as_given − cc_inverted`` (> 0:
+    opposite gradient (the axis turned by 180°); each at its best mean defocus near the first-pass fit.
+    ``cc_flat``: the plain average (no gradient). ``spread_A``: the predicted defocus range over the window
+    centres (Å). ``evidence = cc_as_given − cc_inverted`` (> 0:
     the data agree with the geometry). ``noise``: its spread from the noise of the data, the RMS of the same
     difference between ``n_null`` pairs of equally right patterns of the ``n_cells`` cells of windows (in every
     strip across the axis one half rescaled each way; NaN with fewer than two). The scores are those of

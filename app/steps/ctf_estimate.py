@@ -38,6 +38,7 @@ from tomoguide.steps.records import (
 from tomoguide.geometry import TiltSeriesGeometry
 
 TILT_DIRECTION_ACTIONS = ("rotate_axis", "flip_defocus", "report", "off")
+NOMINAL_MARGIN_A = 20000.0  # the search reaches at least this far above the mdoc's target defocus
 
 class CtfEstimateParams(StepParams):
     box_px: int = param(
@@ -54,7 +55,8 @@ class CtfEstimateParams(StepParams):
         help="Smallest defocus searched (tutorial 10000 Å = 1 µm; underfocus positive).")
     defocus_max_A: float = param(
         50000.0, title="Maximum defocus", unit="Å", hard=(1000.0, 300000.0), suggest=(20000.0, 80000.0),
-        help="Largest defocus searched (tutorial 50000 Å = 5 µm).")
+        help="Largest defocus searched (tutorial 50000 Å = 5 µm). When the mdoc's target defocus + 2 µm lies "
+             "beyond it (e.g. a session recorded at 5 µm), the search goes that far, and the log says so.")
     defocus_step_A: float = param(
         500.0, title="Defocus step", unit="Å", hard=(10.0, 5000.0), suggest=(100.0, 1000.0),
         help="Step of the exhaustive 1D search before the 2D refinement (tutorial 500 Å).")
@@ -160,9 +162,14 @@ class CtfEstimate(Step):
                           amplitude_contrast=g.optics.amplitude_contrast)
             twos = []
             kws = []
+            hi = search_maximum_A(params, g)
+            if hi > params.defocus_max_A:
+                ctx.log(f"{s.name}: defocus searched up to {hi / 1e4:.1f} µm (the mdoc's target defocus, up to "
+                        f"{max(g.nominal_defocus_um or [0.0]):.1f} µm, + {NOMINAL_MARGIN_A / 1e4:g} µm is beyond "
+                        f"Maximum defocus {params.defocus_max_A / 1e4:g} µm)")
             for i in range(g.n_views):
                 ctx.check_cancel()
-                kw: dict[str, Any] = dict(defocus_range_A=(params.defocus_min_A, params.defocus_max_A),
+                kw: dict[str, Any] = dict(defocus_range_A=(params.defocus_min_A, hi),
                                           defocus_step_A=params.defocus_step_A,
                                           res_range_A=(params.res_low_A, max(params.res_high_A, 2.05 * px)),
                                           fit_phase=params.fit_phase)
@@ -244,6 +251,17 @@ class CtfEstimate(Step):
             else:
                 summary += f"; tilt direction as given ({len(verdicts)} series)"
         return StepResult(outputs={"series": out}, metrics=metrics, summary=summary)
+
+
+def search_maximum_A(params: CtfEstimateParams, g: TiltSeriesGeometry) -> float:
+    """Largest defocus searched for a series (Å): ``defocus_max_A``, or the mdoc's largest target defocus +
+    :data:`NOMINAL_MARGIN_A` when that is more (a fit at the edge of the range is flagged as failed; the
+    tutorial's 1-5 µm range would fail every view of a session recorded at 5 µm). Not when searching around the
+    nominal defocus, which has its own range."""
+    nominal = [float(d) for d in (g.nominal_defocus_um or []) if d and np.isfinite(d) and d > 0]
+    if params.narrow_around_nominal or not nominal:
+        return float(params.defocus_max_A)
+    return float(min(max(params.defocus_max_A, max(nominal) * 1e4 + NOMINAL_MARGIN_A), 300000.0))
 
 
 def _imported_axes(ctx: RunContext) -> dict[str, float]:

@@ -17,7 +17,7 @@ from tomoguide.compute.io.star import read_ctf_star
 from tomoguide.geometry import TiltSeriesGeometry, rotation_2d
 from tomoguide.pages.preview_ctf import tilt_direction_text
 from tomoguide.steps.base import RunContext, StepOutputs, StepResult
-from tomoguide.steps.ctf_estimate import CtfEstimate, CtfEstimateParams, rotate_tilt_axis_180
+from tomoguide.steps.ctf_estimate import CtfEstimate, CtfEstimateParams, rotate_tilt_axis_180, search_maximum_A
 from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy
 
 PX = 2.0
@@ -26,13 +26,14 @@ TILTS = (-48.0, -33.0, -21.0, 0.0, 21.0, 33.0, 48.0)
 DF = 30000.0
 
 
-def _geometry(axis: float, *, n: int = len(TILTS), shape: tuple[int, int] = (768, 768), hand: int = 1,
-              seed: int = 0) -> TiltSeriesGeometry:
+def _geometry(axis: float, *, tilts: tuple[float, ...] = TILTS, shape: tuple[int, int] = (768, 768), hand: int = 1,
+              seed: int = 0, nominal_um: float = DF / 1e4) -> TiltSeriesGeometry:
     """A record with specimen shifts and small per-view rotation errors, as an alignment leaves it."""
     rng = np.random.default_rng(seed)
+    n = len(tilts)
     g = TiltSeriesGeometry(name="TS_01", pixel_size_A=PX, image_shape_px=shape, tilt_axis_deg=axis,
-                           tilt_angles_deg=TILTS[:n], tilt_offset_deg=0.0, defocus_handedness=hand,
-                           nominal_defocus_um=[DF / 1e4] * n)
+                           tilt_angles_deg=tilts, tilt_offset_deg=0.0, defocus_handedness=hand,
+                           nominal_defocus_um=[nominal_um] * n)
     a = rotation_2d(-(axis + rng.normal(0.0, 0.4, n)))
     s = rng.normal(0.0, 12.0, (n, 2))
     xf = np.concatenate([a, -(a @ s[:, :, None])], axis=2)
@@ -74,13 +75,14 @@ def test_rotate_tilt_axis_180_keeps_shifts_and_projects_the_inverted_specimen() 
 # ---- the step on a synthetic series -----------------------------------------------------------------------------
 
 
-def _tilted_stack(shape: tuple[int, int] = (768, 768), noise: float = 2.0) -> np.ndarray:
+def _tilted_stack(shape: tuple[int, int] = (768, 768), noise: float = 2.0, tilts: tuple[float, ...] = TILTS,
+                  df: float = DF) -> np.ndarray:
     """Views of a flat specimen tilted about the true axis (defocus gradient with handedness +1)."""
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
     kx, ky = ctfmod.frequency_grid(shape, PX, rfft=True)
     k2 = kx * kx + ky * ky
     out = []
-    for i, t in enumerate(TILTS):
+    for i, t in enumerate(tilts):
         rng = np.random.default_rng(100 + i)
         spec = np.fft.rfft2(rng.normal(size=shape)) * np.exp(-20.0 * k2) / (1.0 + k2 / 0.003)
         offs = ctffit.defocus_offsets_A(xx, yy, shape, PX, t, TRUE_AXIS, 1)
@@ -92,7 +94,7 @@ def _tilted_stack(shape: tuple[int, int] = (768, 768), noise: float = 2.0) -> np
         for j, lev in enumerate(levels):
             m0, m1 = j0 == j, j0 == j - 1
             if m0.any() or m1.any():
-                c = ctfmod.ctf_2d(shape, PX, DF + 150.0 + lev, DF - 150.0 + lev, 25.0, rfft=True, dtype=np.float64)
+                c = ctfmod.ctf_2d(shape, PX, df + 150.0 + lev, df - 150.0 + lev, 25.0, rfft=True, dtype=np.float64)
                 layer = np.fft.irfft2(spec * c, s=shape)
                 img[m0] += layer[m0] * (1.0 - w1[m0])
                 img[m1] += layer[m1] * w1[m1]
@@ -110,6 +112,12 @@ def stack_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run(stack_file: Path, tmp_path: Path, geometry: TiltSeriesGeometry, **params: Any) -> tuple[StepResult,
                                                                                                      SeriesEntry]:
+    result, entry, _ = _run_logged(stack_file, tmp_path, geometry, **params)
+    return result, entry
+
+
+def _run_logged(stack_file: Path, tmp_path: Path, geometry: TiltSeriesGeometry,
+                **params: Any) -> tuple[StepResult, SeriesEntry, list[str]]:
     src = tmp_path / "assign"
     src.mkdir(parents=True)
     link_or_copy(stack_file, src / "TS_01.mrc")
@@ -129,7 +137,7 @@ def _run(stack_file: Path, tmp_path: Path, geometry: TiltSeriesGeometry, **param
         result = stop.value
     assert isinstance(result, StepResult)
     out, _ = SeriesSet.load(result.outputs["series"])
-    return result, out.series[0]
+    return result, out.series[0], ctx.log_lines
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +201,22 @@ def test_step_reports_or_flips_the_defocus_handedness_when_asked(stack_file: Pat
     result, entry = _run(stack_file, tmp_path / "off", wrong, tilt_direction="off")
     assert "tilt_direction" not in entry.info and "tilt_direction" not in result.metrics
     assert entry.geometry.tilt_axis_deg == pytest.approx(-95.0)
+
+
+def test_step_searches_beyond_the_maximum_when_the_mdoc_targets_more(tmp_path: Path) -> None:
+    """A session recorded at 5.5 µm: the tutorial's 1-5 µm range would flag every fit at its edge."""
+    tilts, df = (-3.0, 0.0, 3.0), 56000.0
+    path = tmp_path / "deep.mrc"
+    write_mrc(path, _tilted_stack(tilts=tilts, df=df), voxel_size_A=PX, is_stack=True)
+    g = _geometry(TRUE_AXIS, tilts=tilts, nominal_um=5.5)
+    p = CtfEstimateParams()
+    assert search_maximum_A(p, g) == pytest.approx(75000.0)
+    assert search_maximum_A(p, _geometry(TRUE_AXIS, tilts=tilts, nominal_um=2.5)) == p.defocus_max_A
+    assert search_maximum_A(CtfEstimateParams(narrow_around_nominal=True), g) == p.defocus_max_A
+    result, entry, log = _run_logged(path, tmp_path / "wide", g)
+    assert result.metrics["n_failed"] == 0
+    np.testing.assert_allclose(_defocus(result, entry).mean(axis=1), df, atol=150.0)
+    assert any("defocus searched up to 7.5 µm" in line for line in log)
+    # with the range as typed and no target in the mdoc, the same views fail at the edge of the range
+    result, entry, log = _run_logged(path, tmp_path / "narrow", g.model_copy(update={"nominal_defocus_um": None}))
+    assert result.metrics["n_failed"] == 3 and not any("searched up to" in line for line in log)
