@@ -431,6 +431,7 @@ class Project:
             proj._acquire_lock(break_lock=break_lock)
         try:
             proj.data = load_project_file(path)
+            loaded = proj.data.model_copy(deep=True)
             proj._after_load(legacy=proj.data.schema_version < SCHEMA_VERSION)
             if use_backup:
                 proj.notes.append(f"opened from the backup {path.name}: it is now the project's state")
@@ -438,7 +439,8 @@ class Project:
                     with contextlib.suppress(OSError):
                         shutil.copyfile(d / PROJECT_FILE, d / (PROJECT_FILE + ".damaged"))
             if not readonly:
-                proj.save()
+                if use_backup or proj.data != loaded:  # an open that changes nothing leaves the file as it is
+                    proj.save()
                 proj._delete_unreferenced_runs()
         except BaseException:
             proj.close()
