@@ -1257,37 +1257,40 @@ def check_tilt_direction(
 
     **Conventions of real instruments and programs** (what "inverted" means for real data). The data fix only
     the product of the axis direction and the defocus handedness ``h``, i.e. which side of a view is more
-    underfocused at positive tilt; which side that is for the correctly handed geometry depends on whether the
-    camera's image is a mirror image of the specimen seen along the beam, so programs differ:
+    underfocused at positive tilt; which ``h`` goes with the correctly handed geometry depends on whether the
+    image, as read, is a mirror image of the specimen seen along the beam (a camera read-out flip, or TIFF rows read
+    top-down where IMOD reads them bottom-up), so programs differ:
 
-    * tomoguide (``geometry.py``, the simulator's default ``defocus_handedness = +1``) and **AreTomo3** agree:
-      AreTomo3 (``FindCtf/CTiltInducedZ.cpp``: ``Δz = −x_rot tan α``, the same depth as here, and
-      ``CGenAvgSpectrum.cpp``: tile defocus ``= centre + Δz · pixel · hand``) keeps ``hand = +1`` ("z points to the
-      electron source, positive tilt makes the particle with positive Δx less defocused",
-      ``CAreTomoMain.cpp``) and, since 2.0.5/2.0.6, turns the tilt axis by 180° when the CTF says −1. With
-      ``h = +1``: at positive tilt the raw-image side in direction ``(cos θ, sin θ)`` (x = column, y = row; the
-      aligned image's +X) is *less* underfocused.
     * **IMOD** (ctfphaseflip.cpp: strip defocus ``= defocus − (nx/2 − x) · pixel · tan β``, "the right side of an
       aligned image is both lower in the scope and at a higher underfocus"; ctfplotter/ctfphaseflip option
       ``InvertTiltAngles``: "to compensate for a left-handed coordinate system in the microscope … when the sign of
       the tilt angles and the tilt axis rotation angle are such that reconstructions are generated with inverted
-      handedness") assumes the opposite sign, i.e. tomoguide's ``h = −1``, for correctly handed data; so does
-      **RELION 5** (``Tomogram::getCtf``: ``Δf += rlnTomoHand · pixel · depth``, the same projection model as
-      geometry.py; its import's default ``rlnTomoHand = −1``, "the correct one for the tutorial dataset"
-      EMPIAR-10164, and "it has to be determined experimentally") and WarpTools' export (``GetRelionHand``:
-      −1 unless ``AreAnglesInverted``; both real RELION 5 STAR files in ``shared/data`` have −1).
+      handedness") expects, for correctly handed SerialEM data, the aligned image's +X side more underfocused at
+      positive tilt: ``h = −1`` here. So does **RELION 5** (``Tomogram::getCtf``: ``Δf += rlnTomoHand · pixel ·
+      depth`` with the projection model of geometry.py; its import defaults to ``rlnTomoHand = −1``, "the correct one
+      for the tutorial dataset" EMPIAR-10164 (MRC frames, mdoc axis 85.3°), "in our experiments, it has always been
+      −1"), and WarpTools' export (``GetRelionHand``: −1 unless ``AreAnglesInverted``; both real RELION 5 STAR files
+      in ``shared/data`` have −1).
+    * **AreTomo3** (``FindCtf/CTiltInducedZ.cpp``: ``Δz = −x_rot tan α``, the same depth as here;
+      ``CGenAvgSpectrum.cpp``: tile defocus ``= centre + Δz · pixel · hand``) keeps ``hand = +1`` ("z points to the
+      electron source … positive tilt makes the particle with positive Δx less defocused", ``CAreTomoMain.cpp``) and,
+      since 2.0.5/2.0.6, turns the tilt axis by 180° when the CTF says −1. tomoguide's simulator default
+      (``defocus_handedness = +1``) is this convention.
     * **Warp/WarpTools** (``ts_defocus_hand``) correlates the 2×2-grid defocus gradients with the geometry's and,
-      when negative, flips only the sign used for defocus (``AreAnglesInverted``), keeping the geometry: its
-      documentation says SerialEM is usually calibrated for the right map hand but "the defocus convention has about
-      a 50:50 chance of being wrong across labs". For EMPIAR-10491 (the tutorial's full data set, mdoc axis
-      −93.5°) its tutorial gets the right map hand only with ``ts_import --dont_invert`` (Warp angles = mdoc angles,
-      which in geometry.py's projection model is the mdoc's tilts with the axis ≈ −85.6° + 180°) and the hand check
-      says "no flip" (correlation 0.932): translated to geometry.py that is ``h = +1`` with the axis 180° from the
-      mdoc's, as here and in AreTomo3.
+      when negative, flips only the sign used for defocus (``AreAnglesInverted``), keeping the geometry: "SerialEM is
+      usually calibrated to produce the correct map handedness in IMOD's 3D reconstructions, [but] the defocus
+      convention has about a 50:50 chance of being wrong across labs". Its tutorial on EMPIAR-10491 (TIFF movies,
+      mdoc axis −93.5°) gets the right map hand with ``ts_import --dont_invert`` and axis −85.6° and the check says
+      "no flip" (0.932): in geometry.py's model that is ``h = +1`` with the axis ≈ 94.4° (mdoc tilts). As
+      180° − (−93.5°) ≡ −86.5°, Warp's frame for these TIFFs is most likely IMOD's mirrored in Y; in IMOD's frame the
+      same data give ``h = −1`` with the mdoc's axis, as IMOD and RELION expect.
+    * **CTFFIND5** (``CTFTilt``: defocus ``= Δf + y_rot · tan(tilt)`` searched over tilt axes 0-360° and tilts
+      0-80°) measures the direction of the gradient of one image without any tilt-series geometry, so it has no
+      handedness convention to compare.
 
     So "inverted" means: the data disagree with the record's axis *and* ``h``. Turning the axis by 180° (the
-    default of the ctf_estimate step, as AreTomo3) is right when ``h`` is right for the camera; on a set-up whose
-    SerialEM geometry is known to give the right hand, flipping ``h`` instead (Warp) is the right fix.
+    default of the ctf_estimate step, as AreTomo3) is right when ``h`` is right for the way the images were read;
+    where the SerialEM geometry is known to give the right hand, flipping ``h`` instead (Warp) is the right fix.
     """
     views = list(evidence)
     used = [e for e in views if e.used and abs(e.tilt_deg) >= min_tilt_deg and math.isfinite(e.evidence)]
