@@ -451,7 +451,7 @@ class ProjectLock:
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise LockHeld(self.path, read_lock_info(self.path), "held") from None
+                    raise LockHeld(self.path, self._owner_of_held_lock(), "held") from None
                 raise
             try:  # the file may have been removed or replaced between open and flock: lock the current one
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
@@ -473,6 +473,18 @@ class ProjectLock:
             self._fd = fd
             return
         raise LockHeld(self.path, read_lock_info(self.path), "held")
+
+    def _owner_of_held_lock(self) -> dict[str, Any] | None:
+        """What a held lock says about its owner; the owner may have locked it a moment ago and not written yet:
+        wait for that a little (at most 0.5 s)."""
+        import time
+
+        for _ in range(50):
+            info = read_lock_info(self.path)
+            if info:
+                return info
+            time.sleep(0.01)
+        return None
 
     def _acquire_excl(self, break_lock: bool) -> None:  # pragma: no cover - Windows
         for _ in range(3):
