@@ -252,15 +252,16 @@ def main() -> int:
     previous = json.loads(path.read_text()) if path.exists() else {}
     results: dict[str, Any] = dict(previous.get("scenarios", {}))
     load0 = os.getloadavg()
-    for name in names:
+    args.results.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {}
+    for name in names:  # the results file is rewritten after every scenario: an interrupted run keeps its figures
         print(f"== {name}: {synth.SCENARIO_NOTES.get(name, '')}", flush=True)
         results[name] = run_scenario(name, synth.SCENARIOS[name], args.out_dir, args.until)
         results[name]["load_average_after"] = os.getloadavg()
         results[name]["until"] = args.until
-    out = {"machine": platform.platform(), "cpus": os.cpu_count(), "load_average_before": load0,
-           "targets": TARGETS, "scenarios": {n: results[n] for n in synth.SCENARIOS if n in results}}
-    args.results.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=str))
+        out = {"machine": platform.platform(), "cpus": os.cpu_count(), "load_average_before": load0,
+               "targets": TARGETS, "scenarios": {n: results[n] for n in synth.SCENARIOS if n in results}}
+        path.write_text(json.dumps(out, indent=1, default=str))
     rows = table_rows(out["scenarios"])
     print_table(rows)
     print(f"wrote {path}")
