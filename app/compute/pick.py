@@ -542,11 +542,12 @@ def find_specimen_slab(tomogram: Any, voxel_A: float, *, particle_radius_A: floa
     streaks); the slab is the run of heights around the profile's maximum where it exceeds ``background +
     level_fraction · (peak − background)`` (background: 10th percentile; runs less than a radius apart are
     joined). With six tiles or more, the energy-weighted centre height of each tile gives a least-squares centre
-    plane (a tilted lamella or ice layer; kept when its slopes are significant against the tiles' scatter), every column's energy is shifted onto it, and the slab is found again
-    on the flattened profile, kept when that is 5 % thinner (SD of the heights) than without the plane (a slab
-    tilted by a few degrees gains less than the scatter of the tiles' centres). The region is widened by
-    ``margin_A`` (default: 1.5 particle radii) on each side. When the peak is less
-    than ``min_contrast`` times the background, or the slab fills the tomogram, ``found`` is False and the
+    plane (a tilted lamella or ice layer), kept when its slopes are significant against the tiles' scatter and
+    when the profile flattened onto it (every column's energy shifted by the plane's height there) is 5 %
+    thinner (SD of the heights) than without it: a slab tilted by a few degrees gains less than the scatter of
+    the tiles' centres and stays flat (its region is then a little thicker). The region is widened by
+    ``margin_A`` (default: 1.5 particle radii) on each side. When the peak is less than ``min_contrast`` times
+    the background, or the slab fills 90 % of the tomogram's thickness, ``found`` is False and the
     region is the whole volume (a tomogram cut tightly around the specimen, or too noisy to tell).
     """
     t = np.asarray(to_numpy(tomogram), dtype=np.float32)
@@ -556,9 +557,11 @@ def find_specimen_slab(tomogram: Any, voxel_A: float, *, particle_radius_A: floa
     r_px = float(particle_radius_A) / float(voxel_A)
     margin_px = (float(margin_A) if margin_A is not None else 1.5 * float(particle_radius_A)) / float(voxel_A)
     t = (t - t.mean()) / (t.std() + 1e-30)
-    bp = scipy.ndimage.gaussian_filter(t, max(0.5, 0.7 * r_px)) - scipy.ndimage.gaussian_filter(t, max(1.0, 2.0 * r_px))
-    e = bp * bp
-    e = np.minimum(e, np.percentile(e, 99.5))
+    e = scipy.ndimage.gaussian_filter(t, max(0.5, 0.7 * r_px))  # band-pass, squared, in place (big volumes)
+    e -= scipy.ndimage.gaussian_filter(t, max(1.0, 2.0 * r_px))
+    del t
+    e *= e
+    np.minimum(e, np.percentile(e, 99.5), out=e)
     n_t = int(np.clip(round(min(nx, ny) * voxel_A / tile_A), 1, 6))
     ex = np.linspace(0, nx, n_t + 1).round().astype(int)
     ey = np.linspace(0, ny, n_t + 1).round().astype(int)

@@ -351,6 +351,10 @@ def test_fit_noise_model_robust_to_particles_and_skew() -> None:
 
     assert nm.threshold == pytest.approx(nm.mean - ndtri(1 / nm.n_noise) * nm.sigma)
     assert nm.expected_above(nm.threshold) == pytest.approx(1.0)
+    grid = np.linspace(-0.5, 1.0, 3001)  # the density integrates to the noise peaks, its tail to expected_above
+    assert np.trapezoid(nm.density(grid), grid) == pytest.approx(nm.n_noise, rel=1e-4)
+    tail = grid >= 0.3
+    assert np.trapezoid(nm.density(grid[tail]), grid[tail]) == pytest.approx(nm.expected_above(0.3), rel=1e-3)
     # noise skewed towards low scores (a long lower tail): sigma is the upper side's
     skewed = 0.2 - rng.gamma(2.0, 0.03, 3000)
     nm2 = pick.fit_noise_model(skewed)
