@@ -21,7 +21,8 @@ Per tilt series (chooser at the top):
   how the threshold was chosen.
 
 A run that failed (e.g. no particle above the threshold: the step names the threshold, the highest score and what
-to change) shows its message in the note at the top and in the line under the slices, in red.
+to change) shows its message in the note at the top, and the line under the slices says in red that there are no
+picks because of it.
 
 Clicking (methods ``surface`` and ``manual``; the slices' ``voxel_clicked``, any pane, the clicked pane's own
 coordinate being its slice) edits the step's parameters through :meth:`Project.set_params` (the project file
@@ -325,8 +326,12 @@ class PickPreview(SeriesSetPreview):
         return text
 
     def box_px(self) -> float:
-        """The display box size (px of the tomogram), from the step's parameters."""
-        return float(self.project.params(self.step_id).box_px)
+        """The display box size (px of the tomogram), from the step's parameters (empty: 1.2 × the particle's
+        diameter at the shown tomogram's voxel size, :func:`tomoguide.steps.pick.display_box_px`)."""
+        from tomoguide.steps.pick import display_box_px
+
+        voxel = float(self._entry.geometry.pixel_size_binned_A) if self._entry is not None else 10.0
+        return float(display_box_px(self.project.params(self.step_id), voxel))
 
     def show_series(self, entry: SeriesEntry) -> None:
         from tomoguide.compute.io.mrc import read_mrc
@@ -401,8 +406,9 @@ class PickPreview(SeriesSetPreview):
             shown[a] = len(rows)
         n = len(self._xyz)
         failed = self.failure()
-        if failed:
-            text = f"<span style='color:{FAILED_COLOUR}'><b>The last run failed:</b> {html.escape(failed)}</span>"
+        if failed:  # the message itself is in the note above (and on the step page)
+            text = (f"<span style='color:{FAILED_COLOUR}'><b>No picks: the last run failed</b> (the message above "
+                    f"says why and what to change)</span>")
         elif self.table is None:
             text = "No picks yet: run the step." if not self.results_error else ""
         else:

@@ -159,8 +159,18 @@ class PickParams(StepParams):
         [], title="Manual picks", widget="hidden", enabled_if=[("method", "=", "manual")],
         help="Particles clicked on the page: rows [tomogram, x, y, z] with x, y, z in Å from the tomogram centre. "
              "Edited on the page.")
-    box_px: int = param(54, title="Box size (display)", unit="px", hard=(4, 1024),
-                        help="Size of the boxes drawn around picks on the page (tutorial 54 px); display only.")
+    box_px: int | None = param(
+        None, title="Box size (display)", unit="px", hard=(4, 1024), empty_means="1.2 × the particle's diameter",
+        help="Size of the boxes drawn around picks on the page; display only. Empty: a little larger than the "
+             "particle (1.2 × twice the outer radius, in the tomogram's voxels), whatever the pixel size.")
+
+
+def display_box_px(params: PickParams, voxel_A: float) -> int:
+    """The display box (voxels): ``box_px`` when set, else 1.2 × the particle's diameter (``2 · outer_radius_A``)
+    at ``voxel_A`` Å per voxel, at least 4."""
+    if params.box_px is not None:
+        return int(params.box_px)
+    return max(4, int(round(2.4 * params.outer_radius_A / float(voxel_A))))
 
 
 class Pick(Step):
@@ -180,6 +190,13 @@ class Pick(Step):
         "<p><b>Why.</b> Subtomogram averaging needs the particles' positions.</p>"
         "<p><b>A good result.</b> The score histogram has a separate bump of high scores (the particles); every "
         "ring in the slices has a pick, and no pick sits on empty ice or on contamination.</p>"
+        "<p><b>The automatic threshold.</b> The step first finds the specimen's slab (where the tomogram has "
+        "structure, not empty ice or vacuum) and looks for peaks only there. Most peaks are noise: their scores "
+        "follow a bell curve (drawn over the histogram), and the threshold is set where about one noise peak per "
+        "tomogram is expected above it, or higher, in the gap below the particles when they stand clearly apart. "
+        "When no peak stands out from the noise, the step stops with a message instead of finishing with no "
+        "particles: look at the tomogram (a wrong tilt axis or a failed alignment blurs the particles), the "
+        "template's radii, or set the threshold by hand.</p>"
         "<p><b>What to check.</b> Move the threshold if picks are missing (lower it) or fall on noise (raise it); a "
         "minimum distance smaller than the particle lets one particle be picked twice. For a surface model, the "
         "fitted outline (drawn on the slices) must follow the membrane on every slice.</p>"
@@ -314,7 +331,7 @@ class Pick(Step):
         metrics["n_particles"] = len(table)
         for name in table.tomograms:
             metrics["series"].setdefault(name, {})["n_particles"] = int(np.sum(table.tomo_name == name))
-        metrics["box_px"] = params.box_px
+        metrics["box_px"] = display_box_px(params, voxel)
         # no silent dead end: the runner records a run with this message as failed, on this step's page
         return StepResult(outputs=files, metrics=metrics, summary=f"{len(table)} particles",
                           nothing_for_next=dead_end)

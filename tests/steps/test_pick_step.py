@@ -98,7 +98,7 @@ def test_the_page_shows_the_failure(qtbot, picked: Project) -> None:  # type: ig
     assert isinstance(preview, PickPreview)
     err = picked.data.steps["pick"].error or ""
     assert preview.note.text() == f"The last run failed: {err}"
-    assert "The last run failed" in preview.count_label.text() and "highest peak score" in preview.count_label.text()
+    assert "the last run failed" in preview.count_label.text() and "highest peak score" in preview.note.text()
     picked.set_params("pick", {"threshold": None})
     assert run_to_end(StepRun(picked, "pick")).status == "done"
     preview.refresh()
@@ -120,6 +120,7 @@ def test_defaults_only_on_the_tiny_preset(tiny_dataset: Path, tmp_path: Path) ->
         assert proj.params("reconstruct").thickness_px == 300
         m = proj.data.steps["pick"].metrics["series"]["TS_01"]
         assert m["specimen"]["found"] and m["specimen"]["top_px"] - m["specimen"]["bottom_px"] < 150
+        assert proj.data.steps["pick"].metrics["box_px"] == round(2.4 * 62.0 / 12.0)  # display box: 1.2 diameters
         ours = read_particles_star(proj.output_path("pick", "particles")).particles
         truth = read_particles_star(tiny_dataset / "truth" / "particles.star").particles
         cols = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
