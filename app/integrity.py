@@ -201,9 +201,21 @@ def is_record_file(rel: str, size: int) -> bool:
     return Path(rel).suffix.lower() in RECORD_SUFFIXES and size <= RECORD_MAX_BYTES
 
 
-def build_manifest(folder: Path, *, exclude: Iterable[str] = (RUN_RECORD_FILE,)) -> tuple[dict[str, list[Any]], str]:
+FileKey = tuple[int, int, int, int]  # (device, inode, size, mtime_ns): the same file, unchanged
+
+
+def file_key(st: os.stat_result) -> FileKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def build_manifest(folder: Path, *, exclude: Iterable[str] = (RUN_RECORD_FILE,),
+                   known: dict[FileKey, str] | None = None,
+                   digests_out: dict[str, str] | None = None) -> tuple[dict[str, list[Any]], str]:
     """Every file below ``folder`` -> ``[size]`` or, for small record files, ``[size, digest]``; and the content
-    hash of the folder (over every file's digest). Symbolic links are refused (:class:`PathRefused`)."""
+    hash of the folder (over every file's digest). Symbolic links are refused (:class:`PathRefused`).
+
+    ``known``: digests of files already hashed (by :func:`file_key`): a stack hard-linked from an earlier step's
+    run is not read again. ``digests_out`` receives every file's digest (for the run's ``run.json``)."""
     folder = Path(folder)
     skip = set(exclude)
     manifest: dict[str, list[Any]] = {}
@@ -221,8 +233,12 @@ def build_manifest(folder: Path, *, exclude: Iterable[str] = (RUN_RECORD_FILE,))
             st = p.lstat()
             if not os.path.isfile(p) or p.is_symlink():
                 raise PathRefused(f"{p}: not a plain file (a link or a device) in a run folder")
-            digest = content_digest(p)
+            digest = (known or {}).get(file_key(st)) if st.st_nlink > 1 else None
+            if digest is None:
+                digest = content_digest(p)
             digests[rel] = (st.st_size, digest)
+            if digests_out is not None:
+                digests_out[rel] = digest
             manifest[rel] = [st.st_size, digest] if is_record_file(rel, st.st_size) else [st.st_size]
     return dict(sorted(manifest.items())), manifest_digest(digests)
 

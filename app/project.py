@@ -131,6 +131,7 @@ class RunFile(RunRecord):
     step_id: str
     schema_version: int = SCHEMA_VERSION
     app_version: str = __version__
+    digests: dict[str, str] = Field(default_factory=dict)  # every file's content digest (reused for hard links)
 
 
 class StepState(BaseModel):
@@ -802,6 +803,29 @@ class Project:
         return None
 
     # -- runs on disk -------------------------------------------------------------------------------------------
+    def known_digests(self, step_ids: Iterable[str]) -> dict[tuple[int, int, int, int], str]:
+        """Digests of the files of these steps' current runs, by (device, inode, size, mtime): what a new run that
+        hard-links them need not hash again (from each run's ``run.json``; files changed since are left out)."""
+        from tomoguide.integrity import file_key
+        from tomoguide.steps.records import RecordError, load_record
+
+        out: dict[tuple[int, int, int, int], str] = {}
+        for sid in step_ids:
+            st = self.data.steps.get(sid)
+            if st is None or not st.run_dir:
+                continue
+            run = self.dir / st.run_dir
+            try:
+                rf, _ = load_record(RunFile, run / RUN_RECORD_FILE)
+            except RecordError:
+                continue
+            for rel, digest in rf.digests.items():
+                try:
+                    out[file_key((run / rel).lstat())] = digest
+                except OSError:
+                    continue
+        return out
+
     def step_dir(self, step_id: str) -> Path:
         """``steps/<step_id>`` of this project, refused when it (or ``steps``) is a symbolic link."""
         check_name(step_id, "step id")
@@ -1203,7 +1227,7 @@ def _read_run_file(run: Path, step_id: str, rel: str) -> RunRecord | None:
         except ValueError:
             return None
         outputs[name] = f"{rel}/{out}" if out != "." else rel
-    data = rf.model_dump(exclude={"step_id", "schema_version", "app_version"})
+    data = rf.model_dump(exclude={"step_id", "schema_version", "app_version", "digests"})
     data.update(run_dir=rel, outputs=outputs)
     rec = RunRecord.model_validate(data)
     return None if _state_problem(step_id, StepState(run_dir=rec.run_dir, outputs=rec.outputs,

@@ -280,7 +280,7 @@ class StepRun:
     def _finish(self, result: StepResult, partial: Path, final_dir: Path, identity: str,
                 inputs: dict[str, str | None], params_json: dict[str, Any], started: str | None) -> RunRecord:
         """Check a successful result and write its ``run.json`` (still in the partial folder)."""
-        from tomoguide.steps.records import RecordError, output_items, validate_output
+        from tomoguide.steps.records import RecordError, empty_map_problem, output_items, validate_output
 
         if result.nothing_for_next:
             raise _DeadEnd(result.nothing_for_next)
@@ -298,12 +298,18 @@ class StepRun:
                 validate_output(p)
             except RecordError as exc:
                 raise RecordError(exc.path, exc.field, f"{exc.message} (written by this run: a bug)") from None
+            empty = empty_map_problem(p)
+            if empty is not None:
+                raise _DeadEnd(f"{self.step_cls.title} produced an empty map ({empty}): check its parameters (see "
+                               f"its help: too few particles, a wrong mask or symmetry) and run it again")
             counted = output_items(p)
             if counted is not None and counted[0] == 0 and registry.downstream(self.step_id):
                 raise _DeadEnd(f"{self.step_cls.title} produced no {counted[1]} (output {name!r}): the next step "
                                f"would have nothing to work on; change this step's parameters (see its help) and run "
                                f"it again")
-        manifest, content = build_manifest(partial)
+        digests: dict[str, str] = {}
+        manifest, content = build_manifest(partial, known=self.project.known_digests(registry.upstream(self.step_id)),
+                                           digests_out=digests)
         run_rel = f"steps/{self.step_id}/{final_dir.name}"
         finished = now_iso()
         metrics = _jsonable(result.metrics)
@@ -312,8 +318,8 @@ class StepRun:
         rec = RunRecord(run_dir=run_rel, hash=identity, params=params_json, inputs=inputs, content_hash=content,
                         manifest=manifest, outputs=outputs, metrics=metrics, log=log, started=started,
                         finished=finished)
-        run_file = RunFile(step_id=self.step_id, **{**rec.model_dump(), "run_dir": final_dir.name,
-                                                     "outputs": rel_outputs})
+        run_file = RunFile(step_id=self.step_id, digests=digests, **{**rec.model_dump(), "run_dir": final_dir.name,
+                                                                      "outputs": rel_outputs})
         path = partial / RUN_RECORD_FILE
         tmp = partial / (RUN_RECORD_FILE + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:

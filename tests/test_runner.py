@@ -161,13 +161,54 @@ class EmptySeriesStep(Step):
         return StepResult(outputs={"series": SeriesSet(series=[]).save(ctx.run_dir)})
 
 
+class EmptyMapStep(Step):
+    """Writes an average whose map is all zeros (the runner's generic "empty map" dead end)."""
+
+    id = "empty_map"
+    title = "Average them"
+    summary = "Test step."
+    help = "<p>Test.</p>"
+    Params = _Params
+    inputs = ("import_movies",)
+
+    def run(self, params, ctx: RunContext):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        from tomoguide.compute.io.mrc import write_mrc
+        from tomoguide.steps.average_records import AverageRecord
+
+        yield Progress(0.5, "averaging")
+        write_mrc(ctx.out_path("map.mrc"), np.zeros((8, 8, 8), np.float32), 4.0)
+        rec = AverageRecord(voxel_A=4.0, box_px=8, symmetry="C1", half1=None, half2=None, mask=None)
+        return StepResult(outputs={"average": rec.save(ctx.run_dir).parent})
+
+
+class LinkStep(Step):
+    """Passes an unchanged file on by a hard link (as steps pass stacks on)."""
+
+    id = "linker"
+    title = "Pass it on"
+    summary = "Test step."
+    help = "<p>Test.</p>"
+    Params = _Params
+    inputs = ("import_movies",)
+
+    def run(self, params, ctx: RunContext):  # type: ignore[no-untyped-def]
+        from tomoguide.steps.records import link_or_copy
+
+        yield Progress(0.5, "linking")
+        src = next(Path(ctx.output("import_movies", "previews")).glob("*.mrc"))
+        link_or_copy(src, ctx.out_path("linked.mrc"))
+        return StepResult(outputs={"linked": ctx.out_path("linked.mrc")})
+
+
 class NextStep(Step):
     id = "next_step"
     title = "Use them"
     summary = "Test step."
     help = "<p>Test.</p>"
     Params = _Params
-    inputs = ("dead_end", "empty_series")
+    inputs = ("dead_end", "empty_series", "empty_map")
 
     def run(self, params, ctx: RunContext):  # type: ignore[no-untyped-def]
         yield Progress(1.0, "")
@@ -176,7 +217,7 @@ class NextStep(Step):
 
 @pytest.fixture
 def small_workflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    steps = (ImportMovies, DeadEndStep, EmptySeriesStep, NextStep)
+    steps = (ImportMovies, DeadEndStep, EmptySeriesStep, EmptyMapStep, LinkStep, NextStep)
     monkeypatch.setattr(registry, "workflow", lambda: steps)
 
 
@@ -191,7 +232,8 @@ def test_a_dead_end_fails_on_its_own_step_with_its_message(small_workflow: None,
     proj = _imported(tmp_path, mini_session)
     try:
         for step_id, words in (("dead_end", "0 things above the threshold: lower Threshold (now 0.9)"),
-                               ("empty_series", "produced no tilt series")):
+                               ("empty_series", "produced no tilt series"),
+                               ("empty_map", "the map is empty (every voxel is 0)")):
             run = StepRun(proj, step_id)
             run.preflight()
             with pytest.raises(StepFailed, match="failed"):
@@ -380,3 +422,24 @@ def test_use_backup_opens_a_damaged_project(tmp_path: Path, mini_session: Path,
     empty.mkdir()
     with pytest.raises(ProjectError, match="no backup"):
         Project.open(empty, use_backup=True)
+
+
+def test_a_hard_linked_file_is_not_hashed_again(small_workflow: None, tmp_path: Path, mini_session: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack passed on by a hard link keeps the digest recorded by the run that wrote it (run.json)."""
+    from tomoguide import integrity
+
+    proj = _imported(tmp_path, mini_session)
+    try:
+        hashed: list[str] = []
+        original = integrity.content_digest
+        monkeypatch.setattr(integrity, "content_digest", lambda p: hashed.append(Path(p).name) or original(p))
+        run_to_end(StepRun(proj, "linker"))
+        assert "linked.mrc" not in hashed
+        st = proj.data.steps["linker"]
+        run_json = json.loads((proj.dir / st.run_dir / "run.json").read_text())
+        src = next((proj.dir / proj.data.steps["import_movies"].run_dir / "previews").glob("*.mrc"))
+        assert run_json["digests"]["linked.mrc"] == original(src)
+        assert st.content_hash is not None and proj.is_up_to_date("linker")
+    finally:
+        proj.close()

@@ -26,7 +26,7 @@ def particles_have_priors(ctx: RunContext, step_id: str) -> bool:
 
     try:
         rec, base = ParticleStack.load(ctx.output(step_id, "particles"))
-        return prior_axes(read_particles_star(base / rec.star).particles) is not None
+        return prior_axes(read_particles_star(rec.path("star", base)).particles) is not None
     except (KeyError, OSError, ValueError):
         return False
 

@@ -222,6 +222,29 @@ def output_items(path: Path) -> tuple[int, str] | None:
     return None
 
 
+def empty_map_problem(path: Path) -> str | None:
+    """For an ``average.json`` output (or its folder): why its map is empty (not finite, or every voxel equal —
+    nothing a later step could align to), else None."""
+    import numpy as np
+
+    from tomoguide.compute.io.mrc import read_mrc
+    from tomoguide.steps.average_records import AverageRecord
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "average.json"
+    if p.name != "average.json" or not p.is_file():
+        return None
+    rec, base = AverageRecord.load(p)
+    volume, _ = read_mrc(rec.path("map", base))
+    data = np.asarray(volume, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        return f"{rec.path('map', base)}: the map holds non-finite values (NaN or infinity)"
+    if float(data.std()) == 0.0:
+        return f"{rec.path('map', base)}: the map is empty (every voxel is {float(data.flat[0]):g})"
+    return None
+
+
 def validate_output(path: Path) -> None:
     """Validate a step output that is (or holds) a record: ``series.json``, ``tilt_series.json``,
     ``particles.json``, ``average.json`` (their models and names) or a STAR table. Raises :class:`RecordError`
@@ -300,11 +323,12 @@ def write_ctf_results(folder: Path, name: str, rows: list[dict[str, Any]], previ
     from tomoguide.compute.io.mrc import write_mrc
     from tomoguide.compute.io.star import write_ctf_star
 
+    check_name(name, "series name")
     files = {"ctf_star": f"{name}_ctf.star", "ctf_preview": f"{name}_ctf_preview.mrc"}
-    write_ctf_star(Path(folder) / files["ctf_star"], pd.DataFrame(rows),
+    write_ctf_star(guarded_path(Path(folder), files["ctf_star"]), pd.DataFrame(rows),
                    optics={"rlnVoltage": optics.voltage_kV, "rlnSphericalAberration": optics.cs_mm,
                            "rlnAmplitudeContrast": optics.amplitude_contrast, "rlnMicrographPixelSize": pixel_size_A})
-    write_mrc(Path(folder) / files["ctf_preview"], np.stack(previews), voxel_size_A=1.0, is_stack=True)
+    write_mrc(guarded_path(Path(folder), files["ctf_preview"]), np.stack(previews), voxel_size_A=1.0, is_stack=True)
     return files
 
 

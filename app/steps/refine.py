@@ -125,7 +125,7 @@ def load_reference(folder: Path, voxel_A: float, box: int, label: str) -> np.nda
     if abs(rec.voxel_A - voxel_A) > 1e-3 * voxel_A or rec.box_px != box:
         raise ValueError(f"{base / rec.map}: the {label} is {rec.box_px}³ voxels of {rec.voxel_A:.3g} Å but the "
                          f"particles are {box}³ of {voxel_A:.3g} Å: run the {label} again on these particles")
-    ref, _ = read_mrc(base / rec.map)
+    ref, _ = read_mrc(rec.path("map", base))
     return np.asarray(ref, np.float32)
 
 
