@@ -36,10 +36,11 @@ class AlignParams(StepParams):
                              help="Fit the tilt-axis angle (recommended: the mdoc's value is often off by a degree).")
     check_axis: bool = param(
         True, title="Check the tilt axis against the views", enabled_if=[("solve_axis", "=", True)],
-        help="Before tracking, find the tilt axis from the views themselves (their common lines) and compare it with "
-             "the one the import gave (the mdoc's or a typed value): a difference of more than 5° is reported, and "
-             "above 12° the import's value is taken to be wrong and the alignment starts from the views' own. "
-             "The mdoc's axis can be several degrees off.")
+        help="Before tracking, estimate the tilt axis from the views themselves (their common lines) and compare it "
+             "with the one the import gave (the mdoc's or a typed value). When they differ by more than 12°, the "
+             "alignment is run from both and the one that fits better is kept; a fitted axis more than 5° from the "
+             "import's is reported. The mdoc's axis can be several degrees off; the alignment itself finds it from "
+             "up to about 10° away.")
     solve_rotation: bool = param(
         False, title="Per-view rotation", advanced=True,
         help="Also fit a small in-plane rotation for every view (needs many well-tracked patches).")
@@ -80,10 +81,11 @@ class AlignParams(StepParams):
         enabled_if=[("refine_with_markers", "=", True)],
         help="At most this many of the strongest particles are used as markers.")
     min_markers: int = param(
-        30, title="Fewest markers", unit="1", hard=(3, 5000), suggest=(10, 300), advanced=True,
+        8, title="Fewest markers", unit="1", hard=(3, 5000), suggest=(6, 300), advanced=True,
         enabled_if=[("refine_with_markers", "=", True)],
-        help="With fewer particles found in enough views, the patch-tracking alignment is kept: a few markers fit "
-             "their own noise (16 particles over ±30° made the axis worse in a test).")
+        help="With fewer particles found in enough views, the patch-tracking alignment is kept: a handful of markers "
+             "fit their own noise. (Even 11-15 particles over ±30° in 7 views, the tiny demo, beat patch tracking: "
+             "axis within 0.3° on 7 of 8 simulated specimens, where patches were 0.2-6° off.)")
     interp_binning: float | None = param(
         1.0, title="Aligned stack binning", unit="×", hard=(1.0, 16.0), empty_means="no aligned stack",
         help="Write an interpolated, aligned stack for viewing ('!interp'), binned by this factor relative to the "
@@ -93,27 +95,30 @@ class AlignParams(StepParams):
 AXIS_WARN_DEG = 5.0
 
 
-def _axis_check_messages(name: str, res: Any) -> list[str]:
-    """Log lines (warnings) about the tilt axis: the views' own axis (the search) against the prior (the import's),
-    where the alignment started, and the fitted axis against the prior; empty when all agree within
-    :data:`AXIS_WARN_DEG`. Angles are compared modulo 180° (the tilt direction is the hand check's business)."""
+def _axis_check_messages(name: str, res: Any, final_axis_deg: float) -> list[str]:
+    """Log lines about the tilt axis, comparing the import's axis (the prior: the mdoc's or a typed value) with the
+    final fitted one and with the views' own quick estimate (the common-lines search). A warning when the fitted
+    axis is more than :data:`AXIS_WARN_DEG` from the prior (the mdoc or the typed value is wrong); a note when only
+    the quick estimate disagreed (it is unreliable over short tilt ranges) and what the alignment did about it.
+    Angles are compared modulo 180° (the tilt direction is the hand check's business)."""
     from tomoguide.compute.align import axis_difference_deg
 
     out = []
     prior = float(res.prior_axis_deg)
     found = None if res.axis_search is None else float(res.axis_search.axis_deg)
-    fitted = float(res.fit.tilt_axis_deg)
-    if found is not None and abs(axis_difference_deg(found, prior)) > AXIS_WARN_DEG:
-        if abs(res.start_axis_deg - prior) > 1e-6:
-            out.append(f"{name}: warning: the views put the tilt axis at {found:.1f}°, {found - prior:+.1f}° from the "
-                       f"import's {prior:.1f}°; the import's value looks wrong, the alignment started from the views' "
-                       "own axis")
-        else:
-            out.append(f"{name}: warning: the views put the tilt axis at {found:.1f}°, {found - prior:+.1f}° from the "
-                       f"import's {prior:.1f}°; the alignment started from the import's value")
-    if abs(axis_difference_deg(fitted, prior)) > AXIS_WARN_DEG:
-        out.append(f"{name}: warning: the fitted tilt axis {fitted:.2f}° is {axis_difference_deg(fitted, prior):+.1f}° "
-                   f"from the import's {prior:.1f}°: check the mdoc's tilt axis (or the value typed at the import)")
+    off = axis_difference_deg(final_axis_deg, prior)
+    started = "the views' axis" if abs(res.start_axis_deg - prior) > 1e-6 else "the import's value"
+    if abs(off) > AXIS_WARN_DEG:
+        line = (f"{name}: warning: the fitted tilt axis {final_axis_deg:.2f}° is {off:+.1f}° from the import's "
+                f"{prior:.1f}°: the mdoc's tilt axis (or the value typed at the import) is wrong")
+        if found is not None:
+            line += f" (the views alone put it at {found:.1f}°; the alignment started from {started})"
+        out.append(line)
+    elif found is not None and abs(axis_difference_deg(found, prior)) > AXIS_WARN_DEG:
+        tried = " (both were tried)" if abs(found - prior) > res.restart_deg else ""
+        out.append(f"{name}: note: the views' quick estimate of the tilt axis, {found:.1f}°, differed from the "
+                   f"import's {prior:.1f}° by {found - prior:+.1f}°; the alignment started from {started}{tried} and "
+                   f"confirms the import's value within {abs(off):.1f}°")
     return out
 
 
@@ -123,8 +128,9 @@ class Align(Step):
     summary = "Find the shifts of every view and the tilt axis by patch tracking and a projection model."
     help = (
         "<p><b>What it does.</b> Between tilts the specimen moves a little and the tilt axis is not exactly where "
-        "the microscope says. This step first finds the tilt axis from the views themselves and compares it with "
-        "the import's (it warns when they differ by more than 5°, and starts from its own above 12°). It then "
+        "the microscope says. This step first estimates the tilt axis from the views themselves and compares it "
+        "with the import's (far apart, it tries both; it warns when the fitted axis is more than 5° from the "
+        "import's). It then "
         "cross-correlates neighbouring tilts (stretching the lower tilt to the higher one's foreshortening; a view "
         "that jumped far is searched again in a wider range, and a dark or blank view is bridged over), then "
         "follows patches of 500 Å through the series, and fits a model in "
@@ -187,9 +193,6 @@ class Align(Step):
                                     solve_magnification=params.solve_magnification, min_cc=params.min_cc,
                                     outlier_mad=params.outlier_mad, check_axis=params.check_axis)
             ctx.check_cancel()
-            axis_notes = _axis_check_messages(s.name, res)
-            for note in axis_notes:
-                ctx.log(note)
             weak = [int(i) for i in res.weak_views]
             if weak:
                 ctx.log(f"{s.name}: views {', '.join(str(i + 1) for i in weak)} correlate poorly with both neighbours "
@@ -230,6 +233,9 @@ class Align(Step):
                     g = mg.model_validate({**mg.model_dump(), "excluded": s.geometry.excluded})
                     view_residuals = [None if not np.isfinite(v) else float(v) for v in markers.fit.view_residual_px]
                     mean_residual = float(markers.fit.mean_residual_px)
+            axis_notes = _axis_check_messages(s.name, res, float(g.tilt_axis_deg))
+            for note in axis_notes:
+                ctx.log(note)
             files = {"stack": s.files["stack"], "xf": f"{s.name}.xf", "tlt": f"{s.name}.tlt",
                      "tracks": f"{s.name}_tracks.npz"}
             if markers is not None:

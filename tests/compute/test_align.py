@@ -368,26 +368,149 @@ def tiny_binned(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_tiny_preset_against_truth(tiny_binned) -> None:
+    """The tiny preset (7 views over ±30°, 16 particles, 50 px at bin 10): patch tracking alone pins the shifts to
+    about half a pixel and the axis only to a degree or two; the refinement with the particles as markers (the
+    align step's default) brings the axis within 0.3° of the truth (issue 14) and the shifts within 0.1 px."""
+    from tomoguide.compute.markers import refine_with_markers
+    from tomoguide.steps.align import AlignParams
+
     stack, geo, truth = tiny_binned
     assert geo.xf is None and stack.shape[0] == geo.n_views == 7
     true_b = truth.at_binning(geo.binning)
     result = align.align_tilt_series(stack, geo)  # tutorial patches: 500 Å at 20 Å/px = 25 px
     fit = result.fit
     assert result.tracks.patch_size_px == 25
-    # ±30° in 7 views and a 50-px field leave the axis angle nearly undetermined (fits land several degrees
-    # off), so only the shifts and residuals are checked here; the axis is checked on the blob series and
-    # measured on the small preset by bench/align.py
-    assert np.isfinite(fit.tilt_axis_deg)
+    assert abs(fit.tilt_axis_deg - truth.tilt_axis_deg) < 3.0
     rms = _offset_removed_rms(result.geometry.specimen_shifts_px(), true_b.specimen_shifts_px(),
                               truth.tilt_axis_deg, true_b.true_tilt_deg())
-    assert rms < 0.5
+    assert rms < 0.7
     assert fit.mean_residual_px < 1.0
-    # with the axis held at the (here correct) nominal value the shifts are as good
+    # the particles as markers, with the step's defaults
+    p = AlignParams()
+    px = geo.pixel_size_binned_A
+    refined = refine_with_markers(stack, result.geometry, diameter_px=p.marker_diameter_A / px,
+                                  thickness_px=int(round(p.marker_depth_A / px)), max_count=p.max_markers,
+                                  min_count=p.min_markers, view_weights=result.view_weights)
+    assert refined.n_markers >= 10  # of the 16 particles
+    assert abs(refined.geometry.tilt_axis_deg - truth.tilt_axis_deg) < 0.3, refined.axis_history_deg
+    rms = _offset_removed_rms(refined.geometry.specimen_shifts_px(), true_b.specimen_shifts_px(),
+                              truth.tilt_axis_deg, true_b.true_tilt_deg())
+    assert rms < 0.1
+    assert refined.fit.mean_residual_px < 0.2
+    # with the axis held at the (here correct) nominal value the patch shifts are as good
     held = align.align_tilt_series(stack, geo, solve_axis=False)
     assert held.fit.tilt_axis_deg == pytest.approx(geo.tilt_axis_deg, abs=1e-6)
     rms_held = _offset_removed_rms(held.geometry.specimen_shifts_px(), true_b.specimen_shifts_px(),
                                    truth.tilt_axis_deg, true_b.true_tilt_deg())
-    assert rms_held < 0.5
+    assert rms_held < 0.7
     # the aligned stack for viewing
     view = align.apply_alignment(stack, held.geometry)
     assert view.shape == stack.shape and np.isfinite(view).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Any session: the axis from the views, wrong starts, jumps and dark views (issue 14)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("axis", [85.0, -94.0, -178.0, 91.5, -87.0, 3.0])
+def test_search_tilt_axis_finds_the_axis_modulo_180(axis: float) -> None:
+    """Blob series with the tilt axis anywhere, negative and near ±90° and ±180° included: the common-lines search
+    over the whole half-turn finds it modulo 180° (within 6°: dense small blobs change their profiles little
+    with the axis, measured 0.7-5° off here; the simulator's series come within about 1°, and the alignment's
+    fit converges from 10° off), and with a centre it reports the representative nearest that centre (-178°
+    stays -178°, not +2°)."""
+    rng = np.random.default_rng(int(abs(axis) * 10))
+    tilts = np.arange(-60.0, 61.0, 3.0)
+    geo = _geometry(len(tilts), tilts, (96, 96), axis=axis).with_xf_from_axis_and_shifts(
+        axis, rng.normal(0, 1.5, (len(tilts), 2)))
+    pts = np.c_[rng.uniform(-70, 70, (350, 2)), rng.uniform(-8, 8, 350)]
+    stack = -_render(pts, geo, 1.6, rng.uniform(0.5, 1.5, 350)) + rng.normal(0, 0.1, (len(tilts), 96, 96))
+    order = rng.permutation(len(tilts))  # any view order
+    found = align.search_tilt_axis(stack[order], tilts[order])
+    assert -90.0 <= found.axis_deg < 90.0
+    assert abs(align.axis_difference_deg(found.axis_deg, axis)) < 6.0, found.axis_deg
+    assert found.n_pairs == 300 and found.halves_deg < 3.0
+    near = align.search_tilt_axis(stack, tilts, around_deg=axis + 8.0, range_deg=15.0)
+    assert abs(near.axis_deg - axis) < 6.0, near.axis_deg
+    # a view set without two views 15° apart cannot be searched
+    with pytest.raises(ValueError, match="apart in tilt"):
+        align.search_tilt_axis(stack[:2], tilts[:2])
+
+
+@pytest.mark.parametrize("offset", [10.0, -10.0, 40.0])
+def test_axis_recovered_from_a_wrong_start(blob_series, offset: float) -> None:
+    """The prior axis (the mdoc's) 10° off on either side: the rounds of tracking and fitting bring it back;
+    40° off (beyond the restart threshold), the views' own axis (the search) starts the alignment instead."""
+    stack, start, truth, _, _ = blob_series
+    wrong = start.model_copy(update={"tilt_axis_deg": 84.4 + offset})
+    result = align.align_tilt_series(stack, wrong, patch_size_A=24 * 20.0)
+    assert abs(result.fit.tilt_axis_deg - 84.4) < 0.3, result.axis_history_deg
+    rms = _offset_removed_rms(result.geometry.specimen_shifts_px(), truth.specimen_shifts_px(), 84.4,
+                              truth.true_tilt_deg())
+    assert rms < 0.3
+    assert result.prior_axis_deg == pytest.approx(84.4 + offset)
+    assert result.axis_search is not None and abs(result.axis_search.axis_deg - 84.4) < 2.0
+    if abs(offset) > result.restart_deg:
+        assert abs(result.start_axis_deg - 84.4) < 2.0  # started from the views' axis
+    else:
+        assert result.start_axis_deg == pytest.approx(84.4 + offset)
+        assert len(result.axis_history_deg) >= 3  # the start and at least two rounds
+    summary = result.summary()
+    assert summary["prior_axis_deg"] == pytest.approx(84.4 + offset) and summary["weak_views"] == []
+
+
+def test_a_jump_is_followed_and_suggested(blob_series) -> None:
+    """One view (+20°) moved 25 px across the 96 px field (the stage lost the area): beyond the coarse alignment's
+    first search radius (0.2 of the side), so its pair is searched again wider; the alignment follows it, and the
+    exclusion suggests it as a tracking jump with its distance."""
+    from tomoguide.compute.exclusion import suggest_exclusions
+
+    _, start, truth, pts, amp = blob_series
+    k = int(np.argmin(np.abs(np.asarray(start.tilt_angles_deg) - 20.0)))
+    shifts = truth.specimen_shifts_px().copy()
+    shifts[k] += [25.0, -12.0]
+    jumped = truth.with_xf_from_axis_and_shifts(84.4, shifts)
+    stack = _render(pts, jumped, 1.4, amp) + np.random.default_rng(9).normal(0, 0.05, (start.n_views, 96, 96))
+    result = align.align_tilt_series(stack.astype(np.float32), start, patch_size_A=24 * 20.0)
+    assert result.coarse is not None and k in np.flatnonzero(result.coarse.widened)
+    assert abs(result.fit.tilt_axis_deg - 84.4) < 0.3
+    rms = _offset_removed_rms(result.geometry.specimen_shifts_px(), shifts, 84.4, truth.true_tilt_deg())
+    assert rms < 0.3
+    found = suggest_exclusions(None, tilt_deg=start.tilt_angles_deg, shifts_px=result.geometry.specimen_shifts_px(),
+                               pixel_size_A=20.0, min_jump_px=10.0)
+    jumps = [s for s in found if s.reason == "tracking_jump"]
+    assert [s.view for s in jumps] == [k]
+    assert jumps[0].target == "view" and 25.0 < jumps[0].value < 31.0 and "jumped by" in jumps[0].message
+    # the unmoved series has no jump to suggest
+    plain = suggest_exclusions(None, tilt_deg=start.tilt_angles_deg, shifts_px=truth.specimen_shifts_px(),
+                               min_jump_px=10.0)
+    assert not [s for s in plain if s.reason == "tracking_jump"]
+
+
+def test_a_dark_view_does_not_disturb_the_alignment(blob_series) -> None:
+    """A view recorded (nearly) dark (+40°: 3 % of the signal under noise of the normalised stack) correlates poorly
+    with both neighbours: the coarse chain and the tracks bridge over it, the fits weigh it 0.2, and the axis and
+    the other views' shifts are as good as without it; without the bridging the chain would go through it."""
+    stack, start, truth, _, _ = blob_series
+    k = int(np.argmin(np.abs(np.asarray(start.tilt_angles_deg) - 40.0)))
+    dark = stack.copy()
+    rng = np.random.default_rng(10)
+    dark[k] = 0.03 * stack[k] + rng.normal(0, float(stack[k].std()), stack[k].shape)
+    result = align.align_tilt_series(dark, start, patch_size_A=24 * 20.0)
+    assert list(result.weak_views) == [k]
+    assert result.view_weights is not None and result.view_weights[k] == pytest.approx(0.2)
+    assert np.all(np.delete(result.view_weights, k) == 1.0)
+    assert abs(result.fit.tilt_axis_deg - 84.4) < 0.3
+    others = np.ones(start.n_views, dtype=bool)
+    others[k] = False
+    rms = _offset_removed_rms(result.geometry.specimen_shifts_px()[others], truth.specimen_shifts_px()[others], 84.4,
+                              truth.true_tilt_deg()[others])
+    assert rms < 0.3
+    # the patches continue past the dark view: the views beyond it are as well tracked as the same views are
+    # when the view is not dark
+    beyond = np.arange(k + 1, start.n_views)
+    seen = result.tracks.observed()[beyond].sum()
+    clean = align.track_patches(stack, start, result.fit.shifts_px, patch_size_px=24).observed()[beyond].sum()
+    through = align.track_patches(dark, start, result.fit.shifts_px, patch_size_px=24).observed()[beyond].sum()
+    assert seen > 0.8 * clean and through < 0.5 * clean

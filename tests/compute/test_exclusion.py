@@ -198,3 +198,45 @@ def test_normalised_stack_skips_the_dark_check_but_finds_a_flat_view() -> None:
     pairs = _pairs(ex.suggest_exclusions(norm, tilt_deg=TILTS))
     # Without intensities the 4× darker view 7 still shows its 4× smaller SD: reported as blank.
     assert pairs == {(7, "blank_view"), (20, "blank_view")}
+
+
+def _dose_symmetric_shifts(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(41, 2) shifts like the simulator's at 2 Å/px (30 px SD per view plus a walk of 7.5 px per view in time) of
+    a dose-symmetric ±60° series, and its acquisition order."""
+    rng = np.random.default_rng(seed)
+    acq = np.empty(41, dtype=int)  # 0, +3, -3, -6, +6, +9, -9, ...
+    seq = [0.0] + [t for k in range(1, 21) for t in ((3.0 * k, -3.0 * k) if k % 2 else (-3.0 * k, 3.0 * k))]
+    acq[[int(np.argmin(np.abs(TILTS - t))) for t in seq]] = np.arange(41)
+    return rng.normal(0, 30.0, (41, 2)) + np.cumsum(rng.normal(0, 7.5, (41, 2)), axis=0)[acq], acq
+
+
+def test_tracking_jump_is_suggested() -> None:
+    """Ten dose-symmetric series with the simulator's ordinary view-to-view shifts: none gets a tracking-jump
+    suggestion; with one view put 250 px away by the stage, that view and only it is suggested in every one, with
+    its distance in px and nm. (A 140 px jump, the scenarios' 280 Å at 2 Å/px, stands only 2.5-6 robust SDs out
+    among such shifts: it is suggested when above 4, in 3 of these 10.)"""
+    caught = 0
+    for seed in range(14, 24):
+        shifts, acq = _dose_symmetric_shifts(seed)
+        none = ex.suggest_exclusions(None, tilt_deg=TILTS, shifts_px=shifts, acquisition_order=acq)
+        assert not [s for s in none if s.reason == "tracking_jump"], seed
+        jumped = shifts.copy()
+        jumped[27] += [214.0, -128.0]  # 250 px
+        found = [s for s in ex.suggest_exclusions(None, tilt_deg=TILTS, shifts_px=jumped, pixel_size_A=2.0,
+                                                  acquisition_order=acq) if s.reason == "tracking_jump"]
+        assert [s.view for s in found] == [27], seed
+        assert found[0].target == "view" and 170.0 < found[0].value < 330.0
+        assert "jumped by" in found[0].message and "nm)" in found[0].message
+        small = shifts.copy()
+        small[27] += [120.0, -72.0]
+        caught += bool(ex.tracking_jumps(small, order=acq))
+    assert caught == 3
+    shifts, acq = _dose_symmetric_shifts(14)
+    jumped = shifts.copy()
+    jumped[27] += [214.0, -128.0]
+    # an already excluded view is not suggested again; below the floor (in px) nothing is suggested
+    assert not [s for s in ex.suggest_exclusions(None, tilt_deg=TILTS, shifts_px=jumped, acquisition_order=acq,
+                                                 excluded=np.arange(41) == 27) if s.reason == "tracking_jump"]
+    assert not ex.tracking_jumps(jumped, order=acq, min_jump_px=400.0)
+    (view, dist, z), = ex.tracking_jumps(jumped, order=acq)
+    assert view == 27 and z > 4.0 and 170.0 < dist < 330.0

@@ -94,7 +94,9 @@ def test_refinement_recovers_the_axis_and_shifts() -> None:
     stack, true, pts = _series(85.0, rng)
     start = true.with_xf_from_axis_and_shifts(86.0, true.specimen_shifts_px() + rng.normal(0, 0.5, (41, 2)))
     result = markers.refine_with_markers(stack, start, diameter_px=4.0, thickness_px=40, max_count=120)
-    assert result.n_markers >= 80  # the 90 blobs, less a few at the edges or merged in the tomogram
+    # the 90 blobs, less a few at the edges, and those stacked within half a diameter in (x, y) and three z
+    # elongations of a stronger one (taken for its ghosts in the tomogram): about 7 such pairs here
+    assert result.n_markers >= 70
     assert abs(result.geometry.tilt_axis_deg - 85.0) < 0.1, result.axis_history_deg
     assert _gauge_free_shift_rms(result.geometry, true) < 0.1
     assert result.fit.mean_residual_px < 0.5  # overlapping blobs located with their neighbours' predictions
