@@ -11,6 +11,23 @@ without decoding pixels). LZW-compressed TIFF (what SerialEM writes) and EER nee
 package; without it the error says so. DM4 gain references are not read: convert them to MRC with
 IMOD's ``dm2mrc``.
 
+Row order: every image is returned in the **MRC frame** (IMOD's): array row 0 is the bottom row of the image
+as IMOD and SerialEM display it, the frame SerialEM's mdoc "Tilt axis angle" is measured in (geometry.py).
+MRC files are read as stored (``mrcfile``: row 0 = the first line in the file = y = 0, origin bottom-left).
+A TIFF stores its top row first (origin top-left), so **TIFF movies, EER movies and TIFF gain references
+(.tif/.tiff/.gain) are flipped in Y** (:func:`tiff_rows`) — what IMOD does for every TIFF and EER it reads
+(``libiimod/iitif.c``: a strip's rows go to ``y = ny − 1 − row``; EER events to ``y = ny − 1 − row``), what
+SerialEM relies on when it writes TIFF frames unflipped but MRC frames flipped (``SerialEMCCD``
+``TemplatePlugIn.cpp``: ``rotateFlipImage(..., invertAfter = !bWriteTiff)``, ``tiffWriteSection(...,
+inverted = 1)``), so that the same frames saved as MRC or as TIFF read into the same array here, and what
+RELION (``rwTIFF.h``: "IMOD, EMAN2, SerialEM and MotionCor2 flip the Y axis whenever they read or write a
+TIFF file. We follow this.") and Warp (``TiffNative.cpp`` ``flipy``, "flip Y axis to adhere to MRC
+convention") do for TIFF movies. EER: IMOD and SerialEM flip EER frames too; RELION's and Warp's EER readers
+do not (RELION therefore un-flips a ``.gain`` for EER, ``renderEER.h``), so an EER movie read here is
+RELION's EER frame mirrored in Y. Both frames hold the same gain relation (an EER movie and its ``.gain`` are
+flipped together here). The writers (:func:`write_movie_tiff`, :func:`write_gain_tiff`) take arrays in the
+MRC frame and store them the way SerialEM does, so that writing and reading give back the same array.
+
 EER (Thermo Fisher Falcon 4/4i/C electron-event movies, ``.eer``): a (Big)TIFF whose every page is one
 *fraction* (a few ms of exposure, 0/1 events per pixel), compression 65000, 65001 or 65002. They are
 decoded at the physical pixel size (the events' super-resolution sub-pixel bits are ignored, as RELION and
@@ -36,6 +53,13 @@ from .errors import FormatError, problem
 MRC_SUFFIXES = {".mrc", ".mrcs", ".st"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".eer"}
 EER_COMPRESSIONS = {65000, 65001, 65002}  # Thermo Fisher's EER codes (tifffile: EER_V0, EER_V1, EER_V2)
+
+
+def tiff_rows(a: np.ndarray) -> np.ndarray:
+    """An image ``(..., ny, nx)`` between TIFF/EER row order (top row first, as ``tifffile`` and an EER
+    decoder give it) and the MRC frame (bottom row first, as IMOD reads the same file): the rows reversed
+    (``a[..., ::-1, :]``, a view). Its own inverse, so it converts both ways (module docstring)."""
+    return np.asarray(a)[..., ::-1, :]
 
 
 def _format_of(path: Path) -> str:
@@ -163,7 +187,8 @@ def _check_grouping(p: Path, k: int) -> int:
 
 def _read_eer(p: Path, k: int | None, *, total: bool = False) -> np.ndarray:
     """Decode an EER file page by page (physical pixels). ``k`` fractions per frame (``None``: every
-    fraction its own frame); ``total``: only the sum of all fractions ``(ny, nx)`` uint32."""
+    fraction its own frame); ``total``: only the sum of all fractions ``(ny, nx)`` uint32. Returned in the
+    MRC frame (rows flipped, :func:`tiff_rows`)."""
     try:
         with tifffile.TiffFile(p) as tif:
             pages = _eer_pages(tif)
@@ -175,7 +200,7 @@ def _read_eer(p: Path, k: int | None, *, total: bool = False) -> np.ndarray:
                 out = np.zeros((ny, nx), np.uint32)
                 for page in pages:
                     out += page.asarray()
-                return out
+                return np.ascontiguousarray(tiff_rows(out))
             kk = 1 if k is None else min(_check_grouping(p, k), n)
             n_frames = n // kk
             out = np.zeros((n_frames, ny, nx), _eer_dtype(kk))
@@ -185,7 +210,7 @@ def _read_eer(p: Path, k: int | None, *, total: bool = False) -> np.ndarray:
                     raise FormatError(p, "shape", f"EER fraction {i} is {ev.shape[-1]}×{ev.shape[-2]} px, the "
                                       f"first is {nx}×{ny}")
                 out[i // kk] += ev
-            return out
+            return np.ascontiguousarray(tiff_rows(out))
     except FormatError:
         raise
     except Exception as exc:
@@ -195,7 +220,8 @@ def _read_eer(p: Path, k: int | None, *, total: bool = False) -> np.ndarray:
 def read_movie(
     path: str | PathLike[str], *, strict: bool = True, eer_fractions_per_frame: int | None = None
 ) -> np.ndarray:
-    """Read all frames of a movie: ``(n_frames, ny, nx)`` in the stored dtype (MRC/MRCS, TIFF or EER).
+    """Read all frames of a movie: ``(n_frames, ny, nx)`` in the stored dtype (MRC/MRCS, TIFF or EER), in the
+    MRC frame (TIFF and EER rows flipped in Y as IMOD reads them; module docstring).
 
     EER: the fractions decoded one page at a time at the physical pixel size and summed into frames of
     ``eer_fractions_per_frame`` fractions (``uint8`` counts, ``uint16`` above 255 fractions per frame); the
@@ -218,14 +244,14 @@ def read_movie(
         arr = tifffile.imread(p)
     except Exception as exc:
         raise _tiff_error(p, exc) from exc
-    return np.asarray(arr).reshape(shape)
+    return np.ascontiguousarray(tiff_rows(np.asarray(arr).reshape(shape)))
 
 
 def read_movie_sum(path: str | PathLike[str], *, strict: bool = True) -> np.ndarray:
     """The sum of all frames of a movie, ``(ny, nx)`` float64, read one frame (EER: one fraction) at a time,
     so that a long movie never sits in memory whole: the raw frame sum for previews and for the gain's
     orientation (:func:`tomoguide.compute.gain.detect_orientation`). For EER every fraction counts (no
-    grouping, nothing left out)."""
+    grouping, nothing left out). In the MRC frame, as :func:`read_movie`."""
     p = Path(path)
     _check_exists(p)
     if _format_of(p) == "MRC":
@@ -247,11 +273,11 @@ def read_movie_sum(path: str | PathLike[str], *, strict: bool = True) -> np.ndar
                 out = np.zeros(shape[1:], np.float64)
                 for page in tif.series[0].pages:
                     out += np.asarray(page.asarray()).reshape(shape[1:])
-                return out
+                return np.ascontiguousarray(tiff_rows(out))
             arr = tif.series[0].asarray()
     except Exception as exc:
         raise _tiff_error(p, exc) from exc
-    return np.asarray(arr, dtype=np.float64).reshape(shape).sum(axis=0)
+    return np.ascontiguousarray(tiff_rows(np.asarray(arr, dtype=np.float64).reshape(shape).sum(axis=0)))
 
 
 def _atomic_tmp(p: Path) -> Path:
@@ -259,9 +285,11 @@ def _atomic_tmp(p: Path) -> Path:
 
 
 def write_movie_tiff(path: str | PathLike[str], frames: np.ndarray, *, compression: str | None = "lzw") -> None:
-    """Write frames ``(n_frames, ny, nx)`` (or one ``(ny, nx)`` frame) as a multi-page TIFF, one page per
-    frame, dtype kept; ``compression`` ``"lzw"`` (what SerialEM writes; needs ``imagecodecs``), ``"zlib"``
-    (lossless, no extra package) or ``None``. Atomic."""
+    """Write frames ``(n_frames, ny, nx)`` (or one ``(ny, nx)`` frame) in the MRC frame as a multi-page TIFF,
+    one page per frame, dtype kept, the rows stored top row first as SerialEM stores them (:func:`tiff_rows`),
+    so that :func:`read_movie` gives ``frames`` back and IMOD shows the file like the same frames saved as
+    MRC; ``compression`` ``"lzw"`` (what SerialEM writes; needs ``imagecodecs``), ``"zlib"`` (lossless, no
+    extra package) or ``None``. Atomic."""
     p = Path(path)
     arr = np.asarray(frames)
     if arr.ndim == 2:
@@ -270,7 +298,8 @@ def write_movie_tiff(path: str | PathLike[str], frames: np.ndarray, *, compressi
         raise ValueError(f"{p}: frames must be (n_frames, ny, nx), got shape {arr.shape}")
     tmp = _atomic_tmp(p)
     try:
-        tifffile.imwrite(tmp, arr, compression=compression, photometric="minisblack")
+        tifffile.imwrite(tmp, np.ascontiguousarray(tiff_rows(arr)), compression=compression,
+                         photometric="minisblack")
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -278,14 +307,16 @@ def write_movie_tiff(path: str | PathLike[str], frames: np.ndarray, *, compressi
 
 
 def write_gain_tiff(path: str | PathLike[str], gain: np.ndarray) -> None:
-    """Write a gain reference ``(ny, nx)`` as a single-page float32 TIFF (uncompressed). Atomic."""
+    """Write a gain reference ``(ny, nx)``, an array as :func:`read_gain` returns it before any orientation
+    switch (MRC frame), as a single-page float32 TIFF (uncompressed), top row first (:func:`tiff_rows`).
+    Atomic."""
     p = Path(path)
     g = np.asarray(gain, dtype=np.float32)
     if g.ndim != 2:
         raise ValueError(f"{p}: a gain reference is one (ny, nx) image, got shape {g.shape}")
     tmp = _atomic_tmp(p)
     try:
-        tifffile.imwrite(tmp, g, photometric="minisblack")
+        tifffile.imwrite(tmp, np.ascontiguousarray(tiff_rows(g)), photometric="minisblack")
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -313,6 +344,9 @@ def read_gain(
 ) -> np.ndarray:
     """Read a gain reference (MRC or TIFF) as ``(ny, nx)`` float32, oriented to match the movies.
 
+    The stored image is first taken into the MRC frame like the movies (TIFF rows flipped in Y; module
+    docstring), so a TIFF gain and the TIFF or EER movies it was recorded with keep the relation they have on
+    disk, and an MRC gain written by SerialEM (CountRef) matches its TIFF frames as it matches MRC frames.
     Order of operations (as RELION and Warp apply them; :func:`tomoguide.compute.gain.apply_orientation`):
     **transpose first** (``g.T``: the pixel at ``(y, x)`` moves to ``(x, y)``), **then flip X** (mirror
     columns, ``x -> nx - 1 - x``), **then flip Y** (mirror rows, ``y -> ny - 1 - y``). Zero, negative or
@@ -336,6 +370,8 @@ def read_gain(
     g = np.squeeze(g)
     if g.ndim != 2:
         raise FormatError(p, "shape", f"a gain reference is one 2D image, this file holds shape {g.shape}")
+    if fmt != "MRC":
+        g = tiff_rows(g)  # a TIFF (.tif/.tiff/.gain) gain in the MRC frame, as its movies are read
     g = np.ascontiguousarray(apply_orientation(g.astype(np.float32, copy=True), transpose, flip_x, flip_y))
     if keep_bad:
         return g

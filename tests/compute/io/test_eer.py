@@ -114,6 +114,8 @@ def test_eer_movie_read_as_frames_by_the_movie_reader(tmp_path: Path) -> None:
     shape = (64, 80)
     frames = rng.poisson(2.0, (4, *shape)).clip(0, 16)
     path = tmp_path / "m.eer"
-    eer.write_eer(path, [s for f in frames for s in eer.encode_counts(f, 16, rng)], shape)
+    # encoded in raster order (top row first, as a Falcon stores it); the reader returns the MRC frame (flipped)
+    eer.write_eer(path, [s for f in frames for s in eer.encode_counts(movies.tiff_rows(f), 16, rng)], shape)
     got = movies.read_movie(path, eer_fractions_per_frame=16)
     np.testing.assert_array_equal(got, frames)
+    np.testing.assert_array_equal(movies.read_movie_sum(path), frames.sum(0))

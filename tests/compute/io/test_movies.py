@@ -1,4 +1,5 @@
-"""Movies (TIFF, MRC) and gain references: round trips, real files, flips with a known pattern, errors."""
+"""Movies (TIFF, MRC) and gain references: round trips, real files, flips with a known pattern, errors, and the
+row order of TIFF files (read flipped in Y into the MRC frame, as IMOD, SerialEM, RELION and Warp read them)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,59 @@ def test_real_files_as_movies(shared_data: Path) -> None:
     with tifffile.TiffFile(tomo) as tif:  # ImageJ's own record of the number of images
         assert tif.imagej_metadata["images"] == data.shape[0]
     assert 0 < float(data.std())
+    # a TIFF written by another program (ImageJ) is read with its rows reversed: its top row, stored first,
+    # is the last row of the array (IMOD's frame), as IMOD's tiffReadSection puts TIFF row r at y = ny - 1 - r
+    np.testing.assert_array_equal(data, tifffile.imread(tomo)[:, ::-1, :])
+    np.testing.assert_array_equal(movies.read_movie_sum(tomo), tifffile.imread(tomo).sum(0)[::-1].astype(float))
+
+
+# --- row order of TIFF files ----------------------------------------------------------------------------
+
+
+def test_tiff_rows_go_where_imod_puts_them(tmp_path: Path) -> None:
+    """IMOD (libiimod/iitif.c, tiffReadSection: strip ``si`` with ``rowsperstrip`` rows fills
+    ``y = ysize - 1 - (row + rowsperstrip * si)``) reads TIFF row r (r = 0 stored first, the top row of a TIFF) into
+    MRC row ``ny - 1 - r``; so does tomoguide, whatever the strip layout. The file is written by tifffile, not by
+    tomoguide's writer."""
+    ny, nx = 11, 6
+    stored = np.arange(ny * nx, dtype=np.uint16).reshape(ny, nx)
+    for rows_per_strip in (1, 3, ny):
+        path = tmp_path / f"strips{rows_per_strip}.tif"
+        tifffile.imwrite(path, np.stack([stored, stored + 100]), photometric="minisblack", rowsperstrip=rows_per_strip)
+        frames = movies.read_movie(path)
+        assert frames.shape == (2, ny, nx) and frames.flags.c_contiguous
+        r = np.arange(ny)
+        np.testing.assert_array_equal(frames[0][ny - 1 - r], stored[r])
+        np.testing.assert_array_equal(frames[1][ny - 1 - r], stored[r] + 100)
+        np.testing.assert_array_equal(movies.read_movie_sum(path)[ny - 1 - r], 2.0 * stored[r] + 100.0)
+        assert movies.read_movie_header(path) == (2, ny, nx, "uint16")  # sizes are not changed by the flip
+
+
+def test_same_frames_saved_as_mrc_and_as_tiff_read_the_same(tmp_path: Path) -> None:
+    """SerialEM saves frames as MRC flipped in Y and as TIFF unflipped (SerialEMCCD TemplatePlugIn.cpp:
+    ``rotateFlipImage(..., invertAfter = !bWriteTiff)`` then ``tiffWriteSection(..., inverted = 1)``), so that IMOD
+    shows both alike: the MRC file holds the image bottom row first, the TIFF top row first. Emulated here with
+    mrcfile and tifffile directly; tomoguide must read both into the same array (and its own writers agree)."""
+    import mrcfile
+
+    frames = _frames(np.uint16, n=3, ny=9, nx=14)
+    frames[:, 0, :3] = 500  # a marker at the bottom-left of the image (MRC origin)
+    with mrcfile.new(tmp_path / "f.mrc") as m:
+        m.set_data(frames)  # rows as given: row 0 is y = 0, the bottom
+    tifffile.imwrite(tmp_path / "f.tif", frames[:, ::-1, :], photometric="minisblack")  # top row first
+    a, b = movies.read_movie(tmp_path / "f.mrc"), movies.read_movie(tmp_path / "f.tif")
+    np.testing.assert_array_equal(a, frames)
+    np.testing.assert_array_equal(b, frames)
+    np.testing.assert_array_equal(movies.read_movie_sum(tmp_path / "f.tif"), frames.sum(0).astype(float))
+    movies.write_movie_tiff(tmp_path / "w.tif", frames, compression=None)  # tomoguide's writer stores it alike
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "w.tif"), tifffile.imread(tmp_path / "f.tif"))
+    np.testing.assert_array_equal(movies.tiff_rows(movies.tiff_rows(frames)), frames)  # its own inverse
+    # a TIFF gain stored the same way as the movies keeps its relation to them (here: the identity)
+    tifffile.imwrite(tmp_path / "g.tif", (1.0 + frames[0][::-1]).astype(np.float32))
+    np.testing.assert_array_equal(movies.read_gain(tmp_path / "g.tif"), 1.0 + frames[0])
+    movies.write_gain_tiff(tmp_path / "w.tiff", 1.0 + frames[0])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "w.tiff"), tifffile.imread(tmp_path / "g.tif"))
+    np.testing.assert_array_equal(movies.read_gain(tmp_path / "w.tiff"), 1.0 + frames[0])
 
 
 # --- gain ---------------------------------------------------------------------------------------------
@@ -91,7 +145,7 @@ def test_gain_flips_and_transpose(tmp_path: Path, fmt: str) -> None:
     if fmt == "mrc":
         mrc.write_mrc(path, g, 1.0)
     else:
-        tifffile.imwrite(path, g)
+        tifffile.imwrite(path, g[::-1])  # a TIFF stores the top row first: read back in the MRC frame as g
     np.testing.assert_array_equal(movies.read_gain(path), g)
     fx = movies.read_gain(path, flip_x=True)
     y, x = np.mgrid[0:ny, 0:nx]
@@ -117,7 +171,7 @@ def test_gain_bad_pixels(tmp_path: Path) -> None:
     g[1, 2] = 0.0
     g[2, 4] = np.nan
     path = tmp_path / "gain.tif"
-    tifffile.imwrite(path, g)
+    tifffile.imwrite(path, g[::-1])  # stored top row first: read back as g
     with pytest.raises(FormatError) as err:
         movies.read_gain(path)
     assert str(err.value) == f"{path}: gain: 2 of 15 pixels are zero, negative or not finite"

@@ -6,6 +6,11 @@ runs), no BitsPerSample, and Thermo Fisher's XML acquisition metadata in tag 650
 the file EER). The bit stream follows the EER documentation as imagecodecs reads it: codes read least
 significant bit first; a run of ``skip`` empty pixels, then (unless the run is all ones, which only skips)
 the sub-pixel bits of one event on the pixel the run reached; the next run starts after that pixel.
+
+Row order: the events are numbered in raster order from the first stored row (what tifffile returns); tomoguide
+returns EER frames in the MRC frame, flipped in Y, as IMOD reads EER (libiimod/iitif.c convertEERpositions: an
+event at raster row r goes to ``y = ny - 1 - r``) and as it reads every TIFF. The expected arrays below are the
+encoded events with their rows reversed (``ev[..., ::-1, :]``).
 """
 
 from __future__ import annotations
@@ -121,9 +126,10 @@ def test_eer_decoded_exactly(tmp_path: Path, compression: int) -> None:
         np.testing.assert_array_equal(np.stack([p.asarray() for p in tif.pages]).astype(np.uint8), ev)
     assert movies.read_movie_header(path) == (20, 70, 300, "uint8")  # raw fractions without a grouping
     every = movies.read_movie(path)
-    assert every.dtype == np.uint8
-    np.testing.assert_array_equal(every, ev)
-    np.testing.assert_array_equal(movies.read_movie_sum(path), ev.sum(axis=0).astype(np.float64))
+    assert every.dtype == np.uint8 and every.flags.c_contiguous
+    np.testing.assert_array_equal(every, ev[:, ::-1, :])  # IMOD's y = ny - 1 - raster row
+    assert every[0, 0, -1] == 1 and every[2, -1, :].all()  # the last pixel's event is bottom right in MRC
+    np.testing.assert_array_equal(movies.read_movie_sum(path), ev.sum(axis=0)[::-1].astype(np.float64))
     d = movies.describe(path)
     assert d["format"] == "EER" and d["n_frames"] == 20 and d["compression"].startswith("EER")
 
@@ -137,7 +143,7 @@ def test_eer_grouping_into_frames(tmp_path: Path) -> None:
         assert movies.read_movie_header(path, eer_fractions_per_frame=k) == (n, 40, 64, "uint8")
         frames = movies.read_movie(path, eer_fractions_per_frame=k)
         kk = min(k, 50)
-        expected = ev[: n * kk].reshape(n, kk, 40, 64).sum(axis=1)  # the last 50 % k fractions left out
+        expected = ev[: n * kk].reshape(n, kk, 40, 64).sum(axis=1)[:, ::-1]  # the last 50 % k left out; MRC rows
         assert frames.shape == (n, 40, 64) and frames.dtype == np.uint8
         np.testing.assert_array_equal(frames, expected)
     with pytest.raises(FormatError, match=r"g\.eer: EER fraction: 0 fractions per frame"):
@@ -150,7 +156,7 @@ def test_eer_with_an_integrated_first_page(tmp_path: Path) -> None:
     write_eer(path, ev, integrated_first=True)
     assert movies.read_movie_header(path) == (6, 32, 48, "uint8")
     np.testing.assert_array_equal(movies.read_movie(path, eer_fractions_per_frame=3),
-                                  ev.reshape(2, 3, 32, 48).sum(axis=1))
+                                  ev.reshape(2, 3, 32, 48).sum(axis=1)[:, ::-1])
 
 
 def test_eer_fractions_per_frame_from_the_group_exposure() -> None:
