@@ -49,7 +49,18 @@ Angles
 Defocus and handedness
     * ``defocus_handedness`` (+1/-1; RELION's ``rlnTomoHand``): the defocus of a specimen point is the
       view's defocus plus ``defocus_handedness * depth_A``, with ``depth`` the third row of
-      :meth:`TiltSeriesGeometry.projection_matrices` (positive defocus = underfocus, in Å).
+      :meth:`TiltSeriesGeometry.projection_matrices` (positive defocus = underfocus, in Å). RELION 5's
+      ``Tomogram::getCtf`` does exactly this (``Δf += rlnTomoHand · pixel · depth`` with the projection model
+      above).
+    * **Default −1**, the value of real SerialEM data read in IMOD's frame (MRC rows as stored, TIFF/EER rows
+      flipped: :mod:`tomoguide.compute.io.movies`): at positive tilt the aligned image's +x side lies deeper
+      and is more underfocused. IMOD's ``ctfphaseflip`` (strip defocus ``= Δf + (x − nx/2) · tan β · pixel``:
+      "the right side of an aligned image is both lower in the scope and at a higher underfocus"), RELION 5
+      (import default ``rlnTomoHand = −1``, "the same as the tutorial dataset: EMPIAR-10164", SerialEM MRC
+      frames with mdoc axis 85.3°; ``relion_tomo_import``: "In our experiments, it has always been −1") and
+      WarpTools' RELION export agree. +1 (AreTomo3's convention, ``CAreTomoMain.cpp``) stays available for a
+      microscope or a reading of the images that is mirrored; the ctf_estimate step's tilt-direction check
+      tests the record's value against the Thon rings of the tilted views.
     * ``z_flip``: the tomogram volume is stored with z reversed relative to the specimen frame above
       (``projection_matrices(volume_coordinates=True)`` then negates z before projecting).
 
@@ -177,7 +188,7 @@ class TiltSeriesGeometry(BaseModel):
     nominal_defocus_um: list[float] | None = None
     xf: list[list[list[float]]] | None = None
     excluded: list[bool] = Field(default_factory=list)
-    defocus_handedness: Literal[1, -1] = 1
+    defocus_handedness: Literal[1, -1] = -1  # real SerialEM data (module docstring)
     z_flip: bool = False
 
     # ---- validation -----------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ default; ``<G>`` = ``gain_file_name``, default ``gain.mrc``)::
     out_dir/data/<TS>/<TS>_<NNN>_<angle>.mrc  movies, one per tilt (int8 counts 0..127, MRC mode 0,
                                               an image stack of n_frames); .tif (uint8, LZW as SerialEM
                                               writes) with movie_format="tiff"; .eer (Falcon EER, 65001,
-                                              eer_fractions_per_frame fractions per frame) with "eer".
+                                              eer_fractions_per_frame fractions per frame) with "eer";
+                                              TIFF and EER rows stored top first as SerialEM does, so all
+                                              three formats read into the same frames (io.movies)
                                               NNN = acquisition order (000 first), angle "%.1f"
     out_dir/data/<TS>/<TS>.mdoc               SerialEM mdoc, [ZValue] sections in acquisition order
     out_dir/data/<TS>/<movie>.mdoc            per-movie [FrameSet = 0] mdocs (mdoc_kind "per_movie"/"both")
@@ -37,6 +39,9 @@ orientation and name, layout, per-movie mdocs, movie format, CRLF, series names,
 
 All physics lives in :mod:`tomoguide.compute.simulate` (see its docstring for the image model). Everything
 is deterministic for ``SimParams.seed``.
+
+Defocus handedness: the default ``defocus_handedness = -1`` is that of real SerialEM data in IMOD's frame
+(:mod:`tomoguide.geometry`), so the truth and the data follow real instruments; +1 simulates the other hand.
 """
 
 from __future__ import annotations
@@ -108,7 +113,9 @@ class SimParams(BaseModel):
     nominal_defocus_um: float = _f(4.0, "µm", "Target defocus (underfocus positive).", gt=0.2, le=15)
     defocus_sigma_A: float = _f(1500.0, "Å", "Std. dev. of the true defocus around the target.", ge=0)
     astigmatism_A: float = _f(400.0, "Å", "Typical defocus difference U - V.", ge=0)
-    defocus_handedness: Literal[1, -1] = _f(1, "", "Sign of the defocus change with depth (geometry.py).")
+    defocus_handedness: Literal[1, -1] = _f(
+        -1, "", "Sign of the defocus change with depth (geometry.py): -1 as real SerialEM data read in IMOD's "
+        "frame (IMOD ctfphaseflip, RELION 5's rlnTomoHand default); +1 for AreTomo3's convention.")
     bfactor_A2: float = _f(120.0, "Å²", "Envelope exp(-B k²/4) of the images (coherence, motion, detector).",
                            ge=0)
     drift_A: float = _f(8.0, "Å", "Typical beam-induced drift over one movie.", ge=0)
@@ -546,9 +553,10 @@ def generate(
             if p.movie_format == "mrc":
                 movies.write_movie_mrc(path, frames.astype(np.int8), px)  # counts 0..127: mode 0, exact
             elif p.movie_format == "tiff":
-                movies.write_movie_tiff(path, frames, compression="lzw")
+                movies.write_movie_tiff(path, frames, compression="lzw")  # rows top first, as SerialEM
             else:
-                strips = [s for fr in frames for s in eer.encode_counts(fr, eer_k, eer_rng)]
+                # EER rasters are stored top row first: the MRC-frame frame flipped (movies.tiff_rows)
+                strips = [s for fr in frames for s in eer.encode_counts(movies.tiff_rows(fr), eer_k, eer_rng)]
                 eer.write_eer(path, strips, shape, metadata=_eer_metadata(p, name, acq, float(doses[v]), when))
             for fr, y, x, c in events.xray_pixels:
                 xray_rows.append({"movie": movie_names[v], "tilt_index": v, "acquisition_order": acq,
@@ -713,7 +721,9 @@ def generate(
         "movie_frames_in_file": n_sub, "line_endings": p.line_endings, "series_names": names,
         "gain": {"path": gain_rel, "file_name": p.gain_file_name, "transpose": p.gain_transpose,
                  "flip_x": p.gain_flip_x, "flip_y": p.gain_flip_y,
-                 "rule": "gain = flip_y(flip_x(transpose(file))), each when true (read_gain's order)"},
+                 "rule": "gain = flip_y(flip_x(transpose(file))), each when true (read_gain's order), file = the "
+                         "stored gain as tomoguide.compute.io.movies.read_gain reads it (a .tif in the MRC frame, "
+                         "rows flipped) and gain in the frame the movies are read in"},
         "tilt_axis": {"true_deg": p.tilt_axis_deg, "mdoc_deg": mdoc_axis, "mdoc_error_deg": p.mdoc_axis_error_deg,
                       "mdoc_rotation_angle_deg": rotation_angle,
                       "title_states_axis": write_series_mdoc},
@@ -799,9 +809,14 @@ _CONVENTIONS: dict[str, str] = {
               "saturate at 127; TIFF: uint8, LZW (as SerialEM writes); EER: Falcon EER (BigTIFF, compression "
               "65001, one page per fraction, at most one event per pixel and fraction), each simulated frame "
               "split into eer_fractions_per_frame fractions (counts saturate at that number; truth frame j = "
-              "fractions j*k .. j*k+k-1). Movie name <TS>_<acquisition order %03d>_<nominal tilt>.<ext> "
+              "fractions j*k .. j*k+k-1). Row order as SerialEM writes: MRC rows bottom first, TIFF and EER "
+              "rows top first, so every format read as IMOD reads it (TIFF/EER flipped in Y; "
+              "tomoguide.compute.io.movies) gives the same frames, and every truth file (geometry, mdoc axis, "
+              "hot pixels, X-ray hits, gain orientation) refers to that MRC frame. A .tif gain is stored the "
+              "same way. Movie name <TS>_<acquisition order %03d>_<nominal tilt>.<ext> "
               "(tilt %.1f, %.2f in the frames layout).",
-    "hot_pixels": "truth/hot_pixels.csv (y, x) in movie orientation: extra Poisson counts every frame.",
+    "hot_pixels": "truth/hot_pixels.csv (y, x) in movie orientation (the MRC frame, as the movies are read): "
+                  "extra Poisson counts every frame.",
     "xray_hits": "truth/<TS>/<TS>_xray_hits.csv: pixels (y, x) of each hit, frame 0-based, counts added "
                  "(before saturation); tilt_index in angle order.",
     "volume": "true specimen volume: potential in V relative to the surrounding ice (particles minus the ice "

@@ -204,7 +204,7 @@ def test_projection_matrices_equal_inverse_xf_of_aligned_projection() -> None:
 
 def test_defocus_handedness_and_z_flip() -> None:
     g = TiltSeriesGeometry(name="t", pixel_size_A=2.0, binning=2.0, image_shape_px=(64, 64),
-                           tilt_angles_deg=[0.0, 60.0])
+                           tilt_angles_deg=[0.0, 60.0], defocus_handedness=1)
     off = g.defocus_offset_A([[0.0, 0.0, 10.0]])
     np.testing.assert_allclose(off[:, 0], [40.0, 20.0])  # depth 10 px * cos(tilt) * 4 A/px
     flipped = g.model_copy(update={"defocus_handedness": -1, "z_flip": True})
@@ -212,6 +212,26 @@ def test_defocus_handedness_and_z_flip() -> None:
     np.testing.assert_allclose(flipped.projection_matrices(volume_coordinates=True)[:, :, 2],
                                -g.projection_matrices()[:, :, 2])
     np.testing.assert_allclose(flipped.projection_matrices(), g.projection_matrices())
+
+
+def test_default_defocus_handedness_is_imods_and_relions() -> None:
+    """The record's default is -1 (RELION 5's rlnTomoHand default, "the same as the tutorial dataset: EMPIAR-10164"):
+    it reproduces IMOD's ctfphaseflip, whose strip at aligned column x has the defocus ``Δf + (x - nx/2) tan β ·
+    pixel`` ("the right side of an aligned image is both lower in the scope and at a higher underfocus")."""
+    px_A, beta = 3.0, np.array([-50.0, -20.0, 0.0, 35.0, 60.0])
+    g = TiltSeriesGeometry(name="t", pixel_size_A=px_A, image_shape_px=(200, 200), tilt_angles_deg=beta,
+                           tilt_axis_deg=85.3)
+    assert g.defocus_handedness == -1
+    assert TiltSeriesGeometry.model_fields["defocus_handedness"].default == -1
+    # specimen mid-plane points (z = 0) at x: aligned column offset x' = x cos β (from the centre)
+    x = np.array([-60.0, -10.0, 25.0, 80.0])
+    pts = np.stack([x, np.zeros_like(x), np.zeros_like(x)], 1)
+    x_aligned = x[None, :] * np.cos(np.radians(beta))[:, None]
+    imod = x_aligned * np.tan(np.radians(beta))[:, None] * px_A  # ctfphaseflip's strip offset (Å)
+    np.testing.assert_allclose(g.defocus_offset_A(pts), imod, atol=1e-9)
+    assert np.all(g.defocus_offset_A(pts)[beta > 0][:, x > 0] > 0)  # right side, positive tilt: more underfocus
+    plus = g.model_copy(update={"defocus_handedness": 1})  # +1 (AreTomo3's) is still available: the mirror
+    np.testing.assert_allclose(plus.defocus_offset_A(pts), -imod, atol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- JSON

@@ -453,7 +453,7 @@ def plan_series(
     astigmatism_A: float = 400.0,
     astig_sigma_deg: float = 10.0,
     drift_A: float = 8.0,
-    defocus_handedness: int = 1,
+    defocus_handedness: int = -1,
     voltage_kV: float = 300.0,
     cs_mm: float = 2.7,
     amplitude_contrast: float = 0.1,

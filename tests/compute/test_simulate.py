@@ -292,3 +292,39 @@ def test_simulate_view_dark_view_counts() -> None:
         means.append(frames.astype(float).mean())
     assert means[0] == pytest.approx(20.0 / 2 * 4.0, rel=0.01)  # counts per pixel per frame at full dose
     assert means[1] / means[0] == pytest.approx(0.03, rel=0.05)
+
+
+def test_default_handedness_is_real_instruments_and_the_tilt_direction_check_agrees() -> None:
+    """The simulator's default defocus handedness is -1 (real SerialEM data in IMOD's frame: IMOD ctfphaseflip,
+    RELION 5's rlnTomoHand default; geometry.py), and the tilt-direction check of the ctf_estimate step, reading
+    the handedness from the true geometry, calls the simulated views "as given" (with +1 it says "inverted")."""
+    from tomoguide.compute import ctffit
+    from tomoguide.synth import SimParams
+
+    assert SimParams().defocus_handedness == -1
+    px, shape = 2.0, (768, 768)
+    rng = np.random.default_rng(21)
+    truth = simulate.plan_series(name="TS_01", shape=shape, pixel_size_A=px, rng=rng, max_tilt_deg=48.0,
+                                 step_deg=12.0, tilt_axis_deg=85.0, axis_error_deg=0.2, shift_sigma_A=10.0,
+                                 shift_walk_A=2.0, dose_per_tilt_e_A2=60.0, n_frames=1, nominal_defocus_A=30000.0,
+                                 defocus_sigma_A=800.0, astigmatism_A=300.0, drift_A=0.0)
+    geom = truth.geometry
+    assert geom.defocus_handedness == -1
+    tilts = geom.true_tilt_deg()
+    views = []
+    for v in range(geom.n_views):
+        frames, _, _ = simulate.simulate_view(
+            truth, v, [], gain=np.ones(shape, np.float32), hot_pixels=np.zeros((0, 2), int), rng=rng,
+            ice_thickness_A=300.0, ice_sublayers=2, ice_excess=0.4, bfactor_A2=60.0, xray_hits_per_view=0.0,
+            max_count=65535, radiation_damage=False)
+        views.append(frames.sum(0).astype(np.float32))
+    views_arr = np.stack(views)
+
+    def check(hand: int) -> ctffit.TiltDirectionCheck:
+        return ctffit.check_tilt_direction_images(views_arr, tilts, pixel_size_A=px, tilt_axis_deg=geom.tilt_axis_deg,
+                                                  defocus_handedness=hand, box=256, res_range_A=(40.0, 6.0),
+                                                  defocus_range_A=(10000.0, 50000.0))
+
+    given = check(geom.defocus_handedness)
+    assert given.verdict == "as given" and given.n_views == 6, given.reason
+    assert check(-geom.defocus_handedness).verdict == "inverted"
