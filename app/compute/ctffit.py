@@ -1259,7 +1259,9 @@ def check_tilt_direction(
     the product of the axis direction and the defocus handedness ``h``, i.e. which side of a view is more
     underfocused at positive tilt; which ``h`` goes with the correctly handed geometry depends on whether the
     image, as read, is a mirror image of the specimen seen along the beam (a camera read-out flip, or TIFF rows read
-    top-down where IMOD reads them bottom-up), so programs differ:
+    top-down where IMOD reads them bottom-up), so programs differ. tomoguide reads every format in IMOD's frame
+    (MRC rows as stored, TIFF and EER rows flipped in Y: :mod:`tomoguide.compute.io.movies`), the frame SerialEM's
+    mdoc axis refers to, and defaults to ``h = −1`` (record and simulator), as IMOD and RELION:
 
     * **IMOD** (ctfphaseflip.cpp: strip defocus ``= defocus − (nx/2 − x) · pixel · tan β``, "the right side of an
       aligned image is both lower in the scope and at a higher underfocus"; ctfplotter/ctfphaseflip option
@@ -1267,23 +1269,25 @@ def check_tilt_direction(
       the tilt angles and the tilt axis rotation angle are such that reconstructions are generated with inverted
       handedness") expects, for correctly handed SerialEM data, the aligned image's +X side more underfocused at
       positive tilt: ``h = −1`` here. So does **RELION 5** (``Tomogram::getCtf``: ``Δf += rlnTomoHand · pixel ·
-      depth`` with the projection model of geometry.py; its import defaults to ``rlnTomoHand = −1``, "the correct one
-      for the tutorial dataset" EMPIAR-10164 (MRC frames, mdoc axis 85.3°), "in our experiments, it has always been
-      −1"), and WarpTools' export (``GetRelionHand``: −1 unless ``AreAnglesInverted``; both real RELION 5 STAR files
-      in ``shared/data`` have −1).
+      depth`` with the projection model of geometry.py; its import defaults to ``rlnTomoHand = −1``,
+      ``pipeline_jobs.cpp``: "the same as the tutorial dataset: EMPIAR-10164" (MRC frames, mdoc axis 85.3°);
+      ``import_tomograms``: "In our experiments, it has always been −1"), and WarpTools' export (``GetRelionHand``:
+      −1 unless ``AreAnglesInverted``; both real RELION 5 STAR files in ``shared/data`` have −1).
     * **AreTomo3** (``FindCtf/CTiltInducedZ.cpp``: ``Δz = −x_rot tan α``, the same depth as here;
       ``CGenAvgSpectrum.cpp``: tile defocus ``= centre + Δz · pixel · hand``) keeps ``hand = +1`` ("z points to the
       electron source … positive tilt makes the particle with positive Δx less defocused", ``CAreTomoMain.cpp``) and,
-      since 2.0.5/2.0.6, turns the tilt axis by 180° when the CTF says −1. tomoguide's simulator default
-      (``defocus_handedness = +1``) is this convention.
+      since 2.0.5/2.0.6, turns the tilt axis by 180° when the CTF says −1. Its axis is IMOD's (its ``.xf`` writer,
+      ``ImodUtil/CSaveXF.cpp``, puts ``A = R(−ROT)``), so on the same stack AreTomo3 and IMOD disagree on ``h``.
     * **Warp/WarpTools** (``ts_defocus_hand``) correlates the 2×2-grid defocus gradients with the geometry's and,
       when negative, flips only the sign used for defocus (``AreAnglesInverted``), keeping the geometry: "SerialEM is
       usually calibrated to produce the correct map handedness in IMOD's 3D reconstructions, [but] the defocus
-      convention has about a 50:50 chance of being wrong across labs". Its tutorial on EMPIAR-10491 (TIFF movies,
-      mdoc axis −93.5°) gets the right map hand with ``ts_import --dont_invert`` and axis −85.6° and the check says
-      "no flip" (0.932): in geometry.py's model that is ``h = +1`` with the axis ≈ 94.4° (mdoc tilts). As
-      180° − (−93.5°) ≡ −86.5°, Warp's frame for these TIFFs is most likely IMOD's mirrored in Y; in IMOD's frame the
-      same data give ``h = −1`` with the mdoc's axis, as IMOD and RELION expect.
+      convention has about a 50:50 chance of being wrong across labs". Warp reads TIFF movies flipped in Y "to adhere
+      to MRC convention" (``TiffNative.cpp``, ``flipy = true``) but EER movies unflipped, like RELION. Its tutorial
+      on EMPIAR-10491 (TIFF movies, mdoc axis −93.5°, ``gain_ref.mrc`` with ``--gain_flip_y``) imports with
+      ``--dont_invert``, gives AreTomo ``--initial_axis -85.6`` and the check says "no flip"; −85.6° is close to
+      180° − (−93.5°) − 360° = −86.5°, the axis a Y mirror of the mdoc's frame would show, but since Warp's TIFF
+      frame is IMOD's, the sources do not explain that difference (frames saved in the camera's native orientation,
+      or Warp's own tilt-angle convention, would), so it is no evidence for either ``h``.
     * **CTFFIND5** (``CTFTilt``: defocus ``= Δf + y_rot · tan(tilt)`` searched over tilt axes 0-360° and tilts
       0-80°) measures the direction of the gradient of one image without any tilt-series geometry, so it has no
       handedness convention to compare.
