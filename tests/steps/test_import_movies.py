@@ -326,10 +326,10 @@ def _frames_layout_session(data: Path, *, crlf: bool = True, gain_name: str = "C
     stored = np.ascontiguousarray(gain_cam[::-1, :])
     if gain_name.endswith(".mrc"):
         write_mrc(data / "Frames" / gain_name, stored, 2.0)
-    else:  # SerialEM's and EPU's .gain: a float32 TIFF
-        import tifffile
+    else:  # SerialEM's and EPU's .gain: a float32 TIFF, stored top row first like the TIFF movies (io.movies)
+        from tomoguide.compute.io.movies import write_gain_tiff
 
-        tifffile.imwrite(data / "Frames" / gain_name, stored)
+        write_gain_tiff(data / "Frames" / gain_name, stored)
     tilts = [-20.0, -10.0, 0.0, 10.0, 20.0]
     lines = ["PixelSpacing = 2", "Voltage = 300", "ImageFile = TS_07.mrc", "", "[T = SerialEM: Krios  01-Jan-24]", "",
              "[T =     Tilt axis angle = -94.0, binning = 1  spot = 8  camera = 0]", ""]
