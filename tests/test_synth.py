@@ -679,3 +679,37 @@ def test_simulate_command_with_a_scenario(tmp_path: Path, capsys: pytest.Capture
     assert main(["simulate", "--scenario", "grouped_dark", "--out", str(tmp_path),
                  "--set", "dark_view_tilts_deg=[50]"]) == 2
     assert "dark_view_tilts_deg at 50° is not a tilt of the series" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hand", [-1, 1], ids=["default_hand", "other_hand"])
+def test_ctf_estimate_tilt_direction_on_a_simulated_session(tmp_path_factory: pytest.TempPathFactory,
+                                                              hand: int) -> None:
+    """The tiny preset out to ±50° run through the steps with default parameters: with the simulator's default
+    handedness (-1, real instruments) the ctf_estimate step's tilt-direction check finds the direction "as given"
+    (the geometry record's default is -1 too); data simulated with +1 disagree with it ("inverted", so the step
+    turns the axis by 180°, its default remedy)."""
+    from tomoguide.demo import demo_params
+    from tomoguide.project import Project
+    from tomoguide.runner import StepRun, run_to_end
+    from tomoguide.steps import registry
+
+    params = synth.PRESETS["tiny"].model_copy(update={"max_tilt_deg": 50.0})
+    if hand != -1:
+        params = params.model_copy(update={"defocus_handedness": hand})
+    assert params.defocus_handedness == hand
+    root = tmp_path_factory.mktemp(f"hand{hand}")
+    synth.generate(root / "sim", synth.SimParams.model_validate(params.model_dump()))
+    proj = Project.create(root / "proj", params=demo_params(root / "sim" / "data", params))
+    try:
+        steps = registry.ids()[: registry.ids().index("ctf_estimate") + 1]
+        for step in steps:
+            st = run_to_end(StepRun(proj, step))
+            assert st.status == "done", (step, st.error)
+        direction = proj.data.steps["ctf_estimate"].metrics["series"]["TS_01"]["tilt_direction"]
+        if hand == -1:
+            assert direction["verdict"] == "as given" and direction["z"] >= 6.0, direction
+            assert direction["action"] == "none"
+        else:
+            assert direction["verdict"] == "inverted" and direction["z"] <= -5.0, direction
+    finally:
+        proj.close()
