@@ -46,6 +46,13 @@ Where the microscope's axis is trusted, ``solve_axis=False`` keeps it. The align
 tracking with :mod:`tomoguide.compute.markers` (single particles as fiducial markers), which brings the same six
 series to +0.01, +0.07, +0.17, +0.08, -0.05, +0.08°.
 
+Sessions recorded with other conventions (issue 14): the import's tilt axis (the mdoc's, or a typed value) is only a
+prior. :func:`search_tilt_axis` finds the axis from the views alone (common lines, modulo 180°: the tilt direction
+is the hand check's business); :func:`align_tilt_series` checks the prior against it, tries both when they are
+more than 12° apart, and repeats tracking and fitting until the axis settles, so that a start 10° off ends where a
+correct start does. :func:`coarse_align_views` widens its search for a view that jumped (the stage lost the area)
+and bridges over weak views (dark, blank), which :func:`track_patches` also skips and the fits down-weight.
+
 Filters are in cycles/px at the stack's binning, as IMOD's ``tiltxcorr`` (``FilterSigma1``,
 ``FilterRadius2``, ``FilterSigma2``). Image work (sampling, FFTs) uses the array module of the input
 (:mod:`tomoguide.compute.backend`); the projection-model fit runs with numpy/scipy on the CPU (a few thousand

@@ -11,9 +11,14 @@ Method (all px at the stack's binning; conventions of :mod:`tomoguide.compute.al
 
 1. :func:`detect_markers` — a WBP tomogram with the current alignment; the strongest local extrema of the
    Gaussian-smoothed volume (with the contrast sign of dense matter, darker in the views) at least half a
-   marker diameter apart are the 3D marker positions ``(x, y, z)`` (px, tomogram centre origin).
-2. :func:`marker_profile` — the radial profile of a marker image, averaged over all markers in all views at
-   their predicted positions (so it is measured, not assumed), zero at the marker's outer radius.
+   marker diameter apart (further in z, by the missing wedge's elongation, and weaker maxima in the column of a
+   stronger one dropped as its ghosts) are the 3D marker positions ``(x, y, z)`` (px, tomogram centre origin).
+2. :func:`marker_profile` — the radial profile of a marker image, averaged over all markers in all views where
+   they are (so it is measured, not assumed; a hollow particle such as apoferritin is a dark ring at bin 10),
+   zero at the marker's outer radius. The detections are a pixel or so off, and a profile averaged about them
+   is smeared: the markers' boxes are first aligned to their own rotationally averaged mean. The markers are
+   then detected again in a tomogram of the views matched-filtered with that profile (one sharp peak per
+   particle even from 7 views over ±30°, where the raw tomogram gives ghosts along z).
 3. :func:`locate_markers` — in each view, every marker is located by Gauss-Newton least squares of
    ``a · profile(|u - c|) + b`` over a small box, after its neighbours' modelled images (the profile at their
    predicted positions) are subtracted; crowded specimens overlap in projection, and a plain correlation would
@@ -23,7 +28,9 @@ Method (all px at the stack's binning; conventions of :mod:`tomoguide.compute.al
    predicts the next round (the neighbour subtraction uses predictions, so each round recovers part of the
    remaining error: a few rounds).
 
-Measured (``bench/align.py``, small preset, three seeds, six series): tilt-axis error RMS 0.52° → about 0.2°.
+Measured (``bench/align.py``, small preset, three seeds, six series): tilt-axis error RMS 0.52° → about 0.1°; the
+tiny preset (16 particles, 7 views over ±30°): 11-15 markers, the axis within 0.3° of the truth on 7 of 8 simulated
+specimens (patch tracking alone: 0.2-6° off).
 Numpy on the CPU (a few hundred markers, boxes of ~10 px).
 """
 

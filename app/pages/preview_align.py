@@ -15,6 +15,8 @@ column x) covers [x, x+1) × [y, y+1) in the viewer's scene, so a position p is 
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
@@ -41,6 +43,22 @@ def high_residuals(residual_px: np.ndarray, factor: float = HIGH_RESIDUAL_FACTOR
     if not finite.any():
         return np.zeros(len(r), bool)
     return finite & (r > factor * float(np.median(r[finite])))
+
+
+def _view_notes(info: dict) -> str:
+    """Summary additions from the align step's record: weak views bridged over, views found with the widened
+    search (a jump), and the tilt-axis notes (1-based view numbers, as in the exclusion lists)."""
+    parts = []
+    weak = info.get("weak_views") or []
+    if weak:
+        parts.append(f"views {', '.join(str(i + 1) for i in weak)} weak (dark or blank?): bridged over, down-weighted")
+    wide = info.get("widened_views") or []
+    if wide:
+        parts.append(f"views {', '.join(str(i + 1) for i in wide)} found far away (a jump?)")
+    text = "".join(f" · {p}" for p in parts)
+    for note in info.get("axis_notes") or []:
+        text += f"<br><span style='color:#b36b00'>{html.escape(note)}</span>"
+    return text
 
 
 def alignment_summary(g: TiltSeriesGeometry) -> str:
@@ -176,7 +194,7 @@ class AlignPreview(SeriesSetPreview):
                              f"<b>{g.tilt_offset_deg:+.2f}°</b> · {mean_text} "
                              f"({mean * g.pixel_size_binned_A / 10.0 if mean is not None else float('nan'):.2f} nm) · "
                              f"{n_patches} patches, <span style='color:{REJECTED_COLOUR}'>{int(self.rejected.sum())} "
-                             f"rejected</span>{marker_text}")
+                             f"rejected</span>{marker_text}{_view_notes(entry.info)}")
         self.aligned_box.setEnabled(self.interp is not None)
         self.aligned_box.setToolTip("The interpolated, aligned stack the step wrote for viewing" if self.interp
                                     is not None else "The step wrote no aligned stack (set 'Aligned stack binning')")

@@ -259,7 +259,7 @@ class Align(Step):
                 write_mrc(ctx.run_dir / files["interp"], np.asarray(ali, np.float32),
                           voxel_size_A=g.pixel_size_binned_A * params.interp_binning, is_stack=True)
             info_out = {**s.info, "residual_per_view_px": view_residuals, "mean_residual_px": mean_residual,
-                        "weak_views": weak, "widened_views": summary["widened_views"]}
+                        "weak_views": weak, "widened_views": summary["widened_views"], "axis_notes": axis_notes}
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=info_out))
             metrics["series"][s.name] = {
                 "tilt_axis_deg": float(g.tilt_axis_deg), "tilt_offset_deg": float(g.tilt_offset_deg),

@@ -127,6 +127,18 @@ def test_alignment_refined_with_markers_through_the_step_and_page(  # type: igno
         proj.close()
 
 
+def test_align_summary_names_weak_and_far_views_and_axis_notes() -> None:
+    """The align page's summary repeats what the step recorded: weak views bridged over and views found far away
+    (1-based, as the exclusion lists), and the tilt-axis notes (escaped: they hold '<' only by accident)."""
+    from tomoguide.pages.preview_align import _view_notes
+
+    assert _view_notes({}) == ""
+    text = _view_notes({"weak_views": [3, 40], "widened_views": [27],
+                        "axis_notes": ["TS_07: warning: the fitted tilt axis -94.01° is <b>8°</b> off"]})
+    assert "views 4, 41 weak" in text and "views 28 found far away" in text
+    assert "&lt;b&gt;8°&lt;/b&gt;" in text and "<br>" in text
+
+
 def test_align_preview_tracks_residuals_and_aligned_series(qtbot, reconstructed: Project) -> None:  # type: ignore[no-untyped-def]
     preview = make_preview(reconstructed, "align")
     qtbot.addWidget(preview)
