@@ -28,8 +28,9 @@ RELION's EER frame mirrored in Y. Both frames hold the same gain relation (an EE
 flipped together here). An EER file holds the camera's native orientation: SerialEM turns its EER sums by the
 camera's RotationAndFlip property (``FalconHelper.cpp``: "Falcon 4 saves MRC reoriented, but rotation/flip is
 needed for EER"), so on a camera where that is not the identity the mdoc axis is off by it, as for MRC frames
-saved in native orientation; the tilt axis is then found from the data. The writers (:func:`write_movie_tiff`, :func:`write_gain_tiff`) take arrays in the
-MRC frame and store them the way SerialEM does, so that writing and reading give back the same array.
+saved in native orientation; the tilt axis is then found from the data. The writers (:func:`write_movie_tiff`,
+:func:`write_gain_tiff`) take arrays in the MRC frame and store them the way SerialEM does, so that writing
+and reading give back the same array.
 
 EER (Thermo Fisher Falcon 4/4i/C electron-event movies, ``.eer``): a (Big)TIFF whose every page is one
 *fraction* (a few ms of exposure, 0/1 events per pixel), compression 65000, 65001 or 65002. They are
