@@ -855,7 +855,11 @@ class Project:
             raise ProjectError(f"{folder}: the current run of a step; not deleting it")
         if not folder.is_dir():
             return False
-        shutil.rmtree(folder)
+        # renamed first (atomic): a program killed while deleting leaves a "….deleting" folder, removed on the
+        # next open, never a half-deleted run that looks like one
+        doomed = folder.with_name(folder.name + ".deleting")
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed)
         return True
 
     def record_run(self, step_id: str, rec: RunRecord) -> list[tuple[str, str]]:
@@ -953,8 +957,8 @@ class Project:
                 if not sd.is_dir() or sd.is_symlink():
                     continue
                 for run in sd.iterdir():
-                    if run.name.endswith(".partial") and run.name.startswith("run-") and run.is_dir() \
-                            and not run.is_symlink():
+                    if run.name.endswith((".partial", ".deleting")) and run.name.startswith("run-") \
+                            and run.is_dir() and not run.is_symlink():
                         with contextlib.suppress(OSError):
                             shutil.rmtree(run)
                             removed_partial += 1
@@ -963,7 +967,8 @@ class Project:
                             run.unlink()
                             removed_tmp += 1
         if removed_partial:
-            self.notes.append(f"removed {removed_partial} unfinished run folder(s) left by a stopped program")
+            self.notes.append(f"removed {removed_partial} unfinished (or half-deleted) run folder(s) left by a "
+                              f"stopped program")
         if removed_tmp:
             self.notes.append(f"removed {removed_tmp} temporary file(s) left by a stopped program")
 
@@ -984,7 +989,7 @@ class Project:
             found: list[RunRecord] = []
             for run in sorted(sd.iterdir()):
                 rel = f"{STEPS_DIR}/{sid}/{run.name}"
-                if rel in known or not _RUN_NAME.match(run.name) or run.name.endswith(".partial") \
+                if rel in known or not _RUN_NAME.match(run.name) or run.name.endswith((".partial", ".deleting")) \
                         or not run.is_dir() or run.is_symlink():
                     continue
                 rec = _read_run_file(run, sid, rel)
@@ -1176,7 +1181,7 @@ def _run_dir_problem(step_id: str, rel: Any) -> str | None:
         return str(exc)
     parts = rel.split("/")
     if len(parts) != 3 or parts[0] != STEPS_DIR or parts[1] != step_id or not _RUN_NAME.match(parts[2]) \
-            or parts[2].endswith(".partial"):
+            or parts[2].endswith((".partial", ".deleting")):
         return f"{rel!r} is not a run folder of this step (steps/{step_id}/run-…)"
     return None
 

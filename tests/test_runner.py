@@ -306,14 +306,15 @@ def test_leftovers_of_killed_programs_are_cleaned_on_open(tmp_path: Path, mini_s
     proj.close()
     d = tmp_path / "p"
     (d / "steps" / "import_movies" / "run-20260101-000000-000001.partial" / "previews").mkdir(parents=True)
+    (d / "steps" / "import_movies" / "run-20260101-000000-000002.deleting" / "previews").mkdir(parents=True)
     (d / "project.json.abc123.tmp").write_text("{")
     (d / "project.json.bak.tmp").write_text("{")
     (d / "steps" / "import_movies" / "tilt_series.json.tmp").write_text("{")
     (d / "notes.tmp").write_text("the user's file: not ours")
     with Project.open(d) as again:
-        assert any("unfinished run folder" in n for n in again.notes)
+        assert any("removed 2 unfinished (or half-deleted) run folder" in n for n in again.notes)
         assert any("temporary file" in n for n in again.notes)
-    left = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.name.endswith((".tmp", ".partial")))
+    left = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.name.endswith((".tmp", ".partial", ".deleting")))
     assert left == ["notes.tmp"]
     # a read-only open (status while another program runs) removes nothing
     (d / "project.json.x.tmp").write_text("{")
