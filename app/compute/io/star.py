@@ -504,6 +504,8 @@ def _kind(blocks: dict[str, Block]) -> str:
     cols: set[str] = set()
     for v in blocks.values():
         cols |= set(v.columns if isinstance(v, pd.DataFrame) else v.keys())
+    if {"rlnTomoParticlesFile", "rlnTomoTomogramsFile"} & cols and "rlnTomoName" not in cols:
+        return "optimisation_set"
     if "global" in blocks and "rlnTomoName" in cols and not (set(CENTERED_XYZ) <= cols or set(PIXEL_XYZ) <= cols):
         return "tomograms"
     if "rlnTomoName" in cols and (set(CENTERED_XYZ) <= cols or set(PIXEL_XYZ) <= cols):
@@ -552,8 +554,8 @@ def describe(path: str | PathLike[str]) -> dict[str, Any]:
     """Summary of any STAR file: blocks (rows, columns) and, for known kinds, the facts.
 
     Returns ``{"path", "kind", "blocks": {name: {"type": "loop"|"pairs", "rows", "columns"}}, "facts"}``
-    where ``kind`` is ``tomograms``, ``tilt_series``, ``ctf``, ``particles``, ``micrographs`` or
-    ``unknown`` and ``facts`` holds e.g. ``n_tilts``, ``tilt_range_deg``, ``dose_per_tilt_e_per_A2``,
+    where ``kind`` is ``tomograms``, ``tilt_series``, ``ctf``, ``particles``, ``micrographs``,
+    ``optimisation_set`` (RELION 5: the particles and tomograms files it names) or ``unknown`` and ``facts`` holds e.g. ``n_tilts``, ``tilt_range_deg``, ``dose_per_tilt_e_per_A2``,
     ``defocus_range_A`` (mean of U and V, Å), ``n_particles``, ``tomograms`` ({name: count}).
     """
     p = Path(path)
@@ -603,5 +605,19 @@ def describe(path: str | PathLike[str]) -> dict[str, Any]:
         facts["n_particles"] = int(len(df))
         counts = df["rlnTomoName"].astype(str).value_counts(sort=False)
         facts["tomograms"] = {str(k): int(v) for k, v in counts.items()}
-        facts["relion_version"] = 5 if all(c in df.columns for c in CENTERED_XYZ) else 4
+        general = blocks.get("general")
+        relion5 = all(c in df.columns for c in CENTERED_XYZ) or (
+            general is not None and not isinstance(general, pd.DataFrame) and "rlnTomoSubTomosAre2DStacks" in general)
+        facts["relion_version"] = 5 if relion5 else 4
+    elif kind == "optimisation_set":
+        for key, col in (("particles_file", "rlnTomoParticlesFile"), ("tomograms_file", "rlnTomoTomogramsFile"),
+                         ("trajectories_file", "rlnTomoTrajectoriesFile"), ("manifolds_file", "rlnTomoManifoldsFile"),
+                         ("reference_map_1", "rlnTomoReferenceMap1File"), ("reference_map_2", "rlnTomoReferenceMap2File"),
+                         ("mask_file", "rlnTomoReferenceMaskFile")):
+            for block in blocks.values():
+                value = block[col].iloc[0] if isinstance(block, pd.DataFrame) and col in block.columns and len(block) \
+                    else (block.get(col) if isinstance(block, dict) else None)
+                if value is not None:
+                    facts[key] = str(value)
+                    break
     return info

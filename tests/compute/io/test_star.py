@@ -335,3 +335,16 @@ def test_particles_without_coordinates_permissive(tmp_path: Path) -> None:
     with pytest.warns(FormatWarning, match="missing coordinates"):
         back = star.read_particles_star(p, strict=False)
     assert back.particles[list(star.CENTERED_XYZ)].isna().all().all() and len(back.particles) == 2
+
+
+def test_relion5_warptools_files_are_recognised(shared_data: Path) -> None:
+    """WarpTools-2 / RELION 5 particles (2D stacks, no centred coordinates) are RELION 5, and the optimisation set
+    names its files."""
+    folder = shared_data / "relion5_warptools_particles"
+    parts = star.describe(folder / "warptools_test_4-tomos_10-ptcls_box-32_angpix-12.star")
+    assert parts["kind"] == "particles" and parts["facts"]["relion_version"] == 5
+    assert parts["facts"]["n_particles"] == 40
+    opt = star.describe(folder / "warptools_test_4-tomos_10-ptcls_box-32_angpix-12_optimisation_set.star")
+    assert opt["kind"] == "optimisation_set"
+    assert opt["facts"]["particles_file"] == "warptools_test_4-tomos_10-ptcls_box-32_angpix-12.star"
+    assert opt["facts"]["tomograms_file"] == "warptools_test_4-tomos_10-ptcls_box-32_angpix-12_tomograms.star"
