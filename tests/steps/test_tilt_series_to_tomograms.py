@@ -35,10 +35,10 @@ def project(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pro
 def test_alignment_against_truth(project: Project, tiny_dataset: Path) -> None:
     err = truth.alignment_errors(tiny_dataset / "truth", project.output_path("align", "series"))
     s = err["series"]["TS_01"]
-    # 7 noisy views over ±30° on a 100 px field (10 Å/px) pin the alignment only loosely: shifts to ~1 px here;
-    # the small preset's figures (0.1-0.25 px at bin 10) are measured by bench/tilt_series_to_tomograms.py
-    assert s["shift_rms_px"] < 1.3, err
-    assert s["mean_residual_px"] < 1.0 and s["axis_error_deg"] < 6.0, err
+    # 7 noisy views over ±30° on a 100 px field (10 Å/px): patch tracking alone pins the axis only to a degree or
+    # two; the 16 particles as markers bring it within the issue's 0.3° (measured 0.08°) and the shifts to 0.1 px
+    assert s["shift_rms_px"] < 0.3, err
+    assert s["mean_residual_px"] < 1.0 and s["axis_error_deg"] < 0.3, err
     sset, base = SeriesSet.load(project.output_path("align", "series"))
     from tomoguide.compute.io.imod import read_tlt, read_xf
 
@@ -49,6 +49,28 @@ def test_alignment_against_truth(project: Project, tiny_dataset: Path) -> None:
     np.testing.assert_allclose(tlt, angles, atol=0.01)
     with mrcfile.open(sset.series[0].path("interp", base)) as m:
         assert m.data.shape[0] == 7
+
+
+def test_align_finds_the_axis_from_a_typed_value_10_degrees_off(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A tilt axis typed at the import 10° from the true one (95° for 85°; the mdoc says 85°): the align step ends
+    within 0.3° of the truth, with the default bin 10, and warns that the import's axis is wrong."""
+    params = demo_params(tiny_dataset / "data", synth.PRESETS["tiny"])
+    params["import_movies"] = {**params["import_movies"], "tilt_axis_deg": 95.0}
+    proj = Project.create(tmp_path / "proj", params=params)
+    try:
+        for step in STEPS[: STEPS.index("align") + 1]:
+            st = run_to_end(StepRun(proj, step))
+            assert st.status == "done", (step, st.error)
+        err = truth.alignment_errors(tiny_dataset / "truth", proj.output_path("align", "series"))["series"]["TS_01"]
+        assert err["axis_error_deg"] < 0.3 and err["shift_rms_px"] < 0.3, err
+        m = proj.data.steps["align"].metrics["series"]["TS_01"]
+        assert m["prior_tilt_axis_deg"] == pytest.approx(95.0)
+        assert m["axis_prior_difference_deg"] == pytest.approx(err["tilt_axis_deg"] - 95.0)
+        assert any("warning: the fitted tilt axis" in w and "import's 95.0°" in w for w in m["axis_warnings"])
+        sset, _ = SeriesSet.load(proj.output_path("align", "series"))
+        assert sset.series[0].info["axis_notes"] == m["axis_warnings"]
+    finally:
+        proj.close()
 
 
 def test_assign_alignment_rescales_shifts(project: Project) -> None:
