@@ -402,6 +402,11 @@ def test_specimen_slab_found_tilted_and_holds_the_particles() -> None:
     assert 0.25 < mask.mean() < 0.6  # the empty space mostly outside
     assert not mask[:20].any() and not mask[-20:].any()
     assert slab.contrast > 3 and "slab" in slab.note and slab.fraction() == pytest.approx(mask.mean())
+    # the same at 8 Å voxels (particle radius 7.75 voxels): x and y are binned by 2 for the profiles
+    fine = pick.find_specimen_slab(vol, 8.0, particle_radius_A=62.0, tile_A=200.0)
+    assert fine.found and abs(fine.centre_z_px - 70.0) < 2.0, fine.note
+    np.testing.assert_allclose(fine.slope, slope, atol=0.02)
+    assert fine.mask()[ix[:, 2], ix[:, 1], ix[:, 0]].all()
     # too few tiles to tell a tilt (2 × 2): a flat slab thick enough to hold the tilted one
     coarse = pick.find_specimen_slab(vol, voxel, particle_radius_A=62.0)
     assert coarse.found and coarse.slope == (0.0, 0.0)
