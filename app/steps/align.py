@@ -197,6 +197,10 @@ class Align(Step):
             if weak:
                 ctx.log(f"{s.name}: views {', '.join(str(i + 1) for i in weak)} correlate poorly with both neighbours "
                         "(dark, blank or blurred): bridged over in tracking and down-weighted in the fit")
+            wide = [] if res.coarse is None else [int(i) for i in np.flatnonzero(res.coarse.widened)]
+            if wide:
+                ctx.log(f"{s.name}: views {', '.join(str(i + 1) for i in wide)} lay beyond the first search range of "
+                        "the coarse alignment (a jump of the specimen?): found with a wider search")
             g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
             if params.flatten and abs(g.tilt_offset_deg - s.geometry.tilt_offset_deg) > 10.0:
                 ctx.log(f"{s.name}: the patches give a tilt-angle offset of {g.tilt_offset_deg:+.1f}°, which is not "
