@@ -235,8 +235,13 @@ def _aligned_to_average(images: np.ndarray, uv: np.ndarray, use: np.ndarray, rad
     pos = uv[iv, ik].copy()
 
     def boxes(p: np.ndarray) -> np.ndarray:
-        return np.stack([scipy.ndimage.map_coordinates(images[i], [y + oy, x + ox], order=1, mode="nearest")
-                         for i, (x, y) in zip(iv, p)])
+        out_b = np.empty((p.shape[0],) + oy.shape)
+        for i in np.unique(iv):  # one interpolation per view
+            sel = np.flatnonzero(iv == i)
+            ys = p[sel, 1][:, None, None] + oy[None]
+            xs = p[sel, 0][:, None, None] + ox[None]
+            out_b[sel] = scipy.ndimage.map_coordinates(images[i], [ys, xs], order=1, mode="nearest")
+        return out_b
 
     rr = np.hypot(ox, oy)
     ring = np.minimum(np.round(rr * 2.0).astype(np.int64), int(2 * radius))
