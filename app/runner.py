@@ -185,7 +185,8 @@ class StepRun:
     def param_errors(self) -> list[Issue]:
         """The errors the step's own checks find in its parameters (errors naming a parameter that is not a data
         path: a folder or file being wrong is shown, not refused); empty when the inputs are not there to check
-        against yet (they are checked again before the run)."""
+        against yet (they are checked again before the run). :func:`set_params_checked` refuses a change when
+        such an error appears that names one of the parameters changed."""
         from tomoguide.project import _path_params
 
         if any(i.level == "error" for i in self.input_issues(save=False)):
@@ -352,7 +353,8 @@ def run_to_end(run: StepRun, on_progress: Callable[[Progress], None] | None = No
 
 def set_params_checked(project: Project, changes: dict[str, dict[str, Any]], *, save: bool = True) -> list[str]:
     """Change parameters of one or more steps as one transaction: validated by each step's model and by its own
-    checks (when its inputs are there to check against). Values refused raise (pydantic ``ValidationError`` or
+    checks (when its inputs are there to check against: an error that the change brings and that names a
+    parameter being set refuses it). Values refused raise (pydantic ``ValidationError`` or
     :class:`ParamsRefused`) and leave the project exactly as it was, on disk and in memory. Returns the steps
     that were up to date and are not any more."""
     snapshot_steps = {sid: st.model_copy(deep=True) for sid, st in project.data.steps.items()}
@@ -364,8 +366,11 @@ def set_params_checked(project: Project, changes: dict[str, dict[str, Any]], *, 
         for step_id, values in changes.items():
             changed = project._apply_params(step_id, values) or changed
         project._why_cache.clear()
-        for step_id in changes:
-            errors = [i for i in StepRun(project, step_id).param_errors() if (i.message, i.field) not in known[step_id]]
+        for step_id, values in changes.items():
+            # refused: a new error about a value being set (box vs cropped box set together); an error about
+            # another parameter is what to do next (e.g. "no contour points yet" after choosing surface picking)
+            errors = [i for i in StepRun(project, step_id).param_errors()
+                      if (i.message, i.field) not in known[step_id] and i.field in values]
             if errors:
                 raise ParamsRefused(step_id, errors)
     except BaseException:

@@ -40,8 +40,9 @@ class CountStep(Step):
 
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, CountParams)
-        if params.low > params.high:
-            return [Issue("error", "Low must not be above High", "high")]
+        if params.low > params.high:  # naming both: either edit that makes it so is refused
+            return [Issue("error", "Low must not be above High", "low"),
+                    Issue("error", "High must not be below Low", "high")]
         return []
 
     def run(self, params, ctx: RunContext):  # type: ignore[no-untyped-def]
