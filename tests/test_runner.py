@@ -349,8 +349,6 @@ def test_a_project_moved_with_its_data_opens_and_resumes_without_a_re_browse(
     assert statuses(moved) == before
 
 
-@pytest.mark.xfail(strict=True, reason="import_movies still records absolute movie paths in tilt_series.json "
-                                       "(coordinator: store them relative to the record, see the issue-15 report)")
 def test_a_project_moved_with_its_data_resumes_reading_the_movies(tiny_dataset: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_dataset / "data", tmp_path / "a" / "data")
     from tomoguide import synth

@@ -125,7 +125,7 @@ class ImportedTilt(BaseModel):
     ``mdoc_section`` is the section's index in its mdoc (for per-movie mdocs: the position in the series, and
     ``mdoc`` is the tilt's own mdoc)."""
 
-    movie: str  # absolute path
+    movie: str  # relative to the record's folder on disk; absolute once loaded (load_series)
     n_frames: int
     frame_shape_px: tuple[int, int]  # (ny, nx)
     tilt_deg: float
@@ -178,9 +178,22 @@ class ImportedSeries(BaseModel):
 
 
 def load_series(path: Path) -> list[ImportedSeries]:
-    """Read an import step's ``tilt_series.json``."""
-    raw = json.loads(Path(path).read_text())
-    return [ImportedSeries.model_validate(s) for s in raw["series"]]
+    """Read and validate an import step's ``tilt_series.json`` (:func:`tomoguide.steps.records.load_tilt_series`):
+    the data paths (movies, mdocs, gain), stored relative to the record's folder so that a project moved together
+    with its data still finds them, come back absolute."""
+    from tomoguide.steps.records import load_tilt_series
+
+    return load_tilt_series(path)
+
+
+def _data_path(path: Path | str, run_dir: Path) -> str:
+    """A data file's path as the record stores it: relative to the run folder (``../../../data/TS_01/a.mrc``)
+    when both lie on the same drive, else absolute."""
+    p = Path(path).resolve()
+    try:
+        return os.path.relpath(p, Path(run_dir).resolve())
+    except ValueError:  # another drive (Windows)
+        return str(p)
 
 
 def find_mdocs(params: ImportMoviesParams, files: mdocio.SessionFiles | None = None) -> list[Path]:
@@ -805,8 +818,7 @@ class ImportMovies(Step):
             raise FormatError(params.files_dir, None, errors[0].message)
         optics = Optics(voltage_kV=params.voltage_kV, cs_mm=params.cs_mm,
                         amplitude_contrast=params.amplitude_contrast)
-        preview_dir = ctx.run_dir / "previews"
-        preview_dir.mkdir()
+        preview_dir = ctx.mkdir("previews")
         all_series: list[ImportedSeries] = []
         n_total = sum(len(s.records) for s in sv.series)
         done = 0
@@ -833,13 +845,14 @@ class ImportMovies(Step):
                     raw_sum = frame_sum.copy() if raw_sum is None else raw_sum + frame_sum
                 sums.append(bin_to_at_most(frame_sum.astype(np.float32), PREVIEW_MAX_PX))
                 tilts.append(ImportedTilt(
-                    movie=str(Path(r.movie_path).resolve()), n_frames=n_frames, frame_shape_px=(ny, nx),
+                    movie=_data_path(r.movie_path, ctx.run_dir), n_frames=n_frames, frame_shape_px=(ny, nx),
                     tilt_deg=float(r.tilt_angle_deg), acquisition_order=int(r.acquisition_order),
                     dose_e_A2=float(r.dose_e_A2), prior_dose_e_A2=float(r.prior_dose_e_A2),
                     target_defocus_um=None if r.target_defocus_um is None else float(r.target_defocus_um),
                     datetime=None if r.datetime is None else r.datetime.isoformat(),
                     mdoc_section=int(r.index_in_mdoc),
-                    mdoc=None if plan.kind == "series" or r.mdoc_path is None else str(r.mdoc_path.resolve())))
+                    mdoc=None if plan.kind == "series" or r.mdoc_path is None else _data_path(r.mdoc_path,
+                                                                                               ctx.run_dir)))
                 done += 1
                 yield Progress(done / max(n_total, 1), f"{name}: tilt {r.tilt_angle_deg:+.1f}° ({done}/{n_total})")
             if not tilts:
@@ -865,17 +878,17 @@ class ImportMovies(Step):
                 # the mdoc reader already turned SerialEM's negative TargetDefocus into positive = underfocus (µm)
                 nominal_defocus_um=None if any(t is None for t in targets) else [float(t) for t in targets])
             binning = shape0[1] / sums[0].shape[1]
-            write_mrc(preview_dir / f"{name}_framesums.mrc", stack, voxel_size_A=pixel * binning, is_stack=True)
+            write_mrc(ctx.out_path("previews", f"{name}_framesums.mrc"), stack, voxel_size_A=pixel * binning, is_stack=True)
             all_series.append(ImportedSeries(
-                name=name, mdoc=str(plan.mdocs[0].resolve()), tilts=tilts, geometry=geometry,
-                gain=None if plan.gain.path is None else str(plan.gain.path.resolve()),
+                name=name, mdoc=_data_path(plan.mdocs[0], ctx.run_dir), tilts=tilts, geometry=geometry,
+                gain=None if plan.gain.path is None else _data_path(plan.gain.path, ctx.run_dir),
                 tilt_axis_source=axis_source, pixel_size_source=plan.pixel_source, mdoc_kind=plan.kind,
                 dose_source=plan.dose_source, gain_source=plan.gain.how if plan.gain.path is not None else None,
                 gain_orientation=orientation))
             ctx.log(f"{name}: {len(tilts)} tilts from {min(t.tilt_deg for t in tilts):+.1f}° to "
                     f"{max(t.tilt_deg for t in tilts):+.1f}°, {pixel:g} Å/px, tilt axis {axis:g}° ({axis_source})")
-        out = ctx.run_dir / "tilt_series.json"
-        out.write_text(json.dumps({"series": [s.model_dump(mode="json") for s in all_series]}, indent=1))
+        out = ctx.write_text("tilt_series.json",
+                             json.dumps({"series": [s.model_dump(mode="json") for s in all_series]}, indent=1))
         metrics: dict[str, Any] = {
             "n_series": len(all_series),
             "n_tilts": sum(len(s.tilts) for s in all_series),

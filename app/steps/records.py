@@ -177,7 +177,7 @@ def load_tilt_series(path: Path) -> list[Any]:
     from tomoguide.steps.import_movies import ImportedSeries
 
     wrapper = create_model("TiltSeriesRecord", series=(list[ImportedSeries], ...))
-    rec, _ = load_record(wrapper, path, TILT_SERIES_FILE)
+    rec, folder = load_record(wrapper, path, TILT_SERIES_FILE)
     names: list[str] = []
     for i, s in enumerate(rec.series):  # type: ignore[attr-defined]
         try:
@@ -187,7 +187,19 @@ def load_tilt_series(path: Path) -> list[Any]:
         if s.name in names:
             raise RecordError(path, f"series.{i}.name", f"tilt series {s.name} appears more than once")
         names.append(s.name)
+    # data paths (movies, mdocs, gain) are stored relative to the record's folder: absolute from here on
+    for s in rec.series:  # type: ignore[attr-defined]
+        s.mdoc = _absolute(s.mdoc, folder)
+        s.gain = None if s.gain is None else _absolute(s.gain, folder)
+        for t in s.tilts:
+            t.movie = _absolute(t.movie, folder)
+            t.mdoc = None if t.mdoc is None else _absolute(t.mdoc, folder)
     return list(rec.series)  # type: ignore[attr-defined]
+
+
+def _absolute(path: str, folder: Path) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() else os.path.normpath(Path(folder) / p))
 
 
 def output_items(path: Path) -> tuple[int, str] | None:
