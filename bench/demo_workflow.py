@@ -76,6 +76,14 @@ def measure_map(folder: Path, truth_dir: Path) -> dict:
     mask = F.soft_sphere_mask(rec.box_px, 75.0 / rec.voxel_A, 3.0)
     freqs, curve = F.fsc(vol, ref, voxel_A=rec.voxel_A, mask=mask)
     out["fsc_vs_truth_0.5_A"] = F.resolution_at(curve, freqs, 0.5)
+    # the same ignoring single shells that dip below 0.5 between neighbours above it (e.g. at a CTF zero that all
+    # particles share, where a shell holds no information): the resolution where the curve falls for good
+    c = np.asarray(curve, dtype=np.float64).copy()
+    dips = [i for i in range(2, c.size - 1) if c[i] < 0.5 <= min(c[i - 1], c[i + 1])]
+    for i in dips:
+        c[i] = 0.5 * (c[i - 1] + c[i + 1])
+    out["fsc_vs_truth_0.5_sustained_A"] = F.resolution_at(c, freqs, 0.5)
+    out["fsc_vs_truth_single_shell_dips_A"] = [float(1.0 / np.asarray(freqs)[i]) for i in dips]
     out["fsc_vs_truth_0.143_A"] = F.resolution_at(curve, freqs, 0.143)
     out["fsc_vs_truth_0.5_over_nyquist"] = out["fsc_vs_truth_0.5_A"] / (2 * rec.voxel_A)
     out["cc_truth"] = _cc(vol, ref, mask)

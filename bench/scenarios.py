@@ -222,10 +222,13 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         f05 = fm.get("fsc_vs_truth_0.5_A")
         ratio = fm.get("fsc_vs_truth_0.5_over_nyquist")
         map_hand = None if "cc_truth" not in fm else fm["cc_truth"] > fm["cc_truth_mirrored"]
+        dips = fm.get("fsc_vs_truth_single_shell_dips_A") or []
+        past_dip = "" if not dips else (f"; {_fmt(fm.get('fsc_vs_truth_0.5_sustained_A'))} past a one-shell dip at "
+                                         + ", ".join(f"{d:.0f}" for d in dips) + " Å")
         interventions = "0" if r.get("failed_step") is None else f"≥1 ({r['failed_step']})"
         rows.append([name, interventions, _fmt(axis), {True: "right", False: "WRONG", None: "—"}[hand],
                      _fmt(shift), _fmt(fs), _fmt(dfm, ".0f"), bad, _fmt(recall), _fmt(precision), _fmt(res),
-                     f"{_fmt(f05)} ({_fmt(ratio)})", {True: "right", False: "WRONG", None: "—"}[map_hand]])
+                     f"{_fmt(f05)} ({_fmt(ratio)}){past_dip}", {True: "right", False: "WRONG", None: "—"}[map_hand]])
     return rows
 
 
