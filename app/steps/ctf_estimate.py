@@ -227,7 +227,7 @@ class CtfEstimate(Step):
             files = dict(s.files)
             files.update(write_ctf_results(ctx.run_dir, s.name, rows, previews, g.optics, px))
             # the stack itself is not changed: link (or copy) it so the set is self-contained
-            link_or_copy(s.path("stack", base), ctx.run_dir / files["stack"])
+            link_or_copy(s.path("stack", base), ctx.out_path(files["stack"]))
             info = dict(s.info)
             if direction is not None:
                 info["tilt_direction"] = direction

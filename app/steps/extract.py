@@ -27,7 +27,7 @@ import pandas as pd
 
 from tomoguide.steps.average_records import ParticleStack
 from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
-from tomoguide.steps.records import SeriesSet
+from tomoguide.steps.records import SeriesSet, resolve_in
 
 XYZ = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")
 ORIGIN = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
@@ -139,6 +139,12 @@ def extraction_sizes(params: ExtractParams, *, pixel_size_A: float, max_defocus_
     return binning, box, crop
 
 
+def registry_title(step_id: str) -> str:
+    from tomoguide.steps import registry
+
+    return registry.get(step_id).title
+
+
 def _centred_positions(df: pd.DataFrame) -> np.ndarray:
     """Particle centres (m, 3) in Å from the tomogram centre: coordinates minus RELION's origin offsets."""
     pos = df[list(XYZ)].to_numpy(np.float64)
@@ -167,15 +173,15 @@ def load_particles(folder: Path) -> tuple[ParticleStack, Any, np.ndarray, np.nda
     from tomoguide.compute.io.star import read_particles_star
 
     rec, base = ParticleStack.load(folder)
-    ps = read_particles_star(base / rec.star)
+    ps = read_particles_star(rec.path("star", base))
     df = ps.particles
     m, b = len(df), rec.box_px
     data = np.empty((m, b, b, b), np.float32)
     weights = np.empty((m, b, b, b), np.float32)
     mats = {k: np.asarray(v, np.float64) for k, v in rec.info.get("view_matrices", {}).items()}
     for i, row in enumerate(df.itertuples(index=False)):
-        d, _ = read_mrc(base / str(row.rlnImageName))
-        w, _ = read_mrc(base / str(row.rlnCtfImage))
+        d, _ = read_mrc(resolve_in(base, str(row.rlnImageName), "rlnImageName"))
+        w, _ = read_mrc(resolve_in(base, str(row.rlnCtfImage), "rlnCtfImage"))
         if rec.dimensionality == 2:
             vm = mats[str(row.rlnTomoName)][np.asarray(rec.info["views_used"][str(row.rlnTomoName)])]
             d3, w3 = sta.backproject_subtomogram(np.asarray(d, np.float32), np.asarray(w, np.float32), vm)
@@ -210,7 +216,10 @@ class Extract(Step):
         assert isinstance(params, ExtractParams)
         issues = []
         if params.crop_px is not None and params.box_px is not None and params.crop_px > params.box_px:
-            issues.append(Issue("error", "the cropped box must not be larger than the box", "crop_px"))
+            issues.append(Issue("error", f"the cropped box ({params.crop_px} px) must not be larger than the box "
+                                f"({params.box_px} px)", "crop_px"))
+            issues.append(Issue("error", f"the box ({params.box_px} px) must not be smaller than the cropped box "
+                                f"({params.crop_px} px)", "box_px"))
         for name in ("crop_px", "box_px"):
             value = getattr(params, name)
             if value is not None and value % 2:
@@ -294,11 +303,15 @@ class Extract(Step):
         if crop_px > box_px:
             raise ValueError(f"the cropped box ({crop_px} px) must not be larger than the box ({box_px} px)")
         df = self._prepare(self._particles(ctx), params)
+        if len(df) == 0:
+            step, _ = self.particles_from
+            raise ValueError(f"there are no particles to extract: the step “{registry_title(step)}” gave none "
+                             "(lower its threshold, or pick by hand, then run it again)")
         known = set(sset.names())
         unknown = sorted(set(df["rlnTomoName"].astype(str)) - known)
         if unknown:
             raise ValueError(f"particles of unknown tilt series {', '.join(unknown)} (series: {', '.join(known)})")
-        (ctx.run_dir / "subtomos").mkdir(parents=True, exist_ok=True)
+        ctx.mkdir("subtomos")
         m_total = len(df)
         b = crop_px
         gallery = np.zeros((m_total, b, b), np.float32)
@@ -349,9 +362,9 @@ class Extract(Step):
                     three_d = params.dimensionality == "3D"
                     image_names[i] = f"subtomos/{pname}_{'data' if three_d else 'subtilts'}.mrc"
                     ctf_names[i] = f"subtomos/{pname}_weights.mrc"
-                    write_mrc(ctx.run_dir / image_names[i], d3 if three_d else sub.images[j], voxel,
+                    write_mrc(ctx.out_path(image_names[i]), d3 if three_d else sub.images[j], voxel,
                               is_stack=not three_d)
-                    write_mrc(ctx.run_dir / ctf_names[i], (w3 if three_d else sub.weights[j]).astype(np.float16),
+                    write_mrc(ctx.out_path(ctf_names[i]), (w3 if three_d else sub.weights[j]).astype(np.float16),
                               voxel, is_stack=not three_d)
                 done += idx.size
                 yield Progress(done / m_total, f"{s.name}: {done}/{m_total} particles extracted")
@@ -368,8 +381,8 @@ class Extract(Step):
                   "rlnImageSize": b, "rlnImageDimensionality": 3 if params.dimensionality == "3D" else 2,
                   "rlnVoltage": g_any.optics.voltage_kV, "rlnSphericalAberration": g_any.optics.cs_mm,
                   "rlnAmplitudeContrast": g_any.optics.amplitude_contrast}
-        write_particles_star(ctx.run_dir / "particles.star", out, optics)
-        write_mrc(ctx.run_dir / "gallery.mrc", gallery, voxel, is_stack=True)
+        write_particles_star(ctx.out_path("particles.star"), out, optics)
+        write_mrc(ctx.out_path("gallery.mrc"), gallery, voxel, is_stack=True)
         rec = ParticleStack(voxel_A=voxel, box_px=b, binning=binning, n_particles=m_total,
                             tomo_names=[n for n in sset.names() if n in views_used],
                             dimensionality=3 if params.dimensionality == "3D" else 2,
@@ -404,7 +417,7 @@ class ExtractFine(Extract):
         from tomoguide.steps.average_records import AverageRecord
 
         rec, base = AverageRecord.load(ctx.output("refine", "average"))
-        return read_particles_star(base / rec.particles).particles
+        return read_particles_star(rec.path("particles", base)).particles
 
     def _coarse_binning(self, ctx: RunContext, pixel_size_A: float) -> float | None:
         from tomoguide.steps.average_records import AverageRecord

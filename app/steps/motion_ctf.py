@@ -459,13 +459,13 @@ class MotionCtf(Step):
                 yield Progress(min(done / n_total, 1.0), msg)
             stack = np.stack(sums)
             files: dict[str, str] = {"stack": f"{s.name}.mrc"}
-            write_mrc(ctx.run_dir / files["stack"], stack, voxel_size_A=px_out, is_stack=True)
+            write_mrc(ctx.out_path(files["stack"]), stack, voxel_size_A=px_out, is_stack=True)
             if params.even_odd:
                 files["even"], files["odd"] = f"{s.name}_even.mrc", f"{s.name}_odd.mrc"
-                write_mrc(ctx.run_dir / files["even"], np.stack(evens), voxel_size_A=px_out, is_stack=True)
-                write_mrc(ctx.run_dir / files["odd"], np.stack(odds), voxel_size_A=px_out, is_stack=True)
+                write_mrc(ctx.out_path(files["even"]), np.stack(evens), voxel_size_A=px_out, is_stack=True)
+                write_mrc(ctx.out_path(files["odd"]), np.stack(odds), voxel_size_A=px_out, is_stack=True)
             files["frame_shifts"] = f"{s.name}_frame_shifts.star"
-            write_star(ctx.run_dir / files["frame_shifts"], {"frame_shifts": pd.DataFrame(shift_rows)})
+            write_star(ctx.out_path(files["frame_shifts"]), {"frame_shifts": pd.DataFrame(shift_rows)})
             flags: dict[str, list[bool]] = {"motion_failed": motion_failed}
             n_motion_failed += int(sum(motion_failed))
             series_metrics: dict[str, Any] = {
