@@ -371,10 +371,10 @@ def suggest_exclusions(
             for i in np.flatnonzero(ok & (z < -z_threshold)):
                 if reason == "blank_view" and int(i) in dark:
                     continue  # a dark view is dim everywhere: one suggestion is enough
-                add(i, reason, f"view {i} ({tilt[i]:+.1f}°): image {name} far below the trend of the other "
+                add(i, reason, f"image {name} far below the trend of the other "
                     f"tilts (robust z = {z[i]:.1f})", z[i])
         for i in np.flatnonzero(active & (sd <= 0)):
-            add(i, "blank_view", f"view {i} ({tilt[i]:+.1f}°): image SD is zero (blank view)", 0.0)
+            add(i, "blank_view", "image SD is zero (blank view)", 0.0)
 
     # ---- alignment residuals ------------------------------------------------------------------------
     if residuals is not None:
@@ -394,7 +394,7 @@ def suggest_exclusions(
             if jump or too_big:
                 why = (f"jumps above its neighbours' median {ref[i]:.3g} ({dev[i] / sigma:.1f} robust SDs)"
                        if jump else f"exceeds the limit {max_residual:.3g}")
-                add(i, "residual_jump", f"view {i} ({tilt[i]:+.1f}°): alignment residual {res[i]:.3g} {why}",
+                add(i, "residual_jump", f"alignment residual {res[i]:.3g} {why}",
                     res[i])
 
     # ---- tracking jumps -------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def suggest_exclusions(
         for i, dist, z in tracking_jumps(shifts_px, active, z_threshold=jump_z_threshold, min_jump_px=min_jump_px,
                                          window=jump_window, order=acquisition_order):
             size = f"{dist:.0f} px" + (f" ({dist * pixel_size_A / 10.0:.0f} nm)" if pixel_size_A else "")
-            add(i, "tracking_jump", f"view {i} ({tilt[i]:+.1f}°): the specimen jumped by {size} from where its "
+            add(i, "tracking_jump", f"the specimen jumped by {size} from where its "
                 f"neighbours' shifts put it ({z:.1f} robust SDs of the view-to-view shifts)", dist)
 
     # ---- CTF ------------------------------------------------------------------------------------------
@@ -413,22 +413,22 @@ def suggest_exclusions(
         dmean = table.defocus_mean_A
         failed = table.failed | ~np.isfinite(dmean)
         for i in np.flatnonzero(active & failed):
-            add(i, "ctf_failed", f"view {i} ({tilt[i]:+.1f}°): CTF fit failed", dmean[i])
+            add(i, "ctf_failed", "CTF fit failed", dmean[i])
         ok = active & ~failed
         trend, inl = robust_line_fit(tilt, dmean, degree=defocus_trend_degree, weights_mask=ok)
         dev = dmean - trend
         z, sigma = _zscores(dev, inl, 1e-6)
         for i in np.flatnonzero(ok & (np.abs(z) > defocus_z_threshold) & (np.abs(dev) > min_defocus_deviation_A)):
-            add(i, "defocus_outlier", f"view {i} ({tilt[i]:+.1f}°): defocus {dmean[i]:.0f} Å is {dev[i]:+.0f} Å "
+            add(i, "defocus_outlier", f"defocus {dmean[i]:.0f} Å is {dev[i]:+.0f} Å "
                 f"from the trend {trend[i]:.0f} Å ({abs(z[i]):.1f} robust SDs)", dmean[i])
         astig = table.astigmatism_A
         for i in np.flatnonzero(ok & (astig > max_astigmatism_A)):
-            add(i, "high_astigmatism", f"view {i} ({tilt[i]:+.1f}°): astigmatism {astig[i]:.0f} Å above "
+            add(i, "high_astigmatism", f"astigmatism {astig[i]:.0f} Å above "
                 f"{max_astigmatism_A:.0f} Å", astig[i])
         if max_fit_resolution_A is not None:
             fr = table.fit_resolution_A
             for i in np.flatnonzero(ok & np.isfinite(fr) & (fr > max_fit_resolution_A)):
-                add(i, "poor_fit_resolution", f"view {i} ({tilt[i]:+.1f}°): CTF fitted only to {fr[i]:.1f} Å "
+                add(i, "poor_fit_resolution", f"CTF fitted only to {fr[i]:.1f} Å "
                     f"(limit {max_fit_resolution_A:.1f} Å)", fr[i])
 
     out.sort(key=lambda s: (s.view, REASONS.index(s.reason)))

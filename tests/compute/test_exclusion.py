@@ -76,7 +76,7 @@ def test_dark_and_blank_views_are_suggested() -> None:
     assert _pairs(sug) == {(7, "dark_view"), (30, "blank_view")}
     assert all(s.target == "view" for s in sug)
     s7 = next(s for s in sug if s.view == 7)
-    assert s7.tilt_deg == TILTS[7] and s7.value < -4 and "view 7" in s7.message
+    assert s7.tilt_deg == TILTS[7] and s7.value < -4 and "far below the trend" in s7.message
     # The same from precomputed statistics; an already excluded view gets no suggestion.
     st = ex.view_statistics(stack)
     excluded = np.zeros(TILTS.size, bool)
