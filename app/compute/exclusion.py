@@ -9,6 +9,8 @@
   (raw or gain-corrected sums); skipped for a normalised stack.
 * ``blank_view`` — the image standard deviation is far below the same kind of trend of ``log(SD)``
   (a featureless image: empty beam, a view over a hole, a dead read-out) or is zero.
+* ``motion_failed`` — the frame alignment could not align the movie's frames (flagged by ``motion_ctf``: too
+  dark or featureless for a significant correlation peak); its sum is unaligned.
 * ``residual_jump`` — the per-view alignment residual jumps above the running median of its neighbours
   (``residual_window`` views) by more than ``z_threshold`` robust SDs and by at least ``residual_ratio``
   times that median and by more than ``min_residual_excess`` (an absolute floor: a residual of 0.7 px among
@@ -65,9 +67,9 @@ __all__ = [
     "tracking_jumps",
 ]
 
-REASONS: tuple[str, ...] = ("dark_view", "blank_view", "residual_jump", "tracking_jump", "defocus_outlier",
+REASONS: tuple[str, ...] = ("dark_view", "blank_view", "motion_failed", "residual_jump", "tracking_jump", "defocus_outlier",
                             "high_astigmatism", "ctf_failed", "poor_fit_resolution")
-_TARGET = {"dark_view": "view", "blank_view": "view", "residual_jump": "view", "tracking_jump": "view",
+_TARGET = {"dark_view": "view", "blank_view": "view", "motion_failed": "view", "residual_jump": "view", "tracking_jump": "view",
            "defocus_outlier": "ctf",
            "high_astigmatism": "ctf", "ctf_failed": "ctf", "poor_fit_resolution": "ctf"}
 _MAD_TO_SIGMA = 1.4826
@@ -326,6 +328,7 @@ def suggest_exclusions(
     defocus_trend_degree: int = 2,
     max_astigmatism_A: float = 2000.0,
     max_fit_resolution_A: float | None = None,
+    motion_failed: Sequence[bool] | np.ndarray | None = None,
 ) -> list[Suggestion]:
     """Views and CTF fits worth excluding, sorted by view then reason (module docstring for each test).
 
@@ -336,6 +339,8 @@ def suggest_exclusions(
     view (any unit; NaN for unknown). ``shifts_px`` (n, 2): the alignment's specimen shifts (x, y) in px of the
     unbinned images (``pixel_size_A`` Å each, for the messages; NaN rows for unknown) for the ``tracking_jump``
     test, with ``acquisition_order`` (n,) (rank of each view in time) defining the neighbours when given. ``excluded`` (n,) bool: views already excluded (ignored).
+    ``motion_failed`` (n,) bool: views whose frames the frame alignment could not align (too dark or featureless;
+    their sums are unaligned), suggested as ``motion_failed``.
     ``min_log_sigma``: floor of the robust SD of log(mean) and log(SD) (a 2 % spread), so that a series of
     nearly identical views does not flag tiny differences. Thresholds as named (Å for defocus).
     """
@@ -375,6 +380,15 @@ def suggest_exclusions(
                     f"tilts (robust z = {z[i]:.1f})", z[i])
         for i in np.flatnonzero(active & (sd <= 0)):
             add(i, "blank_view", "image SD is zero (blank view)", 0.0)
+
+    # ---- frame alignment -----------------------------------------------------------------------------
+    if motion_failed is not None:
+        mf = np.asarray(motion_failed, dtype=bool).reshape(-1)
+        if mf.size != n:
+            raise ValueError(f"motion_failed has {mf.size} entries, tilt_deg has {n}")
+        for i in np.flatnonzero(active & mf):
+            add(i, "motion_failed", "its frames could not be aligned (too dark or featureless): the sum is "
+                "unaligned", 1.0)
 
     # ---- alignment residuals ------------------------------------------------------------------------
     if residuals is not None:

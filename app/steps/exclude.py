@@ -111,7 +111,7 @@ def series_suggestions(entry: SeriesEntry, stack: Any, ctf_table: pd.DataFrame |
                               max_astigmatism_A=params.max_astigmatism_A,
                               min_residual_excess=params.min_residual_jump_px, shifts_px=shifts,
                               pixel_size_A=g.pixel_size_A, min_jump_px=params.min_tracking_jump_px,
-                              acquisition_order=g.acquisition_order)
+                              acquisition_order=g.acquisition_order, motion_failed=entry.flags.get("motion_failed"))
 
 
 def fill_excluded_fits(table: pd.DataFrame, excluded: np.ndarray) -> pd.DataFrame:

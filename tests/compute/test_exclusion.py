@@ -240,3 +240,19 @@ def test_tracking_jump_is_suggested() -> None:
     assert not ex.tracking_jumps(jumped, order=acq, min_jump_px=400.0)
     (view, dist, z), = ex.tracking_jumps(jumped, order=acq)
     assert view == 27 and z > 4.5 and 170.0 < dist < 330.0
+
+
+def test_views_the_frame_alignment_could_not_align_are_suggested() -> None:
+    """motion_ctf flags movies it cannot align (dark, blank); the exclusion suggests those views, not others."""
+    stack = _stack(dark=-1, blank=-1)  # no dark or blank view
+    flags = np.zeros(len(TILTS), bool)
+    flags[[3, 12]] = True
+    sug = ex.suggest_exclusions(stack, tilt_deg=TILTS, motion_failed=flags)
+    assert _pairs(sug) == {(3, "motion_failed"), (12, "motion_failed")}
+    assert all(s.target == "view" for s in sug)
+    excluded = np.zeros(len(TILTS), bool)
+    excluded[3] = True
+    assert _pairs(ex.suggest_exclusions(stack, tilt_deg=TILTS, motion_failed=flags, excluded=excluded)) == \
+        {(12, "motion_failed")}
+    with pytest.raises(ValueError, match="motion_failed"):
+        ex.suggest_exclusions(stack, tilt_deg=TILTS, motion_failed=flags[:-1])
