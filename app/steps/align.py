@@ -244,23 +244,23 @@ class Align(Step):
                      "tracks": f"{s.name}_tracks.npz"}
             if markers is not None:
                 files["markers"] = f"{s.name}_markers.npz"
-                np.savez_compressed(ctx.run_dir / files["markers"], positions_px=markers.positions_px,
+                np.savez_compressed(ctx.out_path(files["markers"]), positions_px=markers.positions_px,
                                     residuals_px=markers.fit.residuals_px, rejected=markers.fit.rejected,
                                     points_px=markers.fit.points_px, profile_r_px=markers.profile[0],
                                     profile=markers.profile[1], axis_history_deg=markers.axis_history_deg,
                                     patch_tilt_axis_deg=summary["tilt_axis_deg"])
-            link_or_copy(s.path("stack", base), ctx.run_dir / files["stack"])
+            link_or_copy(s.path("stack", base), ctx.out_path(files["stack"]))
             rows, tlt = g.to_imod()
-            write_xf(ctx.run_dir / files["xf"], rows)
-            write_tlt(ctx.run_dir / files["tlt"], tlt)
-            np.savez_compressed(ctx.run_dir / files["tracks"], positions_px=res.tracks.positions_px,
+            write_xf(ctx.out_path(files["xf"]), rows)
+            write_tlt(ctx.out_path(files["tlt"]), tlt)
+            np.savez_compressed(ctx.out_path(files["tracks"]), positions_px=res.tracks.positions_px,
                                 peak_cc=res.tracks.peak_cc, residuals_px=res.fit.residuals_px,
                                 rejected=res.fit.rejected, points_px=res.fit.points_px,
                                 coarse_shifts_px=res.coarse_shifts_px)
             if params.interp_binning is not None:
                 ali = apply_alignment(np.asarray(stack, np.float32), g, binning=g.binning * params.interp_binning)
                 files["interp"] = f"{s.name}_ali.mrc"
-                write_mrc(ctx.run_dir / files["interp"], np.asarray(ali, np.float32),
+                write_mrc(ctx.out_path(files["interp"]), np.asarray(ali, np.float32),
                           voxel_size_A=g.pixel_size_binned_A * params.interp_binning, is_stack=True)
             info_out = {**s.info, "residual_per_view_px": view_residuals, "mean_residual_px": mean_residual,
                         "weak_views": weak, "widened_views": summary["widened_views"], "axis_notes": axis_notes}
@@ -348,7 +348,7 @@ class AssignAlignment(Step):
             g = g.model_validate({**g.model_dump(), "image_shape_px": t.geometry.image_shape_px,
                                   "excluded": [a or b for a, b in zip(s.geometry.excluded, t.geometry.excluded)]})
             files = {"stack": t.files["stack"]}
-            link_or_copy(t.path("stack", dst_base), ctx.run_dir / files["stack"])
+            link_or_copy(t.path("stack", dst_base), ctx.out_path(files["stack"]))
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(t.flags),
                                        info={**t.info, **{k2: v for k2, v in s.info.items() if "residual" in k2}}))
             factor = s.geometry.binning / t.geometry.binning

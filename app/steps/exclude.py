@@ -216,16 +216,16 @@ class Exclude(Step):
             flags["ctf_excluded"] = (bad_fit & ~bad_view).tolist()
             if params.mode == "restack" and bad_view.any():
                 keep_mask = ~bad_view
-                write_mrc(ctx.run_dir / files["stack"], np.asarray(stack)[keep_mask], voxel_size_A=info.voxel_size_A[0],
+                write_mrc(ctx.out_path(files["stack"]), np.asarray(stack)[keep_mask], voxel_size_A=info.voxel_size_A[0],
                           is_stack=True)
                 geo = drop_views(g.model_validate({**g.model_dump(), "excluded": [False] * g.n_views}), keep_mask)
                 table = table[keep_mask].reset_index(drop=True)
                 flags = {key: [v for v, m in zip(val, keep_mask) if m] for key, val in flags.items()}
             else:
-                link_or_copy(s.path("stack", base), ctx.run_dir / files["stack"])
-            write_ctf_star(ctx.run_dir / files["ctf_star"], table)
+                link_or_copy(s.path("stack", base), ctx.out_path(files["stack"]))
+            write_ctf_star(ctx.out_path(files["ctf_star"]), table)
             if "ctf_preview" in files:
-                link_or_copy(s.path("ctf_preview", base), ctx.run_dir / files["ctf_preview"])
+                link_or_copy(s.path("ctf_preview", base), ctx.out_path(files["ctf_preview"]))
             entries.append(SeriesEntry(name=s.name, geometry=geo, files=files, flags=flags,
                                        info={**s.info, "suggestions": [
                                            {"view": x.view, "reason": x.reason, "message": x.message,
