@@ -97,6 +97,9 @@ def drop_views(geometry: Any, keep: np.ndarray) -> Any:
     return type(geometry).model_validate(d)
 
 
+MIN_VIEWS_LEFT = 3  # fewer views cannot make a tomogram worth the name
+
+
 def series_suggestions(entry: SeriesEntry, stack: Any, ctf_table: pd.DataFrame | None,
                        params: ExcludeParams) -> list[Any]:
     """The automatic checks of one series (:func:`tomoguide.compute.exclusion.suggest_exclusions`) with the step's
@@ -206,6 +209,11 @@ class Exclude(Step):
                     (bad_view if sug.target == "view" else bad_fit)[sug.view] = True
             for i in keep[s.name]:
                 bad_view[i] = False
+            if int((~bad_view).sum()) < MIN_VIEWS_LEFT:
+                raise ValueError(
+                    f"{s.name}: only {int((~bad_view).sum())} of {g.n_views} views would be left, too few to "
+                    f"reconstruct (at least {MIN_VIEWS_LEFT}); keep views with “Keep despite suggestions”, exclude fewer in "
+                    "“Views to exclude”, or untick “Apply the suggestions”")
             for sug in suggestions:
                 ctx.log(f"{s.name}: view {sug.view + 1} ({sug.tilt_deg:+.1f}°): {sug.message}"
                         + (" — kept" if sug.view in keep[s.name] else ""))

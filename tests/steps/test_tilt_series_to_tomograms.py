@@ -191,3 +191,24 @@ def test_registration_finds_sub_voxel_shifts() -> None:
     whole = np.roll(ref, [1, 0, 3], axis=(0, 1, 2))
     cc_whole = float(np.corrcoef(vol.ravel(), whole.ravel())[0, 1])
     assert cc_whole < cc - 0.05
+
+
+def test_exclusion_refuses_to_leave_too_few_views(project: Project) -> None:
+    """No silent dead end: excluding (nearly) every view fails on the exclusion step itself, naming what to change;
+    the earlier result stays."""
+    from tomoguide.steps.exclude import MIN_VIEWS_LEFT
+
+    before = project.data.steps["exclude"].outputs
+    n_views = SeriesSet.load(project.output_path("ctf_estimate", "series"))[0].series[0].geometry.n_views
+    views = ",".join(str(i) for i in range(1, n_views - MIN_VIEWS_LEFT + 2))
+    project.set_params("exclude", {"views": f"TS_01: {views}"})
+    from tomoguide.runner import StepFailed
+
+    with pytest.raises(StepFailed):
+        run_to_end(StepRun(project, "exclude"))
+    assert project.data.steps["exclude"].status == "failed"
+    err = str(project.data.steps["exclude"].error)
+    assert "too few to reconstruct" in err and "Keep despite suggestions" in err
+    project.set_params("exclude", {"views": ""})
+    assert run_to_end(StepRun(project, "exclude")).status == "done"
+    assert set(project.data.steps["exclude"].outputs) == set(before)
