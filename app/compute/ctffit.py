@@ -112,7 +112,7 @@ class WindowSpectra:
     image_shape: tuple[int, int]
     tilt_deg: float = 0.0
     tilt_axis_deg: float = 0.0
-    defocus_handedness: int = 1
+    defocus_handedness: int = -1
 
     @property
     def box(self) -> int:
@@ -246,7 +246,7 @@ def perpendicular_distance_px(x_px: Any, y_px: Any, image_shape: tuple[int, int]
 
 def defocus_offsets_A(
     x_px: Any, y_px: Any, image_shape: tuple[int, int], pixel_size_A: float, tilt_deg: float,
-    tilt_axis_deg: float, defocus_handedness: int = 1,
+    tilt_axis_deg: float, defocus_handedness: int = -1,
 ) -> Any:
     """Defocus (Å) at raw pixels ``(x, y)`` minus the image-centre defocus for a flat specimen tilted by
     ``tilt_deg``: ``−h · tan β · x_perp · pixel_size_A`` (module docstring)."""
@@ -284,7 +284,7 @@ def window_spectra(
     overlap: float = 0.5,
     tilt_deg: float = 0.0,
     tilt_axis_deg: float = 0.0,
-    defocus_handedness: int = 1,
+    defocus_handedness: int = -1,
     clip_sigma: float = 6.0,
     taper_fraction: float = 0.0625,
 ) -> WindowSpectra:
@@ -412,7 +412,7 @@ def power_spectrum(
     overlap: float = 0.5,
     tilt_deg: float = 0.0,
     tilt_axis_deg: float = 0.0,
-    defocus_handedness: int = 1,
+    defocus_handedness: int = -1,
     reference_defocus_A: float | None = None,
     tilt_mode: TiltMode = "rescale",
     max_offset_A: float = 500.0,
@@ -802,7 +802,7 @@ def estimate_ctf(
     overlap: float = 0.5,
     tilt_deg: float = 0.0,
     tilt_axis_deg: float = 0.0,
-    defocus_handedness: int = 1,
+    defocus_handedness: int = -1,
     tilt_mode: TiltMode = "rescale",
     max_offset_A: float = 500.0,
     voltage_kV: float = 300.0,
@@ -839,7 +839,7 @@ def fit_ctf_grid(
     overlap: float = 0.5,
     tilt_deg: float = 0.0,
     tilt_axis_deg: float = 0.0,
-    defocus_handedness: int = 1,
+    defocus_handedness: int = -1,
     voltage_kV: float = 300.0,
     cs_mm: float = 2.7,
     amplitude_contrast: float = 0.1,
@@ -1158,7 +1158,7 @@ def ctf_both_directions(
     overlap: float = 0.5,
     tilt_deg: float = 0.0,
     tilt_axis_deg: float = 0.0,
-    defocus_handedness: int = 1,
+    defocus_handedness: int = -1,
     view: int = 0,
     min_tilt_deg: float = 20.0,
     check_box: int | None = None,
@@ -1333,7 +1333,7 @@ def check_tilt_direction_images(
     *,
     pixel_size_A: float,
     tilt_axis_deg: float,
-    defocus_handedness: int = 1,
+    defocus_handedness: int = -1,
     box: int = 512,
     min_tilt_deg: float = 20.0,
     z_threshold: float = 4.0,

@@ -70,7 +70,7 @@ def tilted_view() -> dict[str, np.ndarray]:
 
 
 KW = dict(pixel_size_A=PX, defocus_u_A=U, defocus_v_A=V, astig_angle_deg=ANG, tilt_deg=TILT,
-          tilt_axis_deg=80.0, defocus_tolerance_A=100.0)
+          tilt_axis_deg=80.0, defocus_tolerance_A=100.0, defocus_handedness=1)  # the fixture's hand
 
 
 # ---- sign and plan ------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_fit_phase_shift() -> None:
 def test_tilted_image_gradient_rescaling_and_grid() -> None:
     shape, tilt, axis, df = (1024, 1024), 45.0, 85.0, 30000.0
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    offs = ctffit.defocus_offsets_A(xx, yy, shape, PX, tilt, axis, 1)
+    offs = ctffit.defocus_offsets_A(xx, yy, shape, PX, tilt, axis, -1)  # the default handedness (IMOD, RELION)
     assert np.ptp(offs) > 1800.0  # the defocus spans ~2000 Å across the image
     img = _ctf_image(shape, df + 200.0, df - 200.0, 20.0, noise=1.5, seed=2, offsets_A=offs)
     plain, _ = ctffit.estimate_ctf(img, pixel_size_A=PX, tilt_deg=tilt, tilt_axis_deg=axis, tilt_mode="none")
