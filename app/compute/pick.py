@@ -787,14 +787,17 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
     1. :func:`fit_noise_model` on ``peak_scores`` (the local maxima inside the specimen): the threshold above
        which ``expected_false`` noise peaks are expected. It is never above every peak when some peaks stand out
        from the noise; when none does, it is (and no particle is picked: the caller reports it).
-    2. When the peaks above it form a well separated population (median ``m``, robust SD ``s``; the peaks above
-       the widest gap of more than 2 noise SDs that leaves at least half of them above it, else all of them) and
-       ``m − particle_margin_sd · s`` lies above the noise threshold, the threshold is raised there, provided
-       that this drops at most ``max_raise_fraction`` of the peaks above the noise threshold (isolated
-       look-alikes: other globular proteins, contamination), or fewer than half of them all within ``tail_sd``
-       noise SDs of the noise threshold or closer to it than to the population (the noise's own tail, often
-       heavier than the Gaussian's, e.g. near the specimen's surfaces or with few views); never a second
-       population of particles standing clear of the noise.
+    2. When the peaks above it form a well separated population, the threshold is raised below it, to
+       ``m − particle_margin_sd · s`` (median ``m`` and robust SD ``s`` of the population), and at least into
+       the middle of the gap below the population when there is one, if that lies above the noise threshold.
+       The population: the peaks above the widest clear gap among those above the noise threshold that leaves
+       at least half of them above it (clear: wider than 2 noise SDs, or than 1 noise SD and twice the span of
+       the peaks below it), else all of them. The raise is made only when it drops at most
+       ``max_raise_fraction`` of the peaks above the noise threshold (isolated look-alikes: other globular
+       proteins, contamination), or fewer than half of them, all within ``tail_sd`` noise SDs of the noise
+       threshold or closer to it than to the population (the noise's own tail, often heavier than the
+       Gaussian's, e.g. near the specimen's surfaces or with few views); never a second population of particles
+       standing clear of the noise.
     """
     from scipy.special import ndtr
 
@@ -805,16 +808,24 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
     above = np.sort(v[v >= nm.threshold])
     med = sd = float("nan")
     if len(above) >= 5:
-        # the population: above the widest gap (more than 2 noise SDs) that leaves at least half of the peaks
-        # above the noise threshold over it, else all of them
+        # the population: above the widest clear gap that leaves at least half of the peaks above the noise
+        # threshold over it, else all of them. A gap is clear when wider than 2 noise SDs, or than 1 noise SD and
+        # twice the span of the peaks below it (a tight cluster hugging the noise threshold)
         population = above
         n_up = len(above) - 1 - np.arange(len(above) - 1)  # peaks above each gap
-        gaps = np.where(n_up >= max(5, 0.5 * len(above)), np.diff(above), 0.0)
-        if len(gaps) and gaps.max() > 2.0 * nm.sigma:
-            population = above[int(np.argmax(gaps)) + 1:]
-        med = float(np.median(population))
-        sd = 1.4826 * float(np.median(np.abs(population - med)))
+        gaps = np.diff(above)
+        below_span = above[:-1] - nm.threshold
+        clear = (gaps > 2.0 * nm.sigma) | ((gaps > nm.sigma) & (gaps > 2.0 * below_span))
+        gaps = np.where(clear & (n_up >= max(5, 0.5 * len(above))), gaps, 0.0)
+        med = float(np.median(above))
+        sd = 1.4826 * float(np.median(np.abs(above - med)))
         raised = med - particle_margin_sd * sd
+        if len(gaps) and gaps.max() > 0:  # at least the middle of the gap: below it is not the population
+            k = int(np.argmax(gaps))
+            population = above[k + 1:]
+            med = float(np.median(population))
+            sd = 1.4826 * float(np.median(np.abs(population - med)))
+            raised = max(0.5 * (above[k] + above[k + 1]), med - particle_margin_sd * sd)
         if sd > 0 and raised > nm.threshold:
             dropped = above[above < raised]
             # a few look-alikes, or the noise's own tail hugging its threshold (tails are often heavier than
