@@ -91,6 +91,14 @@ def read_angles(star_path: Path) -> tuple[np.ndarray, np.ndarray]:
     return df["rlnAngleRot"].to_numpy(np.float64), df["rlnAngleTilt"].to_numpy(np.float64)
 
 
+def _inside(rec: Any, field: str, folder: Path) -> bool:
+    """Whether the record's file ``field`` exists inside its folder (a tampered name leading out is not shown)."""
+    try:
+        return rec.path(field, folder).exists()
+    except (KeyError, ValueError):
+        return False
+
+
 class HistoryView(QWidget):
     """The per-iteration history: resolution per iteration (plot) and every recorded value (table)."""
 
@@ -211,7 +219,7 @@ class AveragePreview(Preview):
         self.map_combo.clear()
         for field, label in MAP_CHOICES:
             rel = getattr(rec, field)
-            if rel and (self.folder / rel).exists():
+            if rel and _inside(rec, field, self.folder):
                 self.map_combo.addItem(label, field)
         self.map_combo.blockSignals(False)
         show_fsc(self.fsc_plot, rec)
@@ -222,7 +230,7 @@ class AveragePreview(Preview):
         self.tabs.setTabEnabled(0, rec.fsc is not None)
         n_text = ""
         try:
-            rot, tilt = read_angles(self.folder / rec.particles)
+            rot, tilt = read_angles(rec.path("particles", self.folder))
             self.angdist.set_angles(rot, tilt, symmetry=rec.symmetry)
             n_text = f" · {len(rot)} particles"
         except (OSError, ValueError, KeyError) as exc:
@@ -240,7 +248,7 @@ class AveragePreview(Preview):
         if self.record is None or self.map_combo.count() == 0:
             return None
         field = self.map_combo.currentData()
-        return self.folder / getattr(self.record, field)
+        return self.record.path(field, self.folder)
 
     def show_map(self) -> None:
         from tomoguide.compute.io.mrc import read_mrc
