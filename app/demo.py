@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from tomoguide.project import PROJECT_FILE, Project
 
@@ -35,19 +34,10 @@ def demo_import_params(data_dir: Path) -> dict[str, Any]:
 
 
 def demo_params(data_dir: Path, sim: Any) -> dict[str, dict[str, Any]]:
-    """Parameters of the demo project for simulated data: the import's, the tomogram thickness that holds the
-    simulated slab and the picks' display box (the tutorial's 300 voxels and 54 px are meant for real data at a
-    finer pixel size)."""
-    from tomoguide.steps.preprocess import ReconstructionBinParams
-
-    voxel = sim.pixel_size_A * ReconstructionBinParams().binning
-    thickness = int(np.ceil(1.6 * sim.slab_thickness_A / voxel / 2.0)) * 2
-    box = int(np.ceil(150.0 / voxel))  # display boxes a little larger than apoferritin (130 Å; the tutorial's 54 px
-    #                                    is at a finer voxel size)
-    params: dict[str, dict[str, Any]] = {
-        "import_movies": demo_import_params(data_dir), "reconstruct": {"thickness_px": max(thickness, 16)},
-        "pick": {"box_px": box}}
-    # the extraction binnings and boxes are chosen from the data by the extract steps (tutorial voxel sizes)
+    """Parameters of the demo project for simulated data: only the session folder — everything else is the steps'
+    defaults, read from the mdoc or chosen from the data, as for any session a user brings (issue 14). The tiny
+    preset (16 particles) also shortens the averaging steps, so that tests run through them in seconds."""
+    params: dict[str, dict[str, Any]] = {"import_movies": demo_import_params(data_dir)}
     if sim.n_particles * sim.n_series < 100:  # the tiny preset: a quick run of the averaging steps
         params["initial_model"] = {"n_minibatches": 8}
         params["refine"] = {"max_iterations": 3}

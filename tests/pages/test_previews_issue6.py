@@ -270,8 +270,8 @@ def test_tomogram_slices(qtbot, reconstructed: Project) -> None:  # type: ignore
     np.testing.assert_array_equal(sv.image("yz"), vol[:, :, nx - 1].T)
     assert sv.panes["xz"].hline.value() == 3.5 and sv.panes["xy"].vline.value() == nx - 0.5
     # contrast from the volume's percentiles, the same in every pane
-    lo, hi = np.percentile(vol, (0.5, 99.5))
-    assert sv.levels == pytest.approx((lo, hi), rel=1e-5)
+    lo, hi = np.percentile(vol, (0.5, 99.5))  # of a regular subsample for large volumes: within 1 % of the range
+    assert sv.levels == pytest.approx((lo, hi), abs=0.01 * (hi - lo))
     for a in ("xy", "xz", "yz"):
         assert tuple(sv.panes[a].image_item.levels) == pytest.approx(sv.levels)
     assert f"{info.voxel_size_A[0]:.2f} Å/voxel" in preview.series_info.text()

@@ -23,7 +23,7 @@ STEPS = registry.ids()[: registry.ids().index("reconstruct") + 1]
 def project(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Project:
     params = demo_params(tiny_dataset / "data", synth.PRESETS["tiny"])
     params["preprocess_for_alignment"] = {"binning": 5}
-    params["reconstruct"] = {**params["reconstruct"], "method": "WBP"}
+    params["reconstruct"] = {"method": "WBP"}
     proj = Project.create(tmp_path_factory.mktemp("p6") / "proj", params=params)
     for step in STEPS:
         st = run_to_end(StepRun(proj, step))
