@@ -274,11 +274,17 @@ def _finite(obj: Any) -> bool:
 def _nan_to_none(obj: Any) -> Any:
     import math
 
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+    import numpy as np
+
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
     if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+        return {str(k): _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
         return [_nan_to_none(v) for v in obj]
     return obj
 
@@ -300,21 +306,29 @@ def cmd_relocate(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from tomoguide.inspect import describe_file, format_facts
 
+    from tomoguide.compute.io.errors import FormatError
+
     status = 0
     results = []
     for f in args.files:
         try:
             facts = describe_file(Path(f), strict=not args.permissive)
-        except Exception as exc:  # FormatError and OSError carry FILE: FIELD: message
+        except (FormatError, OSError) as exc:  # they carry FILE: FIELD: message
             print(f"tomoguide: error: {_file_error(f, exc)}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        except Exception as exc:  # noqa: BLE001 - a reader's bug: one line naming the file, said to be a bug
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            print(f"tomoguide: error: {f}: internal error while reading it ({type(exc).__name__}: {text}); "
+                  "please report it", file=sys.stderr)
             status = EXIT_USAGE
             continue
         results.append(facts)
         if not args.json:
             print(format_facts(facts))
-    if args.json:
-        print(json.dumps(results if len(args.files) != 1 else (results[0] if results else {}), indent=1,
-                         default=str))
+    if args.json:  # valid JSON: a value that is not finite is written as null
+        out = results if len(args.files) != 1 else (results[0] if results else {})
+        print(json.dumps(_nan_to_none(out), indent=1, default=str, allow_nan=False))
     return status
 
 

@@ -426,7 +426,7 @@ def read_text_coords(
                 continue
             rows.append(values)
     if ncol is None:
-        problem(strict, p, None, "no coordinates found")
+        problem(strict, p, "rows", "no coordinates found (an empty file, or cut short?)")
         ncol = 3
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, ncol)
     ps = pixel_size_A if pixel_size_A is not None else header_ps

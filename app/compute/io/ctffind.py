@@ -157,7 +157,7 @@ def read_ctffind_txt(path: str | PathLike[str], *, strict: bool = True) -> pd.Da
             rows.append(values)
     attrs, columns_line = _parse_header(header)
     if ncol is None:
-        raise FormatError(p, None, "no data rows (not a CTFFIND output?)")
+        raise FormatError(p, "rows", "no data rows (not a CTFFIND output, or cut short?)")
     names = list(BASE_COLUMNS) + _extra_column_names(columns_line, ncol)
     df = pd.DataFrame(np.asarray(rows, dtype=np.float64).reshape(-1, ncol), columns=names)
     df["micrograph_number"] = df["micrograph_number"].round().astype(np.int64)

@@ -61,9 +61,12 @@ def _read_table(path: PathType, ncols: int, what: str, strict: bool) -> np.ndarr
     try:
         text = path.read_text(encoding="ascii", errors="strict")
     except UnicodeDecodeError as err:
-        raise FormatError(path, None, f"not a text {what} file ({err.reason} at byte {err.start})") from err
+        raise FormatError(path, f"byte {err.start}", f"not a text {what} file ({err.reason})") from err
+    lines = text.splitlines()
+    if text.strip() and not text.endswith(("\n", "\r")):  # IMOD ends every line: a value may be cut short
+        problem(strict, path, f"line {len(lines)}", "the file ends in the middle of a line (no line end): cut short?")
     rows: list[list[float]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(lines, start=1):
         stripped = line.strip()
         if not stripped:
             continue
@@ -85,7 +88,7 @@ def _read_table(path: PathType, ncols: int, what: str, strict: bool) -> np.ndarr
         rows.append(values)
     if not rows:
         # An empty angle file cannot describe a tilt series: always an error.
-        raise FormatError(path, None, f"no {what} values found")
+        raise FormatError(path, "values", f"no {what} values found (an empty file, or cut short?)")
     return np.asarray(rows, dtype=np.float64).reshape(-1, ncols)
 
 
@@ -95,7 +98,11 @@ def read_tlt(path: PathType, *, strict: bool = True) -> np.ndarray:
     Returns:
         (n,) float64 tilt angles in degrees, in stack (file) order.
     """
-    return _read_table(path, 1, "tilt angle", strict)[:, 0]
+    angles = _read_table(path, 1, "tilt angle", strict)[:, 0]
+    bad = np.flatnonzero(np.abs(angles) > 90.0)
+    if bad.size:
+        problem(strict, path, f"value {int(bad[0]) + 1}", f"tilt angle {angles[bad[0]]:g}° is outside ±90°")
+    return angles
 
 
 def read_xtilt(path: PathType, *, strict: bool = True) -> np.ndarray:

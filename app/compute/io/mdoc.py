@@ -21,6 +21,16 @@ Conventions (stated once, used by every record here)
   flipped); the original text stays in ``raw``.
 * Pixel spacing in Å (of the saved image, i.e. after binning), dose in e⁻/Å², exposure time in s.
 * ``index`` is the 0-based position of a section among the sections of its kind, in file order.
+
+Checks (values, not only syntax; each a ``FILE: FIELD: problem`` error when strict, a warning and the value
+left out when not): every numeric key within physical bounds (:data:`BOUNDS`: TiltAngle within ±90°,
+ExposureDose 0 to 1000 e⁻/Å² per tilt, PixelSpacing positive, FrameDosesAndNumber pairs of a dose and a
+positive whole number, ...; PixelSpacing 0 means "not recorded" and reads as ``None``); a key given twice in a
+section or in the global part (a lost ``[ZValue = n]`` line merges two sections: the second section's keys
+repeat the first's), a section key before the first section (a lost ``[ZValue = 0]`` line), two sections with
+the same number, and a file cut short (it ends inside a line, or its last section lacks keys that every other
+section has). ZValues that skip a number (a section removed by hand, or lost) are not an error: they are listed
+in :attr:`Mdoc.notes`. Text with a UTF-8 or UTF-16 byte-order mark is decoded as such (Windows editors write it).
 """
 
 from __future__ import annotations
@@ -108,11 +118,14 @@ class Mdoc:
     global_fields: dict[str, str]
     sections: list[MdocSection]
     other_sections: list[MdocSection] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def pixel_spacing_A(self) -> float | None:
-        """Global ``PixelSpacing`` (Å), else that of the first section."""
+        """Global ``PixelSpacing`` (Å), else that of the first section (``None`` when neither records one)."""
         v = _to_float(self.global_fields.get("PixelSpacing"))
+        if v is not None and not (math.isfinite(v) and v > 0):
+            v = None
         if v is None and self.sections:
             v = self.sections[0].pixel_spacing_A
         return v
@@ -128,7 +141,8 @@ class Mdoc:
 
     @property
     def voltage_kV(self) -> float | None:
-        return _to_float(self.global_fields.get("Voltage"))
+        v = _to_float(self.global_fields.get("Voltage"))
+        return v if v is not None and math.isfinite(v) and v > 0 else None
 
 
 @dataclass
@@ -201,12 +215,62 @@ def format_serialem_datetime(dt: datetime) -> str:
     return f"{dt.day:02d}-{_MONTH_NAMES[dt.month - 1]}-{dt.year % 100:02d}  {dt:%H:%M:%S}"
 
 
+#: Physical bounds of the numeric keys (inclusive; units as SerialEM writes them: degrees, e⁻/Å², Å, µm, s).
+#: A value outside is refused (strict) or left out with a warning: it cannot be a real reading.
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "TiltAngle": (-90.0, 90.0, "°"),
+    "ExposureDose": (0.0, 1000.0, " e/A^2 per tilt"),
+    "PriorRecordDose": (0.0, 1e5, " e/A^2"),
+    "PixelSpacing": (0.0, 1e5, " A"),
+    "NumSubFrames": (0.0, 1e6, " frames"),
+    "TargetDefocus": (-1000.0, 1000.0, " um"),
+    "Defocus": (-1000.0, 1000.0, " um"),
+    "RotationAngle": (-720.0, 720.0, "°"),
+    "ExposureTime": (0.0, 1e5, " s"),
+    "Magnification": (0.0, 1e8, ""),
+    "Binning": (0.0, 1000.0, ""),
+    "Voltage": (0.0, 3000.0, " kV"),
+    "TiltAxisAngle": (-720.0, 720.0, "°"),
+}
+#: Keys SerialEM writes only inside a section: found before the first section, they mean a lost ``[ZValue = 0]``.
+SECTION_KEYS = frozenset({"TiltAngle", "StagePosition", "StageZ", "SubFramePath", "NumSubFrames", "DateTime",
+                          "ExposureDose", "TargetDefocus", "Defocus", "PriorRecordDose", "FrameDosesAndNumber",
+                          "MinMaxMean", "PieceCoordinates", "ImageShift", "RotationAngle", "Intensity"})
+_MAX_FRAME_DOSE_TOTAL = 1000.0  # e⁻/Å² per movie, as ExposureDose
+
+
+def _decode_text(path: Path, raw: bytes, strict: bool) -> str:
+    """The text of an mdoc: a UTF-8 or UTF-16 byte-order mark is honoured (a file saved by a Windows editor),
+    otherwise latin-1 (SerialEM writes ASCII; latin-1 never fails). NUL bytes without a BOM are refused."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:].decode("utf-8", errors="replace")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise FormatError(path, f"byte {exc.start}", "not readable as the UTF-16 text its byte-order mark "
+                                                          "announces (the file is damaged)") from None
+    text = raw.decode("latin-1")
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        problem(strict, path, f"line {line}", "NUL bytes: not a text file (UTF-16 without a byte-order mark, or "
+                                              "damaged)")
+        text = text.replace("\x00", "")
+    return text
+
+
 def _tokenise(path: Path, text: str, strict: bool) -> tuple[dict[str, str], list[str], list[tuple[str, int, int, dict[str, str]]]]:
-    """Lines -> (global fields, title texts, [(section key, number, line number, fields)])."""
+    """Lines -> (global fields, title texts, [(section key, number, line number, fields)]).
+
+    A key given twice in a section (or in the global part) is a problem naming both lines (the first value is
+    kept): a lost ``[ZValue = n]`` line merges a section into the one before it, whose keys then repeat. A
+    section-only key (``TiltAngle`` ...) before the first section is a problem too (a lost ``[ZValue = 0]``)."""
     global_fields: dict[str, str] = {}
     titles: list[str] = []
     sections: list[tuple[str, int, int, dict[str, str]]] = []
     current: dict[str, str] = global_fields
+    key_lines: dict[str, int] = {}
+    label = ""
     for lineno, line in enumerate(text.splitlines(), start=1):
         s = line.strip()
         if not s:
@@ -214,6 +278,8 @@ def _tokenise(path: Path, text: str, strict: bool) -> tuple[dict[str, str], list
         m = _SECTION_RE.match(s)
         if m:
             current = {}
+            key_lines = {}
+            label = f"[{m.group(1)} = {int(m.group(2))}]"
             sections.append((m.group(1), int(m.group(2)), lineno, current))
             continue
         t = _TITLE_RE.match(s)
@@ -226,37 +292,83 @@ def _tokenise(path: Path, text: str, strict: bool) -> tuple[dict[str, str], list
             problem(strict, path, f"line {lineno}", f"cannot read {s[:60]!r} (expected 'Key = value' or '[ZValue = n]')")
             continue
         key, value = s.split("=", 1)
-        current[key.strip()] = value.strip()
+        key = key.strip()
+        if not key:
+            problem(strict, path, f"line {lineno}", f"a value without a key: {s[:60]!r}")
+            continue
+        if not sections and key in SECTION_KEYS:
+            problem(strict, path, f"line {lineno} {key}", "a section key before the first section: a lost "
+                                                          "'[ZValue = 0]' line?")
+            continue
+        if key in current:
+            where = f"{label} {key}" if sections else f"line {lineno} {key}"
+            hint = ("a lost '[ZValue = n]' line merged two sections?" if sections
+                    else "a duplicated line?")
+            problem(strict, path, where, f"given twice (lines {key_lines[key]} and {lineno}): {hint}")
+            continue
+        current[key] = value.strip()
+        key_lines[key] = lineno
     return global_fields, titles, sections
 
 
-def _frame_dose(text: str | None) -> float | None:
-    if not text:
+def _out_of_bounds(name: str, v: float) -> str | None:
+    """Why ``v`` cannot be a reading of key ``name`` (see :data:`BOUNDS`), or None."""
+    if not math.isfinite(v):
+        return f"not a finite number: {v}"
+    b = BOUNDS.get(name)
+    if b is None:
         return None
+    lo, hi, unit = b
+    if not (lo <= v <= hi):
+        return f"{v:g}{unit} is outside the physical range {lo:g} to {hi:g}{unit}"
+    if name == "Binning" and v == 0:
+        return "0: must be positive"
+    return None
+
+
+def _frame_pairs(text: str | None) -> tuple[list[tuple[float, int]] | None, str | None]:
+    """``FrameDosesAndNumber = d1 n1 d2 n2 ...`` -> ``([(dose, number), ...], None)``, or ``(None, why)`` when the
+    text is not pairs of a dose (0 to 1000 e⁻/Å² per frame) and a positive whole number; ``(None, None)`` when
+    the key is absent or empty."""
+    if not text or not text.strip():
+        return None, None
     parts = text.split()
-    try:
-        pairs = [(float(parts[i]), int(float(parts[i + 1]))) for i in range(0, len(parts) - 1, 2)]
-    except ValueError:
+    if len(parts) % 2:
+        return None, f"{text!r}: expected pairs of a dose per frame and a number of frames"
+    pairs: list[tuple[float, int]] = []
+    for i in range(0, len(parts), 2):
+        try:
+            d, n = float(parts[i]), float(parts[i + 1])
+        except ValueError:
+            return None, f"{text!r}: not numbers"
+        if not math.isfinite(d) or not 0.0 <= d <= MAX_DOSE_PER_FRAME:
+            return None, f"dose per frame {parts[i]} is outside 0 to {MAX_DOSE_PER_FRAME:g} e/A^2"
+        if not math.isfinite(n) or n != int(n) or not 1 <= n <= 1e6:
+            return None, f"number of frames {parts[i + 1]} is not a whole number from 1 to 1000000"
+        pairs.append((d, int(n)))
+    total = sum(d * k for d, k in pairs)
+    if total > _MAX_FRAME_DOSE_TOTAL:
+        return None, f"a movie dose of {total:g} e/A^2 (sum of dose x number) is beyond {_MAX_FRAME_DOSE_TOTAL:g}"
+    return pairs, None
+
+
+MAX_DOSE_PER_FRAME = 1000.0
+
+
+def _frame_dose(text: str | None) -> float | None:
+    pairs, _ = _frame_pairs(text)
+    if not pairs:
         return None
     n = sum(k for _, k in pairs)
-    if n <= 0:
-        return None
-    return sum(d * k for d, k in pairs) / n
+    return sum(d * k for d, k in pairs) / n if n > 0 else None
 
 
 def _frame_dose_total(text: str | None) -> float | None:
     """``FrameDosesAndNumber = d1 n1 d2 n2 ...`` -> the movie's dose, sum of d × n (e⁻/Å²); None if unreadable."""
-    if not text:
-        return None
-    parts = text.split()
-    try:
-        pairs = [(float(parts[i]), int(float(parts[i + 1]))) for i in range(0, len(parts) - 1, 2)]
-    except ValueError:
-        return None
+    pairs, _ = _frame_pairs(text)
     if not pairs:
         return None
-    total = sum(d * k for d, k in pairs)
-    return total if math.isfinite(total) else None
+    return sum(d * k for d, k in pairs)
 
 
 def _section(
@@ -281,8 +393,14 @@ def _section(
         v = _to_float(text)
         if v is None or not math.isfinite(v):
             if required:
-                raise _Bad(name, text)
+                raise _Bad(name, f"not a number: {text!r}")
             problem(strict, path, f"{label} {name}", f"not a number: {text!r}")
+            return None
+        why = _out_of_bounds(name, v)
+        if why is not None:
+            if required:
+                raise _Bad(name, why)
+            problem(strict, path, f"{label} {name}", why)
             return None
         return v
 
@@ -292,7 +410,7 @@ def _section(
         problem(strict, path, f"{label} {e.name}", "missing")
         return None
     except _Bad as e:
-        problem(strict, path, f"{label} {e.name}", f"not a number: {e.text!r}")
+        problem(strict, path, f"{label} {e.name}", e.text)
         return None
     dt = None
     if "DateTime" in fields:
@@ -300,11 +418,18 @@ def _section(
         if dt is None:
             problem(strict, path, f"{label} DateTime", f"cannot read {fields['DateTime']!r} (expected e.g. 30-Nov-15  15:21:38)")
     nsub = num("NumSubFrames")
-    pixel = num("PixelSpacing")
+    if nsub is not None and nsub != int(nsub):
+        problem(strict, path, f"{label} NumSubFrames", f"not a whole number: {fields['NumSubFrames']!r}")
+        nsub = None
+    pixel = num("PixelSpacing") or None  # 0: not recorded
     if pixel is None:
-        pixel = _to_float(global_fields.get("PixelSpacing"))
+        pixel = _to_float(global_fields.get("PixelSpacing")) or None
     target = num("TargetDefocus")
     defocus = num("Defocus")
+    fdn = fields.get("FrameDosesAndNumber")
+    _, why = _frame_pairs(fdn)
+    if why is not None:
+        problem(strict, path, f"{label} FrameDosesAndNumber", why)
     return MdocSection(
         index=index,
         z_value=number,
@@ -317,8 +442,8 @@ def _section(
         datetime=dt,
         sub_frame_path=fields.get("SubFramePath") or None,
         num_sub_frames=None if nsub is None else int(nsub),
-        frame_dose_e_A2=_frame_dose(fields.get("FrameDosesAndNumber")),
-        frame_dose_total_e_A2=_frame_dose_total(fields.get("FrameDosesAndNumber")),
+        frame_dose_e_A2=_frame_dose(fdn),
+        frame_dose_total_e_A2=_frame_dose_total(fdn),
         exposure_time_s=num("ExposureTime"),
         magnification=num("Magnification"),
         binning=num("Binning"),
@@ -340,41 +465,114 @@ class _Bad(Exception):
 
 
 def tilt_axis_from_titles(title_lines: Sequence[str], global_fields: dict[str, str] | None = None) -> float | None:
-    """The ``Tilt axis angle = 85.3`` of a title line (degrees), else the global ``TiltAxisAngle``."""
+    """The ``Tilt axis angle = 85.3`` of a title line (degrees), else the global ``TiltAxisAngle`` (a value that is
+    not finite or beyond ±720° is ignored)."""
     for t in title_lines:
         m = _TILT_AXIS_RE.search(t)
         if m:
-            return float(m.group(1))
+            v = float(m.group(1))
+            if _out_of_bounds("TiltAxisAngle", v) is None:
+                return v
     if global_fields:
         for k in ("TiltAxisAngle", "Tilt axis angle"):
             v = _to_float(global_fields.get(k))
-            if v is not None:
+            if v is not None and _out_of_bounds("TiltAxisAngle", v) is None:
                 return v
     return None
+
+
+def _check_globals(path: Path, global_fields: dict[str, str], titles: list[str], strict: bool) -> None:
+    """Values of the global keys and the title's tilt axis within bounds; a bad value is removed (permissive)."""
+    for name in ("PixelSpacing", "Voltage", "TiltAxisAngle"):
+        text = global_fields.get(name)
+        if text is None:
+            continue
+        v = _to_float(text)
+        why = f"not a number: {text!r}" if v is None else _out_of_bounds(name, v)
+        if why is not None:
+            problem(strict, path, name, why)
+            del global_fields[name]
+    if "ImageSize" in global_fields:
+        parts = global_fields["ImageSize"].split()
+        try:
+            ok = len(parts) == 2 and all(0 < int(x) <= 1_000_000 for x in parts)
+        except ValueError:
+            ok = False
+        if not ok:
+            problem(strict, path, "ImageSize", f"{global_fields['ImageSize']!r}: expected two positive whole numbers "
+                                               "(nx ny, px)")
+            del global_fields["ImageSize"]
+    for t in titles:
+        m = _TILT_AXIS_RE.search(t)
+        if m:
+            why = _out_of_bounds("TiltAxisAngle", float(m.group(1)))
+            if why is not None:
+                problem(strict, path, "Tilt axis angle", why)
+            break
+
+
+def _check_sections(path: Path, text: str, raw_sections: list[tuple[str, int, int, dict[str, str]]],
+                    main_key: str, strict: bool, notes: list[str]) -> None:
+    """The sections as a whole: numbers given twice (a problem), numbers that skip (a note), a file cut short (it
+    ends inside a line of a section, or its last section lacks keys every other section has: a problem)."""
+    main = [(n, ln, f) for k, n, ln, f in raw_sections if k == main_key]
+    seen: dict[int, int] = {}
+    for n, ln, _ in main:
+        if n in seen:
+            problem(strict, path, f"[{main_key} = {n}]", f"two sections with this number (lines {seen[n]} and {ln}): "
+                                                         "a duplicated section, or two files joined?")
+        seen.setdefault(n, ln)
+    numbers = [n for n, _, _ in main]
+    if numbers and len(set(numbers)) == len(numbers) and 0 <= max(numbers) < 10 * len(numbers) + 1000:
+        missing = sorted(set(range(0, max(numbers) + 1)) - set(numbers))
+        if missing:
+            shown = ", ".join(str(m) for m in missing[:6]) + (" ..." if len(missing) > 6 else "")
+            notes.append(f"[{main_key}] numbers skip {shown} ({len(numbers)} sections numbered up to "
+                         f"{max(numbers)}): sections removed by hand, or views left out of the series")
+    if not raw_sections:
+        return
+    stripped = text.rstrip(" \t")
+    last_key, last_n, last_line, last_fields = raw_sections[-1]
+    n_lines = len(text.splitlines())
+    if stripped and not stripped.endswith(("\n", "\r")) and n_lines > last_line:
+        problem(strict, path, f"line {n_lines}", f"the file ends in the middle of a line of [{last_key} = {last_n}] "
+                                                 "(no line end): cut short?")
+    same = [f for k, _, _, f in raw_sections[:-1] if k == last_key]
+    if len(same) >= 2:
+        common = set.intersection(*(set(f) for f in same))
+        lacking = sorted(common - set(last_fields))
+        if lacking:
+            shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
+            problem(strict, path, f"[{last_key} = {last_n}]", f"the last section lacks {shown}, which every other "
+                                                               "section has: the file is cut short?")
 
 
 # --- reading ----------------------------------------------------------------------------------------
 
 
 def read_mdoc(path: str | PathLike[str], *, strict: bool = True) -> Mdoc:
-    """Read a SerialEM mdoc (LF or CRLF).
+    """Read a SerialEM mdoc (LF or CRLF; latin-1, or UTF-8/UTF-16 with a byte-order mark).
 
     Kind: ``"montage"`` when there are ``[MontSection]`` sections or the global ``Montage = 1``,
     ``"frameset"`` when there is a ``[FrameSet]`` section, else ``"tilt_series"``. Strict mode raises
     :class:`FormatError` naming file, section and key (``TS_01.mrc.mdoc: [ZValue = 3] TiltAngle: missing``)
     for an unreadable line, a missing or non-numeric ``TiltAngle`` (tilt-series and frame-set kinds), a
-    non-numeric value of a known numeric key, an unreadable ``DateTime`` or a file without sections.
-    With ``strict=False`` each becomes a :class:`FormatWarning`; a section without a usable tilt angle is
-    skipped, other bad values become ``None``.
+    non-numeric value of a known numeric key or one outside its physical bounds (:data:`BOUNDS`), a key given
+    twice, a section key before the first section, two sections with one number, a file cut short, an
+    unreadable ``DateTime`` or a file without sections (module docstring). With ``strict=False`` each becomes a
+    :class:`FormatWarning`; a section without a usable tilt angle is skipped, other bad values become ``None``.
+    Facts worth a look that are not errors (ZValues that skip) are in ``notes``.
     """
     p = Path(path)
     if not p.is_file():
         raise FormatError(p, None, "no such file")
-    text = p.read_bytes().decode("latin-1")  # SerialEM writes ASCII; latin-1 never fails
+    text = _decode_text(p, p.read_bytes(), strict)
     global_fields, titles, raw_sections = _tokenise(p, text, strict)
     keys = {k for k, _, _, _ in raw_sections}
     if not raw_sections:
-        problem(strict, p, None, "no [ZValue], [FrameSet] or [MontSection] section: not a SerialEM mdoc?")
+        problem(strict, p, "sections", "no [ZValue], [FrameSet] or [MontSection] section: not a SerialEM mdoc, or "
+                                       "cut short?")
+    _check_globals(p, global_fields, titles, strict)
     if "MontSection" in keys or global_fields.get("Montage", "0").strip() not in ("0", ""):
         kind: MdocKind = "montage"
         main_key = "ZValue"
@@ -382,6 +580,8 @@ def read_mdoc(path: str | PathLike[str], *, strict: bool = True) -> Mdoc:
         kind, main_key = "frameset", "FrameSet"
     else:
         kind, main_key = "tilt_series", "ZValue"
+    notes: list[str] = []
+    _check_sections(p, text, raw_sections, main_key, strict, notes)
     need_tilt = kind != "montage"
     sections: list[MdocSection] = []
     others: list[MdocSection] = []
@@ -405,6 +605,7 @@ def read_mdoc(path: str | PathLike[str], *, strict: bool = True) -> Mdoc:
         global_fields=global_fields,
         sections=sections,
         other_sections=others,
+        notes=notes,
     )
 
 
@@ -754,12 +955,12 @@ def tilt_axis_info(mdocs: Sequence[Mdoc], sections: Sequence[MdocSection] | None
     for md in mdocs:
         for t in md.title_lines:
             m = _TILT_AXIS_RE.search(t)
-            if m:
+            if m and _out_of_bounds("TiltAxisAngle", float(m.group(1))) is None:
                 return float(m.group(1)), "mdoc title"
     for md in mdocs:
         for k in ("TiltAxisAngle", "Tilt axis angle"):
             v = _to_float(md.global_fields.get(k))
-            if v is not None and math.isfinite(v):
+            if v is not None and _out_of_bounds("TiltAxisAngle", v) is None:
                 return v, "mdoc TiltAxisAngle"
     secs = list(sections) if sections is not None else [s for md in mdocs for s in md.sections]
     rot = [s.rotation_angle_deg for s in secs if s.rotation_angle_deg is not None]
@@ -1207,6 +1408,34 @@ def classify_scheme(tilts_in_acquisition_order: Sequence[float], step_deg: float
     return "other"
 
 
+def unlisted_movies(md: Mdoc, records: Sequence[TiltRecord]) -> list[Path]:
+    """Movies in the folders of a series' found movies, named like them (same series prefix,
+    :func:`frame_name_parts`), that no section of the mdoc lists: a section lost from the mdoc (or cut off its
+    end), or the movies of retaken tilts. Sorted paths; empty when the movies are not found or not named so."""
+    found = [r.movie_path for r in records if r.movie_found and r.movie_path is not None]
+    prefixes = {(frame_name_parts(q.name)[0] or "").lower() for q in found}
+    if not found and md.kind == "tilt_series":  # no movie found: those named after the mdoc (TS_01.mrc.mdoc)
+        prefixes = {strip_mdoc_name(md.path.name).lower()}
+    prefixes.discard("")
+    if not prefixes:
+        return []
+    listed = {q.name.lower() for q in found} | {_movie_stem(_windows_basename(s.sub_frame_path)).lower()
+                                                for s in md.sections if s.sub_frame_path}
+    out = []
+    for folder in sorted({q.parent for q in found} or {md.path.parent}):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for n in names:
+            if Path(n).suffix.lower() not in MOVIE_EXTENSIONS or n.lower() in listed or \
+                    _movie_stem(n).lower() in listed:
+                continue
+            if (frame_name_parts(n)[0] or "").lower() in prefixes:
+                out.append(folder / n)
+    return out
+
+
 def describe(
     path: str | PathLike[str],
     *,
@@ -1242,6 +1471,12 @@ def describe(
                 dose = 0.0
             records = tilt_records(md, movie_dir=movie_dir, initial_dose_e_A2=initial_dose_e_A2,
                                    dose_per_tilt_e_A2=dose, strict=False)
+    notes.extend(md.notes)
+    unlisted = unlisted_movies(md, records)
+    if unlisted:
+        shown = ", ".join(q.name for q in unlisted[:4]) + (f" and {len(unlisted) - 4} more" if len(unlisted) > 4 else "")
+        notes.append(f"{len(unlisted)} movie(s) named like this series' movies are in {unlisted[0].parent} but not in "
+                     f"the mdoc ({shown}): a lost section, or movies of retaken tilts?")
     tilts = np.array([r.tilt_angle_deg for r in records], dtype=float)
     out: dict[str, Any] = {
         "path": str(md.path),

@@ -43,6 +43,8 @@ eer_fractions_per_frame`` fractions are left out, as RELION does. A first page t
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from os import PathLike
 from pathlib import Path
@@ -90,10 +92,66 @@ def _check_exists(path: Path) -> None:
 
 
 def _tiff_error(path: Path, exc: Exception) -> FormatError:
-    text = str(exc)
+    """A one-line error for what ``tifffile`` (or a codec) raised on a damaged or foreign file: the library's own
+    text when it describes the file (tifffile's errors, a codec's), never a Python exception's name."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if "imagecodecs" in text:
         return FormatError(path, "compression", f"{text.strip(chr(34))}: install it with 'pip install imagecodecs'")
-    return FormatError(path, None, f"not a readable TIFF ({type(exc).__name__}: {text})")
+    known = type(exc).__name__ in ("TiffFileError", "ValueError", "OSError", "EOFError") or \
+        type(exc).__module__.startswith("imagecodecs")
+    detail = f" ({text[:120]})" if known and text else ""
+    return FormatError(path, "TIFF", f"damaged or not a TIFF: its image directory or data cannot be read{detail}")
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Any:
+    """tifffile logs what it works around in a damaged file; the reader reports it as one FormatError instead."""
+    log = logging.getLogger("tifffile")
+    old = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
+def _check_tiff_chain(path: Path, tif: Any) -> None:
+    """The chain of image directories complete: tifffile stops quietly at a directory beyond the end of a file cut
+    short (an uncompressed TIFF stores each page's directory after its data), which would read as fewer frames."""
+    pages = tif.pages
+    n = len(pages)
+    off = getattr(pages, "_nextpageoffset", None)
+    if not off:
+        return
+    fh = tif.filehandle
+    size = int(getattr(tif.tiff, "offsetsize", 4))
+    try:
+        fh.seek(int(off))
+        raw = fh.read(size)
+    except (OSError, ValueError):
+        return
+    if len(raw) < size:
+        ptr = -1
+    else:
+        ptr = int.from_bytes(raw, "little" if tif.byteorder == "<" else "big")
+    if ptr != 0:
+        where = f"byte {ptr}" if ptr > 0 else "the end of the file"
+        raise FormatError(path, f"page {n}", f"the image directory at {where} cannot be read (the file has "
+                                             f"{path.stat().st_size} bytes): the file is cut short or damaged")
+
+
+def _check_tiff_extent(path: Path, pages: Any) -> None:
+    """Every page's image data inside the file: a TIFF cut short otherwise reads as zeros or garbage."""
+    size = path.stat().st_size
+    for i, page in enumerate(pages):
+        offsets = getattr(page, "dataoffsets", ()) or ()
+        counts = getattr(page, "databytecounts", ()) or ()
+        end = max((int(o) + int(c) for o, c in zip(offsets, counts)), default=0)
+        if end > size:
+            raise FormatError(path, f"page {i}", f"its image data end at byte {end} but the file has {size} bytes: "
+                                                 "the file is cut short")
+        if counts and not any(int(c) for c in counts):
+            raise FormatError(path, f"page {i}", "no image data (byte counts 0): the file is damaged")
 
 
 def _eer_pages(tif: tifffile.TiffFile) -> list[Any]:
@@ -109,8 +167,12 @@ def _tiff_shape(path: Path) -> tuple[tuple[int, int, int], np.dtype, str]:
     """``((n, ny, nx), dtype, compression name)`` of a TIFF movie; for EER ``n`` is the number of fractions
     and the dtype uint8 (0/1 events per pixel and fraction)."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             eer = _eer_pages(tif) if tif.pages else []
+            if not len(tif.pages):
+                raise FormatError(path, "TIFF", "no image in the file")
+            _check_tiff_chain(path, tif)
+            _check_tiff_extent(path, eer or tif.pages)
             if eer:
                 ny, nx = (int(v) for v in eer[0].shape[-2:])
                 return (len(eer), ny, nx), np.dtype(np.uint8), eer[0].compression.name
@@ -245,10 +307,10 @@ def read_movie(
     if compression.startswith("EER"):
         return _read_eer(p, eer_fractions_per_frame)
     try:
-        arr = tifffile.imread(p)
+        arr = np.asarray(tifffile.imread(p)).reshape(shape)
     except Exception as exc:
         raise _tiff_error(p, exc) from exc
-    return np.ascontiguousarray(tiff_rows(np.asarray(arr).reshape(shape)))
+    return np.ascontiguousarray(tiff_rows(arr))
 
 
 def read_movie_sum(path: str | PathLike[str], *, strict: bool = True) -> np.ndarray:
@@ -367,6 +429,7 @@ def read_gain(
         data, _ = mrc.read_mrc(p, strict=strict)
         g = np.asarray(data)
     else:
+        _tiff_shape(p)  # the structure checked first (a file cut short, a damaged directory)
         try:
             g = np.asarray(tifffile.imread(p))
         except Exception as exc:

@@ -9,7 +9,10 @@ Conventions
   ``(y, x)`` for a single image (``ispg`` 0 and ``nz`` 1), ``(n, z, y, x)`` for volume stacks
   (``ispg`` 401-630), exactly as ``mrcfile`` shapes them.
 * Voxel size is in Å and always given in file-axis order ``(x, y, z)`` (``cella / mx`` ...). 0 means
-  "not recorded" (IMOD and others leave it so).
+  "not recorded" (IMOD and others leave it so): it is never a size, and a step that needs one asks for it.
+  A voxel size that is not a number, infinite, negative, below :data:`MIN_VOXEL_A` or above
+  :data:`MAX_VOXEL_A` (or a sampling ``mx``/``my``/``mz`` that is not positive while ``cella`` is set) cannot be
+  a reading: it is an error (field ``cella.x`` ...) when strict, else a warning and the axis reads 0.
 * Tilt angles (degrees, as the microscope reports the stage alpha tilt) are read from the extended
   header when there is one: ``FEI1``/``FEI2`` (field ``Alpha tilt`` of mrcfile's indexed extended
   header), the old FEI layout of 2003 (no ``exttyp``; 128-byte records whose first float32 is the
@@ -42,6 +45,11 @@ from .errors import FormatError, problem
 MMAP_THRESHOLD_BYTES = 512 * 1024**2
 
 HEADER_BYTES = 1024
+#: Bounds of a recorded voxel size (Å): 0.01 Å is far below any detector pixel, 1e5 Å (10 µm) above a grid atlas.
+MIN_VOXEL_A = 0.01
+MAX_VOXEL_A = 1e5
+#: Tilt angles from an extended header beyond this (degrees) are not tilt angles (another layout, or damage).
+MAX_TILT_DEG = 90.0
 _STACK_SUFFIXES = {".st", ".mrcs", ".ali", ".preali", ".tilt"}
 _FEI_OLD_RECORD_BYTES = 128
 
@@ -97,6 +105,37 @@ def _fmt_voxel(v: float) -> float:
     return float(f"{v:.7g}") if math.isfinite(v) else v
 
 
+def _voxel_sizes(p: Path, h: Any, strict: bool) -> tuple[float, float, float]:
+    """``cella / (mx, my, mz)`` per axis (Å), checked: 0 when not recorded (``cella`` 0), else a positive finite
+    size within [:data:`MIN_VOXEL_A`, :data:`MAX_VOXEL_A`]; anything else is a problem naming the field, and the
+    axis reads 0 ("not recorded") when not strict."""
+    out = []
+    for axis in "xyz":
+        with np.errstate(all="ignore"):
+            cell = float(h.cella[axis])
+            m = int(h["m" + axis])
+        if cell == 0.0:
+            out.append(0.0)
+            continue
+        if not math.isfinite(cell) or cell < 0:
+            problem(strict, p, f"cella.{axis}", f"cell size {cell:g} A: must be positive and finite (0 = not "
+                                                f"recorded)")
+            out.append(0.0)
+            continue
+        if m <= 0:
+            problem(strict, p, f"m{axis}", f"sampling {m}: must be positive when the cell size ({cell:g} A) is set")
+            out.append(0.0)
+            continue
+        v = _fmt_voxel(cell / m)
+        if not (MIN_VOXEL_A <= v <= MAX_VOXEL_A):
+            problem(strict, p, f"cella.{axis}", f"voxel size {v:g} A (cella.{axis} {cell:g} / m{axis} {m}) is outside "
+                                                f"{MIN_VOXEL_A:g} to {MAX_VOXEL_A:g} A")
+            out.append(0.0)
+            continue
+        out.append(v)
+    return out[0], out[1], out[2]
+
+
 def _decode(b: Any) -> str:
     return bytes(b).decode("latin-1").rstrip("\x00 ").strip()
 
@@ -121,7 +160,7 @@ def _fei_old_tilts(ext: bytes, nz: int, byte_order: str) -> list[float] | None:
         return None
     recs = np.frombuffer(ext, dtype=np.dtype(np.float32).newbyteorder(byte_order))
     alpha = recs.reshape(-1, _FEI_OLD_RECORD_BYTES // 4)[:nz, 0].astype(np.float64)
-    if not np.all(np.isfinite(alpha)) or np.any(np.abs(alpha) > 90.0):
+    if not np.all(np.isfinite(alpha)) or np.any(np.abs(alpha) > MAX_TILT_DEG):
         return None
     return [round(float(a), 4) for a in alpha]
 
@@ -131,7 +170,8 @@ def _seri_tilts(ext: bytes, nz: int, nint: int, nreal: int, byte_order: str) -> 
     if not (nreal & 1) or nint < 2 or nint % 2 or len(ext) < nz * nint:
         return None
     words = np.frombuffer(ext[: nz * nint], dtype=np.dtype(np.int16).newbyteorder(byte_order))
-    return [float(t) / 100.0 for t in words.reshape(nz, nint // 2)[:, 0]]
+    tilts = [float(t) / 100.0 for t in words.reshape(nz, nint // 2)[:, 0]]
+    return tilts if all(abs(t) <= MAX_TILT_DEG for t in tilts) else None
 
 
 def read_header(path: str | PathLike[str], *, strict: bool = True) -> MrcInfo:
@@ -139,9 +179,10 @@ def read_header(path: str | PathLike[str], *, strict: bool = True) -> MrcInfo:
 
     Raises :class:`FormatError` (``"FILE: FIELD: message"``) for a missing file, a header too short, an
     unknown ``mode`` or non-positive dimensions (always: the data cannot be interpreted), and, when
-    ``strict``, for a map identifier that is neither ``MAP `` nor empty or a data block shorter than the
-    header says (field ``data``). With ``strict=False`` those two are warnings (:class:`FormatWarning`)
-    and ``truncated`` / ``n_complete_sections`` say how much data is there.
+    ``strict``, for a map identifier that is neither ``MAP `` nor empty, a voxel size that cannot be one
+    (module docstring: fields ``cella.x`` ..., ``mx`` ...) or a data block shorter than the header says (field
+    ``data``). With ``strict=False`` those are warnings (:class:`FormatWarning`): a bad voxel size reads 0 (not
+    recorded), and ``truncated`` / ``n_complete_sections`` say how much data is there.
     """
     p = Path(path)
     if not p.is_file():
@@ -155,7 +196,6 @@ def read_header(path: str | PathLike[str], *, strict: bool = True) -> MrcInfo:
             with mrcfile.open(p, mode="r", permissive=True, header_only=True) as m:
                 h = m.header.copy()
                 ext = b"" if m.extended_header is None else m.extended_header.tobytes()
-                voxel = m.voxel_size
                 indexed = None
                 exttyp_b = bytes(h.exttyp)
                 if exttyp_b in (b"FEI1", b"FEI2"):
@@ -184,6 +224,7 @@ def read_header(path: str | PathLike[str], *, strict: bool = True) -> MrcInfo:
     if not map_id_ok and map_id.strip(b"\x00 ") != b"":
         problem(strict, p, "map", f"map identifier is {map_id!r}, expected b'MAP ' (not an MRC file, or corrupt)")
 
+    voxel = _voxel_sizes(p, h, strict)
     nsymbt = int(h.nsymbt)
     if nsymbt < 0 or HEADER_BYTES + nsymbt > file_size:
         raise FormatError(p, "nsymbt", f"extended header of {nsymbt} bytes does not fit in a {file_size}-byte file")
@@ -211,7 +252,7 @@ def read_header(path: str | PathLike[str], *, strict: bool = True) -> MrcInfo:
     source: str | None = None
     if indexed is not None and "Alpha tilt" in (indexed.dtype.names or ()):
         alpha = np.asarray(indexed["Alpha tilt"], dtype=np.float64)
-        if alpha.size >= nz and np.all(np.isfinite(alpha[:nz])):
+        if alpha.size >= nz and np.all(np.isfinite(alpha[:nz])) and np.all(np.abs(alpha[:nz]) <= MAX_TILT_DEG):
             tilts, source = [round(float(a), 4) for a in alpha[:nz]], exttyp
     elif exttyp == "SERI":
         int16 = np.dtype(np.int16).newbyteorder(byte_order)
@@ -230,7 +271,7 @@ def read_header(path: str | PathLike[str], *, strict: bool = True) -> MrcInfo:
         path=p,
         shape=shape,
         dtype=dtype.name,
-        voxel_size_A=(_fmt_voxel(voxel.x), _fmt_voxel(voxel.y), _fmt_voxel(voxel.z)),
+        voxel_size_A=voxel,
         n_sections=nz,
         mode=mode,
         exttyp=exttyp,
@@ -370,7 +411,7 @@ def describe(path: str | PathLike[str]) -> dict[str, Any]:
         "shape": list(info.shape),
         "dtype": info.dtype,
         "mode": info.mode,
-        "voxel_size_A": list(info.voxel_size_A),
+        "voxel_size_A": list(info.voxel_size_A) if any(info.voxel_size_A) else None,
         "n_sections": info.n_sections,
         "is_volume": info.is_volume,
         "ispg": info.ispg,
@@ -379,6 +420,10 @@ def describe(path: str | PathLike[str]) -> dict[str, Any]:
         "file_size_bytes": info.file_size,
         "problems": [str(w.message) for w in caught],
     }
+    if not all(info.voxel_size_A):
+        axes = [a for a, v in zip("xyz", info.voxel_size_A) if v == 0]
+        out["notes"] = [f"voxel size not recorded along {', '.join(axes)} (0 in the header): a step that needs "
+                        "it asks for it"]
     if info.tilt_angles_deg:
         t = np.sort(np.asarray(info.tilt_angles_deg))
         out["n_tilt_angles"] = len(t)

@@ -43,7 +43,10 @@ file in the same folder, then ``os.replace``).
 
 from __future__ import annotations
 
+import linecache
+import math
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -55,7 +58,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from .errors import FormatError, problem
+from .errors import FormatError, FormatWarning, problem
 
 Block = pd.DataFrame | dict[str, Any]
 
@@ -93,27 +96,198 @@ _NON_TABLE_BLOCKS = ("optics", "general", "global")
 
 # ---- generic read/write -------------------------------------------------------------------------------
 
+_TOKEN_RE = re.compile(r"""'[^']*'(?=\s|$)|"[^"]*"(?=\s|$)|\S+""")
+#: labels whose values are names or paths (never checked to be numbers)
+_TEXT_LABEL_RE = re.compile(r"(Name|File|Image|Movie|Path|Star|Tomogram|Frames|Proj[XYZW]|Dir|List|Mode)$")
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class _Loop:
+    block: str
+    labels: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # 1-based line number of each row
+    numeric: list[int] = field(default_factory=list)  # per column: values that read as numbers
+    first_text: list[tuple[int, int, str] | None] = field(default_factory=list)  # (row, line, token)
+
+
+def _decode_star(p: Path, raw: bytes) -> str:
+    """The text of a STAR file (UTF-8, a BOM allowed); UTF-16, NUL bytes and invalid UTF-8 are refused with the
+    line: RELION and ``starfile`` read ASCII/UTF-8 only."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise FormatError(p, "encoding", "UTF-16 text: STAR files are ASCII/UTF-8 (save it as UTF-8)")
+    if b"\x00" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
+        raise FormatError(p, f"line {line}", "NUL bytes: not a text file (damaged?)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise FormatError(p, f"line {line}", "not UTF-8 text (the file is damaged)") from None
+
+
+def scan_star(path: str | PathLike[str], text: str, *, strict: bool = True) -> dict[str, list[int]]:
+    """Check the structure of a STAR text line by line, as ``starfile`` cannot: every row of a loop has one
+    value per label, every ``_label`` of a pair block has a value, the file does not end in the middle of a row,
+    and a column whose values are numbers holds no text. Problems name the block, the row and the line:
+    ``FILE: data_particles row 12 (line 57): 5 values for 6 columns (the file ends here: cut short?)``.
+    Returns ``{block: [line of each row of its (last) loop]}`` (1-based), for later messages."""
+    p = Path(path)
+    lines = text.splitlines()
+    last = len(lines)
+    while last > 0 and (not lines[last - 1].strip() or lines[last - 1].lstrip().startswith("#")):
+        last -= 1
+    ends_cut = bool(text) and not text.endswith(("\n", "\r"))
+    block: str | None = None
+    loop: _Loop | None = None
+    in_labels = False
+    loops: list[_Loop] = []
+    for i, line in enumerate(lines, start=1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith(";"):
+            return {}  # a multi-line text field: not used by RELION's tomography files; left to the parser
+        if s.startswith("data_"):
+            block, loop, in_labels = s[5:].split()[0] if len(s) > 5 else "", None, False
+            continue
+        if block is None:
+            problem(strict, p, f"line {i}", f"{s[:40]!r} before the first data_ block")
+            continue
+        where_block = f"data_{block}"
+        if s.startswith("loop_"):
+            loop, in_labels = _Loop(block), True
+            loops.append(loop)
+            continue
+        toks = _TOKEN_RE.findall(s)
+        if toks and toks[0].startswith("_") and (in_labels or loop is None or len(toks) >= 2):
+            if in_labels and loop is not None and (len(toks) == 1 or toks[1].startswith("#")):
+                loop.labels.append(toks[0][1:])
+                continue
+            loop, in_labels = None, False  # a label-value pair (ends a loop)
+            if len(toks) < 2 or toks[1].startswith("#"):
+                cut = " (the file ends here: cut short?)" if i == last else ""
+                problem(strict, p, f"{where_block} {toks[0]} (line {i})", f"a label without a value{cut}")
+            elif i == last and ends_cut:
+                problem(strict, p, f"{where_block} {toks[0]} (line {i})", "the file ends in the middle of this "
+                                                                          "line (no line end): cut short?")
+            continue
+        if loop is None:
+            problem(strict, p, f"{where_block} line {i}", f"cannot read {s[:40]!r} (not a label, a loop_ or a row)")
+            continue
+        if in_labels:
+            in_labels = False
+            if not loop.labels:
+                problem(strict, p, f"{where_block} line {i}", "a loop_ without labels")
+                continue
+            loop.numeric = [0] * len(loop.labels)
+            loop.first_text = [None] * len(loop.labels)
+        loop.rows.append(i)
+        row = len(loop.rows)
+        field_ = f"{where_block} row {row} (line {i})"
+        if len(toks) != len(loop.labels):
+            cut = " (the file ends here: cut short?)" if i == last else ""
+            problem(strict, p, field_, f"{len(toks)} values for {len(loop.labels)} columns{cut}")
+        elif i == last and ends_cut:
+            problem(strict, p, field_, "the file ends in the middle of this row (no line end): cut short?")
+        for j, tok in enumerate(toks[: len(loop.labels)]):
+            if _is_number(tok):
+                loop.numeric[j] += 1
+            elif loop.first_text[j] is None:
+                loop.first_text[j] = (row, i, tok)
+    if ends_cut and last and (lines[last - 1].strip().startswith(("data_", "loop_", "_")) and
+                              not (len(_TOKEN_RE.findall(lines[last - 1])) >= 2 and not in_labels)):
+        where = f"data_{block} line {last}" if block is not None else f"line {last}"
+        problem(strict, p, where, "the file ends in the middle of this line (no line end): cut short?")
+    for lp in loops:
+        for j, label in enumerate(lp.labels):
+            first = lp.first_text[j] if j < len(lp.first_text) else None
+            if first is None or _TEXT_LABEL_RE.search(label) or lp.numeric[j] == 0:
+                continue
+            n_text = len(lp.rows) - lp.numeric[j]
+            if lp.numeric[j] >= n_text:
+                row, i, tok = first
+                problem(strict, p, f"data_{lp.block} row {row} (line {i}) {label}",
+                        f"not a number: {tok[:30]!r} (the column's other values are numbers)")
+    return {lp.block: lp.rows for lp in loops}
+
 
 def read_star(path: str | PathLike[str], *, strict: bool = True) -> dict[str, Block]:
     """Read every data block of a STAR file: ``{block name without "data_": DataFrame | dict}``.
 
-    Loops become DataFrames (numeric columns parsed as numbers, others as strings); label-value blocks
-    become dicts. A file without any data block is an error (strict) or gives ``{}`` with a warning.
-    Raises ``FileNotFoundError`` for a missing file and :class:`FormatError` for an unparsable one.
+    Loops become DataFrames (numeric columns parsed as numbers, others as strings; ``df.attrs["lines"]`` the
+    1-based line of each row); label-value blocks become dicts. The text is checked first (:func:`scan_star`:
+    a row with too few or too many values, a file cut short, text in a column of numbers, a label without a
+    value), each problem naming the block, row and line. A file without any data block is an error (strict) or
+    gives ``{}`` with a warning. Raises ``FileNotFoundError`` for a missing file and :class:`FormatError` for an
+    unparsable one.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
+    text = _decode_star(p, p.read_bytes())
+    row_lines = scan_star(p, text, strict=strict)
+    if not text.strip():
+        problem(strict, p, "blocks", "empty file: no data_ block")
+        return {}
+    # starfile reads lines through ``linecache`` and forgets them only after a successful parse: a file that failed
+    # once would be read from that stale cache ever after, even once replaced (the wizard is a long-running
+    # process). Its entry is dropped before and after every read.
+    key = str(p)
+    linecache.cache.pop(key, None)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # starfile/pandas chatter is not a format problem
             blocks = starfile.read(p, always_dict=True)
-    except Exception as exc:  # starfile raises assorted errors for broken files
-        raise FormatError(p, None, f"not a readable STAR file ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - starfile raises assorted errors for broken files
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "unreadable"
+        raise FormatError(p, "syntax", f"not a readable STAR file ({detail})") from exc
+    finally:
+        linecache.cache.pop(key, None)
     if not blocks:
-        problem(strict, p, None, "no data_ block found")
+        problem(strict, p, "blocks", "no data_ block found")
         return {}
-    return {str(k): v for k, v in blocks.items()}
+    out: dict[str, Block] = {}
+    for k, v in blocks.items():
+        if isinstance(v, pd.DataFrame) and str(k) in row_lines and len(row_lines[str(k)]) == len(v):
+            v.attrs["lines"] = row_lines[str(k)]
+        out[str(k)] = v
+    return out
+
+
+def _row_field(df: pd.DataFrame, block: str, i: int, col: str | None = None) -> str:
+    """``data_BLOCK row N (line L) COLUMN`` for row ``i`` (0-based) of a table read by :func:`read_star`."""
+    lines = df.attrs.get("lines")
+    where = f"data_{block} row {i + 1}" + (f" (line {lines[i]})" if lines and i < len(lines) else "")
+    return where + (f" {col}" if col else "")
+
+
+def _check_values(df: pd.DataFrame, block: str, path: Path, strict: bool, columns: tuple[str, ...], *,
+                  lo: float = -math.inf, hi: float = math.inf, what: str = "") -> pd.DataFrame:
+    """Columns that must hold finite numbers within [lo, hi]: the first bad value of each is a problem naming
+    block, row, line and column (permissive: set to NaN)."""
+    for col in columns:
+        if col not in df.columns:
+            continue
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(v) | (v < lo) | (v > hi)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            rng = f" from {lo:g} to {hi:g}{what}" if math.isfinite(lo) or math.isfinite(hi) else ""
+            value = df[col].iloc[i]
+            shown = f"{float(value):g}" if isinstance(value, (int, float, np.number)) else repr(value)
+            problem(strict, path, _row_field(df, block, i, col),
+                    f"{shown}: must be a finite number{rng} ({int(bad.sum())} such row{'s' if bad.sum() > 1 else ''})")
+            df = df.copy()
+            df[col] = np.where(bad, np.nan, v)
+    return df
 
 
 def write_star(
@@ -217,7 +391,9 @@ def _per_tilt_block(blocks: dict[str, Block], path: Path, strict: bool) -> tuple
         (k, v) for k, v in blocks.items() if isinstance(v, pd.DataFrame) and k not in _NON_TABLE_BLOCKS
     ]
     if not candidates:
-        raise FormatError(path, None, "no per-tilt table (a loop other than optics/general/global)")
+        found = ", ".join(f"data_{k}" for k in blocks) or "none"
+        raise FormatError(path, "blocks", f"no per-row table (a loop other than optics/general/global; blocks: "
+                                          f"{found})")
     if len(candidates) > 1:
         problem(
             strict,
@@ -276,6 +452,9 @@ def read_tomograms_star(path: str | PathLike[str], *, strict: bool = True) -> To
     _require_one_of(glob, TOMOGRAMS_PIXEL_SIZE, p, "global", strict)
     glob = glob.copy()
     glob["rlnTomoName"] = glob["rlnTomoName"].astype(str)
+    glob = _check_values(glob, "global", p, strict, TOMOGRAMS_PIXEL_SIZE, lo=0.01, hi=1e5, what=" A")
+    glob = _check_values(glob, "global", p, strict, ("rlnVoltage",), lo=1.0, hi=3000.0, what=" kV")
+    glob = _check_values(glob, "global", p, strict, ("rlnAmplitudeContrast",), lo=0.0, hi=1.0)
     names = set(glob["rlnTomoName"])
     tilt_blocks = {
         k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame) and k in names
@@ -317,6 +496,8 @@ def read_tilt_series_star(path: str | PathLike[str], *, strict: bool = True) -> 
     name, df = _per_tilt_block(blocks, p, strict)
     _require_one_of(df, TILT_IMAGE_NAMES, p, name, strict)
     df = _require(df, TILT_SERIES_REQUIRED, p, name, strict)
+    df = _check_values(df, name, p, strict, TILT_SERIES_REQUIRED, lo=-90.0, hi=90.0, what="°")
+    df = _check_values(df, name, p, strict, ("rlnMicrographPreExposure",), lo=0.0, hi=1e5, what=" e/A^2")
     df = _merge_optics(df, _table(blocks, "optics"))
     df = df.reset_index(drop=True)
     df.attrs["block"] = name
@@ -400,8 +581,9 @@ class ParticlesStar:
         if self.optics is None:
             return None
         for col in ("rlnTomoTiltSeriesPixelSize", "rlnMicrographOriginalPixelSize", "rlnImagePixelSize"):
-            if col in self.optics.columns:
-                return float(self.optics[col].iloc[0])
+            if col in self.optics.columns and len(self.optics):
+                v = pd.to_numeric(self.optics[col].iloc[:1], errors="coerce").to_numpy(dtype=float)[0]
+                return float(v) if np.isfinite(v) and v > 0 else None
         return None
 
 
@@ -414,6 +596,7 @@ def read_particles_star(path: str | PathLike[str], *, strict: bool = True) -> Pa
     else:
         name, df = _per_tilt_block(blocks, p, strict)
     assert df is not None
+    df = _check_values(df, name, p, strict, CENTERED_XYZ + PIXEL_XYZ + ANGLES + SUBTOMO_ANGLES + ORIGINS_A)
     has_centered = all(c in df.columns for c in CENTERED_XYZ)
     has_pixels = all(c in df.columns for c in PIXEL_XYZ)
     if not (has_centered or has_pixels):
@@ -436,10 +619,15 @@ def read_particles_star(path: str | PathLike[str], *, strict: bool = True) -> Pa
     general = blocks.get("general")
     if isinstance(general, pd.DataFrame):
         general = general.iloc[0].to_dict() if len(general) else None
+    optics = _table(blocks, "optics")
+    if optics is not None:
+        optics = _check_values(optics, "optics", p, strict, ("rlnTomoTiltSeriesPixelSize",
+                                                             "rlnMicrographOriginalPixelSize", "rlnImagePixelSize"),
+                               lo=0.01, hi=1e5, what=" A")
     return ParticlesStar(
         path=p,
         particles=df,
-        optics=_table(blocks, "optics"),
+        optics=optics,
         general=general,
         relion_version=5 if has_centered else 4,
     )
@@ -500,6 +688,12 @@ def _rng(values: pd.Series) -> list[float] | None:
     return [float(v.min()), float(v.max())]
 
 
+def _median(values: pd.Series) -> float | None:
+    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
 def _kind(blocks: dict[str, Block]) -> str:
     cols: set[str] = set()
     for v in blocks.values():
@@ -524,10 +718,11 @@ def _tilt_facts(df: pd.DataFrame) -> dict[str, Any]:
     if "rlnTomoNominalStageTiltAngle" in df.columns:
         facts["tilt_range_deg"] = _rng(df["rlnTomoNominalStageTiltAngle"])
     if "rlnTomoNominalTiltAxisAngle" in df.columns:
-        facts["tilt_axis_deg"] = float(pd.to_numeric(df["rlnTomoNominalTiltAxisAngle"]).median())
+        facts["tilt_axis_deg"] = _median(df["rlnTomoNominalTiltAxisAngle"])
     if "rlnMicrographPreExposure" in df.columns:
-        pre = np.sort(pd.to_numeric(df["rlnMicrographPreExposure"]).to_numpy(dtype=float))
-        facts["pre_exposure_range_e_per_A2"] = [float(pre[0]), float(pre[-1])]
+        pre = np.sort(pd.to_numeric(df["rlnMicrographPreExposure"], errors="coerce").to_numpy(dtype=float))
+        pre = pre[np.isfinite(pre)]
+        facts["pre_exposure_range_e_per_A2"] = [float(pre[0]), float(pre[-1])] if pre.size else None
         if pre.size > 1:
             facts["dose_per_tilt_e_per_A2"] = float(np.median(np.diff(pre)))
     facts.update(_defocus_facts(df))
@@ -539,12 +734,14 @@ def _tilt_facts(df: pd.DataFrame) -> dict[str, Any]:
 def _defocus_facts(df: pd.DataFrame) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     if "rlnDefocusU" in df.columns and "rlnDefocusV" in df.columns:
-        u = pd.to_numeric(df["rlnDefocusU"]).to_numpy(dtype=float)
-        v = pd.to_numeric(df["rlnDefocusV"]).to_numpy(dtype=float)
+        u = pd.to_numeric(df["rlnDefocusU"], errors="coerce").to_numpy(dtype=float)
+        v = pd.to_numeric(df["rlnDefocusV"], errors="coerce").to_numpy(dtype=float)
         mean = (u + v) / 2
-        facts["defocus_range_A"] = [float(np.nanmin(mean)), float(np.nanmax(mean))]
-        facts["defocus_median_A"] = float(np.nanmedian(mean))
-        facts["astigmatism_max_A"] = float(np.nanmax(np.abs(u - v)))
+        ok = np.isfinite(mean)
+        if ok.any():
+            facts["defocus_range_A"] = [float(mean[ok].min()), float(mean[ok].max())]
+            facts["defocus_median_A"] = float(np.median(mean[ok]))
+            facts["astigmatism_max_A"] = float(np.max(np.abs(u - v)[ok]))
     if "rlnCtfMaxResolution" in df.columns:
         facts["ctf_max_resolution_range_A"] = _rng(df["rlnCtfMaxResolution"])
     return facts
@@ -559,8 +756,11 @@ def describe(path: str | PathLike[str]) -> dict[str, Any]:
     ``defocus_range_A`` (mean of U and V, Å), ``n_particles``, ``tomograms`` ({name: count}).
     """
     p = Path(path)
-    blocks = read_star(p, strict=False)
-    info: dict[str, Any] = {"path": str(p), "blocks": {}, "facts": {}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blocks = read_star(p, strict=False)
+    info: dict[str, Any] = {"path": str(p), "blocks": {}, "facts": {},
+                            "problems": [str(w.message) for w in caught if issubclass(w.category, FormatWarning)]}
     for name, block in blocks.items():
         if isinstance(block, pd.DataFrame):
             info["blocks"][name] = {"type": "loop", "rows": int(len(block)), "columns": list(block.columns)}
@@ -578,7 +778,9 @@ def describe(path: str | PathLike[str]) -> dict[str, Any]:
                 facts["pixel_size_A"] = _rng(glob[col])
                 break
         if all(c in glob.columns for c in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")):
-            facts["sizes_px"] = glob[["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"]].astype(int).values.tolist()
+            sizes = glob[["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"]].apply(pd.to_numeric, errors="coerce")
+            facts["sizes_px"] = [[int(x) if np.isfinite(x) and abs(x) < 2**62 else None for x in row]
+                                 for row in sizes.to_numpy(dtype=float)]
         per_tomo = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame) and k in set(facts["tomograms"])}
         if per_tomo:
             facts["n_tilts"] = {k: int(len(v)) for k, v in per_tomo.items()}
@@ -596,8 +798,8 @@ def describe(path: str | PathLike[str]) -> dict[str, Any]:
         optics = _table(blocks, "optics")
         if optics is not None:
             for col in ("rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize"):
-                if col in optics.columns:
-                    facts["pixel_size_A"] = float(optics[col].iloc[0])
+                if col in optics.columns and len(optics):
+                    facts["pixel_size_A"] = _median(optics[col].iloc[:1])
                     break
     elif kind == "particles":
         df = blocks["particles"] if "particles" in blocks else _per_tilt_block(blocks, p, False)[1]

@@ -200,7 +200,7 @@ def test_check_gain_shape() -> None:
 def test_unreadable_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tif"
     junk.write_bytes(b"this is not a tiff file at all")
-    with pytest.raises(FormatError, match=r"junk\.tif: not a readable TIFF"):
+    with pytest.raises(FormatError, match=r"junk\.tif: TIFF: damaged or not a TIFF"):
         movies.read_movie(junk)
     with pytest.raises(FormatError, match=r"junk\.tif"):
         movies.read_movie_header(junk)
