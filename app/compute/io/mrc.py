@@ -180,8 +180,8 @@ def read_header(path: str | PathLike[str], *, strict: bool = True) -> MrcInfo:
     Raises :class:`FormatError` (``"FILE: FIELD: message"``) for a missing file, a header too short, an
     unknown ``mode`` or non-positive dimensions (always: the data cannot be interpreted), and, when
     ``strict``, for a map identifier that is neither ``MAP `` nor empty, a voxel size that cannot be one
-    (module docstring: fields ``cella.x`` ..., ``mx`` ...) or a data block shorter than the header says (field
-    ``data``). With ``strict=False`` those are warnings (:class:`FormatWarning`): a bad voxel size reads 0 (not
+    (module docstring: fields ``cella.x`` ..., ``mx`` ...) or a data block shorter or longer than the header
+    says (field ``data``: a longer one means a wrong size or mode, and the data would read sheared). With ``strict=False`` those are warnings (:class:`FormatWarning`): a bad voxel size reads 0 (not
     recorded), and ``truncated`` / ``n_complete_sections`` say how much data is there.
     """
     p = Path(path)
@@ -236,6 +236,14 @@ def read_header(path: str | PathLike[str], *, strict: bool = True) -> MrcInfo:
     section_bytes = nx * ny * dtype.itemsize
     n_complete = min(nz, available // section_bytes)
     truncated = available < data_nbytes
+    if available > data_nbytes:  # every MRC writer ends the file with the data: a wrong nx/ny/nz/mode otherwise
+        problem(
+            strict,
+            p,
+            "data",
+            f"the file holds {available - data_nbytes} bytes more than the header's {nz} sections of {ny}x{nx} "
+            f"{dtype.name} ({data_nbytes} bytes): a wrong size (nx, ny, nz) or mode in the header?",
+        )
     if truncated:
         problem(
             strict,

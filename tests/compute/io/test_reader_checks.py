@@ -248,6 +248,12 @@ def test_header_and_data_consistency(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match=r"short\.mrc: data: file is truncated"):
         mrc.read_mrc(tmp_path / "short.mrc")
     b = bytearray(data)
+    b[0:4] = struct.pack("<i", 7)  # nx 8 -> 7: the rows would read sheared
+    (tmp_path / "nx.mrc").write_bytes(bytes(b))
+    with pytest.raises(FormatError, match=r"nx\.mrc: data: the file holds 96 bytes more than the header's 4 sections "
+                                          r"of 6x7 float32 \(672 bytes\): a wrong size"):
+        mrc.read_header(tmp_path / "nx.mrc")
+    b = bytearray(data)
     b[12:16] = struct.pack("<i", 3)
     (tmp_path / "mode.mrc").write_bytes(bytes(b))
     with pytest.raises(FormatError, match=r"mode\.mrc: mode: unknown MRC mode 3"):
