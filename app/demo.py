@@ -38,11 +38,29 @@ def demo_params(data_dir: Path, sim: Any) -> dict[str, dict[str, Any]]:
     defaults, read from the mdoc or chosen from the data, as for any session a user brings (issue 14). The tiny
     preset (16 particles) also shortens the averaging steps, so that tests run through them in seconds."""
     params: dict[str, dict[str, Any]] = {"import_movies": demo_import_params(data_dir)}
-    if sim.n_particles * sim.n_series < 100:  # the tiny preset: a quick run of the averaging steps
-        params["initial_model"] = {"n_minibatches": 8}
-        params["refine"] = {"max_iterations": 3}
-        params["refine_fine"] = {"max_iterations": 2}
+    for step_id, values in demo_deliberate(sim).items():
+        params[step_id] = {name: v["value"] for name, v in values.items()}
     return params
+
+
+def demo_deliberate(sim: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """The values a demo preset sets on purpose, outside the usual ranges, with why: step id -> field ->
+    ``{"value": v, "why": text}``. Recorded in the project (``dataset["deliberate"]``), so the page shows the
+    reason instead of a warning, and the checks do not warn about the demo's own values. Only the tiny preset
+    (16 particles) has any: it shortens the averaging steps so that tests run through them in seconds."""
+    n = sim.n_particles * sim.n_series
+    if n >= 100:
+        return {}
+    why = (f"the tiny demo has only {n} particles: {{what}}; its resolution (about 20 Å at 8 Å voxels) is limited "
+           "by the number of particles, not by this value (tutorial: {tut}, for hundreds or thousands of particles)")
+    return {
+        "initial_model": {"n_minibatches": {"value": 8, "why": why.format(
+            what="8 mini-batches already show each particle to the model several times, in seconds", tut=40)}},
+        "refine": {"max_iterations": {"value": 3, "why": why.format(
+            what="3 iterations keep the whole demo to about a minute", tut="up to 12, until it converges")}},
+        "refine_fine": {"max_iterations": {"value": 2, "why": why.format(
+            what="2 iterations keep the whole demo to about a minute", tut="up to 12, until it converges")}},
+    }
 
 
 def prepare_demo(out: Path, *, preset: str = "small", seed: int | None = None,
@@ -78,6 +96,13 @@ def prepare_demo(out: Path, *, preset: str = "small", seed: int | None = None,
             bar.close()
     project_dir = out / "project"
     if not (project_dir / PROJECT_FILE).exists():
-        Project.create(project_dir, name=f"tomoguide demo ({preset})",
-                       params=demo_params(out / "data", params)).close()
+        proj = Project.create(project_dir, name=f"tomoguide demo ({preset})", params=demo_params(out / "data", params))
+        try:  # what the summary and the pages say about the preset's own values
+            proj.data.dataset["demo_preset"] = preset
+            deliberate = demo_deliberate(params)
+            if deliberate:
+                proj.data.dataset["deliberate"] = deliberate
+            proj.save()
+        finally:
+            proj.close()
     return project_dir

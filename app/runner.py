@@ -94,6 +94,14 @@ def _problem_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def deliberate_values(project: Project, step_id: str) -> dict[str, Any]:
+    """The values of ``step_id`` that the project's preset chose on purpose (``dataset["deliberate"]``, written by
+    :func:`tomoguide.demo.prepare_demo`): field -> ``{"value", "why"}``; they are explained, not warned about."""
+    chosen = project.data.dataset.get("deliberate") if isinstance(project.data.dataset, dict) else None
+    values = chosen.get(step_id) if isinstance(chosen, dict) else None
+    return values if isinstance(values, dict) else {}
+
+
 class StepRun:
     """One run of one step. Create it, call :meth:`preflight` (raises RunRefused), then iterate :meth:`execute`."""
 
@@ -157,7 +165,7 @@ class StepRun:
         except Exception as exc:  # pydantic ValidationError: name the field
             issues.append(Issue("error", f"invalid parameters: {exc}", None))
             return _errors_first(issues)
-        issues.extend(params.soft_issues())
+        issues.extend(params.soft_issues(deliberate_values(self.project, self.step_id)))
         if any(i.level == "error" for i in issues):
             return _errors_first(issues)
         ctx = self._context(self.project.dir / "steps" / self.step_id / "check")

@@ -5,6 +5,8 @@ validated when the edit ends (a value outside the hard bounds is *refused*: the 
 reason is shown in red under the field; a value outside the suggested range is *accepted* with an orange warning);
 ``directory``/``file`` → line edit + "Browse…"; text and glob patterns → line edit. The unit is shown after the
 field (not for dimensionless ``"1"``), the help text is the tooltip, ``empty_means`` is the placeholder text,
+a field whose value differs from the tutorial's (``param(tutorial=...)``) shows "tutorial: X" with a reset button,
+a value the project's preset chose on purpose shows why (an ℹ note instead of the out-of-range warning),
 fields whose ``enabled_if`` conditions do not hold are greyed out, and ``advanced`` fields sit in a folded
 section. Fields declared with ``widget="hidden"`` are never shown (their widgets stay hidden, out of the layout;
 the page's preview edits them, e.g. points clicked on slices); their values are kept in :meth:`ParamForm.values`.
@@ -35,10 +37,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tomoguide.steps.base import Issue, ParamMeta, StepParams
+from tomoguide.steps.base import Issue, ParamMeta, StepParams, format_quantity
 
 ERROR_COLOUR = "#c62828"
 WARNING_COLOUR = "#b26a00"
+INFO_COLOUR = "#455a64"
+TUTORIAL_COLOUR = "#1565c0"
+
+
+def tutorial_text(meta: ParamMeta) -> str:
+    """"tutorial: 6×" for a field with a recorded tutorial value ("tutorial: empty" for an empty one)."""
+    value = meta.tutorial
+    shown = "empty" if value in (None, "") else format_quantity(value, meta.unit)
+    return f"tutorial: {shown}"
 
 
 def base_type(annotation: Any) -> Any:
@@ -143,6 +154,26 @@ class _Field:
             self.browse.setToolTip(f"Choose the {meta.title.lower()}")
             self.browse.clicked.connect(lambda: form._browse(meta.name))
             lay.addWidget(self.browse)
+        # the tutorial's value, shown while the field holds another one, with a button that puts it back
+        self.tutorial_label: QLabel | None = None
+        self.tutorial_reset: QToolButton | None = None
+        if meta.has_tutorial:
+            self.tutorial_label = QLabel(tutorial_text(meta))
+            self.tutorial_label.setObjectName(f"tutorial_{meta.name}")
+            self.tutorial_label.setStyleSheet(f"color: {TUTORIAL_COLOUR};")
+            tip = f"The tutorial's value: {tutorial_text(meta).split(': ', 1)[1]}."
+            if meta.tutorial_note:
+                tip += f" {meta.tutorial_note}"
+            self.tutorial_label.setToolTip(tip)
+            self.tutorial_reset = QToolButton()
+            self.tutorial_reset.setObjectName(f"reset_{meta.name}")
+            self.tutorial_reset.setText("↺ Reset")
+            self.tutorial_reset.setAutoRaise(True)
+            self.tutorial_reset.setToolTip(f"Set {meta.title} to the tutorial's value "
+                                           f"({tutorial_text(meta).split(': ', 1)[1]})")
+            self.tutorial_reset.clicked.connect(lambda: form.reset_to_tutorial(meta.name))
+            lay.addWidget(self.tutorial_label)
+            lay.addWidget(self.tutorial_reset)
         if self.kind in ("int", "float", "bool"):
             lay.addStretch(1)
         self.message = QLabel("")
@@ -200,13 +231,22 @@ class _Field:
 
     def set_message(self, level: str, text: str) -> None:
         self.level = level if text else ""
-        colour = ERROR_COLOUR if level == "error" else WARNING_COLOUR
-        symbol = "✖" if level == "error" else "⚠"
+        colour = {"error": ERROR_COLOUR, "info": INFO_COLOUR}.get(level, WARNING_COLOUR)
+        symbol = {"error": "✖", "info": "ℹ"}.get(level, "⚠")
         self.message.setText(f"{symbol} {text}" if text else "")
         self.message.setStyleSheet(f"color: {colour};")
         self.message.setVisible(bool(text) and not self.hidden)
         if isinstance(self.editor, QLineEdit) and not self.hidden:
-            self.editor.setStyleSheet(f"QLineEdit {{ border: 1px solid {colour}; }}" if text else "")
+            framed = bool(text) and level != "info"
+            self.editor.setStyleSheet(f"QLineEdit {{ border: 1px solid {colour}; }}" if framed else "")
+
+    def show_tutorial(self, value: Any) -> None:
+        """Show "tutorial: X" and its reset button while the value differs from the tutorial's."""
+        if self.tutorial_label is None or self.tutorial_reset is None:
+            return
+        differs = self.meta.shows_tutorial(value) and not self.hidden
+        self.tutorial_label.setVisible(differs)
+        self.tutorial_reset.setVisible(differs)
 
 
 class ParamForm(QWidget):
@@ -217,9 +257,11 @@ class ParamForm(QWidget):
     field_focused = Signal(str)
 
     def __init__(self, params_cls: type[StepParams], values: dict[str, Any] | None = None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, *, deliberate: dict[str, Any] | None = None) -> None:
         super().__init__(parent)
         self.params_cls = params_cls
+        # values the project's preset chose on purpose (field -> {"value", "why"}): explained, not warned about
+        self.deliberate: dict[str, Any] = dict(deliberate or {})
         self.meta = params_cls.meta()
         self._values: dict[str, Any] = params_cls.model_validate(values or {}).model_dump(mode="json")
         self.fields: dict[str, _Field] = {}
@@ -306,6 +348,19 @@ class ParamForm(QWidget):
         if self.advanced_toggle.isChecked() != visible:
             self.advanced_toggle.setChecked(visible)
 
+    def tutorial_shown(self, name: str) -> str:
+        """The "tutorial: X" text shown beside a field ("" when hidden: no tutorial value, or the same value)."""
+        f = self.fields[name]
+        if f.tutorial_label is None or f.tutorial_label.isHidden():
+            return ""
+        return f.tutorial_label.text()
+
+    def reset_to_tutorial(self, name: str) -> None:
+        """Put the tutorial's value in field ``name`` and commit it (the reset button beside "tutorial: X")."""
+        meta = self.meta[name]
+        if meta.has_tutorial:
+            self.set_value(name, meta.tutorial)
+
     def set_value(self, name: str, value: Any) -> None:
         """Put ``value`` in the field's widget and commit it, as a user typing it would."""
         f = self.fields[name]
@@ -355,21 +410,24 @@ class ParamForm(QWidget):
 
     def _update_states(self, params: StepParams | None = None) -> None:
         params = params or self.params_cls.model_validate(self._values)
-        soft: dict[str, str] = {}
-        for issue in params.soft_issues():
+        soft: dict[str, Issue] = {}
+        for issue in params.soft_issues(self.deliberate):
             if issue.field:
-                soft[issue.field] = issue.message
+                soft[issue.field] = issue
         for name, f in self.fields.items():
             enabled = params.is_enabled(name)
             for w in (f.label, f.row):
                 w.setEnabled(enabled)
+            f.show_tutorial(self._values.get(name))
             issue = self._check_issues.get(name)
             if f.refusal:
                 f.set_message("error", f.refusal)
             elif issue is not None and issue.level in ("error", "warning"):
                 f.set_message(issue.level, issue.message)
+            elif name in soft:
+                f.set_message(soft[name].level, soft[name].message)
             else:
-                f.set_message("warning", soft.get(name, ""))
+                f.set_message("warning", "")
 
     def _browse(self, name: str) -> None:
         f = self.fields[name]

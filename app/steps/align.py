@@ -27,10 +27,12 @@ from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy
 class AlignParams(StepParams):
     patch_size_A: float = param(
         500.0, title="Patch side", unit="Å", hard=(50.0, 10000.0), suggest=(200.0, 2000.0),
+        tutorial=500.0,
         help="Side of the square patches that are followed through the series (tutorial 500 Å). Larger patches "
              "hold more signal; smaller ones give more patches and follow local distortions.")
     patch_overlap_pct: float = param(
         80.0, title="Patch overlap", unit="%", hard=(0.0, 95.0), suggest=(25.0, 90.0),
+        tutorial=80.0,
         help="How much neighbouring patches overlap (tutorial 80 %): more overlap = more patches.")
     solve_axis: bool = param(True, title="Refine the tilt-axis angle",
                              help="Fit the tilt-axis angle (recommended: the mdoc's value is often off by a degree).")

@@ -65,6 +65,33 @@ class ParamMeta:
     optional: bool  # None is a legal value ("empty field", e.g. "read it from the mdoc")
     empty_means: str  # what an empty field means, shown as placeholder text ("from mdoc")
     annotation: Any
+    #: the tutorial's value (workflow.md) where it differs from the default or the default is "from the data";
+    #: meaningful only when ``has_tutorial``
+    tutorial: Any = None
+    has_tutorial: bool = False
+    tutorial_note: str = ""  # why the default differs from the tutorial's value (its data, its sample)
+
+    def shows_tutorial(self, value: Any) -> bool:
+        """Whether the form shows "tutorial: X" for ``value``: a tutorial value is recorded and differs from it."""
+        return self.has_tutorial and not _same_value(value, self.tutorial)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return bool(a == b)
+
+
+def format_quantity(value: Any, unit: str) -> str:
+    """``value`` with its display unit: "8 Å", "85°", "10 %", "8". A dimensionless value (unit ``"1"``) and
+    text (unit ``""``) print no unit; the degree sign follows the number without a space."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    if unit in ("", "1"):
+        return text
+    if unit == "°":
+        return f"{text}°"
+    return f"{text} {unit}"
 
 
 def param(
@@ -80,13 +107,20 @@ def param(
     choices: Sequence[Any] = (),
     widget: WidgetKind = "auto",
     empty_means: str = "",
+    tutorial: Any = ...,
+    tutorial_note: str = "",
 ) -> Any:
     """Declare a step parameter (use as the default of a :class:`StepParams` field).
 
     ``unit`` is a display unit ("Å", "px", "°", "µm", "e⁻/Å²", "kV", "mm", "%"). Every numeric parameter has one;
     a dimensionless number says so with ``unit="1"`` (not displayed); ``unit=""`` is for text, paths, choices
-    and switches only (the registry test enforces this). ``hard`` bounds become pydantic ``ge``/``le`` constraints (errors); ``suggest`` bounds produce
-    warnings from :meth:`StepParams.soft_issues`.
+    and switches only (the registry test enforces this). ``hard`` bounds become pydantic ``ge``/``le`` constraints
+    (errors); ``suggest`` bounds produce warnings from :meth:`StepParams.soft_issues`.
+
+    ``tutorial``: the value the tutorial (``workflow.md``) gives, recorded where it differs from ``default`` or
+    where the default is chosen from the data (an empty field); the form shows "tutorial: X" with a reset button
+    whenever the field's value differs from it. ``tutorial_note`` says why the default differs (e.g. "for its
+    1.35 Å pixels; empty chooses ≈ 8 Å voxels for yours").
     """
     lo, hi = hard
     extra = {
@@ -99,6 +133,9 @@ def param(
         "empty_means": empty_means,
         "hard": [lo, hi],
     }
+    if tutorial is not ...:
+        extra["tutorial"] = tutorial
+        extra["tutorial_note"] = tutorial_note
     kwargs: dict[str, Any] = {"title": title, "description": help, "json_schema_extra": extra}
     if lo is not None:
         kwargs["ge"] = lo
@@ -135,6 +172,9 @@ class StepParams(BaseModel):
                 optional=optional,
                 empty_means=str(extra.get("empty_means", "")),
                 annotation=ann,
+                tutorial=extra.get("tutorial"),
+                has_tutorial="tutorial" in extra,
+                tutorial_note=str(extra.get("tutorial_note", "")),
             )
         return out
 
@@ -146,9 +186,14 @@ class StepParams(BaseModel):
                 return False
         return True
 
-    def soft_issues(self) -> list[Issue]:
-        """Warnings for values outside the suggested range (only for enabled fields)."""
+    def soft_issues(self, deliberate: dict[str, Any] | None = None) -> list[Issue]:
+        """Warnings for values outside the suggested range (only for enabled fields).
+
+        ``deliberate``: field name -> ``{"value": v, "why": text}`` for values a preset chose on purpose (the tiny
+        demo's 8 mini-batches for 16 particles): while the field holds that value, it gives an ``info`` issue
+        with the reason instead of a warning. Dimensionless values print without a unit."""
         issues: list[Issue] = []
+        deliberate = deliberate or {}
         for name, m in self.meta().items():
             value = getattr(self, name)
             if value is None or not self.is_enabled(name) or isinstance(value, bool):
@@ -156,15 +201,24 @@ class StepParams(BaseModel):
             if not isinstance(value, (int, float)):
                 continue
             lo, hi = m.suggest
-            if lo is not None and value < lo:
+            below = lo is not None and value < lo
+            above = hi is not None and value > hi
+            if not (below or above):
+                continue
+            chosen = deliberate.get(name)
+            if isinstance(chosen, dict) and _same_value(value, chosen.get("value")):
+                issues.append(Issue("info", f"{m.title} = {format_quantity(value, m.unit)}: "
+                                            f"{chosen.get('why') or 'chosen on purpose for these data'}", name))
+                continue
+            if below:
                 issues.append(
-                    Issue("warning", f"{m.title} = {value:g} {m.unit} is below the usual range "
-                          f"(≥ {lo:g} {m.unit}); it is accepted, but check it.".replace("  ", " "), name)
+                    Issue("warning", f"{m.title} = {format_quantity(value, m.unit)} is below the usual range "
+                          f"(≥ {format_quantity(lo, m.unit)}); it is accepted, but check it.", name)
                 )
-            if hi is not None and value > hi:
+            if above:
                 issues.append(
-                    Issue("warning", f"{m.title} = {value:g} {m.unit} is above the usual range "
-                          f"(≤ {hi:g} {m.unit}); it is accepted, but check it.".replace("  ", " "), name)
+                    Issue("warning", f"{m.title} = {format_quantity(value, m.unit)} is above the usual range "
+                          f"(≤ {format_quantity(hi, m.unit)}); it is accepted, but check it.", name)
                 )
         return issues
 

@@ -43,22 +43,28 @@ NOMINAL_MARGIN_A = 20000.0  # the search reaches at least this far above the mdo
 class CtfEstimateParams(StepParams):
     box_px: int = param(
         512, title="FFT box", unit="px", hard=(64, 2048), suggest=(256, 1024),
+        tutorial=512,
         help="Size of the windows whose power spectra are averaged (tutorial 512 px).")
     res_low_A: float = param(
         50.0, title="Lowest resolution", unit="Å", hard=(5.0, 500.0), suggest=(20.0, 100.0),
+        tutorial=50.0,
         help="Lowest resolution used in the fit (tutorial 50 Å).")
     res_high_A: float = param(
         5.0, title="Highest resolution", unit="Å", hard=(1.0, 50.0), suggest=(3.0, 15.0),
+        tutorial=5.0,
         help="Highest resolution used in the fit (tutorial 5 Å); clipped at Nyquist.")
     defocus_min_A: float = param(
         10000.0, title="Minimum defocus", unit="Å", hard=(0.0, 200000.0), suggest=(2000.0, 30000.0),
+        tutorial=10000.0,
         help="Smallest defocus searched (tutorial 10000 Å = 1 µm; underfocus positive).")
     defocus_max_A: float = param(
         50000.0, title="Maximum defocus", unit="Å", hard=(1000.0, 300000.0), suggest=(20000.0, 80000.0),
+        tutorial=50000.0,
         help="Largest defocus searched (tutorial 50000 Å = 5 µm). When the mdoc's target defocus + 2 µm lies "
              "beyond it (e.g. a session recorded at 5 µm), the search goes that far, and the log says so.")
     defocus_step_A: float = param(
         500.0, title="Defocus step", unit="Å", hard=(10.0, 5000.0), suggest=(100.0, 1000.0),
+        tutorial=500.0,
         help="Step of the exhaustive 1D search before the 2D refinement (tutorial 500 Å).")
     narrow_around_nominal: bool = param(
         False, title="Search around the nominal defocus",

@@ -49,12 +49,18 @@ class ExtractParams(StepParams):
     binning: float | None = param(
         None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0),
         empty_means="≈ 8 Å voxels",
+        tutorial=6.0,
+        tutorial_note="For the tutorial's 1.35 Å pixels (8.1 Å voxels); empty chooses the binning closest to "
+                      "8 Å voxels for your pixel size (bin 4 of 2 Å data).",
         help="Binning of the tilt images the particles are cut from, relative to the full-size series. Voxel size "
              "= binning × pixel size. Empty: the binning whose voxels are closest to 8.1 Å (the tutorial's bin 6 "
              "of its 1.35 Å data; bin 4 of 2 Å data), where apoferritin's orientation is still defined.")
     box_px: int | None = param(
         None, title="Box size", unit="px", hard=(8, 1024), suggest=(16, 256),
         empty_means="from the defocus",
+        tutorial=128,
+        tutorial_note="At the tutorial's bin 6 of its data; empty: the particle plus the CTF's spread at your "
+                      "voxel size and defocus.",
         help="Size of the square cut from each tilt image before the CTF is applied. It must hold the particle "
              "plus the CTF's delocalisation (signal spread by defocus), so larger than the final box "
              "(tutorial: 128, cropped to 64). Empty: 150 Å plus twice the delocalisation at the voxel size's "
@@ -62,6 +68,9 @@ class ExtractParams(StepParams):
     crop_px: int | None = param(
         None, title="Cropped box size", unit="px", hard=(8, 1024), suggest=(16, 256),
         empty_means="≈ 288 Å",
+        tutorial=64,
+        tutorial_note="64 × 8.1 Å ≈ 520 Å, for the tutorial's HIV capsid lattice; empty: ≈ 288 Å, apoferritin "
+                      "(130 Å) with a margin.",
         help="Final box after the CTF has been applied: the particle (apoferritin: 130 Å across) with a margin. "
              "The averaging steps work in this box. Empty: about 288 Å (an even number of voxels).")
     dimensionality: Literal["3D", "2D"] = param(
@@ -88,12 +97,16 @@ class ExtractFineParams(ExtractParams):
              "or the first extraction's binning when that is already finer.")
     box_px: int | None = param(
         None, title="Box size", unit="px", hard=(8, 1024), suggest=(16, 256), empty_means="from the defocus",
+        tutorial=256,
+        tutorial_note="At the tutorial's bin 2 of its 1.35 Å data; empty: the particle plus the CTF's spread "
+                      "at your voxel size and defocus.",
         help="Size of the square cut from each tilt image before the CTF is applied (tutorial: 256 at bin 2 of "
              "its data). It must hold the particle plus the CTF's delocalisation: about 100 Å each side at 4 µm "
              "defocus and 8 Å resolution. Empty: 150 Å plus twice the delocalisation at the voxel size's Nyquist "
              "frequency and the series' largest defocus, and at least 4/3 of the cropped box.")
     crop_px: int | None = param(
         None, title="Cropped box size", unit="px", hard=(8, 1024), suggest=(16, 256), empty_means="≈ 256 Å",
+        tutorial=128, tutorial_note="128 × 2.7 Å ≈ 350 Å in the tutorial; empty: ≈ 256 Å, apoferritin with a margin.",
         help="Final box after the CTF has been applied (tutorial: 128): the particle with a margin. Empty: about "
              "256 Å (an even number of voxels).")
 

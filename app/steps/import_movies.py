@@ -68,6 +68,9 @@ class ImportMoviesParams(StepParams):
              "names the mdoc records (its Windows paths are not needed), anywhere inside this folder.")
     pattern: str = param(
         DEFAULT_PATTERN, title="Pattern", widget="glob",
+        tutorial="*.mdoc",
+        tutorial_note="The tutorial's mdocs all lie in one folder; **/*.mdoc also finds them in sub-folders "
+                      "(Frames/ …).",
         help="Which .mdoc files to import, as a wildcard pattern relative to the folder. The default **/*.mdoc "
              "takes every mdoc at any depth (the tutorial's *.mdoc takes only those directly in the folder). A "
              "series mdoc ([ZValue] sections) is one tilt series; per-movie mdocs ([FrameSet], one per movie) are "
@@ -84,13 +87,16 @@ class ImportMoviesParams(StepParams):
              "angle is then converted to SerialEM's convention (−1 × angle − 90°). The tutorial says No.")
     voltage_kV: float = param(
         300.0, title="Microscope voltage", unit="kV", hard=(20.0, 1000.0), suggest=(100.0, 300.0),
+        tutorial=300.0,
         help="Acceleration voltage of the microscope. Sets the electron wavelength used by every CTF step.")
     cs_mm: float = param(
         2.7, title="Spherical aberration", unit="mm", hard=(0.0, 20.0), suggest=(0.001, 5.0),
+        tutorial=2.7,
         help="Spherical aberration Cs of the objective lens (2.7 mm on a Titan Krios; near 0 with a Cs "
              "corrector).")
     amplitude_contrast: float = param(
         0.1, title="Amplitude contrast", unit="1", hard=(0.0, 1.0), suggest=(0.04, 0.2),
+        tutorial=0.1,
         help="Fraction of amplitude contrast in the CTF model (0.07-0.1 for cryo samples).")
     pixel_size_A: float | None = param(
         None, title="Pixel size", unit="Å", hard=(0.05, 100.0), suggest=(0.3, 10.0), empty_means="from mdoc",
@@ -98,12 +104,16 @@ class ImportMoviesParams(StepParams):
              "here overrides the mdoc.")
     tilt_axis_deg: float | None = param(
         None, title="Tilt axis angle", unit="°", hard=(-360.0, 360.0), empty_means="from mdoc",
+        tutorial=85.0,
+        tutorial_note="The tutorial types its microscope's axis; empty reads each series' axis from its mdoc "
+                      "(a value typed here overrides the mdocs).",
         help="In-plane angle of the tilt axis, measured from the image Y axis, counter-clockwise (SerialEM's "
              "convention). Leave empty to use the mdoc's value (its 'Tilt axis angle', else RotationAngle − 90° of "
              "per-movie mdocs). A value typed here overrides the mdoc (the tutorial types 85° for its data); a "
              "warning says when it contradicts the mdoc. Alignment refines it later.")
     initial_dose_e_A2: float = param(
         0.0, title="Initial dose", unit="e⁻/Å²", hard=(0.0, 10000.0), suggest=(0.0, 50.0),
+        tutorial=0.0,
         help="Dose the specimen received before the first tilt (e.g. from tracking or focusing). Usually 0.")
     dose_per_tilt_e_A2: float | None = param(
         None, title="Dose per tilt", unit="e⁻/Å²", hard=(0.0, 1000.0), suggest=(0.5, 10.0),

@@ -55,10 +55,13 @@ def symmetry_issues(symmetry: str, field: str = "symmetry") -> list[Issue]:
 class InitialModelParams(StepParams):
     n_minibatches: int = param(
         40, title="Mini-batches", unit="1", hard=(1, 1000), suggest=(10, 200),
+        tutorial=40,
+        tutorial_note="40 for the tutorial's small data set, 70 for the large one.",
         help="Number of mini-batches of the stochastic gradient descent (tutorial: 40 for a small data set, 70 "
              "for a large one). More = slower, more robust.")
     regularisation: float = param(
         4.0, title="Regularisation parameter", unit="1", hard=(0.1, 100.0), suggest=(1.0, 10.0),
+        tutorial=4.0,
         help="RELION's T: how much the data are trusted relative to the smoothness prior (tutorial: 4). Higher = "
              "more detail and more noise.")
     mask_diameter_A: float = param(
@@ -71,6 +74,7 @@ class InitialModelParams(StepParams):
     prior_tilt_width_deg: float | None = param(
         10.0, title="Prior width on tilt", unit="°", hard=(0.5, 180.0), suggest=(3.0, 30.0),
         empty_means="no prior",
+        tutorial=10.0,
         help="When the particles carry orientations from picking (surface models: the membrane's normal), "
              "orientations whose particle axis tilts away from it by much more than this are unlikely (RELION's "
              "prior on the tilt; tutorial 10°). Particles picked without orientations (template matching with a "
@@ -94,8 +98,10 @@ class InitialModel(Step):
         "external model.</p>"
         "<p><b>A good result.</b> A hollow sphere (apoferritin's 24-subunit shell) with visible 4-fold and 3-fold "
         "channels, about 120 Å across.</p>"
-        "<p><b>What to check.</b> A smooth ball without features (too few particles or batches), a map full of "
-        "spikes (regularisation too high), a map larger than the mask.</p>"
+        "<p><b>What to check.</b> A map full of spikes (regularisation too high), a map larger than the mask, a "
+        "solid ball instead of a hollow shell. A smooth shell without channels is expected from few particles: "
+        "the tiny demo's 16 particles give about 20 Å, where apoferritin shows no features (the refinement "
+        "cannot add what the particles do not hold).</p>"
     )
     Params = InitialModelParams
     inputs = ("extract",)
@@ -119,7 +125,8 @@ class InitialModel(Step):
         rec, star, data, weights = load_particles(ctx.output("extract", "particles"))
         axes = None if params.prior_tilt_width_deg is None else prior_axes(star.particles)
         if params.prior_tilt_width_deg is not None and axes is None:
-            ctx.log("the particles carry no orientation priors: no prior on the tilt")
+            ctx.log("the particles carry no orientation priors (they were picked without orientations): the prior "
+                    "width on tilt has no effect; every orientation of the asymmetric unit is searched alike")
 
         def work(progress: Callable[[float, str], None]) -> Any:
             return initial_model(data, weights, rec.voxel_A, symmetry=params.symmetry,

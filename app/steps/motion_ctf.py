@@ -40,27 +40,34 @@ from tomoguide.steps.records import (
 class MotionCtfParams(StepParams):
     binning: float = param(
         1.0, title="Binning", unit="×", hard=(1.0, 16.0), suggest=(1.0, 4.0),
+        tutorial=1.0,
         help="Fourier binning of the aligned sums (1 = keep the movies' pixel size). The tutorial keeps 1.")
     res_low_A: float = param(
         500.0, title="Alignment: lowest resolution", unit="Å", hard=(20.0, 5000.0), suggest=(100.0, 2000.0),
+        tutorial=500.0,
         help="Lowest resolution (largest spacing) used to align the frames: very low frequencies carry gradients "
              "of the illumination rather than the specimen. Tutorial: 500 Å.")
     res_high_A: float = param(
         10.0, title="Alignment: highest resolution", unit="Å", hard=(1.0, 100.0), suggest=(4.0, 30.0),
+        tutorial=10.0,
         help="Highest resolution used to align the frames. Finer detail is too noisy in a single frame at "
              "cryo-ET doses. Tutorial: 10 Å.")
     bfactor_A2: float = param(
         -500.0, title="B-factor", unit="Å²", hard=(-10000.0, 0.0), suggest=(-2000.0, -100.0),
+        tutorial=-500.0,
         help="Low-pass weighting exp(B k²/4) applied while aligning (negative: damps high frequencies, where the "
              "frames are mostly noise). Tutorial: −500 Å².")
     grid_x: int = param(
         1, title="Motion grid X", unit="1", hard=(1, 16), suggest=(1, 8),
+        tutorial=1,
         help="Number of motion-model control points across X. 1 × 1 = one global trajectory for the whole "
              "image; more = local (beam-induced) motion per region, which needs more signal.")
     grid_y: int = param(1, title="Motion grid Y", unit="1", hard=(1, 16), suggest=(1, 8),
+                        tutorial=1,
                         help="Number of motion-model control points across Y (see Motion grid X).")
     grid_t: int = param(
         3, title="Motion grid temporal", unit="1", hard=(1, 50), suggest=(2, 10),
+        tutorial=3,
         help="Number of control points in time of the smooth trajectory (tutorial 3). Fewer points = a smoother "
              "trajectory that noise cannot bend; more = follows faster changes of the drift.")
     even_odd: bool = param(
@@ -88,6 +95,7 @@ class MotionCtfParams(StepParams):
              "taken from the data.")
     eer_fraction: int = param(
         16, title="EER fraction", unit="1", hard=(1, 10000), suggest=(4, 200),
+        tutorial=16,
         help="Only for EER movies (Falcon 4/4i/C cameras): how many EER fractions (the camera's own, very short "
              "frames) are summed into one frame for the alignment. Each frame should get about 0.1-0.5 e⁻/Å²; "
              "the last fractions that do not fill a frame are left out, as RELION does. The movies are decoded "
@@ -103,32 +111,39 @@ class MotionCtfParams(StepParams):
     ctf_window_px: int = param(
         512, title="CTF window", unit="px", hard=(64, 2048), suggest=(256, 1024),
         enabled_if=[("estimate_ctf", "=", True)],
+        tutorial=512,
         help="Size of the windows whose power spectra are averaged (tutorial 512 px). Larger windows resolve "
              "finer Thon rings (high defocus), smaller ones average more windows (less noise).")
     ctf_res_low_A: float = param(
         30.0, title="CTF: lowest resolution", unit="Å", hard=(5.0, 200.0), suggest=(15.0, 60.0),
         enabled_if=[("estimate_ctf", "=", True)],
+        tutorial=30.0,
         help="Lowest resolution used to fit the CTF (tutorial 30 Å): below it the spectrum is dominated by the "
              "background, not by Thon rings.")
     ctf_res_high_A: float = param(
         7.0, title="CTF: highest resolution", unit="Å", hard=(2.0, 50.0), suggest=(4.0, 15.0),
         enabled_if=[("estimate_ctf", "=", True)],
+        tutorial=7.0,
         help="Highest resolution used to fit the CTF (tutorial 7 Å). It must stay below the Nyquist frequency "
              "(2 × pixel size).")
     defocus_min_um: float = param(
         0.5, title="Defocus search from", unit="µm", hard=(0.0, 20.0), suggest=(0.2, 3.0),
         enabled_if=[("estimate_ctf", "=", True)],
+        tutorial=0.5,
         help="Smallest defocus searched (underfocus positive). Tutorial: 0.5 µm.")
     defocus_max_um: float = param(
         8.0, title="Defocus search to", unit="µm", hard=(0.5, 30.0), suggest=(3.0, 12.0),
         enabled_if=[("estimate_ctf", "=", True)],
+        tutorial=8.0,
         help="Largest defocus searched. Tutorial: 8 µm.")
     defocus_grid_x: int = param(
         2, title="Defocus grid X", unit="1", hard=(1, 8), suggest=(1, 4), enabled_if=[("estimate_ctf", "=", True)],
+        tutorial=2,
         help="Tiles across X in which the defocus is fitted separately (tutorial 2): on a tilted specimen the "
              "defocus changes across the image, and the tiles measure that gradient.")
     defocus_grid_y: int = param(
         2, title="Defocus grid Y", unit="1", hard=(1, 8), suggest=(1, 4), enabled_if=[("estimate_ctf", "=", True)],
+        tutorial=2,
         help="Tiles across Y for the defocus model (tutorial 2).")
     fit_phase: bool = param(
         False, title="Fit phase shift", enabled_if=[("estimate_ctf", "=", True)],

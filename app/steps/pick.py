@@ -161,6 +161,9 @@ class PickParams(StepParams):
              "Edited on the page.")
     box_px: int | None = param(
         None, title="Box size (display)", unit="px", hard=(4, 1024), empty_means="1.2 × the particle's diameter",
+        tutorial=54,
+        tutorial_note="Display only, in the tutorial's tomogram voxels; empty: 1.2 × the particle's diameter "
+                      "in yours.",
         help="Size of the boxes drawn around picks on the page; display only. Empty: a little larger than the "
              "particle (1.2 × twice the outer radius, in the tomogram's voxels), whatever the pixel size.")
 

@@ -27,6 +27,7 @@ def normalise_views(stack: np.ndarray, mean: float, sd: float) -> np.ndarray:
 class BinParams(StepParams):
     binning: float = param(
         10.0, title="Binning", unit="×", hard=(1.0, 64.0), suggest=(2.0, 16.0),
+        tutorial=10.0,
         help="Factor by which the pixel size grows (Fourier cropping, so nothing aliases). The tutorial bins by 10 "
              "for the alignment: patch tracking works on low-resolution features, and it is much faster.")
     density_mode: Literal["scale", "none"] = param(
@@ -120,6 +121,8 @@ class PreprocessForAlignment(_BinStep):
 class ReconstructionBinParams(BinParams):
     binning: float = param(
         6.0, title="Binning", unit="×", hard=(1.0, 64.0), suggest=(2.0, 16.0),
+        tutorial=6.0,
+        tutorial_note="The tutorial's choice for its small data set (4 for the large one).",
         help="Factor by which the pixel size grows (Fourier cropping). The tutorial bins the CTF-corrected series "
              "by 6 for the small data set (4 for the large one): tomograms for picking and the first averages do "
              "not need the full resolution, and they are 6³ = 216 times smaller.")

@@ -32,11 +32,13 @@ from tomoguide.steps.records import SeriesEntry, SeriesSet
 class ReconstructParams(StepParams):
     method: Literal["WBP", "SIRT"] = param(
         "SIRT", title="Method", choices=["WBP", "SIRT"], widget="choice",
+        tutorial="SIRT",
         help="WBP: weighted back-projection, fast and linear (for subtomogram averaging). SIRT: iterative, "
              "higher contrast at low resolution (for looking at the tomogram and template picking). The tutorial "
              "uses SIRT here.")
     thickness_px: int = param(
         300, title="Thickness", unit="px", hard=(8, 4000), suggest=(50, 1000),
+        tutorial=300,
         help="Size of the tomogram along Z in voxels (tutorial 300). It must hold the whole specimen slab; the "
              "demo's ice is about 700 Å thick.")
     width_px: int | None = param(
@@ -53,10 +55,12 @@ class ReconstructParams(StepParams):
     radial_cutoff: float = param(
         0.35, title="Radial filter cutoff", unit="1/px", hard=(0.01, 0.5), suggest=(0.2, 0.5),
         enabled_if=[("method", "=", "WBP")],
+        tutorial=0.35,
         help="Frequency (cycles/pixel) where the radial filter starts to fall off (IMOD default 0.35).")
     radial_falloff: float = param(
         0.035, title="Radial filter fall-off", unit="1/px", hard=(0.0, 0.5), suggest=(0.01, 0.1),
         enabled_if=[("method", "=", "WBP")],
+        tutorial=0.035,
         help="Width (sigma, cycles/pixel) of the Gaussian fall-off beyond the cutoff (IMOD default 0.035).")
     sirt_like_iterations: int = param(
         0, title="SIRT-like filter iterations", unit="1", hard=(0, 100), suggest=(0, 30),

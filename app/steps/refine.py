@@ -15,6 +15,7 @@ locally from the poses it carries, with the particle reconstruction as its refer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,25 +44,31 @@ class RefineParams(StepParams):
              "(RELION's 'mask individual particles with zeros').")
     initial_lowpass_A: float = param(
         60.0, title="Initial low-pass filter", unit="Å", hard=(2.0, 500.0), suggest=(10.0, 100.0),
+        tutorial=60.0,
         help="The reference is low-passed to this resolution before the first iteration (tutorial: 60 Å), so that "
              "the refinement does not start from the reference's own noise.")
     initial_angular_step_deg: float = param(
         7.5, title="Initial angular sampling", unit="°", hard=(0.5, 30.0), suggest=(1.8, 15.0),
+        tutorial=7.5,
         help="Step of the first orientation search (tutorial: 7.5°); it is halved automatically when the "
              "resolution stops improving.")
     local_searches_from_deg: float = param(
         1.8, title="Local searches from", unit="°", hard=(0.1, 30.0), suggest=(0.5, 7.5),
+        tutorial=1.8,
         help="From this angular step on, orientations are searched only near each particle's current one "
              "(tutorial: 1.8°).")
     offset_range_px: float = param(
         5.0, title="Offset search range", unit="px", hard=(0.0, 50.0), suggest=(1.0, 10.0),
+        tutorial=5.0,
         help="How far (in voxels of the extraction) a particle's centre may move (tutorial: 5 px).")
     offset_step_px: float = param(
         1.0, title="Offset search step", unit="px", hard=(0.1, 10.0), suggest=(0.5, 2.0),
+        tutorial=1.0,
         help="Step of the offset search (tutorial: 1 px); finer steps follow automatically.")
     prior_tilt_width_deg: float | None = param(
         10.0, title="Prior width on tilt", unit="°", hard=(0.5, 180.0), suggest=(3.0, 30.0),
         empty_means="no prior",
+        tutorial=10.0,
         help="With orientations from picking (surface models), orientations whose particle axis tilts away from "
              "the picked one by much more than this are unlikely (RELION's prior on the tilt; tutorial 10°). No "
              "effect for particles picked without orientations.")
@@ -75,18 +82,27 @@ class RefineParams(StepParams):
 class RefineFineParams(RefineParams):
     initial_lowpass_A: float = param(
         15.0, title="Initial low-pass filter", unit="Å", hard=(2.0, 500.0), suggest=(5.0, 60.0),
+        tutorial=15.0,
         help="The reference (the particle reconstruction) is low-passed to this resolution first (15 Å here: "
              "the orientations are already good).")
     initial_angular_step_deg: float = param(
         1.8, title="Initial angular sampling", unit="°", hard=(0.1, 30.0), suggest=(0.5, 7.5),
+        tutorial=7.5,
+        tutorial_note="The tutorial repeats the first refinement's search; the poses carried over are already "
+                      "close, so a local search from 1.8° is faster and as good.",
         help="The poses carried over are already close: the search starts locally at this step.")
     prior_tilt_width_deg: float | None = param(
         None, title="Prior width on tilt", unit="°", hard=(0.5, 180.0), suggest=(3.0, 30.0),
         empty_means="no prior",
+        tutorial=None,
+        tutorial_note="The tutorial's last refinement uses no prior on the tilt.",
         help="No prior on the tilt at this stage (the tutorial's setting): the poses carried over are better "
              "than any picking orientation.")
     offset_range_px: float = param(
         3.0, title="Offset search range", unit="px", hard=(0.0, 50.0), suggest=(1.0, 10.0),
+        tutorial=5.0,
+        tutorial_note="The tutorial repeats the first refinement's range; the particles were re-centred when "
+                      "re-extracted, so 3 px of the finer voxels is enough.",
         help="How far (in voxels of the finer extraction) a particle's centre may move.")
 
 
@@ -99,7 +115,10 @@ def fsc_record(res: Any) -> FSCCurve:
 
 
 def history_line(h: dict[str, Any]) -> str:
-    """One log line for an iteration's record: ``iteration 3: resolution 12.1 Å, angular step 1.8°, …``."""
+    """One log line for an iteration's record: ``iteration 3: resolution 12.1 Å, angular step 1.8°, …``.
+
+    Values that are not finite are not printed as "nan": the mean angle change of a global search (no earlier
+    pose to compare with) reads "mean angle change — (global search)", other non-finite values are left out."""
     units = {"_A": " Å", "_deg": "°", "_px": " px", "_s": " s"}
     parts = []
     head = ""
@@ -112,6 +131,11 @@ def history_line(h: dict[str, Any]) -> str:
         for suf in units:
             if name.endswith(suf):
                 name = name[: -len(suf)]
+        if isinstance(v, float) and not math.isfinite(v):
+            # a global search has no previous pose to compare with (the compute records NaN): say so
+            if k == "mean_angle_change_deg":
+                parts.append("mean angle change — (global search)")
+            continue
         text = f"{v:.3g}" if isinstance(v, float) else str(v)
         parts.append(f"{name.replace('_', ' ')} {text}{unit}")
     return (head + ": " if head else "") + ", ".join(parts)
@@ -144,8 +168,11 @@ class Refine(Step):
         "(twice the voxel size); the map shows apoferritin's shell with its channels; the orientations cover "
         "the sphere.</p>"
         "<p><b>What to check.</b> A resolution that does not improve over the iterations (bad initial model), "
-        "an FSC that never drops (the halves are not independent), a map that looks like a ball (wrong "
-        "symmetry).</p>"
+        "an FSC that never drops (the halves are not independent). How much detail to expect depends on the "
+        "number of particles: a few dozen particles give about 20 Å, where apoferritin is a smooth, featureless "
+        "hollow ball — that is the tiny demo's correct result (16 particles), not a wrong symmetry; its channels "
+        "show from about 12 Å, helices from about 9 Å (a few hundred particles). A wrong symmetry shows as a map "
+        "that looks smeared or doubled <i>at</i> a resolution that should show features.</p>"
     )
     Params = RefineParams
     inputs: tuple[str, ...] = ("extract", "initial_model")
@@ -185,7 +212,8 @@ class Refine(Step):
 
         axes = None if params.prior_tilt_width_deg is None else prior_axes(df)
         if params.prior_tilt_width_deg is not None and axes is None:
-            ctx.log("the particles carry no orientation priors: no prior on the tilt")
+            ctx.log("the particles carry no orientation priors (they were picked without orientations): the prior "
+                    "width on tilt has no effect; every orientation of the asymmetric unit is searched alike")
 
         def work(progress: Callable[[float, str], None]) -> Any:
             return auto_refine(data, weights, rec.voxel_A, ref, symmetry=params.symmetry,
