@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tomoguide import __version__
+from tomoguide.recent import remember_project
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -104,6 +105,7 @@ def cmd_new(args: argparse.Namespace) -> int:
         report = import_report(proj)
     finally:
         proj.close()
+    remember_project(proj.dir)  # the wizard's start screen lists it
     print(f"created project {proj.dir} on {movies.resolve()}")
     print(report)
     return 0
@@ -219,12 +221,26 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
                     f"{step_id}: identical results: the later steps stay done")
             st.metrics.setdefault("wall_time_s", round(dt, 2))
             proj.save()
+        if not quiet and ids[-1] in todo and proj.is_up_to_date(ids[-1]):
+            print_final_summary(proj)
     finally:
         proj.close()
     return 0
 
 
+def print_final_summary(proj: Any) -> None:
+    """The end of the workflow on the terminal: the map and half maps with their paths, the resolution and
+    Nyquist, what they mean, and the command lines of the 3D viewers (:mod:`tomoguide.results`)."""
+    from tomoguide.results import final_summary, summary_text
+
+    summary = final_summary(proj)
+    if summary is not None:
+        print("\n" + summary_text(summary, proj.dir))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if (Path(args.project) / "project.json").is_file():
+        remember_project(Path(args.project))
     return run_steps(Path(args.project), until=args.until, only=args.only, sets=parse_sets(args.set),
                      force=args.force, use_backup=args.use_backup, break_lock=args.break_lock)
 
@@ -412,21 +428,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tomoguide.demo import prepare_demo
 
     out = Path(args.out)
+    if not args.no_gui:  # say it before minutes of simulation, not after
+        from tomoguide.gui_check import gui_problem
+
+        problem = gui_problem()
+        if problem is not None:
+            raise CliError(problem.replace("`tomoguide demo --no-gui`", f"`tomoguide demo --preset {args.preset} "
+                                                                         f"--no-gui --out {out}`"))
     t0 = time.perf_counter()
     project_dir = prepare_demo(out, preset=args.preset, seed=args.seed, progress_bar=_progress_bar)
     print(f"demo data in {out / 'data'} (truth in {out / 'truth'}), project {project_dir} "
           f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    remember_project(project_dir)  # the wizard's start screen lists it, also after --no-gui
     if args.no_gui:
         return run_steps(project_dir, until=args.until)
     return _gui(project_dir)
 
 
 def _gui(project_dir: Path | None) -> int:
+    """Open the wizard, after checking that Qt can start here: a missing system library or a missing display is
+    one message naming the libraries, the apt-get command that installs them and ``--no-gui``
+    (:mod:`tomoguide.gui_check`), never Qt's abort "could not load the Qt platform plugin"."""
+    from tomoguide.gui_check import gui_problem, import_error_message
+
+    problem = gui_problem()
+    if problem is not None:
+        raise CliError(problem)
     try:
         from tomoguide.pages.app import main as gui_main
     except ImportError as exc:
-        raise CliError(f"the wizard cannot start: {exc}") from None
+        raise CliError(import_error_message(exc)) from None
     return gui_main(project_dir)
+
+
+def _offscreen_gui_check() -> None:
+    """For commands that render without a window (screenshots, self-test): the libraries Qt needs offscreen (or
+    on the display when one is set, as :func:`tomoguide.pages.screenshots.offscreen_app` chooses)."""
+    import os
+
+    from tomoguide.gui_check import gui_problem
+
+    offscreen = "QT_QPA_PLATFORM" not in os.environ and not (os.environ.get("DISPLAY")
+                                                              or os.environ.get("WAYLAND_DISPLAY"))
+    problem = gui_problem(offscreen=offscreen)
+    if problem is not None:
+        raise CliError(problem)
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
@@ -437,10 +483,13 @@ def cmd_screenshots(args: argparse.Namespace) -> int:
     project = Path(args.project)
     if not (project / "project.json").exists():
         raise CliError(f"{project}: no project here")
+    _offscreen_gui_check()
     try:
         from tomoguide.pages.screenshots import render_all
     except ImportError as exc:
-        raise CliError(f"the wizard cannot start: {exc}") from None
+        from tomoguide.gui_check import import_error_message
+
+        raise CliError(import_error_message(exc)) from None
     paths = render_all(project, Path(args.out))
     for p in paths:
         print(p)
@@ -449,10 +498,13 @@ def cmd_screenshots(args: argparse.Namespace) -> int:
 
 def cmd_selftest() -> int:
     """Open the wizard on a tiny simulated data set, run the import step, exit 0 when it worked."""
+    _offscreen_gui_check()
     try:
         from tomoguide.pages.selftest import run_selftest
     except ImportError as exc:
-        raise CliError(f"the wizard cannot start: {exc}") from None
+        from tomoguide.gui_check import import_error_message
+
+        raise CliError(import_error_message(exc)) from None
     return run_selftest()
 
 

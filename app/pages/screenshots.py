@@ -1,7 +1,8 @@
 """``tomoguide screenshots PROJECT_DIR --out DIR``: every page of the wizard rendered offscreen to PNG files.
 
 Files: ``00_start.png`` (the start screen), then ``NN_<step_id>.png`` per step in workflow order (NN from 01),
-each of the whole wizard window at a fixed size with that step's page shown. 3D previews render through vispy's
+each of the whole wizard window at a fixed size with that step's page shown, and last ``NN_summary.png``, the
+summary page after the last step. 3D previews render through vispy's
 EGL backend (see :mod:`tomoguide.widgets.volume_view`), so they appear in the images too.
 The project is opened read-only when another program holds it; nothing in it is changed either way.
 """
@@ -71,6 +72,12 @@ def render_all(project_dir: Path, out_dir: Path) -> list[Path]:
             if not window.grab().save(str(path)):
                 raise OSError(f"{path}: could not write the screenshot")
             written.append(path)
+        window.go_to(window.summary_index)
+        _settle()
+        path = out_dir / f"{window.summary_index + 1:02d}_summary.png"
+        if not window.grab().save(str(path)):
+            raise OSError(f"{path}: could not write the screenshot")
+        written.append(path)
     finally:
         window.close()
         window.deleteLater()

@@ -1,4 +1,5 @@
-"""Where the wizard keeps its settings: window geometry (QSettings, INI file) and the recent-projects list (JSON);
+"""Where the wizard keeps its settings: window geometry (QSettings, INI file) and the recent-projects list (JSON,
+:mod:`tomoguide.recent`, which the command line updates too);
 and the project's settings dialog (:class:`ProjectSettingsDialog`: how many runs of each step are kept for a way
 back and the disk they may use, with what they use now).
 
@@ -7,10 +8,6 @@ platformdirs' user config folder for "tomoguide". Nothing here is global: every 
 """
 
 from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
 
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (
@@ -24,51 +21,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tomoguide.project import PROJECT_FILE, Project, Retention, atomic_write_text
+from tomoguide.project import Project, Retention
+from tomoguide.recent import MAX_RECENT, RECENT_FILE, add_recent_project, config_dir, recent_projects
 
-RECENT_FILE = "recent_projects.json"
+__all__ = ["MAX_RECENT", "RECENT_FILE", "SETTINGS_FILE", "ProjectSettingsDialog", "add_recent_project", "config_dir",
+           "qsettings", "recent_projects"]
+
 SETTINGS_FILE = "tomoguide.ini"
-MAX_RECENT = 10
-
-
-def config_dir() -> Path:
-    """The settings folder (created when missing)."""
-    env = os.environ.get("TOMOGUIDE_CONFIG_DIR")
-    if env:
-        folder = Path(env)
-    else:
-        import platformdirs
-
-        folder = Path(platformdirs.user_config_dir("tomoguide", appauthor=False))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def qsettings() -> QSettings:
     """A QSettings object backed by ``<config_dir>/tomoguide.ini`` (window geometry, last folders)."""
     return QSettings(str(config_dir() / SETTINGS_FILE), QSettings.Format.IniFormat)
-
-
-def recent_projects(*, existing_only: bool = True) -> list[Path]:
-    """Recently opened project folders, newest first (those whose project.json is gone are left out)."""
-    try:
-        raw = json.loads((config_dir() / RECENT_FILE).read_text(encoding="utf-8"))
-        paths = [Path(p) for p in raw.get("projects", []) if isinstance(p, str)]
-    except (OSError, ValueError, AttributeError):
-        return []
-    if existing_only:
-        paths = [p for p in paths if (p / PROJECT_FILE).is_file()]
-    return paths
-
-
-def add_recent_project(project_dir: Path) -> list[Path]:
-    """Put ``project_dir`` first in the recent-projects list (at most :data:`MAX_RECENT`); returns the list."""
-    project_dir = Path(project_dir).resolve()
-    paths = [project_dir] + [p for p in recent_projects(existing_only=False) if p != project_dir]
-    paths = paths[:MAX_RECENT]
-    atomic_write_text(config_dir() / RECENT_FILE,
-                      json.dumps({"projects": [str(p) for p in paths]}, indent=1))
-    return paths
 
 
 class ProjectSettingsDialog(QDialog):

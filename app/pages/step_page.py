@@ -17,7 +17,9 @@ form is disabled and ``running_changed(True)`` tells the wizard to lock navigati
 from __future__ import annotations
 
 import html
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -42,9 +44,9 @@ from tomoguide.pages.form import ERROR_COLOUR, WARNING_COLOUR, ParamForm
 from tomoguide.pages.previews import Preview, make_preview
 from tomoguide.pages.worker import StepWorker, eta_text
 from tomoguide.project import Project
-from tomoguide.runner import ParamsRefused, StepRun, set_params_checked
+from tomoguide.runner import ParamsRefused, StepRun, deliberate_values, set_params_checked
 from tomoguide.steps import registry
-from tomoguide.steps.base import Issue, Step
+from tomoguide.steps.base import Issue, Step, format_quantity
 
 STATUS_COLOURS = {
     "pending": "#757575",
@@ -55,6 +57,55 @@ STATUS_COLOURS = {
     "interrupted": "#6a1b9a",
     "skipped": "#9e9e9e",
 }
+
+
+_HELP_PARAGRAPH = re.compile(r"<p>\s*<b>(?P<head>[^<]*)</b>.*?</p>", re.DOTALL)
+
+
+def split_help(help_html: str) -> tuple[str, str, str]:
+    """A step's help as ``(what_to_check, good_result, rest)``: its "What to check." and "A good result."
+    paragraphs (empty when absent) and everything else in its order. The page shows what to check first, where
+    it is seen without scrolling."""
+    check = good = ""
+    rest = help_html
+    for m in list(_HELP_PARAGRAPH.finditer(help_html)):
+        head = m.group("head").strip().lower()
+        if head.startswith("what to check") and not check:
+            check = m.group(0)
+        elif head.startswith("a good result") and not good:
+            good = m.group(0)
+        else:
+            continue
+        rest = rest.replace(m.group(0), "", 1)
+    return check, good, rest.strip()
+
+
+def ordered_help_html(help_html: str) -> str:
+    """The help with "What to check" first (in a highlighted box), then "A good result", then the rest."""
+    check, good, rest = split_help(help_html)
+    head = (f"<div style='background:#fff8e1;padding:6px'>{check}</div>" if check else "")
+    return head + good + rest
+
+
+def truth_folder(project: Project) -> Path | None:
+    """The simulator's truth folder of the project's data, when it has one: recorded in the project
+    (``dataset["truth_dir"]``) or, for data written by ``tomoguide simulate`` / ``demo``, the ``truth`` folder
+    beside the session folder (holding ``summary.json``). None for real data."""
+    ds = project.data.dataset if isinstance(project.data.dataset, dict) else {}
+    for key in ("truth_dir", "truth"):
+        value = ds.get(key)
+        if isinstance(value, str) and value:
+            path = Path(value) if Path(value).is_absolute() else project.dir / value
+            if (path / "summary.json").is_file():
+                return path
+    files_dir = project.data.steps.get("import_movies")
+    raw = files_dir.params.get("files_dir") if files_dir is not None else None
+    if isinstance(raw, str) and raw:
+        base = Path(raw) if Path(raw).is_absolute() else project.dir / raw
+        candidate = base.parent / "truth"
+        if (candidate / "summary.json").is_file():
+            return candidate
+    return None
 
 
 def issues_html(issues: list[Issue]) -> str:
@@ -100,7 +151,8 @@ class StepPage(QWidget):
         self.status_label.setObjectName("status_label")
         self.status_label.setWordWrap(True)
 
-        self.form = ParamForm(self.step_cls.Params, self.project.data.steps[self.step_id].params)
+        self.form = ParamForm(self.step_cls.Params, self.project.data.steps[self.step_id].params,
+                              deliberate=deliberate_values(self.project, self.step_id))
         self.form.committed.connect(self._on_committed)
         self.form.refused.connect(self._on_refused)
         self.form.field_focused.connect(self.show_field_help)
@@ -188,6 +240,24 @@ class StepPage(QWidget):
         ll.addLayout(buttons)
         ll.addLayout(progress_line)
         ll.addWidget(self.error_box)
+        # "Check against the truth" (tomoguide.pages.truth_panel), for projects on simulated data: folded
+        self.truth_toggle: QToolButton | None = None
+        self.truth_panel: QWidget | None = self._make_truth_panel()
+        if self.truth_panel is not None:
+            self.truth_toggle = QToolButton()
+            self.truth_toggle.setObjectName("truth_toggle")
+            self.truth_toggle.setText("Check against the truth")
+            self.truth_toggle.setToolTip("The simulated data's truth is known: how far this step's results are "
+                                         "from it")
+            self.truth_toggle.setCheckable(True)
+            self.truth_toggle.setChecked(False)
+            self.truth_toggle.setArrowType(Qt.ArrowType.RightArrow)
+            self.truth_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            self.truth_toggle.setAutoRaise(True)
+            self.truth_toggle.toggled.connect(self._toggle_truth)
+            self.truth_panel.setVisible(False)
+            ll.addWidget(self.truth_toggle)
+            ll.addWidget(self.truth_panel)
         log_title = QLabel("<b>Log</b>")
         ll.addWidget(log_title)
         ll.addWidget(self.log_view, 1)
@@ -223,6 +293,35 @@ class StepPage(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
+
+    def _make_truth_panel(self) -> QWidget | None:
+        """The truth panel of this step, when the project's data have a truth folder and the panel exists."""
+        if truth_folder(self.project) is None:
+            return None
+        try:
+            from tomoguide.pages.truth_panel import TruthPanel  # type: ignore[import-not-found]
+        except ImportError:
+            return None
+        panel = TruthPanel(self.project, self.step_id)
+        panel.setObjectName("truth_panel")
+        return panel
+
+    def _toggle_truth(self, shown: bool) -> None:
+        if self.truth_panel is None or self.truth_toggle is None:
+            return
+        self.truth_panel.setVisible(shown)
+        self.truth_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        if shown:
+            self._refresh_truth()
+
+    def _refresh_truth(self) -> None:
+        panel = self.truth_panel
+        if panel is not None and panel.isVisible() and hasattr(panel, "refresh"):
+            try:
+                panel.refresh()
+            except Exception as exc:  # noqa: BLE001 - a scoring problem must not break the page
+                self.saved_label.setText(f"<span style='color:{ERROR_COLOUR}'>The truth panel failed: "
+                                         f"{html.escape(f'{type(exc).__name__}: {exc}')}</span>")
 
     def _fit_form(self) -> None:
         """Let the form take the height it needs (it scrolls beyond 60 % of the page); the log gets the rest."""
@@ -264,6 +363,7 @@ class StepPage(QWidget):
         self._update_status()
         self.update_issues()
         self.preview.refresh()
+        self._refresh_truth()
         self._update_buttons()
 
     def _update_status(self) -> None:
@@ -307,21 +407,33 @@ class StepPage(QWidget):
 
     # -- help ------------------------------------------------------------------------------------------------
     def show_field_help(self, name: str | None) -> None:
-        """Show the step's help, followed by the help of field ``name`` (the focused field)."""
-        parts = [f"<h3>{html.escape(self.step_cls.title, quote=False)}</h3>", self.step_cls.help]
+        """Show the step's help — "What to check" first, where it is seen without scrolling — preceded by the help
+        of field ``name`` (the focused field)."""
+        parts = [f"<h3>{html.escape(self.step_cls.title, quote=False)}</h3>", ordered_help_html(self.step_cls.help)]
         if name is not None:
             m = self.form.meta[name]
             unit = "" if m.unit in ("", "1") else f" ({html.escape(m.unit)})"
-            default = "empty" if m.default in (None, "") else html.escape(str(m.default))
+            default = "empty" if m.default in (None, "") else html.escape(format_quantity(m.default, m.unit))
             extra = f"Default: {default}."
             if m.empty_means:
                 extra += f" Empty means: {html.escape(m.empty_means)}."
             if m.suggest != (None, None):
                 lo, hi = m.suggest
-                extra += f" Usual range: {'' if lo is None else f'{lo:g}'} – {'' if hi is None else f'{hi:g}'}."
+                span = f"{'' if lo is None else f'{lo:g}'} – {'' if hi is None else f'{hi:g}'}"
+                extra += f" Usual range: {html.escape(format_quantity(span, m.unit) if hi is not None else span)}."
+            if m.has_tutorial:
+                shown = "empty" if m.tutorial in (None, "") else format_quantity(m.tutorial, m.unit)
+                extra += f" Tutorial: {html.escape(shown)}."
+                if m.tutorial_note:
+                    extra += f" {html.escape(m.tutorial_note)}"
+            chosen = self.form.deliberate.get(name)
+            if isinstance(chosen, dict) and chosen.get("why"):
+                extra += f" This project's preset sets {html.escape(str(chosen.get('value')))}: " \
+                         f"{html.escape(str(chosen['why']))}."
             parts.insert(0, f"<div style='background:#e3f2fd;padding:6px'><b>{html.escape(m.title)}{unit}</b>"
                             f"<p>{html.escape(m.help)}</p><p><i>{extra}</i></p></div>")
         self.help_view.setHtml("".join(parts))
+        self.help_view.verticalScrollBar().setValue(0)
         self.focused_field = name
 
     # -- parameters ------------------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 * The step list shows every registered step with a status icon and colour (pending, running, done, stale,
   failed, interrupted, skipped); any step can be opened from it.
-* Next is enabled only when the current step is done and up to date (or optional and skipped).
+* Next is enabled only when the current step is done and up to date (or optional and skipped). After the last
+  step comes the summary page (:class:`~tomoguide.pages.summary_page.SummaryPage`: the map, its resolution and
+  what it means, its files, the 3D viewers); a finished project opens on it.
+* Step titles are shown whole: the list is as wide as its longest title needs (no "…").
 * Keys: Alt+Left / Alt+Right (Back / Next), Ctrl+R (Run), Esc (Cancel the run), Ctrl+W (close).
 * The window's size and position are kept in the settings file (:mod:`tomoguide.pages.settings`).
 * While a step runs, navigation is locked (the run owns the project). Closing the window then asks; "Yes"
@@ -36,6 +39,8 @@ from PySide6.QtWidgets import (
 
 from tomoguide.pages.settings import ProjectSettingsDialog, qsettings
 from tomoguide.pages.step_page import STATUS_COLOURS, StepPage
+from tomoguide.pages.summary_page import TITLE as SUMMARY_TITLE
+from tomoguide.pages.summary_page import SummaryPage
 from tomoguide.project import BACKUP_FILE, Project, ProjectError, ProjectLockedError
 from tomoguide.steps import registry
 
@@ -88,20 +93,29 @@ class WizardWindow(QMainWindow):
         self.step_list = QListWidget()
         self.step_list.setObjectName("step_list")
         self.step_list.setIconSize(QSize(20, 20))
-        self.step_list.setMinimumWidth(170)
-        self.step_list.setMaximumWidth(320)
         self.step_list.setSpacing(2)
-        # long step titles wrap instead of hiding behind a horizontal scroll bar
-        self.step_list.setWordWrap(True)
+        # whole titles: no wrapping (QListView lays wrapped items out badly) and no "…"; the list is made as wide
+        # as the longest title needs (see step_list_width)
+        self.step_list.setWordWrap(False)
+        self.step_list.setTextElideMode(Qt.TextElideMode.ElideNone)
         self.step_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         for i, step_cls in enumerate(self.steps):
             item = QListWidgetItem(f"{i + 1}. {step_cls.title}")
             item.setToolTip(step_cls.summary)
             self.step_list.addItem(item)
+        self.summary_index = len(self.steps)
+        summary_item = QListWidgetItem(f"→ {SUMMARY_TITLE}")
+        summary_item.setToolTip("The end of the workflow: the final map, its resolution and what it means, its "
+                                "files, and how to open it in a 3D viewer")
+        self.step_list.addItem(summary_item)
+        self.summary_page: SummaryPage | None = None
+        width = self.step_list_width()
+        self.step_list.setMinimumWidth(width)
+        self.step_list.setMaximumWidth(width + 80)
         self.step_list.currentRowChanged.connect(self._on_row_changed)
         self.stack = QStackedWidget()
-        for _ in self.steps:
-            self.stack.addWidget(QWidget())  # placeholders: pages are built when first shown
+        for _ in range(len(self.steps) + 1):
+            self.stack.addWidget(QWidget())  # placeholders: pages are built when first shown (the summary last)
 
         self.back_button = QPushButton("◀ Back")
         self.back_button.setToolTip("Previous step (Alt+Left)")
@@ -134,7 +148,7 @@ class WizardWindow(QMainWindow):
         split.addWidget(side)
         split.addWidget(main)
         split.setStretchFactor(1, 1)
-        split.setSizes([250, 1070])
+        split.setSizes([width + 12, max(600, DEFAULT_SIZE.width() - width - 12)])
         self.setCentralWidget(split)
 
         menu = self.menuBar().addMenu("&Project")
@@ -166,7 +180,16 @@ class WizardWindow(QMainWindow):
         self.refresh_statuses()
         ids = [s.id for s in self.steps]
         first = start_step if start_step in ids else project.first_not_done()
-        self.go_to(ids.index(first) if first in ids else len(ids) - 1)
+        # a finished project opens on its summary
+        self.go_to(ids.index(first) if first in ids else self.summary_index)
+
+    def step_list_width(self) -> int:
+        """The width the step list needs to show every title whole (text, icon, margins, scroll bar)."""
+        fm = self.step_list.fontMetrics()
+        text = max(fm.horizontalAdvance(self.step_list.item(i).text()) for i in range(self.step_list.count()))
+        icon = self.step_list.iconSize().width()
+        scroll = self.step_list.verticalScrollBar().sizeHint().width()
+        return text + icon + scroll + 2 * self.step_list.frameWidth() + 4 * self.step_list.spacing() + 24
 
     # -- pages -----------------------------------------------------------------------------------------------
     def page(self, index_or_id: int | str) -> StepPage:
@@ -188,13 +211,30 @@ class WizardWindow(QMainWindow):
         return self.step_list.currentRow()
 
     def current_page(self) -> StepPage:
-        return self.page(self.current_index())
+        """The current step's page (the last step's page while the summary is shown)."""
+        return self.page(min(self.current_index(), len(self.steps) - 1))
+
+    def show_summary(self) -> SummaryPage:
+        """Show the summary page (built on first use, refreshed every time)."""
+        self.go_to(self.summary_index)
+        assert self.summary_page is not None
+        return self.summary_page
+
+    def _summary(self) -> SummaryPage:
+        if self.summary_page is None:
+            page = SummaryPage(self.project)
+            old = self.stack.widget(self.summary_index)
+            self.stack.insertWidget(self.summary_index, page)
+            self.stack.removeWidget(old)
+            old.deleteLater()
+            self.summary_page = page
+        return self.summary_page
 
     def running_page(self) -> StepPage | None:
         return next((p for p in self.pages.values() if p.is_running()), None)
 
     def go_to(self, index: int) -> None:
-        if self.running_page() is not None or not 0 <= index < len(self.steps):
+        if self.running_page() is not None or not 0 <= index <= self.summary_index:
             return
         if self.step_list.currentRow() != index:
             self.step_list.setCurrentRow(index)
@@ -210,7 +250,8 @@ class WizardWindow(QMainWindow):
             self.go_to(self.current_index() + 1)
 
     def run_current(self) -> None:
-        self.current_page().run_step()
+        if self.current_index() < len(self.steps):
+            self.current_page().run_step()
 
     def cancel_current(self) -> None:
         page = self.running_page()
@@ -219,6 +260,12 @@ class WizardWindow(QMainWindow):
 
     def _on_row_changed(self, index: int) -> None:
         if index < 0:
+            return
+        if index == self.summary_index:
+            summary = self._summary()
+            summary.refresh()
+            self.stack.setCurrentIndex(index)
+            self._update_nav()
             return
         page = self.page(index)
         page.refresh()
@@ -237,7 +284,7 @@ class WizardWindow(QMainWindow):
 
     def can_go_next(self) -> bool:
         index = self.current_index()
-        if index < 0 or index >= len(self.steps) - 1 or self.running_page() is not None:
+        if index < 0 or index >= len(self.steps) or self.running_page() is not None:
             return False
         step_cls = self.steps[index]
         if self.project.is_up_to_date(step_cls.id):
@@ -258,6 +305,12 @@ class WizardWindow(QMainWindow):
                 tip += f": {st.error}"
             item.setToolTip(tip)
             item.setData(Qt.ItemDataRole.UserRole, status)
+        done = self.project.is_up_to_date(self.steps[-1].id)
+        summary_item = self.step_list.item(self.summary_index)
+        summary_item.setIcon(status_icon("done" if done else "pending"))
+        summary_item.setForeground(QColor("#212121" if done else "#616161"))
+        if self.summary_page is not None and self.current_index() == self.summary_index:
+            self.summary_page.refresh()
         self._update_nav()
 
     def _update_nav(self) -> None:
@@ -268,10 +321,13 @@ class WizardWindow(QMainWindow):
         self.step_list.setEnabled(not running)
         if running:
             self.nav_hint.setText("A step is running: Esc cancels it.")
-        elif index < len(self.steps) - 1 and not self.next_button.isEnabled():
+        elif index == self.summary_index:
+            self.nav_hint.setText("The end of the workflow." if self.project.is_up_to_date(self.steps[-1].id)
+                                  else "The workflow is not finished yet.")
+        elif index < len(self.steps) and not self.next_button.isEnabled():
             self.nav_hint.setText("Run this step to go on.")
         elif index == len(self.steps) - 1 and self.project.is_up_to_date(self.steps[index].id):
-            self.nav_hint.setText("All steps are done.")
+            self.nav_hint.setText("All steps are done: Next shows the summary.")
         else:
             self.nav_hint.setText("")
 

@@ -163,6 +163,7 @@ def test_screenshots_of_every_page(project_dir: Path, tmp_path: Path) -> None:
     from tomoguide.steps import registry
 
     expected = ["00_start.png"] + [f"{i:02d}_{sid}.png" for i, sid in enumerate(registry.ids(), start=1)]
+    expected.append(f"{len(registry.ids()) + 1:02d}_summary.png")  # the summary page after the last step
     assert [f.name for f in files] == expected
     image = QImage(str(files[1]))
     assert (image.width(), image.height()) == (1320, 860)
