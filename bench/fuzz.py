@@ -6,7 +6,7 @@ The engine is the CI test's (``tests/test_fuzz.py``: mutations, commands, oracle
 campaign and writes ``bench/results/fuzz.json``: counts per verdict (ok, refused, refused_workflow, traceback,
 hang, bad_exit, bad_message, silent_wrong), per target file and per mutation kind, failures grouped by message.
 
-    .venv/bin/python bench/fuzz.py --cases 5000            # about 8 min on 2 cores
+    .venv/bin/python bench/fuzz.py --cases 5000            # 7-15 min on 2 cores (0.08-0.18 s per case)
     .venv/bin/python bench/fuzz.py --cases 300 --seed 7    # another draw
 """
 
