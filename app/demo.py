@@ -51,7 +51,7 @@ def demo_deliberate(sim: Any) -> dict[str, dict[str, dict[str, Any]]]:
     n = sim.n_particles * sim.n_series
     if n >= 100:
         return {}
-    why = (f"the tiny demo has only {n} particles: {{what}}; its resolution (about 20 Å at 8 Å voxels) is limited "
+    why = (f"the tiny demo has only {n} particles: {{what}}; its resolution (about 20 Å) is limited "
            "by the number of particles, not by this value (tutorial: {tut}, for hundreds or thousands of particles)")
     return {
         "initial_model": {"n_minibatches": {"value": 8, "why": why.format(

@@ -40,8 +40,8 @@ VIEWERS: dict[str, tuple[tuple[str, ...], str]] = {
     "napari": (("napari",), "MRC files need the napari-mrcfile-reader plugin"),
     "3dmod": (("3dmod",), "IMOD"),
 }
-#: the simulator's demo presets: how many particles they hold and what they reach (README, bench/)
-DEMO_EXPECTED = {"tiny": "16 particles, about 20 Å at 8 Å voxels", "small": "300 particles, about 8 Å at 4 Å voxels"}
+#: the simulator's demo presets: how many particles they hold and the resolution (Å) they reach (README, bench/)
+DEMO_EXPECTED: dict[str, tuple[int, float]] = {"tiny": (16, 20.0), "small": (300, 8.2)}
 
 
 @dataclass
@@ -131,14 +131,20 @@ def resolution_meaning(resolution_A: float | None, voxel_A: float, n_particles: 
                    "their number, the CTF or the tilt-series alignment limit it, not the voxels.")
     out.append(_features(resolution_A))
     if demo_preset in DEMO_EXPECTED:
-        out.append(f"The {demo_preset} demo has {DEMO_EXPECTED[demo_preset]}: "
-                   f"{resolution_A:.0f} Å from {n_text} at {voxel_A:g} Å voxels is what it can give.")
+        n_demo, res_demo = DEMO_EXPECTED[demo_preset]
+        head = f"The {demo_preset} demo has {n_demo} particles and reaches about {res_demo:.0f} Å: "
+        if resolution_A <= 1.3 * res_demo:
+            out.append(head + f"{resolution_A:.0f} Å from {n_text} at {voxel_A:g} Å voxels is what it can give.")
+        else:
+            out.append(head + f"{resolution_A:.0f} Å is worse than it usually gives; look at the earlier steps' "
+                              "results (alignment, CTF, picking) for what went wrong.")
     return out
 
 
-def viewer_commands(paths: list[Path], which: Any = shutil.which) -> list[ViewerCommand]:
-    """Per 3D viewer, the command line that opens ``paths`` and whether the program is on PATH (``which`` is a
-    parameter for tests)."""
+def viewer_commands(paths: list[Path], which: Any = None) -> list[ViewerCommand]:
+    """Per 3D viewer, the command line that opens ``paths`` and whether the program is on PATH (``which``:
+    :func:`shutil.which` unless given, for tests)."""
+    which = which or shutil.which
     out = []
     for name, (programs, note) in VIEWERS.items():
         found = next((p for p in (which(prog) for prog in programs) if p), None)

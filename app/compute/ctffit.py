@@ -79,6 +79,8 @@ __all__ = [
     "estimate_ctf",
     "fit_ctf_grid",
     "ctf_rings_overlay",
+    "CtfProfile",
+    "ctf_profile_1d",
     "equiphase_profile",
     "TiltDirectionEvidence",
     "TiltDirectionCheck",
@@ -1361,6 +1363,84 @@ def check_tilt_direction_images(
 # --------------------------------------------------------------------------------------------------------
 # Display
 # --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CtfProfile:
+    """CTFFIND's 1D diagnostic of one fit (its "rotational average" plot), all (n,) float64 over ``k_per_A``:
+
+    ``k_per_A`` spatial frequency (Å⁻¹, ring r of the box at ``r / (box · pixel)``, 0 … Nyquist); ``measured``
+    the background-subtracted amplitude spectrum averaged on rings of equal CTF phase (the astigmatism taken out,
+    as CTFFIND's equiphase average), given the model's mean and spread over the fitted band; ``model`` the
+    fitted ``CTF²`` on those rings (0 … 1); ``ring_cc`` the fit quality per ring: the CC between data and model
+    in a sliding window of three ring periods (NaN below the band's low limit), the curve whose drop below 0.3
+    sets the fit resolution. ``band_per_A`` (low, high) the fitted band; ``fit_resolution_A`` from the fit.
+    """
+
+    k_per_A: np.ndarray
+    measured: np.ndarray
+    model: np.ndarray
+    ring_cc: np.ndarray
+    band_per_A: tuple[float, float]
+    fit_resolution_A: float
+
+    def correlation(self, k_range_per_A: tuple[float, float] | None = None) -> float:
+        """Pearson CC of ``measured`` and ``model`` over ``k_range_per_A`` (default: the band)."""
+        lo, hi = k_range_per_A or self.band_per_A
+        sel = (self.k_per_A >= lo) & (self.k_per_A <= hi)
+        if sel.sum() < 3:
+            return float("nan")
+        return float(np.corrcoef(self.measured[sel], self.model[sel])[0, 1])
+
+
+def ctf_profile_1d(spectrum: PowerSpectrum | np.ndarray, fit: CtfFit, *, pixel_size_A: float | None = None,
+                   res_range_A: tuple[float, float] = (30.0, 7.0)) -> CtfProfile:
+    """The 1D profile of an averaged power spectrum against its fitted CTF, with the fit quality per ring.
+
+    ``spectrum``: the :class:`PowerSpectrum` the fit was made on (or an rfft-layout power array with
+    ``pixel_size_A``); ``fit``: its :class:`CtfFit` (defocus, astigmatism, phase shift and optics are read from
+    it); ``res_range_A``: the fitted band (low, high) in Å, over which the measured profile gets the model's
+    mean and standard deviation (its sign is kept: data out of phase with the model stay so).
+    The background is the one the fit used (a running mean over one ring period, on rings of equal phase), so
+    the profile oscillates about zero before scaling. See :class:`CtfProfile`."""
+    if isinstance(spectrum, PowerSpectrum):
+        power = np.asarray(spectrum.power, dtype=np.float64)
+        px = float(spectrum.pixel_size_A)
+    else:
+        if pixel_size_A is None:
+            raise ValueError("pixel_size_A is required when spectrum is an array")
+        power = np.asarray(to_numpy(spectrum), dtype=np.float64)
+        px = float(pixel_size_A)
+    b = power.shape[0]
+    if power.shape != (b, b // 2 + 1):
+        raise ValueError(f"spectrum must have the rfft layout (box, box//2+1), got {power.shape}")
+    g = _Grid.make(b, px)
+    opt = _Optics.make(fit.voltage_kV, fit.cs_mm, fit.amplitude_contrast)
+    half = 0.5 * (fit.defocus_u_A - fit.defocus_v_A)
+    t = math.radians(2.0 * fit.astig_angle_deg)
+    a, bb = half * math.cos(t), half * math.sin(t)
+    mean = fit.defocus_mean_A
+    amp = np.sqrt(np.maximum(power, 0.0))
+    d = _subtract(amp, g, opt, mean, a, bb)
+    rr, prof = equiphase_profile(d, g, mean, a, bb)
+    k = rr / (b * px)
+    model = np.sin(opt.chi_iso(k * k, mean, fit.phase_shift_rad) + opt.alpha) ** 2
+    lo_res, hi_res = float(max(res_range_A)), float(min(res_range_A))
+    band = (1.0 / lo_res, 1.0 / max(hi_res, 2.0 * px))
+    r_lo = b * px / lo_res
+    ring_k, ring_cc = _ring_cc(d, g, opt, mean, a, bb, fit.phase_shift_rad, r_lo)
+    cc = np.full(k.shape, np.nan)
+    cc[rr >= r_lo] = ring_cc[: int((rr >= r_lo).sum())]
+    sel = (k >= band[0]) & (k <= band[1])
+    measured = prof.copy()
+    if sel.sum() >= 3 and float(np.std(prof[sel])) > 0:
+        # the same mean and spread as the model over the band (a least-squares fit would shrink noisy data by
+        # their CC and hide them); the sign is never flipped, so a failed fit shows as data out of phase
+        measured = float(model[sel].mean()) + (prof - float(prof[sel].mean())) * (
+            float(model[sel].std()) / float(prof[sel].std()))
+    return CtfProfile(k_per_A=k, measured=measured, model=model, ring_cc=cc, band_per_A=band,
+                      fit_resolution_A=float(fit.fit_resolution_A))
+
 
 
 def ctf_rings_overlay(

@@ -1,7 +1,8 @@
 """The application: :func:`main` (``tomoguide`` and ``tomoguide gui``), the start screen and the window manager.
 
 The start screen offers: a new project (the movies folder with its .mdoc files, the file pattern and the
-project folder), opening a project folder, the recent projects (double-click), and "Try the demo" (simulates
+project folder), opening a project folder, the recent projects (double-click; also those made or run from the
+command line, :mod:`tomoguide.recent`), and "Try the demo" (simulates
 the small data set in a worker thread, with a progress dialog, and opens its project). Opening a project shows
 the wizard on the first step that is not done.
 """
@@ -138,6 +139,11 @@ class StartScreen(QWidget):
         lay.addLayout(columns, 1)
         self.resize(980, 560)
         self.refresh_recent()
+
+    def showEvent(self, event: object) -> None:  # noqa: N802 - Qt API
+        """Re-read the recent projects whenever the screen is shown (the command line may have added some)."""
+        self.refresh_recent()
+        super().showEvent(event)  # type: ignore[arg-type]
 
     def refresh_recent(self) -> None:
         self.recent_list.clear()

@@ -8,12 +8,20 @@ Files read (roles of the step's ``series.json``): ``stack`` (dose-weighted align
 tomoguideCtfFailed/Reason) and ``ctf_preview`` (per view a (256, 256) image: left the spectrum, right the
 fitted CTF², k = 0 at the centre, Nyquist of the CTF window at the edge). The tilt slider (angle order by
 default), the points of the defocus plot and the bars select the same view.
+
+Under the spectrum image, CTFFIND's main diagnostic (:class:`~tomoguide.widgets.ctf_plots.CtfProfilePlot`): the
+1D spectrum against the fitted CTF² with the fit quality per ring. It is computed for the view shown from what the
+step stored: the view in ``stack`` is windowed and averaged again as the step did (same window, the tilted view's
+defocus gradient rescaled to the recorded defocus), and :func:`~tomoguide.compute.ctffit.ctf_profile_1d` compares
+it with the recorded fit (``ctf_star``). The frame-alignment step fitted the unweighted frame sum, while its stack
+holds the dose-weighted sum: there the rings of late views look a little weaker than those the fit saw.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +35,7 @@ from tomoguide.steps.records import SeriesEntry
 from tomoguide.widgets.ctf_plots import (
     BACKGROUND,
     SUSPICIOUS_COLOUR,
+    CtfProfilePlot,
     CtfSpectrumView,
     DefocusResolutionPlot,
     SuspiciousTilts,
@@ -162,6 +171,9 @@ class MotionCtfPreview(SeriesSetPreview):
         self.viewer.index_changed.connect(self._on_view)
         self.trajectory = TrajectoryPlot()
         self.spectrum = CtfSpectrumView()
+        self.profile_plot = CtfProfilePlot()
+        self.stack: np.ndarray | None = None
+        self._profiles: dict[tuple[str, int], Any] = {}
         self.defocus_plot = DefocusResolutionPlot()
         self.defocus_plot.view_clicked.connect(self.select_view)
         self.tilt_info = QLabel("")
@@ -174,7 +186,13 @@ class MotionCtfPreview(SeriesSetPreview):
         self.viewer.info_label.hide()
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(self.viewer)
-        top.addWidget(self.spectrum)
+        ctf_column = QSplitter(Qt.Orientation.Vertical)  # the 2D spectrum over CTFFIND's 1D plot
+        ctf_column.addWidget(self.spectrum)
+        ctf_column.addWidget(self.profile_plot)
+        ctf_column.setChildrenCollapsible(False)
+        ctf_column.setSizes([330, 270])
+        self.ctf_column = ctf_column
+        top.addWidget(ctf_column)
         bottom = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(self.trajectory)
         bottom.addWidget(self.defocus_plot)
@@ -188,6 +206,7 @@ class MotionCtfPreview(SeriesSetPreview):
             s.setSizes(sizes)
         for w in (self.viewer, self.spectrum, self.trajectory, self.defocus_plot):
             w.setMinimumSize(160, 120)
+        self.profile_plot.setMinimumSize(160, 140)
         self.body.addWidget(split, 1)
         self.body.addWidget(self.tilt_info)
         self.refresh()
@@ -212,6 +231,10 @@ class MotionCtfPreview(SeriesSetPreview):
             self.spectrum.clear()
         self.defocus_plot.setVisible(d.ctf is not None)
         self.spectrum.setVisible(d.ctf_preview is not None)
+        self.profile_plot.setVisible(d.ctf is not None)
+        self.ctf_column.setVisible(d.ctf is not None or d.ctf_preview is not None)
+        self.stack = stack
+        self._profiles = {}
         self.viewer.set_series(stack, **viewer_arrays(entry), name=entry.name)
         gain = ""
         step = self.project.data.steps.get(self.step_id)
@@ -226,11 +249,71 @@ class MotionCtfPreview(SeriesSetPreview):
     def clear_series(self) -> None:
         self.data = None
         self.suspicious = None
+        self.stack = None
+        self._profiles = {}
         self.viewer.clear()
         self.trajectory.clear()
         self.spectrum.clear()
+        self.profile_plot.clear()
         self.defocus_plot.clear()
         self.tilt_info.setText("")
+
+    # -- CTFFIND's 1D plot ------------------------------------------------------------------------------------
+    def ctf_settings(self) -> tuple[int, tuple[float, float]]:
+        """(window box in px, fitted band (low, high) in Å) of the run that made the results shown."""
+        st = self.project.data.steps[self.step_id]
+        values = dict(st.run_params or st.params or {})
+        if self.step_id == "motion_ctf":
+            return (int(values.get("ctf_window_px", 512)),
+                    (float(values.get("ctf_res_low_A", 30.0)), float(values.get("ctf_res_high_A", 7.0))))
+        return (int(values.get("box_px", 512)),
+                (float(values.get("res_low_A", 50.0)), float(values.get("res_high_A", 5.0))))
+
+    def profile(self, i: int) -> Any:
+        """The :class:`~tomoguide.compute.ctffit.CtfProfile` of view ``i`` of the series shown (cached)."""
+        from tomoguide.compute.ctffit import CtfFit, ctf_profile_1d, power_spectrum
+
+        d, entry, stack = self.data, self.current_entry(), self.stack
+        if d is None or d.ctf is None or entry is None or stack is None:
+            return None
+        key = (entry.name, int(i))
+        if key in self._profiles:
+            return self._profiles[key]
+        row = d.ctf.iloc[i]
+        g = entry.geometry
+        px = float(row["rlnMicrographPixelSize"]) if "rlnMicrographPixelSize" in d.ctf else g.pixel_size_binned_A
+        volt = float(row["rlnVoltage"]) if "rlnVoltage" in d.ctf else g.optics.voltage_kV
+        cs = float(row["rlnSphericalAberration"]) if "rlnSphericalAberration" in d.ctf else g.optics.cs_mm
+        amp = float(row["rlnAmplitudeContrast"]) if "rlnAmplitudeContrast" in d.ctf else g.optics.amplitude_contrast
+        fit = CtfFit(float(row["rlnDefocusU"]), float(row["rlnDefocusV"]), float(row["rlnDefocusAngle"]),
+                     phase_shift_rad=float(np.radians(row["rlnPhaseShift"])) if "rlnPhaseShift" in d.ctf else 0.0,
+                     fit_resolution_A=float(row["rlnCtfMaxResolution"]), voltage_kV=volt, cs_mm=cs,
+                     amplitude_contrast=amp, pixel_size_A=px)
+        box, band = self.ctf_settings()
+        image = np.asarray(stack[i], np.float32)
+        box = min(box, (min(image.shape) // 2) * 2)
+        spec = power_spectrum(image, pixel_size_A=px, box=box, tilt_deg=float(g.tilt_angles_deg[i]),
+                              tilt_axis_deg=g.tilt_axis_deg, defocus_handedness=g.defocus_handedness,
+                              reference_defocus_A=fit.defocus_mean_A, tilt_mode="rescale", voltage_kV=volt,
+                              cs_mm=cs)
+        prof = ctf_profile_1d(spec, fit, res_range_A=band)
+        self._profiles[key] = prof
+        return prof
+
+    def show_profile(self, i: int) -> None:
+        try:
+            prof = self.profile(i)
+        except (ValueError, KeyError, IndexError) as exc:
+            self.profile_plot.clear(f"No 1D profile: {exc}")
+            return
+        if prof is None:
+            self.profile_plot.clear()
+            return
+        cc = prof.correlation()
+        source = " (from the dose-weighted sum)" if self.step_id == "motion_ctf" else ""
+        self.profile_plot.set_profile(
+            prof, caption=f"1D fit{source}: CC {cc:.2f} in the fitted band (shaded) · fit resolution "
+                          f"{prof.fit_resolution_A:.1f} Å")
 
     # -- view ------------------------------------------------------------------------------------------------
     def select_view(self, view_index: int) -> None:
@@ -279,6 +362,7 @@ class MotionCtfPreview(SeriesSetPreview):
             if d.ctf_preview is not None:
                 self.spectrum.set_image(d.ctf_preview[i], d.nyquist_A, float(row["rlnCtfMaxResolution"]),
                                         caption="dashed ring: fit resolution")
+            self.show_profile(i)
             assert self.suspicious is not None
             if self.suspicious.any[i]:
                 reason = self.suspicious.reasons_text[i]

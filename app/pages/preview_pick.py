@@ -198,8 +198,12 @@ class PickPreview(SeriesSetPreview):
         self.plot.setLabel("bottom", "peak score (correlation)")
         self.plot.getAxis("bottom").enableAutoSIPrefix(False)
         self.plot.setLabel("left", "peaks")
-        self.plot.setTitle("Score histogram of the peaks in the specimen (curve: the noise model) — drag the line "
-                           "to set the threshold")
+        # a short title that fits the plot (the long explanation is the tooltip)
+        self.plot.setTitle(f"Peak scores · <span style='color:{NOISE_COLOUR}'>━ noise model</span> · drag the "
+                           "line to set the threshold", size="9pt")
+        self.plot.setToolTip("Histogram of the score-volume peaks in the specimen; the curve is the noise model of "
+                             "the automatic threshold (noise peaks expected per bin); drag the vertical line to set "
+                             "the threshold, release to save it")
         self.plot.setMinimumSize(220, 160)
         self.above_bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=ABOVE_COLOUR, pen=None)
         self.below_bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=BELOW_COLOUR, pen=None)
@@ -238,14 +242,15 @@ class PickPreview(SeriesSetPreview):
         row.addWidget(self.auto_button)
         hl.addLayout(row)
         self.hist_box = hist_box
-        # the slices get most of the height (the picks must be visible); the histogram may be short
-        self.plot.setMinimumHeight(80)
-        hist_box.setMaximumHeight(170)
+        # the slices get most of the height (the picks must be visible); the histogram keeps room for its axes,
+        # title and the threshold line under it (a squeezed layout would draw them over each other)
+        self.plot.setMinimumHeight(120)
+        hist_box.setMinimumHeight(190)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.slices)
         split.addWidget(hist_box)
         split.setChildrenCollapsible(False)
-        split.setSizes([640, 150])
+        split.setSizes([560, 220])
         split.setStretchFactor(0, 4)
         split.setStretchFactor(1, 1)
         self.body.addWidget(self.click_box)

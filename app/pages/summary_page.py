@@ -53,6 +53,7 @@ class SummaryPage(QWidget):
         self.viewer_buttons: dict[str, QPushButton] = {}
         self.viewer_lines: dict[str, QLineEdit] = {}
         self.opened: list[Any] = []  # what the buttons opened (URLs and argv), newest last
+        self._shown_key: Any = None
 
         self.title_label = QLabel(f"<h2 style='margin:0'>{TITLE}</h2>")
         self.status_label = QLabel("")
@@ -145,6 +146,11 @@ class SummaryPage(QWidget):
             self.summary = None
             self.status_label.setText(f"Cannot read the results: {type(exc).__name__}: {exc}")
         s = self.summary
+        key = None if s is None else (s.step_id, str(s.folder), tuple(map(str, s.files.values())), s.resolution_A,
+                                      s.complete, s.next_step, s.meaning and tuple(s.meaning))
+        if key is not None and key == self._shown_key:
+            return  # nothing changed: keep the widgets (and what the user selected in them)
+        self._shown_key = key
         self._clear_grid(self.files_grid)
         self._clear_grid(self.viewers_grid)
         self.path_edits = {}
@@ -187,7 +193,7 @@ class SummaryPage(QWidget):
             edit = QLineEdit(str(path))
             edit.setObjectName(f"path_{role}")
             edit.setReadOnly(True)
-            edit.setCursorPosition(0)
+            edit.setCursorPosition(len(str(path)))  # the file's name in view; the field scrolls to the rest
             edit.setToolTip(f"{labels.get(role, role)} — select and copy")
             self.path_edits[role] = edit
             self.files_grid.addWidget(name, r, 0)

@@ -85,12 +85,13 @@ def _same_value(a: Any, b: Any) -> bool:
 
 def format_quantity(value: Any, unit: str) -> str:
     """``value`` with its display unit: "8 Å", "85°", "10 %", "8". A dimensionless value (unit ``"1"``) and
-    text (unit ``""``) print no unit; the degree sign follows the number without a space."""
+    text (unit ``""``) print no unit; the degree sign and the binning's "×" follow the number without a space
+    ("85°", "6×")."""
     text = f"{value:g}" if isinstance(value, float) else str(value)
     if unit in ("", "1"):
         return text
-    if unit == "°":
-        return f"{text}°"
+    if unit in ("°", "×"):
+        return f"{text}{unit}"
     return f"{text} {unit}"
 
 

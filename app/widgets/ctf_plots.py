@@ -1,5 +1,6 @@
 """Per-tilt plots for CTF and per-view results: defocus and fit resolution against tilt, a CTF spectrum viewer,
-and a bar plot of one value per tilt.
+CTFFIND's 1D diagnostic (:class:`CtfProfilePlot`: the spectrum's equal-phase average against the fitted CTF² with
+the fit quality per ring) and a bar plot of one value per tilt.
 
 Conventions: views are given in *angle order* (ascending nominal tilt, as every tilt-series step writes them);
 signals and indices refer to that view index. Defocus is given in Å (positive = underfocus, RELION's
@@ -502,4 +503,101 @@ class CtfSpectrumView(QWidget):
         self.ring.setVisible(False)
         self.ring_text.setVisible(False)
         self.caption.setText("")
+        self.setEnabled(False)
+
+
+MEASURED_COLOUR = "#90caf9"
+MODEL_COLOUR = "#ffb74d"
+FIT_CC_COLOUR = "#81c784"
+BAND_BRUSH = "#ffffff14"
+
+
+class CtfProfilePlot(QWidget):
+    """CTFFIND's main diagnostic: the 1D spectrum against the fitted CTF, with the fit quality per ring.
+
+    Curves against spatial frequency (x axis in Å⁻¹, tick labels in Å): the background-subtracted equal-phase
+    average of the spectrum (``measured``, scaled onto the model), the fitted ``CTF²`` (``model``) and the
+    cross-correlation per ring (``ring_cc``, the fit quality); the fitted band shaded, a dashed line at the fit
+    resolution. The legend sits under the plot, never over a curve or the axis title. Data: a
+    :class:`~tomoguide.compute.ctffit.CtfProfile`."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from tomoguide.widgets.fsc_plot import ResolutionAxis
+
+        self.axis = ResolutionAxis(orientation="bottom")
+        self.plot = pg.PlotWidget(axisItems={"bottom": self.axis})
+        self.plot.setObjectName("ctf_profile_plot")
+        self.plot.setBackground(BACKGROUND)
+        self.plot.setMenuEnabled(False)
+        self.plot.setMinimumSize(200, 120)
+        self.plot.setLabel("bottom", "Resolution (Å)")
+        self.plot.setLabel("left", "CTF² · fit CC")
+        self.plot.getAxis("bottom").enableAutoSIPrefix(False)
+        self.plot.showGrid(x=True, y=True, alpha=0.15)
+        self.band = pg.LinearRegionItem(values=(0.0, 0.0), movable=False, brush=pg.mkBrush(BAND_BRUSH),
+                                        pen=pg.mkPen(None))
+        self.plot.addItem(self.band, ignoreBounds=True)
+        self.model_item = self.plot.plot([], [], pen=pg.mkPen(MODEL_COLOUR, width=1.2), name="fitted CTF²")
+        self.measured_item = self.plot.plot([], [], pen=pg.mkPen(MEASURED_COLOUR, width=1.5), name="spectrum")
+        self.cc_item = self.plot.plot([], [], pen=pg.mkPen(FIT_CC_COLOUR, width=2.0), name="fit quality (CC)")
+        self.fit_line = pg.InfiniteLine(angle=90, movable=False,
+                                        pen=pg.mkPen(CURRENT_COLOUR, width=1, style=Qt.PenStyle.DashLine))
+        self.plot.addItem(self.fit_line, ignoreBounds=True)
+        self.legend_label = QLabel(
+            f"<span style='color:{MEASURED_COLOUR}'>━━</span>&nbsp;spectrum &nbsp; "
+            f"<span style='color:{MODEL_COLOUR}'>━━</span>&nbsp;fitted CTF² &nbsp; "
+            f"<span style='color:{FIT_CC_COLOUR}'>━━</span>&nbsp;fit quality (CC per ring) &nbsp; "
+            f"<b style='color:#b8a000'>┆</b>&nbsp;fit resolution")
+        self.legend_label.setToolTip("spectrum: the background-subtracted power spectrum averaged on rings of "
+                                     "equal CTF phase (astigmatism taken out); fit quality: the correlation of "
+                                     "spectrum and fit over three rings around each frequency — where it drops "
+                                     "below 0.3 is the fit resolution")
+        self.legend_label.setObjectName("ctf_profile_legend")
+        self.legend_label.setWordWrap(True)
+        self.legend_label.setTextFormat(Qt.TextFormat.RichText)
+        self.caption = _caption()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        lay.addWidget(self.plot, 1)
+        lay.addWidget(self.legend_label)
+        lay.addWidget(self.caption)
+        self.profile: object | None = None
+        self.clear()
+
+    def set_profile(self, profile: object, caption: str = "") -> None:
+        """Show a :class:`~tomoguide.compute.ctffit.CtfProfile`."""
+        k = np.asarray(getattr(profile, "k_per_A"), dtype=np.float64)
+        lo, hi = getattr(profile, "band_per_A")
+        start = max(0.75 * float(lo), float(k[1]) if k.size > 1 else 0.0)
+        show = k >= start
+        self.measured_item.setData(k[show], np.asarray(getattr(profile, "measured"))[show])
+        self.model_item.setData(k[show], np.asarray(getattr(profile, "model"))[show])
+        cc = np.asarray(getattr(profile, "ring_cc"), dtype=np.float64)
+        ok = show & np.isfinite(cc)
+        self.cc_item.setData(k[ok], cc[ok])
+        self.band.setRegion((float(lo), float(hi)))
+        fit_res = float(getattr(profile, "fit_resolution_A"))
+        self.fit_line.setVisible(bool(np.isfinite(fit_res) and fit_res > 0))
+        if self.fit_line.isVisible():
+            self.fit_line.setPos(1.0 / fit_res)
+        self.plot.setXRange(start, float(k[-1]), padding=0.01)
+        self.plot.setYRange(-0.3, 1.15, padding=0.0)
+        self.caption.setText(caption)
+        self.profile = profile
+        self.setEnabled(True)
+
+    def curve(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of "measured", "model" or "cc" as plotted."""
+        item = {"measured": self.measured_item, "model": self.model_item, "cc": self.cc_item}[name]
+        x, y = item.getData()
+        return (np.zeros(0) if x is None else np.asarray(x)), (np.zeros(0) if y is None else np.asarray(y))
+
+    def clear(self, message: str = "") -> None:
+        for item in (self.measured_item, self.model_item, self.cc_item):
+            item.setData([], [])
+        self.fit_line.setVisible(False)
+        self.caption.setText(message)
+        self.profile = None
         self.setEnabled(False)

@@ -65,7 +65,9 @@ class FscPlot(QWidget):
         self.plot.setObjectName("fsc_plot")
         self.plot.setBackground(BACKGROUND)
         self.plot.setMenuEnabled(False)
-        self.plot.setMinimumSize(260, 200)
+        # small enough that the legend and the resolution line below always get their height (a layout that
+        # cannot fit its minimum sizes draws its widgets over each other: the legend over the axis title)
+        self.plot.setMinimumSize(220, 110)
         self.plot.setLabel("bottom", "Resolution (Å)")
         self.plot.setLabel("left", "FSC")
         self.plot.showGrid(x=True, y=True, alpha=0.15)
@@ -145,11 +147,12 @@ class FscPlot(QWidget):
             self.resolution_line.label.setFormat(f" {self.resolution_A:.1f} Å ")
             self.resolution_label.setText(
                 f"Resolution <b>{self.resolution_A:.2f} Å</b> at FSC = {self.threshold:g} "
-                f"(Nyquist {nyquist_A:.2f} Å){' · ' + note if note else ''}")
+                f"(Nyquist {nyquist_A:.2f} Å)")
         else:
             self.resolution_line.setVisible(False)
-            self.resolution_label.setText(f"No resolution recorded (Nyquist {nyquist_A:.2f} Å)"
-                                          f"{' · ' + note if note else ''}")
+            self.resolution_label.setText(f"No resolution recorded (Nyquist {nyquist_A:.2f} Å)")
+        # the note (which curve gives the resolution) in the tooltip: the line under the plot stays short
+        self.resolution_label.setToolTip(f"The resolution is read {note}." if note else "")
         self.plot.setXRange(0.0, float(f[-1]), padding=0.01)
         lows = [float(np.nanmin(np.asarray(v, float))) for v in given.values() if v is not None and len(v)]
         self.plot.setYRange(min(-0.05, *lows) if lows else -0.05, 1.05, padding=0.0)
