@@ -372,6 +372,9 @@ def simulation_parameters_text() -> str:
     lines += ["", "scenarios (--scenario NAME; other SerialEM / vendor conventions with planted problems):", ""]
     for name, note in synth.SCENARIO_NOTES.items():
         lines.append(f"  {name}: {note}")
+    from tomoguide.challenges import challenges_text
+
+    lines += ["", challenges_text()]
     return "\n".join(lines)
 
 
@@ -381,11 +384,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from tomoguide import synth
 
     if args.list:
-        print(simulation_parameters_text())
+        if args.challenge is not None:  # `simulate --challenge --list`: the challenges only
+            from tomoguide.challenges import challenges_text
+
+            print(challenges_text())
+        else:
+            print(simulation_parameters_text())
         return 0
     if args.scenario is not None and args.preset is not None:
         raise CliError("give either --preset or --scenario, not both")
-    if args.scenario is not None:
+    if args.scenario is not None and args.challenge is not None:
+        raise CliError("give either --scenario or --challenge, not both")
+    if args.challenge is not None:  # a trainer's session: a planted problem and its answer key
+        from tomoguide.challenges import CHALLENGES, challenge_params
+
+        if args.challenge not in CHALLENGES:
+            raise CliError(f"--challenge {args.challenge!r}: unknown; choose one of {', '.join(CHALLENGES)} "
+                           "(`tomoguide simulate --challenge --list` describes them)")
+        params = challenge_params(args.challenge, args.preset or "small")
+        label = f"challenge {args.challenge}" + (" (tiny)" if args.preset == "tiny" else "")
+    elif args.scenario is not None:
         if args.scenario not in synth.SCENARIOS:
             raise CliError(f"--scenario {args.scenario!r}: unknown; choose one of {', '.join(synth.SCENARIOS)}")
         params, label = synth.SCENARIOS[args.scenario].model_copy(), args.scenario
@@ -421,6 +439,96 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     bar.close()
     print(f"wrote {out / 'data'} and {out / 'truth'} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     del summary
+    if args.challenge is not None:
+        from tomoguide.challenges import write_answer_key
+
+        key = write_answer_key(args.challenge, out / "truth", "tiny" if args.preset == "tiny" else "small")
+        print(f"challenge {args.challenge}: {key['title']}. For the trainee: {key['brief']}")
+        print(f"the session: {out / 'data'}; the answer key (keep it from the trainee): "
+              f"{out / 'truth' / 'answer_key.json'}; after the run: tomoguide score PROJECT")
+    return 0
+
+
+def _open_for_score(project: str, truth: str | None) -> tuple[Any, Path, str]:
+    """Open a project read-only and find its truth folder (``truth``: given with --truth); record the folder in the
+    project when it was found by looking (a short writable open; skipped when another program holds the project)."""
+    from tomoguide.project import Project, ProjectError
+    from tomoguide.score import TruthNotFound, locate_truth, record_truth
+
+    try:
+        proj = Project.open(project, readonly=True)
+    except ProjectError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        truth_dir, how = locate_truth(proj, Path(truth) if truth else None)
+    except (TruthNotFound, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if how == "found beside the data":  # (a folder given with --truth is used, not recorded)
+        try:
+            with Project.open(project) as writable:
+                if record_truth(writable, truth_dir):
+                    how += "; recorded in the project"
+        except Exception:  # noqa: BLE001 - held by a running program, read-only folder: scoring goes on
+            pass
+    return proj, truth_dir, how
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from tomoguide.score import format_score, score_project, thresholds_table
+
+    if args.thresholds:
+        print(thresholds_table())
+        if args.project is None:
+            return 0
+    if args.project is None:
+        raise CliError("score: give the project folder (or --thresholds alone for the table of grades)")
+    proj, truth_dir, how = _open_for_score(args.project, args.truth)
+    steps = None
+    if args.step:
+        from tomoguide.steps import registry
+
+        unknown = [s for s in args.step if s not in registry.ids()]
+        if unknown:
+            raise CliError(f"--step {unknown[0]!r}: unknown; the steps are: {', '.join(registry.ids())}")
+        steps = args.step
+    score = score_project(proj, truth_dir, steps=steps, found=how)
+    if args.html:
+        from tomoguide.report import write_report
+
+        write_report([score], Path(args.html), title=f"tomoguide score: {score.name}")
+        print(f"wrote {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_nan_to_none(score.model_dump()), indent=1, allow_nan=False))
+    else:
+        print(format_score(score, meanings=not args.brief))
+    return 0
+
+
+def cmd_class_report(args: argparse.Namespace) -> int:
+    from tomoguide.report import write_report
+    from tomoguide.score import score_project
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    if names is not None and len(names) != len(args.projects):
+        raise CliError(f"--names: {len(names)} names for {len(args.projects)} projects")
+    scores = []
+    for i, project in enumerate(args.projects):
+        proj, truth_dir, how = _open_for_score(project, args.truth)
+        t0 = time.perf_counter()
+        score = score_project(proj, truth_dir, found=how)
+        if names is not None:
+            score.name = names[i]
+        scores.append(score)
+        print(f"scored {project} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if names is None:  # trainees' projects are often all called "project": name them by their folders
+        taken = [s.name for s in scores]
+        for s, project in zip(scores, args.projects, strict=True):
+            if not s.name or taken.count(s.name) > 1:
+                folder = Path(project).resolve()
+                s.name = f"{folder.parent.name}/{folder.name}"
+    out = Path(args.out)
+    write_report(scores, out, title=args.title)
+    print(f"wrote {out}")
     return 0
 
 
@@ -579,8 +687,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="PARAM=VALUE",
                    help="override a simulation parameter (see `tomoguide simulate --list`)")
     s.add_argument("--list", action="store_true",
-                   help="list every simulation parameter (sizes, dose, defocus, error magnitudes) with its unit")
+                   help="list every simulation parameter (sizes, dose, defocus, error magnitudes) with its unit, "
+                        "the scenarios and the challenges")
+    s.add_argument("--challenge", default=None, metavar="NAME", nargs="?", const="",
+                   help="a trainer's session: a data set with a planted problem to find and its answer key "
+                        "(truth/answer_key.json); --preset tiny for the quick size; with --list: the challenges")
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("score", help="training mode: every step's results against the simulator's truth, graded")
+    s.add_argument("project", nargs="?", metavar="PROJECT_DIR")
+    s.add_argument("--truth", metavar="DIR", help="the truth folder (default: truth/ beside the data folder)")
+    s.add_argument("--step", action="append", metavar="STEP", help="score only this step (repeatable)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--html", metavar="FILE", help="also write the score as one self-contained HTML file")
+    s.add_argument("--brief", action="store_true", help="without the meaning of each figure")
+    s.add_argument("--thresholds", action="store_true", help="print the table of grades (thresholds)")
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("class-report", help="several trainees' scores side by side in one HTML file with figures")
+    s.add_argument("projects", nargs="+", metavar="PROJECT_DIR")
+    s.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write (self-contained)")
+    s.add_argument("--truth", metavar="DIR", help="the truth folder of all projects (default: each one's own)")
+    s.add_argument("--names", metavar="A,B,...", help="trainees' names, one per project, in order")
+    s.add_argument("--title", default="tomoguide class report", help="the report's title")
+    s.set_defaults(func=cmd_class_report)
 
     s = sub.add_parser("demo", help="simulate the demo data, create its project and run it (or open the wizard)")
     s.add_argument("--preset", choices=["tiny", "small"], default="small")

@@ -172,6 +172,9 @@ class SimParams(BaseModel):
     jump_view_tilts_deg: list[float] = _f([], "°", "Nominal tilts of views with an extra specimen shift jump_A "
                                           "(a tracking jump), part of the true alignment.")
     jump_A: tuple[float, float] = _f((240.0, -144.0), "Å", "Extra specimen shift (x, y) of the jump views.")
+    stated_pixel_size_A: float | None = _f(
+        None, "Å", "Pixel size the mdoc's PixelSpacing and the movie and gain headers state (a wrong calibration, "
+        "e.g. 2.2 for a true 2.0); None: the true pixel_size_A. The truth keeps the true one.", gt=0.3, le=20.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> SimParams:
@@ -454,6 +457,7 @@ def generate(
     n_sub = p.n_frames * eer_k  # frames in the movie file (EER: fractions)
     mdoc_axis = p.mdoc_axis_deg()
     rotation_angle = round(_wrap180(mdoc_axis + 90.0), 2)
+    px_stated = p.stated_pixel_size_A or p.pixel_size_A  # what the files say (a planted wrong calibration)
 
     def report(frac: float, msg: str) -> None:
         if progress is not None:
@@ -476,7 +480,7 @@ def generate(
     gain_path = session_dir / p.gain_file_name
     gain_rel = gain_path.relative_to(out).as_posix()
     _write_gain(gain_path, stored_gain(gain, transpose=p.gain_transpose, flip_x=p.gain_flip_x,
-                                       flip_y=p.gain_flip_y), px)
+                                       flip_y=p.gain_flip_y), px_stated)
     hot = simulate.choose_hot_pixels(shape, p.n_hot_pixels, cam_rng)
     pd.DataFrame({"y": hot[:, 0], "x": hot[:, 1]}).to_csv(truth_dir / "hot_pixels.csv", index=False)
 
@@ -551,7 +555,7 @@ def generate(
             path = movie_dir / movie_names[v]
             when = series_start + timedelta(seconds=int(acq * 62 + (acq * 37) % 11))
             if p.movie_format == "mrc":
-                movies.write_movie_mrc(path, frames.astype(np.int8), px)  # counts 0..127: mode 0, exact
+                movies.write_movie_mrc(path, frames.astype(np.int8), px_stated)  # counts 0..127: mode 0, exact
             elif p.movie_format == "tiff":
                 movies.write_movie_tiff(path, frames, compression="lzw")  # rows top first, as SerialEM
             else:
@@ -574,7 +578,7 @@ def generate(
                 "Intensity": 0.0912,
                 "ExposureDose": float(doses[v]),
                 "DoseRate": 8.0,
-                "PixelSpacing": px,
+                "PixelSpacing": px_stated,
                 "SpotSize": 8,
                 "Defocus": round(-float(truth.defocus_u_A[v] + truth.defocus_v_A[v]) / 2e4, 4),
                 "ImageShift": "0.0 0.0",
@@ -612,7 +616,7 @@ def generate(
                     f"{mdoc.format_serialem_datetime(series_start)}    ",
                     f"    Tilt axis angle = {_axis_text(mdoc_axis)}, binning = 1  spot = 8  camera = 0",
                 ],
-                global_fields={"PixelSpacing": px, "Voltage": p.voltage_kV, "ImageFile": f"{name}.mrc",
+                global_fields={"PixelSpacing": px_stated, "Voltage": p.voltage_kV, "ImageFile": f"{name}.mrc",
                                "ImageSize": f"{p.image_nx_px} {p.image_ny_px}", "DataMode": 1},
                 sections=sections,
                 crlf=p.line_endings == "crlf",
@@ -730,6 +734,7 @@ def generate(
         "dark_view_dose_fraction": p.dark_view_dose_fraction,
         "dark_views": planted_dark,
         "jump_views": planted_jump,
+        "pixel_size": {"true_A": px, "stated_A": px_stated},
     }
     summary = {
         "generator": "tomoguide.synth", "params": p.model_dump(), "series": series_info, "planted": planted,
@@ -759,8 +764,8 @@ def _eer_metadata(p: SimParams, name: str, acq: int, dose_e_A2: float, when: dat
         "meanDoseRate": (dose_e_A2 * p.pixel_size_A**2 / exposure_s, "e/pixel/s"),
         "mode": "Counting",
         "numberOfFrames": n,
-        "sensorPixelSize.height": (p.pixel_size_A * 1e-10, "m"),
-        "sensorPixelSize.width": (p.pixel_size_A * 1e-10, "m"),
+        "sensorPixelSize.height": ((p.stated_pixel_size_A or p.pixel_size_A) * 1e-10, "m"),
+        "sensorPixelSize.width": ((p.stated_pixel_size_A or p.pixel_size_A) * 1e-10, "m"),
         "serialNumber": "tomoguide-sim",
         "timestamp": when,
         "totalDose": (dose_e_A2, "e/A^2"),

@@ -27,30 +27,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 
-from tomoguide.compute import fsc as F
-from tomoguide.compute.euler import euler_to_matrix, rotation_angle_deg
-from tomoguide.compute.io.star import read_particles_star
-from tomoguide.compute.pick import match_to_truth, register_translation
-from tomoguide.compute.symmetry import symmetry_matrices
+from tomoguide import truth
 from tomoguide.demo import prepare_demo
 from tomoguide.project import Project
 from tomoguide.runner import StepRun, run_to_end
 from tomoguide.steps import registry
-from tomoguide.steps.average_records import AverageRecord
-from tomoguide.truth import true_reference_map
-
-XYZ = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
-ORIGIN = ["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
-ANG = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
-
-
-def _cc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    a = (a - a.mean()) * mask
-    b = (b - b.mean()) * mask
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def _seconds(step: dict) -> float | None:
@@ -60,78 +43,14 @@ def _seconds(step: dict) -> float | None:
 
 
 def measure_map(folder: Path, truth_dir: Path) -> dict:
-    """Resolution, FSC against the truth and hand of one averaging step's output."""
-    rec, base = AverageRecord.load(folder)
-    out: dict = {"voxel_A": rec.voxel_A, "box_px": rec.box_px, "nyquist_A": 2 * rec.voxel_A,
-                 "resolution_A": rec.resolution_A}
-    if rec.resolution_A:
-        out["resolution_over_nyquist"] = rec.resolution_A / (2 * rec.voxel_A)
-    if rec.half1 and rec.half2:
-        with mrcfile.open(base / rec.half1) as a, mrcfile.open(base / rec.half2) as b:
-            vol = 0.5 * (np.asarray(a.data, np.float64) + np.asarray(b.data, np.float64))
-    else:
-        with mrcfile.open(base / rec.map) as a:
-            vol = np.asarray(a.data, np.float64)
-    ref = true_reference_map(truth_dir, rec.voxel_A, rec.box_px)
-    mask = F.soft_sphere_mask(rec.box_px, 75.0 / rec.voxel_A, 3.0)
-    freqs, curve = F.fsc(vol, ref, voxel_A=rec.voxel_A, mask=mask)
-    out["fsc_vs_truth_0.5_A"] = F.resolution_at(curve, freqs, 0.5)
-    # the same ignoring single shells that dip below 0.5 between neighbours above it (e.g. at a CTF zero that all
-    # particles share, where a shell holds no information): the resolution where the curve falls for good
-    c = np.asarray(curve, dtype=np.float64).copy()
-    dips = [i for i in range(2, c.size - 1) if c[i] < 0.5 <= min(c[i - 1], c[i + 1])]
-    for i in dips:
-        c[i] = 0.5 * (c[i - 1] + c[i + 1])
-    out["fsc_vs_truth_0.5_sustained_A"] = F.resolution_at(c, freqs, 0.5)
-    out["fsc_vs_truth_single_shell_dips_A"] = [float(1.0 / np.asarray(freqs)[i]) for i in dips]
-    out["fsc_vs_truth_0.143_A"] = F.resolution_at(curve, freqs, 0.143)
-    out["fsc_vs_truth_0.5_over_nyquist"] = out["fsc_vs_truth_0.5_A"] / (2 * rec.voxel_A)
-    out["cc_truth"] = _cc(vol, ref, mask)
-    out["cc_truth_mirrored"] = _cc(vol, ref[::-1], mask)
-    out["fsc_vs_truth"] = {"freq_per_A": np.asarray(freqs).tolist(), "fsc": np.asarray(curve).tolist()}
-    # orientations and centres against the truth
-    parts = read_particles_star(base / rec.particles).particles
-    truth = read_particles_star(truth_dir / "particles.star").particles
-    p = parts[XYZ].to_numpy(float)
-    if all(c in parts.columns for c in ORIGIN):
-        p = p - parts[ORIGIN].to_numpy(float)
-    errs_ang, errs_pos = [], []
-    sym = symmetry_matrices("O")
-    for name in sorted(set(parts["rlnTomoName"])):
-        sel = (parts["rlnTomoName"] == name).to_numpy()
-        tsel = (truth["rlnTomoName"] == name).to_numpy()
-        pp, tt = p[sel], truth.loc[tsel, XYZ].to_numpy(float)
-        shift = register_translation(pp, tt, max_shift=150.0, tolerance=30.0)
-        d = np.linalg.norm((pp + shift)[:, None] - tt[None], axis=-1)
-        nn = d.argmin(axis=1)
-        ok = d[np.arange(len(pp)), nn] < 30.0
-        r = euler_to_matrix(parts.loc[sel, ANG].to_numpy(float))[ok]
-        rt = euler_to_matrix(truth.loc[tsel, ANG].to_numpy(float))[nn[ok]]
-        ang = np.min([rotation_angle_deg(r @ s, rt) for s in sym], axis=0)
-        errs_ang.append(ang)
-        # centre error after removing the mean offset of this tomogram (the alignment's arbitrary origin)
-        dp = (pp + shift)[ok] - tt[nn[ok]]
-        errs_pos.append(dp - dp.mean(axis=0))
-    a = np.concatenate(errs_ang)
-    dpos = np.concatenate(errs_pos)
-    out["angle_error_deg"] = {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-                              "mean": float(a.mean()), "n": int(a.size), "within_5deg": float(np.mean(a < 5.0))}
-    out["centre_error_rms_A"] = float(np.sqrt((dpos**2).sum(axis=1).mean()))
-    return out
+    """Resolution, FSC against the truth, hand, orientations and centres of one averaging step's output: the
+    measure ``tomoguide score`` grades (:func:`tomoguide.truth.map_errors`)."""
+    return truth.map_errors(folder, truth_dir)
 
 
 def measure_picks(proj: Project, truth_dir: Path) -> dict:
-    ours = read_particles_star(proj.output_path("pick", "particles")).particles
-    truth = read_particles_star(truth_dir / "particles.star").particles
-    res = {}
-    for name in sorted(set(truth["rlnTomoName"])):
-        p = ours.loc[ours["rlnTomoName"] == name, XYZ].to_numpy(float)
-        t = truth.loc[truth["rlnTomoName"] == name, XYZ].to_numpy(float)
-        shift = register_translation(p, t, max_shift=150.0, tolerance=30.0)
-        m = match_to_truth(p + shift, t, max_distance=30.0)
-        res[name] = {"recall": m["recall"], "false_fraction": m["false_fraction"], "n_picked": int(len(p)),
-                     "n_true": int(len(t))}
-    return res
+    """Picks against the true particles per tomogram (:func:`tomoguide.truth.pick_errors`)."""
+    return truth.pick_errors(proj.output_path("pick", "particles"), truth_dir)
 
 
 def main() -> int:

@@ -36,16 +36,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from demo_workflow import measure_map, measure_picks  # noqa: E402
-
-from tomoguide import synth, truth  # noqa: E402
-from tomoguide.cli import main as cli_main  # noqa: E402
-from tomoguide.project import PROJECT_FILE, Project  # noqa: E402
-from tomoguide.runner import StepRun, run_to_end  # noqa: E402
-from tomoguide.steps import registry  # noqa: E402
-from tomoguide.steps.records import SeriesSet  # noqa: E402
+from tomoguide import synth, truth
+from tomoguide.cli import main as cli_main
+from tomoguide.project import PROJECT_FILE, Project
+from tomoguide.runner import StepRun, run_to_end
+from tomoguide.steps import registry
 
 TARGETS = {"axis_deg": 0.3, "shift_rms_px": 0.5, "defocus_median_A": 50.0, "recall": 0.9, "precision": 0.9,
            "fsc_truth_over_nyquist": 1.5}
@@ -59,10 +54,6 @@ def _same_simulation(summary: Path, params: synth.SimParams) -> bool:
     return recorded == json.loads(params.model_dump_json())
 
 
-def _angle_diff(a: float, b: float, period: float) -> float:
-    return float((a - b + period / 2) % period - period / 2)
-
-
 def _safe(fn: Any, *args: Any, **kw: Any) -> Any:
     try:
         return fn(*args, **kw)
@@ -70,58 +61,22 @@ def _safe(fn: Any, *args: Any, **kw: Any) -> Any:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def measure_import(proj: Project, summary: dict[str, Any]) -> dict[str, Any]:
-    from tomoguide.steps.import_movies import load_series
-
-    series = load_series(proj.output_path("import_movies", "tilt_series"))
-    true_names = sorted(summary["series"])
-    planted = summary.get("planted", {})
-    out: dict[str, Any] = {"series_found": sorted(s.name for s in series), "series_true": true_names,
-                           "n_tilts": {s.name: len(s.tilts) for s in series},
-                           "n_tilts_true": {k: v["n_views"] for k, v in summary["series"].items()},
-                           "gain_found": {s.name: s.gain for s in series}}
-    gain_true = planted.get("gain") or {}
-    orient = {}
-    for s in series:
-        rec = getattr(s, "gain_orientation", None)
-        if rec is not None:
-            d = rec.model_dump() if hasattr(rec, "model_dump") else dict(rec)
-            ok = all(bool(d.get(k)) == bool(gain_true.get(k)) for k in ("transpose", "flip_x", "flip_y")) \
-                if gain_true else None
-            orient[s.name] = {**{k: d.get(k) for k in ("transpose", "flip_x", "flip_y", "confidence")}, "right": ok}
-    out["gain_orientation"] = orient
-    out["tilt_axis_source"] = {s.name: s.tilt_axis_source for s in series}
-    out["tilt_axis_imported_deg"] = {s.name: s.geometry.tilt_axis_deg for s in series}
-    return out
+def measure_import(proj: Project, summary: dict[str, Any], truth_dir: Path) -> dict[str, Any]:
+    """Series, tilts, gain and its orientation, tilt axis, pixel size and dose found by the import
+    (:func:`tomoguide.truth.import_errors`)."""
+    return truth.import_errors(proj.output_path("import_movies", "tilt_series"), truth_dir)
 
 
 def measure_direction(proj: Project, truth_dir: Path) -> dict[str, Any]:
     """Tilt direction of the geometry the reconstruction used: the axis compared with the truth modulo 360°
-    (an error near 180° is a mirrored tomogram)."""
-    sset, _ = SeriesSet.load(proj.output_path("exclude", "series"))
-    out = {}
-    for s in sset.series:
-        true_axis = truth.true_geometry(truth_dir, s.name).tilt_axis_deg
-        d = _angle_diff(s.geometry.tilt_axis_deg, true_axis, 360.0)
-        out[s.name] = {"axis_deg": s.geometry.tilt_axis_deg, "true_axis_deg": true_axis, "error_mod360_deg": d,
-                       "direction_right": abs(d) < 90.0}
-    return out
+    (an error near 180° is a mirrored tomogram; :func:`tomoguide.truth.tilt_direction_errors`)."""
+    return truth.tilt_direction_errors(proj.output_path("exclude", "series"), truth_dir)
 
 
-def measure_bad_views(proj: Project, summary: dict[str, Any]) -> dict[str, Any]:
-    """Views suggested for exclusion against the planted dark and jump views (angle-order indices)."""
-    sset, _ = SeriesSet.load(proj.output_path("exclude", "series"))
-    planted = summary.get("planted", {})
-    out = {}
-    for s in sset.series:
-        planted_views = {int(v["view_index"]) for key in ("dark_views", "jump_views")
-                         for v in (planted.get(key) or {}).get(s.name, [])}
-        suggested = {int(x["view"]) for x in s.info.get("suggestions", []) if x.get("target") == "view"}
-        out[s.name] = {"planted": sorted(planted_views), "suggested": sorted(suggested),
-                       "planted_suggested": sorted(planted_views & suggested),
-                       "others_suggested": sorted(suggested - planted_views),
-                       "reasons": {int(x["view"]): x["reason"] for x in s.info.get("suggestions", [])}}
-    return out
+def measure_bad_views(proj: Project, truth_dir: Path) -> dict[str, Any]:
+    """Views suggested for exclusion against the planted dark and jump views (angle-order indices), and what was
+    excluded (:func:`tomoguide.truth.bad_view_detection`)."""
+    return truth.bad_view_detection(proj.output_path("exclude", "series"), truth_dir)
 
 
 def run_scenario(name: str, params: synth.SimParams, out_dir: Path, until: str | None) -> dict[str, Any]:
@@ -162,7 +117,7 @@ def run_scenario(name: str, params: synth.SimParams, out_dir: Path, until: str |
         done = {sid for sid in registry.ids() if proj.data.steps[sid].status == "done"}
         m: dict[str, Any] = {}
         if "import_movies" in done:
-            m["import"] = _safe(measure_import, proj, summary)
+            m["import"] = _safe(measure_import, proj, summary, truth_dir)
         if "motion_ctf" in done:
             m["frame_shifts"] = _safe(truth.frame_shift_errors, truth_dir, proj.output_path("motion_ctf", "series"))
         if "align" in done:
@@ -171,11 +126,11 @@ def run_scenario(name: str, params: synth.SimParams, out_dir: Path, until: str |
             m["defocus"] = _safe(truth.defocus_errors, truth_dir, proj.output_path("ctf_estimate", "series"))
         if "exclude" in done:
             m["direction"] = _safe(measure_direction, proj, truth_dir)
-            m["bad_views"] = _safe(measure_bad_views, proj, summary)
+            m["bad_views"] = _safe(measure_bad_views, proj, truth_dir)
         if "pick" in done:
-            m["picks"] = _safe(measure_picks, proj, truth_dir)
+            m["picks"] = _safe(truth.pick_errors, proj.output_path("pick", "particles"), truth_dir)
         if "refine_fine" in done:
-            m["final_map"] = _safe(measure_map, proj.output_path("refine_fine", "average"), truth_dir)
+            m["final_map"] = _safe(truth.map_errors, proj.output_path("refine_fine", "average"), truth_dir)
         result["measures"] = m
     finally:
         proj.close()
