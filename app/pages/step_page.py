@@ -88,9 +88,18 @@ def ordered_help_html(help_html: str) -> str:
 
 
 def truth_folder(project: Project) -> Path | None:
-    """The simulator's truth folder of the project's data, when it has one: recorded in the project
-    (``dataset["truth_dir"]``) or, for data written by ``tomoguide simulate`` / ``demo``, the ``truth`` folder
-    beside the session folder (holding ``summary.json``). None for real data."""
+    """The simulator's truth folder of the project's data, when it has one (:func:`tomoguide.score.locate_truth`:
+    recorded in the project, or the ``truth`` folder beside the session folder that ``tomoguide simulate`` /
+    ``demo`` wrote). None for real data."""
+    try:
+        from tomoguide.score import TruthNotFound, locate_truth
+    except ImportError:  # scoring not installed: look beside the data
+        pass
+    else:
+        try:
+            return locate_truth(project)[0]
+        except (TruthNotFound, ValueError, OSError):
+            return None
     ds = project.data.dataset if isinstance(project.data.dataset, dict) else {}
     for key in ("truth_dir", "truth"):
         value = ds.get(key)

@@ -526,3 +526,30 @@ def test_readme_set_up_says_the_same() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     setup = readme.split("## Set-up on a fresh machine", 1)[1].split("\n## ", 1)[0]
     assert "libxcb-cursor0" in setup and "--no-gui" in setup and "could not load the Qt platform plugin" in setup
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the truth panel on every step page (the score helper's TruthPanel), folded, only with a truth folder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_truth_panel_folded_on_every_page_of_simulated_data(qtbot, tiny_dataset: Path, project_dir: Path,
+                                                            tmp_path: Path, open_wizard,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    truth_panel = pytest.importorskip("tomoguide.pages.truth_panel")
+    refreshed: list[str] = []
+    monkeypatch.setattr(truth_panel.TruthPanel, "refresh", lambda self, **_: refreshed.append(self.step_id))
+    window = open_wizard(tiny_demo_project(tiny_dataset, tmp_path / "demo"))
+    for i, sid in enumerate(registry.ids()):
+        window.go_to(i)
+        page = window.current_page()
+        assert page.truth_toggle is not None and page.truth_panel is not None, sid
+        assert page.truth_toggle.text() == "Check against the truth" and not page.truth_toggle.isChecked()
+        assert page.truth_panel.isHidden()  # folded by default
+    assert refreshed == []  # nothing scored while folded
+    page = window.current_page()
+    qtbot.mouseClick(page.truth_toggle, Qt.MouseButton.LeftButton)
+    assert not page.truth_panel.isHidden() and refreshed == [registry.ids()[-1]]
+    # real data (no truth folder): no panel at all
+    other = open_wizard(project_dir)
+    assert other.current_page().truth_toggle is None and other.current_page().truth_panel is None
