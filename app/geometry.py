@@ -160,6 +160,15 @@ class Optics(BaseModel):
     amplitude_contrast: float = Field(0.1, ge=0, lt=1, description="Amplitude contrast fraction")
 
 
+def _numbers(v: Any, what: str) -> np.ndarray:
+    """``v`` as a float64 array; a value that is not numbers (a dict, text, nested lists of other lengths) is a
+    ValueError (pydantic then names the field) instead of numpy's TypeError."""
+    try:
+        return np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be {what}") from None
+
+
 class TiltSeriesGeometry(BaseModel):
     """Acquisition geometry of one tilt series; see the module docstring for every convention.
 
@@ -198,7 +207,7 @@ class TiltSeriesGeometry(BaseModel):
     def _xf_from_array(cls, v: Any) -> Any:
         if v is None:
             return None
-        arr = np.asarray(v, dtype=np.float64)
+        arr = _numbers(v, "xf")
         if arr.ndim == 2 and arr.shape[1] == 6:
             arr = xf_rows_to_matrices(arr)
         if arr.ndim != 3 or arr.shape[1:] != (2, 3):
@@ -212,19 +221,27 @@ class TiltSeriesGeometry(BaseModel):
     def _list_from_array(cls, v: Any) -> Any:
         if v is None:
             return None
-        return np.asarray(v, dtype=np.float64).reshape(-1).tolist()
+        return _numbers(v, "a list of numbers").reshape(-1).tolist()
 
     @field_validator("acquisition_order", mode="before")
     @classmethod
     def _order_from_array(cls, v: Any) -> Any:
         if v is None:
             return None
-        return [int(i) for i in np.asarray(v).reshape(-1)]
+        arr = _numbers(v, "a list of whole numbers").reshape(-1)
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError("must be a list of whole numbers")
+        return [int(i) for i in arr]
 
     @field_validator("excluded", mode="before")
     @classmethod
     def _excluded_from_array(cls, v: Any) -> Any:
-        return [bool(b) for b in np.asarray(v).reshape(-1)] if v is not None else []
+        if v is None:
+            return []
+        arr = np.asarray(v, dtype=object).reshape(-1)
+        if not all(isinstance(b, (bool, np.bool_, int, np.integer)) and b in (0, 1) for b in arr):
+            raise ValueError("must be a list of true/false values")
+        return [bool(b) for b in arr]
 
     @model_validator(mode="after")
     def _check(self) -> TiltSeriesGeometry:

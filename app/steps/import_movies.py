@@ -42,10 +42,10 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tomoguide.compute.io import mdoc as mdocio
 from tomoguide.compute.io.errors import FormatError
@@ -137,7 +137,7 @@ class ImportedTilt(BaseModel):
 
     movie: str  # relative to the record's folder on disk; absolute once loaded (load_series)
     n_frames: int
-    frame_shape_px: tuple[int, int]  # (ny, nx)
+    frame_shape_px: tuple[Annotated[int, Field(ge=1, le=100_000)], Annotated[int, Field(ge=1, le=100_000)]]  # (ny, nx)
     tilt_deg: float
     acquisition_order: int
     dose_e_A2: float
@@ -224,6 +224,22 @@ def _series_name(mdoc_path: Path) -> str:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name
+
+
+def _why_no_series(mdocs: list[Path]) -> str:
+    """Why these mdocs make no tilt series, file by file (the first few): how many images each describes."""
+    parts = []
+    for path in mdocs[:4]:
+        try:
+            md = mdocio.read_mdoc(path, strict=False)
+        except (FormatError, OSError, ValueError) as exc:
+            parts.append(f"{path.name}: unreadable ({exc})")
+            continue
+        n = len(md.sections)
+        parts.append(f"{path.name}: {n} image section{'s' if n != 1 else ''}"
+                     + (" (a tilt series needs two or more: is the file cut short?)" if n < 2 else ""))
+    more = f"; and {len(mdocs) - 4} more" if len(mdocs) > 4 else ""
+    return "; ".join(parts) + more
 
 
 def _ranks(values: list[int]) -> list[int]:
@@ -809,7 +825,7 @@ class ImportMovies(Step):
         issues = sv.issues()
         if not sv.series and not any(i.level == "error" for i in issues):
             issues.insert(0, Issue("error", f"no tilt series among the {len(sv.mdocs)} mdoc file(s) in "
-                                            f"{params.files_dir}", "pattern"))
+                                            f"{params.files_dir}: {_why_no_series(sv.mdocs)}", "pattern"))
         return issues
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:

@@ -220,6 +220,8 @@ class Pick(Step):
         elif params.template == "reference" and not Path(params.reference_map).expanduser().is_file():
             issues.append(Issue("error", f"{params.reference_map or '(empty)'}: reference map not found",
                                 "reference_map"))
+        elif params.method == "template" and params.template == "reference":
+            issues.extend(reference_map_issues(Path(params.reference_map).expanduser(), _tomogram_voxel(ctx)))
         if params.method == "template" and params.inner_radius_A >= params.outer_radius_A:
             issues.append(Issue("error", "the inner radius must be smaller than the outer radius", "inner_radius_A"))
         return issues
@@ -456,6 +458,50 @@ class TomogramPicks:
         lines.append(f"{name}: {n} particles = peaks at or above the threshold {self.threshold:.3f} ({how}) of "
                      f"{len(self.scores)} peaks; highest score {self.highest:.3f}")
         return lines
+
+
+def _tomogram_voxel(ctx: RunContext) -> float | None:
+    """The voxel size (Å) of the tomograms the step will pick in, or None before they exist."""
+    try:
+        sset, _ = SeriesSet.load(ctx.output("reconstruct", "tomograms"))
+    except (KeyError, OSError, ValueError):
+        return None
+    return float(sset.series[0].geometry.pixel_size_binned_A) if sset.series else None
+
+
+def reference_map_issues(path: Path, tomogram_voxel_A: float | None) -> list[Issue]:
+    """What makes a reference map unusable as a template, each naming the file and the field: unreadable, not a
+    cube, voxel size not recorded (0) or coarser than the tomogram's, values that are not finite or constant."""
+    from tomoguide.compute.io.errors import FormatError
+    from tomoguide.compute.io.mrc import read_header, read_mrc
+
+    field = "reference_map"
+    try:
+        info = read_header(path)
+    except (FormatError, OSError, ValueError) as exc:
+        return [Issue("error", str(exc), field)]
+    shape = tuple(int(n) for n in info.shape)
+    if len(shape) != 3 or len(set(shape)) != 1:
+        return [Issue("error", f"{path}: shape: the reference map must be a cube (n×n×n voxels), it is "
+                      f"{'×'.join(str(n) for n in shape[::-1])}", field)]
+    voxel = float(info.voxel_size_A[0])
+    if not voxel > 0:
+        return [Issue("error", f"{path}: voxel size: not recorded in the header (0); write it into the map "
+                      "(e.g. IMOD's alterheader -del) before using it as a template", field)]
+    if tomogram_voxel_A is not None and voxel > tomogram_voxel_A * 1.0001:
+        return [Issue("error", f"{path}: voxel size: {voxel:g} Å is coarser than the tomogram's {tomogram_voxel_A:g} "
+                      "Å; a template can only be binned down to the tomogram's voxels, not refined", field)]
+    try:
+        data, _ = read_mrc(path, mmap=True)
+        values = np.asarray(data, dtype=np.float32)
+    except (FormatError, OSError, ValueError) as exc:
+        return [Issue("error", str(exc), field)]
+    if not np.isfinite(values).all():
+        return [Issue("error", f"{path}: data: the reference map holds {int((~np.isfinite(values)).sum())} values "
+                      "that are not numbers (NaN or infinite)", field)]
+    if float(values.std()) == 0.0:
+        return [Issue("error", f"{path}: data: the reference map is constant (no structure to match)", field)]
+    return []
 
 
 def pick_tomogram(tomogram: np.ndarray, voxel_A: float, params: PickParams, tilt_range: tuple[float, float] | None

@@ -110,6 +110,9 @@ def resolve_in(base: Path, name: str, what: str) -> Path:
     return p
 
 
+MAX_SIZE_PX = 100_000  # no camera or tomogram is larger along one axis: a bigger size in a record is damage
+
+
 class SeriesEntry(BaseModel):
     """One tilt series as a step wrote it. ``files`` maps a role ("stack", "even", "odd", "ctf_star",
     "ctf_preview", "mask", ...) to a file name relative to the record's folder; ``flags`` holds per-view markers
@@ -133,6 +136,18 @@ class SeriesEntry(BaseModel):
         for role, name in v.items():
             check_name(role, "file role")
             check_relative_file(name, f"file name of {role!r}")
+        return v
+
+    @field_validator("info")
+    @classmethod
+    def _sizes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Sizes that later steps compute with are checked when read: ``shape_zyx`` (a tomogram's voxels)."""
+        shape = v.get("shape_zyx")
+        if shape is not None:
+            ok = isinstance(shape, list) and len(shape) == 3 and all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_SIZE_PX for n in shape)
+            if not ok:
+                raise ValueError(f"info.shape_zyx must be three whole numbers from 1 to {MAX_SIZE_PX}, got {shape!r}")
         return v
 
     def path(self, role: str, base: Path) -> Path:
