@@ -51,15 +51,16 @@ def demo_deliberate(sim: Any) -> dict[str, dict[str, dict[str, Any]]]:
     n = sim.n_particles * sim.n_series
     if n >= 100:
         return {}
-    why = (f"the tiny demo has only {n} particles: {{what}}; its resolution (about 20 Å) is limited "
-           "by the number of particles, not by this value (tutorial: {tut}, for hundreds or thousands of particles)")
+    why = f"chosen for the tiny demo's {n} particles — {{what}}"
     return {
         "initial_model": {"n_minibatches": {"value": 8, "why": why.format(
-            what="8 mini-batches already show each particle to the model several times, in seconds", tut=40)}},
+            what="8 mini-batches already show each particle several times (the tutorial's 40 is for thousands)")}},
         "refine": {"max_iterations": {"value": 3, "why": why.format(
-            what="3 iterations keep the whole demo to about a minute", tut="up to 12, until it converges")}},
+            what="3 iterations keep the demo to a minute; its particle count, not the iterations, limits the "
+                 "resolution")}},
         "refine_fine": {"max_iterations": {"value": 2, "why": why.format(
-            what="2 iterations keep the whole demo to about a minute", tut="up to 12, until it converges")}},
+            what="2 iterations keep the demo to a minute; its particle count, not the iterations, limits the "
+                 "resolution")}},
     }
 
 

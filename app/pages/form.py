@@ -5,7 +5,8 @@ validated when the edit ends (a value outside the hard bounds is *refused*: the 
 reason is shown in red under the field; a value outside the suggested range is *accepted* with an orange warning);
 ``directory``/``file`` → line edit + "Browse…"; text and glob patterns → line edit. The unit is shown after the
 field (not for dimensionless ``"1"``), the help text is the tooltip, ``empty_means`` is the placeholder text,
-a field whose value differs from the tutorial's (``param(tutorial=...)``) shows "tutorial: X" with a reset button,
+a field whose value differs from the tutorial's (``param(tutorial=...)``) shows "tutorial: X" with a reset button
+(and, under it, why the default differs: ``tutorial_note``),
 a value the project's preset chose on purpose shows why (an ℹ note instead of the out-of-range warning),
 fields whose ``enabled_if`` conditions do not hold are greyed out, and ``advanced`` fields sit in a folded
 section. Fields declared with ``widget="hidden"`` are never shown (their widgets stay hidden, out of the layout;
@@ -426,6 +427,9 @@ class ParamForm(QWidget):
                 f.set_message(issue.level, issue.message)
             elif name in soft:
                 f.set_message(soft[name].level, soft[name].message)
+            elif f.meta.tutorial_note and f.meta.shows_tutorial(self._values.get(name)) and not f.hidden:
+                # why this value differs from the tutorial's (its data, its sample), under the field
+                f.set_message("info", f.meta.tutorial_note)
             else:
                 f.set_message("warning", "")
 

@@ -79,7 +79,7 @@ class ResidualBarPlot(TiltBarPlot):
     yellow."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__("Residual (px)", parent)
+        super().__init__("px", parent)  # short: the plot may be low; the caption names it
         self.plot.getAxis("left").enableAutoSIPrefix(False)  # residuals below 1 px: no "(x0.001)"
         self.high = np.zeros(0, bool)
 

@@ -9,8 +9,9 @@ tomoguideCtfFailed/Reason) and ``ctf_preview`` (per view a (256, 256) image: lef
 fitted CTF², k = 0 at the centre, Nyquist of the CTF window at the edge). The tilt slider (angle order by
 default), the points of the defocus plot and the bars select the same view.
 
-Under the spectrum image, CTFFIND's main diagnostic (:class:`~tomoguide.widgets.ctf_plots.CtfProfilePlot`): the
-1D spectrum against the fitted CTF² with the fit quality per ring. It is computed for the view shown from what the
+Across the preview, between the images and the plots, CTFFIND's main diagnostic
+(:class:`~tomoguide.widgets.ctf_plots.CtfProfilePlot`): the 1D spectrum against the fitted CTF² with the fit
+quality per ring. It is computed for the view shown from what the
 step stored: the view in ``stack`` is windowed and averaged again as the step did (same window, the tilted view's
 defocus gradient rescaled to the recorded defocus), and :func:`~tomoguide.compute.ctffit.ctf_profile_1d` compares
 it with the recorded fit (``ctf_star``). The frame-alignment step fitted the unweighted frame sum, while its stack
@@ -181,32 +182,28 @@ class MotionCtfPreview(SeriesSetPreview):
         self.tilt_info.setWordWrap(True)
         self.tilt_info.setTextFormat(Qt.TextFormat.RichText)
 
-        # a 2 × 2 grid: aligned sum | spectrum, trajectory | defocus plot (splitters, so the user can resize)
-        # the viewer's own line (tilt, acquisition, dose) is repeated in tilt_info, under the whole grid
+        # three rows (splitters, so the user can resize): aligned sum | spectrum; CTFFIND's 1D plot across the
+        # whole width (its rings need the width); trajectory | defocus plot. The viewer's own line (tilt,
+        # acquisition, dose) is repeated in tilt_info, under the whole grid
         self.viewer.info_label.hide()
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(self.viewer)
-        ctf_column = QSplitter(Qt.Orientation.Vertical)  # the 2D spectrum over CTFFIND's 1D plot
-        ctf_column.addWidget(self.spectrum)
-        ctf_column.addWidget(self.profile_plot)
-        ctf_column.setChildrenCollapsible(False)
-        ctf_column.setSizes([330, 270])
-        self.ctf_column = ctf_column
-        top.addWidget(ctf_column)
+        top.addWidget(self.spectrum)
         bottom = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(self.trajectory)
         bottom.addWidget(self.defocus_plot)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(top)
+        split.addWidget(self.profile_plot)
         split.addWidget(bottom)
-        for s, sizes in ((top, [500, 500]), (bottom, [400, 600]), (split, [650, 350])):
+        for s, sizes in ((top, [500, 500]), (bottom, [400, 600]), (split, [520, 260, 320])):
             s.setChildrenCollapsible(False)
-            for k in range(2):
+            for k in range(len(sizes)):
                 s.setStretchFactor(k, 1)
             s.setSizes(sizes)
         for w in (self.viewer, self.spectrum, self.trajectory, self.defocus_plot):
             w.setMinimumSize(160, 120)
-        self.profile_plot.setMinimumSize(160, 140)
+        self.profile_plot.setMinimumSize(160, 160)  # the plot's axes and the legend line below, never overlapping
         self.body.addWidget(split, 1)
         self.body.addWidget(self.tilt_info)
         self.refresh()
@@ -232,7 +229,6 @@ class MotionCtfPreview(SeriesSetPreview):
         self.defocus_plot.setVisible(d.ctf is not None)
         self.spectrum.setVisible(d.ctf_preview is not None)
         self.profile_plot.setVisible(d.ctf is not None)
-        self.ctf_column.setVisible(d.ctf is not None or d.ctf_preview is not None)
         self.stack = stack
         self._profiles = {}
         self.viewer.set_series(stack, **viewer_arrays(entry), name=entry.name)
@@ -311,9 +307,11 @@ class MotionCtfPreview(SeriesSetPreview):
             return
         cc = prof.correlation()
         source = " (from the dose-weighted sum)" if self.step_id == "motion_ctf" else ""
-        self.profile_plot.set_profile(
-            prof, caption=f"1D fit{source}: CC {cc:.2f} in the fitted band (shaded) · fit resolution "
-                          f"{prof.fit_resolution_A:.1f} Å")
+        self.profile_plot.set_profile(prof, caption=f"CC {cc:.2f} in the band (shaded) · fit resolution "
+                                                    f"{prof.fit_resolution_A:.1f} Å")
+        self.profile_plot.caption.setToolTip(
+            f"1D fit{source}: correlation of the spectrum's profile with the fitted CTF² over the fitted band "
+            f"(shaded); the fit resolution is where the fit quality per ring drops below 0.3")
 
     # -- view ------------------------------------------------------------------------------------------------
     def select_view(self, view_index: int) -> None:

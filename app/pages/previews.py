@@ -125,8 +125,10 @@ class ImportPreview(Preview):
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setObjectName("series_table")
         self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
+        # every column as wide as its contents (the series name is never cut to "TS…"); the table scrolls
+        # sideways when the preview is narrow
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

@@ -288,9 +288,10 @@ class StepPage(QWidget):
         pl.addWidget(self.preview, 1)
         right.addWidget(preview_box)
         right.addWidget(self.help_view)
-        right.setStretchFactor(0, 3)
-        right.setStretchFactor(1, 2)
-        right.setSizes([500, 260])
+        # the preview gets most of the height; the help shows "What to check" first, so a short panel is enough
+        right.setStretchFactor(0, 4)
+        right.setStretchFactor(1, 1)
+        right.setSizes([590, 190])
         self._fit_form()
 
         split = QSplitter(Qt.Orientation.Horizontal)

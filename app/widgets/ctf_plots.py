@@ -22,7 +22,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 BACKGROUND = "#202020"
 SUSPICIOUS_COLOUR = "#e53935"
@@ -530,7 +530,7 @@ class CtfProfilePlot(QWidget):
         self.plot.setObjectName("ctf_profile_plot")
         self.plot.setBackground(BACKGROUND)
         self.plot.setMenuEnabled(False)
-        self.plot.setMinimumSize(200, 120)
+        self.plot.setMinimumSize(200, 130)
         self.plot.setLabel("bottom", "Resolution (Å)")
         self.plot.setLabel("left", "CTF² · fit CC")
         self.plot.getAxis("bottom").enableAutoSIPrefix(False)
@@ -545,24 +545,33 @@ class CtfProfilePlot(QWidget):
                                         pen=pg.mkPen(CURRENT_COLOUR, width=1, style=Qt.PenStyle.DashLine))
         self.plot.addItem(self.fit_line, ignoreBounds=True)
         self.legend_label = QLabel(
-            f"<span style='color:{MEASURED_COLOUR}'>━━</span>&nbsp;spectrum &nbsp; "
-            f"<span style='color:{MODEL_COLOUR}'>━━</span>&nbsp;fitted CTF² &nbsp; "
-            f"<span style='color:{FIT_CC_COLOUR}'>━━</span>&nbsp;fit quality (CC per ring) &nbsp; "
+            f"<span style='color:{MEASURED_COLOUR}'>━</span>&nbsp;spectrum "
+            f"<span style='color:{MODEL_COLOUR}'>━</span>&nbsp;fitted CTF² "
+            f"<span style='color:{FIT_CC_COLOUR}'>━</span>&nbsp;fit quality "
             f"<b style='color:#b8a000'>┆</b>&nbsp;fit resolution")
         self.legend_label.setToolTip("spectrum: the background-subtracted power spectrum averaged on rings of "
                                      "equal CTF phase (astigmatism taken out); fit quality: the correlation of "
                                      "spectrum and fit over three rings around each frequency — where it drops "
                                      "below 0.3 is the fit resolution")
         self.legend_label.setObjectName("ctf_profile_legend")
-        self.legend_label.setWordWrap(True)
         self.legend_label.setTextFormat(Qt.TextFormat.RichText)
         self.caption = _caption()
+        # one line under the plot: the legend, then the fit's figures (neither wraps nor forces the width, so the
+        # plot keeps its height and nothing is drawn over its axis)
+        self.legend_label.setWordWrap(False)
+        self.legend_label.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+        self.caption.setWordWrap(False)
+        self.caption.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.legend_label)
+        row.addSpacing(8)
+        row.addWidget(self.caption, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(2)
         lay.addWidget(self.plot, 1)
-        lay.addWidget(self.legend_label)
-        lay.addWidget(self.caption)
+        lay.addLayout(row)
         self.profile: object | None = None
         self.clear()
 

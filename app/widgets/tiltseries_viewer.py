@@ -102,15 +102,18 @@ class TiltSeriesViewer(QWidget):
         self.bin_combo.setToolTip("Average b×b pixels for display: noisy frame sums show more when binned")
         self.bin_combo.currentIndexChanged.connect(lambda _: self._show_position(self.slider.value()))
 
-        top = QHBoxLayout()
-        top.addWidget(self.title_label, 1)
-        top.addWidget(self.bin_combo)
-        top.addWidget(self.order_combo)
+        # the title gets the whole width (a long one wraps into a line or two, not a narrow column of words); the
+        # display choices on the line below it
+        choices = QHBoxLayout()
+        choices.addWidget(self.bin_combo)
+        choices.addWidget(self.order_combo)
+        choices.addStretch(1)
         bottom = QHBoxLayout()
         bottom.addWidget(self.slider, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(top)
+        lay.addWidget(self.title_label)
+        lay.addLayout(choices)
         lay.addWidget(self.graphics, 1)
         lay.addLayout(bottom)
         lay.addWidget(self.info_label)

@@ -227,12 +227,13 @@ def test_the_tiny_demo_never_warns_about_its_own_values(qtbot, tiny_dataset: Pat
             assert warnings == [], (sid, warnings)
             notes = [i for i in StepRun(project, sid).check_issues() if i.level == "info"]
             if sid in deliberate:
-                assert notes and all("the tiny demo has only 16 particles" in i.message for i in notes)
+                assert notes and all("chosen for the tiny demo's 16 particles" in i.message for i in notes)
     window = open_wizard(project_dir)
     window.go_to(registry.ids().index("initial_model"))
     page = window.current_page()
     level, text = page.form.message("n_minibatches")
-    assert level == "info" and text.startswith("ℹ Mini-batches = 8: the tiny demo has only 16 particles")
+    assert level == "info" and text.startswith("ℹ Mini-batches = 8: chosen for the tiny demo's 16 particles — 8 "
+                                               "mini-batches already show each particle several times")
     assert "warning" not in {page.form.message(n)[0] for n in page.form.fields}
     assert "⚠" not in page.issues_label.text()
     # the tutorial's 40, one click away; then the preset's note goes
