@@ -554,3 +554,48 @@ def test_truth_panel_folded_on_every_page_of_simulated_data(qtbot, tiny_dataset:
     # real data (no truth folder): no panel at all
     other = open_wizard(project_dir)
     assert other.current_page().truth_toggle is None and other.current_page().truth_panel is None
+
+
+def test_pick_histogram_title_fits_and_nothing_overlaps(qtbot, tiny_project_root: Path) -> None:  # type: ignore[no-untyped-def]
+    """At the size the wizard gives the preview (about 510 × 590 px), the histogram's title lies inside its plot
+    and the threshold line under it starts below the plot."""
+    from tomoguide.pages.preview_pick import PickPreview
+
+    with Project.open(tiny_project_root / "project", readonly=True) as project:
+        if project.data.steps["pick"].status != "done":
+            pytest.skip("pick did not finish")
+        preview = PickPreview(project, "pick")
+        qtbot.addWidget(preview)
+        preview.resize(510, 590)
+        preview.show()
+        qtbot.waitExposed(preview)
+        qtbot.wait(50)
+        plot = preview.plot
+        title = plot.getPlotItem().titleLabel
+        assert title.item.boundingRect().width() <= plot.width(), title.text
+        assert "drag the line" in title.text and "noise model" in title.text
+        assert plot.height() >= 120
+        assert preview.threshold_label.geometry().top() >= plot.geometry().bottom()
+
+
+def test_ctf_profile_legend_below_its_axis(qtbot) -> None:  # type: ignore[no-untyped-def]
+    from tomoguide.compute.ctffit import CtfProfile
+    from tomoguide.widgets.ctf_plots import CtfProfilePlot
+
+    plot = CtfProfilePlot()
+    qtbot.addWidget(plot)
+    k = np.linspace(0, 0.25, 257)
+    prof = CtfProfile(k_per_A=k, measured=np.sin(k * 300) ** 2, model=np.sin(k * 300) ** 2,
+                      ring_cc=np.where(k > 0.02, 0.9, np.nan), band_per_A=(0.02, 0.2), fit_resolution_A=5.0)
+    plot.set_profile(prof, caption="CC 1.00 in the band (shaded) · fit resolution 5.0 Å")
+    plot.show()
+    for size in ((510, 160), (510, 260), (900, 300)):
+        plot.resize(*size)
+        qtbot.waitExposed(plot)
+        qtbot.wait(20)
+        assert plot.legend_label.geometry().top() >= plot.plot.geometry().bottom(), size
+        assert plot.legend_label.geometry().bottom() <= plot.height(), size
+        assert plot.legend_label.geometry().right() <= plot.caption.geometry().left(), size
+    assert plot.fit_line.value() == pytest.approx(0.2)
+    x, cc = plot.curve("cc")
+    assert np.all(x >= 0.75 * 0.02) and np.allclose(cc, 0.9)
