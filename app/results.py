@@ -154,16 +154,39 @@ def viewer_commands(paths: list[Path], which: Any = None) -> list[ViewerCommand]
     return out
 
 
-def export_usage() -> str | None:
-    """The usage line of ``tomoguide export`` when the command line has that command, else None."""
-    from tomoguide.cli import build_parser
+def _export_parser(parser: Any = None) -> Any:
+    """The ``export`` sub-command's parser of the command line, or None when it has none."""
+    if parser is None:
+        from tomoguide.cli import build_parser
 
-    parser = build_parser()
+        parser = build_parser()
     for action in parser._subparsers._group_actions if parser._subparsers else []:  # noqa: SLF001 - argparse API
         choices = getattr(action, "choices", None) or {}
         if "export" in choices:
-            return choices["export"].format_usage().strip()
+            return choices["export"]
     return None
+
+
+def export_usage(parser: Any = None) -> str | None:
+    """The usage line of ``tomoguide export`` when the command line has that command, else None."""
+    sub = _export_parser(parser)
+    return None if sub is None else sub.format_usage().strip()
+
+
+def export_commands(project_dir: Path, parser: Any = None) -> list[str]:
+    """Ready-to-run ``tomoguide export`` command lines for this project, one per format when the command takes
+    ``--to FORMAT`` and an output folder (``PROJECT/export/FORMAT``); [] without an export command or when its
+    arguments are not of that form (then :func:`export_usage` is all there is to show)."""
+    sub = _export_parser(parser)
+    if sub is None:
+        return []
+    to = next((a for a in sub._actions if "--to" in a.option_strings), None)  # noqa: SLF001 - argparse API
+    positionals = [a for a in sub._actions if not a.option_strings]  # noqa: SLF001
+    if to is None or not to.choices or len(positionals) != 2:
+        return []
+    project_dir = Path(project_dir).resolve()
+    return [shlex.join(["tomoguide", "export", str(project_dir), "--to", str(fmt), str(project_dir / "export" / fmt)])
+            for fmt in to.choices]
 
 
 def final_summary(project: Any) -> FinalSummary | None:
@@ -235,7 +258,12 @@ def summary_text(s: FinalSummary, project_dir: Path | None = None) -> str:
             where = "" if v.found else "   (not found on PATH)"
             note = f"   [{v.note}]" if v.note and not v.found else ""
             lines.append(f"  {v.name:<9} {v.command_line}{where}{note}")
-    usage = export_usage()
-    if usage and project_dir is not None:
-        lines.append(f"Export: {usage}")
+    if project_dir is not None:
+        commands = export_commands(project_dir)
+        usage = export_usage()
+        if commands:
+            lines.append("Export:")
+            lines += [f"  {c}" for c in commands]
+        elif usage:
+            lines.append(f"Export: {usage}")
     return "\n".join(lines)

@@ -35,7 +35,15 @@ from PySide6.QtWidgets import (
 )
 
 from tomoguide.project import Project
-from tomoguide.results import MAP_FILES, FinalSummary, ViewerCommand, export_usage, final_summary, viewer_commands
+from tomoguide.results import (
+    MAP_FILES,
+    FinalSummary,
+    ViewerCommand,
+    export_commands,
+    export_usage,
+    final_summary,
+    viewer_commands,
+)
 from tomoguide.widgets.fsc_plot import FscPlot
 from tomoguide.widgets.map_view import MapView
 
@@ -224,7 +232,11 @@ class SummaryPage(QWidget):
             self.viewers_grid.addWidget(line, r, 1)
             self.viewers_grid.addWidget(copy, r, 2)
         usage = export_usage()
-        if usage:
+        commands = export_commands(self.project.dir)
+        if commands:
+            self.export_label.setText("On the command line (select and copy):<br>" + "<br>".join(
+                f"<tt>{html.escape(c)}</tt>" for c in commands))
+        elif usage:
             self.export_label.setText(f"<tt>{html.escape(usage)}</tt> (on the command line)")
         else:
             self.export_label.setText(

@@ -128,7 +128,10 @@ def test_summary_page_after_the_last_step(qtbot, tiny_project_root: Path, tmp_pa
     assert page.viewer_lines["napari"].text() == f"napari {s.files['map']}"
     qtbot.mouseClick(page.copy_paths_button, Qt.MouseButton.LeftButton)
     assert QGuiApplication.clipboard().text().splitlines() == [str(p) for p in s.files.values()]
-    assert "no export command yet" in page.export_label.text()
+    if results.export_usage() is None:  # no `tomoguide export` yet: the paths are the export
+        assert "no export command yet" in page.export_label.text()
+    else:
+        assert "tomoguide export" in page.export_label.text()
     # Back to the last step, Next comes back to the summary
     window.go_back()
     assert window.current_page().step_id == "refine_fine"
@@ -599,3 +602,22 @@ def test_ctf_profile_legend_below_its_axis(qtbot) -> None:  # type: ignore[no-un
     assert plot.fit_line.value() == pytest.approx(0.2)
     x, cc = plot.curve("cc")
     assert np.all(x >= 0.75 * 0.02) and np.allclose(cc, 0.9)
+
+
+def test_export_commands_follow_the_command_line(tmp_path: Path) -> None:
+    """Without `tomoguide export`, nothing is offered (the page shows the paths); with one that takes
+    `--to FORMAT DIR`, one ready command line per format."""
+    import argparse
+
+    assert results.export_commands(tmp_path) == [] or results.export_usage() is not None
+    parser = argparse.ArgumentParser(prog="tomoguide")
+    sub = parser.add_subparsers(dest="command")
+    e = sub.add_parser("export")
+    e.add_argument("project")
+    e.add_argument("--to", choices=["relion5", "imod"], required=True)
+    e.add_argument("out")
+    cmds = results.export_commands(tmp_path / "my project", parser)
+    base = str((tmp_path / "my project").resolve())
+    assert cmds == [f"tomoguide export '{base}' --to relion5 '{base}/export/relion5'",
+                    f"tomoguide export '{base}' --to imod '{base}/export/imod'"]
+    assert "usage: tomoguide export" in results.export_usage(parser)
