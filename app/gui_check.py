@@ -70,11 +70,13 @@ def library_loads(soname: str) -> bool:
 
 def qt_platform(environ: Mapping[str, str]) -> str:
     """The platform plugin Qt will use on Linux: ``QT_QPA_PLATFORM`` when set (its first choice), "wayland" on a
-    Wayland session, "xcb" otherwise."""
+    Wayland session (``WAYLAND_DISPLAY`` set, and ``XDG_SESSION_TYPE=wayland`` or no X display), "xcb"
+    otherwise."""
     chosen = environ.get("QT_QPA_PLATFORM", "").split(";")[0].split(":")[0].strip()
     if chosen:
         return chosen
-    if environ.get("WAYLAND_DISPLAY") and not environ.get("DISPLAY"):
+    if environ.get("WAYLAND_DISPLAY") and (environ.get("XDG_SESSION_TYPE") == "wayland"
+                                           or not environ.get("DISPLAY")):
         return "wayland"
     return "xcb"
 

@@ -495,6 +495,10 @@ def test_missing_qt_libraries_are_named_with_their_apt_command(monkeypatch: pyte
     text = gui_check.gui_problem({}, loads=lambda so: True)
     assert text is not None and "no display" in text and "xvfb-run" in text and "--no-gui" in text
     assert gui_check.gui_problem({"QT_QPA_PLATFORM": "offscreen"}, loads=lambda so: True) is None
+    # a Wayland session does not need the X11 plugin's libraries
+    wayland = {"WAYLAND_DISPLAY": "wayland-0", "DISPLAY": ":0", "XDG_SESSION_TYPE": "wayland"}
+    assert gui_check.qt_platform(wayland) == "wayland" and gui_check.qt_platform({"DISPLAY": ":0"}) == "xcb"
+    assert gui_check.gui_problem(wayland, loads=lambda so: so != "libxcb-cursor.so.0") is None
     # the packages named are those of .ci/run
     ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     for pkg in gui_check.APT_PACKAGES:
