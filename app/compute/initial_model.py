@@ -40,6 +40,7 @@ import numpy as np
 
 from tomoguide.compute import fsc as F
 from tomoguide.compute import refine as RF
+from tomoguide.compute import sta as ST
 from tomoguide.compute.sta import fourier_to_map
 
 __all__ = ["InitialModelResult", "initial_model"]
@@ -87,6 +88,7 @@ def initial_model(
     progress: Callable[[float, str], None] | None = None,
     prior_axes: np.ndarray | None = None,
     prior_sigma_deg: float = 10.0,
+    subtilts: Any = None,
 ) -> InitialModelResult:
     """Reference-free initial model (module docstring).
 
@@ -100,7 +102,11 @@ def initial_model(
     log-likelihood score is returned (a single start can settle in a wrong, rotated local optimum).
     ``prior_axes`` (m, 3) / ``prior_sigma_deg``: RELION's prior on the tilt (each particle's expected direction
     of the reference z axis, e.g. a membrane normal from surface picking; see
-    :func:`tomoguide.compute.refine.tilt_log_prior`). ``progress(fraction, message)`` may raise to cancel.
+    :func:`tomoguide.compute.refine.tilt_log_prior`). ``subtilts`` (the particles' :class:`sta.Subtilts`, a list
+    of them in the particles' order, or a :class:`sta.Reconstructor`): the reconstructions (the start, every
+    mini-batch's sums, the final map) are made from the 2D sub-tilts on a 2× oversampled grid with the gridding
+    correction, the model updated on that grid, the final map corrected for the gridding bias; without them from
+    the 3D data on the box's grid. ``progress(fraction, message)`` may raise to cancel.
     """
     t_start = time.perf_counter()
     d = np.asarray(data, np.float32)
@@ -122,6 +128,7 @@ def initial_model(
 
     report(0.0, "initial model: Fourier transforms")
     dft = RF.centred_fft_stack(d)
+    grids_of = _Grids(dft, w, subtilts, symmetry)
     mask = RF._mask(b, voxel_A, mask_diameter_A)
     grids = {st: RF.asymmetric_unit_grid(st, symmetry) for st in (angular_step_deg, angular_step_deg / 2.0)}
     n_s = max(1, int(n_starts))
@@ -130,7 +137,7 @@ def initial_model(
         def sub(frac: float, msg: str, k: int = k) -> None:
             report((k + frac) / n_s, msg if n_s == 1 else f"start {k + 1}/{n_s}: {msg}")
 
-        out = _one_start(dft, w, voxel_A, symmetry, n_b, reg, mask, grids, angular_step_deg, res0, res1,
+        out = _one_start(dft, w, grids_of, voxel_A, symmetry, n_b, reg, mask, grids, angular_step_deg, res0, res1,
                          offset_range_px, np.random.default_rng(seed + k), sub,
                          {"prior_axes": prior_axes, "prior_sigma_deg": prior_sigma_deg})
         if best is None or out[4] > best[4]:
@@ -141,7 +148,56 @@ def initial_model(
     return InitialModelResult(map=final, poses=poses, history=history, resolution_A=float(res1))
 
 
-def _one_start(dft: np.ndarray, w: np.ndarray, voxel_A: float, symmetry: str, n_b: int, reg: float, mask: np.ndarray,
+class _Grids:
+    """Summed Fourier grids of particles in the reference frame, on the grid where the model is updated: the
+    sub-tilts' 2× oversampled grid (:class:`sta.Reconstructor`) when given, else the box's grid (gathered from the
+    3D data). ``to_ft`` / ``to_map`` convert the model between real space (box) and that grid, with the
+    gridding kernel's transform where the grid is oversampled (so that ``D / W`` and the model agree)."""
+
+    def __init__(self, dft: np.ndarray, w: np.ndarray, subtilts: Any, symmetry: str) -> None:
+        self.dft, self.w, self.symmetry = dft, w, symmetry
+        m, b = dft.shape[0], dft.shape[-1]
+        self.box = b
+        self.rec: ST.Reconstructor | None = None
+        if subtilts is not None:
+            self.rec = subtilts if isinstance(subtilts, ST.Reconstructor) else ST.Reconstructor(subtilts)
+            if self.rec.n_particles != m or self.rec.box != b:
+                raise ValueError(f"the sub-tilts hold {self.rec.n_particles} particles of box {self.rec.box}, the "
+                                 f"pseudo-subtomograms {m} of box {b}")
+        self.size = self.rec.grid_size if self.rec is not None else b
+        self.kernel = ST.kernel_transform(self.size, b) if self.size > b else None
+        k1 = np.arange(self.size) - self.size // 2
+        self.inside = (k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2) < (self.size // 2 - 1) ** 2
+
+    def __call__(self, rot: np.ndarray, shifts_px: np.ndarray, select: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        if self.rec is not None:
+            return self.rec.grids(rot, shifts_px, select, symmetry=self.symmetry)
+        return RF.reconstruct_grids(self.dft, self.w, rot, shifts_px, select, symmetry=self.symmetry)
+
+    def to_ft(self, model: np.ndarray) -> np.ndarray:
+        v = np.asarray(model, np.float64)
+        if self.kernel is not None:
+            v = ST._pad_centre(v * self.kernel, self.size)
+        return RF._centred_fft(v)
+
+    def to_map(self, model_ft: np.ndarray) -> np.ndarray:
+        v = RF._centred_ifft_real(model_ft)
+        if self.kernel is not None:
+            v = ST._crop_centre(v, self.box) / self.kernel
+        return v
+
+    def final_map(self, rot: np.ndarray, shifts_px: np.ndarray, regularisation: float) -> np.ndarray:
+        """The (box³) map of all particles (symmetrised), corrected for the gridding bias when the sub-tilts
+        allow it (:meth:`sta.Reconstructor.reconstruct`)."""
+        if self.rec is not None:
+            return self.rec.reconstruct(rot, shifts_px, None, symmetry=self.symmetry, regularisation=regularisation)
+        dg, wg = self(rot, shifts_px, None)
+        return fourier_to_map(dg, wg, self.box, regularisation=regularisation)
+
+
+def _one_start(dft: np.ndarray, w: np.ndarray, grids_of: _Grids, voxel_A: float, symmetry: str, n_b: int, reg: float,
+               mask: np.ndarray,
                grids: dict[float, np.ndarray], angular_step_deg: float, res0: float, res1: float,
                offset_range_px: float, rng: np.random.Generator, report: Callable[[float, str], None],
                prior: dict[str, Any] | None = None) -> tuple:
@@ -151,10 +207,10 @@ def _one_start(dft: np.ndarray, w: np.ndarray, voxel_A: float, symmetry: str, n_
     zeros = np.zeros((m, 3))
 
     # start: random orientations, symmetrised
-    dg, wg = RF.reconstruct_grids(dft, w, _random_rotations(m, rng), zeros, None, symmetry=symmetry)
+    dg, wg = grids_of(_random_rotations(m, rng), zeros, None)
     model = fourier_to_map(dg, wg, b, regularisation=0.1)
     model = F.lowpass(model, res0, voxel_A) * mask
-    model_ft = RF._centred_fft(model.astype(np.float64))
+    model_ft = grids_of.to_ft(model)
 
     bs0 = min(m, max(20, m // 10))
     bs1 = min(m, max(bs0, m // 2))
@@ -183,16 +239,15 @@ def _one_start(dft: np.ndarray, w: np.ndarray, voxel_A: float, symmetry: str, n_
         t_b = RF.refine_shifts(dft, ref_ft, batch, rot, zeros, zeros, r_max, offset_range_px)
         sh = zeros.copy()
         sh[batch] = t_b
-        dg, wg = RF.reconstruct_grids(dft, w, rot, sh, batch, symmetry=symmetry)
-        k1 = np.arange(b) - b // 2
-        inside = (k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2) < (b // 2 - 1) ** 2
+        dg, wg = grids_of(rot, sh, batch)
+        inside = grids_of.inside
         lam = 0.1 * float(wg[inside].mean()) / reg + 1e-12
         eta = 0.9 - 0.6 * frac
         model_ft = model_ft + eta * (dg - wg * model_ft - lam * model_ft) / (wg + lam)
         model_ft = np.where(inside, model_ft, 0)
-        model = RF._centred_ifft_real(model_ft)
+        model = grids_of.to_map(model_ft)
         model = F.lowpass(model, res, voxel_A) * mask
-        model_ft = RF._centred_fft(model.astype(np.float64))
+        model_ft = grids_of.to_ft(model)
         history.append({"batch": it + 1, "n_particles": int(size), "resolution_A": float(res),
                         "angular_step_deg": float(step), "step": float(eta), "time_s": time.perf_counter() - t0})
 
@@ -204,6 +259,5 @@ def _one_start(dft: np.ndarray, w: np.ndarray, voxel_A: float, symmetry: str, n_
     r_all, _, s_all = RF.search_poses(dft, w, ref_ft, np.arange(m), ident, zeros, grids[step], r_max, n_shifts=1,
                                       **(prior or {}))
     t_all = RF.refine_shifts(dft, ref_ft, np.arange(m), r_all, zeros, zeros, r_max, offset_range_px)
-    dg, wg = RF.reconstruct_grids(dft, w, r_all, t_all, None, symmetry=symmetry)
-    final = F.lowpass(fourier_to_map(dg, wg, b, regularisation=0.1 / reg), res1, voxel_A) * mask
+    final = F.lowpass(grids_of.final_map(r_all, t_all, 0.1 / reg), res1, voxel_A) * mask
     return final.astype(np.float32), history, r_all, t_all, float(np.mean(s_all)), s_all

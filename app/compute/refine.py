@@ -54,6 +54,7 @@ import scipy.fft
 
 from tomoguide.compute import fsc as F
 from tomoguide.compute.euler import matrix_to_euler, rotation_angle_deg
+from tomoguide.compute import sta as ST
 from tomoguide.compute.sta import fourier_to_map, ssnr_wiener_term
 from tomoguide.compute.symmetry import symmetry_matrices
 
@@ -460,19 +461,28 @@ def _merged_map(half1: np.ndarray, half2: np.ndarray, grids: list[tuple[np.ndarr
     return F.lowpass(F.apply_shell_filter(full, filt), resolution_A, voxel_A)
 
 
+Corrector = Callable[[int, np.ndarray, np.ndarray, Any], np.ndarray]
+
+
 def _half_maps(grids: list[tuple[np.ndarray, np.ndarray]], box: int, mask: np.ndarray, voxel_A: float,
-               wiener_constant: float | None, regularisation: float) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """The two half maps and their FSC statistics. Without a fixed ``wiener_constant`` the halves are made twice:
-    first with ``regularisation × mean(weight)``, then with the FSC-based term of :func:`ssnr_wiener_term`
-    (RELION's), which divides out the CTF² weights fully where the halves agree (near the CTF zeros too)."""
+               wiener_constant: float | None, regularisation: float, corrector: Corrector | None = None
+               ) -> tuple[list[np.ndarray], dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]:
+    """The two half maps, their FSC statistics and the grids they come from. Without a fixed ``wiener_constant``
+    the halves are made twice: first with ``regularisation × mean(weight)``, then with the FSC-based term of
+    :func:`ssnr_wiener_term` (RELION's), which divides out the CTF² weights fully where the halves agree (near the
+    CTF zeros too). ``corrector(half_index, data_grid, weight_grid, tau)`` (:meth:`sta.Reconstructor.corrected`)
+    replaces each data grid before the final division (with the FSC-based τ); the returned grids carry it."""
     halves = [fourier_to_map(g[0], g[1], box, wiener_constant=wiener_constant, regularisation=regularisation)
               for g in grids]
     stats = _fsc_stats(halves[0], halves[1], mask, voxel_A)
-    if wiener_constant is None:
-        halves = [fourier_to_map(g[0], g[1], box, wiener_constant=ssnr_wiener_term(g[1], stats["fsc_true"], box))
-                  for g in grids]
+    if wiener_constant is None or corrector is not None:
+        taus = ([ssnr_wiener_term(g[1], stats["fsc_true"], box) for g in grids] if wiener_constant is None
+                else [ST.wiener_term(g[1], wiener_constant, regularisation) for g in grids])
+        if corrector is not None:
+            grids = [(corrector(i, g[0], g[1], tau), g[1]) for i, (g, tau) in enumerate(zip(grids, taus, strict=True))]
+        halves = [fourier_to_map(g[0], g[1], box, wiener_constant=tau) for g, tau in zip(grids, taus, strict=True)]
         stats = _fsc_stats(halves[0], halves[1], mask, voxel_A)
-    return halves, stats
+    return halves, stats, grids
 
 
 def _fsc_stats(half1: np.ndarray, half2: np.ndarray, mask: np.ndarray, voxel_A: float) -> dict[str, Any]:
@@ -492,9 +502,42 @@ def _split(m: int, seed: int) -> np.ndarray:
     return (rng.permutation(m) % 2 + 1).astype(np.int64)
 
 
+class _Averager:
+    """The half-set reconstructions of a refinement: from the sub-tilts when given (:class:`sta.Reconstructor`: 2D
+    slices on a 2× oversampled grid, gridding-corrected, the final maps corrected for the gridding bias), else by
+    gathering the 3D pseudo-subtomograms' transforms on the box's grid (:func:`reconstruct_grids`)."""
+
+    def __init__(self, data_ft: np.ndarray | None, weights: np.ndarray | None, subtilts: Any, m: int, box: int,
+                 symmetry: str) -> None:
+        self.dft, self.w, self.symmetry = data_ft, weights, symmetry
+        self.rec: ST.Reconstructor | None = None
+        if subtilts is not None:
+            self.rec = subtilts if isinstance(subtilts, ST.Reconstructor) else ST.Reconstructor(subtilts)
+            if self.rec.n_particles != m or self.rec.box != box:
+                raise ValueError(f"the sub-tilts hold {self.rec.n_particles} particles of box {self.rec.box}, the "
+                                 f"pseudo-subtomograms {m} of box {box}")
+        elif data_ft is None or weights is None:
+            raise ValueError("reconstructions need the pseudo-subtomograms or the sub-tilts")
+
+    def grids(self, rot: np.ndarray, t_px: np.ndarray, select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.rec is not None:
+            return self.rec.grids(rot, t_px, select, symmetry=self.symmetry)
+        return reconstruct_grids(self.dft, self.w, rot, t_px, select, symmetry=self.symmetry)
+
+    def corrector(self, rot: np.ndarray, half_sets: np.ndarray) -> Corrector | None:
+        rec = self.rec
+        if rec is None or not rec.corrects_by_default:
+            return None
+
+        def correct(i: int, dg: np.ndarray, wg: np.ndarray, tau: Any) -> np.ndarray:
+            return rec.corrected(dg, wg, tau, rot, half_sets == i + 1, symmetry=self.symmetry)
+
+        return correct
+
+
 def reconstruct_halves(
-    data: np.ndarray,
-    weights: np.ndarray,
+    data: np.ndarray | None,
+    weights: np.ndarray | None,
     poses: Poses,
     half_sets: np.ndarray | None,
     *,
@@ -505,24 +548,36 @@ def reconstruct_halves(
     regularisation: float = 0.01,
     seed: int = 0,
     data_ft: np.ndarray | None = None,
+    subtilts: Any = None,
 ) -> RefineResult:
     """Gold-standard half maps, FSC and merged map from known poses (no search).
 
     ``data`` (m, B, B, B) float32 real-space pseudo-subtomograms, ``weights`` (m, B, B, B) float32 centred
     Fourier weights, ``poses`` (shifts in Å, tomogram frame), ``half_sets`` (m,) 1/2 (None: a random split
     with ``seed``); ``voxel_A`` voxel size in Å; ``mask_diameter_A`` soft FSC mask; Wiener term
-    ``wiener_constant`` (weight units) or ``regularisation × mean(weight)``. Returns a
-    :class:`RefineResult` (empty history).
+    ``wiener_constant`` (weight units) or ``regularisation × mean(weight)``. ``subtilts``: the particles'
+    sub-tilts (:class:`sta.Subtilts`, a list of them in the particles' order, or a :class:`sta.Reconstructor`):
+    the maps are then reconstructed from them (2× oversampled, gridding-corrected; ``data`` and ``weights`` may
+    be None). Returns a :class:`RefineResult` (empty history).
     """
-    d = np.asarray(data)
-    m, b = d.shape[0], d.shape[-1]
+    if data is not None:
+        m, b = np.shape(data)[0], np.shape(data)[-1]
+    elif subtilts is not None:
+        rec = subtilts if isinstance(subtilts, ST.Reconstructor) else ST.Reconstructor(subtilts)
+        subtilts, m, b = rec, rec.n_particles, rec.box
+    else:
+        raise ValueError("reconstructions need the pseudo-subtomograms or the sub-tilts")
     hs = _split(m, seed) if half_sets is None else np.asarray(half_sets, dtype=np.int64)
-    dft = centred_fft_stack(d) if data_ft is None else data_ft
-    w = np.ascontiguousarray(weights, dtype=np.float32)
+    dft = w = None
+    if subtilts is None:
+        dft = centred_fft_stack(np.asarray(data)) if data_ft is None else data_ft
+        w = np.ascontiguousarray(weights, dtype=np.float32)
+    av = _Averager(dft, w, subtilts, m, b, symmetry)
     t_px = np.asarray(poses.shifts_A, np.float64) / voxel_A
-    grids = [reconstruct_grids(dft, w, poses.rotations, t_px, hs == h, symmetry=symmetry) for h in (1, 2)]
+    grids = [av.grids(poses.rotations, t_px, hs == h) for h in (1, 2)]
     mask = _mask(b, voxel_A, mask_diameter_A)
-    halves, st = _half_maps(grids, b, mask, voxel_A, wiener_constant, regularisation)
+    halves, st, grids = _half_maps(grids, b, mask, voxel_A, wiener_constant, regularisation,
+                                   av.corrector(np.asarray(poses.rotations, np.float64), hs))
     merged = _merged_map(halves[0], halves[1], grids, b, st["fsc_true"], st["resolution_A"], voxel_A,
                          wiener_constant, regularisation)
     return RefineResult(poses=poses, half_sets=hs, half1=halves[0], half2=halves[1], merged=merged, mask=mask,
@@ -869,6 +924,7 @@ def auto_refine(
     progress: Progress | None = None,
     prior_axes: np.ndarray | None = None,
     prior_sigma_deg: float = 10.0,
+    subtilts: Any = None,
 ) -> RefineResult:
     """Gold-standard 3D auto-refine of pseudo-subtomograms against ``reference`` (module docstring).
 
@@ -895,7 +951,10 @@ def auto_refine(
     ``prior_sigma_deg`` (RELION's "prior width on tilt").
     Half sets: ``half_sets`` (m,) 1/2, or a random split with ``seed``; each half is aligned to its own
     reference (the same one in the first iteration). Reconstructions use the Wiener term
-    ``wiener_constant`` (weight units) or ``regularisation × mean(weight)``.
+    ``wiener_constant`` (weight units) or ``regularisation × mean(weight)``; with ``subtilts`` (the particles'
+    :class:`sta.Subtilts`, a list of them in the particles' order, or a :class:`sta.Reconstructor`) they are made
+    from the 2D sub-tilts on a 2× oversampled grid with the gridding correction (the final half maps also
+    corrected for the gridding bias, :meth:`sta.Reconstructor.corrected`), else from the 3D data.
     ``progress(fraction, message)`` is called often (it may raise to cancel). Returns :class:`RefineResult`.
     """
     t_start = time.perf_counter()
@@ -916,6 +975,7 @@ def auto_refine(
 
     report(0.0, "Fourier transforms of the particles")
     dft = centred_fft_stack(d)
+    av = _Averager(dft, w, subtilts, m, b, symmetry)
     mask = _mask(b, voxel_A, mask_diameter_A)
     ref0 = F.lowpass(np.asarray(reference, np.float32), initial_lowpass_A, voxel_A)
     refs = [prepare_reference(ref0, mask)] * 2
@@ -983,8 +1043,8 @@ def auto_refine(
         rot, t_px, scores = new_rot, new_t, new_s
         report((it + 0.85) / max_iterations, f"iteration {it + 1}: reconstructing the half maps")
         tc = time.perf_counter()
-        grids = [reconstruct_grids(dft, w, rot, t_px, hs == h, symmetry=symmetry) for h in (1, 2)]
-        halves, stats = _half_maps(grids, b, mask, voxel_A, wiener_constant, regularisation)
+        grids = [av.grids(rot, t_px, hs == h) for h in (1, 2)]
+        halves, stats, grids = _half_maps(grids, b, mask, voxel_A, wiener_constant, regularisation)
         res = float(stats["resolution_A"])
         t_rec = time.perf_counter() - tc
         history.append({"iteration": it + 1, "search": "global" if is_global else "local",
@@ -1023,6 +1083,11 @@ def auto_refine(
             else:
                 step /= 2.0
                 shift_step = max(0.125, shift_step / 2.0)
+    corrector = av.corrector(rot, hs)
+    if corrector is not None:
+        # the final half maps corrected for the gridding bias (one step of iterative reconstruction)
+        report(0.99, "correcting the final half maps")
+        halves, stats, grids = _half_maps(grids, b, mask, voxel_A, wiener_constant, regularisation, corrector)
     merged = _merged_map(halves[0], halves[1], grids, b, stats["fsc_true"], float(stats["resolution_A"]), voxel_A,
                          wiener_constant, regularisation)
     report(1.0, f"done: {stats['resolution_A']:.1f} Å in {time.perf_counter() - t_start:.0f} s")

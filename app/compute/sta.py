@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.fft
 
@@ -57,6 +58,10 @@ __all__ = [
     "backproject_subtomogram",
     "rotate_fourier",
     "reconstruct_average",
+    "Reconstructor",
+    "symmetrise_grid",
+    "kernel_transform",
+    "wiener_term",
     "average_from_subtomograms",
     "fourier_to_map",
     "ssnr_wiener_term",
@@ -108,6 +113,13 @@ class Subtilts:
     ``view_matrices`` (k, 3, 3): tomogram frame -> ``(u, v, depth)`` of each used view. ``views`` (k,)
     int64 indices of the used views in the geometry. ``pixel_size_A``: crop pixel size, Å.
     ``defocus_A`` (m, k): mean defocus used at each particle, Å.
+
+    Uncropped sub-tilts (RELION's box before the crop): with ``crop_px`` set, ``images`` and ``weights`` are the
+    CTF-premultiplied sub-tilts at the extraction box E (m, k, E, E) and ``crop_px`` is the particle's box (of
+    the maps and pseudo-subtomograms): the CTF's delocalised signal is still in the images, so reconstructions
+    that crop only after dividing by the weights are consistent with them (:class:`Reconstructor`).
+    ``uncropped``: the uncropped sub-tilts of the same particles, when :func:`extract_subtilts` kept them.
+    ``cropped_from_px``: the box these images were cut from after the CTF premultiplication (None: not cut).
     """
 
     images: np.ndarray
@@ -116,10 +128,27 @@ class Subtilts:
     views: np.ndarray
     pixel_size_A: float
     defocus_A: np.ndarray
+    crop_px: int | None = None
+    uncropped: Subtilts | None = None
+    cropped_from_px: int | None = None
 
     @property
     def box(self) -> int:
+        """The particle's box (px): ``crop_px`` when set, else the images' size."""
+        return int(self.crop_px) if self.crop_px else int(self.images.shape[-1])
+
+    @property
+    def image_px(self) -> int:
+        """The size (px) of the stored sub-tilt images."""
         return int(self.images.shape[-1])
+
+    def select(self, particles: Any) -> Subtilts:
+        """The sub-tilts of some particles (indices or a boolean mask), with their uncropped ones."""
+        idx = np.asarray(particles)
+        return Subtilts(images=self.images[idx], weights=self.weights[idx], view_matrices=self.view_matrices,
+                        views=self.views, pixel_size_A=self.pixel_size_A, defocus_A=self.defocus_A[idx],
+                        crop_px=self.crop_px, uncropped=None if self.uncropped is None else self.uncropped.select(idx),
+                        cropped_from_px=self.cropped_from_px)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -153,6 +182,7 @@ def extract_subtilts(
     dose_weighting: bool = True,
     chunk: int = 32,
     crop_px: int | None = None,
+    keep_uncropped: bool = False,
 ) -> Subtilts:
     """Crop every particle from every non-excluded view, CTF-premultiply and dose-weight it.
 
@@ -164,7 +194,10 @@ def extract_subtilts(
     count as 0). Particles are processed ``chunk`` at a time. ``crop_px`` (RELION's cropped box): the
     crops are extracted and CTF-multiplied at ``box_px`` (room for the CTF's delocalisation), then their
     real-space centre ``crop_px`` is kept (centre ``crop_px // 2``) and the weights are the ``CTF² · D²`` of
-    the cropped grid's frequencies; None keeps ``box_px``. Returns :class:`Subtilts` (box = the cropped size).
+    the cropped grid's frequencies; None keeps ``box_px``. ``keep_uncropped`` (with ``crop_px`` < ``box_px``):
+    the sub-tilts before the crop are kept too, as ``.uncropped`` (images (m, k, box, box), their ``CTF² · D²``
+    on the box's grid, ``crop_px`` set): reconstructions from them lose none of the CTF's delocalised signal.
+    Returns :class:`Subtilts` (box = the cropped size).
     """
     st = np.asarray(stack)
     if st.ndim != 3:
@@ -238,6 +271,9 @@ def extract_subtilts(
     o = b // 2 - bc // 2
     images = np.empty((m, k, bc, bc), np.float32)
     weights = np.empty((m, k, bc, bc), np.float32)
+    keep = bool(keep_uncropped) and bc != b
+    full_images = np.empty((m, k, b, b), np.float32) if keep else None
+    full_weights = np.empty((m, k, b, b), np.float32) if keep else None
     ar = np.arange(b)
     for s in range(0, m, chunk):
         e = min(m, s + chunk)
@@ -271,6 +307,9 @@ def extract_subtilts(
             weights[s:e] = filt * filt
         else:
             images[s:e] = full[:, :, o:o + bc, o:o + bc]
+            if keep:
+                full_images[s:e] = full
+                full_weights[s:e] = filt * filt
             if ctf is not None:
                 cc_ = _ctf_stack(kxc_A, kyc_A, mean_df[s:e], 0.5 * (du - dv), ang, ph,
                                  voltage_kV=geometry.optics.voltage_kV, cs_mm=geometry.optics.cs_mm,
@@ -280,8 +319,12 @@ def extract_subtilts(
                 fc = np.broadcast_to(dfilt_c[None], (e - s, k, bc, bc))
             fc = fc * inside[:, :, None, None]
             weights[s:e] = fc * fc
+    uncropped = None
+    if keep:
+        uncropped = Subtilts(images=full_images, weights=full_weights, view_matrices=pm[:, :, :3].copy(),
+                             views=views, pixel_size_A=px, defocus_A=mean_df, crop_px=bc)
     return Subtilts(images=images, weights=weights, view_matrices=pm[:, :, :3].copy(), views=views,
-                    pixel_size_A=px, defocus_A=mean_df)
+                    pixel_size_A=px, defocus_A=mean_df, uncropped=uncropped, cropped_from_px=None if bc == b else b)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -303,15 +346,205 @@ def _image_fts(images: np.ndarray, pad: int) -> np.ndarray:
     return scipy.fft.fftshift(ft, axes=(-2, -1)).astype(np.complex64)
 
 
-def _upsample_weights(weights: np.ndarray, pad: int) -> np.ndarray:
-    """Centred 2D weights (…, P, P) from un-shifted (…, B, B) ones, nearest-neighbour in frequency."""
-    w = scipy.fft.fftshift(weights, axes=(-2, -1))
-    if pad == 1:
-        return w.astype(np.float32)
-    b = weights.shape[-1]
-    p = pad * b
-    idx = np.clip(np.rint((np.arange(p) - p // 2) / pad).astype(np.int64) + b // 2, 0, b - 1)
-    return w[..., idx[:, None], idx[None, :]].astype(np.float32)
+# numba kernels of the insertion. Samples are the half plane of a slice (one of each Friedel pair; the origin
+# with half its value and weight): the grids are completed by Hermitian symmetry afterwards (_hermitian_fill).
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _scatter_samples(acc: Any, acc_w: Any, vals: Any, ws: Any, ku: Any, kv: Any, mats: Any,
+                     shifts: Any, slices: Any, scale: float, n_img: int, checkerboard: bool) -> None:
+    """Trilinear scatter of slice samples into per-thread accumulators ``acc`` (T, P, P, P) complex128 and
+    ``acc_w`` (T, P, P, P) float64.
+
+    ``vals`` (S, n) complex64 and ``ws`` (S, n) float32: value and weight of sample j (integer 2D frequency
+    ``(ku[j], kv[j])`` of an ``n_img``-pixel image) of slice s; ``mats`` (S, 3, 3) take the grid frame to the
+    slice's (u, v, depth): the sample lands at ``scale · Mᵀ (ku, kv, 0)`` (grid index + P // 2); ``shifts``
+    (S, 2) image-plane shift (px) applied as the phase ``e^{+2πi (ku su + kv sv) / n_img}``; ``slices`` the
+    slices to insert. ``acc_w`` receives the weights (skipped when its first dimension is 0). ``checkerboard``:
+    the data are multiplied by ``(-1)^(ix + iy + iz)`` of the grid index they land on (the centring
+    modulation of :func:`_real_centre_from_half`)."""
+    nt = acc.shape[0]
+    p = acc.shape[1]
+    h = p // 2
+    n = ku.shape[0]
+    kmax = n_img // 2 + 1
+    with_w = acc_w.shape[0] > 0
+    for t in numba.prange(nt):
+        eu = np.empty(2 * kmax + 1, np.complex128)
+        ev = np.empty(2 * kmax + 1, np.complex128)
+        for si in range(t, slices.shape[0], nt):
+            s = slices[si]
+            m = mats[s]
+            su, sv = shifts[s, 0], shifts[s, 1]
+            for k in range(2 * kmax + 1):
+                a = 2.0 * math.pi * (k - kmax) / n_img
+                eu[k] = complex(math.cos(a * su), math.sin(a * su))
+                ev[k] = complex(math.cos(a * sv), math.sin(a * sv))
+            for j in range(n):
+                w = ws[s, j]
+                a, b = ku[j], kv[j]
+                x = scale * (m[0, 0] * a + m[1, 0] * b) + h
+                y = scale * (m[0, 1] * a + m[1, 1] * b) + h
+                z = scale * (m[0, 2] * a + m[1, 2] * b) + h
+                x0, y0, z0 = int(math.floor(x)), int(math.floor(y)), int(math.floor(z))
+                fx, fy, fz = x - x0, y - y0, z - z0
+                v = vals[s, j] * (eu[int(a) + kmax] * ev[int(b) + kmax])
+                for dz in range(2):
+                    wz = fz if dz else 1.0 - fz
+                    for dy in range(2):
+                        wzy = wz * (fy if dy else 1.0 - fy)
+                        for dx in range(2):
+                            c = wzy * (fx if dx else 1.0 - fx)
+                            if checkerboard and (z0 + dz + y0 + dy + x0 + dx) & 1:
+                                acc[t, z0 + dz, y0 + dy, x0 + dx] -= c * v
+                            else:
+                                acc[t, z0 + dz, y0 + dy, x0 + dx] += c * v
+                            if with_w:
+                                acc_w[t, z0 + dz, y0 + dy, x0 + dx] += c * w
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _resample_samples(acc: Any, g: Any, ws: Any, ku: Any, kv: Any, mats: Any, slices: Any, scale: float) -> None:
+    """The insertion applied to a model: for every sample, ``W_j · G(q_j)`` (trilinear gather from the centred
+    grid ``g`` (complex128) at the sample's position) scattered back with the same trilinear weights into
+    ``acc`` (T, P, P, P) complex128. The grid frame is the model's: no shift phases."""
+    nt = acc.shape[0]
+    p = acc.shape[1]
+    h = p // 2
+    n = ku.shape[0]
+    for t in numba.prange(nt):
+        for si in range(t, slices.shape[0], nt):
+            s = slices[si]
+            m = mats[s]
+            for j in range(n):
+                w = ws[s, j]
+                if w == 0.0:
+                    continue
+                a, b = ku[j], kv[j]
+                x = scale * (m[0, 0] * a + m[1, 0] * b) + h
+                y = scale * (m[0, 1] * a + m[1, 1] * b) + h
+                z = scale * (m[0, 2] * a + m[1, 2] * b) + h
+                x0, y0, z0 = int(math.floor(x)), int(math.floor(y)), int(math.floor(z))
+                fx, fy, fz = x - x0, y - y0, z - z0
+                v = 0j
+                for dz in range(2):
+                    wz = fz if dz else 1.0 - fz
+                    for dy in range(2):
+                        wzy = wz * (fy if dy else 1.0 - fy)
+                        for dx in range(2):
+                            v += (wzy * (fx if dx else 1.0 - fx)) * g[z0 + dz, y0 + dy, x0 + dx]
+                v *= w
+                for dz in range(2):
+                    wz = fz if dz else 1.0 - fz
+                    for dy in range(2):
+                        wzy = wz * (fy if dy else 1.0 - fy)
+                        for dx in range(2):
+                            acc[t, z0 + dz, y0 + dy, x0 + dx] += (wzy * (fx if dx else 1.0 - fx)) * v
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _symmetrise_points(g: Any, w: Any, ops: Any, pts: Any, out_g: Any, out_w: Any) -> None:
+    """``out[n] = Σ_S grid(S p_n)`` (trilinear, centred grids; neighbours outside count as 0) for the complex
+    grid ``g`` and, when ``out_w`` is not empty, the real grid ``w``. Parallel over points."""
+    p = g.shape[0]
+    h = p // 2
+    with_w = out_w.shape[0] > 0
+    for n in numba.prange(pts.shape[0]):
+        px, py, pz = pts[n, 0], pts[n, 1], pts[n, 2]
+        acc = 0j
+        accw = 0.0
+        for k in range(ops.shape[0]):
+            s = ops[k]
+            x = s[0, 0] * px + s[0, 1] * py + s[0, 2] * pz + h
+            y = s[1, 0] * px + s[1, 1] * py + s[1, 2] * pz + h
+            z = s[2, 0] * px + s[2, 1] * py + s[2, 2] * pz + h
+            x0, y0, z0 = int(math.floor(x)), int(math.floor(y)), int(math.floor(z))
+            fx, fy, fz = x - x0, y - y0, z - z0
+            for dz in range(2):
+                zz = z0 + dz
+                if zz < 0 or zz >= p:
+                    continue
+                wz = fz if dz else 1.0 - fz
+                for dy in range(2):
+                    yy = y0 + dy
+                    if yy < 0 or yy >= p:
+                        continue
+                    wzy = wz * (fy if dy else 1.0 - fy)
+                    for dx in range(2):
+                        xx = x0 + dx
+                        if xx < 0 or xx >= p:
+                            continue
+                        c = wzy * (fx if dx else 1.0 - fx)
+                        acc += c * g[zz, yy, xx]
+                        if with_w:
+                            accw += c * w[zz, yy, xx]
+        out_g[n] = acc
+        if with_w:
+            out_w[n] = accw
+
+
+def _n_accumulators(p: int, n_grids: int) -> int:
+    """Per-thread accumulators for a scatter into ``n_grids`` float64 (P, P, P) grids: one per numba thread,
+    as many as fit in about 1.5 GB."""
+    per = max(1, p**3 * 8 * n_grids)
+    return int(max(1, min(numba.get_num_threads(), 1_500_000_000 // per)))
+
+
+def _hermitian_fill(grid: np.ndarray, conjugate: bool) -> np.ndarray:
+    """``G(q) + conj(G(-q))`` (or ``W(q) + W(-q)``) of a centred grid filled from one half space; index 0
+    (frequency -P/2) has no partner and is left as it is (inserted samples stay inside |q| < P/2 - 1)."""
+    g = grid
+    part = g[1:, 1:, 1:][::-1, ::-1, ::-1]
+    g[1:, 1:, 1:] += np.conj(part) if conjugate else part.copy()
+    return g
+
+
+def _half_space_points(p: int) -> np.ndarray:
+    """Integer frequency vectors (n, 3) ``(x, y, z)`` with ``|q| < P/2 - 1`` in one half space (x > 0, or x = 0
+    and y > 0, or x = y = 0 and z >= 0), float64."""
+    r = p // 2 - 1
+    k = np.arange(-r, r + 1, dtype=np.float64)
+    z, y, x = np.meshgrid(k, k, k, indexing="ij")
+    sel = (x * x + y * y + z * z < r * r) & ((x > 0) | ((x == 0) & (y > 0)) | ((x == 0) & (y == 0) & (z >= 0)))
+    return np.stack([x[sel], y[sel], z[sel]], axis=1)
+
+
+def symmetrise_grid(data_grid: np.ndarray, weight_grid: np.ndarray | None, operators: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``Σ_S grid(S q)`` of a centred Hermitian data grid (P, P, P) (and of a real even weight grid) over the
+    rotations ``operators`` (s, 3, 3), inside the sphere ``|q| < P/2 - 1`` (trilinear; numba, one half space
+    computed and the other filled by Hermitian symmetry). Returns (complex128, float64 or None) grids."""
+    p = data_grid.shape[0]
+    pts = _half_space_points(p)
+    ops = np.ascontiguousarray(operators, np.float64).reshape(-1, 3, 3)
+    out_g = np.zeros(len(pts), np.complex128)
+    with_w = weight_grid is not None
+    out_w = np.zeros(len(pts) if with_w else 0)
+    w_in = np.ascontiguousarray(weight_grid, np.float64) if with_w else np.zeros((1, 1, 1))
+    _symmetrise_points(np.ascontiguousarray(data_grid, np.complex128), w_in, ops, pts, out_g, out_w)
+    ii = pts.astype(np.int64) + p // 2
+    dg = np.zeros((p, p, p), np.complex128)
+    dg[ii[:, 2], ii[:, 1], ii[:, 0]] = out_g
+    origin = p // 2
+    dg[origin, origin, origin] *= 0.5  # the fill below adds the origin's own conjugate
+    dg = _hermitian_fill(dg, True)
+    wg = None
+    if with_w:
+        wg = np.zeros((p, p, p))
+        wg[ii[:, 2], ii[:, 1], ii[:, 0]] = out_w
+        wg[origin, origin, origin] *= 0.5
+        wg = _hermitian_fill(wg, False)
+    return dg, wg
+
+
+def kernel_transform(p: int, box: int | None = None) -> np.ndarray:
+    """Real-space transform of the trilinear interpolation kernel of a centred Fourier grid of P points:
+    ``Π_axes sinc²(x / P)`` at the central ``box`` (default P) voxels, ``x`` = index - box // 2 (float64). A map
+    made from trilinearly gridded Fourier samples is this times the true one (the gridding correction divides
+    by it)."""
+    b = p if box is None else int(box)
+    k = np.sinc((np.arange(b) - b // 2) / p) ** 2
+    return k[:, None, None] * k[None, :, None] * k[None, None, :]
 
 
 def insert_slices(
@@ -320,77 +553,135 @@ def insert_slices(
     fts: np.ndarray,
     weights: np.ndarray,
     matrices: np.ndarray,
+    *,
+    scale: float = 1.0,
 ) -> None:
-    """Add 2D central slices to centred 3D Fourier grids, in place, with trilinear weights.
+    """Add 2D central slices to centred 3D Fourier grids, in place, with trilinear weights (numba).
 
     ``data_grid`` (P, P, P) complex128 and ``weight_grid`` (P, P, P) float64 (centred layout, z, y, x);
-    ``fts`` (s, P, P) complex centred 2D transforms; ``weights`` (s, P, P) float centred 2D weights;
+    ``fts`` (s, n, n) complex centred 2D transforms; ``weights`` (s, n, n) float centred 2D weights;
     ``matrices`` (s, 3, 3) take the grid's frame to the slice's ``(u, v, depth)``: the slice sample at
-    integer frequency ``(k_u, k_v)`` lands at ``Mᵀ (k_u, k_v, 0)``. Samples with ``|k| >= P / 2 - 1`` are
-    skipped (within Nyquist). The data carry ``fts`` as given (already weighted by the caller); the weight
-    grid receives ``weights``.
+    integer frequency ``(k_u, k_v)`` lands at ``scale · Mᵀ (k_u, k_v, 0)`` (``scale = P / n`` when an
+    ``n``-pixel image's transform goes into a P-point grid of the same pixel size). Samples landing at
+    ``|q| >= P / 2 - 1`` are skipped (within Nyquist). The data carry ``fts`` as given (already weighted by the
+    caller); the weight grid receives ``weights``.
     """
     p = data_grid.shape[0]
-    h = p // 2
-    k1 = np.arange(p) - h
-    ku, kv = np.meshgrid(k1, k1)  # (P, P): ku along columns
-    sel = (ku * ku + kv * kv) < (h - 1) ** 2
-    ku, kv = ku[sel].astype(np.float64), kv[sel].astype(np.float64)
-    n_s = ku.size
-    mats = np.asarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
-    fts_s = np.asarray(fts).reshape(-1, p, p)[:, sel]
-    w_s = np.asarray(weights, dtype=np.float32).reshape(-1, p, p)[:, sel]
-    flat_d_re = np.zeros(p**3)
-    flat_d_im = np.zeros(p**3)
-    flat_w = np.zeros(p**3)
-    per = max(1, _CHUNK_SAMPLES // max(n_s, 1))
-    for s in range(0, mats.shape[0], per):
-        e = min(mats.shape[0], s + per)
-        mt = mats[s:e]
-        # q = M^T (ku, kv, 0): components x, y, z (c, n_s)
-        qx = mt[:, 0, 0, None] * ku + mt[:, 1, 0, None] * kv + h
-        qy = mt[:, 0, 1, None] * ku + mt[:, 1, 1, None] * kv + h
-        qz = mt[:, 0, 2, None] * ku + mt[:, 1, 2, None] * kv + h
-        x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
-        fx, fy, fz = qx - x0, qy - y0, qz - z0
-        base = ((z0.astype(np.int64) * p + y0.astype(np.int64)) * p + x0.astype(np.int64)).ravel()
-        fx, fy, fz = fx.ravel(), fy.ravel(), fz.ravel()
-        d = fts_s[s:e].ravel()
-        dre, dim = d.real.astype(np.float64), d.imag.astype(np.float64)
-        w = w_s[s:e].ravel().astype(np.float64)
-        for dz, wz in ((0, 1.0 - fz), (1, fz)):
-            for dy, wy in ((0, 1.0 - fy), (1, fy)):
-                wzy = wz * wy
-                for dx, wx in ((0, 1.0 - fx), (1, fx)):
-                    c = wzy * wx
-                    idx = base + ((dz * p + dy) * p + dx)
-                    flat_d_re += np.bincount(idx, weights=dre * c, minlength=p**3)
-                    flat_d_im += np.bincount(idx, weights=dim * c, minlength=p**3)
-                    flat_w += np.bincount(idx, weights=w * c, minlength=p**3)
-    data_grid += (flat_d_re + 1j * flat_d_im).reshape(p, p, p)
-    weight_grid += flat_w.reshape(p, p, p)
+    fts = np.asarray(fts).reshape(-1, *np.shape(fts)[-2:])
+    n = fts.shape[-1]
+    ku, kv, sel = _slice_samples(n, p, scale)
+    vals = np.ascontiguousarray(fts.reshape(len(fts), -1)[:, sel], np.complex64)
+    ws = np.ascontiguousarray(np.asarray(weights, np.float32).reshape(len(fts), -1)[:, sel])
+    _halve_origin(vals, ws, ku, kv)
+    mats = np.ascontiguousarray(np.asarray(matrices, np.float64).reshape(-1, 3, 3))
+    dg, wg = _scatter(p, vals, ws, ku, kv, mats, np.zeros((len(mats), 2)), np.arange(len(mats)), scale, n,
+                      with_weights=True)
+    data_grid += dg
+    weight_grid += wg
+
+
+def _slice_samples(n: int, p: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The half-plane samples of an ``n``-point centred 2D transform that land inside ``|q| < P/2 - 1`` of the
+    grid at ``scale``: ``(ku, kv)`` float64 integer frequencies and the flat selection (n·n,) bool."""
+    k1 = np.arange(n) - n // 2
+    kv, ku = np.meshgrid(k1, k1, indexing="ij")  # ku along columns
+    half = (ku > 0) | ((ku == 0) & (kv >= 0))
+    r_lim = (p // 2 - 1) / scale
+    sel = (half & ((ku * ku + kv * kv) < r_lim * r_lim)).ravel()
+    return ku.ravel()[sel].astype(np.float64), kv.ravel()[sel].astype(np.float64), sel
+
+
+def _halve_origin(vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.ndarray) -> None:
+    i0 = np.flatnonzero((ku == 0) & (kv == 0))
+    vals[:, i0] *= 0.5
+    ws[:, i0] *= 0.5
+
+
+def _scatter(p: int, vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.ndarray, mats: np.ndarray,
+             shifts: np.ndarray, slices: np.ndarray, scale: float, n_img: int, *, with_weights: bool,
+             threads: int | None = None, complete: bool = True, checkerboard: bool = False,
+             dtype: Any = np.complex128) -> tuple[np.ndarray, np.ndarray]:
+    """Scatter the chosen slices' half-plane samples; returns (data, weight) grids, Hermitian-complete unless
+    ``complete`` is False (the weight grid is zeros without ``with_weights``). ``threads``: accumulators
+    (default: one per numba thread); ``checkerboard``: see :func:`_scatter_samples`; ``dtype`` of the data
+    accumulators (complex64 for one particle's few slices)."""
+    nt = _n_accumulators(p, 3 if with_weights else 2) if threads is None else max(1, int(threads))
+    acc = np.zeros((nt, p, p, p), dtype)
+    aw = np.zeros((nt, p, p, p) if with_weights else (0, 1, 1, 1))
+    if len(slices):
+        _scatter_samples(acc, aw, vals, ws, ku, kv, mats, np.ascontiguousarray(shifts, np.float64),
+                         np.ascontiguousarray(slices, np.int64), float(scale), int(n_img), bool(checkerboard))
+    dg = acc[0] if nt == 1 else acc.sum(axis=0)
+    del acc
+    wg = (aw[0] if nt == 1 else aw.sum(axis=0)) if with_weights else np.zeros((p, p, p))
+    if complete:
+        dg = _hermitian_fill(dg, True)
+        if with_weights:
+            wg = _hermitian_fill(wg, False)
+    return dg, wg
+
+
+def _real_centre_from_half(grid: np.ndarray, b: int) -> np.ndarray:
+    """The central ``b³`` voxels (centre ``b // 2``) of the real inverse transform of a centred (P, P, P)
+    grid filled in one half space only and multiplied by the checkerboard ``(-1)^(i+j+k)`` (P a multiple of
+    4): with ``G_full = G + conj(G(-q))`` the volume is ``2 Re IFT(G)``, and for centred input and output
+    ``f_c[n] = (-1)^n IFT(F_c (-1)^i)[n]`` along each axis. The inverse transform runs axis by axis and keeps
+    only the rows of the central box (a pruned transform). Overwrites ``grid``."""
+    p = grid.shape[0]
+    if p % 4:
+        raise ValueError(f"grid size {p} is not a multiple of 4")
+    lo = p // 2 - b // 2
+    t = scipy.fft.ifft(grid, axis=0, workers=-1, overwrite_x=True)[lo:lo + b]
+    t = scipy.fft.ifft(t, axis=1, workers=-1, overwrite_x=True)[:, lo:lo + b]
+    t = scipy.fft.ifft(t, axis=2, workers=-1, overwrite_x=True)[:, :, lo:lo + b]
+    sign = 1.0 - 2.0 * ((np.arange(lo, lo + b)) % 2)
+    return 2.0 * t.real * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :])
 
 
 def backproject_subtomogram(
-    images: np.ndarray, weights: np.ndarray, view_matrices: np.ndarray, *, pad: int = 1,
+    images: np.ndarray, weights: np.ndarray, view_matrices: np.ndarray, *, pad: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """RELION-style 3D pseudo-subtomogram of one particle from its sub-tilts.
 
     ``images`` (k, B, B) CTF-premultiplied crops and ``weights`` (k, B, B) un-shifted 2D weights (one
-    particle of :class:`Subtilts`), ``view_matrices`` (k, 3, 3). The 2D transforms are inserted into the
-    3D transform of the tomogram-frame box (central slices, trilinear), ``pad``-fold oversampled.
-    Returns ``(data, weight)``: ``data`` (B, B, B) float32 real-space pseudo-subtomogram (centre
-    ``B // 2``; the inverse transform of the inserted data, cropped back to B when padded) and ``weight``
-    (P, P, P) float32 centred Fourier weights (CTF² · dose², the missing wedge where 0), P = pad · B.
+    particle of :class:`Subtilts`), ``view_matrices`` (k, 3, 3). The 2D transforms are inserted into the 3D
+    transform of the tomogram-frame box (central slices, trilinear) on a ``pad``-fold oversampled grid of
+    P = pad · B points, transformed back, divided by the interpolation kernel's transform (gridding correction)
+    and cropped to B: the box-sized back-projection of the crops (in the units of a B-point grid). The weights
+    go through the same steps (inserted, their real-space transform gridding-corrected and cut to the box, then
+    transformed to the box's grid; negative values of the box's ringing set to 0), so that ``data ≈ weight ·
+    F`` holds voxel by voxel, as the refinement's scoring assumes (weights made on the box's grid by trilinear
+    insertion while the data come from the oversampled grid made the refinement measurably worse).
+    ``pad`` = 1: both inserted on the B-point grid. Returns ``(data, weight)``: ``data`` (B, B, B) float32 real
+    space (centre ``B // 2``) and ``weight`` (B, B, B) float32 centred Fourier weights (CTF² · dose², the missing
+    wedge where 0).
     """
     ims = np.asarray(images, dtype=np.float32)
-    b = ims.shape[-1]
-    p = pad * b
-    dg = np.zeros((p, p, p), np.complex128)
-    wg = np.zeros((p, p, p))
-    insert_slices(dg, wg, _image_fts(ims, pad), _upsample_weights(np.asarray(weights), pad), view_matrices)
-    vol = _centred_ifft(dg)
-    return _crop_centre(vol, b).astype(np.float32), wg.astype(np.float32)
+    k, b = ims.shape[0], ims.shape[-1]
+    p = max(1, int(pad)) * b
+    mats = np.ascontiguousarray(np.asarray(view_matrices, np.float64).reshape(-1, 3, 3))
+    ku, kv, sel = _slice_samples(b, p, p / b)
+    vals = np.ascontiguousarray(_image_fts(ims, 1).reshape(k, -1)[:, sel])
+    ws = np.ascontiguousarray(scipy.fft.fftshift(np.asarray(weights, np.float32), axes=(-2, -1)).reshape(k, -1)[:, sel])
+    _halve_origin(vals, ws, ku, kv)
+    if p == b:
+        dg, wg = _scatter(p, vals, ws, ku, kv, mats, np.zeros((k, 2)), np.arange(k), 1.0, b, with_weights=True,
+                          threads=1)
+        return _centred_ifft(dg).astype(np.float32), wg.astype(np.float32)
+    if p % 4:
+        raise ValueError(f"the oversampled grid ({p} points) must be a multiple of 4: use an even box")
+    # data and weights alike: half-plane samples scattered with the centring checkerboard, a pruned inverse
+    # transform of the central box (_real_centre_from_half), the gridding correction
+    corr = ((p / b) ** 3 / kernel_transform(p, b)).astype(np.float32)
+    out = []
+    for v in (vals, ws.astype(np.complex64)):
+        g, _ = _scatter(p, v, ws, ku, kv, mats, np.zeros((k, 2)), np.arange(k), p / b, b, with_weights=False,
+                        threads=1, complete=False, checkerboard=True, dtype=np.complex64)
+        out.append(_real_centre_from_half(g, b) * corr)
+        del g
+    data, psf = out
+    w = np.maximum(_centred_fft(psf.astype(np.float64)).real, 0.0)
+    return data.astype(np.float32), w.astype(np.float32)
 
 
 def _centred_ifft(grid: np.ndarray) -> np.ndarray:
@@ -472,19 +763,19 @@ def rotate_fourier(grid: np.ndarray, rotations: np.ndarray) -> np.ndarray:
 
 def fourier_to_map(
     data_grid: np.ndarray, weight_grid: np.ndarray, box: int, *, wiener_constant: Any = None,
-    regularisation: float = 0.01,
+    regularisation: float = 0.01, kernel_correction: bool | None = None,
 ) -> np.ndarray:
     """CTF-corrected map from summed centred Fourier grids: ``IFT[data / (weight + τ)]`` cropped to ``box``.
 
     ``τ = wiener_constant`` when given (in the weights' units; ``1/SNR`` per unit weight): a number, or an array
     of the grid's shape (a per-voxel term, e.g. :func:`ssnr_wiener_term`), else ``regularisation ×
-    mean(weight)`` over the voxels inside the Nyquist sphere. Returns (box, box, box) float32, centre
-    ``box // 2``.
+    mean(weight)`` over the voxels inside the Nyquist sphere. ``kernel_correction`` (default: when the grid is
+    larger than ``box``, i.e. oversampled by trilinear insertion): the real-space result is divided by the
+    trilinear kernel's transform (:func:`kernel_transform`, the gridding correction). Returns (box, box, box)
+    float32, centre ``box // 2``.
     """
     p = data_grid.shape[0]
-    k1 = np.arange(p) - p // 2
-    r2 = k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2
-    inside = r2 < (p // 2 - 1) ** 2
+    inside = _inside_sphere(p)
     if wiener_constant is None:
         tau: Any = max(float(regularisation) * float(weight_grid[inside].mean()), 1e-12)
     elif np.ndim(wiener_constant) == 0:
@@ -492,7 +783,17 @@ def fourier_to_map(
     else:
         tau = np.maximum(np.asarray(wiener_constant, dtype=np.float64), 1e-12)
     f = np.where(inside, data_grid / (weight_grid + tau), 0)
-    return _crop_centre(_centred_ifft(f), box).astype(np.float32)
+    vol = _crop_centre(_centred_ifft(f), box)
+    if kernel_correction if kernel_correction is not None else p > box:
+        vol = vol / kernel_transform(p, box)
+    return vol.astype(np.float32)
+
+
+def _inside_sphere(p: int) -> np.ndarray:
+    """(P, P, P) bool: the voxels of a centred grid with ``|q| < P/2 - 1``."""
+    k1 = np.arange(p) - p // 2
+    r2 = k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2
+    return r2 < (p // 2 - 1) ** 2
 
 
 def ssnr_wiener_term(weight_grid: np.ndarray, fsc_curve: Any, box: int, *, merged: bool = False,
@@ -538,55 +839,205 @@ def _orientations(orientations: Any, m: int) -> np.ndarray:
     return r
 
 
+class Reconstructor:
+    """Sub-tilts of many particles ready for repeated reconstructions in the reference frame, on an oversampled
+    Fourier grid (RELION 5's reconstruction from 2D sub-tilt stacks, with a gridding correction).
+
+    ``subtilts``: one :class:`Subtilts` or a list (several tilt series; same particle box and image size); the
+    particles are numbered in the order of the list. Their uncropped sub-tilts (``.uncropped``, the images
+    at the extraction box E before the crop) are used when present: the crop after the CTF premultiplication
+    cuts off part of the CTF's delocalised signal (most at the CTF's zeros, where the local half of ``CTF²·F``
+    survives the crop but the weight says 0), so the weights no longer describe cropped data; the
+    reconstruction crops only the final, CTF-corrected map. Grid: ``P = pad · box`` points (at least E), the
+    E-pixel images' transforms inserted at ``P / E`` times their integer frequencies.
+
+    Each sub-tilt's 2D transform is computed once: the samples of one half plane (Hermitian symmetry gives the
+    other) inside ``|q| < P/2 - 1`` are kept with their ``CTF² · dose²`` weights. :meth:`grids` scatters them
+    (trilinear, numba) for given poses; :meth:`corrected` removes the bias of trilinear gridding where the
+    weights change fast (the CTF's rise at low frequency and its zeros: the ``Σ c W F / Σ c W`` of a voxel is
+    the weighted mean of F over samples pulled towards the larger weights) by one step of iterative
+    reconstruction: with ``G₀`` the current estimate (divided by the kernel's transform squared and limited
+    to the box of the images, so that trilinear sampling of it is exact), ``A G₀`` the same insertion applied
+    to ``G₀`` sampled at every sample's position, the data grid becomes ``2 D - A G₀`` (``A G₀ = D`` when
+    the gridding is exact); :meth:`reconstruct` chains them with :func:`fourier_to_map` (gridding correction).
+
+    Memory: 12 bytes per kept sample, about ``0.4 E²`` samples per sub-tilt (the images are not kept).
+    """
+
+    def __init__(self, subtilts: Subtilts | Sequence[Subtilts], *, pad: int = 2, chunk: int = 64) -> None:
+        sets = [subtilts] if isinstance(subtilts, Subtilts) else list(subtilts)
+        if not sets:
+            raise ValueError("no sub-tilts to reconstruct from")
+        use = [st.uncropped if st.uncropped is not None else st for st in sets]
+        box = sets[0].box
+        e = use[0].image_px
+        for st, u in zip(sets, use, strict=True):
+            if st.box != box or u.image_px != e:
+                raise ValueError(f"all sub-tilt sets must have the same box ({st.box} vs {box}) and image size "
+                                 f"({u.image_px} vs {e})")
+        p = max(1, int(pad)) * box
+        if p < e:
+            p = e + (e % 2)
+        self.box, self.image_px, self.grid_size = int(box), int(e), int(p)
+        self.pad = max(1, int(pad))
+        # the data are what the weights describe unless they were cropped after the CTF premultiplication
+        self.consistent = all(u.cropped_from_px is None for u in use)
+        self.scale = p / e
+        self.pixel_size_A = float(sets[0].pixel_size_A)
+        self._ku, self._kv, _ = _slice_samples(e, p, self.scale)
+        rows = self._kv.astype(np.int64) % e
+        cols = self._ku.astype(np.int64)
+        at_rfft = rows * (e // 2 + 1) + cols  # the samples in the un-shifted half spectrum of rfft2
+        at_full = rows * e + cols  # and in the un-shifted (E, E) weights
+        n_slices = sum(u.images.shape[0] * u.images.shape[1] for u in use)
+        n = self._ku.size
+        self._vals = np.empty((n_slices, n), np.complex64)
+        self._ws = np.empty((n_slices, n), np.float32)
+        self._views = np.empty((n_slices, 3, 3))
+        self._particle = np.empty(n_slices, np.int64)
+        s0 = 0
+        i0 = 0
+        for u in use:
+            m, k = u.images.shape[:2]
+            for a in range(0, m, chunk):
+                c = min(m, a + chunk) - a
+                ims = np.asarray(u.images[a:a + c], np.float32).reshape(c * k, e, e)
+                fts = scipy.fft.rfft2(scipy.fft.ifftshift(ims, axes=(-2, -1)), workers=-1).reshape(c * k, -1)
+                self._vals[s0:s0 + c * k] = fts[:, at_rfft]
+                self._ws[s0:s0 + c * k] = np.asarray(u.weights[a:a + c], np.float32).reshape(c * k, -1)[:, at_full]
+                self._views[s0:s0 + c * k] = np.tile(np.asarray(u.view_matrices, np.float64), (c, 1, 1))
+                self._particle[s0:s0 + c * k] = np.repeat(np.arange(i0 + a, i0 + a + c), k)
+                s0 += c * k
+            i0 += m
+        self.n_particles = i0
+        _halve_origin(self._vals, self._ws, self._ku, self._kv)
+
+    @property
+    def corrects_by_default(self) -> bool:
+        """Whether :meth:`reconstruct` applies :meth:`corrected` by default: oversampled grid and sub-tilts not
+        cropped after the CTF premultiplication."""
+        return self.grid_size > self.box and self.consistent
+
+    def _slices(self, select: Any) -> np.ndarray:
+        if select is None:
+            return np.arange(len(self._particle))
+        sel = np.asarray(select)
+        mask = np.zeros(self.n_particles, bool)
+        mask[np.flatnonzero(sel) if sel.dtype == bool else sel.astype(np.int64)] = True
+        return np.flatnonzero(mask[self._particle])
+
+    def _matrices(self, rotations: Any) -> np.ndarray:
+        rot = _orientations(rotations, self.n_particles)
+        return np.ascontiguousarray(np.einsum("sij,sjl->sil", self._views, rot[self._particle]))
+
+    def grids(self, rotations: Any, shifts_px: np.ndarray | None = None, select: Any = None, *,
+              symmetry: str = "C1") -> tuple[np.ndarray, np.ndarray]:
+        """Summed centred Fourier grids (P, P, P) ``(data complex128, weights float64)`` of the particles
+        ``select`` (indices or a boolean mask over all particles; None: all) in the reference frame.
+
+        ``rotations`` (m, 3, 3) ``R`` of ``x_tomogram = R x_reference + t`` (or (m, 3) RELION Euler angles) and
+        ``shifts_px`` (m, 3) ``t`` in px of the sub-tilts (tomogram frame; None: 0) for all m particles;
+        symmetrised over ``symmetry``'s operators (a sum)."""
+        slices = self._slices(select)
+        mats = self._matrices(rotations)
+        if shifts_px is None:
+            sh2 = np.zeros((len(mats), 2))
+        else:
+            t = np.asarray(shifts_px, np.float64).reshape(self.n_particles, 3)
+            sh2 = np.einsum("sij,sj->si", self._views, t[self._particle])[:, :2]
+        dg, wg = _scatter(self.grid_size, self._vals, self._ws, self._ku, self._kv, mats, sh2, slices, self.scale,
+                          self.image_px, with_weights=True)
+        ops = symmetry_matrices(symmetry)
+        if ops.shape[0] > 1:
+            dg, wg = symmetrise_grid(dg, wg, ops)
+        return dg, wg
+
+    def corrected(self, data_grid: np.ndarray, weight_grid: np.ndarray, tau: Any, rotations: Any, select: Any = None,
+                  *, symmetry: str = "C1") -> np.ndarray:
+        """The data grid of :meth:`grids` with the bias of trilinear gridding removed (one step of iterative
+        reconstruction, see the class docstring): ``2 D - A G₀`` with ``G₀`` from ``D / (W + tau)`` (``tau``
+        the Wiener term, a number or a grid). Same particles, poses and symmetry as the grids."""
+        p = self.grid_size
+        inside = _inside_sphere(p)
+        est = _centred_ifft(np.where(inside, data_grid / (weight_grid + tau), 0)) / kernel_transform(p) ** 2
+        sup = min(self.image_px, (3 * p) // 4)
+        sup -= sup % 2
+        g0 = _centred_fft(_pad_centre(_crop_centre(est, sup), p))
+        nt = _n_accumulators(p, 2)
+        acc = np.zeros((nt, p, p, p), np.complex128)
+        slices = self._slices(select)
+        if len(slices):
+            _resample_samples(acc, np.ascontiguousarray(g0, np.complex128), self._ws, self._ku, self._kv,
+                              self._matrices(rotations), slices, self.scale)
+        ag = _hermitian_fill(acc[0] if nt == 1 else acc.sum(axis=0), True)
+        del acc
+        ops = symmetry_matrices(symmetry)
+        if ops.shape[0] > 1:
+            ag, _ = symmetrise_grid(ag, None, ops)
+        return np.where(inside, 2.0 * data_grid - ag, data_grid)
+
+    def reconstruct(self, rotations: Any, shifts_px: np.ndarray | None = None, select: Any = None, *,
+                    symmetry: str = "C1", wiener_constant: Any = None, regularisation: float = 0.01,
+                    correct: bool | None = None, return_grids: bool = False) -> Any:
+        """CTF-corrected (box, box, box) float32 map of the particles ``select`` (see :meth:`grids`):
+        ``IFT[D / (W + τ)]`` divided by the kernel's transform and cropped, ``τ`` as in :func:`fourier_to_map`;
+        ``correct`` (default: on an oversampled grid, from sub-tilts not cropped after the CTF premultiplication,
+        whose weights describe them: cropped ones are better left uncorrected) applies :meth:`corrected` first.
+        With ``return_grids``:
+        ``(map, data_grid, weight_grid)`` (the data grid corrected)."""
+        dg, wg = self.grids(rotations, shifts_px, select, symmetry=symmetry)
+        tau = wiener_term(wg, wiener_constant, regularisation)
+        if correct if correct is not None else self.corrects_by_default:
+            dg = self.corrected(dg, wg, tau, rotations, select, symmetry=symmetry)
+        vol = fourier_to_map(dg, wg, self.box, wiener_constant=tau)
+        return (vol, dg, wg) if return_grids else vol
+
+
+def wiener_term(weight_grid: np.ndarray, wiener_constant: Any = None, regularisation: float = 0.01) -> Any:
+    """The ``τ`` of :func:`fourier_to_map`: ``wiener_constant`` (a number or a grid), else ``regularisation ×
+    mean(weight)`` inside the Nyquist sphere."""
+    if wiener_constant is None:
+        inside = _inside_sphere(weight_grid.shape[0])
+        return max(float(regularisation) * float(weight_grid[inside].mean()), 1e-12)
+    if np.ndim(wiener_constant) == 0:
+        return max(float(wiener_constant), 1e-12)
+    return np.maximum(np.asarray(wiener_constant, dtype=np.float64), 1e-12)
+
+
 def reconstruct_average(
     subtilts: Subtilts | Sequence[Subtilts],
     orientations: Any,
     *,
     symmetry: str = "C1",
-    pad: int = 1,
+    pad: int = 2,
     wiener_constant: float | None = None,
     regularisation: float = 0.01,
     return_grids: bool = False,
+    shifts_px: np.ndarray | None = None,
+    correct: bool | None = None,
 ) -> Any:
     """CTF-corrected average of particles from their sub-tilts, inserted directly in the reference frame.
 
     ``subtilts``: one :class:`Subtilts` or a list (several tilt series; same box); ``orientations``:
     (m_total, 3, 3) matrices ``R`` with ``x_tomogram = R x_reference`` (or (m_total, 3) RELION Euler angles
-    in degrees), in the order of the particles. Each sub-tilt slice goes to ``q_ref = (M_v R)ᵀ (k_u, k_v,
-    0)``; the sums are symmetrised over ``symmetry``'s operators, then ``map = IFT[Σ data / (Σ weight +
-    τ)]`` (:func:`fourier_to_map`; ``pad``-fold oversampled insertion, map cropped to B).
+    in degrees), in the order of the particles; ``shifts_px`` (m_total, 3) ``t`` in px (None: 0). Each sub-tilt
+    slice goes to ``q_ref = (M_v R)ᵀ (k_u, k_v, 0)`` on a ``pad``-fold oversampled grid (the uncropped
+    sub-tilts when kept); the sums are symmetrised over ``symmetry``'s operators, corrected for the gridding
+    bias (``correct``, default when oversampled) and divided: ``map = IFT[Σ data / (Σ weight + τ)]`` divided by
+    the kernel's transform and cropped to the box (:class:`Reconstructor`, :func:`fourier_to_map`).
     Returns the (B, B, B) float32 map (centre B // 2), or ``(map, data_grid, weight_grid)`` with
-    ``return_grids`` (the symmetrised centred grids, for FSC weighting or further sums).
+    ``return_grids`` (the symmetrised centred (P, P, P) grids, for FSC weighting or further sums).
     """
-    sets = [subtilts] if isinstance(subtilts, Subtilts) else list(subtilts)
-    b = sets[0].box
-    p = pad * b
-    m_total = sum(s.images.shape[0] for s in sets)
-    rots = _orientations(orientations, m_total)
-    dg = np.zeros((p, p, p), np.complex128)
-    wg = np.zeros((p, p, p))
-    i = 0
-    for s in sets:
-        m, k = s.images.shape[:2]
-        if s.box != b:
-            raise ValueError("all sub-tilt sets must have the same box")
-        r = rots[i:i + m]
-        i += m
-        mats = np.einsum("kij,mjl->mkil", s.view_matrices, r)  # (m, k, 3, 3): M_v R
-        step = max(1, 8 // max(1, pad * pad))
-        for a in range(0, m, step):
-            e = min(m, a + step)
-            insert_slices(dg, wg, _image_fts(s.images[a:e], pad), _upsample_weights(s.weights[a:e], pad),
-                          mats[a:e].reshape(-1, 3, 3))
-    return _finish(dg, wg, b, symmetry, wiener_constant, regularisation, return_grids)
+    rec = Reconstructor(subtilts, pad=pad)
+    return rec.reconstruct(orientations, shifts_px, None, symmetry=symmetry, wiener_constant=wiener_constant,
+                           regularisation=regularisation, correct=correct, return_grids=return_grids)
 
 
 def _finish(dg: np.ndarray, wg: np.ndarray, b: int, symmetry: str, wiener_constant: float | None,
             regularisation: float, return_grids: bool) -> Any:
     sym = symmetry_matrices(symmetry)
     if sym.shape[0] > 1:
-        dg = rotate_fourier(dg, sym)
-        wg = rotate_fourier(wg, sym)
+        dg, wg = symmetrise_grid(dg, wg, sym)
     vol = fourier_to_map(dg, wg, b, wiener_constant=wiener_constant, regularisation=regularisation)
     return (vol, dg, wg) if return_grids else vol
 
@@ -603,11 +1054,11 @@ def average_from_subtomograms(
 ) -> Any:
     """CTF-corrected average from 3D pseudo-subtomograms (:func:`backproject_subtomogram`'s output).
 
-    ``data_volumes`` (m, B, B, B) real space, ``weight_volumes`` (m, P, P, P) centred Fourier weights
-    (P = pad · B), ``orientations`` as in :func:`reconstruct_average`. Each particle's transform and
-    weights are rotated into the reference frame (``F_ref(q) = F_tomo(R q)``, trilinear), summed and
-    symmetrised, then divided (:func:`fourier_to_map`). Less exact than :func:`reconstruct_average` (one
-    more interpolation) but needs only the stored volumes.
+    ``data_volumes`` (m, B, B, B) real space, ``weight_volumes`` (m, B, B, B) centred Fourier weights,
+    ``orientations`` as in :func:`reconstruct_average`. Each particle's transform and weights are rotated into
+    the reference frame (``F_ref(q) = F_tomo(R q)``, trilinear on the box's grid), summed and symmetrised, then
+    divided (:func:`fourier_to_map`). Less exact than :func:`reconstruct_average` (one more interpolation, on
+    the box's grid) but needs only the stored volumes.
     """
     m = len(data_volumes)
     rots = _orientations(orientations, m)
@@ -654,18 +1105,18 @@ def rescale_map(vol: np.ndarray, voxel_in_A: float, voxel_out_A: float, box: int
     return out
 
 
-def pseudo_subtomograms(subtilts: Subtilts, *, pad: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def pseudo_subtomograms(subtilts: Subtilts, *, pad: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """3D pseudo-subtomograms of all particles of ``subtilts`` (:func:`backproject_subtomogram` in a loop).
 
-    Returns ``(data (m, B, B, B) float32`` real space, centre ``B // 2``, tomogram frame; ``weights (m, P, P,
-    P) float32`` centred Fourier CTF² · dose² weights, P = pad · B)``: the input of
-    :func:`tomoguide.compute.refine.auto_refine` and :func:`tomoguide.compute.initial_model.initial_model`
-    (with ``pad`` = 1).
+    Returns ``(data (m, B, B, B) float32`` real space, centre ``B // 2``, tomogram frame; ``weights (m, B, B,
+    B) float32`` centred Fourier CTF² · dose² weights)``: the input of
+    :func:`tomoguide.compute.refine.auto_refine` and :func:`tomoguide.compute.initial_model.initial_model`.
     """
     m, b = subtilts.images.shape[0], subtilts.box
-    p = pad * b
+    if subtilts.crop_px and subtilts.crop_px != subtilts.image_px:
+        raise ValueError("pseudo-subtomograms are made from cropped sub-tilts")
     data = np.empty((m, b, b, b), np.float32)
-    weights = np.empty((m, p, p, p), np.float32)
+    weights = np.empty((m, b, b, b), np.float32)
     for i in range(m):
         data[i], weights[i] = backproject_subtomogram(subtilts.images[i], subtilts.weights[i],
                                                       subtilts.view_matrices, pad=pad)
