@@ -86,10 +86,12 @@ def apt_command(packages: tuple[str, ...] | list[str] = APT_PACKAGES) -> str:
     return "sudo apt-get install -y --no-install-recommends " + " ".join(packages)
 
 
-def missing_libraries(platform: str, loads: Callable[[str], bool] = library_loads) -> dict[str, str]:
-    """soname -> package of every library ``platform`` needs that cannot be loaded (Linux only; {} elsewhere)."""
+def missing_libraries(platform: str, loads: Callable[[str], bool] | None = None) -> dict[str, str]:
+    """soname -> package of every library ``platform`` needs that cannot be loaded (Linux only; {} elsewhere).
+    ``loads`` default: :func:`library_loads`, looked up at call time."""
     if not sys.platform.startswith("linux"):
         return {}
+    loads = library_loads if loads is None else loads
     needed = dict(CORE_LIBRARIES)
     if platform == "xcb":
         needed.update(XCB_LIBRARIES)
@@ -97,7 +99,7 @@ def missing_libraries(platform: str, loads: Callable[[str], bool] = library_load
 
 
 def gui_problem(environ: Mapping[str, str] | None = None, *, offscreen: bool = False,
-                loads: Callable[[str], bool] = library_loads) -> str | None:
+                loads: Callable[[str], bool] | None = None) -> str | None:
     """Why the wizard cannot start here (a message for the user), or None when it can.
 
     ``offscreen``: the caller renders without a display (screenshots, self-test). ``environ`` (default
