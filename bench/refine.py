@@ -50,6 +50,9 @@ from tomoguide.compute.symmetry import symmetry_matrices
 from tomoguide.project import Project
 from tomoguide.steps.records import SeriesSet
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sta import profile_metrics  # noqa: E402  (bench/sta.py: the centre artefact of issue 19)
+
 XYZ = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
 
 
@@ -114,11 +117,14 @@ def load(args: argparse.Namespace) -> tuple[list[Series], dict]:
 
 
 def extract(series: list[Series], positions: list[np.ndarray], binning: float, box: int, crop: int | None
-            ) -> tuple[np.ndarray, np.ndarray, float, dict]:
-    """Pseudo-subtomograms of all series at ``binning``: (data, weights, voxel_A, times)."""
+            ) -> tuple[np.ndarray, np.ndarray, float, dict, object]:
+    """Pseudo-subtomograms of all series at ``binning``: (data, weights, voxel_A, times, reconstructor) — the
+    :class:`sta.Reconstructor` of the sub-tilts before the crop (what the averaging steps reconstruct from since
+    issue 19; None with the code before it)."""
     t = {"fourier_bin_s": 0.0, "extract_subtilts_s": 0.0, "backproject_s": 0.0}
-    data, weights = [], []
+    data, weights, sets = [], [], []
     voxel = 0.0
+    new = hasattr(sta, "Reconstructor")
     for s, pos in zip(series, positions, strict=True):
         t0 = time.perf_counter()
         g = s.geometry
@@ -128,15 +134,22 @@ def extract(series: list[Series], positions: list[np.ndarray], binning: float, b
         gb = gb.model_validate({**gb.model_dump(), "image_shape_px": stack.shape[1:]})
         t["fourier_bin_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        st = sta.extract_subtilts(stack, gb, pos, box_px=box, ctf=s.ctf, crop_px=crop)
+        kw = {"keep_uncropped": True} if new else {}
+        st = sta.extract_subtilts(stack, gb, pos, box_px=box, ctf=s.ctf, crop_px=crop, **kw)
         t["extract_subtilts_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         d, w = sta.pseudo_subtomograms(st)
         t["backproject_s"] += time.perf_counter() - t0
         data.append(d)
         weights.append(w)
+        sets.append(st.uncropped if new and st.uncropped is not None else st)
         voxel = st.pixel_size_A
-    return np.concatenate(data), np.concatenate(weights), voxel, t
+    rec = None
+    if new:
+        t0 = time.perf_counter()
+        rec = sta.Reconstructor(sets)
+        t["reconstructor_s"] = time.perf_counter() - t0
+    return np.concatenate(data), np.concatenate(weights), voxel, t, rec
 
 
 def accuracy(res: RF.RefineResult, true_rot: np.ndarray, truth_dir: Path, tag: str) -> dict:
@@ -165,6 +178,7 @@ def accuracy(res: RF.RefineResult, true_rot: np.ndarray, truth_dir: Path, tag: s
         f"{tag}_map_shift_vs_truth_zyx_px": shift,
         f"{tag}_global_rotation_vs_truth_deg": float(min(rotation_angle_deg(r_glob, s_)
                                                          for s_ in symmetry_matrices("O"))),
+        f"{tag}_centre_profile": profile_metrics(full, moved, voxel),
         f"{tag}_fsc": {"freqs_A": res.freqs_per_A.tolist(), "halves_corrected": res.fsc_corrected.tolist(),
                        "truth": fsc_truth.tolist()},
     }
@@ -196,12 +210,13 @@ def main() -> int:
     print(f"{m} particles; {info}", flush=True)
 
     # --- coarse: extraction, initial model, refine
-    data, weights, voxel, tx = extract(series, [s.positions_A for s in series], args.coarse_bin, args.coarse_box,
-                                       args.coarse_crop)
+    data, weights, voxel, tx, rec_c = extract(series, [s.positions_A for s in series], args.coarse_bin,
+                                              args.coarse_box, args.coarse_crop)
+    sub_c = {} if rec_c is None else {"subtilts": rec_c}
     times.update({f"coarse_{k}": v for k, v in tx.items()})
     t0, c0 = time.perf_counter(), time.process_time()
     im = initial_model(data, weights, voxel, symmetry="O", n_minibatches=args.n_minibatches, regularisation=4.0,
-                       mask_diameter_A=150.0, angular_step_deg=15.0, seed=0)
+                       mask_diameter_A=150.0, angular_step_deg=15.0, seed=0, **sub_c)
     times["initial_model_s"] = time.perf_counter() - t0
     times["initial_model_cpu_s"] = time.process_time() - c0
     b_c = data.shape[-1]
@@ -217,13 +232,13 @@ def main() -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     r6 = RF.auto_refine(data, weights, voxel, im.map, symmetry="O", mask_diameter_A=150.0, initial_lowpass_A=60.0,
                         initial_angular_step_deg=7.5, local_searches_from_deg=1.8, offset_range_px=5.0,
-                        offset_step_px=1.0, seed=0)
+                        offset_step_px=1.0, seed=0, **sub_c)
     times["refine_coarse_s"] = time.perf_counter() - t0
     times["refine_coarse_cpu_s"] = time.process_time() - c0
     acc6 = accuracy(r6, true_rot, args.truth, "coarse")
     print(f"refine bin {args.coarse_bin:g}: {times['refine_coarse_s']:.1f} s, {r6.resolution_A:.1f} Å, angle error "
           f"median {acc6['coarse_angle_error_deg']['median']:.2f}°", flush=True)
-    del data, weights
+    del data, weights, rec_c, sub_c
 
     # --- fine: re-extract at the refined positions, reconstruct, refine
     shifts = r6.poses.shifts_A
@@ -232,13 +247,14 @@ def main() -> int:
         n = len(s.positions_A)
         pos_f.append(s.positions_A + shifts[i:i + n])
         i += n
-    data, weights, voxel_f, tx = extract(series, pos_f, args.fine_bin, args.fine_box, args.fine_crop)
+    data, weights, voxel_f, tx, rec_f = extract(series, pos_f, args.fine_bin, args.fine_box, args.fine_crop)
+    sub_f = {} if rec_f is None else {"subtilts": rec_f}
     times.update({f"fine_{k}": v for k, v in tx.items()})
     b_f = data.shape[-1]
     carried = RF.Poses(r6.poses.rotations.copy(), np.zeros((m, 3)), r6.poses.scores.copy())
     t0 = time.perf_counter()
     rec = RF.reconstruct_halves(data, weights, carried, r6.half_sets, symmetry="O", voxel_A=voxel_f,
-                                mask_diameter_A=150.0)
+                                mask_diameter_A=150.0, **sub_f)
     times["reconstruct_fine_s"] = time.perf_counter() - t0
     acc_rec = accuracy(rec, true_rot, args.truth, "reconstruct_fine")
     print(f"reconstruct bin {args.fine_bin:g}: {times['reconstruct_fine_s']:.1f} s, {rec.resolution_A:.2f} Å",
@@ -247,7 +263,7 @@ def main() -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     r2 = RF.auto_refine(data, weights, voxel_f, ref_f, symmetry="O", mask_diameter_A=150.0, initial_lowpass_A=15.0,
                         initial_angular_step_deg=7.5, local_searches_from_deg=1.8, offset_range_px=5.0,
-                        offset_step_px=1.0, initial_poses=carried, half_sets=r6.half_sets, seed=0)
+                        offset_step_px=1.0, initial_poses=carried, half_sets=r6.half_sets, seed=0, **sub_f)
     times["refine_fine_s"] = time.perf_counter() - t0
     times["refine_fine_cpu_s"] = time.process_time() - c0
     acc2 = accuracy(r2, true_rot, args.truth, "fine")

@@ -1,7 +1,7 @@
 """Benchmark of the subtomogram-averaging core (tomoguide.compute.sta, issue 7) with TRUE poses.
 
     python bench/sta.py [--project /tmp/demo_small/project] [--truth /tmp/demo_small/truth] [--binning 2]
-                        [--box 64] [--symmetry O] [--ctf truth|project] [--pad 1] [--out bench/results]
+                        [--box 64] [--crop 0] [--symmetry O] [--ctf truth|project] [--pad 2] [--out bench/results]
 
 Data: a demo project run at least through ``exclude`` (its unflipped, motion-corrected stacks and CTF STARs);
 the simulator's TRUE geometry of each series (``truth.true_geometry(...).at_binning(b)``, with the project's view
@@ -10,12 +10,16 @@ CTF per view: the truth's ``rlnDefocusU/V/Angle`` (defocus at depth 0, the conve
 :class:`tomoguide.compute.sta.ViewCTF`) or, with ``--ctf project``, the project's fitted CTF STAR (defocus at
 the raw image centre; the difference, the depth of the slab mid-plane under the image centre, is ignored).
 
-Measured: time of the Fourier binning of the stacks, of :func:`extract_subtilts` (all particles × views), of
-:func:`reconstruct_average` (all particles, symmetry expanded) and of the 3D pseudo-subtomogram path
+Measured: time of the Fourier binning of the stacks, of :func:`extract_subtilts` (all particles × views; with
+``--crop`` the sub-tilts before the crop are kept and the averages made from them), of :func:`reconstruct_average`
+(all particles, symmetry expanded; ``--pad`` 2: 2× oversampled, gridding-corrected, the bias of the gridding
+corrected when the sub-tilts allow it; 1: the earlier unpadded insertion) and of the 3D pseudo-subtomogram path
 (:func:`backproject_subtomogram` per particle, :func:`average_from_subtomograms`) on a subset; accuracy of the
 average against ``truth/apoferritin.mrc`` Fourier-binned to the same voxel size: masked correlation, the
-same with the z-mirrored truth (hand), FSC (soft spherical mask) and its 0.5 / 0.143 resolutions; gold-standard
-half sets (random split): FSC 0.143 resolution, unmasked, masked and phase-randomisation corrected.
+same with the z-mirrored truth (hand), FSC (soft spherical mask) and its 0.5 / 0.143 resolutions and lowest shell;
+the centre artefact of issue 19 (radial profiles of the average and the truth low-passed to 12 Å:
+``centre_profile``); gold-standard half sets (random split): FSC 0.143 resolution, unmasked, masked and
+phase-randomisation corrected.
 Writes ``OUT/sta_<preset-dir>_bin<b>.json`` and prints a summary.
 """
 
@@ -49,6 +53,38 @@ def _cc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
+def _select(st: sta.Subtilts, idx: np.ndarray) -> sta.Subtilts:
+    """Some particles of a sub-tilt set (with the code before issue 19 too, which had no ``Subtilts.select``)."""
+    if hasattr(st, "select"):
+        return st.select(idx)
+    return sta.Subtilts(st.images[idx], st.weights[idx], st.view_matrices, st.views, st.pixel_size_A, st.defocus_A[idx])
+
+
+def radial_profile(vol: np.ndarray) -> np.ndarray:
+    """Mean of a cubic map (centre ``n // 2``) over shells of integer radius (voxels) about its centre."""
+    n = vol.shape[0]
+    c = np.arange(n) - n // 2
+    r = np.rint(np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)).astype(np.int64)
+    return np.bincount(r.ravel(), vol.ravel()) / np.maximum(np.bincount(r.ravel()), 1)
+
+
+def profile_metrics(vol: np.ndarray, ref: np.ndarray, voxel_A: float, *, lowpass_A: float = 12.0,
+                    radius_A: float = 75.0) -> dict:
+    """The centre artefact of issue 19: both maps low-passed to ``lowpass_A``, their radial profiles out to
+    ``radius_A`` (normalised to the shell's maximum); the map's profile scaled to the truth's by least squares;
+    ``centre_over_shell`` (map and truth), the RMS profile difference in units of the shell's height."""
+    pv = radial_profile(F.lowpass(vol, lowpass_A, voxel_A))
+    pr = radial_profile(F.lowpass(ref, lowpass_A, voxel_A))
+    n = int(radius_A / voxel_A)
+    pv, pr = pv[:n], pr[:n]
+    shell = int(np.argmax(pr))
+    scale = float(np.dot(pv, pr) / np.dot(pr, pr))
+    return {"lowpass_A": lowpass_A, "centre_over_shell": float(pv[0] / pv[shell]),
+            "truth_centre_over_shell": float(pr[0] / pr[shell]),
+            "profile_rms_error_over_shell": float(np.sqrt(np.mean((pv / scale - pr) ** 2)) / pr[shell]),
+            "profile": (pv / pv[shell]).round(3).tolist(), "truth_profile": (pr / pr[shell]).round(3).tolist()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--project", type=Path, default=Path("/tmp/demo_small/project"))
@@ -57,9 +93,11 @@ def main() -> int:
     ap.add_argument("--box", type=int, default=64)
     ap.add_argument("--symmetry", default="O")
     ap.add_argument("--ctf", choices=("truth", "project"), default="truth")
-    ap.add_argument("--pad", type=int, default=1)
+    ap.add_argument("--pad", type=int, default=2, help="Fourier oversampling of the reconstructions (issue 19: 2)")
     ap.add_argument("--max-particles", type=int, default=0, help="per series; 0 = all")
     ap.add_argument("--subtomo-subset", type=int, default=20, help="particles for the 3D pseudo-subtomogram path")
+    ap.add_argument("--crop", type=int, default=0, help="cropped box (0: none; the sub-tilts before the crop are "
+                                                         "then used for the averages, as the averaging steps do)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
 
@@ -91,7 +129,8 @@ def main() -> int:
             p = p.iloc[: args.max_particles]
         pos = p[["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]]
         t0 = time.perf_counter()
-        st = sta.extract_subtilts(stack, tg, pos.to_numpy(), box_px=args.box, ctf=ctf, dose_weighting=True)
+        kw = {"crop_px": args.crop, "keep_uncropped": True} if args.crop else {}
+        st = sta.extract_subtilts(stack, tg, pos.to_numpy(), box_px=args.box, ctf=ctf, dose_weighting=True, **kw)
         times["extract_s"] += time.perf_counter() - t0
         sets.append(st)
         n_views_used.append(int(st.views.size))
@@ -108,14 +147,19 @@ def main() -> int:
     avg_c1 = sta.reconstruct_average(sets, r_all, symmetry="C1", pad=args.pad)
     times["reconstruct_average_c1_s"] = time.perf_counter() - t0
 
-    ref = truth.true_reference_map(args.truth, voxel, args.box)
+    box = sets[0].box
+    ref = truth.true_reference_map(args.truth, voxel, box)
     # radius of apoferritin ~ 65 Å: mask at 75 Å with a 3-voxel soft edge
-    mask = F.soft_sphere_mask(args.box, 75.0 / voxel, 3.0)
+    mask = F.soft_sphere_mask(box, 75.0 / voxel, 3.0)
     cc = _cc(avg, ref, mask)
     cc_mirror = _cc(avg, ref[::-1], mask)
     cc_reg, shift = truth.registered_correlation(avg * mask, ref * mask, max_shift_px=3)
     freqs, fsc_truth = F.fsc(avg, ref, voxel_A=voxel, mask=mask)
     _, fsc_truth_c1 = F.fsc(avg_c1, ref, voxel_A=voxel, mask=mask)
+    profile = profile_metrics(avg, ref, voxel)
+    inner = slice(1, len(fsc_truth) - 1)
+    worst = int(np.argmin(fsc_truth[inner])) + 1
+    profile["fsc_truth_min"] = {"value": float(fsc_truth[worst]), "at_A": float(1.0 / freqs[worst])}
 
     # pseudo-subtomogram path on a subset (first series)
     k = min(args.subtomo_subset, sets[0].images.shape[0])
@@ -127,10 +171,8 @@ def main() -> int:
     avg_sub = sta.average_from_subtomograms([v[0] for v in vols], [v[1] for v in vols], rots[0][:k],
                                             symmetry=args.symmetry)
     times["average_from_subtomograms_per_particle_s"] = (time.perf_counter() - t0) / k
-    avg_dir_k = sta.reconstruct_average(sets[0].__class__(sets[0].images[:k], sets[0].weights[:k],
-                                                          sets[0].view_matrices, sets[0].views,
-                                                          sets[0].pixel_size_A, sets[0].defocus_A[:k]),
-                                        rots[0][:k], symmetry=args.symmetry, pad=args.pad)
+    avg_dir_k = sta.reconstruct_average(_select(sets[0], np.arange(k)), rots[0][:k], symmetry=args.symmetry,
+                                        pad=args.pad)
 
     # gold-standard halves: a random split over all particles
     rng = np.random.default_rng(0)
@@ -142,8 +184,7 @@ def main() -> int:
         for st in sets:
             m = st.images.shape[0]
             s = half[i:i + m] == h
-            sel_sets.append(sta.Subtilts(st.images[s], st.weights[s], st.view_matrices, st.views, st.pixel_size_A,
-                                         st.defocus_A[s]))
+            sel_sets.append(_select(st, s))
             i += m
         sel_rots = r_all[half == h]
         halves.append(sta.reconstruct_average(sel_sets, sel_rots, symmetry=args.symmetry, pad=args.pad))
@@ -162,6 +203,7 @@ def main() -> int:
     }
     out = {
         "project": str(args.project), "truth": str(args.truth), "binning": b, "voxel_A": voxel, "box": args.box,
+        "crop": args.crop or None,
         "nyquist_A": nyq, "symmetry": args.symmetry, "ctf": args.ctf, "pad": args.pad,
         "n_particles": m_total, "n_views_used": n_views_used,
         "times": times,
@@ -170,6 +212,7 @@ def main() -> int:
         "cc_truth_masked": cc, "cc_truth_mirrored_masked": cc_mirror,
         "cc_truth_registered": cc_reg, "registered_shift_zyx_px": shift,
         "cc_subtomogram_path_vs_direct": _cc(avg_sub, avg_dir_k, mask),
+        "centre_profile": profile,
         **res,
         "resolution_over_nyquist": {k_: v / nyq for k_, v in res.items()},
         "fsc": {"freqs_A": freqs.tolist(), "truth": fsc_truth.tolist(), "truth_c1": fsc_truth_c1.tolist(),
@@ -180,7 +223,7 @@ def main() -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     tag = args.truth.parent.name.replace("demo_", "") or "data"
-    path = args.out / f"sta_{tag}_bin{b:g}_box{args.box}_{args.symmetry}_{args.ctf}.json"
+    path = args.out / f"sta_{tag}_bin{b:g}_box{args.box}_{args.symmetry}_{args.ctf}_pad{args.pad}.json"
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k_: v for k_, v in out.items() if k_ != "fsc"}, indent=1))
     print(f"written {path}")

@@ -649,8 +649,9 @@ def backproject_subtomogram(
     P = pad · B points, transformed back, divided by the interpolation kernel's transform (gridding correction)
     and cropped to B: the box-sized back-projection of the crops (in the units of a B-point grid). The weights
     go through the same steps (inserted, their real-space transform gridding-corrected and cut to the box, then
-    transformed to the box's grid; negative values of the box's ringing set to 0), so that ``data ≈ weight ·
-    F`` holds voxel by voxel, as the refinement's scoring assumes (weights made on the box's grid by trilinear
+    transformed to the box's grid; negative values of the box's ringing set to 0, and every voxel no slice of
+    non-zero weight passes within one voxel of, the missing wedge, set to 0), so that ``data ≈ weight · F``
+    holds voxel by voxel, as the refinement's scoring assumes (weights made on the box's grid by trilinear
     insertion while the data come from the oversampled grid made the refinement measurably worse).
     ``pad`` = 1: both inserted on the B-point grid. Returns ``(data, weight)``: ``data`` (B, B, B) float32 real
     space (centre ``B // 2``) and ``weight`` (B, B, B) float32 centred Fourier weights (CTF² · dose², the missing
@@ -681,6 +682,14 @@ def backproject_subtomogram(
         del g
     data, psf = out
     w = np.maximum(_centred_fft(psf.astype(np.float64)).real, 0.0)
+    # where no slice passes within a voxel of the box's grid (the missing wedge), the box's ringing is set to 0
+    ku1, kv1, sel1 = _slice_samples(b, b, 1.0)
+    w1 = np.ascontiguousarray(scipy.fft.fftshift(np.asarray(weights, np.float32), axes=(-2, -1)).reshape(k, -1)[:, sel1])
+    w1 = (w1 > 0).astype(np.float32)
+    _halve_origin(np.zeros(w1.shape, np.complex64), w1, ku1, kv1)
+    _, reach = _scatter(b, np.zeros(w1.shape, np.complex64), w1, ku1, kv1, mats, np.zeros((k, 2)), np.arange(k), 1.0,
+                        b, with_weights=True, threads=1)
+    w[reach <= 0] = 0.0
     return data.astype(np.float32), w.astype(np.float32)
 
 

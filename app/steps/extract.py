@@ -204,6 +204,41 @@ def load_particles(folder: Path) -> tuple[ParticleStack, Any, np.ndarray, np.nda
     return rec, ps, data, weights
 
 
+def load_reconstructor(folder: Path) -> Any:
+    """The sub-tilts of an extraction before the crop, ready for the reconstructions of the averaging steps: a
+    :class:`tomoguide.compute.sta.Reconstructor` (particles in the order of ``particles.star``, box the record's
+    ``box_px``), or None when the extraction kept none (made by an earlier version: the steps then reconstruct
+    from the 3D pseudo-subtomograms).
+
+    Files (record ``info["uncropped_subtilts"]``, one pair per particle): ``…_subtilts_uncropped.mrc`` (k, E, E)
+    float16, the CTF-premultiplied, dose-weighted sub-tilts at the box before the crop (E = ``box_before_crop_px``,
+    centre ``E // 2``), and ``…_subtilt_weights_uncropped.mrc`` (k, E, E) float16, their ``CTF² · dose²`` on the
+    un-shifted 2D FFT grid; views ``info["views_used"][tomo]``, matrices ``info["view_matrices"][tomo]``.
+    """
+    from tomoguide.compute import sta
+    from tomoguide.compute.io.mrc import read_mrc
+    from tomoguide.compute.io.star import read_particles_star
+
+    rec, base = ParticleStack.load(folder)
+    names = rec.info.get("uncropped_subtilts")
+    if not names:
+        return None
+    df = read_particles_star(rec.path("star", base)).particles
+    if len(names) != len(df):
+        raise ValueError(f"{base / 'particles.json'}: info.uncropped_subtilts names {len(names)} particles, "
+                         f"particles.star {len(df)}")
+    mats = {k: np.asarray(v, np.float64) for k, v in rec.info.get("view_matrices", {}).items()}
+    sets = []
+    for (img_name, w_name), tomo in zip(names, df["rlnTomoName"].astype(str), strict=True):
+        d, _ = read_mrc(resolve_in(base, str(img_name), "info.uncropped_subtilts"))
+        w, _ = read_mrc(resolve_in(base, str(w_name), "info.uncropped_subtilts"))
+        views = np.asarray(rec.info["views_used"][tomo], np.int64)
+        sets.append(sta.Subtilts(images=np.asarray(d)[None], weights=np.asarray(w)[None],
+                                 view_matrices=mats[tomo][views], views=views, pixel_size_A=rec.voxel_A,
+                                 defocus_A=np.zeros((1, views.size)), crop_px=rec.box_px))
+    return sta.Reconstructor(sets)
+
+
 class Extract(Step):
     id = "extract"
     title = "Extract pseudo-subtomograms"
@@ -246,10 +281,12 @@ class Extract(Step):
         except (KeyError, OSError):
             n = 1000
         try:
-            _, _, crop = self.sizes(params, ctx)
+            _, box, crop = self.sizes(params, ctx)
         except (KeyError, OSError, ValueError):
             crop = params.crop_px or 64
-        per = crop**3 * 8
+            box = params.box_px or crop
+        # the 3D data and weights, and the uncropped sub-tilts (float16 images and weights, ~60 views)
+        per = crop**3 * 8 + 60 * box**2 * 4
         return Needs(disk_bytes=n * per, memory_bytes=n * per + 2_000_000_000)
 
     def _coarse_binning(self, ctx: RunContext, pixel_size_A: float) -> float | None:
@@ -331,6 +368,7 @@ class Extract(Step):
         image_names = [""] * m_total
         ctf_names = [""] * m_total
         particle_names = [""] * m_total
+        full_names: list[tuple[str, str]] = [("", "")] * m_total
         view_mats: dict[str, list[Any]] = {}
         views_used: dict[str, list[int]] = {}
         metrics: dict[str, Any] = {"series": {}}
@@ -365,7 +403,8 @@ class Extract(Step):
                 ctx.check_cancel()
                 idx = rows[a:a + chunk]
                 sub = sta.extract_subtilts(st, g, pos[a:a + chunk], box_px=box_px, crop_px=crop_px,
-                                           ctf=ctf, dose_weighting=params.dose_weighting)
+                                           ctf=ctf, dose_weighting=params.dose_weighting, keep_uncropped=True)
+                full = sub.uncropped if sub.uncropped is not None else sub
                 views_used[s.name] = [int(v) for v in sub.views]
                 for j, i in enumerate(idx):
                     pname = f"{s.name}_{i + 1:06d}"
@@ -379,6 +418,12 @@ class Extract(Step):
                               is_stack=not three_d)
                     write_mrc(ctx.out_path(ctf_names[i]), (w3 if three_d else sub.weights[j]).astype(np.float16),
                               voxel, is_stack=not three_d)
+                    # the sub-tilts before the crop, for the reconstructions (load_reconstructor)
+                    full_names[i] = (f"subtomos/{pname}_subtilts_uncropped.mrc",
+                                     f"subtomos/{pname}_subtilt_weights_uncropped.mrc")
+                    write_mrc(ctx.out_path(full_names[i][0]), full.images[j].astype(np.float16), voxel, is_stack=True)
+                    write_mrc(ctx.out_path(full_names[i][1]), full.weights[j].astype(np.float16), voxel,
+                              is_stack=True)
                 done += idx.size
                 yield Progress(done / m_total, f"{s.name}: {done}/{m_total} particles extracted")
             metrics["series"][s.name] = {"n_particles": int(rows.size), "views_used": len(views_used[s.name])}
@@ -400,7 +445,8 @@ class Extract(Step):
                             tomo_names=[n for n in sset.names() if n in views_used],
                             dimensionality=3 if params.dimensionality == "3D" else 2,
                             info={"view_matrices": view_mats, "views_used": views_used,
-                                  "box_before_crop_px": box_px})
+                                  "box_before_crop_px": box_px,
+                                  "uncropped_subtilts": [list(n) for n in full_names]})
         path = rec.save(ctx.run_dir)
         metrics.update({"n_particles": m_total, "voxel_A": voxel, "box_px": b,
                         "half_sets": [int((out["rlnRandomSubset"] == k).sum()) for k in (1, 2)]})

@@ -119,10 +119,11 @@ class InitialModel(Step):
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.initial_model import initial_model
-        from tomoguide.steps.extract import load_particles
+        from tomoguide.steps.extract import load_particles, load_reconstructor
 
         assert isinstance(params, InitialModelParams)
         rec, star, data, weights = load_particles(ctx.output("extract", "particles"))
+        subtilts = load_reconstructor(ctx.output("extract", "particles"))
         axes = None if params.prior_tilt_width_deg is None else prior_axes(star.particles)
         if params.prior_tilt_width_deg is not None and axes is None:
             ctx.log("the particles carry no orientation priors (they were picked without orientations): the prior "
@@ -133,7 +134,7 @@ class InitialModel(Step):
                                  n_minibatches=params.n_minibatches, regularisation=params.regularisation,
                                  mask_diameter_A=params.mask_diameter_A, angular_step_deg=params.angular_step_deg,
                                  seed=params.seed, progress=progress, prior_axes=axes,
-                                 prior_sigma_deg=params.prior_tilt_width_deg or 10.0)
+                                 prior_sigma_deg=params.prior_tilt_width_deg or 10.0, subtilts=subtilts)
 
         res = yield from ctx.run_in_thread(work)
         poses = res.poses

@@ -1,8 +1,10 @@
 """Step 17, ``reconstruct_particle``: the average of the re-extracted particles from their poses, no search.
 
-Each half set's pseudo-subtomograms are rotated into the reference frame with their poses, summed with their CTF²
-weights, symmetrised and divided by the summed weights plus a Wiener term (``1 / SNR``)
-(:func:`tomoguide.compute.refine.reconstruct_halves`); the half maps give the FSC and the resolution. Output
+Each half set's sub-tilts (before the crop, when the extraction kept them; else its 3D pseudo-subtomograms) are
+inserted in the reference frame with their poses on a 2× oversampled Fourier grid, summed with their CTF² weights,
+symmetrised, corrected for the gridding bias and divided by the summed weights plus a Wiener term (``1 / SNR``), the
+map divided by the interpolation kernel's transform (:func:`tomoguide.compute.refine.reconstruct_halves`,
+:class:`tomoguide.compute.sta.Reconstructor`); the half maps give the FSC and the resolution. Output
 ``average`` (:class:`~tomoguide.steps.average_records.AverageRecord`).
 """
 
@@ -61,11 +63,21 @@ class ReconstructParticle(Step):
         return Needs(disk_bytes=rec.box_px**3 * 4 * 5, memory_bytes=rec.n_particles * rec.box_px**3 * 8 * 2)
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
+        from tomoguide.compute.io.star import read_particles_star
         from tomoguide.compute.refine import Poses, reconstruct_halves
-        from tomoguide.steps.extract import load_particles
+        from tomoguide.steps.average_records import ParticleStack
+        from tomoguide.steps.extract import load_particles, load_reconstructor
 
         assert isinstance(params, ReconstructParticleParams)
-        rec, star, data, weights = load_particles(ctx.output("extract_fine", "particles"))
+        folder = ctx.output("extract_fine", "particles")
+        # from the uncropped sub-tilts when the extraction kept them (the 3D data are then not needed)
+        subtilts = load_reconstructor(folder)
+        if subtilts is None:
+            rec, star, data, weights = load_particles(folder)
+        else:
+            rec, base = ParticleStack.load(folder)
+            star = read_particles_star(rec.path("star", base))
+            data = weights = None
         df = star.particles
         if "rlnRandomSubset" not in df.columns:
             raise ValueError("the particles have no half sets (rlnRandomSubset): extract them from a refinement")
@@ -76,7 +88,8 @@ class ReconstructParticle(Step):
             progress(0.0, f"reconstructing two half maps from {len(df)} particles")
             return reconstruct_halves(data, weights, poses, halves, symmetry=params.symmetry, voxel_A=rec.voxel_A,
                                       mask_diameter_A=params.mask_diameter_A,
-                                      wiener_constant=None if params.wiener_snr is None else 1.0 / params.wiener_snr)
+                                      wiener_constant=None if params.wiener_snr is None else 1.0 / params.wiener_snr,
+                                      subtilts=subtilts)
 
         res = yield from ctx.run_in_thread(work)
         table = poses_to_table(df, poses.rotations, poses.shifts_A, None, halves)

@@ -198,10 +198,12 @@ class Refine(Step):
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.refine import Poses, auto_refine
-        from tomoguide.steps.extract import load_particles
+        from tomoguide.steps.extract import load_particles, load_reconstructor
 
         assert isinstance(params, RefineParams)
         rec, star, data, weights = load_particles(ctx.output(self.particles_step, "particles"))
+        # the maps from the uncropped sub-tilts (2× oversampled, gridding-corrected) when the extraction kept them
+        subtilts = load_reconstructor(ctx.output(self.particles_step, "particles"))
         ref = load_reference(ctx.output(self.reference_step, "average"), rec.voxel_A, rec.box_px,
                              self.reference_label)
         df = star.particles
@@ -223,7 +225,7 @@ class Refine(Step):
                                offset_range_px=params.offset_range_px, offset_step_px=params.offset_step_px,
                                initial_poses=start, half_sets=halves, max_iterations=params.max_iterations,
                                seed=params.seed, progress=progress, prior_axes=axes,
-                               prior_sigma_deg=params.prior_tilt_width_deg or 10.0)
+                               prior_sigma_deg=params.prior_tilt_width_deg or 10.0, subtilts=subtilts)
 
         res = yield from ctx.run_in_thread(work)
         table = poses_to_table(df, res.poses.rotations, res.poses.shifts_A, res.poses.scores, res.half_sets)
