@@ -34,6 +34,7 @@ GRADED: tuple[str, ...] = ("good", "acceptable", "poor")
 _RANK = {"good": 0, "acceptable": 1, "poor": 2}
 TRUTH_KEY = "truth_dir"  # in ProjectData.dataset: the truth folder, relative to the project (or absolute)
 APOFERRITIN_DIAMETER_A = 136.0  # outer shell (atoms up to 68 Å from the centre)
+JUMP_FOLLOWED_A = 15.0  # a view after a tracking jump counts as followed when its shift error is at most this
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,8 +135,9 @@ THRESHOLDS: tuple[Threshold, ...] = (
     Threshold("ctf_estimate.direction", "ctf_estimate", "tilt direction right (axis mod 360°)", "", "yes",
               meaning="An axis 180° off aligns as well but mirrors the tomogram (the wrong hand) and flips the "
                       "defocus gradient across the tilted views."),
-    Threshold("exclude.planted", "exclude", "planted bad views excluded", "%", "higher", 100.0, None,
-              "Views recorded dark or after a tracking jump spoil the tomogram where they are kept."),
+    Threshold("exclude.planted", "exclude", "planted bad views dealt with", "%", "higher", 100.0, None,
+              "Views recorded dark spoil the tomogram where they are kept: they must be excluded; a view after a "
+              "tracking jump must be excluded unless the alignment followed the jump (its shift error ≤ 15 Å)."),
     Threshold("exclude.others", "exclude", "good views excluded", "%", "lower", 10.0, 25.0,
               "Every view excluded without need loses signal and widens the missing wedge."),
     Threshold("ctf_correct.sign", "ctf_correct", "defocus gradient across the views the right way", "%", "higher",
@@ -144,7 +146,7 @@ THRESHOLDS: tuple[Threshold, ...] = (
     Threshold("preprocess_for_reconstruction.normalise", "preprocess_for_reconstruction",
               "views scaled as asked (worst deviation)", "", "lower", 0.01, 0.1,
               "With 'scale', every view must have the mean and SD asked for."),
-    Threshold("reconstruct.cc_ratio", "reconstruct", "correlation with the truth / with the true alignment", "",
+    Threshold("reconstruct.cc_ratio", "reconstruct", "correlation with the truth vs the true alignment's", "",
               "higher", 0.8, 0.6,
               "The tomogram's correlation with the true specimen (both low-passed to 2 voxels), relative to the "
               "same reconstruction made with the true alignment: what alignment and exclusion errors cost."),
@@ -539,8 +541,12 @@ def _score_binning(c: _Ctx, step: str) -> list[Measure]:
 def _score_align(c: _Ctx, step: str) -> list[Measure]:
     from tomoguide import truth
 
-    a = truth.alignment_errors(c.truth_dir, c.out(step, "series"))
+    dark = {name: [float(v["nominal_tilt_deg"]) for v in views if v["kind"] == "dark"]
+            for name, views in truth.planted_bad_views(c.truth_dir).items()}
+    a = truth.alignment_errors(c.truth_dir, c.out(step, "series"), leave_out_tilts_deg=dark)
     c.facts[step] = a
+    left_out = [f"{t:+.0f}°" for v in dark.values() for t in v]
+    note = f"; planted dark view(s) {', '.join(left_out)} left out (judged at the exclusion)" if left_out else ""
     out = []
     per = a["series"]
     worst_shift = max(per.values(), key=lambda v: v["shift_rms_px"])
@@ -554,11 +560,17 @@ def _score_align(c: _Ctx, step: str) -> list[Measure]:
         out.append(_measure("align.shifts", shift_A, f"{shift_A:.1f} Å = {worst_shift['shift_rms_px']:.2f} px of "
                                                      f"{worst_shift['pixel_size_A']:.1f} Å; worst view "
                                                      f"{view['worst_view_tilt_deg']:+.0f}° "
-                                                     f"({view['worst_view_error_px'] * view['pixel_size_A']:.0f} Å)"))
+                                                     f"({view['worst_view_error_px'] * view['pixel_size_A']:.0f} Å)"
+                                                     f"{note}"))
+        off = [n for n, v in per.items() if abs(v["axis_error_mod360_deg"]) > 90]
+        out.append(_info("align.direction", "tilt direction (axis mod 360°)",
+                         f"180° off in {', '.join(off)}: the alignment cannot see it (the same line); the CTF "
+                         "estimation's tilt-direction check must turn it" if off else "as the truth",
+                         short="180° off" if off else "right"))
     else:
         out.append(_measure("assign_alignment.shifts", shift_A,
                             f"{shift_A:.1f} Å = {worst_shift['shift_rms_px']:.2f} px of "
-                            f"{worst_shift['pixel_size_A']:.2f} Å"))
+                            f"{worst_shift['pixel_size_A']:.2f} Å{note}"))
     return out
 
 
@@ -593,14 +605,30 @@ def _score_exclude(c: _Ctx) -> list[Measure]:
 
     b = truth.bad_view_detection(c.out("exclude", "series"), c.truth_dir)
     c.facts["exclude"] = {"bad_views": b}
-    planted = [p for v in b.values() for p in v["planted_views"]]
+    planted = [dict(p, series=name) for name, v in b.items() for p in v["planted_views"]]
     out = []
     if planted:
-        n_ex = sum(p["excluded"] for p in planted)
-        out.append(_measure("exclude.planted", 100.0 * n_ex / len(planted),
-                            f"{n_ex} of {len(planted)} ("
-                            + ", ".join(f"{p['kind']} {p['nominal_tilt_deg']:+.0f}°: "
-                                        f"{'excluded' if p['excluded'] else 'KEPT'}" for p in planted) + ")"))
+        kept_jumps = [p for p in planted if p["kind"] == "jump" and not p["excluded"]]
+        if kept_jumps:  # a jump the alignment followed needs no exclusion
+            a = truth.alignment_errors(c.truth_dir, c.out("exclude", "series"))["series"]
+            for p in kept_jumps:
+                v = a[p["series"]]
+                k = int(np.argmin(np.abs(np.asarray(v["view_tilts_deg"]) - p["nominal_tilt_deg"])))
+                p["error_A"] = v["view_error_px"][k] * v["pixel_size_A"]
+                p["followed"] = p["error_A"] <= JUMP_FOLLOWED_A
+        c.facts["exclude"]["planted"] = planted
+
+        def state(p: dict[str, Any]) -> str:
+            if p["excluded"]:
+                return "excluded"
+            if p.get("followed"):
+                return f"kept, followed by the alignment ({p['error_A']:.0f} Å)"
+            return "KEPT" + (f" ({p['error_A']:.0f} Å off)" if "error_A" in p else "")
+
+        n_ok = sum(p["excluded"] or bool(p.get("followed")) for p in planted)
+        out.append(_measure("exclude.planted", 100.0 * n_ok / len(planted),
+                            f"{n_ok} of {len(planted)} (" + ", ".join(f"{p['kind']} {p['nominal_tilt_deg']:+.0f}°: "
+                                                                      f"{state(p)}" for p in planted) + ")"))
     else:
         out.append(_info("exclude.planted", THRESHOLD["exclude.planted"].label, "none planted in this data set",
                          short="none planted"))
@@ -780,7 +808,7 @@ def _check_answer(c: _Ctx, item: dict[str, Any]) -> Measure:
         a = truth.alignment_errors(c.truth_dir, c.out("exclude", "series"))["series"][item["series"]]
         k = int(np.argmin(np.abs(np.asarray(a["view_tilts_deg"]) - item["nominal_tilt_deg"])))
         err_A = a["view_error_px"][k] * a["pixel_size_A"]
-        ok = err_A <= float(item.get("max_error_A", 15.0))
+        ok = err_A <= float(item.get("max_error_A", JUMP_FOLLOWED_A))
         return _answer(item, ok, f"kept ({sug}); its shift error {err_A:.0f} Å: " +
                        ("the alignment followed the jump" if ok else "the alignment lost it: exclude it"))
     if kind == "gain_orientation":

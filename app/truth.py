@@ -259,12 +259,15 @@ def _true_geometry_like(truth_dir: Path, g: Any) -> Any:
     return tg.model_validate(d)
 
 
-def alignment_errors(truth_dir: Path, align_series: Path) -> dict[str, Any]:
+def alignment_errors(truth_dir: Path, align_series: Path, *,
+                     leave_out_tilts_deg: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """Tilt-axis angle and per-view shift errors of an alignment against the truth, at the alignment's binning.
 
     The specimen origin of an alignment is arbitrary (a 3D translation t of all points changes view i's shift by
     ``R(θ) [t_x cos β_i + t_z sin β_i, t_y]``); that translation is fitted by least squares and removed before the
     RMS of the shift differences is taken (``shift_rms_px``); ``origin_offset_px`` is the fitted translation.
+    Excluded views, and per series the views at ``leave_out_tilts_deg`` (nominal tilts, e.g. planted dark views
+    that no alignment can place), are left out of the fit and the RMS (``view_error_px`` still lists them).
     """
     sset, _ = SeriesSet.load(align_series)
     out: dict[str, Any] = {"series": {}}
@@ -272,6 +275,8 @@ def alignment_errors(truth_dir: Path, align_series: Path) -> dict[str, Any]:
         g = s.geometry
         tg = _true_geometry_like(truth_dir, g)
         use = ~np.asarray(g.excluded)
+        for t in (leave_out_tilts_deg or {}).get(s.name, []):
+            use &= np.abs(np.asarray(g.tilt_angles_deg) - float(t)) > 0.05
         rms, t = origin_removed_shift_rms(g.specimen_shifts_px(), tg.specimen_shifts_px(), tg.tilt_axis_deg,
                                           tg.true_tilt_deg(), use=use)
         per_view = origin_removed_view_errors(g.specimen_shifts_px(), tg.specimen_shifts_px(), tg.tilt_axis_deg,
