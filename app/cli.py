@@ -1,4 +1,4 @@
-"""The command line: ``tomoguide new | run | status | inspect | simulate | demo | gui | screenshots``.
+"""The command line: ``tomoguide new | run | status | export | inspect | simulate | demo | gui | screenshots``.
 
 Every step's parameters come from its declaration: ``--set STEP.PARAM=VALUE`` is validated by the step's
 parameter model, so a typo or an out-of-range value is refused with the reason. Long work shows a progress bar
@@ -315,6 +315,19 @@ def cmd_relocate(args: argparse.Namespace) -> int:
     except ProjectError as exc:
         raise CliError(str(exc)) from None
     for line in changed:
+        print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the project's results for RELION 5 or IMOD (:mod:`tomoguide.export`)."""
+    from tomoguide.export import ExportError, export_project, summary_lines
+
+    try:
+        result = export_project(Path(args.project), args.to, Path(args.dir), force=args.force)
+    except ExportError as exc:
+        raise CliError(str(exc)) from None
+    for line in summary_lines(result):
         print(line)
     return 0
 
@@ -669,6 +682,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the folder even when its mdocs differ (the steps that read them will run again)")
     s.add_argument("--break-lock", action="store_true", help="as for run")
     s.set_defaults(func=cmd_relocate)
+
+    s = sub.add_parser("export", help="write the project's tilt series, alignment, CTF, particles and maps for "
+                                      "RELION 5 or IMOD (with a README stating the conventions)")
+    s.add_argument("project", metavar="PROJECT_DIR")
+    s.add_argument("--to", required=True, choices=["relion5", "imod"], help="the format")
+    s.add_argument("dir", metavar="DIR",
+                   help="the folder to write, e.g. PROJECT_DIR/export/FORMAT (new, empty, or an earlier export's: "
+                        "its files are replaced); paths in the files are relative to it")
+    s.add_argument("--force", action="store_true",
+                   help="write into a folder that is not empty and was not made by an earlier export")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("inspect", help="what tomoguide reads from mdoc, MRC, STAR, IMOD, AreTomo and "
                                        "coordinate files")

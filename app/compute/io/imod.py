@@ -42,6 +42,7 @@ __all__ = [
     "read_tlt",
     "read_xf",
     "read_xtilt",
+    "write_mod_points",
     "write_tlt",
     "write_xf",
     "write_xtilt",
@@ -465,6 +466,65 @@ def read_mod_points(path: PathType, *, strict: bool = True) -> ModPoints:
         point_sizes=cat(size_parts, np.float64, (0,)),
         flags=int(flags),
     )
+
+
+_UNIT_CODES = {v: k for k, v in _UNITS.items()}
+#: object flags (IMOD imodel.h): open contours (bit 3) and scattered points (bit 9)
+_OBJ_OPEN = 1 << 3
+_OBJ_SCAT = 1 << 9
+
+
+def write_mod_points(
+    path: PathType,
+    objects: list[tuple[str, Any]],
+    *,
+    image_shape_xyz: tuple[int, int, int],
+    pixel_size: float = 1.0,
+    units: str = "pixel",
+    sphere_radius_px: int = 5,
+    model_name: str = "tomoguide",
+) -> Path:
+    """Write an IMOD binary model (``IMODV1.2``, big-endian) of scattered points; the inverse of
+    :func:`read_mod_points` for the points, object names, image size, pixel size and units.
+
+    ``objects``: ``[(name, points), ...]``, each ``points`` an (n, 3) array of IMOD model coordinates
+    ``(x, y, z)`` in pixels of the image the model belongs to (IMOD's: x and y from the image's left and
+    bottom *edges*, so the centre of 0-based voxel ``(i, j, k)`` is ``(i + 0.5, j + 0.5, k)``; z is the section
+    number). Every object is a scattered-point object (drawn as spheres of ``sphere_radius_px``) holding its
+    points in one contour (an empty object holds none). ``image_shape_xyz``: (nx, ny, nz) of that image;
+    ``pixel_size`` in ``units`` ("pixel", "nm", "angstrom", ...). Written to a temporary file and renamed.
+    Layout: IMOD's binary format description (bio3d.colorado.edu/imod/doc/binspec.html).
+    """
+    p = Path(path)
+    if units not in _UNIT_CODES:
+        raise ValueError(f"units must be one of {', '.join(_UNIT_CODES)}, got {units!r}")
+    nx, ny, nz = (int(v) for v in image_shape_xyz)
+    parts = [b"IMODV1.2", _MODEL_HEADER.pack(
+        model_name.encode("latin-1")[:127], nx, ny, nz, len(objects),
+        0,  # flags
+        1, 1, 0, 255,  # drawmode, mousemode, blacklevel, whitelevel
+        0.0, 0.0, 0.0, 1.0, 1.0, 1.0,  # offsets, scales
+        0, 0, 0, 3, 128,  # current object, contour, point; res; thresh
+        float(pixel_size), _UNIT_CODES[units], 0, 0.0, 0.0, 0.0)]
+    colours = [(0.0, 1.0, 0.0), (1.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0)]
+    for k, (name, points) in enumerate(objects):
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if not np.all(np.isfinite(pts)):
+            raise ValueError(f"object {name!r}: non-finite point coordinates")
+        n_cont = 1 if len(pts) else 0
+        r, g, b = colours[k % len(colours)]
+        parts.append(b"OBJT" + _OBJECT_HEADER.pack(
+            name.encode("latin-1")[:63], *([0] * 16), n_cont, _OBJ_OPEN | _OBJ_SCAT,
+            0, 1, r, g, b, int(sphere_radius_px),
+            1, 3, 1, 1, 0, 0, 0, 0,  # symbol (circle), symsize, linewidth2, linewidth, linesty, symflags, pad, trans
+            0, 0))  # meshsize, surfsize
+        if n_cont:
+            parts.append(b"CONT" + _CONTOUR_HEADER.pack(len(pts), 0, 0, 0) + pts.astype(">f4").tobytes())
+    parts.append(b"IEOF")
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_bytes(b"".join(parts))
+    tmp.replace(p)
+    return p
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,0 +1,252 @@
+"""``tomoguide export``: RELION 5 and IMOD files read back give the project's geometry, particles and maps.
+
+The project is the session's tiny demo run (``tiny_project_root``); the export is written outside it (the export
+opens the project read-only, so it is not copied). Tests of bad states use a project with no step done.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+
+from tomoguide.cli import main
+from tomoguide.compute.io.imod import read_mod_points, read_tlt, read_xf, read_xtilt
+from tomoguide.compute.io.mrc import read_header
+from tomoguide.compute.io.star import read_particles_star, read_star, read_tilt_series_star, read_tomograms_star
+from tomoguide.export import MARKER, manifest_of
+from tomoguide.geometry import TiltSeriesGeometry, rotation_angle_deg
+from tomoguide.project import Project
+from tomoguide.results import export_commands
+from tomoguide.steps.average_records import AverageRecord, ParticleStack
+from tomoguide.steps.records import SeriesSet
+
+
+def _done(project: Path, *step_ids: str) -> Project:
+    proj = Project.open(project, readonly=True)
+    missing = [s for s in step_ids if proj.data.steps[s].status != "done"]
+    if missing:
+        proj.close()
+        pytest.skip(f"the tiny run did not finish {', '.join(missing)}")
+    return proj
+
+
+def _valid_mrc(path: Path) -> None:
+    report = io.StringIO()
+    assert mrcfile.validate(str(path), print_file=report), f"{path}: {report.getvalue()}"
+
+
+def _same_geometry(a: TiltSeriesGeometry, b: TiltSeriesGeometry, views: np.ndarray, *, shift_tol_A: float) -> None:
+    """True tilts, per-view in-plane rotations (1e-4°) and specimen shifts (Å) of ``a`` equal ``b``'s ``views``."""
+    np.testing.assert_allclose(a.true_tilt_deg(), b.true_tilt_deg()[views], atol=1e-4)
+    ra = rotation_angle_deg(a.xf_array()[:, :, :2])
+    rb = rotation_angle_deg(b.xf_array()[views, :, :2])
+    np.testing.assert_allclose((ra - rb + 180.0) % 360.0 - 180.0, 0.0, atol=1e-4)
+    sa = a.specimen_shifts_px() * a.pixel_size_binned_A
+    sb = b.specimen_shifts_px()[views] * b.pixel_size_binned_A
+    np.testing.assert_allclose(sa, sb, atol=shift_tol_A)
+    assert a.x_tilt_deg == pytest.approx(b.x_tilt_deg, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def relion_export(tiny_project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "relion5"
+    _done(tiny_project_root / "project", "exclude").close()
+    assert main(["export", str(tiny_project_root / "project"), "--to", "relion5", str(out)]) == 0
+    return out
+
+
+def test_the_summary_shows_runnable_export_commands(tiny_project_root: Path) -> None:
+    project = tiny_project_root / "project"
+    commands = export_commands(project)
+    assert [c.split()[4] for c in commands] == ["relion5", "imod"]
+    assert all(c.endswith(f"export/{c.split()[4]}") for c in commands)
+
+
+def test_relion5_star_files_parse_and_paths_resolve(relion_export: Path) -> None:
+    stars = sorted(relion_export.rglob("*.star"))
+    assert {p.relative_to(relion_export).as_posix() for p in stars} >= {
+        "tomograms.star", "particles.star", "optimisation_set.star"}
+    for p in stars:
+        assert starfile.read(p, always_dict=True), p
+    opt = read_star(relion_export / "optimisation_set.star")[""]
+    assert opt["rlnTomoParticlesFile"] == "particles.star" and opt["rlnTomoTomogramsFile"] == "tomograms.star"
+    files = manifest_of(relion_export).files
+    assert "README.txt" in files and all((relion_export / f).is_file() for f in files)
+    readme = (relion_export / "README.txt").read_text()
+    assert "rlnTomoHand = -1" in readme and "rlnTomoZRot" in readme
+
+
+def test_relion5_geometry_reads_back_as_the_projects(tiny_project_root: Path, relion_export: Path) -> None:
+    with _done(tiny_project_root / "project", "exclude") as proj:
+        sset, base = SeriesSet.load(proj.output_path("exclude", "series"))
+    tomos = read_tomograms_star(relion_export / "tomograms.star")
+    assert sorted(tomos.names) == sorted(sset.names())
+    for s in sset.series:
+        g = s.geometry
+        row = tomos.tomograms[tomos.tomograms["rlnTomoName"] == s.name].iloc[0]
+        assert int(row["rlnTomoHand"]) == g.defocus_handedness
+        px = float(row["rlnTomoTiltSeriesPixelSize"])
+        assert px == pytest.approx(g.pixel_size_binned_A)
+        tilts = read_tilt_series_star(relion_export / row["rlnTomoTiltSeriesStarFile"])
+        views = g.included_views()
+        assert len(tilts) == views.size
+        # images: k@stack, the project's own stack (same size), k counting from 1
+        stacks = {name.split("@", 1)[1] for name in tilts["rlnMicrographName"]}
+        assert len(stacks) == 1
+        stack = relion_export / stacks.pop()
+        head = read_header(stack)
+        assert head.shape == read_header(s.path("stack", base)).shape
+        _valid_mrc(stack)
+        assert [int(n.split("@")[0]) - 1 for n in tilts["rlnMicrographName"]] == views.tolist()
+        offset = float(np.median(tilts["rlnTomoYTilt"] - tilts["rlnTomoNominalStageTiltAngle"]))
+        back = TiltSeriesGeometry.from_relion5(tilts, name=s.name, pixel_size_A=g.pixel_size_A,
+                                               binning=px / g.pixel_size_A, image_shape_px=(head.ny, head.nx),
+                                               tilt_offset_deg=offset)
+        _same_geometry(back, g, views, shift_tol_A=1e-3)
+        np.testing.assert_allclose(tilts["rlnTomoNominalStageTiltAngle"], np.asarray(g.tilt_angles_deg)[views],
+                                   atol=1e-4)
+        if g.prior_dose_e_A2 is not None:
+            np.testing.assert_allclose(tilts["rlnMicrographPreExposure"], np.asarray(g.prior_dose_e_A2)[views],
+                                       atol=1e-4)
+        ctf = read_star(s.path("ctf_star", base))
+        ctf = next(v for v in ctf.values() if hasattr(v, "columns"))
+        np.testing.assert_allclose(tilts["rlnDefocusU"], ctf["rlnDefocusU"].to_numpy(float)[views], atol=1e-3)
+        np.testing.assert_allclose(tilts["rlnDefocusV"], ctf["rlnDefocusV"].to_numpy(float)[views], atol=1e-3)
+        np.testing.assert_allclose(tilts["rlnCtfAstigmatism"], tilts["rlnDefocusU"] - tilts["rlnDefocusV"],
+                                   atol=1e-3)
+        if "rlnTomoReconstructedTomogram" in row.index:
+            tomo = relion_export / row["rlnTomoReconstructedTomogram"]
+            _valid_mrc(tomo)
+            nz, ny, nx = read_header(tomo).shape
+            b = float(row["rlnTomoTomogramBinning"])
+            assert (row["rlnTomoSizeX"], row["rlnTomoSizeZ"]) == (round(nx * b), round(nz * b))
+
+
+def test_relion5_particles_and_maps_match_the_project(tiny_project_root: Path, relion_export: Path) -> None:
+    sources = manifest_of(relion_export).sources
+    if "particles" not in sources:
+        pytest.skip("the tiny run did not reach the extraction")
+    step = sources["particles"]
+    with _done(tiny_project_root / "project", step) as proj:
+        if step == "extract":
+            rec, folder = ParticleStack.load(proj.output_path(step, "particles"))
+            original = read_particles_star(rec.path("star", folder)).particles
+        else:
+            rec, folder = AverageRecord.load(proj.output_path(step, "average"))
+            original = read_particles_star(rec.path("particles", folder)).particles
+    ps = read_particles_star(relion_export / "particles.star")
+    assert int(ps.general["rlnTomoSubTomosAre2DStacks"]) == 0
+    optics = ps.optics.iloc[0]
+    for label in ("rlnOpticsGroupName", "rlnSphericalAberration", "rlnVoltage", "rlnAmplitudeContrast",
+                  "rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize", "rlnImageSize", "rlnTomoSubtomogramBinning"):
+        assert label in optics.index, label
+    assert int(optics["rlnImageDimensionality"]) == 3 and int(optics["rlnCtfDataAreCtfPremultiplied"]) == 1
+    df = ps.particles
+    assert len(df) == len(original)
+    for cols in (["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"],
+                 ["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]):
+        np.testing.assert_allclose(df[cols].to_numpy(float), original[cols].to_numpy(float), atol=1e-3)
+    if "rlnAngleRot" in original.columns:
+        cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+        np.testing.assert_allclose(df[cols].to_numpy(float), original[cols].to_numpy(float), atol=1e-4)
+    assert (df["rlnRandomSubset"].to_numpy() == original["rlnRandomSubset"].to_numpy()).all()
+    box = int(optics["rlnImageSize"])
+    for name in list(df["rlnImageName"]) + list(df["rlnCtfImage"]):
+        assert not Path(name).is_absolute()
+        p = relion_export / name
+        assert p.is_file(), name
+    for name in (df["rlnImageName"].iloc[0], df["rlnCtfImage"].iloc[0]):
+        _valid_mrc(relion_export / name)
+        assert read_header(relion_export / name).shape == (box, box, box)
+    if "maps" in sources:
+        maps = sorted((relion_export / "maps").glob("*.mrc"))
+        assert {p.name for p in maps} >= {"map.mrc", "half1.mrc", "half2.mrc"}
+        for p in maps:
+            _valid_mrc(p)
+            with mrcfile.open(p, permissive=False) as m:
+                assert float(m.voxel_size.x) == pytest.approx(float(optics["rlnImagePixelSize"]), rel=1e-5) or \
+                    sources["maps"] != step
+                assert (float(m.header.origin.x), float(m.header.origin.y), float(m.header.origin.z)) == (0, 0, 0)
+                assert (int(m.header.nxstart), int(m.header.nystart), int(m.header.nzstart)) == (0, 0, 0)
+
+
+def test_imod_files_read_back_as_the_projects_geometry_and_picks(tiny_project_root: Path, tmp_path: Path) -> None:
+    project = tiny_project_root / "project"
+    out = tmp_path / "imod"
+    assert main(["export", str(project), "--to", "imod", str(out)]) == 0
+    with _done(project, "exclude") as proj:
+        sset, base = SeriesSet.load(proj.output_path("exclude", "series"))
+        picks = read_particles_star(proj.output_path("pick", "particles")).particles \
+            if proj.data.steps["pick"].status == "done" else None
+        tomos = SeriesSet.load(proj.output_path("reconstruct", "tomograms")) \
+            if proj.data.steps["reconstruct"].status == "done" else None
+    for s in sset.series:
+        g = s.geometry
+        assert read_header(out / f"{s.name}.st").shape == read_header(s.path("stack", base)).shape
+        back = TiltSeriesGeometry.from_imod(read_xf(out / f"{s.name}.xf"), read_tlt(out / f"{s.name}.tlt"),
+                                            name=s.name, pixel_size_A=g.pixel_size_A, binning=g.binning,
+                                            image_shape_px=g.image_shape_px, tilt_offset_deg=g.tilt_offset_deg)
+        views = np.arange(g.n_views)
+        # .xf shifts are written to 0.001 px (IMOD's format): compare to that, in Å
+        _same_geometry(back, g, views, shift_tol_A=1e-3 * g.pixel_size_binned_A)
+        np.testing.assert_allclose(back.xf_array()[:, :, :2], g.xf_array()[:, :, :2], atol=1e-6)
+        np.testing.assert_allclose(read_tlt(out / f"{s.name}.rawtlt"), g.tilt_angles_deg, atol=1e-4)
+        np.testing.assert_allclose(read_xtilt(out / f"{s.name}.xtilt"), 0.0)
+        if picks is None or tomos is None:
+            continue
+        entry = next(t for t in tomos[0].series if t.name == s.name)
+        nz, ny, nx = entry.info["shape_zyx"]
+        vox = entry.geometry.pixel_size_binned_A
+        model = read_mod_points(out / f"{s.name}.mod")
+        assert model.image_shape_xyz == (nx, ny, nz) and model.pixel_size == pytest.approx(vox)
+        mine = picks[picks["rlnTomoName"] == s.name]
+        centred = mine[["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
+                        "rlnCenteredCoordinateZAngst"]].to_numpy(float)
+        voxel_xyz = centred / vox + (np.array([nx, ny, nz]) - 1) / 2.0  # tomoguide: voxel i's centre at i
+        np.testing.assert_allclose(model.xyz, voxel_xyz + [0.5, 0.5, 0.0], atol=1e-3)  # IMOD: x, y from the edge
+        assert read_header(out / f"{s.name}_rec.mrc").shape == (nz, ny, nx)
+
+
+def test_nothing_to_export_is_one_line_naming_the_step(tmp_path: Path, mini_session: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "p"
+    assert main(["new", str(project), "--movies", str(mini_session)]) == 0
+    capsys.readouterr()
+    for fmt, step in (("relion5", "exclude"), ("imod", "assign_alignment")):
+        out = tmp_path / f"out-{fmt}"
+        assert main(["export", str(project), "--to", fmt, str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "nothing to export" in err and f"({step})" in err and "pending" in err, err
+        assert not out.exists()
+    assert main(["export", str(tmp_path / "nope"), "--to", "relion5", str(tmp_path / "o")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_a_folder_not_made_by_export_is_refused_unless_forced(tiny_project_root: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    project = tiny_project_root / "project"
+    _done(project, "assign_alignment").close()
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["export", str(project), "--to", "imod", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(["export", str(project), "--to", "imod", str(out), "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "keep me" and (out / MARKER).is_file()
+    # an earlier export's folder is replaced: its files removed first (a stale one listed in it goes too)
+    again = tmp_path / "again"
+    assert main(["export", str(project), "--to", "imod", str(again)]) == 0
+    manifest = manifest_of(again)
+    (again / "stale.xf").write_text("old")
+    raw = manifest.model_copy(update={"files": [*manifest.files, "stale.xf"]})
+    (again / MARKER).write_text(raw.model_dump_json())
+    assert main(["export", str(project), "--to", "imod", str(again)]) == 0
+    assert not (again / "stale.xf").exists() and (again / "README.txt").is_file()
