@@ -14,8 +14,8 @@ at ``(P_f A_sub E)ᵀ (k, 0)``, weights ``(scale · CTF · exposure filter)²``,
 with gridding correction). Measured against RELION's map: real-space correlation inside a sphere of 300 Å
 diameter (radius 12.5 px), FSC (unmasked and with a soft sphere of the same radius, 2 px edge) and where it first
 drops below 0.5; the same for convention variants (rotation transposed, tomogram hand mirrored, image rows
-flipped, the map mirrored in z, stacks indexed by visible frame as RELION's own extraction writes them, no
-exposure filter, no oversampling), for the record only: the reconstruction implements the one convention above.
+flipped, the map mirrored in z, stacks indexed by visible frame as RELION's own extraction writes them, CTF depths
+from the coordinates read as binned pixels, no exposure filter, no oversampling), for the record only: the reconstruction implements the one convention above.
 Writes ``OUT/relion_particles.json`` and ``OUT/relion_particles_slices.png`` (central slices side by side).
 """
 
@@ -89,7 +89,8 @@ def compare(vol: np.ndarray, ref: np.ndarray, voxel_A: float) -> dict:
     }
 
 
-def variant_maps(particles, subtilts: list[Subtilts], rots: np.ndarray, shifts: np.ndarray) -> dict[str, np.ndarray]:
+def variant_maps(particles, subtilts: list[Subtilts], rots: np.ndarray, shifts: np.ndarray,
+                 particles_source: Path) -> dict[str, np.ndarray]:
     """Maps of the convention variants (for the record; not what the code implements, except 'relion5')."""
     b = particles.box
     out = {}
@@ -121,6 +122,9 @@ def variant_maps(particles, subtilts: list[Subtilts], rots: np.ndarray, shifts: 
                 g.images[j] = 0.0
                 g.images[j, vis] = im[np.arange(vis.size)]
     out["stack_indexed_by_visible_tilt"] = reconstruct_relion_particles(q)
+    # WarpTools writes rlnCoordinateX/Y/Z in the exported (binned) pixels; RELION 5 reads tilt-series pixels
+    c = read_relion_particles(particles_source, pixel_coordinates="binned")
+    out["ctf_depth_from_coordinates_in_binned_pixels"] = reconstruct_relion_particles(c)
     out["no_exposure_filter"] = reconstruct_relion_particles(particles, dose_weighting=False)
     out["no_oversampling_pad1"] = reconstruct_relion_particles(particles, pad=1)
     return out
@@ -209,9 +213,23 @@ def main(argv: list[str] | None = None) -> int:
     freqs, _ = fsc(vol, ref, voxel_A=voxel)
     variants = {"relion5 (implemented)": main_cmp,
                 "map_mirrored_z (reference frame z -> -z)": compare(mirror(vol, 0), ref, voxel)}
-    for name, v in variant_maps(particles, subtilts, rots, shifts).items():
+    for name, v in variant_maps(particles, subtilts, rots, shifts, args.data / OPT_SET).items():
         variants[name] = compare(v, ref, voxel)
         variants[name + " + map_mirrored_z"] = compare(mirror(v, 0), ref, voxel)
+    # the agreement expected with a noise-free map from the noise of the particles themselves (half sets), for
+    # both readings of rlnCoordinateX/Y/Z (RELION 5: tilt-series pixels; WarpTools writes binned pixels)
+    noise_limit = {}
+    for pc in ("relion", "binned"):
+        pp = read_relion_particles(args.data / OPT_SET, pixel_coordinates=pc)
+        rr, tt = relion_poses(pp)
+        rc = Reconstructor(relion_subtilts(pp), pad=2)
+        vv = rc.reconstruct(rr, tt)
+        sel = np.arange(pp.n_particles) % 2 == 0
+        rh = masked_correlation(rc.reconstruct(rr, tt, sel), rc.reconstruct(rr, tt, ~sel), 0.5 * MASK_DIAMETER_A / voxel)
+        noise_limit[pc] = {"half_sets_correlation": round(rh, 4),
+                           "expected_correlation_with_noise_free_map sqrt(2rho/(1+rho))": round(float(np.sqrt(2 * rh / (1 + rh))), 4),
+                           "correlation_with_reference_direct": round(masked_correlation(vv, ref, 0.5 * MASK_DIAMETER_A / voxel), 4),
+                           "correlation_with_reference_mirrored_z": round(masked_correlation(mirror(vv, 0), ref, 0.5 * MASK_DIAMETER_A / voxel), 4)}
     for ax, nm in ((2, "x"), (1, "y")):
         variants[f"map_mirrored_{nm}"] = compare(mirror(vol, ax), ref, voxel)
     variants["map_inverted (r -> -r)"] = compare(mirror(mirror(mirror(vol, 0), 1), 2), ref, voxel)
@@ -247,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "noise_limited_correlation_with_a_noise_free_map": round(float(np.sqrt(2 * rho / (1 + rho))), 4),
         "noise_limited_fsc_with_a_noise_free_map (sqrt(2 FSC_half / (1 + FSC_half)))": [
             round(float(np.sqrt(max(0.0, 2 * v / (1 + v)))), 4) if v > -1 else 0.0 for v in ch],
+        "noise_limit_by_coordinate_reading": noise_limit,
         "timings_s": {"read_star_and_stacks": round(t_read, 3), "subtilts_and_ctf_weights": round(t_prep, 3),
                       "reconstruct (Reconstructor init + reconstruct)": round(t_rec, 3),
                       "reconstruct_relion_particles (all, second call)": round(t_api, 3)},
@@ -262,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: result[k] for k in ("correlation_300A_mask", "correlation_300A_mask_lowpass_60A",
                                              "fsc_0.5_A", "fsc_0.5_A_masked", "targets_met", "timings_s",
                                              "half_sets_correlation_300A_mask",
-                                             "noise_limited_correlation_with_a_noise_free_map")}, indent=1))
+                                             "noise_limited_correlation_with_a_noise_free_map",
+                                             "noise_limit_by_coordinate_reading")}, indent=1))
     for name, v in variants.items():
         print(f"{name:60s} cc={v['correlation_300A_mask']:.3f} cc60={v['correlation_300A_mask_lowpass_60A']:.3f} "
               f"fsc0.5={v['fsc_0.5_A']} masked={v['fsc_0.5_A_masked']}")

@@ -21,6 +21,12 @@ Conventions, as RELION 5 uses them (``Experiment::read`` in ``src/exp_model.cpp`
   (Grant & Grigorieff; the dose is the exposure before the tilt). The weight of a sample is the square of that.
   Images that are not CTF-premultiplied are multiplied by it first (as RELION does).
 * Tilts flagged invisible in ``rlnTomoVisibleFrames`` have weight 0 and no data.
+
+Checked (``tests/compute/test_relion_particles.py``, ``bench/relion_particles.py``): sub-tilts simulated with
+RELION's projection model come back as the phantom, not its mirror. On the real WarpTools particles shipped with
+"RELION's reconstruction" (``../shared/data/relion5_warptools_particles``) the map made this way is the z-mirror of
+that file (correlation 0.46 as is, 0.71 mirrored, the noise limit of 40 particles); no rotation convention (transpose,
+image-row flip, tomogram hand) gives a mirror, so the file was not made with RELION 5's model of these STAR files.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class RelionTomogramParticles:
     ``getPosition`` before the origin shift, minus ``centre = size / 2``), used for the depth of the CTF.
     ``handedness`` ``rlnTomoHand``; ``defocus_slope`` ``rlnTomoDefocusSlope`` (1 when absent);
     ``tilt_series_pixel_A`` ``rlnTomoTiltSeriesPixelSize``. ``rows`` (m,) the particles' rows in the particles
-    STAR (0-based).
+    STAR (0-based). ``centre_px`` (3,) the tomogram centre ``size / 2`` in tilt-series pixels.
     """
 
     name: str
@@ -88,6 +88,7 @@ class RelionTomogramParticles:
     defocus_slope: float
     tilt_series_pixel_A: float
     rows: np.ndarray
+    centre_px: np.ndarray | None = None
 
     @property
     def n_particles(self) -> int:
@@ -225,14 +226,20 @@ def _tilt_table(tomo_row: pd.Series, blocks: dict, tomo_path: Path, name: str) -
 
 def read_relion_particles(
     path: str | PathLike[str], tomograms: str | PathLike[str] | None = None, *, load_images: bool = True,
+    pixel_coordinates: str = "relion",
 ) -> RelionParticles:
     """Read a RELION 5 2D-stack particle set.
 
     ``path``: an optimisation set (then ``tomograms`` is None) or the particles STAR (then ``tomograms`` is the
     tomograms STAR). ``load_images`` False leaves ``images`` as zeros of the right shape (checks the metadata
-    only). Raises :class:`FormatError` (file and block/column named) for anything missing or unsupported and
-    ``FileNotFoundError`` for a missing STAR file.
+    only). ``pixel_coordinates`` (only for ``rlnCoordinateX/Y/Z``; they give the CTF's depth): ``"relion"`` reads
+    them as RELION 5 does, tilt-series pixels from the tomogram corner; ``"binned"`` as pixels of
+    ``rlnTomoSubtomogramBinning`` × the tilt-series pixel (what WarpTools writes). Raises :class:`FormatError`
+    (file and block/column named) for anything missing or unsupported and ``FileNotFoundError`` for a missing STAR
+    file.
     """
+    if pixel_coordinates not in ("relion", "binned"):
+        raise ValueError(f"pixel_coordinates must be 'relion' or 'binned', got {pixel_coordinates!r}")
     p = Path(path)
     if tomograms is None:
         blocks0 = read_star(p)
@@ -376,14 +383,25 @@ def read_relion_particles(
         if centred:
             pos = coords[idx] / ts_px
         else:
-            pos = coords[idx] - size / 2.0
+            factor = 1.0
+            if pixel_coordinates == "binned":
+                factor = _numbers(optics, "rlnTomoSubtomogramBinning", part_path, "optics")[0]
+            pos = coords[idx] * factor - size / 2.0
         groups.append(RelionTomogramParticles(
             name=tname, images=images, visible=visible, view_matrices=mats, defocus_u_A=du, defocus_v_A=dv,
             defocus_angle_deg=da, phase_shift_deg=phase, ctf_scale=scale, pre_exposure_e_A2=dose,
             angles_deg=ang[idx], subtomo_angles_deg=sub[idx], origins_A=org[idx], positions_px=pos,
-            handedness=hand, defocus_slope=slope, tilt_series_pixel_A=ts_px, rows=idx))
-    if not centred:
+            handedness=hand, defocus_slope=slope, tilt_series_pixel_A=ts_px, rows=idx, centre_px=size / 2.0))
+    if not centred and pixel_coordinates == "binned":
+        notes.append("coordinates rlnCoordinateX/Y/Z read as binned pixels (x rlnTomoSubtomogramBinning)")
+    elif not centred:
         notes.append("coordinates rlnCoordinateX/Y/Z read as tilt-series pixels from the tomogram corner (RELION 5)")
+        binning = _numbers(optics, "rlnTomoSubtomogramBinning", part_path, "optics", default=1.0)
+        sizes = glob[["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"]].to_numpy(dtype=float)
+        if binning.max() > 1.5 and np.all(coords * binning.max() <= sizes.max(axis=0) * 1.01):
+            notes.append(f"all rlnCoordinateX/Y/Z fit in the tomograms divided by rlnTomoSubtomogramBinning "
+                         f"({binning.max():g}): probably binned pixels (WarpTools writes the export pixel size); "
+                         f"RELION 5 reads them as tilt-series pixels, so do the CTF depths here")
     return RelionParticles(particles_path=part_path, tomograms_path=tomo_path, tomograms=groups,
                            pixel_size_A=float(px[0]), box=b, voltage_kV=voltage, cs_mm=cs, amplitude_contrast=q0,
                            ctf_premultiplied=bool(int(prem[0])), notes=notes)
