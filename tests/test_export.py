@@ -209,6 +209,11 @@ def test_imod_files_read_back_as_the_projects_geometry_and_picks(tiny_project_ro
                         "rlnCenteredCoordinateZAngst"]].to_numpy(float)
         voxel_xyz = centred / vox + (np.array([nx, ny, nz]) - 1) / 2.0  # tomoguide: voxel i's centre at i
         np.testing.assert_allclose(model.xyz, voxel_xyz + [0.5, 0.5, 0.0], atol=1e-3)  # IMOD: x, y from the edge
+        # the pick step's import of the exported model gives the picks back (not half a voxel off)
+        from tomoguide.steps.pick import _import
+
+        table = _import(out / f"{s.name}.mod", {s.name: (nx, ny, nz)}, None, vox, s.name)
+        np.testing.assert_allclose(table.xyz_px, voxel_xyz, atol=1e-3)
         assert read_header(out / f"{s.name}_rec.mrc").shape == (nz, ny, nx)
 
 

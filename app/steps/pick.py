@@ -727,7 +727,10 @@ def _import(path: Path, shapes: dict[str, tuple[int, int, int]], pixel_A: float 
         if single_name is None:
             raise FormatError(path, None, "an IMOD model holds one tomogram's points; pick one tilt series")
         pts = read_mod_points(path)
-        table = coords.ParticleTable.from_points(single_name, pts.xyz, pixel_A or voxel_A)
+        # IMOD model coordinates put x and y from the image's edges (voxel i's centre at i + 0.5) and z at the
+        # section number: 0-based voxel indices are (x − 0.5, y − 0.5, z) (as write_mod_points writes them)
+        xyz = np.asarray(pts.xyz, np.float64) - np.array([0.5, 0.5, 0.0])
+        table = coords.ParticleTable.from_points(single_name, xyz, pixel_A or voxel_A)
     else:
         if single_name is None:
             raise FormatError(path, None, "a text file holds one tomogram's points; pick one tilt series")
