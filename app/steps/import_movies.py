@@ -453,6 +453,36 @@ def _wrap_deg(a: float) -> float:
     return 180.0 if w == -180.0 else w
 
 
+def _stack_to_movie_scale(mdocs: list[mdocio.Mdoc], records: list[mdocio.TiltRecord]
+                          ) -> tuple[float, str] | None:
+    """The factor from a series mdoc's ``PixelSpacing`` to the movies' pixel size, when the mdoc describes a
+    binned stack: SerialEM writes ``PixelSpacing`` (Å) of the image it saved (``ImageSize``, after ``Binning``;
+    e.g. EMPIAR-10164: 5.4 Å at ``ImageSize = 924 958``, ``Binning = 4``, for movies of 3708 × 3838 px at 1.35 Å),
+    while the frames are recorded unbinned (or super-resolution). ``(ImageSize nx / movie nx, text)`` when the
+    first found movie's frames differ from ``ImageSize`` by the same factor in x and y (either orientation, 1 %),
+    else None (no ``ImageSize``, no movie header readable, or equal sizes). Per-movie [FrameSet] mdocs describe
+    the movie itself: None."""
+    from tomoguide.compute.io import movies as movio
+
+    size = next((m.image_size for m in mdocs if m.image_size), None)
+    first = next((r.movie_path for r in records if r.movie_found and r.movie_path is not None), None)
+    if size is None or first is None:
+        return None
+    try:
+        _, ny, nx, _ = movio.read_movie_header(first)
+    except (OSError, ValueError):
+        return None  # the run reports an unreadable movie
+    sx, sy = size
+    for mx, my in ((nx, ny), (ny, nx)):
+        fx, fy = sx / mx, sy / my
+        if abs(fx - fy) <= 0.01 * max(fx, fy):
+            f = (fx + fy) / 2.0
+            if abs(f - 1.0) <= 0.01:
+                return None
+            return f, f"ImageSize {sx}×{sy} px; movies {nx}×{ny} px"
+    return None
+
+
 def _plan(name: str, kind: Literal["series", "per_movie"], mdocs: list[mdocio.Mdoc],
           sections: list[mdocio.MdocSection], records: list[mdocio.TiltRecord], issues: list[Issue],
           params: ImportMoviesParams, files: mdocio.SessionFiles, session: Path, movies_dir: Path | None,
@@ -526,6 +556,15 @@ def _plan(name: str, kind: Literal["series", "per_movie"], mdocs: list[mdocio.Md
                     f"mdoc's PixelSpacing ({mdoc_px:g} Å); the typed value will be used", "pixel_size_A"))
     elif spacings:
         plan.pixel_A, plan.pixel_source = float(np.median(spacings)), "mdoc PixelSpacing"
+        scale = _stack_to_movie_scale(mdocs, records) if kind == "series" else None
+        if scale is not None:
+            factor, sizes = scale
+            mdoc_px = plan.pixel_A
+            plan.pixel_A, plan.pixel_source = mdoc_px * factor, "mdoc PixelSpacing scaled to the movies"
+            issues.append(Issue(
+                "warning", f"{label}: the mdoc's PixelSpacing {mdoc_px:g} Å is that of its saved stack ({sizes}); "
+                f"the movies' pixel size is {plan.pixel_A:.4g} Å (× {factor:g}); type the pixel size in if that is "
+                "wrong", "pixel_size_A"))
     else:
         issues.append(Issue("error", f"{label}: PixelSpacing missing; type the pixel size in", "pixel_size_A"))
     # dose
@@ -613,12 +652,22 @@ def survey(params: ImportMoviesParams) -> Survey:
             read_one(p)
     pre_keys = [mdocio.movie_keys(md) for md in series_md]
     pre_absorbed: Counter[int] = Counter()
+    # SerialEM's series mdoc is also named <stack>.mrc.mdoc: it may come among the deferred ones. A deferred
+    # mdoc that cannot be read (a cut-short frame mdoc of an aborted session) is reported only when no series
+    # mdoc read in the end lists its movie
+    pending: list[tuple[str, Issue]] = []
     for p in deferred:
-        owner = next((i for i, k in enumerate(pre_keys) if movie_key(p) in k), None)
+        key = movie_key(p)
+        owner = next((i for i, k in enumerate(pre_keys) if key in k), None)
         if owner is not None:
             pre_absorbed[owner] += 1
-        else:
-            read_one(p)
+            continue
+        n_issues, n_series = len(session_issues), len(series_md)
+        read_one(p)
+        pending += [(key or "", i) for i in session_issues[n_issues:] if i.level == "error"]
+        session_issues[n_issues:] = [i for i in session_issues[n_issues:] if i.level != "error"]
+        pre_keys += [mdocio.movie_keys(md) for md in series_md[n_series:]]
+    session_issues += [i for key, i in pending if not any(key in k for k in pre_keys)]
     # two series mdocs for the same movies (a copy, a renamed file): refused, naming both
     keys = [mdocio.movie_keys(md) for md in series_md]
     sigs = [tuple((round(s.tilt_angle_deg or 0.0, 2), s.raw.get("DateTime", "")) for s in md.sections) for md in series_md]

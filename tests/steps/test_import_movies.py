@@ -180,12 +180,12 @@ def _fake_movie(path: Path, *, n_frames: int = 2, shape: tuple[int, int] = (16, 
             m.set_data(frames)
 
 
-def _movies_for(mdoc_path: Path, folder: Path) -> list[Path]:
-    """Fake movies, named by the mdoc's SubFramePath basenames, in ``folder``."""
+def _movies_for(mdoc_path: Path, folder: Path, shape: tuple[int, int] = (16, 16)) -> list[Path]:
+    """Fake movies (``shape`` = (ny, nx) px), named by the mdoc's SubFramePath basenames, in ``folder``."""
     out = []
     for i, sec in enumerate(mdocio.read_mdoc(mdoc_path).sections):
         p = folder / mdocio._windows_basename(sec.sub_frame_path)
-        _fake_movie(p, seed=i)
+        _fake_movie(p, seed=i, shape=shape)
         out.append(p)
     return out
 
@@ -413,6 +413,18 @@ def test_series_mdoc_preferred_over_its_per_movie_mdocs(tmp_path: Path, mini_ses
     assert [s.name for s in sv.series] == ["TS_01", "TS_02"] and sv.errors == []
     assert sv.series[0].absorbed == 5 and "its 5 per-movie mdocs left out" in format_survey(sv)
     assert len(sv.mdocs) == 7
+    # a damaged frame mdoc (a tilt angle given twice, a file cut short) of a movie the series mdoc lists does not
+    # block the session, wherever it sorts among the mdocs
+    movies = sorted(mini_session.glob("*.mdoc"))
+    broken = next(p for p in movies if p.name.startswith("TS_01_") and p.name != "TS_01.mrc.mdoc")
+    broken.write_text(broken.read_text() + "TiltAngle = 3.0\n")
+    damaged = broken.with_name("aaa_" + broken.name)  # sorts before the series mdoc
+    damaged.write_text("[FrameSet = 0]\nTiltAngle = \n")
+    sv = survey(_params(mini_session))
+    assert [s.name for s in sv.series] == ["TS_01", "TS_02"]
+    assert [e.message for e in sv.errors if e.message.startswith(f"{broken}:")] == []
+    # a damaged mdoc no series mdoc accounts for is still reported
+    assert any(e.message.startswith(f"{damaged}:") for e in sv.errors)
 
 
 def test_missing_axis_pixel_and_movies_named(tmp_path: Path, mini_session: Path, monkeypatch) -> None:
@@ -557,3 +569,25 @@ def test_the_shared_mdoc_folder_as_one_session(tmp_path: Path, shared_data_dir: 
     assert sum("a montage, not a tilt series" in n for n in notes) == 2
     assert any("L1_tgt_001.mrc.mdoc: one image at 0.0°" in n for n in notes)
     assert any("2 per-movie mdocs at one tilt angle (32.984°" in n for n in notes)  # the two frame sets at 33°
+
+
+def test_pixel_spacing_of_a_binned_stack_is_scaled_to_the_movies(tmp_path: Path, shared_data_dir: Path) -> None:
+    """SerialEM's PixelSpacing is that of the saved stack (ImageSize, after Binning): EMPIAR-10164's TS_01 mdoc
+    (tomo_preprocessing test data, BSD-3) says 5.4 Å at ImageSize 924 × 958 with Binning 4, for movies at 1.35 Å.
+    Here its ImageSize is cut to 60 × 64 (the sections as recorded) and the movies are 4× that, 240 × 256 px."""
+    session = tmp_path / "session"
+    session.mkdir()
+    text = (shared_data_dir / TS01_CRLF).read_bytes().decode()
+    assert "ImageSize = 924 958" in text
+    mdoc = session / "TS_01.mrc.mdoc"
+    mdoc.write_bytes(text.replace("ImageSize = 924 958", "ImageSize = 60 64").encode())
+    _movies_for(mdoc, session / "HGK149_20151130/frames", shape=(256, 240))
+    sv = survey(_params(session, dose_per_tilt_e_A2=3.0))
+    (plan,) = sv.series
+    assert plan.pixel_A == pytest.approx(1.35) and plan.pixel_source == "mdoc PixelSpacing scaled to the movies"
+    assert any("PixelSpacing 5.4 Å is that of its saved stack" in i.message and i.level == "warning"
+               for i in plan.issues)
+    # movies of the stack's own size: PixelSpacing as it is
+    _movies_for(mdoc, session / "HGK149_20151130/frames", shape=(64, 60))
+    (plan,) = survey(_params(session, dose_per_tilt_e_A2=3.0)).series
+    assert plan.pixel_A == pytest.approx(5.4) and plan.pixel_source == "mdoc PixelSpacing"
