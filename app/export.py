@@ -104,11 +104,13 @@ class _Writer:
         self.files: list[str] = []
 
     def path(self, rel: str) -> Path:
-        """``folder/rel`` ready to be written: parents made, an existing file unlinked (never written through)."""
+        """``folder/rel`` ready to be written: parents made, an existing file unlinked (never written through);
+        refused when a folder on the way is a symbolic link (nothing is written outside the export folder)."""
         if rel.startswith("/") or ".." in rel.split("/"):
             raise ExportError(f"{rel}: not a plain relative name")
-        p = self.folder / rel
+        p = _inside(self.folder, rel)
         p.parent.mkdir(parents=True, exist_ok=True)
+        _inside(self.folder, rel)  # a link made meanwhile
         if p.is_symlink() or p.exists():
             if p.is_dir() and not p.is_symlink():
                 raise ExportError(f"{p}: a folder is in the way of a file the export writes")
@@ -134,6 +136,22 @@ class _Writer:
         return dst
 
 
+def _inside(folder: Path, rel: str) -> Path:
+    """``folder/rel`` when no folder between ``folder`` and the file is a symbolic link (the file itself may be
+    one: it is unlinked, never followed), else :class:`ExportError`."""
+    from tomoguide.integrity import PathRefused, guarded_path
+
+    parts = Path(rel).parts
+    try:
+        if len(parts) > 1:
+            guarded_path(folder, *parts[:-1])
+        else:
+            guarded_path(folder)
+    except PathRefused as exc:
+        raise ExportError(str(exc)) from None
+    return folder.joinpath(*parts)
+
+
 def prepare_folder(folder: Path, *, force: bool = False) -> None:
     """Make ``folder`` ready: created when absent; a previous export's files (listed in its marker) removed;
     a non-empty folder that no export made refused unless ``force`` (then files are only added or replaced)."""
@@ -155,13 +173,20 @@ def prepare_folder(folder: Path, *, force: bool = False) -> None:
                                   "folder or give --force") from None
             return
         for rel in old.files:
-            p = folder / rel
             if ".." in Path(rel).parts or Path(rel).is_absolute():
                 continue
+            try:
+                p = _inside(folder, rel)
+            except ExportError:
+                continue  # under a linked folder: not ours to delete
             if p.is_file() or p.is_symlink():
                 p.unlink()
         for d in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
                         key=lambda p: len(p.parts), reverse=True):
+            try:
+                _inside(folder, (d.relative_to(folder) / "x").as_posix())  # no linked folder on the way
+            except ExportError:
+                continue
             if not any(d.iterdir()):
                 d.rmdir()
         marker.unlink()

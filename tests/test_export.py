@@ -255,3 +255,26 @@ def test_a_folder_not_made_by_export_is_refused_unless_forced(tiny_project_root:
     (again / MARKER).write_text(raw.model_dump_json())
     assert main(["export", str(project), "--to", "imod", str(again)]) == 0
     assert not (again / "stale.xf").exists() and (again / "README.txt").is_file()
+
+
+def test_export_never_deletes_or_writes_through_a_linked_folder(tiny_project_root: Path, tmp_path: Path) -> None:
+    """A previous export's folder whose sub-folder was replaced by a link to elsewhere: the file the manifest
+    names there is not deleted, and the export refuses to write through the link."""
+    project = tiny_project_root / "project"
+    out = tmp_path / "imod"
+    assert main(["export", str(project), "--to", "imod", str(out)]) == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+    (out / "sub").symlink_to(victim, target_is_directory=True)
+    manifest = manifest_of(out)
+    (out / MARKER).write_text(manifest.model_copy(update={"files": [*manifest.files, "sub/precious.txt"]})
+                              .model_dump_json())
+    assert main(["export", str(project), "--to", "imod", str(out)]) == 0
+    assert (victim / "precious.txt").read_text() == "keep"
+    from tomoguide.export import ExportError, _Writer
+
+    with pytest.raises(ExportError, match="symbolic link"):
+        _Writer(out).path("sub/new.txt")
+    assert not (victim / "new.txt").exists()
+
