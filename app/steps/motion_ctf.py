@@ -300,7 +300,8 @@ class MotionCtf(Step):
         """The series' gain in the movies' orientation ``(ny, nx)`` float32 and its defect mask (pixels where the
         file is zero, negative or not finite; their gain is set to 0 and the frames' values there are replaced),
         or None when there are none. A file holding the inverse of a gain is inverted; a super-resolution gain
-        (twice the frames' size) is binned 2×. More than 10 % defects is an error naming the file."""
+        (twice the frames' size) is binned 2×, a counting gain for super-resolution frames (half their size) repeated
+        2×2. More than 10 % defects is an error naming the file."""
         from tomoguide.compute.gain import bin_gain_2x, invert_gain
         from tomoguide.compute.io.errors import FormatError
         from tomoguide.compute.io.movies import check_gain_shape, read_gain
@@ -315,6 +316,10 @@ class MotionCtf(Step):
             ctx.log(f"{s.name}: super-resolution gain {gain.shape[1]}×{gain.shape[0]} binned 2× to the movies "
                     "(harmonic mean of each 2×2 block)")
             gain = bin_gain_2x(gain)
+        elif 2 * gain.shape[0] == fy and 2 * gain.shape[1] == fx:
+            ctx.log(f"{s.name}: counting-mode gain {gain.shape[1]}×{gain.shape[0]} for super-resolution movies: each "
+                    "gain pixel applied to its 2×2 super-resolution pixels")
+            gain = np.repeat(np.repeat(gain, 2, axis=0), 2, axis=1)
         check_gain_shape(gain, s.tilts[0].frame_shape_px, s.gain)
         bad = ~np.isfinite(gain) | (gain <= 0)
         n_bad = int(bad.sum())

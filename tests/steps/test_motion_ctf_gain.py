@@ -282,3 +282,28 @@ def test_simulated_eer_session_with_a_turned_gain_and_a_dark_view(tmp_path_facto
         errs.append(np.sum((e - e.mean(axis=0)) ** 2, axis=1))
     assert len(errs) == 6 and float(np.sqrt(np.mean(np.concatenate(errs)))) < 0.3
     proj.close()
+
+
+@pytest.mark.parametrize("movie_shape", [(8, 12), (32, 48)])
+def test_gain_of_other_sampling_fits_the_movies(tmp_path: Path, movie_shape: tuple[int, int]) -> None:
+    """A 16 × 24 gain for counting movies (16 × 24), super-resolution movies with a counting gain (32 × 48:
+    each gain pixel repeated over its 2 × 2 sub-pixels) and counting movies with a super-resolution gain (8 × 12:
+    2 × 2 blocks combined by their harmonic mean, the gain of the summed counts)."""
+    from types import SimpleNamespace
+
+    from tomoguide.compute.io.mrc import write_mrc
+    from tomoguide.steps.motion_ctf import MotionCtf
+
+    gain = np.random.default_rng(3).uniform(0.5, 1.5, (16, 24)).astype(np.float32)
+    write_mrc(tmp_path / "gain.mrc", gain, voxel_size_A=1.0)
+    s = SimpleNamespace(name="TS_01", gain=tmp_path / "gain.mrc",
+                        tilts=[SimpleNamespace(frame_shape_px=movie_shape)])
+    ctx = SimpleNamespace(log=lambda text: None)
+    out, bad = MotionCtf._oriented_gain(s, (False, False, False), False, ctx)
+    assert bad is None and out.shape == movie_shape
+    if movie_shape == (32, 48):
+        np.testing.assert_array_equal(out[::2, ::2], gain)
+        np.testing.assert_array_equal(out[1::2, 1::2], gain)
+    else:
+        blocks = gain.reshape(8, 2, 12, 2)
+        np.testing.assert_allclose(out, 4.0 / (1.0 / blocks).sum(axis=(1, 3)), rtol=1e-5)
