@@ -380,9 +380,14 @@ def _find_gain(files: mdocio.SessionFiles, params: ImportMoviesParams, name: str
     if typed.lower() == NO_GAIN:
         return GainFinding(None, f"none (typed '{NO_GAIN}')")
     if typed:
-        p = mdocio._abs(typed)
+        # a relative name is looked for in the session folder (and the movie folder) first, then from the
+        # working folder
+        rel = Path(os.path.expanduser(typed))
+        bases = [] if rel.is_absolute() else [b for b in (session, movies_dir) if b is not None]
+        p = next((mdocio._abs(b / rel) for b in bases if (b / rel).is_file()), mdocio._abs(typed))
         if not p.is_file():
-            issues.append(Issue("error", f"{typed}: gain image not found", "gain_path"))
+            where = f" (looked in {', '.join(str(b) for b in bases)} and the working folder)" if bases else ""
+            issues.append(Issue("error", f"{typed}: gain image not found{where}", "gain_path"))
             return GainFinding(None, "typed, not found")
         if p.suffix.lower() in (".dm4", ".dm3"):
             issues.append(Issue("error", _dm4_message(p), "gain_path"))

@@ -471,6 +471,12 @@ def test_several_gains_warn_and_use_the_newest(tmp_path: Path, mini_session: Pat
     # typed: used as typed; 'none': no gain
     assert survey(_params(mini_session, gain_path=str(old))).series[0].gain.path == old
     assert survey(_params(mini_session, gain_path="none")).series[0].gain.path is None
+    # typed as a bare name (the GUI user types the file's name): looked for in the session folder, not in the
+    # working folder
+    assert survey(_params(mini_session, gain_path="gain_old.mrc")).series[0].gain.path == old
+    missing = survey(_params(mini_session, gain_path="gain_lost.mrc")).errors
+    assert any(e.message.startswith(f"gain_lost.mrc: gain image not found (looked in {mini_session}")
+               for e in missing)
 
 
 def test_movie_folder_outside_the_session(tmp_path: Path, mini_session: Path) -> None:
