@@ -277,6 +277,20 @@ def test_per_movie_frame_mdocs_are_assembled_into_one_series(tmp_path: Path, sha
     proj.close()
 
 
+def test_frame_mdocs_without_subframepath_name_their_movie_by_their_own_name(tmp_path: Path,
+                                                                           shared_data_dir: Path) -> None:
+    """SerialEM names a frame mdoc <movie>.mdoc; one written without SubFramePath still finds its movie."""
+    session = tmp_path / "session"
+    mdocs = _per_movie_session(session, shared_data_dir, [0.0, 3.0, -3.0])
+    for p in mdocs:
+        lines = p.read_bytes().decode().split("\r\n")
+        p.write_bytes("\r\n".join(x for x in lines if not x.startswith("SubFramePath")).encode())
+    (plan,) = survey(_params(session)).series
+    assert [e for e in plan.issues if e.level == "error"] == []
+    assert sorted(r.movie_path.name for r in plan.records) == sorted(p.name[:-5] for p in mdocs)
+    assert all(r.movie_found for r in plan.records)
+
+
 def test_per_movie_dose_from_frame_doses_and_dm4_gain(tmp_path: Path, shared_data_dir: Path) -> None:
     session = tmp_path / "session"
     _per_movie_session(session, shared_data_dir, [0.0, 3.0, -3.0], dose="0")

@@ -1171,7 +1171,8 @@ class MovieMdoc:
 
     ``section`` is the tilt's section (for a ZValue file: the first one, with the doses of all its sections
     added up and ``NumSubFrames`` the number of sections when not recorded). ``movie_name`` is the movie as
-    written (``SubFramePath``, else the file's ``ImageFile``); ``key`` the movie's identity (lower-case stem)
+    written (``SubFramePath``, else the file's ``ImageFile``, else for a frame mdoc its own name less ``.mdoc``);
+    ``key`` the movie's identity (lower-case stem)
     used to find duplicates and the movies a series mdoc lists; ``prefix``/``number`` from the name."""
 
     path: Path
@@ -1190,7 +1191,10 @@ def single_tilt(md: Mdoc, *, tolerance_deg: float = 0.05) -> MovieMdoc | None:
         return None
     if md.kind == "frameset":
         sec = md.sections[0]
-        movie = sec.sub_frame_path
+        # SerialEM names a frame mdoc <movie>.mdoc: without SubFramePath, the global ImageFile, else that name
+        own = md.path.name[:-5] if md.path.name.lower().endswith(".mdoc") else ""
+        movie = sec.sub_frame_path or md.global_fields.get("ImageFile") or (
+            own if Path(own).suffix.lower() in MOVIE_EXTENSIONS else None)
     else:
         tilts = [s.tilt_angle_deg for s in md.sections]
         if any(t is None for t in tilts) or max(tilts) - min(tilts) > tolerance_deg:  # type: ignore[type-var,operator]
