@@ -204,6 +204,19 @@ def load_particles(folder: Path) -> tuple[ParticleStack, Any, np.ndarray, np.nda
     return rec, ps, data, weights
 
 
+def reconstructor_bytes(rec: ParticleStack) -> int:
+    """Memory (bytes) that :func:`load_reconstructor` takes for the particles of ``rec``: per particle and view
+    the float16 sub-tilt and weight read (``4 E²``) and the Reconstructor's kept half-plane samples (complex64
+    data, float32 weight and index: about ``0.4 E² · 16``), E = ``info["box_before_crop_px"]``; 0 when the
+    extraction kept no uncropped sub-tilts."""
+    if not rec.info.get("uncropped_subtilts"):
+        return 0
+    e = int(rec.info.get("box_before_crop_px") or rec.box_px)
+    views = rec.info.get("views_used") or {}
+    per_view = max((len(v) for v in views.values()), default=61)
+    return int(rec.n_particles * per_view * e * e * (4 + 0.4 * 16))
+
+
 def load_reconstructor(folder: Path) -> Any:
     """The sub-tilts of an extraction before the crop, ready for the reconstructions of the averaging steps: a
     :class:`tomoguide.compute.sta.Reconstructor` (particles in the order of ``particles.star``, box the record's
@@ -285,9 +298,17 @@ class Extract(Step):
         except (KeyError, OSError, ValueError):
             crop = params.crop_px or 64
             box = params.box_px or crop
-        # the 3D data and weights, and the uncropped sub-tilts (float16 images and weights, ~60 views)
-        per = crop**3 * 8 + 60 * box**2 * 4
-        return Needs(disk_bytes=n * per, memory_bytes=n * per + 2_000_000_000)
+        try:  # the most views any series keeps
+            sset, _ = SeriesSet.load(ctx.output("exclude", "series"))
+            views = max(len(s.geometry.included_views()) for s in sset.series)
+        except (KeyError, OSError, ValueError):
+            views = 61
+        # disk: the 3D data and weights (float16) and the uncropped sub-tilts with their weights (float16);
+        # memory: one series' stack and tomogram-sized work arrays (the 2 GB margin) and one chunk of 16
+        # particles' sub-tilts (complex work arrays, ~6 copies) and 3D volumes (float32, ~4 copies)
+        per = crop**3 * 4 + views * box**2 * 4
+        chunk = 16 * (views * box**2 * 4 * 6 + crop**3 * 4 * 4)
+        return Needs(disk_bytes=n * per, memory_bytes=chunk + 2_000_000_000)
 
     def _coarse_binning(self, ctx: RunContext, pixel_size_A: float) -> float | None:
         """The binning of the extraction the particles come from (``None`` for the first extraction)."""

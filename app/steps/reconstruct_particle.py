@@ -58,9 +58,11 @@ class ReconstructParticle(Step):
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
         from tomoguide.steps.average_records import ParticleStack
+        from tomoguide.steps.extract import reconstructor_bytes
 
         rec, _ = ParticleStack.load(ctx.output("extract_fine", "particles"))
-        return Needs(disk_bytes=rec.box_px**3 * 4 * 5, memory_bytes=rec.n_particles * rec.box_px**3 * 8 * 2)
+        return Needs(disk_bytes=rec.box_px**3 * 4 * 5, memory_bytes=rec.n_particles * rec.box_px**3 * 8 * 2
+                             + reconstructor_bytes(rec))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.io.star import read_particles_star

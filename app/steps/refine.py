@@ -192,9 +192,11 @@ class Refine(Step):
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
         from tomoguide.steps.average_records import ParticleStack
+        from tomoguide.steps.extract import reconstructor_bytes
 
         rec, _ = ParticleStack.load(ctx.output(self.particles_step, "particles"))
-        return Needs(disk_bytes=rec.box_px**3 * 4 * 5, memory_bytes=rec.n_particles * rec.box_px**3 * 8 * 3)
+        return Needs(disk_bytes=rec.box_px**3 * 4 * 5, memory_bytes=rec.n_particles * rec.box_px**3 * 8 * 3
+                             + reconstructor_bytes(rec))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.refine import Poses, auto_refine

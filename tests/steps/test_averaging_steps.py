@@ -106,6 +106,26 @@ def test_2d_extraction_reads_back_as_the_same_pseudo_subtomograms(picked: Projec
     picked.set_params("extract", {"dimensionality": "3D"})
 
 
+def test_memory_estimates_cover_the_reconstructor_and_not_the_particle_count(picked: Project) -> None:
+    """The averaging steps' estimate covers what load_reconstructor really holds (within 2×); the extraction's
+    memory estimate is that of one chunk, whatever the number of particles (its disk estimate grows with it)."""
+    from tomoguide.steps.average_records import ParticleStack
+    from tomoguide.steps.extract import Extract, load_reconstructor, reconstructor_bytes
+
+    picked.set_params("extract", {"binning": 6.0, "box_px": 32, "crop_px": 24, "dimensionality": "3D"})
+    assert run_to_end(StepRun(picked, "extract")).status == "done"
+    folder = picked.output_path("extract", "particles")
+    rec, _ = ParticleStack.load(folder)
+    r = load_reconstructor(folder)
+    held = sum(a.nbytes for a in (r._vals, r._ws, r._views, r._particle))
+    est = reconstructor_bytes(rec)
+    assert held <= est <= 2.5 * held + 4 * rec.n_particles * 61 * 32**2, (held, est)
+    run = StepRun(picked, "extract")
+    ctx = run._context(picked.dir / "steps" / "extract" / "check")
+    needs = Extract().estimate(picked.params("extract"), ctx)
+    assert needs.memory_bytes < 2_100_000_000 and needs.disk_bytes >= rec.n_particles * 24**3 * 4
+
+
 def test_bad_box_sizes_are_refused_with_the_field_named(picked: Project) -> None:
     from tomoguide.runner import RunRefused
 
