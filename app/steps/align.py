@@ -10,13 +10,18 @@ depths they follow, which tilts the fitted axis by up to a degree; single partic
 alignment is stored as metadata in the geometry record and as IMOD .xf/.tlt ("+ali"); optionally an interpolated
 aligned stack is written for viewing ("!interp").
 
+With ``source = "files"`` the step computes nothing: it reads an existing alignment per tilt series from a folder
+(IMOD ``NAME.xf`` + ``NAME.tlt`` [+ ``NAME.xtilt``] or AreTomo ``NAME.aln``; :func:`read_alignment_files`), matches
+the files' views to the series' views by tilt angle, and writes the same records as patch tracking does.
+
 ``assign_alignment`` carries that alignment onto the full-size X-ray-erased series (shifts rescaled to its pixel
 size), after checking that the views and angles match.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,17 +29,46 @@ from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepP
 from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy
 
 
+SOURCES = ("patch tracking", "files")
+
+
 class AlignParams(StepParams):
+    source: Literal["patch tracking", "files"] = param(
+        "patch tracking", title="Alignment source", choices=list(SOURCES), widget="choice",
+        help="'patch tracking': find the alignment here (recommended). 'files': take an alignment you already "
+             "have, made by IMOD (etomo) or AreTomo on the same tilt series, instead of computing one: choose the "
+             "folder with its files below. Everything after this step works the same either way.")
+    alignment_dir: str | None = param(
+        None, title="Alignment files folder", widget="directory", empty_means="none chosen",
+        enabled_if=[("source", "=", "files")],
+        help="Folder holding, for every tilt series, either IMOD's NAME.xf (the transforms: etomo's final "
+             "alignment, the file newstack uses to make NAME.ali) and NAME.tlt (the refined tilt angles), optionally "
+             "NAME.xtilt, or AreTomo's NAME.aln. NAME is the tilt series' name (as shown on the import page; upper "
+             "or lower case does not matter). The views are matched to the series' views by tilt angle (within "
+             "0.5°); views missing from the files (AreTomo drops the views it discards) are excluded.")
+    alignment_binning: float | None = param(
+        None, title="Binning of the alignment files", unit="×", hard=(0.1, 64.0),
+        enabled_if=[("source", "=", "files")],
+        empty_means="from the .aln file's RawSize, else the binning of the series this step aligns",
+        help="Binning of the stack the alignment files were made on, relative to the raw movies' pixels (1 = the "
+             "full-size stack, 4 = a stack binned by 4). The shifts in .xf and .aln files are in that stack's "
+             "pixels; they are rescaled to the series aligned here. IMOD's .xf does not say its binning: etomo's "
+             "final NAME.xf is usually at binning 1 (the raw stack), and tomoguide's IMOD export states it in its "
+             "README.txt. Empty: an AreTomo .aln's RawSize gives it; otherwise the binning of the series this "
+             "step aligns (the 'preprocess for alignment' output) is assumed.")
     patch_size_A: float = param(
         500.0, title="Patch side", unit="Å", hard=(50.0, 10000.0), suggest=(200.0, 2000.0),
+        enabled_if=[("source", "=", "patch tracking")],
         tutorial=500.0,
         help="Side of the square patches that are followed through the series (tutorial 500 Å). Larger patches "
              "hold more signal; smaller ones give more patches and follow local distortions.")
     patch_overlap_pct: float = param(
         80.0, title="Patch overlap", unit="%", hard=(0.0, 95.0), suggest=(25.0, 90.0),
+        enabled_if=[("source", "=", "patch tracking")],
         tutorial=80.0,
         help="How much neighbouring patches overlap (tutorial 80 %): more overlap = more patches.")
     solve_axis: bool = param(True, title="Refine the tilt-axis angle",
+                             enabled_if=[("source", "=", "patch tracking")],
                              help="Fit the tilt-axis angle (recommended: the mdoc's value is often off by a degree).")
     check_axis: bool = param(
         True, title="Check the tilt axis against the views", enabled_if=[("solve_axis", "=", True)],
@@ -64,6 +98,7 @@ class AlignParams(StepParams):
         help="A patch's track stops where its correlation peak falls below this.")
     refine_with_markers: bool = param(
         True, title="Refine with particles as markers",
+        enabled_if=[("source", "=", "patch tracking")],
         help="After patch tracking, find compact dense particles (apoferritin, ribosomes, contamination) in a quick "
              "tomogram and follow each one through the views as a fiducial marker, then fit the projection model to "
              "them. Patches of a thick specimen hold features at several depths and their tracks drift, which "
@@ -124,6 +159,192 @@ def _axis_check_messages(name: str, res: Any, final_axis_deg: float) -> list[str
     return out
 
 
+# ---- an existing alignment from files (source = "files") ------------------------------------------------------
+
+NOT_IN_FILE = "not in the imported alignment"
+TILT_TOLERANCE_DEG = 0.5
+
+
+class AlignmentFilesError(ValueError):
+    """An alignment folder or file that cannot be used; ``str(err)`` is one line naming the file and the field."""
+
+
+def alignment_folder(value: str | None) -> Path | None:
+    """The folder of ``alignment_dir`` (``~`` expanded; a relative path from the working folder, as the project
+    records data paths); None when empty. The project fingerprints it like every folder parameter: changed files
+    make the step stale."""
+    if not value or not str(value).strip():
+        return None
+    return Path(str(value).strip()).expanduser()
+
+
+def find_alignment_files(folder: Path, name: str) -> dict[str, Path]:
+    """The alignment files of series ``name`` in ``folder`` (names compared without case): ``{"xf", "tlt",
+    "xtilt"}`` (IMOD; xtilt optional) or ``{"aln"}`` (AreTomo); IMOD's are preferred when both are there.
+    Raises :class:`AlignmentFilesError` naming what is missing."""
+    if not folder.is_dir():
+        raise AlignmentFilesError(f"{folder}: alignment_dir: no such folder")
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            files.setdefault(p.name.lower(), p)
+    low = name.lower()
+    found = {ext: files[f"{low}.{ext}"] for ext in ("xf", "tlt", "xtilt", "aln") if f"{low}.{ext}" in files}
+    if "xf" in found and "tlt" in found:
+        return {k: v for k, v in found.items() if k in ("xf", "tlt", "xtilt")}
+    if "aln" in found:
+        return {"aln": found["aln"]}
+    if "xf" in found:
+        raise AlignmentFilesError(f"{found['xf']}: tilt angles: {name}.tlt is missing beside it (IMOD's .xf needs "
+                                  "the .tlt of the same alignment)")
+    if "tlt" in found:
+        raise AlignmentFilesError(f"{found['tlt']}: transforms: {name}.xf is missing beside it (IMOD's .tlt needs "
+                                  "the .xf of the same alignment)")
+    raise AlignmentFilesError(f"{folder}: {name}: no alignment files for this tilt series (expected {name}.xf and "
+                              f"{name}.tlt from IMOD, or {name}.aln from AreTomo)")
+
+
+def match_views_by_tilt(file_tilts: Any, nominal_deg: Any, prior_offset_deg: float, path: Path | str,
+                        tolerance_deg: float = TILT_TOLERANCE_DEG) -> tuple[np.ndarray, float]:
+    """Which series view each view of an alignment file is, by tilt angle.
+
+    ``file_tilts`` (m,) are the files' true tilts, ``nominal_deg`` (n,) the series' nominal tilts (ascending). The
+    files' tilts are ``nominal + offset`` with one offset for the series; every file view must land within
+    ``tolerance_deg`` of a distinct series view. Of the offsets that match every file view, the one closest to
+    ``prior_offset_deg`` is taken (a series whose end views were dropped also matches one tilt step off). Returns
+    ``(index (m,) int, offset_deg)``, the offset the mean difference of the matched pairs; raises
+    :class:`AlignmentFilesError` (``FILE: tilt angles: ...``) when the counts or angles do not fit."""
+    f = np.asarray(file_tilts, np.float64).reshape(-1)
+    nom = np.asarray(nominal_deg, np.float64).reshape(-1)
+    m, n = f.size, nom.size
+    if m > n:
+        raise AlignmentFilesError(f"{path}: tilt angles: {m} views, but the tilt series has only {n}: not the same "
+                                  "series (or a stack with views added)")
+    best: tuple[float, np.ndarray] | None = None
+    candidates = np.unique(np.round(np.concatenate([(f[:, None] - nom[None, :]).ravel(), [prior_offset_deg]]), 6))
+    for off in candidates:
+        d = np.abs(f[:, None] - off - nom[None, :])
+        idx = np.argmin(d, axis=1)
+        if d[np.arange(m), idx].max() > tolerance_deg or np.unique(idx).size != m:
+            continue
+        score = abs(off - prior_offset_deg)
+        if best is None or score < best[0]:
+            best = (score, idx)
+    if best is None:
+        raise AlignmentFilesError(
+            f"{path}: tilt angles: the file's {m} tilts ({f.min():+.2f}° to {f.max():+.2f}°) do not match the tilt "
+            f"series' {n} views ({nom.min():+.2f}° to {nom.max():+.2f}°) within {tolerance_deg:g}° after one common "
+            "offset: not the same tilt series?")
+    idx = best[1]
+    offset = float(np.mean(f - nom[idx]))
+    resid = np.abs(f - offset - nom[idx])
+    if resid.max() > tolerance_deg:
+        k = int(np.argmax(resid))
+        raise AlignmentFilesError(f"{path}: tilt angles: view {k + 1} ({f[k]:+.2f}°) is {resid[k]:.2f}° from the "
+                                  f"series' view {idx[k] + 1} after the offset {offset:+.2f}°")
+    return idx.astype(np.int64), offset
+
+
+def _read(reader: Any, path: Path, **kw: Any) -> Any:
+    from tomoguide.compute.io.errors import FormatError
+
+    try:
+        return reader(path, **kw)
+    except FormatError as exc:
+        raise AlignmentFilesError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AlignmentFilesError(f"{path}: cannot be read: {exc}") from None
+
+
+def read_alignment_files(files: dict[str, Path], geometry: Any, binning: float | None) -> tuple[Any, dict[str, Any]]:
+    """The geometry of a series (``geometry``, the record this step aligns) with the alignment of ``files``
+    (:func:`find_alignment_files`) in its place, and facts for the log and metrics.
+
+    The files' shifts are in pixels of a stack at ``binning`` (relative to the unbinned images; None: an .aln's
+    RawSize against the series' full size, else the series' own binning) and are rescaled to the record's
+    binning. Views the files lack are excluded; their transforms take the mean axis and the shift of the nearest
+    view the files hold. The tilt offset is the files' tilts minus the nominal ones; the tilt axis the circular
+    mean of the transforms' rotations; the X-axis tilt the mean of ``.xtilt``. Raises
+    :class:`AlignmentFilesError` (one line: file, field, problem)."""
+    from tomoguide.compute.io.aretomo import aln_to_imod, read_aln
+    from tomoguide.compute.io.imod import read_tlt, read_xf, read_xtilt
+    from tomoguide.geometry import rotation_2d, rotation_angle_deg, xf_rows_to_matrices
+
+    g = geometry
+    notes: list[str] = []
+    x_tilt = float(g.x_tilt_deg)
+    file_binning = binning
+    if "aln" in files:
+        path = files["aln"]
+        aln = _read(read_aln, path)
+        rows, tilts = aln_to_imod(aln)
+        fmt = "aretomo"
+        prior = float(aln.alpha_offset_deg) if aln.alpha_offset_deg is not None else float(g.tilt_offset_deg)
+        if aln.local is not None:
+            notes.append(f"{path.name}: its local (patch) alignment is not used, only the global one")
+        if file_binning is None and aln.raw_size is not None:
+            full_nx = g.image_shape_px[1] * g.binning
+            ratio = full_nx / float(aln.raw_size[0])
+            file_binning = float(round(ratio)) if abs(ratio - round(ratio)) < 0.02 * ratio else float(ratio)
+            notes.append(f"{path.name}: RawSize {aln.raw_size[0]} x {aln.raw_size[1]} px: binning {file_binning:g} "
+                         "of the raw images")
+        described = str(path)
+    else:
+        path = files["xf"]
+        rows = _read(read_xf, path)
+        tilts = _read(read_tlt, files["tlt"])
+        fmt = "imod"
+        prior = float(g.tilt_offset_deg)
+        if rows.shape[0] != tilts.shape[0]:
+            raise AlignmentFilesError(f"{path}: transforms: {rows.shape[0]} views, but {files['tlt'].name} holds "
+                                      f"{tilts.shape[0]} tilt angles (the two must come from the same alignment)")
+        if "xtilt" in files:
+            xt = _read(read_xtilt, files["xtilt"])
+            if xt.shape[0] != rows.shape[0]:
+                raise AlignmentFilesError(f"{files['xtilt']}: X-axis tilts: {xt.shape[0]} values for the "
+                                          f"{rows.shape[0]} views of {path.name}")
+            x_tilt = float(np.mean(xt))
+            if np.ptp(xt) > 0.01:
+                notes.append(f"{files['xtilt'].name}: the X-axis tilt varies between views ({xt.min():+.2f}° to "
+                             f"{xt.max():+.2f}°); their mean {x_tilt:+.2f}° is used")
+        described = f"{path} and {files['tlt'].name}"
+    if file_binning is None:
+        file_binning = float(g.binning)
+    m_file = xf_rows_to_matrices(rows)
+    det = np.linalg.det(m_file[:, :, :2])
+    if np.any(np.abs(det) < 1e-3):
+        k = int(np.argmin(np.abs(det)))
+        raise AlignmentFilesError(f"{path}: view {k + 1}: the transform is not invertible (determinant {det[k]:.3g})")
+    idx, offset = match_views_by_tilt(tilts, g.tilt_angles_deg, prior, path)
+    m_file[:, :, 2] *= file_binning / float(g.binning)
+    axis = -float(np.degrees(np.angle(np.exp(1j * np.radians(rotation_angle_deg(m_file[:, :, :2]))).mean())))
+    n = g.n_views
+    xf = np.zeros((n, 2, 3))
+    xf[idx] = m_file
+    present = np.zeros(n, bool)
+    present[idx] = True
+    if not present.all():
+        shifts = -np.linalg.solve(m_file[:, :, :2], m_file[:, :, 2:])[..., 0]
+        nom = np.asarray(g.tilt_angles_deg, np.float64)
+        a = rotation_2d(-axis)
+        for v in np.flatnonzero(~present):
+            near = int(np.argmin(np.abs(nom[idx] - nom[v])))
+            xf[v, :, :2] = a
+            xf[v, :, 2] = -(a @ shifts[near])
+    missing = [int(v) for v in np.flatnonzero(~present)]
+    excluded = [bool(e) or not p for e, p in zip(g.excluded, present)]
+    new = g.model_validate({**g.model_dump(), "xf": xf, "tilt_axis_deg": axis, "tilt_offset_deg": offset,
+                            "x_tilt_deg": x_tilt, "excluded": excluded})
+    shift_max = float(np.abs(new.specimen_shifts_px()[present]).max()) if present.any() else 0.0
+    if shift_max > 0.4 * min(g.image_shape_px):
+        notes.append(f"warning: shifts of up to {shift_max:.0f} px in {min(g.image_shape_px)} px views: is the "
+                     f"binning of the alignment files ({file_binning:g}) right?")
+    facts = {"format": fmt, "file": described, "files": {k: str(v) for k, v in files.items()},
+             "file_binning": float(file_binning), "n_views_in_file": int(rows.shape[0]),
+             "views_not_in_file": [v + 1 for v in missing], "notes": notes}
+    return new, facts
+
+
 class Align(Step):
     id = "align"
     title = "Tilt-series alignment"
@@ -148,6 +369,10 @@ class Align(Step):
         "the tilts.</p>"
         "<p><b>What to check.</b> Views with residuals far above the others (exclude them later), a jump in the "
         "aligned stack, very few patches tracked (bin less, or use larger patches).</p>"
+        "<p><b>An alignment made elsewhere.</b> Set the source to 'files' to use an alignment IMOD (etomo: NAME.xf "
+        "and NAME.tlt) or AreTomo (NAME.aln) made on the same tilt series: nothing is computed, the files are read, "
+        "their views matched to the series' by tilt angle, and their shifts rescaled from the binning of the stack "
+        "they were made on. Check the aligned stack as above.</p>"
     )
     Params = AlignParams
     inputs = ("preprocess_for_alignment",)
@@ -155,6 +380,21 @@ class Align(Step):
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, AlignParams)
         issues = []
+        if params.source == "files":
+            folder = alignment_folder(params.alignment_dir)
+            if folder is None:
+                return [Issue("error", "choose the folder with the alignment files (.xf and .tlt, or .aln)",
+                              "alignment_dir")]
+            if not folder.is_dir():
+                return [Issue("error", f"{folder}: no such folder", "alignment_dir")]
+            if "preprocess_for_alignment" in ctx.upstream:
+                sset, _ = SeriesSet.load(ctx.output("preprocess_for_alignment", "series"))
+                for s in sset.series:
+                    try:
+                        find_alignment_files(folder, s.name)
+                    except AlignmentFilesError as exc:
+                        issues.append(Issue("error", str(exc), "alignment_dir"))
+            return issues
         if "preprocess_for_alignment" in ctx.upstream:
             sset, _ = SeriesSet.load(ctx.output("preprocess_for_alignment", "series"))
             for s in sset.series:
@@ -182,9 +422,11 @@ class Align(Step):
         from tomoguide.compute.io.mrc import read_mrc, write_mrc
 
         assert isinstance(params, AlignParams)
+        if params.source == "files":
+            return (yield from self._run_from_files(params, ctx))
         sset, base = SeriesSet.load(ctx.output("preprocess_for_alignment", "series"))
         entries = []
-        metrics: dict[str, Any] = {"series": {}}
+        metrics: dict[str, Any] = {"source": "patch tracking", "series": {}}
         for k, s in enumerate(sset.series):
             ctx.check_cancel()
             yield Progress(k / len(sset.series), f"{s.name}: tracking patches and fitting the model")
@@ -287,6 +529,63 @@ class Align(Step):
         metrics["worst_mean_residual_px"] = worst
         return StepResult(outputs={"series": path}, metrics=metrics,
                           summary=f"aligned {len(entries)} series (mean residual ≤ {worst:.2f} px)")
+
+    def _run_from_files(self, params: AlignParams, ctx: RunContext) -> StepRun:
+        """``source = "files"``: every series' alignment read from the folder (:func:`read_alignment_files`);
+        the same records as patch tracking writes (stack, .xf, .tlt, optional aligned stack), without tracks."""
+        from tomoguide.compute.align import apply_alignment
+        from tomoguide.compute.io.imod import write_tlt, write_xf
+        from tomoguide.compute.io.mrc import read_mrc, write_mrc
+
+        folder = alignment_folder(params.alignment_dir)
+        if folder is None:
+            raise AlignmentFilesError("alignment_dir: choose the folder with the alignment files")
+        sset, base = SeriesSet.load(ctx.output("preprocess_for_alignment", "series"))
+        entries = []
+        metrics: dict[str, Any] = {"source": "files", "alignment_dir": str(folder), "series": {}}
+        for k, s in enumerate(sset.series):
+            ctx.check_cancel()
+            yield Progress(k / len(sset.series), f"{s.name}: reading the alignment files")
+            files_in = find_alignment_files(folder, s.name)
+            g, facts = read_alignment_files(files_in, s.geometry, params.alignment_binning)
+            program = "AreTomo" if facts["format"] == "aretomo" else "IMOD"
+            ctx.log(f"{s.name}: alignment read from {facts['file']} ({program}, shifts in px at binning "
+                    f"{facts['file_binning']:g}, rescaled to binning {g.binning:g})")
+            for note in facts["notes"]:
+                ctx.log(f"{s.name}: {note}")
+            missing = facts["views_not_in_file"]
+            if missing:
+                ctx.log(f"{s.name}: views {', '.join(str(v) for v in missing)} excluded: {NOT_IN_FILE}")
+            files = {"stack": s.files["stack"], "xf": f"{s.name}.xf", "tlt": f"{s.name}.tlt"}
+            link_or_copy(s.path("stack", base), ctx.out_path(files["stack"]))
+            rows, tlt = g.to_imod()
+            write_xf(ctx.out_path(files["xf"]), rows)
+            write_tlt(ctx.out_path(files["tlt"]), tlt)
+            if params.interp_binning is not None:
+                stack, _ = read_mrc(s.path("stack", base))
+                ali = apply_alignment(np.asarray(stack, np.float32), g, binning=g.binning * params.interp_binning)
+                files["interp"] = f"{s.name}_ali.mrc"
+                write_mrc(ctx.out_path(files["interp"]), np.asarray(ali, np.float32),
+                          voxel_size_A=g.pixel_size_binned_A * params.interp_binning, is_stack=True)
+            flags = dict(s.flags)
+            if missing:
+                flags["not_in_imported_alignment"] = [v + 1 in missing for v in range(g.n_views)]
+            info_out = {**s.info, "mean_residual_px": None, "alignment_source": "files",
+                        "alignment_files": facts["files"], "axis_notes": [],
+                        "excluded_reasons": {str(v): NOT_IN_FILE for v in missing}}
+            entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=flags, info=info_out))
+            metrics["series"][s.name] = {
+                "source": "files", "format": facts["format"], "file": facts["file"],
+                "file_binning": facts["file_binning"], "n_views_in_file": facts["n_views_in_file"],
+                "views_not_in_file": missing, "tilt_axis_deg": float(g.tilt_axis_deg),
+                "tilt_offset_deg": float(g.tilt_offset_deg), "x_tilt_deg": float(g.x_tilt_deg),
+                "mean_residual_px": None, "axis_warnings": [], "notes": facts["notes"]}
+            ctx.log(f"{s.name}: tilt axis {g.tilt_axis_deg:.2f}°, offset {g.tilt_offset_deg:+.2f}° (from the files)")
+            yield Progress((k + 1) / len(sset.series), f"{s.name}: alignment read")
+        path = SeriesSet(series=entries).save(ctx.run_dir)
+        metrics["worst_mean_residual_px"] = None
+        return StepResult(outputs={"series": path}, metrics=metrics,
+                          summary=f"alignment of {len(entries)} series read from files in {folder}")
 
 
 class AssignParams(StepParams):
