@@ -39,7 +39,9 @@ ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 # 12 Å it is a featureless shell), and bin 2 gives 2.7 Å. The physical targets below reproduce them on the
 # tutorial's data and carry over to any pixel size.
 COARSE_VOXEL_A = 8.1  # the first extraction: bin 6 × 1.35 Å
-FINE_BINNING = 2.0  # the finer extraction: the tutorial's bin 2
+FINE_BINNING = 2.0  # the finer extraction: the tutorial's bin 2 (2.7 Å voxels on its data) ...
+FINE_VOXEL_RANGE_A = (2.4, 5.0)  # ... while that gives voxels in this range; else the binning nearest 2.7 Å
+FINE_VOXEL_A = 2.7
 COARSE_CROP_A = 288.0  # final box of the first extraction: apoferritin (130 Å) with a wide margin
 FINE_CROP_A = 256.0  # final box of the finer extraction
 PARTICLE_DIAMETER_A = 150.0  # the apoferritin mask diameter; the box before the crop holds it plus the CTF's spread
@@ -130,6 +132,9 @@ def extraction_sizes(params: ExtractParams, *, pixel_size_A: float, max_defocus_
 
     ``pixel_size_A``: the full-size series' pixel size; ``max_defocus_A``: the largest mean defocus of the
     series' views (Å, underfocus positive); ``coarse_binning``: the first extraction's binning (finer step only).
+    Binning: the first extraction ``round(8.1 Å / pixel)``; the finer one 2 (the tutorial's) where that gives
+    2.4-5 Å voxels, else ``round(2.7 Å / pixel)``, never coarser than the first. A typed box smaller than the
+    automatic crop is not cropped.
     The box holds :data:`PARTICLE_DIAMETER_A` plus, on each side, the CTF's delocalisation ``λ Δf k`` at the
     voxel size's Nyquist frequency ``k = 1 / (2 voxel)`` (Å), and is at least 4/3 of the crop.
     """
@@ -138,12 +143,17 @@ def extraction_sizes(params: ExtractParams, *, pixel_size_A: float, max_defocus_
     if params.binning is not None:
         binning = float(params.binning)
     elif fine:
-        binning = FINE_BINNING if coarse_binning is None else min(FINE_BINNING, float(coarse_binning))
+        lo, hi = FINE_VOXEL_RANGE_A
+        binning = FINE_BINNING if lo <= FINE_BINNING * pixel_size_A <= hi else float(
+            max(1, round(FINE_VOXEL_A / pixel_size_A)))  # e.g. 0.8 Å pixels: bin 3 (2.4 Å), 2.7 Å: bin 1
+        binning = binning if coarse_binning is None else min(binning, float(coarse_binning))
     else:
         binning = float(max(1, round(COARSE_VOXEL_A / pixel_size_A)))
     voxel = pixel_size_A * binning
     crop = int(params.crop_px) if params.crop_px is not None else _even_at_least(
         (FINE_CROP_A if fine else COARSE_CROP_A) / voxel)
+    if params.crop_px is None and params.box_px is not None and crop > int(params.box_px):
+        crop = int(params.box_px) - int(params.box_px) % 2  # a typed box smaller than the automatic crop: no crop
     if params.box_px is not None:
         box = int(params.box_px)
     else:

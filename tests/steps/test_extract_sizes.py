@@ -50,3 +50,23 @@ def test_fine_extraction_is_never_coarser_than_the_first() -> None:
     b, _, _ = extraction_sizes(ExtractFineParams(), pixel_size_A=9.0, max_defocus_A=30000.0, voltage_kV=300.0,
                                fine=True, coarse_binning=1.0)
     assert b == 1.0
+
+
+@pytest.mark.parametrize(("pixel_A", "binning"), [(0.8, 3.0), (1.0, 3.0), (1.35, 2.0), (2.0, 2.0), (2.4, 2.0),
+                                                  (2.7, 1.0)])
+def test_fine_binning_keeps_voxels_near_the_tutorials(pixel_A: float, binning: float) -> None:
+    """The finer extraction's bin 2 (2.7 Å voxels on the tutorial's 1.35 Å data) where it gives 2.4-5 Å voxels;
+    small pixels (0.8 Å: bin 2 would give 1.6 Å voxels and 500-px boxes) and large ones (2.7 Å: bin 2 = 5.4 Å,
+    hardly finer than the first extraction) get the binning nearest 2.7 Å."""
+    coarse, _, _ = extraction_sizes(ExtractParams(), pixel_size_A=pixel_A, max_defocus_A=40000.0, voltage_kV=300.0,
+                                    fine=False)
+    b, box, _ = extraction_sizes(ExtractFineParams(), pixel_size_A=pixel_A, max_defocus_A=40000.0,
+                                 voltage_kV=300.0, fine=True, coarse_binning=coarse)
+    assert b == binning and 2.0 <= b * pixel_A <= 5.0 and box <= 256
+
+
+def test_a_typed_box_smaller_than_the_automatic_crop_is_not_cropped() -> None:
+    """Box 32 typed, crop empty (automatic 36 at 8.1 Å voxels): the crop follows the box, no refusal at run."""
+    b, box, crop = extraction_sizes(ExtractParams(box_px=32), pixel_size_A=2.0, max_defocus_A=40000.0,
+                                    voltage_kV=300.0, fine=False)
+    assert (box, crop) == (32, 32)
