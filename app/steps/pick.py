@@ -607,8 +607,11 @@ def sanity_check(found: list[TomogramPicks], names: list[str], params: PickParam
         head = "No particle picked" if total == 0 else "No particle stands out from the noise"
         return [f"{head}: " + "; ".join(lines) + f". To change: {what_to_change}."], []
     if params.threshold is None and total < sum(r.sanity_bound() for r in found):
-        return ["Far fewer particles than the tomograms hold: " + "; ".join(lines)
-                + f". To change: {what_to_change} (the histogram on this page shows the peak scores)."], []
+        # a warning, not a dead end: look-alikes (other complexes, contamination) rising above the noise also
+        # count towards the bound, and the picks made may well be the particles
+        return [], ["Far fewer particles than the peaks rising above the noise suggest: " + "; ".join(lines)
+                    + f". Check the picks; to change: {what_to_change} (the histogram on this page shows the peak "
+                    "scores)."]
     return [], lines
 
 
