@@ -231,8 +231,15 @@ def _true_tilts(geometry: TiltSeriesGeometry) -> np.ndarray:
     return geometry.true_tilt_deg()
 
 
-def _reference_view(geometry: TiltSeriesGeometry, views: np.ndarray) -> int:
+def _reference_view(geometry: TiltSeriesGeometry, views: np.ndarray, weak: np.ndarray | None = None) -> int:
+    """The view the chains and tracks start from: the lowest-|tilt| one of ``views`` that is not ``weak`` (a dark
+    or blank 0° view, or the bad first take of a retaken one, would start every chain from noise); the
+    lowest-|tilt| view when all are weak."""
     t = np.abs(np.asarray(geometry.tilt_angles_deg))[views]
+    if weak is not None:
+        ok = ~np.asarray(weak, dtype=bool)[views]
+        if ok.any():
+            t = np.where(ok, t, np.inf)
     return int(views[int(np.argmin(t))])
 
 
@@ -364,6 +371,7 @@ def coarse_align_views(stack: Any, geometry: TiltSeriesGeometry, *, max_shift_fr
 
     forced = weak is not None
     skip = np.zeros(n, dtype=bool) if weak is None else np.asarray(weak, dtype=bool).copy()
+    ref = _reference_view(geometry, views, skip)
     skip[ref] = False
     shifts, peak, wide, pair_peak = chain(skip)
     if not forced and views.size >= 4:
@@ -380,6 +388,8 @@ def coarse_align_views(stack: Any, geometry: TiltSeriesGeometry, *, max_shift_fr
         # an end view has one pair: weak when it is low and not explained by its neighbour being weak
         skip[views[0]] = bool(low[0] and not skip[views[1]])
         skip[views[last]] = bool(low[last - 1] and not skip[views[last - 1]])
+        if skip[ref]:  # the reference itself is weak (both its pairs low): start from the nearest good view
+            ref = _reference_view(geometry, views, skip)
         skip[ref] = False
         if skip.any():
             shifts, peak, wide, _ = chain(skip)
@@ -684,7 +694,7 @@ def track_patches(stack: Any, geometry: TiltSeriesGeometry, shifts_px: np.ndarra
     if p < 8:
         raise ValueError(f"patch size {p} px is too small to track (need >= 8 px)")
     views = geometry.included_views()
-    ref = _reference_view(geometry, views)
+    ref = _reference_view(geometry, views, weak)
     beta = np.radians(_true_tilts(geometry))
     c = _centre(stack.shape)
     offs = _box_offsets(p)
