@@ -264,6 +264,18 @@ def _running_median(values: np.ndarray, valid: np.ndarray, window: int) -> np.nd
     return out
 
 
+def _robust_line_at(x: np.ndarray, y: np.ndarray, x0: float) -> np.ndarray:
+    """Theil–Sen line through points ``(x, y)`` ((k,), (k, d)) evaluated at ``x0``: slope the median of the
+    pairwise slopes, intercept the median of ``y − slope · x``; (d,). Robust to a jump among the points."""
+    i, j = np.triu_indices(x.size, k=1)
+    dx = x[j] - x[i]
+    use = dx != 0
+    if not use.any():
+        return np.median(y, axis=0)
+    slope = np.median((y[j][use] - y[i][use]) / dx[use, None], axis=0)
+    return np.median(y - slope * x[:, None], axis=0) + slope * x0
+
+
 def tracking_jumps(shifts_px: Any, active: Any = None, *, z_threshold: float = 4.5, min_jump_px: float = 100.0,
                    window: int = 6, order: Any = None) -> list[tuple[int, float, float]]:
     """Views whose shift jumps away from their neighbours': ``(view, distance_px, z)`` for each.
@@ -272,7 +284,9 @@ def tracking_jumps(shifts_px: Any, active: Any = None, *, z_threshold: float = 4
     consider (default all finite rows); ``order`` (n,) the rank of each view in the sequence that defines its
     neighbours — the acquisition order when known (the specimen drifts with time: in a dose-symmetric series the
     views next in tilt were taken far apart), default the view order. Each active view's deviation is its shift
-    minus the component-wise median of its ``window`` nearest active views in that sequence; ``σ`` is the robust
+    minus the component-wise median of its ``window`` nearest active views in that sequence, or minus the prediction
+    of a robust straight line (Theil–Sen, per component) through them, whichever is smaller (a steady drift with
+    time is no jump, also for the first and last views, whose neighbours all lie on one side); ``σ`` is the robust
     SD of the deviations (1.4826 · MAD per component, their RMS); a view is a jump when ``|deviation| >
     max(z_threshold · σ, min_jump_px)``. Needs at least ``window + 2`` active views (else none)."""
     s = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
@@ -290,7 +304,9 @@ def tracking_jumps(shifts_px: Any, active: Any = None, *, z_threshold: float = 4
     for i in idx:
         others = idx[idx != i]
         near = others[np.argsort(np.abs(rank[others] - rank[i]), kind="stable")[:window]]
-        dev[i] = s[i] - np.median(s[near], axis=0)
+        flat = s[i] - np.median(s[near], axis=0)
+        line = s[i] - _robust_line_at(rank[near], s[near], float(rank[i]))
+        dev[i] = flat if np.hypot(*flat) <= np.hypot(*line) else line  # a jump is explained by neither
     d = dev[idx]
     sig = _MAD_TO_SIGMA * np.median(np.abs(d - np.median(d, axis=0)), axis=0)
     sigma = max(float(np.sqrt(np.mean(sig ** 2))), 1e-9)

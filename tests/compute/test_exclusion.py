@@ -242,6 +242,23 @@ def test_tracking_jump_is_suggested() -> None:
     assert view == 27 and z > 4.5 and 170.0 < dist < 330.0
 
 
+def test_a_steady_drift_is_no_tracking_jump_at_the_ends_of_the_sequence() -> None:
+    """A dose-symmetric series whose specimen drifts 40 px per view in acquisition order (and one that settles
+    quadratically): the first and last views, whose neighbours in time all lie on one side, are not suggested
+    (a median of the neighbours called them jumps at z 4.9-6.7); a 250 px jump of the first view across the
+    drift still is."""
+    shifts, acq = _dose_symmetric_shifts(14)
+    rank = np.asarray(acq, dtype=np.float64)
+    settling = np.stack([0.4 * (rank - 40.0) ** 2, 0.2 * (rank - 40.0) ** 2], axis=1)
+    assert ex.tracking_jumps(shifts + settling, order=acq) == []
+    drift = np.stack([40.0 * rank, -25.0 * rank], axis=1)
+    assert ex.tracking_jumps(shifts + drift, order=acq) == []
+    first = int(np.argmin(rank))
+    jumped = shifts + drift
+    jumped[first] += [-128.0, -214.0]  # 250 px, across the drift
+    assert [v for v, _, _ in ex.tracking_jumps(jumped, order=acq)] == [first]
+
+
 def test_views_the_frame_alignment_could_not_align_are_suggested() -> None:
     """motion_ctf flags movies it cannot align (dark, blank); the exclusion suggests those views, not others."""
     stack = _stack(dark=-1, blank=-1)  # no dark or blank view
