@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -45,6 +45,35 @@ def _positive_finite(v: float, what: str) -> float:
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{what} must be a positive finite number (got {v})")
     return v
+
+
+class ExtractionInfo(BaseModel):
+    """The entries of :attr:`ParticleStack.info` that the averaging steps read, checked when a record is loaded
+    (other entries pass as they are): ``box_before_crop_px`` (the box of the sub-tilts before the crop),
+    ``views_used`` (per tomogram the view indices the particles use), ``view_matrices`` (per tomogram one 3×3
+    matrix per view) and ``uncropped_subtilts`` (per particle the relative names of its uncropped sub-tilt and
+    weight stacks)."""
+
+    box_before_crop_px: int | None = Field(None, ge=2, le=8192, strict=True)
+    views_used: dict[str, list[Annotated[int, Field(ge=0, strict=True)]]] | None = None
+    view_matrices: dict[str, list[list[list[float]]]] | None = None
+    uncropped_subtilts: list[tuple[str, str]] | None = None
+
+    @field_validator("uncropped_subtilts")
+    @classmethod
+    def _names(cls, v: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+        for a, b in v or []:
+            check_relative_file(a, "sub-tilt file name")
+            check_relative_file(b, "sub-tilt weight file name")
+        return v
+
+    @field_validator("view_matrices")
+    @classmethod
+    def _matrices(cls, v: dict[str, list[list[list[float]]]] | None) -> dict[str, list[list[list[float]]]] | None:
+        for name, mats in (v or {}).items():
+            if any(len(m) != 3 or any(len(r) != 3 or not all(math.isfinite(x) for x in r) for r in m) for m in mats):
+                raise ValueError(f"{name}: every view matrix must be 3×3 finite numbers")
+        return v
 
 
 class ParticleStack(BaseModel):
@@ -90,6 +119,13 @@ class ParticleStack(BaseModel):
     @classmethod
     def _names(cls, v: list[str]) -> list[str]:
         return [check_name(n, "tomogram name") for n in v]
+
+    @field_validator("info")
+    @classmethod
+    def _info(cls, v: dict[str, Any]) -> dict[str, Any]:
+        known = {k: v[k] for k in ExtractionInfo.model_fields if k in v}
+        ExtractionInfo.model_validate(known)  # raises naming the entry
+        return v
 
     @field_validator("star", "gallery")
     @classmethod

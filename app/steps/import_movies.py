@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tomoguide.compute.io import mdoc as mdocio
 from tomoguide.compute.io.errors import FormatError
@@ -185,6 +185,16 @@ class ImportedSeries(BaseModel):
     dose_source: str = ""
     gain_source: str | None = None
     gain_orientation: GainOrientationRecord | None = None
+
+    @model_validator(mode="after")
+    def _same_frames(self) -> ImportedSeries:
+        """Every tilt's frames have the geometry's image size (the import refuses movies of other sizes)."""
+        shape = tuple(self.geometry.image_shape_px)
+        for i, t in enumerate(self.tilts):
+            if tuple(t.frame_shape_px) != shape:
+                raise ValueError(f"tilts.{i}.frame_shape_px {list(t.frame_shape_px)} differs from "
+                                 f"geometry.image_shape_px {list(shape)}")
+        return self
 
 
 def load_series(path: Path) -> list[ImportedSeries]:
