@@ -49,7 +49,7 @@ class AlignParams(StepParams):
     alignment_binning: float | None = param(
         None, title="Binning of the alignment files", unit="×", hard=(0.1, 64.0),
         enabled_if=[("source", "=", "files")],
-        empty_means="from the .aln file's RawSize, else the binning of the series this step aligns",
+        empty_means="from the files",
         help="Binning of the stack the alignment files were made on, relative to the raw movies' pixels (1 = the "
              "full-size stack, 4 = a stack binned by 4). The shifts in .xf and .aln files are in that stack's "
              "pixels; they are rescaled to the series aligned here. IMOD's .xf does not say its binning: etomo's "
