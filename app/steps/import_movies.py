@@ -893,8 +893,20 @@ class ImportMovies(Step):
         return issues
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
-        # previews: at most 512² float32 per tilt; one full-size frame sum per series for the gain's orientation
-        return Needs(disk_bytes=50 * 512 * 512 * 4, memory_bytes=512 * 1024**2)
+        # previews: at most 512² float32 per tilt; for the gain's orientation one full-size float64 frame sum per
+        # series and about ten full-size work arrays (float64) of the detection
+        assert isinstance(params, ImportMoviesParams)
+        from tomoguide.compute.io import movies as movio
+
+        frame_px = 4096 * 4096
+        try:
+            first = next(r.movie_path for plan in survey(params).series for r in plan.records
+                         if r.movie_found and r.movie_path is not None)
+            _, ny, nx, _ = movio.read_movie_header(first)
+            frame_px = ny * nx
+        except (StopIteration, OSError, ValueError):
+            pass  # the check reports what is missing; the estimate assumes a 4k camera
+        return Needs(disk_bytes=50 * 512 * 512 * 4, memory_bytes=512 * 1024**2 + 12 * frame_px * 8)
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
         from tomoguide.compute.io import movies as movio
