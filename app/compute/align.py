@@ -392,7 +392,20 @@ def coarse_align_views(stack: Any, geometry: TiltSeriesGeometry, *, max_shift_fr
             ref = _reference_view(geometry, views, skip)
         skip[ref] = False
         if skip.any():
-            shifts, peak, wide, _ = chain(skip)
+            shifts, peak, wide, pair2 = chain(skip)
+            # an end view next to weak views (the grid bar over the last few tilts) was chained from the last good
+            # view: weak too when that pair peaks low against the good pairs nearby
+            redo = False
+            for end, nb in ((int(views[0]), int(views[1])), (int(views[last]), int(views[last - 1]))):
+                if not skip[nb] or skip[end] or end == ref or end not in pair2:
+                    continue
+                same_side = [pair2[int(v)] for v in views if not skip[v] and int(v) in pair2 and int(v) != end
+                             and (v > ref) == (end > ref)]
+                nearby = same_side[-4:] if end > ref else same_side[:4]
+                if nearby and pair2[end] < weak_fraction * float(np.median(nearby)):
+                    skip[end], redo = True, True
+            if redo:
+                shifts, peak, wide, _ = chain(skip)
     done = np.zeros(n, dtype=bool)
     done[views] = True
     return CoarseAlignment(shifts_px=_interpolate_missing(shifts, np.asarray(geometry.tilt_angles_deg), done),

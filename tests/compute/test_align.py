@@ -488,6 +488,26 @@ def test_a_jump_is_followed_and_suggested(blob_series) -> None:
     assert not [s for s in plain if s.reason == "tracking_jump"]
 
 
+def test_dark_views_at_the_end_of_the_series_are_all_weak(blob_series) -> None:
+    """The three highest tilts recorded dark (a grid bar): all three are weak views, the outermost too (it was
+    chained from the last good view and weighed 1), and the others' alignment is as good as without them."""
+    stack, start, truth, _, _ = blob_series
+    dark = stack.copy()
+    rng = np.random.default_rng(12)
+    ends = np.arange(start.n_views - 3, start.n_views)
+    for k in ends:
+        dark[k] = 0.03 * stack[k] + rng.normal(0, float(stack[k].std()), stack[k].shape)
+    coarse = align.coarse_align_views(dark, start)
+    assert list(np.flatnonzero(coarse.weak)) == list(ends)
+    result = align.align_tilt_series(dark, start, patch_size_A=24 * 20.0)
+    assert abs(result.fit.tilt_axis_deg - 84.4) < 0.3
+    others = np.ones(start.n_views, dtype=bool)
+    others[ends] = False
+    rms = _offset_removed_rms(result.geometry.specimen_shifts_px()[others], truth.specimen_shifts_px()[others], 84.4,
+                              truth.true_tilt_deg()[others])
+    assert rms < 0.3
+
+
 def test_a_dark_reference_view_does_not_disturb_the_alignment(blob_series) -> None:
     """The lowest-tilt view (where every chain and track starts) recorded dark: the chains and tracks start from
     the nearest good view instead; the axis and the other views' shifts are as good as without it (started
