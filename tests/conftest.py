@@ -14,14 +14,117 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The licence-permitting, small part of ../shared/data, copied unchanged to the same relative paths (see
+# tests/data/SOURCES.md): in a fresh clone (CI) there is no ../shared/data, and the real-file tests read these.
+BUNDLED_DATA = REPO / "tests" / "data"
+# What ../shared/data holds that tests/data does not, and why (a test needing one of them skips in a fresh clone).
+NOT_BUNDLED = {
+    "relion5_warptools_particles": "GPL-3.0 (bpowell122/tomodrgn): not redistributable in this project (licence)",
+    "tilt_series/pypi__etspy-1.3.0/HAADF_bin2.mrc": "a 2.6 MB MRC stack, too large to bundle (size)",
+    "tilt_series/pypi__etspy-1.3.0/test_000.mrc": "a 4.2 MB MRC stack, too large to bundle (size)",
+}
+
+
+def real_data_dir() -> Path:
+    """Where the real files written by others are: ../shared/data when present, else the bundled tests/data."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else BUNDLED_DATA
+
+
+def real_file_skip_reason(rel: str | Path) -> str:
+    """The skip message for a real file (relative to the data folder) found neither in ../shared/data nor in
+    tests/data."""
+    rel = Path(rel).as_posix()
+    why = next((w for k, w in NOT_BUNDLED.items() if rel == k or rel.startswith(k + "/")),
+               "not in tests/data (not redistributable: licence, or not copied)")
+    return f"real file {rel} absent: {why}; it lies in ../shared/data only (not present here)"
+
+
+def real_file(rel: str | Path) -> Path:
+    """Path of one real file: ../shared/data/REL when present, else tests/data/REL; skips (naming the file and why)
+    when it is in neither."""
+    for root in (SHARED_DATA, BUNDLED_DATA):
+        if (root / rel).exists():
+            return root / rel
+    pytest.skip(real_file_skip_reason(rel))
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """The real files written by others (../shared/data); tests that need them skip without it."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not present")
-    return SHARED_DATA
+    """The real files written by others: ../shared/data when present, else tests/data (the bundled, licence-permitting
+    subset; a test that reads a file missing there skips, naming the file: see :func:`pytest_runtest_makereport`)."""
+    root = real_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"neither {SHARED_DATA} nor {BUNDLED_DATA} present")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_data_file():
+    """The function :func:`real_file`: ``real_data_file("mdoc/...")`` -> the path, or a skip naming the file."""
+    return real_file
+
+
+def _missing_bundled_file(exc: BaseException | None) -> str | None:
+    """The path (relative to tests/data) of a real file the failed test wanted in tests/data and did not find
+    (only when ../shared/data is absent), read from the exception chain; None otherwise."""
+    import re
+
+    if SHARED_DATA.is_dir():
+        return None
+    pattern = re.compile(re.escape(str(BUNDLED_DATA)) + r"/[^\s'\"`,;:()\]\[]+")
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts = [str(getattr(exc, "filename", "") or ""), str(exc)]
+        for text in texts:
+            for m in pattern.finditer(text):
+                path = Path(m.group(0).rstrip("."))
+                if not path.exists():
+                    return path.relative_to(BUNDLED_DATA).as_posix()
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A test that failed because a real file is not bundled in tests/data (and ../shared/data is absent) is
+    reported as skipped, with the file and the reason (licence or size), instead of failed."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and call.excinfo is not None:
+        rel = _missing_bundled_file(call.excinfo.value)
+        if rel is not None:
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), (item.location[1] or 0) + 1, f"Skipped: {real_file_skip_reason(rel)}")
+
+
+def _is_real_file_skip(reason: str) -> bool:
+    return "shared/data" in reason or "shared test data" in reason
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """One line saying how many tests skipped because real files written by others are absent, and why."""
+    reasons = []
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = rep.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        if _is_real_file_skip(reason):
+            reasons.append(reason)
+    where = "../shared/data" if SHARED_DATA.is_dir() else "tests/data (bundled subset; ../shared/data absent)"
+    if not reasons:
+        terminalreporter.write_line(f"real files: read from {where}; no test skipped for want of one")
+        return
+
+    def why(reason: str) -> str:
+        text = next((w for k, w in NOT_BUNDLED.items() if k in reason), reason)
+        return "licence" if "(licence)" in text else "size" if "(size)" in text else "other"
+
+    kinds = [why(r) for r in reasons]
+    licence, size, other = kinds.count("licence"), kinds.count("size"), kinds.count("other")
+    terminalreporter.write_line(
+        f"real files: {len(reasons)} test(s) skipped because real files written by others are absent "
+        f"({licence} not redistributable under their licence (GPL), {size} too large to bundle, {other} other/not "
+        f"present); they lie in ../shared/data only; the other real-file tests read {where}")
 
 
 @pytest.fixture(autouse=True)

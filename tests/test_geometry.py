@@ -24,8 +24,9 @@ from tomoguide.geometry import (
 
 
 def _shared_data() -> Path:
-    """/work/shared/data next to the repository (tests/<this file> -> repo root -> ../shared/data)."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    """../shared/data next to the repository, else the bundled subset tests/data (a fresh clone; tests/data/SOURCES.md)."""
+    repo = Path(__file__).resolve().parents[1]
+    return repo.parent / "shared" / "data" if (repo.parent / "shared" / "data").is_dir() else repo / "tests" / "data"
 
 
 DATA = _shared_data()

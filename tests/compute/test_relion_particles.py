@@ -44,7 +44,8 @@ RADIUS_PX = 150.0 / 12.0  # 300 Å diameter
 
 def _data() -> Path:
     if not (DATA / OPT_SET).is_file():
-        pytest.skip(f"real RELION 5 particles not present: the data is in ../shared/data "
+        pytest.skip(f"real RELION 5 particles not present: GPL-3.0 (tomodrgn), not redistributable here "
+                    f"(licence), so not in tests/data; the data is in ../shared/data "
                     f"(relion5_warptools_particles, expected at {DATA})")
     return DATA
 

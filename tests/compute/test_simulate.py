@@ -14,6 +14,7 @@ from scipy.spatial.transform import Rotation
 from tomoguide.compute import ctf, simulate, specimen
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+SHARED = SHARED if SHARED.is_dir() else Path(__file__).resolve().parents[2] / "tests" / "data"  # bundled subset
 MDOC = SHARED / "mdoc"
 
 

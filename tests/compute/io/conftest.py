@@ -16,6 +16,8 @@ def _repo_root() -> Path:
 
 
 SHARED_DATA = (_repo_root() / ".." / "shared" / "data").resolve()
+if not SHARED_DATA.is_dir():  # a fresh clone: the bundled, licence-permitting subset (tests/data/SOURCES.md)
+    SHARED_DATA = _repo_root() / "tests" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,10 @@ from tomoguide.compute.io.errors import FormatError, FormatWarning
 
 
 def _shared_data() -> Path:
-    """shared/data beside the repository (``<repo>/../shared/data``)."""
+    """``<repo>/../shared/data``, else the bundled subset ``tests/data`` (a fresh clone; see tests/data/SOURCES.md)."""
     here = Path(__file__).resolve()
     repo = next((p for p in here.parents if (p / "pyproject.toml").is_file()), here.parents[3])
-    return repo.parent / "shared" / "data"
+    return repo.parent / "shared" / "data" if (repo.parent / "shared" / "data").is_dir() else repo / "tests" / "data"
 
 
 DATA = _shared_data()
