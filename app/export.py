@@ -625,11 +625,8 @@ def export_project(project_dir: str | os.PathLike[str], fmt: str, folder: str | 
     try:
         out = Path(folder) if folder is not None else default_folder(proj.dir, fmt)
         out = out.absolute()
-        try:
-            out.resolve().relative_to((proj.dir / "steps").resolve())
+        if out.resolve().is_relative_to((proj.dir / "steps").resolve()):
             raise ExportError(f"{out}: inside the project's steps/ folder; choose another folder")
-        except ValueError:
-            pass
         # the checks that need no writing first: a project with nothing to export leaves no folder behind
         if fmt == "relion5" and not _done(proj, "exclude"):
             raise _not_done(("exclude",), proj, "the RELION 5 export (tilt series with alignment and CTF)")

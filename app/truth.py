@@ -491,10 +491,9 @@ def truth_matches_data(truth_dir: Path, data_dir: Path | None = None) -> bool:
             return False
         if not inside:
             try:
-                (root / movies[0]).resolve().relative_to(Path(data_dir).resolve())  # type: ignore[arg-type]
-                inside = True
-            except (ValueError, OSError):
-                pass
+                inside = (root / movies[0]).resolve().is_relative_to(Path(data_dir).resolve())  # type: ignore[arg-type]
+            except OSError:
+                inside = False
     return inside
 
 

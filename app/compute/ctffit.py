@@ -639,6 +639,23 @@ def _ring_cc(d: np.ndarray, g: _Grid, opt: _Optics, mean_A: float, a_A: float, b
     return rr[keep] / (g.box * g.pixel_size_A), cc[keep]
 
 
+def _power_and_pixel(spectrum: Any, pixel_size_A: float | None) -> tuple[np.ndarray, float]:
+    """``(power (box, box//2+1) float64, pixel Å)`` of a :class:`PowerSpectrum`, or of an rfft-layout power array
+    with ``pixel_size_A``; ValueError for anything else."""
+    if isinstance(spectrum, PowerSpectrum):
+        power = np.asarray(spectrum.power, dtype=np.float64)
+        px = float(spectrum.pixel_size_A)
+    else:
+        if pixel_size_A is None:
+            raise ValueError("pixel_size_A is required when spectrum is an array")
+        power = np.asarray(to_numpy(spectrum), dtype=np.float64)
+        px = float(pixel_size_A)
+    b = power.shape[0]
+    if power.ndim != 2 or power.shape != (b, b // 2 + 1):
+        raise ValueError(f"spectrum must have the rfft layout (box, box//2+1), got {power.shape}")
+    return power, px
+
+
 def fit_ctf(
     spectrum: PowerSpectrum | np.ndarray,
     *,
@@ -672,17 +689,8 @@ def fit_ctf(
     the defocus lies within one step of the search range's edge, the astigmatism exceeds
     ``max_astigmatism_A``, or no ring matches in the band (fit resolution worse than the band's low limit).
     """
-    if isinstance(spectrum, PowerSpectrum):
-        power = np.asarray(spectrum.power, dtype=np.float64)
-        px = float(spectrum.pixel_size_A)
-    else:
-        if pixel_size_A is None:
-            raise ValueError("pixel_size_A is required when spectrum is an array")
-        power = np.asarray(to_numpy(spectrum), dtype=np.float64)
-        px = float(pixel_size_A)
+    power, px = _power_and_pixel(spectrum, pixel_size_A)
     b = power.shape[0]
-    if power.shape != (b, b // 2 + 1):
-        raise ValueError(f"spectrum must have the rfft layout (box, box//2+1), got {power.shape}")
     lo_res, hi_res = float(max(res_range_A)), float(min(res_range_A))
     hi_res = max(hi_res, 2.0 * px * 1.0001)
     lo_df, hi_df = float(min(defocus_range_A)), float(max(defocus_range_A))
@@ -1403,17 +1411,8 @@ def ctf_profile_1d(spectrum: PowerSpectrum | np.ndarray, fit: CtfFit, *, pixel_s
     mean and standard deviation (its sign is kept: data out of phase with the model stay so).
     The background is the one the fit used (a running mean over one ring period, on rings of equal phase), so
     the profile oscillates about zero before scaling. See :class:`CtfProfile`."""
-    if isinstance(spectrum, PowerSpectrum):
-        power = np.asarray(spectrum.power, dtype=np.float64)
-        px = float(spectrum.pixel_size_A)
-    else:
-        if pixel_size_A is None:
-            raise ValueError("pixel_size_A is required when spectrum is an array")
-        power = np.asarray(to_numpy(spectrum), dtype=np.float64)
-        px = float(pixel_size_A)
+    power, px = _power_and_pixel(spectrum, pixel_size_A)
     b = power.shape[0]
-    if power.shape != (b, b // 2 + 1):
-        raise ValueError(f"spectrum must have the rfft layout (box, box//2+1), got {power.shape}")
     g = _Grid.make(b, px)
     opt = _Optics.make(fit.voltage_kV, fit.cs_mm, fit.amplitude_contrast)
     half = 0.5 * (fit.defocus_u_A - fit.defocus_v_A)

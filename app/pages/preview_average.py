@@ -251,22 +251,27 @@ class AveragePreview(Preview):
         return self.record.path(field, self.folder)
 
     def show_map(self) -> None:
-        from tomoguide.compute.io.mrc import read_mrc
-
-        path = self.map_path()
-        if path is None:
-            self.map_view.clear()
-            return
-        try:
-            volume, info = read_mrc(path)
-        except (OSError, ValueError) as exc:
-            self.map_view.clear()
-            self.map_view.title.setText(f"{path}: cannot read it: {exc}")
-            return
-        voxel = float(info.voxel_size_A[0]) or float(self.record.voxel_A)
         mass = self.record.info.get("mass_kDa")
-        self.map_view.set_map(np.asarray(volume, np.float32), voxel_A=voxel, name=self.map_combo.currentText(),
-                              mass_kDa=float(mass) if mass else None)
+        show_map_file(self.map_view, self.map_path(), voxel_A=float(self.record.voxel_A),
+                      name=self.map_combo.currentText(), mass_kDa=float(mass) if mass else None)
+
+
+def show_map_file(view: Any, path: Path | None, *, voxel_A: float, name: str, mass_kDa: float | None) -> None:
+    """The MRC map at ``path`` in the map view ``view`` (cleared when None; the reason in its title when the file
+    cannot be read); the voxel size from the file's header, else ``voxel_A`` (Å)."""
+    from tomoguide.compute.io.mrc import read_mrc
+
+    if path is None:
+        view.clear()
+        return
+    try:
+        volume, info = read_mrc(path)
+    except (OSError, ValueError) as exc:
+        view.clear()
+        view.title.setText(f"{path}: cannot read it: {exc}")
+        return
+    view.set_map(np.asarray(volume, np.float32), voxel_A=float(info.voxel_size_A[0]) or voxel_A, name=name,
+                 mass_kDa=mass_kDa)
 
 
 def render_average_figures(average_dir: Path, out_dir: Path) -> list[Path]:

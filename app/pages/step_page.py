@@ -91,30 +91,12 @@ def truth_folder(project: Project) -> Path | None:
     """The simulator's truth folder of the project's data, when it has one (:func:`tomoguide.score.locate_truth`:
     recorded in the project, or the ``truth`` folder beside the session folder that ``tomoguide simulate`` /
     ``demo`` wrote). None for real data."""
+    from tomoguide.score import TruthNotFound, locate_truth
+
     try:
-        from tomoguide.score import TruthNotFound, locate_truth
-    except ImportError:  # scoring not installed: look beside the data
-        pass
-    else:
-        try:
-            return locate_truth(project)[0]
-        except (TruthNotFound, ValueError, OSError):
-            return None
-    ds = project.data.dataset if isinstance(project.data.dataset, dict) else {}
-    for key in ("truth_dir", "truth"):
-        value = ds.get(key)
-        if isinstance(value, str) and value:
-            path = Path(value) if Path(value).is_absolute() else project.dir / value
-            if (path / "summary.json").is_file():
-                return path
-    files_dir = project.data.steps.get("import_movies")
-    raw = files_dir.params.get("files_dir") if files_dir is not None else None
-    if isinstance(raw, str) and raw:
-        base = Path(raw) if Path(raw).is_absolute() else project.dir / raw
-        candidate = base.parent / "truth"
-        if (candidate / "summary.json").is_file():
-            return candidate
-    return None
+        return locate_truth(project)[0]
+    except (TruthNotFound, ValueError, OSError):
+        return None
 
 
 def issues_html(issues: list[Issue]) -> str:
@@ -308,10 +290,8 @@ class StepPage(QWidget):
         """The truth panel of this step, when the project's data have a truth folder and the panel exists."""
         if truth_folder(self.project) is None:
             return None
-        try:
-            from tomoguide.pages.truth_panel import TruthPanel  # type: ignore[import-not-found]
-        except ImportError:
-            return None
+        from tomoguide.pages.truth_panel import TruthPanel
+
         panel = TruthPanel(self.project, self.step_id)
         panel.setObjectName("truth_panel")
         return panel

@@ -18,7 +18,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
@@ -246,23 +245,12 @@ class SummaryPage(QWidget):
         self._show_plots(s)
 
     def _show_plots(self, s: FinalSummary) -> None:
-        from tomoguide.compute.io.mrc import read_mrc
-        from tomoguide.pages.preview_average import show_fsc
+        from tomoguide.pages.preview_average import show_fsc, show_map_file
 
         show_fsc(self.fsc_plot, s.record)
-        path = s.files.get("map")
-        if path is None:
-            self.map_view.clear()
-            return
-        try:
-            volume, info = read_mrc(path)
-        except (OSError, ValueError) as exc:
-            self.map_view.clear()
-            self.map_view.title.setText(f"{path}: cannot read it: {exc}")
-            return
         mass = s.record.info.get("mass_kDa") if s.record is not None else None
-        self.map_view.set_map(np.asarray(volume, np.float32), voxel_A=float(info.voxel_size_A[0]) or s.voxel_A,
-                              name="final map", mass_kDa=float(mass) if mass else None)
+        show_map_file(self.map_view, s.files.get("map"), voxel_A=s.voxel_A, name="final map",
+                      mass_kDa=float(mass) if mass else None)
 
     @staticmethod
     def _clear_grid(grid: QGridLayout) -> None:
