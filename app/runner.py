@@ -106,8 +106,9 @@ class StepRun:
     """One run of one step. Create it, call :meth:`preflight` (raises RunRefused), then iterate :meth:`execute`."""
 
     def __init__(self, project: Project, step_id: str, *, cancel_event: threading.Event | None = None,
-                 on_log: Callable[[str], None] | None = None) -> None:
+                 on_log: Callable[[str], None] | None = None, executor: Any = None) -> None:
         self.project = project
+        self.executor = executor  # tomoguide.cluster.Executor for the step's units; None: in this process
         self.step_cls = registry.get(step_id)
         self.step = self.step_cls()
         self.step_id = step_id
@@ -118,7 +119,7 @@ class StepRun:
     def _context(self, run_dir: Path) -> RunContext:
         return RunContext(project_dir=self.project.dir, run_dir=run_dir,
                           upstream=upstream_outputs(self.project, self.step_id),
-                          cancel_event=self.cancel_event, on_log=self.on_log)
+                          cancel_event=self.cancel_event, on_log=self.on_log, executor=self.executor)
 
     def input_issues(self, *, save: bool = True) -> list[Issue]:
         """Errors about what the run reads: steps not up to date, damaged records (their step is marked to run

@@ -325,6 +325,8 @@ class RunContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     log_lines: list[str] = field(default_factory=list)
     on_log: Callable[[str], None] | None = None
+    #: where :meth:`map_units` sends the units (:mod:`tomoguide.cluster`); None: in this process
+    executor: Any = None
 
     # -- the one guarded way to write ----------------------------------------------------------------------------
     def out_path(self, *parts: str | Path, mkdir: bool = False) -> Path:
@@ -420,6 +422,18 @@ class RunContext:
             else:
                 thread.join()
                 raise value
+
+    def map_units(self, fn: Callable[..., Any], units: Sequence[Any], *,
+                  what: str = "") -> Generator[Progress, None, dict[str, Any]]:
+        """Run ``fn`` for every :class:`tomoguide.cluster.Unit` (a movie, a series, a particle batch) on this run's
+        executor (use ``results = yield from ctx.map_units(fn, units)``): yields progress across all units, returns
+        ``{unit name: fn's result}`` in the units' order. ``fn`` is a module-level function taking paths and
+        numbers; it writes its files through :func:`tomoguide.cluster.atomic_output` to paths the step made with
+        :meth:`out_path`. Cancel stops every unit; a failed unit is retried, then raises
+        :class:`tomoguide.cluster.UnitFailed` naming it."""
+        from tomoguide.cluster import run_units
+
+        return (yield from run_units(self.executor, fn, units, cancel_event=self.cancel_event, what=what))
 
     def output(self, step_id: str, name: str) -> Path:
         """Path of output ``name`` of the done step ``step_id`` (KeyError with a clear message otherwise)."""
