@@ -141,8 +141,13 @@ def _progress_bar(title: str) -> Any:
 
 def run_steps(project_dir: Path, *, until: str | None = None, only: str | None = None,
               sets: dict[str, dict[str, Any]] | None = None, force: bool = False,
-              quiet: bool = False, use_backup: bool = False, break_lock: bool = False) -> int:
+              quiet: bool = False, use_backup: bool = False, break_lock: bool = False,
+              cluster: str | None = None) -> int:
     """Run the workflow's steps in order (skipping up-to-date ones); returns an exit status.
+
+    ``cluster``: where the steps' units run (``inline``, ``local``, ``slurm``; None: ``$TOMOGUIDE_CLUSTER``, else
+    the settings file, else ``local``: :mod:`tomoguide.cluster`); one executor serves every step of the call and
+    starts only when a step has units to spread.
 
     ``sets`` are applied as one transaction before anything runs: values a step's checks refuse leave the
     project file as it was. Before rerunning a step whose later steps are done, says which may become stale,
@@ -155,6 +160,12 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
     for name in (until, only):
         if name is not None and name not in ids:
             raise CliError(f"unknown step {name!r}; the steps are: {', '.join(ids)}")
+    from tomoguide.cluster import LazyExecutor
+
+    try:
+        executor = LazyExecutor(cluster)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     try:
         proj = Project.open(project_dir, use_backup=use_backup, break_lock=break_lock)
     except ProjectError as exc:
@@ -178,11 +189,15 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
         else:
             todo = ids[: ids.index(until) + 1] if until else ids
         for step_id in todo:
+            if step_id != only and not proj.is_needed(step_id):
+                say(f"{step_id}: not needed (the project enters later), skipped")
+                continue
             if not force and proj.is_up_to_date(step_id) and step_id != only:
                 say(f"{step_id}: up to date, skipped")
                 continue
             at_risk = proj.steps_at_risk(step_id)
-            run = StepRun(proj, step_id, on_log=None if quiet else (lambda m: print(f"  {m}", file=sys.stderr)))
+            run = StepRun(proj, step_id, on_log=None if quiet else (lambda m: print(f"  {m}", file=sys.stderr)),
+                          executor=executor)
             try:
                 warnings = run.preflight()
             except RunRefused as exc:
@@ -224,6 +239,7 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
         if not quiet and ids[-1] in todo and proj.is_up_to_date(ids[-1]):
             print_final_summary(proj)
     finally:
+        executor.close()
         proj.close()
     return 0
 
@@ -242,7 +258,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (Path(args.project) / "project.json").is_file():
         remember_project(Path(args.project))
     return run_steps(Path(args.project), until=args.until, only=args.only, sets=parse_sets(args.set),
-                     force=args.force, use_backup=args.use_backup, break_lock=args.break_lock)
+                     force=args.force, use_backup=args.use_backup, break_lock=args.break_lock,
+                     cluster=args.cluster)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -264,6 +281,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  data missing: {proj.data_problem(key.split('.', 1)[0])}")
     for s in info["steps"]:
         line = f"  {s['id']:<28} {s['status']:<12}"
+        if not s.get("needed", True):
+            line = f"  {s['id']:<28} {'not needed':<12}"
+        elif s.get("origin"):
+            line += f" [{s['origin']}]"
         if s["status"] == "failed" and s["error"]:
             line += f" {s['error']}"
         elif s["status"] == "stale" and s["stale_reason"]:
@@ -658,6 +679,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", metavar="STEP", help="run only this step")
     s.add_argument("--set", action="append", metavar="STEP.PARAM=VALUE", help="set a parameter (repeatable)")
     s.add_argument("--force", action="store_true", help="run steps again even when up to date")
+    s.add_argument("--cluster", choices=["local", "slurm", "inline"], default=None,
+                   help="where the steps' units (movies, tilt series, particle batches) run: local = one worker "
+                        "process per core of this machine, slurm = Dask workers in SLURM jobs (settings in "
+                        "cluster.json), inline = this process only (default: $TOMOGUIDE_CLUSTER, else the "
+                        "settings, else local)")
     s.add_argument("--use-backup", action="store_true",
                    help="open the project from its backup (project.json.bak) when project.json is damaged; the "
                         "backup becomes the project's state")
@@ -703,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("simulate", help="write a synthetic apoferritin acquisition with its ground truth")
-    s.add_argument("--preset", choices=["tiny", "small"], default=None, help="tiny or small (default small)")
+    s.add_argument("--preset", choices=["tiny", "small", "full"], default=None,
+                   help="tiny, small (default) or full (8 tilt series of 41 tilts: for scaling measurements)")
     s.add_argument("--scenario", default=None, metavar="NAME",
                    help="a session with other conventions and planted problems (listed by --list)")
     s.add_argument("--out", default="tomoguide-sim", metavar="DIR")

@@ -37,6 +37,7 @@ Rules (design.md, "The project file"):
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import hashlib
 import json
@@ -376,6 +377,7 @@ class Project:
         self._lock = ProjectLock(self.dir / LOCK_FILE)
         self._digests = DigestCache()
         self._why_cache: dict[str, tuple[float, str | None]] = {}
+        self._params_cache: dict[str, tuple[dict[str, Any], Any]] = {}
 
     @property
     def _locked(self) -> bool:
@@ -529,6 +531,53 @@ class Project:
         step_cls = registry.get(step_id)
         return step_cls.params_from(self.data.steps[step_id].params)
 
+    def params_of(self, step_id: str) -> Any:
+        """The validated parameter model of a step, or None when the step is unknown or its stored values do not
+        validate (what the entry mechanism consults: :func:`tomoguide.steps.registry.inputs_of`). Cached while
+        the stored values are unchanged."""
+        st = self.data.steps.get(step_id)
+        if st is None:
+            return None
+        hit = self._params_cache.get(step_id)
+        if hit is not None and hit[0] == st.params:
+            return hit[1]
+        try:
+            value = registry.get(step_id).params_from(st.params)
+        except Exception:  # noqa: BLE001 - invalid stored values: the declared inputs apply
+            value = None
+        self._params_cache[step_id] = (copy.deepcopy(st.params), value)
+        return value
+
+    def inputs_of(self, step_id: str) -> tuple[str, ...]:
+        """The steps ``step_id`` needs directly with its current parameters (see ``Step.inputs_for``)."""
+        return registry.inputs_of(step_id, self.params_of)
+
+    def upstream(self, step_id: str) -> list[str]:
+        """The steps ``step_id`` needs, directly or not, with the current parameters, in workflow order."""
+        return registry.upstream(step_id, self.params_of)
+
+    def downstream(self, step_id: str) -> list[str]:
+        """The steps that need ``step_id``, directly or not, with the current parameters, in workflow order."""
+        return registry.downstream(step_id, self.params_of)
+
+    def is_needed(self, step_id: str) -> bool:
+        """Whether the workflow's last step needs this step with the current parameters (an entry further on, e.g.
+        particles read from files, leaves the earlier steps unneeded: they are not run and shown so)."""
+        return step_id in registry.needed(self.params_of)
+
+    def origin(self, step_id: str) -> str | None:
+        """"from files"/"imported" when this step's results come from elsewhere with the current parameters (or its
+        current run says so in its ``source`` metric), else None: the step list's badge."""
+        step_cls = registry.get(step_id)
+        params = self.params_of(step_id)
+        label = step_cls.origin_for(params, self.params_of) if params is not None else None
+        if label is None:
+            st = self.data.steps.get(step_id)
+            source = st.metrics.get("source") if st is not None and st.status in ("done", "stale") else None
+            if source in ("files", "imported"):
+                label = "from files" if source == "files" else "imported"
+        return label
+
     def _apply_params(self, step_id: str, values: dict[str, Any]) -> bool:
         """Validate and set some parameters in memory (pydantic errors name the field); True when changed."""
         step_cls = registry.get(step_id)
@@ -560,7 +609,7 @@ class Project:
     def mark_stale_from(self, step_id: str, *, reason: str, include_self: bool) -> list[str]:
         """Force the done steps downstream of ``step_id`` (and itself when asked) stale, whatever their identity
         (e.g. the code that computed them changed); returns their ids."""
-        ids = registry.downstream(step_id)
+        ids = self.downstream(step_id)
         if include_self:
             ids = [step_id, *ids]
         marked = []
@@ -592,7 +641,7 @@ class Project:
     def input_hashes(self, step_id: str) -> dict[str, str | None]:
         """Content hashes of the current runs of every step ``step_id`` depends on (directly or not)."""
         out: dict[str, str | None] = {}
-        for up in registry.upstream(step_id):
+        for up in self.upstream(step_id):
             st = self.data.steps.get(up)
             out[up] = None if st is None else (st.content_hash or (f"legacy:{st.hash}" if st.hash else None))
         return out
@@ -675,13 +724,13 @@ class Project:
         return reason
 
     def _why_not(self, step_id: str, ignore_status: bool) -> str | None:
-        step_cls = registry.get(step_id)
+        registry.get(step_id)
         st = self.data.steps[step_id]
         if not ignore_status and st.status not in ("done", "skipped"):
             return f"it is {st.status}"
         if not st.run_dir and not st.outputs and st.status != "skipped":
             return "it has no results"
-        for up in step_cls.inputs:
+        for up in self.inputs_of(step_id):
             if up in self.data.steps and self.why_not_up_to_date(up) is not None:
                 return f"“{registry.get(up).title}” is not up to date"
         if st.hash is None or st.hash != self.step_hash(step_id):
@@ -764,7 +813,7 @@ class Project:
     def steps_at_risk(self, step_id: str) -> list[str]:
         """The later steps that are up to date now and would become stale if a run of ``step_id`` gave different
         results (the wizard asks before such a run; the command line says it)."""
-        return [sid for sid in registry.downstream(step_id) if self.is_up_to_date(sid)]
+        return [sid for sid in self.downstream(step_id) if self.is_up_to_date(sid)]
 
     def restore_kept_runs(self) -> list[str]:
         """Make current, in workflow order, every kept run whose identity is the step's identity now (parameters
@@ -776,7 +825,7 @@ class Project:
             if st is None or not st.history or st.status == "running":
                 continue
             if self.is_up_to_date(sid) or any(self.why_not_up_to_date(up) is not None
-                                              for up in step_cls.inputs if up in self.data.steps):
+                                              for up in self.inputs_of(sid) if up in self.data.steps):
                 continue
             target = self.step_hash(sid)
             for i, rec in enumerate(st.history):
@@ -797,8 +846,9 @@ class Project:
 
     def first_not_done(self) -> str | None:
         """Id of the first step in workflow order that is not done (where opening the project lands)."""
+        needed = registry.needed(self.params_of)
         for step_cls in registry.workflow():
-            if not self.is_up_to_date(step_cls.id):
+            if step_cls.id in needed and not self.is_up_to_date(step_cls.id):
                 return step_cls.id
         return None
 
@@ -1160,6 +1210,8 @@ class Project:
                 "error": st.error,
                 "stale_reason": st.stale_reason,
                 "kept_runs": len(st.history),
+                "origin": self.origin(step_cls.id),
+                "needed": self.is_needed(step_cls.id),
             })
         return {"project": str(self.dir), "name": self.data.name, "schema_version": self.data.schema_version,
                 "missing_data": [self.data.data_paths[k].abs for k in self.missing_data], "notes": self.notes,

@@ -64,9 +64,10 @@ class StepFailed(Exception):
 
 
 def upstream_outputs(project: Project, step_id: str) -> dict[str, StepOutputs]:
-    """Outputs of every done step that ``step_id`` needs (directly or not), with absolute paths."""
+    """Outputs of every done step that ``step_id`` needs (directly or not, with the current parameters: see
+    ``Step.inputs_for``), with absolute paths."""
     out: dict[str, StepOutputs] = {}
-    for sid in registry.upstream(step_id):
+    for sid in project.upstream(step_id):
         st = project.data.steps[sid]
         if st.status in ("done", "skipped"):
             out[sid] = StepOutputs(sid, {k: project.dir / v for k, v in st.outputs.items()}, dict(st.metrics),
@@ -126,7 +127,7 @@ class StepRun:
         again, saved when ``save``), data that moved, a step folder that is a link."""
         project = self.project
         issues: list[Issue] = []
-        for need in self.step_cls.inputs:
+        for need in project.inputs_of(self.step_id):
             if need not in project.data.steps:
                 continue
             why = project.why_not_up_to_date(need)
@@ -139,7 +140,7 @@ class StepRun:
                 issues.append(Issue("error", f"run “{title}” first ({detail})", None))
         if not issues:
             damaged = False
-            for sid in registry.upstream(self.step_id):
+            for sid in project.upstream(self.step_id):
                 if sid not in project.data.steps or project.data.steps[sid].status not in ("done", "skipped"):
                     continue
                 problem = project.validate_outputs(sid)
@@ -313,12 +314,12 @@ class StepRun:
                 raise _DeadEnd(f"{self.step_cls.title} produced an empty map ({empty}): check its parameters (see "
                                f"its help: too few particles, a wrong mask or symmetry) and run it again")
             counted = output_items(p)
-            if counted is not None and counted[0] == 0 and registry.downstream(self.step_id):
+            if counted is not None and counted[0] == 0 and self.project.downstream(self.step_id):
                 raise _DeadEnd(f"{self.step_cls.title} produced no {counted[1]} (output {name!r}): the next step "
                                f"would have nothing to work on; change this step's parameters (see its help) and run "
                                f"it again")
         digests: dict[str, str] = {}
-        manifest, content = build_manifest(partial, known=self.project.known_digests(registry.upstream(self.step_id)),
+        manifest, content = build_manifest(partial, known=self.project.known_digests(self.project.upstream(self.step_id)),
                                            digests_out=digests)
         run_rel = f"steps/{self.step_id}/{final_dir.name}"
         finished = now_iso()

@@ -1,7 +1,9 @@
 """The wizard's main window: the step list (with each step's status), the step pages, Back/Next.
 
 * The step list shows every registered step with a status icon and colour (pending, running, done, stale,
-  failed, interrupted, skipped); any step can be opened from it.
+  failed, interrupted, skipped); any step can be opened from it. A step whose results come from elsewhere (an
+  entry point: tilt series, alignment or CTF read from files) carries a badge ("· from files", "· imported"); a
+  step the chosen entry does not need is greyed "· not needed" and Next passes it.
 * Next is enabled only when the current step is done and up to date (or optional and skipped). After the last
   step comes the summary page (:class:`~tomoguide.pages.summary_page.SummaryPage`: the map, its resolution and
   what it means, its files, the 3D viewers); a finished project opens on it.
@@ -287,24 +289,42 @@ class WizardWindow(QMainWindow):
         if index < 0 or index >= len(self.steps) or self.running_page() is not None:
             return False
         step_cls = self.steps[index]
-        if self.project.is_up_to_date(step_cls.id):
+        if self.project.is_up_to_date(step_cls.id) or not self.project.is_needed(step_cls.id):
             return True
         return bool(step_cls.optional) and self.project.data.steps[step_cls.id].status == "skipped"
 
+    def step_badge(self, step_id: str) -> str:
+        """The badge after a step's title: "not needed", "from files", "imported" or "" (computed)."""
+        if not self.project.is_needed(step_id):
+            return "not needed"
+        return self.project.origin(step_id) or ""
+
     def refresh_statuses(self) -> None:
+        widened = False
         for i, step_cls in enumerate(self.steps):
             status = self.step_status(step_cls.id)
             item = self.step_list.item(i)
+            badge = self.step_badge(step_cls.id)
+            text = f"{i + 1}. {step_cls.title}" + (f"  · {badge}" if badge else "")
+            if item.text() != text:
+                item.setText(text)
+                widened = True
             item.setIcon(status_icon(status))
-            item.setForeground(QColor("#212121" if status != "pending" else "#616161"))
+            item.setForeground(QColor("#212121" if status != "pending" and badge != "not needed" else "#616161"))
             st = self.project.data.steps[step_cls.id]
             tip = f"{step_cls.summary}\nStatus: {status}"
             if status == "stale" and st.stale_reason:
                 tip += f" ({st.stale_reason})"
             if status == "failed" and st.error:
                 tip += f": {st.error}"
+            if badge == "not needed":
+                tip += "\nNot needed: the project enters the workflow after this step (see the start screen)."
+            elif badge:
+                tip += f"\nResults {badge}: this step reads them instead of computing them."
             item.setToolTip(tip)
             item.setData(Qt.ItemDataRole.UserRole, status)
+        if widened:
+            self.step_list.setMinimumWidth(max(self.step_list.minimumWidth(), self.step_list_width()))
         done = self.project.is_up_to_date(self.steps[-1].id)
         summary_item = self.step_list.item(self.summary_index)
         summary_item.setIcon(status_icon("done" if done else "pending"))

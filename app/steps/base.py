@@ -446,6 +446,9 @@ class RunContext:
 
 
 StepRun = Generator[Progress, None, StepResult]
+#: another step's current parameters by id (None when not known or not valid): what :meth:`Step.inputs_for` and
+#: :meth:`Step.origin_for` may consult
+ParamsOf = Callable[[str], "StepParams | None"]
 
 
 class Step(abc.ABC):
@@ -472,6 +475,22 @@ class Step(abc.ABC):
         """Compute the step: yield :class:`Progress`, call ``ctx.check_cancel()`` often, return a StepResult."""
 
     # convenience -------------------------------------------------------------------------------------------
+    @classmethod
+    def inputs_for(cls, params: StepParams, params_of: ParamsOf | None = None) -> tuple[str, ...]:
+        """The ids of the steps this step needs when run with ``params`` (the entry mechanism). Default:
+        :attr:`inputs`. A step whose ``source`` brings its results from elsewhere overrides this to need fewer
+        steps (particles read from RELION 5 need no picking). ``params_of(step_id)`` gives another step's current
+        parameters (None when unknown or invalid), for a step whose needs follow an earlier step's source. Ids
+        returned must be among :attr:`inputs` (the registry enforces this: the workflow order stays valid)."""
+        return cls.inputs
+
+    @classmethod
+    def origin_for(cls, params: StepParams, params_of: ParamsOf | None = None) -> str | None:
+        """A short label when this step's results come from elsewhere with ``params`` (shown as a badge in the
+        step list and by ``tomoguide status``): e.g. ``"from files"``, ``"imported"``; None when it computes
+        them (the default)."""
+        return None
+
     @classmethod
     def default_params(cls) -> StepParams:
         return cls.Params()

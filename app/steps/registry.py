@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from tomoguide.steps.base import Step
+from tomoguide.steps.base import ParamsOf, Step
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,25 +46,55 @@ def get(step_id: str) -> type[Step]:
     raise KeyError(f"unknown step {step_id!r}; the steps are: {', '.join(ids())}")
 
 
-def downstream(step_id: str) -> list[str]:
-    """Ids of the steps that depend on ``step_id`` directly or indirectly, in workflow order."""
+def inputs_of(step_id: str, params_of: ParamsOf | None = None) -> tuple[str, ...]:
+    """The steps ``step_id`` needs directly: its :meth:`Step.inputs_for` with the parameters ``params_of`` gives
+    (a step id -> its current parameters, None when unknown or invalid), else its declared ``inputs``.
+
+    Ids that are not among the declared ``inputs`` are refused (``ValueError``): a source may drop needs, never
+    add one (the workflow order and the pages rely on the declared graph)."""
+    cls = get(step_id)
+    if params_of is None:
+        return cls.inputs
+    params = params_of(step_id)
+    if params is None:
+        return cls.inputs
+    needs = tuple(cls.inputs_for(params, params_of))
+    extra = [i for i in needs if i not in cls.inputs]
+    if extra:
+        raise ValueError(f"{step_id}.inputs_for returned {extra}, which are not among its declared inputs "
+                         f"{list(cls.inputs)}")
+    return needs
+
+
+def downstream(step_id: str, params_of: ParamsOf | None = None) -> list[str]:
+    """Ids of the steps that depend on ``step_id`` directly or indirectly, in workflow order (with
+    ``params_of``: as the steps' current parameters need them, see :func:`inputs_of`)."""
     get(step_id)
     affected = {step_id}
     out = []
     for s in workflow():
-        if s.id != step_id and any(i in affected for i in s.inputs):
+        if s.id != step_id and any(i in affected for i in inputs_of(s.id, params_of)):
             affected.add(s.id)
             out.append(s.id)
     return out
 
 
-def upstream(step_id: str) -> list[str]:
-    """Ids of the steps ``step_id`` needs, directly or indirectly, in workflow order."""
+def upstream(step_id: str, params_of: ParamsOf | None = None) -> list[str]:
+    """Ids of the steps ``step_id`` needs, directly or indirectly, in workflow order (with ``params_of``: as the
+    steps' current parameters need them, see :func:`inputs_of`)."""
     need: set[str] = set()
-    stack = list(get(step_id).inputs)
+    stack = list(inputs_of(step_id, params_of))
     while stack:
         sid = stack.pop()
         if sid not in need:
             need.add(sid)
-            stack.extend(get(sid).inputs)
+            stack.extend(inputs_of(sid, params_of))
     return [s for s in ids() if s in need]
+
+
+def needed(params_of: ParamsOf | None = None) -> list[str]:
+    """The steps the workflow's last step needs, and that step, in workflow order: with every source at its
+    default that is every step; an entry further on (particles read from files) leaves out the steps nothing
+    needs any more."""
+    last = workflow()[-1].id
+    return [*upstream(last, params_of), last]
