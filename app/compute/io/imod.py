@@ -30,15 +30,21 @@ import numpy as np
 from tomoguide.compute.io.errors import FormatError, problem
 
 __all__ = [
+    "CtfplotterDefocus",
     "ModPoints",
     "describe",
     "format_view_list",
     "parse_view_list",
     "read_com",
+    "read_ctfplotter_defocus",
+    "read_dose_list",
     "read_edf",
+    "read_exclude_list",
     "read_mod_points",
     "read_newst_com",
+    "read_rawtlt",
     "read_tilt_com",
+    "read_tilt_table",
     "read_tlt",
     "read_xf",
     "read_xtilt",
@@ -118,6 +124,135 @@ def read_xf(path: PathType, *, strict: bool = True) -> np.ndarray:
         (n, 6) float64 rows ``A11 A12 A21 A22 DX DY`` (shifts in px; see the module docstring).
     """
     return _read_table(path, 6, "transform (A11 A12 A21 A22 DX DY)", strict)
+
+
+def _read_rows(path: PathType, what: str, strict: bool) -> list[tuple[int, list[float]]]:
+    """Read whitespace-separated numbers, any count per line -> [(line number, values)] of the non-blank lines.
+
+    Same checks as :func:`_read_table` (text, line ends, numbers, finite values) but no fixed column count.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii", errors="strict")
+    except UnicodeDecodeError as err:
+        raise FormatError(path, f"byte {err.start}", f"not a text {what} file ({err.reason})") from err
+    lines = text.splitlines()
+    if text.strip() and not text.endswith(("\n", "\r")):
+        problem(strict, path, f"line {len(lines)}", "the file ends in the middle of a line (no line end): cut short?")
+    rows: list[tuple[int, list[float]]] = []
+    for lineno, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            values = [float(p) for p in stripped.split()]
+        except ValueError:
+            problem(strict, path, f"line {lineno}", f"expected numbers for {what}, got {stripped!r}")
+            continue
+        if not all(np.isfinite(values)):
+            problem(strict, path, f"line {lineno}", f"non-finite value in {what}: {stripped!r}")
+            continue
+        rows.append((lineno, values))
+    if not rows:
+        raise FormatError(path, "values", f"no {what} values found (an empty file, or cut short?)")
+    return rows
+
+
+def _rectangular(path: PathType, rows: list[tuple[int, list[float]]], what: str, strict: bool) -> np.ndarray:
+    """(n, k) array of rows that all have the first row's column count (others: error / skipped)."""
+    ncols = len(rows[0][1])
+    keep: list[list[float]] = []
+    for lineno, values in rows:
+        if len(values) != ncols:
+            problem(strict, path, f"line {lineno}",
+                    f"expected {ncols} number(s) for {what} (as on line {rows[0][0]}), got {len(values)}")
+            continue
+        keep.append(values)
+    return np.asarray(keep, dtype=np.float64).reshape(-1, ncols)
+
+
+def _order_column(col: np.ndarray) -> np.ndarray | None:
+    """0-based acquisition order when ``col`` is a permutation of 1..n or 0..n-1 (integers), else None."""
+    if not np.all(col == np.round(col)):
+        return None
+    ints = col.astype(np.int64)
+    n = ints.size
+    for base in (1, 0):
+        if np.array_equal(np.sort(ints), np.arange(base, base + n)):
+            return ints - base
+    return None
+
+
+def read_tilt_table(path: PathType, *, strict: bool = True) -> dict[str, np.ndarray]:
+    """Read a one- or multi-column tilt-angle file (``.rawtlt``, ``.tlt``, AreTomo's angle file, ...).
+
+    The first column is the tilt angle in degrees (stack order, one line per view). Further columns, which
+    other programs add, are recognised where their meaning is certain:
+
+    * ``"tilt_deg"``: (n,) float64 column 1, degrees, checked to lie within ±90°.
+    * ``"acquisition_order"``: (n,) int64, **0-based**, when a column is a permutation of the integers 1..n
+      (AreTomo's ``-AngFile`` second column, the 1-based acquisition index) or 0..n-1.
+    * ``"column_K"``: (n,) float64 for any other column ``K`` (1-based column number), unnamed because the
+      file does not say what it holds (a dose, a defocus, ...).
+
+    Lines starting with ``#`` are comments. Every line must have the first line's number of columns.
+    """
+    table = _rectangular(path, _read_rows(path, "tilt angle", strict), "tilt angle", strict)
+    angles = table[:, 0]
+    bad = np.flatnonzero(np.abs(angles) > 90.0)
+    if bad.size:
+        problem(strict, path, f"value {int(bad[0]) + 1}", f"tilt angle {angles[bad[0]]:g}° is outside ±90°")
+    out: dict[str, np.ndarray] = {"tilt_deg": angles.copy()}
+    for k in range(1, table.shape[1]):
+        order = _order_column(table[:, k])
+        if order is not None and "acquisition_order" not in out:
+            out["acquisition_order"] = order
+        else:
+            out[f"column_{k + 1}"] = table[:, k].copy()
+    return out
+
+
+def read_rawtlt(path: PathType, *, strict: bool = True) -> np.ndarray:
+    """Read the tilt angles of a ``.rawtlt`` / ``.tlt`` file with one or more columns.
+
+    Returns:
+        (n,) float64 tilt angles in degrees (the first column), in stack order. Extra columns (acquisition
+        order, dose, ...) are ignored here; :func:`read_tilt_table` returns them.
+    """
+    return read_tilt_table(path, strict=strict)["tilt_deg"]
+
+
+def read_dose_list(path: PathType, *, one_column: str = "dose", strict: bool = True) -> np.ndarray:
+    """Read a per-tilt dose list, one line per view in stack order, in IMOD's conventions (mtffilter's
+    ``TypeOfDoseFile``): one number per line, or two numbers per line ``prior_dose dose``.
+
+    Args:
+        one_column: what a single column holds, which the file itself cannot say: ``"dose"`` (IMOD
+            ``TypeOfDoseFile 1``: the dose received by that tilt) or ``"prior"`` (``TypeOfDoseFile 2``: the
+            dose accumulated *before* that tilt, RELION's ``rlnMicrographPreExposure``, Warp's ``Dose``).
+
+    Returns:
+        (n, 2) float64, e⁻/Å²: column 0 = prior accumulated dose (pre-exposure) of each view, column 1 = the
+        dose of that view's own exposure; NaN where the file does not give it. Two-column files
+        (``TypeOfDoseFile 3``) fill both.
+    """
+    if one_column not in ("dose", "prior"):
+        raise ValueError(f"one_column must be 'dose' or 'prior', got {one_column!r}")
+    table = _rectangular(path, _read_rows(path, "dose", strict), "dose", strict)
+    if table.shape[1] > 2:
+        raise FormatError(path, "columns", f"{table.shape[1]} numbers per line: a dose list has 1 (dose or prior "
+                          "dose) or 2 (prior dose, dose); not supported")
+    neg = np.flatnonzero((table < 0).any(axis=1))
+    if neg.size:
+        problem(strict, path, f"view {int(neg[0]) + 1}", f"negative dose {table[neg[0]].min():g} e/A^2")
+    out = np.full((table.shape[0], 2), np.nan)
+    if table.shape[1] == 2:
+        out[:] = table
+    elif one_column == "dose":
+        out[:, 1] = table[:, 0]
+    else:
+        out[:, 0] = table[:, 0]
+    return out
 
 
 def _write_lines(path: PathType, lines: list[str]) -> None:
@@ -298,6 +433,188 @@ def read_edf(path: PathType, *, strict: bool = True) -> dict[str, Any]:
         key, value = line.split("=", 1)
         out[key.strip()] = _convert_value(value)
     return out
+
+
+def read_exclude_list(path: PathType, *, strict: bool = True) -> list[int]:
+    """The views an IMOD command file excludes, **0-based**, sorted.
+
+    Reads ``tilt.com`` / ``align.com`` / ``newst.com`` (any ``.com``): the union of ``EXCLUDELIST``,
+    ``EXCLUDELIST2`` and tiltalign's ``ExcludeList`` (keys compared without case), each a 1-based IMOD view
+    list such as ``1-3,40`` (:func:`parse_view_list`). A file without such a key excludes nothing (``[]``).
+    """
+    com = read_com(path, strict=strict)
+    views: set[int] = set()
+    for key, value in com.items():
+        if key.upper() not in ("EXCLUDELIST", "EXCLUDELIST2"):
+            continue
+        if isinstance(value, list):
+            views.update(int(v) - 1 for v in value)
+    return sorted(views)
+
+
+# --------------------------------------------------------------------------------------------------------
+# ctfplotter / ctfphaseflip defocus files
+# --------------------------------------------------------------------------------------------------------
+
+#: flag bits of a version-3 defocus file (IMOD's ctfphaseflip man page, "defocus file")
+DEFOCUS_ASTIGMATISM = 1
+DEFOCUS_ASTIG_RADIANS = 2
+DEFOCUS_PHASE = 4
+DEFOCUS_PHASE_RADIANS = 8
+DEFOCUS_INVERT_TILTS = 16
+DEFOCUS_CUT_ON = 32
+
+
+@dataclass
+class CtfplotterDefocus:
+    """An IMOD ctfplotter / ctfphaseflip defocus file, expanded to one value per view.
+
+    Conventions: views are **0-based** here (IMOD writes them 1-based); defocus in Å, positive = underfocus
+    (IMOD writes positive underfocus in nm; × 10); ``defocus_u_A`` is IMOD's "defocus 1", ``defocus_v_A`` its
+    "defocus 2", ``astigmatism_angle_deg`` its astigmatism axis angle in degrees (from X, counter-clockwise,
+    converted from radians when flag 2 is set) — the same mapping as RELION/CTFFIND's DefocusU/V/Angle, as
+    Scipion's IMOD plugin converts them. Files without astigmatism give ``defocus_v_A == defocus_u_A`` and
+    angle 0. A view that lies in several fitted ranges takes the range whose centre is nearest to it (the
+    first such range on ties); views in no range are absent from ``views``.
+
+    Attributes:
+        path: the file.
+        version: 1 (no version number), 2 (``2`` after the first line) or 3 (header line with flags).
+        flags: the version-3 flag sum (astigmatism 1, angle in radians 2, phase 4, phase in radians 8,
+            tilt angles inverted 16, cut-on frequency 32); 0 for versions 1 and 2.
+        ranges: (m, 2) int64 first and last view (0-based, inclusive) of each line.
+        range_tilts_deg: (m, 2) float64 starting and ending tilt angle of each line, degrees, as written.
+        views: (k,) int64 0-based views that have a value, ascending.
+        defocus_u_A, defocus_v_A, astigmatism_angle_deg: (k,) float64 per view in ``views``.
+        phase_shift_deg: (k,) float64 (flag 4) or None.
+        cut_on_frequency: (k,) float64 as written (flag 32; 1/nm) or None.
+        tilts_inverted: flag 16: the file's tilt angles are inverted against what ctfplotter would write.
+    """
+
+    path: Path
+    version: int
+    flags: int
+    ranges: np.ndarray
+    range_tilts_deg: np.ndarray
+    views: np.ndarray
+    defocus_u_A: np.ndarray
+    defocus_v_A: np.ndarray
+    astigmatism_angle_deg: np.ndarray
+    phase_shift_deg: np.ndarray | None = None
+    cut_on_frequency: np.ndarray | None = None
+    tilts_inverted: bool = False
+
+    @property
+    def has_astigmatism(self) -> bool:
+        return bool(self.flags & DEFOCUS_ASTIGMATISM)
+
+    def per_view(self, n_views: int) -> dict[str, np.ndarray]:
+        """(n_views,) arrays ``defocus_u_A``, ``defocus_v_A``, ``astigmatism_angle_deg`` (and
+        ``phase_shift_deg`` when present) indexed by 0-based view, NaN for views the file does not cover."""
+        if self.views.size and int(self.views.max()) >= n_views:
+            raise FormatError(self.path, "views", f"view {int(self.views.max()) + 1} is beyond the {n_views} "
+                              "views of the tilt series")
+        out: dict[str, np.ndarray] = {}
+        names = ["defocus_u_A", "defocus_v_A", "astigmatism_angle_deg"]
+        if self.phase_shift_deg is not None:
+            names.append("phase_shift_deg")
+        for name in names:
+            arr = np.full(n_views, np.nan)
+            arr[self.views] = getattr(self, name)
+            out[name] = arr
+        return out
+
+
+def read_ctfplotter_defocus(path: PathType, *, strict: bool = True) -> CtfplotterDefocus:
+    """Read an IMOD defocus file written by ctfplotter (or for ctfphaseflip), versions 1, 2 and 3.
+
+    Layout (IMOD's ctfphaseflip man page): one line per fitted range of views ``view_start view_end
+    tilt_start tilt_end defocus`` (views 1-based, tilts in degrees, defocus in nm, positive underfocus).
+
+    * version 1: no version number; version 2: the first line has a sixth number, ``2``;
+    * version 3: a header line ``flags 0 0. 0. 0 3`` (the flag sum, four zeros, the version), then lines
+      ``view_start view_end tilt_start tilt_end defocus1 [defocus2 astig_angle] [phase_shift] [cut_on]``:
+      ``defocus2 astig_angle`` with flag 1, ``phase_shift`` with flag 4 (degrees, radians with flag 8),
+      ``cut_on`` with flag 32.
+
+    Returns:
+        :class:`CtfplotterDefocus` (views 0-based, defocus in Å, angles in degrees; see there).
+
+    Raises:
+        FormatError: naming the file and line, for a line with the wrong number of columns, a view range that
+            is not ``1 <= start <= end``, an unknown version or flag bit.
+    """
+    path = Path(path)
+    rows = _read_rows(path, "defocus", strict)
+    version, flags = 1, 0
+    first_no, first = rows[0]
+    if len(first) == 6 and first[5] == 3 and all(v == 0 for v in first[1:5]):
+        version, flags = 3, int(first[0])
+        if flags != first[0] or flags < 0 or flags >= 64:
+            raise FormatError(path, f"line {first_no}", f"flags {first[0]:g}: not a sum of 1, 2, 4, 8, 16, 32")
+        rows = rows[1:]
+    elif len(first) == 6 and first[5] == 2:
+        version = 2
+        rows = [(first_no, first[:5]), *rows[1:]]
+    elif len(first) == 6:
+        raise FormatError(path, f"line {first_no}", f"version {first[5]:g} after the first line: only defocus file "
+                          "versions 2 and 3 are documented (not supported)")
+    if not rows:
+        raise FormatError(path, "values", "a header line but no defocus lines (cut short?)")
+    ncols = 4 + (3 if flags & DEFOCUS_ASTIGMATISM else 1) + (1 if flags & DEFOCUS_PHASE else 0) \
+        + (1 if flags & DEFOCUS_CUT_ON else 0)
+    keep: list[list[float]] = []
+    for lineno, values in rows:
+        if len(values) != ncols:
+            problem(strict, path, f"line {lineno}", f"expected {ncols} numbers for a version-{version} defocus line"
+                    f"{f' with flags {flags}' if version == 3 else ''}, got {len(values)}")
+            continue
+        v0, v1 = values[0], values[1]
+        if v0 != int(v0) or v1 != int(v1) or v0 < 1 or v1 < v0:
+            problem(strict, path, f"line {lineno}", f"view range {v0:g}-{v1:g}: views are numbered from 1, "
+                    "start <= end")
+            continue
+        if values[4] <= 0:
+            problem(strict, path, f"line {lineno}", f"defocus {values[4]:g} nm: IMOD writes underfocus as positive nm")
+            continue
+        keep.append(values)
+    if not keep:
+        raise FormatError(path, "values", "no readable defocus lines")
+    table = np.asarray(keep, dtype=np.float64)
+    ranges = table[:, :2].astype(np.int64) - 1
+    d1 = table[:, 4] * 10.0
+    col = 5
+    if flags & DEFOCUS_ASTIGMATISM:
+        d2 = table[:, 5] * 10.0
+        ang = table[:, 6]
+        if flags & DEFOCUS_ASTIG_RADIANS:
+            ang = np.degrees(ang)
+        col = 7
+    else:
+        d2, ang = d1.copy(), np.zeros_like(d1)
+    phase = cut = None
+    if flags & DEFOCUS_PHASE:
+        phase = table[:, col]
+        if flags & DEFOCUS_PHASE_RADIANS:
+            phase = np.degrees(phase)
+        col += 1
+    if flags & DEFOCUS_CUT_ON:
+        cut = table[:, col]
+    # expand ranges to views: each view takes the range whose centre is nearest (first on ties)
+    views = np.arange(int(ranges[:, 0].min()), int(ranges[:, 1].max()) + 1)
+    inside = (views[:, None] >= ranges[None, :, 0]) & (views[:, None] <= ranges[None, :, 1])
+    dist = np.abs(views[:, None] - ranges.mean(axis=1)[None, :])
+    dist = np.where(inside, dist, np.inf)
+    covered = inside.any(axis=1)
+    views = views[covered]
+    pick = np.argmin(dist[covered], axis=1)
+    return CtfplotterDefocus(
+        path=path, version=version, flags=flags, ranges=ranges, range_tilts_deg=table[:, 2:4].copy(),
+        views=views, defocus_u_A=d1[pick], defocus_v_A=d2[pick], astigmatism_angle_deg=ang[pick],
+        phase_shift_deg=None if phase is None else phase[pick],
+        cut_on_frequency=None if cut is None else cut[pick],
+        tilts_inverted=bool(flags & DEFOCUS_INVERT_TILTS),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -549,7 +866,7 @@ def _xf_summary(rows: np.ndarray) -> dict[str, Any]:
 
 
 def describe(path: PathType, *, strict: bool = True) -> dict[str, Any]:
-    """Summarise an IMOD file by its extension (.tlt .rawtlt .xtilt .xf .mod .com .edf) for display.
+    """Summarise an IMOD file by its extension (.tlt .rawtlt .xtilt .xf .mod .com .edf .defocus) for display.
 
     Keys always include ``"kind"``; angle files add ``n_views``, ``min_deg``, ``max_deg``, ``step_deg``
     (median spacing); ``.xf`` adds ``n_views``, ``mean_rotation_deg`` (rotation applied to the raw
@@ -560,12 +877,34 @@ def describe(path: PathType, *, strict: bool = True) -> dict[str, Any]:
     p = Path(path)
     ext = p.suffix.lower()
     if ext in (".tlt", ".rawtlt", ".xtilt"):
-        ang = read_tlt(p, strict=strict)
+        table = read_tilt_table(p, strict=strict) if ext != ".xtilt" else {"tilt_deg": read_xtilt(p, strict=strict)}
+        ang = table["tilt_deg"]
         step = float(np.median(np.abs(np.diff(ang)))) if ang.size > 1 else 0.0
-        return {
+        facts: dict[str, Any] = {
             "kind": ext[1:], "n_views": int(ang.size), "min_deg": float(ang.min()),
             "max_deg": float(ang.max()), "step_deg": step,
         }
+        if len(table) > 1:
+            facts["flavour"] = f"{len(table)}-column angle file"
+            facts["columns"] = list(table)
+        return facts
+    if ext == ".defocus":
+        d = read_ctfplotter_defocus(p, strict=strict)
+        facts = {
+            "kind": "ctfplotter_defocus", "version": d.version,
+            "flavour": f"ctfplotter defocus v{d.version}", "flags": d.flags,
+            "n_lines": int(d.ranges.shape[0]), "n_views": int(d.views.size),
+            "views_range": [int(d.views.min()) + 1, int(d.views.max()) + 1],
+            "defocus_range_A": [float(min(d.defocus_u_A.min(), d.defocus_v_A.min())),
+                                float(max(d.defocus_u_A.max(), d.defocus_v_A.max()))],
+            "astigmatism": d.has_astigmatism,
+            "phase_shift": d.phase_shift_deg is not None,
+        }
+        if d.has_astigmatism:
+            facts["astigmatism_max_A"] = float(np.abs(d.defocus_u_A - d.defocus_v_A).max())
+        if d.tilts_inverted:
+            facts["tilts_inverted"] = True
+        return facts
     if ext == ".xf":
         return {"kind": "xf", **_xf_summary(read_xf(p, strict=strict))}
     if ext == ".mod":
@@ -577,13 +916,18 @@ def describe(path: PathType, *, strict: bool = True) -> dict[str, Any]:
         }
     if ext == ".com":
         d = read_com(p, strict=strict)
+        excluded = read_exclude_list(p, strict=strict)
         keep = ("THICKNESS", "XAXISTILT", "EXCLUDELIST", "IMAGEBINNED", "BinByFactor", "TransformFile",
                 "TILTFILE", "FULLIMAGE")
-        return {"kind": "com", "program": d.get("$program"), "n_keys": len(d),
-                **{k: d[k] for k in keep if k in d}}
+        facts = {"kind": "com", "program": d.get("$program"), "n_keys": len(d),
+                 **{k: d[k] for k in keep if k in d}}
+        if excluded:
+            facts["excluded_views_1based"] = [v + 1 for v in excluded]
+        return facts
     if ext == ".edf":
         d = read_edf(p, strict=strict)
         keep = ("Setup.DatasetName", "Setup.PixelSize", "Setup.Binning", "Setup.ImageRotationA",
                 "Setup.AxisA.ExcludeProjections")
         return {"kind": "edf", "n_keys": len(d), **{k: d[k] for k in keep if k in d}}
-    raise FormatError(p, None, f"unknown IMOD file type {ext!r} (expected .tlt .rawtlt .xtilt .xf .mod .com .edf)")
+    raise FormatError(p, None, f"unknown IMOD file type {ext!r} (expected .tlt .rawtlt .xtilt .xf .mod .com .edf "
+                      ".defocus)")
