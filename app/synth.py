@@ -233,6 +233,9 @@ PRESETS: dict[str, SimParams] = {
         field_fraction=0.8,
     ),
     "small": SimParams(),
+    # the tutorial's scale for scaling measurements (issue 18): 8 series of 41 tilts, the small preset's particles
+    # per series
+    "full": SimParams(n_series=8),
 }
 
 

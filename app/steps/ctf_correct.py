@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tomoguide.steps.base import Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
+from tomoguide.steps.base import Needs, RunContext, Step, StepParams, StepResult, StepRun, param
 from tomoguide.steps.exclude import drop_views
 from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy
 
@@ -26,6 +26,28 @@ class CtfCorrectParams(StepParams):
         None, title="Strip spacing", unit="px", hard=(4, 4096), empty_means="from the tolerance", advanced=True,
         help="Distance between strip centres. Empty: derived from the tolerance and the tilt (IMOD-like spacing: "
              "about 20 px).")
+
+
+def ctf_correct_unit(stack_path: Any, star_path: Any, g: Any, kw: dict[str, Any], out: Any) -> None:
+    """One tilt series phase-flipped view by view (a unit of :mod:`tomoguide.cluster`): reads the stack and its
+    defocus table by path, writes the flipped stack to ``out`` (temporary file renamed into place); excluded views
+    are copied unchanged."""
+    from tomoguide.cluster import atomic_output
+    from tomoguide.compute.ctfcorrect import phase_flip_series
+    from tomoguide.compute.io.mrc import read_mrc, write_mrc
+    from tomoguide.compute.io.star import read_ctf_star
+
+    stack, info = read_mrc(stack_path)
+    table = read_ctf_star(star_path)
+    flipped = np.empty(stack.shape, np.float32)
+    for i in range(g.n_views):
+        one = drop_views(g, np.arange(g.n_views) == i)  # a one-view record
+        flipped[i] = phase_flip_series(stack[i:i + 1], one, defocus_u_A=table["rlnDefocusU"].to_numpy()[i:i + 1],
+                                       defocus_v_A=table["rlnDefocusV"].to_numpy()[i:i + 1],
+                                       astig_angle_deg=table["rlnDefocusAngle"].to_numpy()[i:i + 1],
+                                       aligned=False, defocus_at="image_centre", skip_excluded=True, **kw)[0]
+    with atomic_output(out) as tmp:
+        write_mrc(tmp, flipped, voxel_size_A=info.voxel_size_A[0], is_stack=True)
 
 
 class CtfCorrect(Step):
@@ -55,36 +77,22 @@ class CtfCorrect(Step):
         return Needs(disk_bytes=total, memory_bytes=3 * total)
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.ctfcorrect import phase_flip_series
-        from tomoguide.compute.io.mrc import read_mrc, write_mrc
-        from tomoguide.compute.io.star import read_ctf_star
+        from tomoguide.cluster import Unit
 
         assert isinstance(params, CtfCorrectParams)
         sset, base = SeriesSet.load(ctx.output("exclude", "series"))
         n_total = sum(s.geometry.n_views for s in sset.series)
-        done = 0
         entries = []
         metrics: dict[str, Any] = {"series": {}}
         kw: dict[str, Any] = {"defocus_tolerance_A": params.defocus_tolerance_A}
         if params.strip_width_px is not None:
             kw["strip_width_px"] = params.strip_width_px
+        units = [Unit(s.name, (s.path("stack", base), s.path("ctf_star", base), s.geometry, kw,
+                               ctx.out_path(f"{s.name}.mrc"))) for s in sset.series]
+        yield from ctx.map_units(ctf_correct_unit, units, what="phase flipping")  # one unit per tilt series
         for s in sset.series:
             g = s.geometry
-            stack, info = read_mrc(s.path("stack", base))
-            table = read_ctf_star(s.path("ctf_star", base))
-            out = np.empty(stack.shape, np.float32)
-            for i in range(g.n_views):  # view by view, so that cancel is prompt
-                ctx.check_cancel()
-                one = drop_views(g, np.arange(g.n_views) == i)  # a one-view record
-                out[i] = phase_flip_series(stack[i:i + 1], one, defocus_u_A=table["rlnDefocusU"].to_numpy()[i:i + 1],
-                                           defocus_v_A=table["rlnDefocusV"].to_numpy()[i:i + 1],
-                                           astig_angle_deg=table["rlnDefocusAngle"].to_numpy()[i:i + 1],
-                                           aligned=False, defocus_at="image_centre", skip_excluded=True, **kw)[0]
-                done += 1
-                yield Progress(done / n_total, f"{s.name}: view {i + 1}/{g.n_views} flipped"
-                               + (" (excluded: copied)" if g.excluded[i] else ""))
             files = {"stack": f"{s.name}.mrc", "ctf_star": s.files["ctf_star"]}
-            write_mrc(ctx.out_path(files["stack"]), out, voxel_size_A=info.voxel_size_A[0], is_stack=True)
             link_or_copy(s.path("ctf_star", base), ctx.out_path(files["ctf_star"]))
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=dict(s.info)))
             metrics["series"][s.name] = {"n_flipped": int(g.n_views - sum(g.excluded))}

@@ -203,6 +203,77 @@ def detect_gain_orientation_from_movies(series: Any, *, check_every: int = 4, en
     return res
 
 
+def motion_ctf_unit(t: Any, g: Any, true_tilt_deg: float, params: MotionCtfParams, gain_path: Any, out: Any,
+                    series_name: str, index: int) -> dict[str, Any]:
+    """One tilt movie (a unit of :mod:`tomoguide.cluster`): frame alignment of the movie ``t.movie`` (gain and
+    defects from ``gain_path``, an ``.npz`` the step wrote, or None), then the CTF fit of its sum when
+    ``params.estimate_ctf``. Writes the aligned sum (and the even/odd sums) to ``out`` (``.npz``, through a
+    temporary file); returns the shifts, the flags, the CTF row and preview and the timings (small)."""
+    from tomoguide.cluster import atomic_output
+    from tomoguide.compute.backend import to_numpy
+    from tomoguide.compute.ctffit import estimate_ctf, fit_ctf_grid
+    from tomoguide.compute.io.movies import eer_fractions_per_frame, read_movie
+    from tomoguide.compute.motion import align_movie
+
+    gain = defects = None
+    if gain_path is not None:
+        with np.load(gain_path) as z:
+            gain = z["gain"]
+            defects = z["defects"] if z["defects"].size else None
+    k = eer_fractions_per_frame(t.n_frames, params.eer_fraction, group_exposure_e_A2=params.eer_group_exposure_e_A2,
+                                movie_dose_e_A2=t.dose_e_A2)
+    frames = read_movie(t.movie, eer_fractions_per_frame=k)  # k is used for EER movies only
+    # an EER movie's t.n_frames counts its fractions: k of them make one frame
+    per_frame = 1 if frames.shape[0] == t.n_frames else k
+    if frames.shape[1:] != tuple(t.frame_shape_px):
+        from tomoguide.compute.io.errors import FormatError
+
+        raise FormatError(t.movie, "frame size", f"{frames.shape[2]}×{frames.shape[1]} px, expected "
+                          f"{t.frame_shape_px[1]}×{t.frame_shape_px[0]} as at import")
+    t0 = time.perf_counter()
+    res = align_movie(
+        frames, pixel_size_A=g.pixel_size_A, gain=gain, bfactor_A2=params.bfactor_A2,
+        res_band_A=(params.res_low_A, params.res_high_A),
+        grid=(params.grid_x, params.grid_y, params.grid_t), prior_dose_e_A2=t.prior_dose_e_A2,
+        dose_per_frame_e_A2=t.dose_e_A2 * per_frame / max(t.n_frames, 1),
+        voltage_kV=g.optics.voltage_kV, even_odd=params.even_odd, binning=params.binning,
+        defects=defects if gain is not None else None)
+    t_align = time.perf_counter() - t0
+    sums = {"sum": to_numpy(res.aligned_sum).astype(np.float32)}
+    if params.even_odd:
+        sums["even"] = to_numpy(res.even_sum).astype(np.float32)
+        sums["odd"] = to_numpy(res.odd_sum).astype(np.float32)
+    with atomic_output(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **sums)
+    result: dict[str, Any] = {
+        "k": int(k), "per_frame": int(per_frame), "n_frames": int(frames.shape[0]),
+        "failed": bool(res.failed), "failure_reason": res.failure_reason,
+        "shifts_px": np.asarray(res.shifts_px, float).tolist(),
+        "raw_shifts_px": np.asarray(res.raw_shifts_px, float).tolist(),
+        "peak_z": np.asarray(res.peak_z, float).tolist(), "t_align": t_align, "t_ctf": 0.0}
+    if params.estimate_ctf:
+        t0 = time.perf_counter()
+        px_out = g.pixel_size_A * params.binning
+        image = to_numpy(res.unweighted_sum).astype(np.float32)
+        kw = dict(defocus_range_A=(params.defocus_min_um * 1e4, params.defocus_max_um * 1e4),
+                  res_range_A=(params.ctf_res_low_A, params.ctf_res_high_A), fit_phase=params.fit_phase)
+        optics = dict(voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm,
+                      amplitude_contrast=g.optics.amplitude_contrast)
+        geo = dict(tilt_deg=float(true_tilt_deg), tilt_axis_deg=g.tilt_axis_deg,
+                   defocus_handedness=g.defocus_handedness)
+        fit, spec = estimate_ctf(image, pixel_size_A=px_out, box=params.ctf_window_px, **geo, **optics, **kw)
+        row = ctf_row(series_name, index, t.tilt_deg, fit)
+        if params.defocus_grid_x * params.defocus_grid_y > 1 and not fit.failed:
+            grid = fit_ctf_grid(image, pixel_size_A=px_out, grid=(params.defocus_grid_y, params.defocus_grid_x),
+                                box=params.ctf_window_px, global_fit=fit, **geo, **optics, **kw)
+            row["tomoguideDefocusGradientX"] = float(grid.gradient_A_per_px[0])
+            row["tomoguideDefocusGradientY"] = float(grid.gradient_A_per_px[1])
+            row["tomoguideTiltFromDefocusPlane"] = float(grid.tilt_from_plane_deg)
+        result.update(ctf_row=row, ctf_failed=bool(fit.failed), ctf_reason=fit.reason,
+                      preview=ctf_preview(spec, fit), t_ctf=time.perf_counter() - t0)
+    return result
+
+
 class MotionCtf(Step):
     id = "motion_ctf"
     title = "Frame alignment and CTF"
@@ -353,13 +424,10 @@ class MotionCtf(Step):
         return Needs(disk_bytes=int(disk), memory_bytes=int(ny * nx * 4 * frames * 6 + per * len(series[0].tilts)))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.backend import to_numpy
-        from tomoguide.compute.ctffit import estimate_ctf, fit_ctf_grid
+        from tomoguide.cluster import Unit
         from tomoguide.compute.gain import INVERSE_SUFFIX, orientation_name
-        from tomoguide.compute.io.movies import eer_fractions_per_frame, read_movie
         from tomoguide.compute.io.mrc import write_mrc
         from tomoguide.compute.io.star import write_star
-        from tomoguide.compute.motion import align_movie
 
         assert isinstance(params, MotionCtfParams)
         series = load_series(ctx.output("import_movies", "tilt_series"))
@@ -401,82 +469,52 @@ class MotionCtf(Step):
             px_out = g.pixel_size_A * params.binning
             true_tilts = g.true_tilt_deg()
             eer_logged = False
-            for i, t in enumerate(s.tilts):
-                ctx.check_cancel()
-                k = eer_fractions_per_frame(t.n_frames, params.eer_fraction,
-                                            group_exposure_e_A2=params.eer_group_exposure_e_A2,
-                                            movie_dose_e_A2=t.dose_e_A2)
-                frames = read_movie(t.movie, eer_fractions_per_frame=k)  # k is used for EER movies only
-                # an EER movie's t.n_frames counts its fractions: k of them make one frame
-                per_frame = 1 if frames.shape[0] == t.n_frames else k
-                if per_frame > 1 and not eer_logged:
-                    ctx.log(f"{s.name}: EER movies: {t.n_frames} fractions grouped by {k} into {frames.shape[0]} "
-                            f"frames of {t.dose_e_A2 * k / t.n_frames:.3f} e⁻/Å²"
-                            + (f" ({t.n_frames % k} fractions left out)" if t.n_frames % k else ""))
+            # one unit per movie (tomoguide.cluster): the movie and the oriented gain by path, the sums to a scratch
+            # file of this run (stacked here, then removed)
+            gain_path = None
+            if gain is not None:
+                gain_path = ctx.out_path(".units", f"{s.name}_gain.npz", mkdir=True)
+                np.savez(gain_path, gain=gain, defects=defects if defects is not None else np.zeros(0, bool))
+            units = [Unit(f"{s.name} {Path(t.movie).name}",
+                          (t, g, float(true_tilts[i]), params, gain_path,
+                           ctx.out_path(".units", f"{s.name}_{i:04d}.npz", mkdir=True), s.name, i))
+                     for i, t in enumerate(s.tilts)]
+            results = yield from ctx.map_units(motion_ctf_unit, units, what=f"{s.name}: frame alignment and CTF")
+            for i, (t, unit) in enumerate(zip(s.tilts, units)):
+                r = results[unit.name]
+                if r["per_frame"] > 1 and not eer_logged:
+                    ctx.log(f"{s.name}: EER movies: {t.n_frames} fractions grouped by {r['k']} into {r['n_frames']} "
+                            f"frames of {t.dose_e_A2 * r['k'] / t.n_frames:.3f} e⁻/Å²"
+                            + (f" ({t.n_frames % r['k']} fractions left out)" if t.n_frames % r['k'] else ""))
                     eer_logged = True
-                if frames.shape[1:] != tuple(t.frame_shape_px):
-                    from tomoguide.compute.io.errors import FormatError
-
-                    raise FormatError(t.movie, "frame size", f"{frames.shape[2]}×{frames.shape[1]} px, expected "
-                                      f"{t.frame_shape_px[1]}×{t.frame_shape_px[0]} as at import")
-                t0 = time.perf_counter()
-                res = align_movie(
-                    frames, pixel_size_A=g.pixel_size_A, gain=gain, bfactor_A2=params.bfactor_A2,
-                    res_band_A=(params.res_low_A, params.res_high_A),
-                    grid=(params.grid_x, params.grid_y, params.grid_t), prior_dose_e_A2=t.prior_dose_e_A2,
-                    dose_per_frame_e_A2=t.dose_e_A2 * per_frame / max(t.n_frames, 1),
-                    voltage_kV=g.optics.voltage_kV, even_odd=params.even_odd, binning=params.binning,
-                    defects=defects if gain is not None else None)
-                t_align += time.perf_counter() - t0
-                motion_failed.append(bool(res.failed))
-                if res.failed:
-                    ctx.log(f"{s.name}: tilt {t.tilt_deg:+.1f}°: frame alignment failed ({res.failure_reason}); "
+                t_align += r["t_align"]
+                t_ctf += r["t_ctf"]
+                motion_failed.append(bool(r["failed"]))
+                if r["failed"]:
+                    ctx.log(f"{s.name}: tilt {t.tilt_deg:+.1f}°: frame alignment failed ({r['failure_reason']}); "
                             "flagged for the exclusion step")
-                sums.append(to_numpy(res.aligned_sum).astype(np.float32))
-                if params.even_odd:
-                    evens.append(to_numpy(res.even_sum).astype(np.float32))
-                    odds.append(to_numpy(res.odd_sum).astype(np.float32))
-                for f_i, (sx, sy) in enumerate(res.shifts_px):
+                with np.load(unit.args[5]) as z:
+                    sums.append(z["sum"])
+                    if params.even_odd:
+                        evens.append(z["even"])
+                        odds.append(z["odd"])
+                for f_i, (sx, sy) in enumerate(r["shifts_px"]):
                     shift_rows.append({"tomoguideViewIndex": i, "rlnTomoNominalStageTiltAngle": t.tilt_deg,
                                        "rlnMicrographFrameNumber": f_i + 1, "rlnMicrographShiftX": float(sx),
                                        "rlnMicrographShiftY": float(sy),
-                                       "tomoguideRawShiftX": float(res.raw_shifts_px[f_i, 0]),
-                                       "tomoguideRawShiftY": float(res.raw_shifts_px[f_i, 1]),
-                                       "tomoguidePeakSignificance": float(res.peak_z[f_i]),
-                                       "tomoguideMotionFailed": int(res.failed)})
-                yield Progress((done + 0.5) / n_total, f"{s.name}: aligned tilt {t.tilt_deg:+.1f}° "
-                               f"(drift {res.total_drift_px:.1f} px)")
+                                       "tomoguideRawShiftX": float(r["raw_shifts_px"][f_i][0]),
+                                       "tomoguideRawShiftY": float(r["raw_shifts_px"][f_i][1]),
+                                       "tomoguidePeakSignificance": float(r["peak_z"][f_i]),
+                                       "tomoguideMotionFailed": int(r["failed"])})
                 if params.estimate_ctf:
-                    ctx.check_cancel()
-                    t0 = time.perf_counter()
-                    image = to_numpy(res.unweighted_sum).astype(np.float32)
-                    kw = dict(defocus_range_A=(params.defocus_min_um * 1e4, params.defocus_max_um * 1e4),
-                              res_range_A=(params.ctf_res_low_A, params.ctf_res_high_A), fit_phase=params.fit_phase)
-                    optics = dict(voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm,
-                                  amplitude_contrast=g.optics.amplitude_contrast)
-                    geo = dict(tilt_deg=float(true_tilts[i]), tilt_axis_deg=g.tilt_axis_deg,
-                               defocus_handedness=g.defocus_handedness)
-                    fit, spec = estimate_ctf(image, pixel_size_A=px_out, box=params.ctf_window_px, **geo, **optics,
-                                             **kw)
-                    row = ctf_row(s.name, i, t.tilt_deg, fit)
-                    if params.defocus_grid_x * params.defocus_grid_y > 1 and not fit.failed:
-                        grid = fit_ctf_grid(image, pixel_size_A=px_out, grid=(params.defocus_grid_y,
-                                            params.defocus_grid_x), box=params.ctf_window_px, global_fit=fit,
-                                            **geo, **optics, **kw)
-                        row["tomoguideDefocusGradientX"] = float(grid.gradient_A_per_px[0])
-                        row["tomoguideDefocusGradientY"] = float(grid.gradient_A_per_px[1])
-                        row["tomoguideTiltFromDefocusPlane"] = float(grid.tilt_from_plane_deg)
-                    ctf_rows.append(row)
-                    failed.append(bool(fit.failed))
-                    previews.append(ctf_preview(spec, fit))
-                    t_ctf += time.perf_counter() - t0
-                    if fit.failed:
-                        ctx.log(f"{s.name}: tilt {t.tilt_deg:+.1f}°: CTF fit failed ({fit.reason}); flagged for "
+                    ctf_rows.append(r["ctf_row"])
+                    failed.append(bool(r["ctf_failed"]))
+                    previews.append(r["preview"])
+                    if r["ctf_failed"]:
+                        ctx.log(f"{s.name}: tilt {t.tilt_deg:+.1f}°: CTF fit failed ({r['ctf_reason']}); flagged for "
                                 "the exclusion step")
                 done += 1
-                msg = (f"{s.name}: tilt {t.tilt_deg:+.1f}°: defocus {ctf_rows[-1]['rlnDefocusU'] / 1e4:.2f} µm"
-                       if params.estimate_ctf else f"{s.name}: tilt {t.tilt_deg:+.1f}° done")
-                yield Progress(min(done / n_total, 1.0), msg)
+            ctx.remove(".units")
             stack = np.stack(sums)
             files: dict[str, str] = {"stack": f"{s.name}.mrc"}
             write_mrc(ctx.out_path(files["stack"]), stack, voxel_size_A=px_out, is_stack=True)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
+from tomoguide.steps.base import Issue, Needs, RunContext, Step, StepParams, StepResult, StepRun, param
 from tomoguide.steps.records import SeriesEntry, SeriesSet
 
 
@@ -41,6 +41,23 @@ class BinParams(StepParams):
                       help="Standard deviation of every view after scaling (tutorial 1).")
 
 
+def bin_unit(stack_path: Any, params: BinParams, pixel_size_A: float, out: Any) -> list[int]:
+    """One tilt series binned by ``params.binning`` (a unit of :mod:`tomoguide.cluster`): reads ``stack_path``,
+    writes the binned (in density mode ``scale`` also normalised) stack to ``out`` with pixel size ``pixel_size_A``
+    (through a temporary file renamed into place); returns its shape [n, ny, nx]."""
+    from tomoguide.cluster import atomic_output
+    from tomoguide.compute.io.mrc import read_mrc, write_mrc
+    from tomoguide.compute.rescale import fourier_bin
+
+    stack, _ = read_mrc(stack_path)
+    binned = np.stack([fourier_bin(np.asarray(stack[i], np.float32), params.binning) for i in range(stack.shape[0])])
+    if params.density_mode == "scale":
+        binned = normalise_views(binned, params.mean, params.sd)
+    with atomic_output(out) as tmp:
+        write_mrc(tmp, binned, voxel_size_A=pixel_size_A, is_stack=True)
+    return [int(n) for n in binned.shape]
+
+
 class _BinStep(Step):
     source: ClassVar[str]
 
@@ -64,34 +81,26 @@ class _BinStep(Step):
         return Needs(disk_bytes=int(total / params.binning**2), memory_bytes=int(total * 3))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.io.mrc import read_mrc, write_mrc
-        from tomoguide.compute.rescale import fourier_bin
-
         assert isinstance(params, BinParams)
+        from tomoguide.cluster import Unit
+
         sset, base = SeriesSet.load(ctx.output(self.source, "series"))
         n_total = sum(s.geometry.n_views for s in sset.series)
-        done = 0
         entries = []
         metrics: dict[str, Any] = {"series": {}}
+        binned = {s.name: s.geometry.at_binning(s.geometry.binning * params.binning) for s in sset.series}
+        units = [Unit(s.name, (s.path("stack", base), params, binned[s.name].pixel_size_binned_A,
+                               ctx.out_path(f"{s.name}.mrc"))) for s in sset.series]
+        shapes = yield from ctx.map_units(bin_unit, units, what="binning")  # one unit per tilt series
         for s in sset.series:
-            stack, _ = read_mrc(s.path("stack", base))
-            views = []
-            for i in range(stack.shape[0]):
-                ctx.check_cancel()
-                views.append(fourier_bin(np.asarray(stack[i], np.float32), params.binning))
-                done += 1
-                yield Progress(done / n_total, f"{s.name}: binned view {i + 1}/{stack.shape[0]}")
-            out = np.stack(views)
-            if params.density_mode == "scale":
-                out = normalise_views(out, params.mean, params.sd)
-            g = s.geometry.at_binning(s.geometry.binning * params.binning)
-            g = g.model_validate({**g.model_dump(), "image_shape_px": (int(out.shape[1]), int(out.shape[2]))})
+            shape = shapes[s.name]
+            g = binned[s.name]
+            g = g.model_validate({**g.model_dump(), "image_shape_px": (int(shape[1]), int(shape[2]))})
             px = g.pixel_size_binned_A
             files = {"stack": f"{s.name}.mrc"}
-            write_mrc(ctx.out_path(files["stack"]), out, voxel_size_A=px, is_stack=True)
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags),
                                        info={"source_step": self.source}))
-            metrics["series"][s.name] = {"pixel_size_A": px, "shape_px": list(out.shape)}
+            metrics["series"][s.name] = {"pixel_size_A": px, "shape_px": list(shape)}
         path = SeriesSet(series=entries).save(ctx.run_dir)
         px_all = sorted({m["pixel_size_A"] for m in metrics["series"].values()})
         metrics["pixel_size_A"] = px_all[0] if len(px_all) == 1 else px_all

@@ -10,7 +10,6 @@ the geometry record; no Z flip (+z towards the electron source as in the simulat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +17,6 @@ import numpy as np
 from tomoguide.steps.base import (
     Issue,
     Needs,
-    Progress,
     RunContext,
     Step,
     StepParams,
@@ -71,6 +69,27 @@ class ReconstructParams(StepParams):
         help="Number of SIRT iterations: more = sharper but noisier.")
 
 
+def reconstruct_unit(stack_path: Any, g: Any, shape: tuple[int, int, int], params: ReconstructParams,
+                     out: Any) -> None:
+    """One tilt series' tomogram (a unit of :mod:`tomoguide.cluster`): reads the stack at ``stack_path``, writes
+    the (nz, ny, nx) = ``shape`` volume to ``out`` (through a temporary file renamed into place)."""
+    from tomoguide.cluster import atomic_output
+    from tomoguide.compute.io.mrc import read_mrc
+    from tomoguide.compute.reconstruct import backproject, save_tomogram, sirt
+
+    stack, _ = read_mrc(stack_path)
+    data = np.asarray(stack, np.float32)
+    common = dict(shift_x_px=params.shift_x_px, shift_z_px=params.shift_z_px,
+                  tilt_offset_deg=params.tilt_offset_deg, axis_offset_px=params.axis_offset_px)
+    if params.method == "WBP":
+        volume = backproject(data, g, shape, radial_cutoff=params.radial_cutoff, radial_falloff=params.radial_falloff,
+                             fake_sirt_iterations=params.sirt_like_iterations, **common)
+    else:
+        volume = sirt(data, g, shape, n_iter=params.sirt_iterations, **common)
+    with atomic_output(out) as tmp:
+        save_tomogram(tmp, volume, g)
+
+
 class Reconstruct(Step):
     id = "reconstruct"
     title = "Tomogram reconstruction"
@@ -116,42 +135,24 @@ class Reconstruct(Step):
         return Needs(disk_bytes=total, memory_bytes=biggest * (4 if params.method == "SIRT" else 2))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.io.mrc import read_mrc
-        from tomoguide.compute.reconstruct import backproject, save_tomogram, sirt
+        from tomoguide.cluster import Unit
 
         assert isinstance(params, ReconstructParams)
         sset, base = SeriesSet.load(ctx.output("preprocess_for_reconstruction", "series"))
         entries = []
         metrics: dict[str, Any] = {"series": {}}
-        n = len(sset.series)
-        for k, s in enumerate(sset.series):
-            ctx.check_cancel()
-            stack, _ = read_mrc(s.path("stack", base))
+        units = []
+        for s in sset.series:  # one unit per tilt series (tomoguide.cluster): paths in, a tomogram file out
             g = s.geometry
             ny, nx = g.image_shape_px
             shape = (params.thickness_px, ny, params.width_px or nx)
-            common = dict(shift_x_px=params.shift_x_px, shift_z_px=params.shift_z_px,
-                          tilt_offset_deg=params.tilt_offset_deg, axis_offset_px=params.axis_offset_px)
-            data = np.asarray(stack, np.float32)
-
-            def work(progress: Callable[[float, str], None], data: Any = data, g: Any = g, shape: Any = shape,
-                     common: Any = common, k: int = k) -> Any:
-                if params.method == "WBP":
-                    return backproject(data, g, shape, radial_cutoff=params.radial_cutoff,
-                                       radial_falloff=params.radial_falloff,
-                                       fake_sirt_iterations=params.sirt_like_iterations, **common)
-                return sirt(data, g, shape, n_iter=params.sirt_iterations,
-                            progress=lambda f, m: progress((k + f) / n, m), **common)
-
-            yield Progress(k / n, f"{s.name}: {params.method} into {shape[2]}×{shape[1]}×{shape[0]} voxels")
-            volume = yield from ctx.run_in_thread(work)
             files = {"tomogram": f"{s.name}_{params.method.lower()}.mrc"}
-            save_tomogram(ctx.out_path(files["tomogram"]), volume, g)
+            units.append(Unit(s.name, (s.path("stack", base), g, shape, params, ctx.out_path(files["tomogram"]))))
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags),
                                        info={"method": params.method, "shape_zyx": list(shape)}))
             metrics["series"][s.name] = {"shape_zyx": list(shape), "voxel_size_A": g.pixel_size_binned_A,
                                          "views_used": int(g.n_views - sum(g.excluded))}
-            yield Progress((k + 1) / n, f"{s.name}: tomogram written")
+        yield from ctx.map_units(reconstruct_unit, units, what=f"{params.method} tomograms")
         path = SeriesSet(series=entries).save(ctx.run_dir)
         return StepResult(outputs={"tomograms": path}, metrics=metrics,
                           summary=f"{len(entries)} tomograms by {params.method}")
