@@ -629,8 +629,24 @@ def read_particles_star(path: str | PathLike[str], *, strict: bool = True) -> Pa
         particles=df,
         optics=optics,
         general=general,
-        relion_version=5 if has_centered else 4,
+        relion_version=_particles_relion_version(df, general),
     )
+
+
+def _particles_relion_version(df: pd.DataFrame, general: Any) -> int:
+    """5 for a RELION 5 (or WarpTools) particles table, else 4.
+
+    RELION 5 writes a ``data_general`` block with ``rlnTomoSubTomosAre2DStacks`` (WarpTools 2 does too,
+    with pixel coordinates ``rlnCoordinateX/Y/Z``), centred Å coordinates ``rlnCenteredCoordinateX/Y/ZAngst``
+    beside ``rlnTomoName``; RELION 4 has neither (its optics ``rlnTomoSubtomogramBinning`` proves nothing).
+    """
+    if isinstance(general, pd.DataFrame):
+        general = general.iloc[0].to_dict() if len(general) else None
+    if isinstance(general, dict) and "rlnTomoSubTomosAre2DStacks" in general:
+        return 5
+    if "rlnTomoName" in df.columns and all(c in df.columns for c in CENTERED_XYZ):
+        return 5
+    return 4
 
 
 def _optics_frame(optics: dict[str, Any] | pd.DataFrame) -> pd.DataFrame:
@@ -807,10 +823,7 @@ def describe(path: str | PathLike[str]) -> dict[str, Any]:
         facts["n_particles"] = int(len(df))
         counts = df["rlnTomoName"].astype(str).value_counts(sort=False)
         facts["tomograms"] = {str(k): int(v) for k, v in counts.items()}
-        general = blocks.get("general")
-        relion5 = all(c in df.columns for c in CENTERED_XYZ) or (
-            general is not None and not isinstance(general, pd.DataFrame) and "rlnTomoSubTomosAre2DStacks" in general)
-        facts["relion_version"] = 5 if relion5 else 4
+        facts["relion_version"] = _particles_relion_version(df, blocks.get("general"))
     elif kind == "optimisation_set":
         for key, col in (("particles_file", "rlnTomoParticlesFile"), ("tomograms_file", "rlnTomoTomogramsFile"),
                          ("trajectories_file", "rlnTomoTrajectoriesFile"), ("manifolds_file", "rlnTomoManifoldsFile"),
