@@ -357,7 +357,7 @@ class DaskExecutor(Executor):
                 n = settings.workers or usable_cores()
                 cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
                 self.cluster = distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                     memory_limit=settings.memory_per_worker or "auto", env=dict(SINGLE_THREAD_ENV),
                     silence_logs=logging.ERROR, scheduler_port=0)
                 self.client = distributed.Client(self.cluster, set_as_default=False)
@@ -470,17 +470,17 @@ class DaskExecutor(Executor):
             raise
 
     def _stop(self, futures: list[Any]) -> None:
-        """Cancel ``futures``; restart the workers when any of them was running (a running task cannot be
-        interrupted otherwise)."""
+        """Cancel ``futures``; end the worker processes that were running one of them (their nannies start new
+        ones)."""
         if not futures or self.client is None:
             return
         with _quiet_dask():
             with contextlib.suppress(Exception):
                 keys = {f.key for f in futures}
-                running = any(keys & set(v) for v in self.client.processing().values())
+                busy = [addr for addr, v in self.client.processing().items() if keys & set(v)]
                 self.client.cancel(futures, force=True)
-                if running:
-                    self.client.restart(timeout=60, wait_for_workers=False)
+                if busy:  # a running task cannot be interrupted: end its process (the nanny starts a new one)
+                    self.client.run(_exit_worker, workers=busy, wait=False)
 
 
 def _pin_plugin(env: dict[str, str], cores: list[int]) -> Any:
@@ -494,6 +494,11 @@ def _pin_plugin(env: dict[str, str], cores: list[int]) -> Any:
     return PinPlugin()
 
 
+async def _exit_worker() -> None:
+    """Run inside a worker: end its process at once (cancel of a running unit)."""
+    os._exit(1)
+
+
 def make_slurm_cluster(s: SlurmSettings) -> Any:
     """A ``dask_jobqueue.SLURMCluster`` from the settings (no jobs yet: :meth:`adapt` starts them)."""
     import sys
@@ -504,7 +509,7 @@ def make_slurm_cluster(s: SlurmSettings) -> Any:
         cores=s.cores, processes=s.processes, memory=s.memory, walltime=s.walltime,
         job_extra_directives=list(s.job_extra_directives), python=s.python or sys.executable,
         job_script_prologue=[f"export {k}={v}" for k, v in SINGLE_THREAD_ENV.items()],
-        scheduler_options={"dashboard_address": None}, silence_logs="error")
+        scheduler_options={"dashboard_address": ":0"}, silence_logs="error")
     if s.queue:
         kwargs["queue"] = s.queue
     if s.account:

@@ -1,0 +1,249 @@
+"""The executor (issue 18): inline and local Dask runs give the same results, failed units are retried and then
+named, cancel stops every unit, and a worker killed mid-step changes no result."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from tomoguide import synth
+from tomoguide.cluster import (
+    ClusterSettings,
+    DaskExecutor,
+    InlineExecutor,
+    Unit,
+    UnitFailed,
+    atomic_output,
+    choose_kind,
+    load_settings,
+    open_executor,
+    save_settings,
+)
+from tomoguide.steps.base import Cancelled
+
+# the steps up to the tomogram; those that submit units to the executor are rerun on Dask workers
+STEPS = ["import_movies", "motion_ctf", "xray_erase", "preprocess_for_alignment", "align", "assign_alignment",
+         "ctf_estimate", "exclude", "ctf_correct", "preprocess_for_reconstruction", "reconstruct"]
+RERUN = STEPS[1:]
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_for(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"value {x} refused")
+    return x
+
+
+def fail_first_time(x: int, marker_dir: str) -> int:
+    """Fails the first time it is called for ``x`` (a marker file remembers the try across processes)."""
+    marker = Path(marker_dir) / f"tried_{x}"
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"transient failure of {x}")
+    return x + 100
+
+
+def sleep_then_mark(seconds: float, marker: str) -> None:
+    time.sleep(seconds)
+    Path(marker).touch()
+
+
+def write_value(value: float, out: str) -> str:
+    with atomic_output(out) as tmp:
+        np.save(tmp, np.full(4, value))
+    return Path(out).name
+
+
+@pytest.fixture(scope="module")
+def local() -> DaskExecutor:
+    ex = DaskExecutor("local", ClusterSettings(workers=2, retries=2))
+    yield ex
+    ex.close()
+
+
+def test_inline_and_local_give_the_same_results_named_by_unit(local: DaskExecutor, tmp_path: Path) -> None:
+    units = [Unit(f"u{i:02d}", (i,)) for i in range(20)]
+    progress: list[tuple[int, int, str]] = []
+    inline = dict(InlineExecutor().map_units(square, units))
+    dask = dict(local.map_units(square, units, on_progress=lambda d, n, name: progress.append((d, n, name))))
+    assert inline == dask == {f"u{i:02d}": i * i for i in range(20)}
+    assert [p[0] for p in progress] == list(range(1, 21)) and {p[1] for p in progress} == {20}
+    # units write through a temporary file renamed into place: no temporary file is left
+    outs = {u.name: str(tmp_path / f"{u.name}.npy") for u in units[:4]}
+    got = dict(local.map_units(write_value, [Unit(n, (float(i), p)) for i, (n, p) in enumerate(outs.items())]))
+    assert got == {n: Path(p).name for n, p in outs.items()}
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(Path(p).name for p in outs.values())
+    assert [float(np.load(p)[0]) for p in outs.values()] == [0.0, 1.0, 2.0, 3.0]
+    # one single-threaded worker per core, each pinned to its own core
+    assert len(local.workers()) == 2 and all(w.threads == 1 for w in local.workers())
+    pins = local.client.run(lambda: sorted(os.sched_getaffinity(0)))
+    assert sorted(p[0] for p in pins.values()) == sorted(os.sched_getaffinity(0))[:2] or os.cpu_count() == 1
+
+
+@pytest.mark.parametrize("kind", ["inline", "local"])
+def test_a_failed_unit_is_retried_then_named(kind: str, local: DaskExecutor, tmp_path: Path) -> None:
+    ex = InlineExecutor(retries=2) if kind == "inline" else local
+    # a transient failure: the retry succeeds
+    got = dict(ex.map_units(fail_first_time, [Unit(f"TS_{i:02d}", (i, str(tmp_path))) for i in range(3)],
+                            retries=1))
+    assert got == {"TS_00": 100, "TS_01": 101, "TS_02": 102}
+    # a unit that fails every time: reported with its name and the error after 1 + retries tries
+    with pytest.raises(UnitFailed) as info:
+        list(ex.map_units(fail_for, [Unit(f"TS_{i:02d}", (i, 3)) for i in range(5)], retries=2))
+    assert info.value.unit == "TS_03"
+    assert str(info.value) == "TS_03: failed 3 times: value 3 refused"
+
+
+def test_cancel_stops_every_unit(local: DaskExecutor, tmp_path: Path) -> None:
+    cancel = threading.Event()
+    units = [Unit(f"slow{i}", (6.0, str(tmp_path / f"done{i}"))) for i in range(4)]
+    threading.Timer(1.0, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        list(local.map_units(sleep_then_mark, units, cancel_event=cancel))
+    assert time.monotonic() - t0 < 5.0  # the units take 6 s each: the busy workers were restarted
+    time.sleep(max(0.0, 7.0 - (time.monotonic() - t0)))
+    assert not list(tmp_path.iterdir()), "a cancelled unit kept running and finished"
+    # the executor still works after a cancel (its workers were restarted)
+    local.client.wait_for_workers(2, timeout=60)
+    assert dict(local.map_units(square, [Unit("a", (3,))])) == {"a": 9}
+
+
+def test_settings_file_and_the_choice_of_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOMOGUIDE_CONFIG_DIR", str(tmp_path))
+    monkeypatch.delenv("TOMOGUIDE_CLUSTER", raising=False)
+    assert load_settings().kind == "local" and choose_kind() == "local"
+    s = ClusterSettings(kind="slurm", retries=1)
+    s.slurm.job_extra_directives = ["--gres=gpu:1"]
+    save_settings(s)
+    assert load_settings() == s and choose_kind() == "slurm"
+    monkeypatch.setenv("TOMOGUIDE_CLUSTER", "inline")
+    assert choose_kind() == "inline" and choose_kind("local") == "local"
+    assert isinstance(open_executor(), InlineExecutor)
+    monkeypatch.setenv("TOMOGUIDE_CLUSTER", "cloud")
+    with pytest.raises(ValueError, match="TOMOGUIDE_CLUSTER: unknown cluster 'cloud'"):
+        choose_kind()
+    (tmp_path / "cluster.json").write_text('{"kind": "local", "slurm": {"cores": 0}}')
+    with pytest.raises(ValueError, match=r"cluster.json: field slurm.cores: "):
+        load_settings()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the tiny demo's steps: inline against local, and a worker killed mid-step
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inline_project(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ROOT/data`` + ``ROOT/project`` run inline up to the tomogram (WBP, bin 5 for the alignment)."""
+    from tomoguide.demo import demo_params
+    from tomoguide.project import Project
+    from tomoguide.runner import StepRun, run_to_end
+
+    root = tmp_path_factory.mktemp("cluster_inline")
+    shutil.copytree(tiny_dataset / "data", root / "data")
+    params = demo_params(root / "data", synth.PRESETS["tiny"])
+    params["preprocess_for_alignment"] = {"binning": 5}
+    proj = Project.create(root / "project", params=params)
+    try:
+        for step in STEPS:
+            st = run_to_end(StepRun(proj, step, executor=InlineExecutor()))
+            assert st.status == "done", (step, st.error)
+    finally:
+        proj.close()
+    return root
+
+
+def _rerun(root: Path, dst: Path, executor: object, steps: list[str]) -> Path:
+    from tomoguide.project import Project
+    from tomoguide.runner import StepRun, run_to_end
+
+    shutil.copytree(root, dst, symlinks=True)
+    proj = Project.open(dst / "project")
+    try:
+        for step in steps:
+            st = run_to_end(StepRun(proj, step, executor=executor))
+            assert st.status == "done", (step, st.error)
+    finally:
+        proj.close()
+    return dst / "project"
+
+
+def _outputs(project: Path, steps: list[str]) -> dict[str, np.ndarray | str]:
+    """Every MRC (data) and text output of the latest run of each step."""
+    out: dict[str, np.ndarray | str] = {}
+    for step in steps:
+        run = sorted(p for p in (project / "steps" / step).glob("run-*") if not p.name.endswith(".partial"))[-1]
+        for f in sorted(run.iterdir()):
+            if f.suffix == ".mrc":
+                out[f"{step}/{f.name}"] = mrcfile.read(f)
+            elif f.suffix in (".star", ".xf", ".tlt") or f.name == "series.json":
+                text = f.read_text().replace(run.name, "RUN")  # comments hold the time of writing
+                out[f"{step}/{f.name}"] = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+    return out
+
+
+def _assert_same(a: dict[str, np.ndarray | str], b: dict[str, np.ndarray | str]) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if isinstance(a[key], str):
+            assert a[key] == b[key], key
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_local_workers_give_the_inline_results_bit_for_bit(inline_project: Path, local: DaskExecutor,
+                                                           tmp_path: Path) -> None:
+    ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), RERUN)
+    got = _rerun(inline_project, tmp_path / "local", local, RERUN)
+    a, b = _outputs(ref, RERUN), _outputs(got, RERUN)
+    assert any(k.startswith("reconstruct/") and k.endswith(".mrc") for k in a)
+    _assert_same(a, b)
+
+
+class _Killer(threading.Thread):
+    """Kills (SIGKILL) the worker process that runs the first unit it sees running; ``killed`` holds its pid."""
+
+    def __init__(self, ex: DaskExecutor) -> None:
+        super().__init__(daemon=True)
+        self.ex = ex
+        self.killed: int | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        pids = self.ex.worker_pids()
+        while not self.stop.is_set() and self.killed is None:
+            busy = [addr for addr, keys in self.ex.client.processing().items() if keys]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                self.killed = pids[busy[0]]
+                return
+            time.sleep(0.005)
+
+
+@pytest.mark.parametrize("step", ["motion_ctf", "reconstruct"])
+def test_a_worker_killed_mid_step_changes_no_result(step: str, inline_project: Path, tmp_path: Path) -> None:
+    """SIGKILL to the worker process running a unit of ``step``: its unfinished units are rerun elsewhere and the
+    step's outputs equal the undisturbed inline run's."""
+    steps = RERUN[RERUN.index(step):] if step == "reconstruct" else ["motion_ctf"]
+    ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), steps)
+    with DaskExecutor("local", ClusterSettings(workers=2, retries=0)) as ex:
+        killer = _Killer(ex)
+        killer.start()
+        got = _rerun(inline_project, tmp_path / "killed", ex, steps)
+        killer.stop.set()
+        killer.join()
+        assert killer.killed is not None, "no unit was seen running"
+        assert killer.killed not in ex.worker_pids().values()
+    _assert_same(_outputs(ref, steps), _outputs(got, steps))
