@@ -160,6 +160,10 @@ class ImportPreview(Preview):
             return f"Invalid settings: {exc}"
         if not params.files_dir:
             return "Choose the session folder (Files directory): what it holds is listed here before the run."
+        if getattr(params, "source", "movies") == "tilt series":
+            from tomoguide.steps.import_tilt_series import survey_text
+
+            return "Found before the run (tilt series without movies):\n" + survey_text(params)
         try:
             return "Found before the run:\n" + format_survey(survey(params))
         except (FormatError, OSError) as exc:

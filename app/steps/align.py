@@ -189,11 +189,19 @@ def find_alignment_files(folder: Path, name: str) -> dict[str, Path]:
         if p.is_file():
             files.setdefault(p.name.lower(), p)
     low = name.lower()
-    found = {ext: files[f"{low}.{ext}"] for ext in ("xf", "tlt", "xtilt", "aln") if f"{low}.{ext}" in files}
+    found = {ext: files[f"{low}.{ext}"] for ext in ("xf", "tlt", "xtilt", "aln", "star", "xml")
+             if f"{low}.{ext}" in files}
     if "xf" in found and "tlt" in found:
         return {k: v for k, v in found.items() if k in ("xf", "tlt", "xtilt")}
     if "aln" in found:
         return {"aln": found["aln"]}
+    if "star" in found:
+        return {"star": found["star"]}
+    if "xml" in found:
+        raise AlignmentFilesError(f"{found['xml']}: alignment: a Warp/WarpTools tilt-series XML's alignment (per-tilt "
+                                  "AxisAngle/AxisOffset and its deformation grids) is not read as an alignment (not "
+                                  f"supported); export it from WarpTools for IMOD (NAME.xf + NAME.tlt) or RELION 5 "
+                                  "(NAME.star) instead. Its CTF is read by the CTF step (source 'files').")
     if "xf" in found:
         raise AlignmentFilesError(f"{found['xf']}: tilt angles: {name}.tlt is missing beside it (IMOD's .xf needs "
                                   "the .tlt of the same alignment)")
@@ -201,7 +209,8 @@ def find_alignment_files(folder: Path, name: str) -> dict[str, Path]:
         raise AlignmentFilesError(f"{found['tlt']}: transforms: {name}.xf is missing beside it (IMOD's .tlt needs "
                                   "the .xf of the same alignment)")
     raise AlignmentFilesError(f"{folder}: {name}: no alignment files for this tilt series (expected {name}.xf and "
-                              f"{name}.tlt from IMOD, or {name}.aln from AreTomo)")
+                              f"{name}.tlt from IMOD, {name}.aln from AreTomo, or the RELION 5 per-tilt-series "
+                              f"{name}.star)")
 
 
 def match_views_by_tilt(file_tilts: Any, nominal_deg: Any, prior_offset_deg: float, path: Path | str,
@@ -289,6 +298,14 @@ def read_alignment_files(files: dict[str, Path], geometry: Any, binning: float |
             notes.append(f"{path.name}: RawSize {aln.raw_size[0]} x {aln.raw_size[1]} px: binning {file_binning:g} "
                          "of the raw images")
         described = str(path)
+    elif "star" in files:
+        path = files["star"]
+        rows, tilts, x_tilt_file = _relion5_alignment(path, g)
+        fmt = "relion5"
+        prior = float(g.tilt_offset_deg)
+        file_binning = 1.0  # the shifts are in Å: converted to unbinned pixels here
+        x_tilt = float(x_tilt_file)
+        described = str(path)
     else:
         path = files["xf"]
         rows = _read(read_xf, path)
@@ -345,6 +362,39 @@ def read_alignment_files(files: dict[str, Path], geometry: Any, binning: float |
     return new, facts
 
 
+def _relion5_alignment(path: Path, g: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """IMOD ``.xf`` rows at binning 1 (px of the unbinned images), true tilts and the X-axis tilt of a RELION 5
+    per-tilt-series STAR (``rlnTomoXTilt/YTilt/ZRot``, ``rlnTomoX/YShiftAngst``: RELION 5's projection model and
+    its ``n // 2`` image centre, :meth:`tomoguide.geometry.TiltSeriesGeometry.from_relion5`), rows sorted by tilt.
+    The shifts are in Å and need no binning; the image size is the full size of the series ``g`` describes."""
+    import pandas as pd
+
+    from tomoguide.compute.io.star import read_tilt_series_star
+    from tomoguide.geometry import RELION5_COLUMNS, TiltSeriesGeometry
+
+    df = _read(read_tilt_series_star, path)
+    block = df.attrs.get("block", "")
+    cols: dict[str, np.ndarray] = {}
+    for c in RELION5_COLUMNS:
+        if c not in df.columns:
+            raise AlignmentFilesError(f"{path}: data_{block}/{c}: missing column (a RELION 5 per-tilt-series STAR "
+                                      "with the alignment has rlnTomoXTilt/YTilt/ZRot and rlnTomoX/YShiftAngst)")
+        v = pd.to_numeric(df[c], errors="coerce").to_numpy(float)
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise AlignmentFilesError(f"{path}: data_{block}/{c}: row {bad[0] + 1}: not a number")
+        cols[c] = v
+    if np.ptp(cols["rlnTomoXTilt"]) > 1e-6:
+        raise AlignmentFilesError(f"{path}: data_{block}/rlnTomoXTilt: varies between views "
+                                  f"({cols['rlnTomoXTilt'].min():g} to {cols['rlnTomoXTilt'].max():g}); one value "
+                                  "expected")
+    full = (int(round(g.image_shape_px[0] * g.binning)), int(round(g.image_shape_px[1] * g.binning)))
+    shell = TiltSeriesGeometry.from_relion5(cols, name=g.name, pixel_size_A=g.pixel_size_A, image_shape_px=full,
+                                            binning=1.0)
+    rows, tlt = shell.to_imod()
+    return rows, tlt, float(cols["rlnTomoXTilt"][0])
+
+
 class Align(Step):
     id = "align"
     title = "Tilt-series alignment"
@@ -376,6 +426,10 @@ class Align(Step):
     )
     Params = AlignParams
     inputs = ("preprocess_for_alignment",)
+
+    @classmethod
+    def origin_for(cls, params: StepParams, params_of: Any = None) -> str | None:
+        return "from files" if getattr(params, "source", "patch tracking") == "files" else None
 
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, AlignParams)
@@ -548,7 +602,7 @@ class Align(Step):
             yield Progress(k / len(sset.series), f"{s.name}: reading the alignment files")
             files_in = find_alignment_files(folder, s.name)
             g, facts = read_alignment_files(files_in, s.geometry, params.alignment_binning)
-            program = "AreTomo" if facts["format"] == "aretomo" else "IMOD"
+            program = {"aretomo": "AreTomo", "relion5": "RELION 5"}.get(facts["format"], "IMOD")
             ctx.log(f"{s.name}: alignment read from {facts['file']} ({program}, shifts in px at binning "
                     f"{facts['file_binning']:g}, rescaled to binning {g.binning:g})")
             for note in facts["notes"]:

@@ -19,6 +19,7 @@ the summary and ``info["tilt_direction"]`` of every series.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,44 +41,69 @@ from tomoguide.geometry import TiltSeriesGeometry
 TILT_DIRECTION_ACTIONS = ("rotate_axis", "flip_defocus", "report", "off")
 NOMINAL_MARGIN_A = 20000.0  # the search reaches at least this far above the mdoc's target defocus
 
+SOURCES = ("fit", "files")
+
+
 class CtfEstimateParams(StepParams):
+    source: Literal["fit", "files"] = param(
+        "fit", title="CTF source", choices=list(SOURCES), widget="choice",
+        help="'fit': fit the CTF of every tilt image here (recommended). 'files': take a per-tilt CTF you already "
+             "have, made on the same tilt series by CTFFIND (NAME_ctf.txt or NAME.txt), IMOD ctfplotter "
+             "(NAME.defocus), Warp/WarpTools (NAME.xml) or RELION 5 (the per-tilt-series NAME.star), from the folder "
+             "below. Defocus must be underfocus-positive (as these programs write it); the views are matched by "
+             "tilt angle (or by image number of the imported stack).")
+    ctf_dir: str | None = param(
+        None, title="CTF files folder", widget="directory", empty_means="none chosen",
+        enabled_if=[("source", "=", "files")],
+        help="Folder holding one CTF file per tilt series, named after the series (upper or lower case does not "
+             "matter): NAME.defocus (ctfplotter), NAME.xml (Warp), NAME.star (RELION 5 per-tilt STAR), NAME_ctf.txt "
+             "or NAME.txt (CTFFIND's output on the stack; put NAME.rawtlt beside it when the stack is not the "
+             "imported one, so its rows can be matched by tilt).")
     box_px: int = param(
         512, title="FFT box", unit="px", hard=(64, 2048), suggest=(256, 1024),
+        enabled_if=[("source", "=", "fit")],
         tutorial=512,
         help="Size of the windows whose power spectra are averaged (tutorial 512 px).")
     res_low_A: float = param(
         50.0, title="Lowest resolution", unit="Å", hard=(5.0, 500.0), suggest=(20.0, 100.0),
+        enabled_if=[("source", "=", "fit")],
         tutorial=50.0,
         help="Lowest resolution used in the fit (tutorial 50 Å).")
     res_high_A: float = param(
         5.0, title="Highest resolution", unit="Å", hard=(1.0, 50.0), suggest=(3.0, 15.0),
+        enabled_if=[("source", "=", "fit")],
         tutorial=5.0,
         help="Highest resolution used in the fit (tutorial 5 Å); clipped at Nyquist.")
     defocus_min_A: float = param(
         10000.0, title="Minimum defocus", unit="Å", hard=(0.0, 200000.0), suggest=(2000.0, 30000.0),
+        enabled_if=[("source", "=", "fit")],
         tutorial=10000.0,
         help="Smallest defocus searched (tutorial 10000 Å = 1 µm; underfocus positive).")
     defocus_max_A: float = param(
         50000.0, title="Maximum defocus", unit="Å", hard=(1000.0, 300000.0), suggest=(20000.0, 80000.0),
+        enabled_if=[("source", "=", "fit")],
         tutorial=50000.0,
         help="Largest defocus searched (tutorial 50000 Å = 5 µm). When the mdoc's target defocus + 2 µm lies "
              "beyond it (e.g. a session recorded at 5 µm), the search goes that far, and the log says so.")
     defocus_step_A: float = param(
         500.0, title="Defocus step", unit="Å", hard=(10.0, 5000.0), suggest=(100.0, 1000.0),
+        enabled_if=[("source", "=", "fit")],
         tutorial=500.0,
         help="Step of the exhaustive 1D search before the 2D refinement (tutorial 500 Å).")
     narrow_around_nominal: bool = param(
         False, title="Search around the nominal defocus",
+        enabled_if=[("source", "=", "fit")],
         help="Search only within ± the range below around the defocus the microscope was set to (from the mdoc): "
              "the tutorial's tip for data whose Thon rings are weak.")
     narrow_A: float = param(
         10000.0, title="Range around nominal", unit="Å", hard=(500.0, 100000.0), suggest=(3000.0, 20000.0),
-        enabled_if=[("narrow_around_nominal", "=", True)],
+        enabled_if=[("source", "=", "fit"), ("narrow_around_nominal", "=", True)],
         help="Half-width of the search around the nominal defocus.")
-    fit_phase: bool = param(False, title="Fit phase shift",
+    fit_phase: bool = param(False, title="Fit phase shift", enabled_if=[("source", "=", "fit")],
                             help="Also fit an additional phase shift (phase-plate data only). Tutorial: No.")
     tilt_direction: Literal["rotate_axis", "flip_defocus", "report", "off"] = param(
         "rotate_axis", title="Tilt direction check", choices=list(TILT_DIRECTION_ACTIONS), widget="choice",
+        enabled_if=[("source", "=", "fit")],
         help="On a tilted image one side is further from focus than the other; which side depends on the direction "
              "of the tilt. If the Thon rings say the direction is the opposite of the geometry's (the tilt axis is "
              "180° off, e.g. typed as −95° instead of 85°), the tomogram would be the mirror image of the specimen. "
@@ -86,12 +112,12 @@ class CtfEstimateParams(StepParams):
              "tilt axis is known to give the right hand. report: only say so. off: no check.")
     direction_min_tilt_deg: float = param(
         20.0, title="Check tilts from", unit="°", hard=(5.0, 60.0), suggest=(15.0, 40.0), advanced=True,
-        enabled_if=[("tilt_direction", "!=", "off")],
+        enabled_if=[("source", "=", "fit"), ("tilt_direction", "!=", "off")],
         help="Only views tilted at least this much count for the tilt-direction check (small tilts have almost no "
              "defocus gradient).")
     direction_z: float = param(
         4.0, title="Confidence needed", unit="1", hard=(1.0, 50.0), suggest=(3.0, 10.0), advanced=True,
-        enabled_if=[("tilt_direction", "!=", "off")],
+        enabled_if=[("source", "=", "fit"), ("tilt_direction", "!=", "off")],
         help="How sure the check must be (a z score over the tilted views) before it calls the direction as given "
              "or inverted; below it the verdict is 'undecided' and nothing is changed.")
 
@@ -121,8 +147,14 @@ class CtfEstimate(Step):
     Params = CtfEstimateParams
     inputs = ("assign_alignment",)
 
+    @classmethod
+    def origin_for(cls, params: StepParams, params_of: Any = None) -> str | None:
+        return "from files" if getattr(params, "source", "fit") == "files" else None
+
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, CtfEstimateParams)
+        if params.source == "files":
+            return _files_issues(params, ctx)
         issues = []
         if params.res_high_A >= params.res_low_A:
             issues.append(Issue("error", "the highest resolution must be finer (smaller) than the lowest",
@@ -142,6 +174,10 @@ class CtfEstimate(Step):
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
         sset, _ = SeriesSet.load(ctx.output("assign_alignment", "series"))
+        if getattr(params, "source", "fit") == "files":  # one image at a time for the spectra shown
+            ny, nx = sset.series[0].geometry.image_shape_px
+            n = sum(s.geometry.n_views for s in sset.series)
+            return Needs(disk_bytes=n * CTF_PREVIEW_PX**2 * 4 + 100_000, memory_bytes=ny * nx * 4 * 8)
         n = sum(s.geometry.n_views for s in sset.series)
         ny, nx = sset.series[0].geometry.image_shape_px
         return Needs(disk_bytes=n * CTF_PREVIEW_PX**2 * 4 + 100_000, memory_bytes=ny * nx * 4 * (n // 2 + 8))
@@ -151,6 +187,8 @@ class CtfEstimate(Step):
         from tomoguide.compute.io.mrc import read_mrc
 
         assert isinstance(params, CtfEstimateParams)
+        if params.source == "files":
+            return (yield from _run_from_files(params, ctx))
         sset, base = SeriesSet.load(ctx.output("assign_alignment", "series"))
         imported_axes = _imported_axes(ctx)
         n_total = sum(s.geometry.n_views for s in sset.series)
@@ -324,3 +362,115 @@ def _apply_tilt_direction(g: TiltSeriesGeometry, verdict: str, action: str,
                           f"{src} kept")
     return g, False, (f"tilt direction looks inverted ({src} 180° off) but is kept ('report'): the tomogram will be "
                       "the mirror image unless the axis is turned by 180°")
+
+
+# ---- an existing CTF from files (source = "files"; entry point b) ----------------------------------------------
+
+
+def _ctf_folder(params: CtfEstimateParams) -> Path | None:
+    value = (params.ctf_dir or "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def _stack_sections(ctx: RunContext) -> dict[str, list[int]]:
+    """Per series imported from a stack (entry point a), the stack image of each view in view order: CTF files made
+    on that stack are matched by image number."""
+    try:
+        if "import_movies" not in ctx.upstream:
+            return {}
+        from tomoguide.steps.import_movies import load_series
+
+        out = {}
+        for s in load_series(ctx.output("import_movies", "tilt_series")):
+            if getattr(s, "source", "movies") == "tilt series":
+                out[s.name] = [int(t.section if t.section is not None else t.mdoc_section) for t in s.tilts]
+        return out
+    except Exception:  # noqa: BLE001 - without it the views are matched by tilt
+        return {}
+
+
+def _values_for_series(folder: Path, s: SeriesEntry, sections: list[int] | None) -> tuple[Any, Any]:
+    from tomoguide.steps.ctf_files import ctf_values_for_views, find_ctf_file, read_ctf_file
+
+    path = find_ctf_file(folder, s.name)
+    table = read_ctf_file(path)
+    if sections is not None and len(sections) != s.geometry.n_views:
+        sections = None
+    return table, ctf_values_for_views(table, s.geometry.tilt_angles_deg, sections, path)
+
+
+def _files_issues(params: CtfEstimateParams, ctx: RunContext) -> list[Issue]:
+    from tomoguide.compute.io.errors import FormatError
+
+    folder = _ctf_folder(params)
+    if folder is None:
+        return [Issue("error", "choose the folder with the CTF files (CTF files folder)", "ctf_dir")]
+    if not folder.is_dir():
+        return [Issue("error", f"{folder}: ctf_dir: no such folder", "ctf_dir")]
+    issues: list[Issue] = []
+    if "assign_alignment" in ctx.upstream:
+        sset, _ = SeriesSet.load(ctx.output("assign_alignment", "series"))
+        sections = _stack_sections(ctx)
+        for s in sset.series:
+            try:
+                _values_for_series(folder, s, sections.get(s.name))
+            except (FormatError, OSError, ValueError) as exc:
+                issues.append(Issue("error", str(exc).splitlines()[0], "ctf_dir"))
+    return issues
+
+
+def _run_from_files(params: CtfEstimateParams, ctx: RunContext) -> StepRun:
+    """``source = "files"``: each series' per-tilt CTF read from its file (:mod:`tomoguide.steps.ctf_files`), written
+    as the fit writes it (CTF STAR, spectra with the file's rings); the geometry is passed on unchanged (no
+    tilt-direction check: there is no fit to check it with) and ``ctf_failed`` is false for every view."""
+    from tomoguide.compute.ctffit import CtfFit, power_spectrum
+    from tomoguide.compute.io.mrc import read_mrc
+
+    folder = _ctf_folder(params)
+    if folder is None:
+        raise ValueError("ctf_dir: choose the folder with the CTF files")
+    sset, base = SeriesSet.load(ctx.output("assign_alignment", "series"))
+    sections = _stack_sections(ctx)
+    n_total = sum(s.geometry.n_views for s in sset.series)
+    done = 0
+    entries: list[SeriesEntry] = []
+    metrics: dict[str, Any] = {"source": "files", "ctf_dir": str(folder), "series": {}}
+    for s in sset.series:
+        g = s.geometry
+        table, values = _values_for_series(folder, s, sections.get(s.name))
+        how = "by image number of the imported stack" if s.name in sections and table.views is not None else (
+            "by tilt angle" if table.tilt_deg is not None else "in ascending tilt order (assumed)")
+        ctx.log(f"{s.name}: CTF read from {table.path} ({table.kind}; views matched {how})")
+        stack, _ = read_mrc(s.path("stack", base), mmap=True)
+        px = g.pixel_size_binned_A
+        box = min(params.box_px, *g.image_shape_px)
+        optics = dict(voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm,
+                      amplitude_contrast=g.optics.amplitude_contrast)
+        rows, previews = [], []
+        for i in range(g.n_views):
+            ctx.check_cancel()
+            u, v, a, r = (float(x) for x in values[i])
+            fit = CtfFit(defocus_u_A=u, defocus_v_A=v, astig_angle_deg=a, score=0.0,
+                         fit_resolution_A=r if np.isfinite(r) else float("inf"), pixel_size_A=px,
+                         reason="from file", **optics)
+            row = ctf_row(s.name, i, g.tilt_angles_deg[i], fit)
+            row["tomoguideCtfReason"] = "from file"
+            rows.append(row)
+            spec = power_spectrum(np.asarray(stack[i], np.float32), pixel_size_A=px, box=box)
+            previews.append(ctf_preview(spec, fit))
+            done += 1
+            yield Progress(done / max(n_total, 1), f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: {u / 1e4:.2f} µm "
+                           "(from file)")
+        failed = [False] * g.n_views
+        files = dict(s.files)
+        files.update(write_ctf_results(ctx.run_dir, s.name, rows, previews, g.optics, px))
+        link_or_copy(s.path("stack", base), ctx.out_path(files["stack"]))
+        info = {**s.info, "ctf_source": "files", "ctf_file": str(table.path)}
+        entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags={**s.flags, "ctf_failed": failed},
+                                   info=info))
+        metrics["series"][s.name] = {**ctf_summary(rows, failed), "source": "files", "file": str(table.path),
+                                     "format": table.kind}
+    out = SeriesSet(series=entries).save(ctx.run_dir)
+    metrics["n_failed"] = 0
+    return StepResult(outputs={"series": out}, metrics=metrics,
+                      summary=f"CTF of {n_total} tilts read from files in {folder}")

@@ -60,17 +60,30 @@ GAIN_SUFFIXES = (".mrc", ".tif", ".tiff", ".gain", ".dm4", ".dm3")
 READABLE_GAIN_SUFFIXES = (".mrc", ".tif", ".tiff", ".gain")
 
 
+SOURCES = ("movies", "tilt series")
+
+
 class ImportMoviesParams(StepParams):
+    source: Literal["movies", "tilt series"] = param(
+        "movies", title="Start from", choices=list(SOURCES), widget="choice",
+        help="'movies' (the usual start): the SerialEM .mdoc files and the raw tilt movies. 'tilt series': "
+             "motion-corrected tilt series you already have (IMOD/SerialEM stacks .st, .mrc or .mrcs), each with "
+             "its tilt angles (NAME.rawtlt, NAME.tlt or its mdoc NAME.st.mdoc) and optionally a per-tilt dose list "
+             "(NAME.dose) and defocus (NAME.defocus from ctfplotter, NAME_ctf.txt from CTFFIND). The frame "
+             "alignment step then passes the stacks on without computing; X-ray erasing is the first step that "
+             "works on them.")
     files_dir: str = param(
         "", title="Files directory", widget="directory",
         help="The session folder: the SerialEM .mdoc files and the movies, in any layout SerialEM writes (movies "
              "beside the mdoc, in a Frames/ folder, one folder per tilt series). The movies are found by the file "
-             "names the mdoc records (its Windows paths are not needed), anywhere inside this folder.")
+             "names the mdoc records (its Windows paths are not needed), anywhere inside this folder. With 'Start "
+             "from: tilt series': the folder holding the stacks and their angle files (directly in it).")
     pattern: str = param(
         DEFAULT_PATTERN, title="Pattern", widget="glob",
         tutorial="*.mdoc",
         tutorial_note="The tutorial's mdocs all lie in one folder; **/*.mdoc also finds them in sub-folders "
                       "(Frames/ …).",
+        enabled_if=[("source", "=", "movies")],
         help="Which .mdoc files to import, as a wildcard pattern relative to the folder. The default **/*.mdoc "
              "takes every mdoc at any depth (the tutorial's *.mdoc takes only those directly in the folder). A "
              "series mdoc ([ZValue] sections) is one tilt series; per-movie mdocs ([FrameSet], one per movie) are "
@@ -78,11 +91,12 @@ class ImportMoviesParams(StepParams):
              "their movies.")
     movies_dir: str | None = param(
         None, title="Movie folder", widget="directory", empty_means="searched in the session folder",
+        enabled_if=[("source", "=", "movies")],
         help="A folder with the movies when they are not inside the session folder (or to prefer copies there). "
              "Leave empty: the movies are looked for beside the mdoc, in the folders the mdoc names (e.g. "
              "Frames/TS_07/) and anywhere in the session folder.")
     tomo5_mdoc: bool = param(
-        False, title="Tomo5 mdoc",
+        False, title="Tomo5 mdoc", enabled_if=[("source", "=", "movies")],
         help="Tick only when the mdoc files were written by Thermo Fisher's Tomography 5 software: its tilt-axis "
              "angle is then converted to SerialEM's convention (−1 × angle − 90°). The tutorial says No.")
     voltage_kV: float = param(
@@ -123,10 +137,18 @@ class ImportMoviesParams(StepParams):
              "lost high-resolution signal to radiation damage.")
     gain_path: str | None = param(
         None, title="Gain image", widget="file", empty_means="found automatically",
+        enabled_if=[("source", "=", "movies")],
         help="Gain reference of the camera (MRC, TIFF or .gain), multiplied with every frame. Leave empty to use "
              "the one the mdoc names (GainReference) or a gain file of the session (*gain*.mrc, *.gain, "
              "CountRef*, SuperRef*); type 'none' when the movies are already gain-corrected. Its orientation "
              "(flips/transpose) is detected from the movies during the import.")
+    dose_list_kind: Literal["dose", "prior"] = param(
+        "dose", title="One-column dose list holds", choices=["dose", "prior"], widget="choice", advanced=True,
+        enabled_if=[("source", "=", "tilt series")],
+        help="What a per-tilt dose list NAME.dose with one number per line means (the file cannot say): 'dose' = "
+             "the dose each tilt received (IMOD TypeOfDoseFile 1), 'prior' = the dose accumulated before each tilt "
+             "(IMOD TypeOfDoseFile 2, RELION's pre-exposure, Warp's Dose). Two numbers per line are always "
+             "'prior dose, dose'.")
 
 
 class ImportedTilt(BaseModel):
@@ -146,6 +168,8 @@ class ImportedTilt(BaseModel):
     datetime: str | None = None
     mdoc_section: int
     mdoc: str | None = None
+    #: imported tilt series (``source = "tilt series"``): the image of this tilt in the stack ``movie`` (0-based)
+    section: int | None = None
 
 
 class GainOrientationRecord(BaseModel):
@@ -185,6 +209,10 @@ class ImportedSeries(BaseModel):
     dose_source: str = ""
     gain_source: str | None = None
     gain_orientation: GainOrientationRecord | None = None
+    #: "movies", or "tilt series" (entry point a: each tilt's ``movie`` is the stack, ``section`` its image)
+    source: Literal["movies", "tilt series"] = "movies"
+    #: the per-tilt defocus file given with an imported stack (as ``mdoc``: relative to the record's folder)
+    defocus_file: str | None = None
 
     @model_validator(mode="after")
     def _same_frames(self) -> ImportedSeries:
@@ -876,8 +904,16 @@ class ImportMovies(Step):
     Params = ImportMoviesParams
     inputs = ()
 
+    @classmethod
+    def origin_for(cls, params: StepParams, params_of: Any = None) -> str | None:
+        return "tilt series" if getattr(params, "source", "movies") == "tilt series" else None
+
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, ImportMoviesParams)
+        if params.source == "tilt series":
+            from tomoguide.steps.import_tilt_series import check_tilt_series
+
+            return check_tilt_series(params)
         if not params.files_dir:
             return [Issue("error", "choose the folder with the .mdoc files and movies", "files_dir")]
         try:
@@ -898,6 +934,8 @@ class ImportMovies(Step):
         assert isinstance(params, ImportMoviesParams)
         from tomoguide.compute.io import movies as movio
 
+        if params.source == "tilt series":  # previews only; the stacks are read one at a time
+            return Needs(disk_bytes=50 * 512 * 512 * 4, memory_bytes=512 * 1024**2)
         frame_px = 4096 * 4096
         try:
             first = next(r.movie_path for plan in survey(params).series for r in plan.records
@@ -914,6 +952,10 @@ class ImportMovies(Step):
         from tomoguide.compute.rescale import bin_to_at_most
 
         assert isinstance(params, ImportMoviesParams)
+        if params.source == "tilt series":
+            from tomoguide.steps.import_tilt_series import run_tilt_series
+
+            return (yield from run_tilt_series(params, ctx))
         sv = survey(params)
         errors = sv.errors
         if errors:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from tomoguide.steps.base import Issue, Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
 from tomoguide.steps.import_movies import load_series
+from tomoguide.steps.import_tilt_series import imported_issues, is_imported, pass_through
 from tomoguide.steps.records import (
     CTF_PREVIEW_PX,
     SeriesEntry,
@@ -300,6 +301,12 @@ class MotionCtf(Step):
     Params = MotionCtfParams
     inputs = ("import_movies",)
 
+    @classmethod
+    def origin_for(cls, params: StepParams, params_of: Any = None) -> str | None:
+        """"imported" when the import step brings tilt series without movies (entry point a)."""
+        imp = params_of("import_movies") if params_of is not None else None
+        return "imported" if getattr(imp, "source", "movies") == "tilt series" else None
+
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, MotionCtfParams)
         issues: list[Issue] = []
@@ -315,6 +322,8 @@ class MotionCtf(Step):
                                     "defocus_max_um"))
         if "import_movies" in ctx.upstream:
             series = load_series(ctx.output("import_movies", "tilt_series"))
+            if is_imported(series):  # entry point (a): tilt series without movies, passed through
+                return issues + imported_issues(params, series)
             for s in series:
                 px = s.geometry.pixel_size_A * params.binning
                 if params.estimate_ctf and params.ctf_res_high_A < 2 * px:
@@ -411,6 +420,8 @@ class MotionCtf(Step):
         n = sum(len(s.tilts) for s in series)
         ny, nx = series[0].tilts[0].frame_shape_px
         per = ny * nx * 4 / params.binning**2
+        if is_imported(series):  # entry point (a): one stack passed on, one image at a time for the CTF
+            return Needs(disk_bytes=int(n * per + n * CTF_PREVIEW_PX**2 * 4), memory_bytes=int(ny * nx * 4 * 12))
         disk = n * per * (3 if params.even_odd else 1) + n * CTF_PREVIEW_PX**2 * 4
         frames = 1
         for s in series:  # frames after EER grouping (the header of each series' longest movie)
@@ -431,6 +442,8 @@ class MotionCtf(Step):
 
         assert isinstance(params, MotionCtfParams)
         series = load_series(ctx.output("import_movies", "tilt_series"))
+        if is_imported(series):  # entry point (a): the stacks passed on, nothing computed but the CTF
+            return (yield from pass_through(params, ctx, series, ctx.output("import_movies", "tilt_series")))
         n_total = sum(len(s.tilts) for s in series)
         done = 0
         entries: list[SeriesEntry] = []
