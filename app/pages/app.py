@@ -1,7 +1,9 @@
 """The application: :func:`main` (``tomoguide`` and ``tomoguide gui``), the start screen and the window manager.
 
-The start screen offers: a new project (the movies folder with its .mdoc files, the file pattern and the
-project folder), opening a project folder, the recent projects (double-click; also those made or run from the
+The start screen offers: a new project at one of the workflow's entry points (:data:`ENTRIES`: raw movies with
+their .mdoc files; tilt series without movies; tilt series with an existing alignment and CTF; particles from
+RELION 5 / WarpTools, enabled once the extraction step offers that source), each setting the parameters that entry
+needs (:func:`entry_params`), opening a project folder, the recent projects (double-click; also those made or run from the
 command line, :mod:`tomoguide.recent`), and "Try the demo" (simulates
 the small data set in a worker thread, with a progress dialog, and opens its project). Opening a project shows
 the wizard on the first step that is not done.
@@ -15,6 +17,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QApplication,
+    QButtonGroup,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -26,6 +29,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressDialog,
     QPushButton,
+    QRadioButton,
     QVBoxLayout,
     QWidget,
 )
@@ -36,6 +40,74 @@ from tomoguide.pages.wizard import WizardWindow, open_project_interactive
 from tomoguide.pages.worker import FunctionWorker
 from tomoguide.project import PROJECT_FILE, Project
 from tomoguide.steps.import_movies import DEFAULT_PATTERN
+
+
+#: the entry points of the start screen: key, button text, help for a newcomer, the folder fields it asks for
+ENTRIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("movies", "Raw movies + mdoc (the whole workflow)",
+     "The usual start: the session folder with SerialEM's .mdoc files and the tilt movies. Every step is computed "
+     "here, from frame alignment to the average.", ("data", "pattern")),
+    ("tilt series", "Tilt series without movies",
+     "You already have motion-corrected tilt series: stacks (.st, .mrc, .mrcs) with their tilt angles beside them "
+     "(NAME.rawtlt or NAME.tlt from IMOD, or the stack's mdoc NAME.st.mdoc), optionally a dose list NAME.dose and "
+     "a defocus file (NAME.defocus, NAME_ctf.txt). Frame alignment is skipped; X-ray erasing is the first step "
+     "that computes.", ("data",)),
+    ("alignment", "Tilt series with an existing alignment and CTF",
+     "You aligned the tilt series elsewhere (IMOD NAME.xf + NAME.tlt, AreTomo NAME.aln, RELION 5 NAME.star) and "
+     "estimated the CTF (CTFFIND NAME_ctf.txt, ctfplotter NAME.defocus, Warp NAME.xml, RELION 5 NAME.star): the "
+     "stacks are imported, the alignment and CTF read from their folders, and the workflow computes from the "
+     "reconstruction on.", ("data", "alignment", "ctf")),
+    ("particles", "Particles from RELION 5 / WarpTools",
+     "You have particles (a RELION 5 / WarpTools particles STAR with its tomograms.star and pseudo-subtomograms): "
+     "the project starts at the averaging steps.", ("particles",)),
+)
+
+
+def particles_entry() -> tuple[str, str] | None:
+    """``(source value, file parameter)`` of the extraction step's particles-from-files source, or None while the
+    step has no such source (the start screen then shows the entry disabled)."""
+    from tomoguide.steps.extract import Extract
+
+    meta = Extract.Params.meta()
+    src = meta.get("source")
+    if src is None or len(src.choices) < 2:
+        return None
+    value = next(c for c in src.choices if c != src.default)
+    for name, m in meta.items():
+        if m.widget in ("file", "directory") and ("source", "=", value) in m.enabled_if:
+            return str(value), name
+    return None
+
+
+def entry_params(entry: str, *, data: str = "", pattern: str = "", alignment: str = "", ctf: str = "",
+                 particles: str = "") -> dict[str, dict[str, object]]:
+    """The project parameters an entry point sets (paths as given; see :data:`ENTRIES`). ``ValueError`` with a
+    sentence for the start screen when a folder the entry needs is missing."""
+    def need(value: str, what: str) -> str:
+        if not value or not Path(value).expanduser().exists():
+            raise ValueError(f"Choose {what}.")
+        return str(Path(value).expanduser().resolve())
+
+    if entry == "movies":
+        return {"import_movies": {"files_dir": need(data, "the folder with the .mdoc files and movies"),
+                                  "pattern": pattern or DEFAULT_PATTERN}}
+    if entry == "tilt series":
+        return {"import_movies": {"source": "tilt series",
+                                  "files_dir": need(data, "the folder with the tilt-series stacks")}}
+    if entry == "alignment":
+        align_dir = need(alignment, "the folder with the alignment files")
+        return {"import_movies": {"source": "tilt series",
+                                  "files_dir": need(data, "the folder with the tilt-series stacks")},
+                "align": {"source": "files", "alignment_dir": align_dir},
+                "ctf_estimate": {"source": "files", "ctf_dir": need(ctf, "the folder with the CTF files")
+                                 if ctf else align_dir}}
+    if entry == "particles":
+        found = particles_entry()
+        if found is None:
+            raise ValueError("Particles from RELION 5 / WarpTools are not available in this version yet.")
+        value, name = found
+        return {"extract": {"source": value, name: need(particles, "the particles STAR file")}}
+    raise ValueError(f"unknown entry {entry!r}")
 
 
 def _path_row(edit: QLineEdit, browse: QPushButton) -> QWidget:
@@ -52,6 +124,8 @@ class StartScreen(QWidget):
     and ``demo_requested(out_dir)``; :class:`AppController` does the work."""
 
     create_requested = Signal(Path, str, Path)
+    #: a project at another entry point: its parameters (:func:`entry_params`) and the project folder
+    create_entry_requested = Signal(object, Path)
     open_requested = Signal(Path)
     demo_requested = Signal(Path)
 
@@ -64,6 +138,31 @@ class StartScreen(QWidget):
         title.setWordWrap(True)
 
         new_box = QGroupBox("New project")
+        self.entry_group = QButtonGroup(self)
+        self.entry_buttons: dict[str, QRadioButton] = {}
+        entry_box = QWidget()
+        el = QVBoxLayout(entry_box)
+        el.setContentsMargins(0, 0, 0, 0)
+        el.setSpacing(2)
+        el.addWidget(QLabel("<b>Start from</b>"))
+        particles_ok = particles_entry() is not None
+        for key, text, help_text, _ in ENTRIES:
+            b = QRadioButton(text)
+            b.setObjectName(f"entry_{key.replace(' ', '_')}")
+            b.setToolTip(help_text)
+            if key == "particles" and not particles_ok:
+                b.setEnabled(False)
+                b.setToolTip(help_text + "\n\nNot available yet: the extraction step cannot read RELION 5 / "
+                             "WarpTools particles in this version.")
+            self.entry_group.addButton(b)
+            self.entry_buttons[key] = b
+            el.addWidget(b)
+        self.entry_buttons["movies"].setChecked(True)
+        self.entry_help = QLabel("")
+        self.entry_help.setObjectName("entry_help")
+        self.entry_help.setWordWrap(True)
+        self.entry_help.setStyleSheet("color: #424242;")
+        el.addWidget(self.entry_help)
         self.movies_edit = QLineEdit()
         self.movies_edit.setObjectName("movies_edit")
         self.movies_edit.setPlaceholderText(".mdoc files and movies")
@@ -87,9 +186,40 @@ class StartScreen(QWidget):
         self.new_message.setObjectName("new_message")
         self.new_message.setWordWrap(True)
         self.new_message.setStyleSheet("color: #c62828;")
+        self.alignment_edit = QLineEdit()
+        self.alignment_edit.setObjectName("alignment_edit")
+        self.alignment_edit.setPlaceholderText("NAME.xf + NAME.tlt, NAME.aln or NAME.star per tilt series")
+        alignment_browse = QPushButton("Browse…")
+        alignment_browse.clicked.connect(lambda: self._choose_dir(self.alignment_edit, "Alignment folder"))
+        self.ctf_edit = QLineEdit()
+        self.ctf_edit.setObjectName("ctf_edit")
+        self.ctf_edit.setPlaceholderText("empty: the alignment folder")
+        self.ctf_edit.setToolTip("NAME_ctf.txt (CTFFIND), NAME.defocus (ctfplotter), NAME.xml (Warp) or NAME.star "
+                                 "(RELION 5) per tilt series")
+        ctf_browse = QPushButton("Browse…")
+        ctf_browse.clicked.connect(lambda: self._choose_dir(self.ctf_edit, "CTF folder"))
+        self.particles_edit = QLineEdit()
+        self.particles_edit.setObjectName("particles_edit")
+        self.particles_edit.setPlaceholderText("particles.star (RELION 5 / WarpTools)")
+        particles_browse = QPushButton("Browse…")
+        particles_browse.clicked.connect(self._choose_particles)
         form = QFormLayout(new_box)
-        form.addRow("Movies folder", _path_row(self.movies_edit, movies_browse))
-        form.addRow("Pattern", self.pattern_edit)
+        form.addRow(entry_box)
+        self.data_label = QLabel("Movies folder")
+        self._rows: dict[str, list[QWidget]] = {}
+        data_row = _path_row(self.movies_edit, movies_browse)
+        form.addRow(self.data_label, data_row)
+        pattern_label = QLabel("Pattern")
+        form.addRow(pattern_label, self.pattern_edit)
+        alignment_label, alignment_row = QLabel("Alignment folder"), _path_row(self.alignment_edit, alignment_browse)
+        form.addRow(alignment_label, alignment_row)
+        ctf_label, ctf_row = QLabel("CTF folder"), _path_row(self.ctf_edit, ctf_browse)
+        form.addRow(ctf_label, ctf_row)
+        particles_label, particles_row = QLabel("Particles file"), _path_row(self.particles_edit, particles_browse)
+        form.addRow(particles_label, particles_row)
+        self._rows = {"data": [self.data_label, data_row], "pattern": [pattern_label, self.pattern_edit],
+                      "alignment": [alignment_label, alignment_row], "ctf": [ctf_label, ctf_row],
+                      "particles": [particles_label, particles_row]}
         form.addRow("Project folder", _path_row(self.project_edit, project_browse))
         form.addRow("", self.create_button)
         form.addRow("", self.new_message)
@@ -137,8 +267,32 @@ class StartScreen(QWidget):
         lay = QVBoxLayout(self)
         lay.addWidget(title)
         lay.addLayout(columns, 1)
-        self.resize(980, 560)
+        self.resize(1040, 680)
+        self.entry_group.buttonToggled.connect(lambda *_: self._on_entry_changed())
+        self._on_entry_changed()
         self.refresh_recent()
+
+    def entry(self) -> str:
+        """The entry point chosen (a key of :data:`ENTRIES`)."""
+        return next(k for k, b in self.entry_buttons.items() if b.isChecked())
+
+    def _on_entry_changed(self) -> None:
+        key = self.entry()
+        _, _, help_text, fields = next(e for e in ENTRIES if e[0] == key)
+        self.entry_help.setText(help_text)
+        for name, widgets in self._rows.items():
+            for w in widgets:
+                w.setVisible(name in fields)
+        self.data_label.setText("Movies folder" if key == "movies" else "Stacks folder")
+        self.movies_edit.setPlaceholderText(".mdoc files and movies" if key == "movies" else
+                                            "stacks (.st, .mrc) with NAME.rawtlt / NAME.tlt / NAME.st.mdoc")
+        self.new_message.setText("")
+
+    def _choose_particles(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Particles STAR file", self.particles_edit.text(),
+                                              "STAR files (*.star);;All files (*)")
+        if path:
+            self.particles_edit.setText(path)
 
     def showEvent(self, event: object) -> None:  # noqa: N802 - Qt API
         """Re-read the recent projects whenever the screen is shown (the command line may have added some)."""
@@ -165,6 +319,19 @@ class StartScreen(QWidget):
     def _on_create(self) -> None:
         movies = self.movies_edit.text().strip()
         project = self.project_edit.text().strip()
+        if self.entry() != "movies":
+            if not project:
+                self.new_message.setText("Choose a folder for the project.")
+                return
+            try:
+                params = entry_params(self.entry(), data=movies, alignment=self.alignment_edit.text().strip(),
+                                      ctf=self.ctf_edit.text().strip(), particles=self.particles_edit.text().strip())
+            except ValueError as exc:
+                self.new_message.setText(str(exc))
+                return
+            self.new_message.setText("")
+            self.create_entry_requested.emit(params, Path(project).expanduser())
+            return
         if not movies or not Path(movies).expanduser().is_dir():
             self.new_message.setText("Choose the folder with the .mdoc files and movies.")
             return
@@ -192,6 +359,7 @@ class AppController(QObject):
         self.demo_preset = demo_preset
         self.start = StartScreen()
         self.start.create_requested.connect(self.create_project)
+        self.start.create_entry_requested.connect(self.create_project_with)
         self.start.open_requested.connect(self.open_project)
         self.start.demo_requested.connect(self.run_demo)
         self.wizards: list[WizardWindow] = []
@@ -213,6 +381,18 @@ class AppController(QObject):
         try:
             project = Project.create(project_dir, params={"import_movies": {
                 "files_dir": str(movies_dir.resolve()), "pattern": pattern}})
+        except Exception as exc:  # noqa: BLE001 - ProjectError, OSError, ValidationError: say it
+            self.start.new_message.setText(f"Cannot create the project: {exc}")
+            return None
+        return self._show_wizard(project)
+
+    def create_project_with(self, params: dict, project_dir: Path) -> WizardWindow | None:
+        """A new project with the parameters of an entry point (:func:`entry_params`)."""
+        if (project_dir / PROJECT_FILE).exists():
+            self.start.new_message.setText(f"{project_dir} already holds a project: open it instead.")
+            return None
+        try:
+            project = Project.create(project_dir, params=params)
         except Exception as exc:  # noqa: BLE001 - ProjectError, OSError, ValidationError: say it
             self.start.new_message.setText(f"Cannot create the project: {exc}")
             return None
