@@ -1,0 +1,93 @@
+"""Profile one step's work in the main thread (issue 20, item 1).
+
+    python bench/profile_step.py PROJECT STEP [--top 30] [--out FILE.txt] [--keep]
+
+The wizard runs a step's generator in a worker thread, which ``cProfile`` does not follow. This script builds the
+same :class:`~tomoguide.steps.base.RunContext` the runner builds (:class:`tomoguide.runner.StepRun`: the done
+upstream steps' outputs, the step's parameters from ``project.json``), runs the step's checks (preflight), then
+drives ``step.run(params, ctx)`` to its end in the main thread under ``cProfile``. Outputs go to a scratch folder
+``steps/<STEP>/profile-<stamp>.partial`` inside the project, removed afterwards (``--keep`` keeps it); the
+project's record is not changed (the step's status, runs and metrics stay as they were).
+
+Prints the wall time, the load average before/after, and the top entries by cumulative and by own time
+(``tottime``); ``--out`` writes the same text to a file (e.g. ``bench/results/profiles/refine_fine_before.txt``).
+Thread pools inside a step (``concurrent.futures``) still hide their workers' frames: their time shows as waiting
+(``acquire``/``wait``) in the main thread; ``TOMOGUIDE_THREADS=1`` (where a step honours it) keeps the work in the
+main thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as _dt
+import io
+import os
+import pstats
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool = False) -> str:
+    """Run ``step_id`` of the project in ``project_dir`` under cProfile in this thread; return the report text."""
+    from tomoguide.project import Project
+    from tomoguide.runner import StepRun
+
+    proj = Project.open(project_dir)
+    run = StepRun(proj, step_id)
+    run.preflight()
+    params = proj.params(step_id)
+    step_dir = proj.step_dir(step_id)
+    step_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    scratch = step_dir / f"profile-{stamp}.partial"
+    scratch.mkdir()
+    ctx = run._context(scratch)
+    load0 = os.getloadavg()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    try:
+        prof.enable()
+        gen = run.step.run(params, ctx)
+        while True:
+            try:
+                next(gen)
+            except StopIteration:
+                break
+        prof.disable()
+    finally:
+        wall = time.perf_counter() - t0
+        if not keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    load1 = os.getloadavg()
+    out = io.StringIO()
+    out.write(f"step {step_id} of {project_dir}: {wall:.2f} s wall (under cProfile)\n")
+    out.write(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+              f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; {os.cpu_count()} CPUs\n\n")
+    for key in ("cumulative", "tottime"):
+        out.write(f"===== top {top} by {key} =====\n")
+        st = pstats.Stats(prof, stream=out)
+        st.strip_dirs().sort_stats(key).print_stats(top)
+    return out.getvalue()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("project", type=Path)
+    ap.add_argument("step")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=None, help="also write the report to this text file")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch output folder")
+    args = ap.parse_args()
+    text = profile_step(args.project, args.step, top=args.top, keep=args.keep)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
