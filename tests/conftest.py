@@ -7,6 +7,9 @@ import os
 # Before anything imports Qt: render offscreen (no display in CI), and keep computations on the CPU.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TOMOGUIDE_DEVICE", "cpu")
+# Steps' units in the test process (tomoguide.cluster): a local Dask cluster costs ~4 s per command that starts one;
+# tests/test_cluster*.py use local and SLURM executors explicitly.
+os.environ.setdefault("TOMOGUIDE_CLUSTER", "inline")
 
 from pathlib import Path  # noqa: E402
 
