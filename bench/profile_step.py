@@ -2,18 +2,20 @@
 
     python bench/profile_step.py PROJECT STEP [--top 30] [--out FILE.txt] [--keep]
 
-The wizard runs a step's generator in a worker thread, which ``cProfile`` does not follow. This script builds the
+The wizard runs a step's generator in a worker thread, and long compute calls inside a step run in another one
+(``RunContext.run_in_thread``); ``cProfile`` follows neither. This script builds the
 same :class:`~tomoguide.steps.base.RunContext` the runner builds (:class:`tomoguide.runner.StepRun`: the done
 upstream steps' outputs, the step's parameters from ``project.json``), runs the step's checks (preflight), then
-drives ``step.run(params, ctx)`` to its end in the main thread under ``cProfile``. Outputs go to a scratch folder
+drives ``step.run(params, ctx)`` to its end in the main thread under ``cProfile``, with ``ctx.run_in_thread``
+replaced by a direct call. Outputs go to a scratch folder
 ``steps/<STEP>/profile-<stamp>.partial`` inside the project, removed afterwards (``--keep`` keeps it); the
 project's record is not changed (the step's status, runs and metrics stay as they were).
 
 Prints the wall time, the load average before/after, and the top entries by cumulative and by own time
 (``tottime``); ``--out`` writes the same text to a file (e.g. ``bench/results/profiles/refine_fine_before.txt``).
-Thread pools inside a step (``concurrent.futures``) still hide their workers' frames: their time shows as waiting
-(``acquire``/``wait``) in the main thread; ``TOMOGUIDE_THREADS=1`` (where a step honours it) keeps the work in the
-main thread.
+Work a step hands to a pool (its run's executor through ``ctx.map_units``, ``concurrent.futures``) still runs in
+other threads or processes: its time shows as waiting (``acquire``/``wait``) in the main thread. Numba's parallel
+kernels count as their calling function's own time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,22 @@ import pstats
 import shutil
 import sys
 import time
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
+
+
+def _inline_runner(ctx: Any) -> Callable[..., Generator[Any, None, Any]]:
+    """A drop-in for ``RunContext.run_in_thread`` that calls ``fn(progress)`` in this thread (no heartbeat)."""
+
+    def run_inline(fn: Callable[[Callable[[float, str], None]], Any]) -> Generator[Any, None, Any]:
+        def progress(fraction: float, message: str) -> None:
+            ctx.check_cancel()
+
+        return fn(progress)
+        yield  # a generator, as the original (``yield from`` returns fn's result)
+
+    return run_inline
 
 
 def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool = False) -> str:
@@ -45,6 +62,7 @@ def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool =
     scratch = step_dir / f"profile-{stamp}.partial"
     scratch.mkdir()
     ctx = run._context(scratch)
+    ctx.run_in_thread = _inline_runner(ctx)  # the step's worker thread, run here instead (cProfile sees it)
     load0 = os.getloadavg()
     prof = cProfile.Profile()
     t0 = time.perf_counter()
