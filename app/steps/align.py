@@ -198,10 +198,7 @@ def find_alignment_files(folder: Path, name: str) -> dict[str, Path]:
     if "star" in found:
         return {"star": found["star"]}
     if "xml" in found:
-        raise AlignmentFilesError(f"{found['xml']}: alignment: a Warp/WarpTools tilt-series XML's alignment (per-tilt "
-                                  "AxisAngle/AxisOffset and its deformation grids) is not read as an alignment (not "
-                                  f"supported); export it from WarpTools for IMOD (NAME.xf + NAME.tlt) or RELION 5 "
-                                  "(NAME.star) instead. Its CTF is read by the CTF step (source 'files').")
+        return {"xml": found["xml"]}
     if "xf" in found:
         raise AlignmentFilesError(f"{found['xf']}: tilt angles: {name}.tlt is missing beside it (IMOD's .xf needs "
                                   "the .tlt of the same alignment)")
@@ -209,8 +206,8 @@ def find_alignment_files(folder: Path, name: str) -> dict[str, Path]:
         raise AlignmentFilesError(f"{found['tlt']}: transforms: {name}.xf is missing beside it (IMOD's .tlt needs "
                                   "the .xf of the same alignment)")
     raise AlignmentFilesError(f"{folder}: {name}: no alignment files for this tilt series (expected {name}.xf and "
-                              f"{name}.tlt from IMOD, {name}.aln from AreTomo, or the RELION 5 per-tilt-series "
-                              f"{name}.star)")
+                              f"{name}.tlt from IMOD, {name}.aln from AreTomo, the RELION 5 per-tilt-series "
+                              f"{name}.star or Warp's {name}.xml)")
 
 
 def match_views_by_tilt(file_tilts: Any, nominal_deg: Any, prior_offset_deg: float, path: Path | str,
@@ -306,6 +303,14 @@ def read_alignment_files(files: dict[str, Path], geometry: Any, binning: float |
         file_binning = 1.0  # the shifts are in Å: converted to unbinned pixels here
         x_tilt = float(x_tilt_file)
         described = str(path)
+    elif "xml" in files:
+        path = files["xml"]
+        rows, tilts, warp_notes = _warp_alignment(path, g)
+        notes.extend(warp_notes)
+        fmt = "warp"
+        prior = float(g.tilt_offset_deg)
+        file_binning = 1.0  # the offsets are in Å: converted to unbinned pixels here
+        described = str(path)
     else:
         path = files["xf"]
         rows = _read(read_xf, path)
@@ -360,6 +365,42 @@ def read_alignment_files(files: dict[str, Path], geometry: Any, binning: float |
              "file_binning": float(file_binning), "n_views_in_file": int(rows.shape[0]),
              "views_not_in_file": [v + 1 for v in missing], "notes": notes}
     return new, facts
+
+
+def _warp_alignment(path: Path, g: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """IMOD ``.xf`` rows at binning 1 and true tilts of the tilts a Warp/WarpTools tilt-series XML uses
+    (``UseTilt``), from its per-tilt ``AxisAngle`` (°) and ``AxisOffsetX/Y`` (Å).
+
+    Warp's own import of an IMOD alignment (``TiltSeries.ImportAlignments``) defines them: with the ``.xf``
+    matrix ``A`` (a rotation) and shift ``d``, ``AxisAngle = −(rotation angle of A)`` (Warp's
+    ``EulerFromMatrix(A).Z``) and ``AxisOffset = −Aᵀ d`` × the aligned stack's pixel size, i.e. this record's
+    specimen shift ``s = −A⁻¹ d`` in Å; ``Angles`` then holds the ``.tlt`` (true) tilts. So ``A = R(−AxisAngle)``,
+    ``d = −A s``. A series with ``AreAnglesInverted`` (Warp's geometry negates its tilts) is refused (not
+    supported: the sign would be a guess); Warp's deformation grids (``GridMovement``, ``GridAngle``, refined by M)
+    are not used (a note says so when they are not zero)."""
+    from tomoguide.compute.io.warp import read_warp_tilt_series_xml
+    from tomoguide.geometry import rotation_2d, xf_matrices_to_rows
+
+    w = _read(read_warp_tilt_series_xml, path)
+    if w.angles_inverted:
+        raise AlignmentFilesError(f"{path}: AreAnglesInverted: True: Warp's geometry negates these tilts; such a series "
+                                  "is not read as an alignment (not supported): export it for IMOD or RELION 5")
+    use = np.asarray(w.use_tilt, bool)
+    if not use.any():
+        raise AlignmentFilesError(f"{path}: UseTilt: no tilt is used")
+    axis = np.asarray(w.axis_angle_deg, np.float64)[use]
+    s = np.asarray(w.axis_offset_A, np.float64)[use] / float(g.pixel_size_A)
+    a = rotation_2d(-axis)
+    m = np.concatenate([a, -(a @ s[:, :, None])], axis=2)
+    notes = []
+    moved = [k for k in ("GridMovementX", "GridMovementY", "GridAngleX", "GridAngleY", "GridAngleZ")
+             if k in w.grids and np.abs(w.grids[k].values).max() > 1e-6]
+    if moved:
+        notes.append(f"{path.name}: Warp's refined deformation grids ({', '.join(moved)}) are not used, only the "
+                     "per-tilt axis angles and offsets")
+    if not use.all():
+        notes.append(f"{path.name}: {int((~use).sum())} tilt(s) with UseTilt False are not in the alignment")
+    return xf_matrices_to_rows(m), np.asarray(w.tilt_deg, np.float64)[use], notes
 
 
 def _relion5_alignment(path: Path, g: Any) -> tuple[np.ndarray, np.ndarray, float]:
@@ -602,7 +643,7 @@ class Align(Step):
             yield Progress(k / len(sset.series), f"{s.name}: reading the alignment files")
             files_in = find_alignment_files(folder, s.name)
             g, facts = read_alignment_files(files_in, s.geometry, params.alignment_binning)
-            program = {"aretomo": "AreTomo", "relion5": "RELION 5"}.get(facts["format"], "IMOD")
+            program = {"aretomo": "AreTomo", "relion5": "RELION 5", "warp": "Warp"}.get(facts["format"], "IMOD")
             ctx.log(f"{s.name}: alignment read from {facts['file']} ({program}, shifts in px at binning "
                     f"{facts['file_binning']:g}, rescaled to binning {g.binning:g})")
             for note in facts["notes"]:

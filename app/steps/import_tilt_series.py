@@ -104,8 +104,8 @@ def plan_stack(stack: Path, files: dict[str, Path], params: Any) -> StackPlan | 
     if rawtlt is None and tlt is None and mdoc_path is None:
         return None
     info = read_header(stack)
-    if info.is_volume or len(info.shape) != 3:
-        raise FormatError(stack, "header", f"a volume of {info.shape} voxels, not a stack of tilt images")
+    if len(info.shape) != 3:  # (a header marking it a volume is no reason: many writers mark stacks so)
+        raise FormatError(stack, "header", f"data of shape {info.shape}: not a stack of tilt images")
     n, ny, nx = (int(v) for v in info.shape)
     issues: list[Issue] = []
     md = None
