@@ -501,8 +501,11 @@ class _Grid:
         kx = np.broadcast_to(kx, (box, box // 2 + 1))
         ky = np.broadcast_to(ky, (box, box // 2 + 1))
         k2 = kx * kx + ky * ky
-        th = np.arctan2(ky, kx)
-        return cls(k2, np.cos(2 * th), np.sin(2 * th), np.sqrt(k2) * box * pixel_size_A, box, pixel_size_A)
+        # cos 2θ, sin 2θ of θ = atan2(ky, kx) without trigonometry (θ = 0 at the origin)
+        inv = np.divide(1.0, k2, out=np.zeros_like(k2), where=k2 > 0)
+        c2 = np.where(k2 > 0, (kx * kx - ky * ky) * inv, 1.0)
+        s2 = 2.0 * kx * ky * inv
+        return cls(k2, c2, s2, np.sqrt(k2) * box * pixel_size_A, box, pixel_size_A)
 
     def equiphase_r_px(self, mean_A: float, a_A: float, b_A: float) -> np.ndarray:
         """Equivalent radius (px) on which an astigmatic CTF has the phase of the isotropic one at ``mean``."""
@@ -573,9 +576,63 @@ def _subtract(amp: np.ndarray, g: _Grid, opt: _Optics, mean_A: float, a_A: float
 # --------------------------------------------------------------------------------------------------------
 
 
+def _interp_at(cum: np.ndarray, fidx: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``cum`` (..., n) at fractional sample indices ``fidx`` (broadcastable to
+    ``cum``'s leading shape + (m,)), per row: ``np.interp`` for many rows sharing one abscissa."""
+    n = cum.shape[-1]
+    i0 = np.clip(np.floor(fidx).astype(np.int64), 0, max(n - 2, 0))
+    f = fidx - i0
+    shape = np.broadcast_shapes(cum.shape[:-1] + (1,), fidx.shape)
+    c = np.broadcast_to(cum, shape[:-1] + (n,))
+    i0 = np.broadcast_to(i0, shape)
+    f = np.broadcast_to(f, shape)
+    lo = np.take_along_axis(c, i0, axis=-1)
+    hi = np.take_along_axis(c, np.minimum(i0 + 1, n - 1), axis=-1)
+    return lo + f * (hi - lo)
+
+
 def _search_1d(rr: np.ndarray, prof: np.ndarray, g: _Grid, opt: _Optics, band: np.ndarray,
                defoci: np.ndarray, phases: np.ndarray) -> np.ndarray:
-    """CC (len(defoci), len(phases)) of the background-subtracted radial profile with the filtered model."""
+    """CC (len(defoci), len(phases)) of the background-subtracted radial profile with the filtered model.
+
+    All defoci and phases at once: the running means over one ring period (:func:`_running_mean_k2`) of the
+    profile and of every model are read from cumulative integrals at fractional sample indices shared by the
+    rows (the same sums as :func:`_search_1d_reference`, one array pass instead of a loop per defocus)."""
+    k2 = (rr / (g.box * g.pixel_size_A)) ** 2
+    n = len(k2)
+    y = prof.copy()
+    y[rr < 3] = y[rr >= 3][0]
+    df = np.asarray(defoci, np.float64)[:, None]  # (D, 1)
+    rate = opt.lam * df - opt.cs_A * opt.lam**3 * k2[None, :]
+    per = 1.0 / np.maximum(rate, 0.05 * opt.lam * np.maximum(df, 1.0))  # (D, n): Δk² of one ring period
+    lo = np.maximum(k2 - 0.5 * per, k2[0])
+    hi = np.minimum(k2 + 0.5 * per, k2[-1])
+    width = np.maximum(hi - lo, 1e-30)
+    idx = np.arange(n, dtype=np.float64)
+    f_lo = np.interp(lo, k2, idx)
+    f_hi = np.interp(hi, k2, idx)
+    dk = np.diff(k2)
+    cum_y = np.concatenate([[0.0], np.cumsum(0.5 * (y[1:] + y[:-1]) * dk)])
+    mean_y = (np.interp(hi, k2, cum_y) - np.interp(lo, k2, cum_y)) / width
+    d = (y[None, :] - mean_y)[:, band]  # (D, nb)
+    d = d - d.mean(axis=1, keepdims=True)
+    dn = np.sqrt(np.einsum("dn,dn->d", d, d))
+    dn[dn == 0] = 1.0
+    ph = np.asarray(phases, np.float64)
+    chi = math.pi * opt.lam * df * k2[None, :] - 0.5 * math.pi * opt.cs_A * opt.lam**3 * (k2 * k2)[None, :]
+    models = np.sin(chi[:, None, :] + ph[None, :, None] + opt.alpha) ** 2  # (D, P, n)
+    cum_m = np.concatenate([np.zeros(models.shape[:-1] + (1,)),
+                            np.cumsum(0.5 * (models[..., 1:] + models[..., :-1]) * dk, axis=-1)], axis=-1)
+    mean_m = (_interp_at(cum_m, f_hi[:, None, :]) - _interp_at(cum_m, f_lo[:, None, :])) / width[:, None, :]
+    m = (models - mean_m)[..., band]  # (D, P, nb)
+    m = m - m.mean(axis=-1, keepdims=True)
+    mn = np.sqrt(np.einsum("dpn,dpn->dp", m, m))
+    return np.einsum("dpn,dn->dp", m, d) / (np.maximum(mn, 1e-30) * dn[:, None])
+
+
+def _search_1d_reference(rr: np.ndarray, prof: np.ndarray, g: _Grid, opt: _Optics, band: np.ndarray,
+               defoci: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """The first version of :func:`_search_1d` (one defocus at a time), kept as its test oracle."""
     k2 = (rr / (g.box * g.pixel_size_A)) ** 2
     y = prof.copy()
     y[rr < 3] = y[rr >= 3][0]
@@ -656,6 +713,66 @@ def _power_and_pixel(spectrum: Any, pixel_size_A: float | None) -> tuple[np.ndar
     return power, px
 
 
+def _ranges(px: float, res_range_A: tuple[float, float], defocus_range_A: tuple[float, float],
+            nominal_defocus_A: float | None, narrow_A: float | None) -> tuple[float, float, float, float]:
+    """(low, high) resolution of the band (Å; high not beyond Nyquist) and (low, high) defocus searched (Å)."""
+    lo_res, hi_res = float(max(res_range_A)), float(min(res_range_A))
+    hi_res = max(hi_res, 2.0 * px * 1.0001)
+    lo_df, hi_df = float(min(defocus_range_A)), float(max(defocus_range_A))
+    if nominal_defocus_A is not None and narrow_A is not None:
+        lo_df = max(lo_df, float(nominal_defocus_A) - float(narrow_A))
+        hi_df = min(hi_df, float(nominal_defocus_A) + float(narrow_A))
+        if hi_df < lo_df:
+            raise ValueError("the narrowed defocus range lies outside defocus_range_A")
+    return lo_res, hi_res, lo_df, hi_df
+
+
+def defocus_1d(
+    spectrum: PowerSpectrum, *, voltage_kV: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.1,
+    defocus_range_A: tuple[float, float] = (5000.0, 80000.0), defocus_step_A: float = 500.0,
+    res_range_A: tuple[float, float] = (30.0, 7.0), fit_phase: bool = False,
+    phase_range_rad: tuple[float, float] = (0.0, math.pi), nominal_defocus_A: float | None = None,
+    narrow_A: float | None = None, **_unused: Any,
+) -> float:
+    """The mean defocus (Å) of :func:`fit_ctf`'s 1D search alone (radial average, no 2D refinement): what
+    :func:`estimate_ctf` rescales a tilted view's windows to. Arguments as :func:`fit_ctf` (others ignored)."""
+    power, px = _power_and_pixel(spectrum, None)
+    b = power.shape[0]
+    lo_res, hi_res, lo_df, hi_df = _ranges(px, res_range_A, defocus_range_A, nominal_defocus_A, narrow_A)
+    opt = _Optics.make(voltage_kV, cs_mm, amplitude_contrast)
+    amp = np.sqrt(np.maximum(power, 0.0))
+    return _fit_1d(amp, _Grid.make(b, px), opt, b * px / lo_res, b * px / hi_res, lo_df, hi_df,
+                   float(defocus_step_A), fit_phase, phase_range_rad, (lo_res, hi_res))[0]
+
+
+def _fit_1d(amp: np.ndarray, g: _Grid, opt: _Optics, r_lo: float, r_hi: float, lo_df: float, hi_df: float,
+            step: float, fit_phase: bool, phase_range_rad: tuple[float, float], band_A: tuple[float, float]
+            ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The 1D exhaustive search of :func:`fit_ctf` on the radial average of ``amp`` (rfft layout) over the ring
+    band ``r_lo..r_hi`` px: every defocus of the grid (``step`` Å) and phase at once, then the optimum refined
+    between its neighbours. Returns ``(defocus Å, phase rad, grid defoci, best CC per defocus)``."""
+    rr, prof = equiphase_profile(amp, g)
+    band1 = (rr >= r_lo) & (rr <= r_hi)
+    if band1.sum() < 8:
+        raise ValueError(f"the band {band_A[0]:g}-{band_A[1]:g} Å covers fewer than 8 rings of the {g.box}-px "
+                         "spectrum")
+    n_steps = max(1, int(round((hi_df - lo_df) / step)))
+    defoci = np.linspace(lo_df, hi_df, n_steps + 1)
+    phases = (np.linspace(phase_range_rad[0], phase_range_rad[1], 19)[:-1] if fit_phase else np.array([0.0]))
+    cc1 = _search_1d(rr, prof, g, opt, band1, defoci, phases)
+    best = np.unravel_index(int(np.argmax(cc1)), cc1.shape)
+    df1, ph1 = float(defoci[best[0]]), float(phases[best[1]])
+    curve = cc1.max(axis=1)
+    # refine the 1D optimum between the neighbouring grid points
+    if len(defoci) > 2:
+        res = scipy.optimize.minimize_scalar(
+            lambda x: -_search_1d(rr, prof, g, opt, band1, np.array([x]), np.array([ph1]))[0, 0],
+            bounds=(max(lo_df, df1 - step), min(hi_df, df1 + step)), method="bounded",
+            options={"xatol": 5.0})
+        df1 = float(res.x)
+    return df1, ph1, defoci, curve
+
+
 def fit_ctf(
     spectrum: PowerSpectrum | np.ndarray,
     *,
@@ -675,6 +792,7 @@ def fit_ctf(
     min_score: float = 0.02,
     min_significance: float = 6.0,
     fit_resolution_cc: float = 0.3,
+    seed_astigmatism: tuple[float, float] | None = None,
 ) -> CtfFit:
     """Fit defocus U/V, astigmatism angle (and optionally a phase shift) to an averaged power spectrum.
 
@@ -683,6 +801,9 @@ def fit_ctf(
     of the mean defocus; with ``nominal_defocus_A`` and ``narrow_A`` the search is narrowed to
     ``nominal ± narrow`` (intersected with the range; the tutorial's tip). ``res_range_A`` = (low, high)
     resolution band of the fit in Å. ``astigmatism_guess_A``: the U − V used to seed the 2D refinement.
+    ``seed_astigmatism``: a known astigmatism vector ``(a, b)`` Å (``((U−V)/2)(cos 2φ, sin 2φ)`` of a fit of the
+    whole image, for its tiles): the 2D refinement starts from it (and from none) with one simplex instead of
+    the 13 starts around the circle of ``astigmatism_guess_A`` refined twice.
 
     The fit is flagged ``failed`` (with ``reason``) when the 2D CC ``score < min_score`` or
     ``score · √N < min_significance`` (N band pixels: the score in units of the CC of pure noise),
@@ -691,14 +812,7 @@ def fit_ctf(
     """
     power, px = _power_and_pixel(spectrum, pixel_size_A)
     b = power.shape[0]
-    lo_res, hi_res = float(max(res_range_A)), float(min(res_range_A))
-    hi_res = max(hi_res, 2.0 * px * 1.0001)
-    lo_df, hi_df = float(min(defocus_range_A)), float(max(defocus_range_A))
-    if nominal_defocus_A is not None and narrow_A is not None:
-        lo_df = max(lo_df, float(nominal_defocus_A) - float(narrow_A))
-        hi_df = min(hi_df, float(nominal_defocus_A) + float(narrow_A))
-        if hi_df < lo_df:
-            raise ValueError("the narrowed defocus range lies outside defocus_range_A")
+    lo_res, hi_res, lo_df, hi_df = _ranges(px, res_range_A, defocus_range_A, nominal_defocus_A, narrow_A)
     step = float(defocus_step_A)
     opt = _Optics.make(voltage_kV, cs_mm, amplitude_contrast)
     g = _Grid.make(b, px)
@@ -707,25 +821,9 @@ def fit_ctf(
                   pixel_size_A=px, search_range_A=(lo_df, hi_df))
 
     # ---- 1D exhaustive search on the radial average ------------------------------------------------------
-    rr, prof = equiphase_profile(amp, g)
     r_lo, r_hi = b * px / lo_res, b * px / hi_res
-    band1 = (rr >= r_lo) & (rr <= r_hi)
-    if band1.sum() < 8:
-        raise ValueError(f"the band {lo_res:g}-{hi_res:g} Å covers fewer than 8 rings of the {b}-px spectrum")
-    n_steps = max(1, int(round((hi_df - lo_df) / step)))
-    defoci = np.linspace(lo_df, hi_df, n_steps + 1)
-    phases = (np.linspace(phase_range_rad[0], phase_range_rad[1], 19)[:-1] if fit_phase else np.array([0.0]))
-    cc1 = _search_1d(rr, prof, g, opt, band1, defoci, phases)
-    best = np.unravel_index(int(np.argmax(cc1)), cc1.shape)
-    df1, ph1 = float(defoci[best[0]]), float(phases[best[1]])
-    curve = cc1.max(axis=1)
-    # refine the 1D optimum between the neighbouring grid points
-    if len(defoci) > 2:
-        res = scipy.optimize.minimize_scalar(
-            lambda x: -_search_1d(rr, prof, g, opt, band1, np.array([x]), np.array([ph1]))[0, 0],
-            bounds=(max(lo_df, df1 - step), min(hi_df, df1 + step)), method="bounded",
-            options={"xatol": 5.0})
-        df1 = float(res.x)
+    df1, ph1, defoci, curve = _fit_1d(amp, g, opt, r_lo, r_hi, lo_df, hi_df, step, fit_phase, phase_range_rad,
+                                      (lo_res, hi_res))
     base.defocus_1d_A = df1
     base.search_defocus_A = defoci
     base.search_cc = curve
@@ -738,14 +836,19 @@ def fit_ctf(
         d = _subtract(amp, g, opt, mean, a, bb)
         obj = _Objective(d, g, opt, sel)
         starts = [(mean, a, bb)]
-        if it == 0:
+        n_simplex = 1
+        if it == 0 and seed_astigmatism is not None:
+            sa, sb = float(seed_astigmatism[0]), float(seed_astigmatism[1])
+            starts += [(mean + dm, sa, sb) for dm in (-0.25 * step, 0.0, 0.25 * step)]
+        elif it == 0:
+            n_simplex = 2
             for ang in (0.0, 45.0, 90.0, 135.0):
                 t = math.radians(2 * ang)
                 for dm in (-0.25 * step, 0.0, 0.25 * step):
                     starts.append((mean + dm, h * math.cos(t), h * math.sin(t)))
         scored = sorted(starts, key=lambda s: -obj.cc(s[0], s[1], s[2], ph))
         best_x, best_v = None, math.inf
-        for s in scored[: (2 if it == 0 else 1)]:
+        for s in scored[:n_simplex]:
             x0 = np.array([s[0], s[1], s[2]] + ([ph] if fit_phase else []))
 
             def f(x: np.ndarray) -> float:
@@ -818,15 +921,49 @@ def estimate_ctf(
     voltage_kV: float = 300.0,
     cs_mm: float = 2.7,
     amplitude_contrast: float = 0.1,
+    windows: WindowSpectra | None = None,
     **fit_kwargs: Any,
 ) -> tuple[CtfFit, PowerSpectrum]:
     """Estimate the CTF at the centre of one image (ny, nx) — the per-tilt entry point of both steps.
 
-    Windows (:func:`window_spectra`) → average → :func:`fit_ctf`; for a tilted image in ``tilt_mode
-    "rescale"`` the windows are then rescaled to the fitted defocus and fitted again (two passes).
+    Windows (:func:`window_spectra`, or the given ``windows`` of this image) → average → :func:`fit_ctf`. For a
+    tilted image in ``tilt_mode "rescale"`` the plain average's 1D search (:func:`defocus_1d`, no 2D
+    refinement) gives the defocus the windows are rescaled to, and the rescaled average gets the one full fit.
     ``fit_kwargs`` go to :func:`fit_ctf` (defocus_range_A, defocus_step_A, res_range_A, nominal_defocus_A,
     narrow_A, fit_phase, ...). Returns the fit and the spectrum it was made on (for the overlay).
     """
+    w = windows if windows is not None else window_spectra(
+        image, pixel_size_A=pixel_size_A, box=box, overlap=overlap, tilt_deg=tilt_deg, tilt_axis_deg=tilt_axis_deg,
+        defocus_handedness=defocus_handedness)
+    optics = {"voltage_kV": voltage_kV, "cs_mm": cs_mm}
+    mode = tilt_mode if abs(tilt_deg) > 1e-6 else "none"
+    first_mode: TiltMode = "restrict" if mode == "restrict" else "none"
+    spec = average_spectra(w, tilt_mode=first_mode, max_offset_A=max_offset_A, **optics)
+    if mode == "rescale" and np.ptp(w.offsets_A) > 1.0:
+        df0 = defocus_1d(spec, amplitude_contrast=amplitude_contrast, **optics, **fit_kwargs)
+        spec = average_spectra(w, reference_defocus_A=df0, tilt_mode="rescale", **optics)
+    fit = fit_ctf(spec, amplitude_contrast=amplitude_contrast, **optics, **fit_kwargs)
+    return fit, spec
+
+
+def estimate_ctf_two_pass(
+    image: Any,
+    *,
+    pixel_size_A: float,
+    box: int = 512,
+    overlap: float = 0.5,
+    tilt_deg: float = 0.0,
+    tilt_axis_deg: float = 0.0,
+    defocus_handedness: int = -1,
+    tilt_mode: TiltMode = "rescale",
+    max_offset_A: float = 500.0,
+    voltage_kV: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.1,
+    **fit_kwargs: Any,
+) -> tuple[CtfFit, PowerSpectrum]:
+    """The first version of :func:`estimate_ctf` (a full fit of the plain average, rescaling to its defocus, a
+    second full fit), kept as the reference of ``bench/ctffit.py --compare`` and of the tests."""
     w = window_spectra(image, pixel_size_A=pixel_size_A, box=box, overlap=overlap, tilt_deg=tilt_deg,
                        tilt_axis_deg=tilt_axis_deg, defocus_handedness=defocus_handedness)
     optics = {"voltage_kV": voltage_kV, "cs_mm": cs_mm}
@@ -855,6 +992,7 @@ def fit_ctf_grid(
     amplitude_contrast: float = 0.1,
     global_fit: CtfFit | None = None,
     tile_narrow_A: float | None = None,
+    windows: WindowSpectra | None = None,
     **fit_kwargs: Any,
 ) -> CtfGridFit:
     """Defocus model grid (the tutorial's 2×2×1): fit the CTF in ``grid = (ny_tiles, nx_tiles)`` tiles and a
@@ -864,6 +1002,11 @@ def fit_ctf_grid(
     search range: its mean defocus ± ``tile_narrow_A`` (default: the tilt's expected defocus spread over the
     image plus 2000 Å). Each tile uses windows of ``min(box, tile side)`` px. Tiles whose fit fails are
     reported but left out of the plane.
+
+    ``windows``: this image's :func:`window_spectra` (as :func:`estimate_ctf` used them): a tile's spectrum is
+    then the average of those windows that lie wholly inside it (no new transforms; a tile holding none gets its
+    own windows). With a global fit that did not fail, each tile's 2D refinement starts from the global
+    astigmatism (``seed_astigmatism`` of :func:`fit_ctf`).
     """
     img = np.asarray(to_numpy(image), dtype=np.float32)
     ny, nx = img.shape
@@ -881,6 +1024,10 @@ def fit_ctf_grid(
     kw.pop("nominal_defocus_A", None)
     kw.pop("narrow_A", None)
     kw.setdefault("astigmatism_guess_A", max(global_fit.astigmatism_A, 100.0))
+    if not global_fit.failed and "seed_astigmatism" not in kw:
+        half = 0.5 * global_fit.astigmatism_A
+        two_phi = math.radians(2.0 * global_fit.astig_angle_deg)
+        kw["seed_astigmatism"] = (half * math.cos(two_phi), half * math.sin(two_phi))
     ys = np.linspace(0, ny, gy + 1).round().astype(int)
     xs = np.linspace(0, nx, gx + 1).round().astype(int)
     fits: list[CtfFit] = []
@@ -890,7 +1037,18 @@ def fit_ctf_grid(
             tile = img[ys[iy]:ys[iy + 1], xs[ix]:xs[ix + 1]]
             tb = int(min(box, tile.shape[0], tile.shape[1]))
             tb -= tb % 2
-            spec = power_spectrum(tile, pixel_size_A=pixel_size_A, box=tb, overlap=overlap, tilt_mode="none")
+            spec = None
+            if windows is not None and windows.box == tb and tuple(windows.image_shape) == (ny, nx):
+                # windows wholly inside the tile (their first pixel from the centre: centre - (box - 1) / 2)
+                x0w = windows.centres_px[:, 0] - (tb - 1) / 2.0
+                y0w = windows.centres_px[:, 1] - (tb - 1) / 2.0
+                inside = ((x0w >= xs[ix] - 0.01) & (x0w + tb <= xs[ix + 1] + 0.01)
+                          & (y0w >= ys[iy] - 0.01) & (y0w + tb <= ys[iy + 1] + 0.01))
+                if inside.any():
+                    spec = PowerSpectrum(windows.spectra[inside].mean(axis=0), float(windows.pixel_size_A),
+                                         int(inside.sum()), None, windows.tilt_deg)
+            if spec is None:
+                spec = power_spectrum(tile, pixel_size_A=pixel_size_A, box=tb, overlap=overlap, tilt_mode="none")
             f = fit_ctf(spec, nominal_defocus_A=global_fit.defocus_mean_A, narrow_A=narrow, **optics, **kw)
             fits.append(f)
             centres.append(((xs[ix] + xs[ix + 1] - 1) / 2.0, (ys[iy] + ys[iy + 1] - 1) / 2.0))

@@ -212,7 +212,7 @@ def motion_ctf_unit(t: Any, g: Any, true_tilt_deg: float, params: MotionCtfParam
     temporary file); returns the shifts, the flags, the CTF row and preview and the timings (small)."""
     from tomoguide.cluster import atomic_output
     from tomoguide.compute.backend import to_numpy
-    from tomoguide.compute.ctffit import estimate_ctf, fit_ctf_grid
+    from tomoguide.compute.ctffit import estimate_ctf, fit_ctf_grid, window_spectra
     from tomoguide.compute.io.movies import eer_fractions_per_frame, read_movie
     from tomoguide.compute.motion import align_movie
 
@@ -262,11 +262,14 @@ def motion_ctf_unit(t: Any, g: Any, true_tilt_deg: float, params: MotionCtfParam
                       amplitude_contrast=g.optics.amplitude_contrast)
         geo = dict(tilt_deg=float(true_tilt_deg), tilt_axis_deg=g.tilt_axis_deg,
                    defocus_handedness=g.defocus_handedness)
-        fit, spec = estimate_ctf(image, pixel_size_A=px_out, box=params.ctf_window_px, **geo, **optics, **kw)
+        # one set of window spectra for the tilt-aware fit and the defocus grid's tiles
+        windows = window_spectra(image, pixel_size_A=px_out, box=params.ctf_window_px, **geo)
+        fit, spec = estimate_ctf(image, pixel_size_A=px_out, box=params.ctf_window_px, windows=windows, **geo,
+                                 **optics, **kw)
         row = ctf_row(series_name, index, t.tilt_deg, fit)
         if params.defocus_grid_x * params.defocus_grid_y > 1 and not fit.failed:
             grid = fit_ctf_grid(image, pixel_size_A=px_out, grid=(params.defocus_grid_y, params.defocus_grid_x),
-                                box=params.ctf_window_px, global_fit=fit, **geo, **optics, **kw)
+                                box=params.ctf_window_px, global_fit=fit, windows=windows, **geo, **optics, **kw)
             row["tomoguideDefocusGradientX"] = float(grid.gradient_A_per_px[0])
             row["tomoguideDefocusGradientY"] = float(grid.gradient_A_per_px[1])
             row["tomoguideTiltFromDefocusPlane"] = float(grid.tilt_from_plane_deg)
