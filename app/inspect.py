@@ -1,6 +1,8 @@
 """``tomoguide inspect``: what tomoguide reads from a file, as plain facts (a dict of JSON types).
 
-The reader is chosen by the file's extension; each reader module has a ``describe(path) -> dict``. Errors are
+The reader is chosen by the file's content where its first bytes say what it is (sqlite, IMOD model, XML,
+STAR, PyTom marker table), else by its extension; each reader module has a ``describe(path) -> dict`` whose
+``kind`` (and ``flavour`` / ``version`` where a format has several) name what the file really is. Errors are
 the readers' :class:`~tomoguide.compute.io.errors.FormatError` (``FILE: FIELD: message``).
 """
 
@@ -15,9 +17,72 @@ from typing import Any
 from tomoguide.compute.io.errors import FormatError, FormatWarning
 
 
+_SQLITE_MAGIC = b"SQLite format 3\0"
+_KNOWN = (".mdoc, .mrc/.mrcs/.st/.map, .tif/.eer, .star, .tlt/.rawtlt/.xf/.xtilt/.mod/.com/.edf/.defocus/.dose, "
+          ".aln, Warp .xml, TOM .em, Scipion .sqlite, PyTom marker / CTFFIND / coordinate .txt")
+
+
+def _sniff(path: Path) -> str | None:
+    """The kind a file's first bytes announce, whatever its extension: ``sqlite``, ``imod_model``, ``xml``
+    (a Warp file or other XML), ``star``, ``pytom_markers`` (PyTom's text marker header) or None."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    if head.startswith(_SQLITE_MAGIC):
+        return "sqlite"
+    if head.startswith(b"IMODV1."):
+        return "imod_model"
+    if head.startswith((b"\xef\xbb\xbf<", b"\xff\xfe<\x00", b"\xfe\xff\x00<", b"<?xml", b"<TiltSeries")):
+        return "xml"
+    text = head.decode("latin-1")
+    if "#MarkerIndex" in text.replace(" ", "") and "PositionX" in text:
+        return "pytom_markers"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), "")
+    if first.startswith("data_"):
+        return "star"
+    return None
+
+
 def _describer(path: Path) -> Callable[[Path], dict[str, Any]]:
+    """The describer for a file: by its content where the first bytes say what it is (an sqlite database,
+    an IMOD model, XML, a STAR file, a PyTom marker table), else by its extension."""
     name = path.name.lower()
     ext = path.suffix.lower()
+    sniffed = _sniff(path)
+    if sniffed == "sqlite" or ext in (".sqlite", ".db"):
+        from tomoguide.compute.io import scipion
+
+        def scipion_set(p: Path) -> dict[str, Any]:
+            try:
+                scipion.scipion_set_class(p)
+            except FormatError as err:
+                if "no Properties/Objects tables" not in err.message:
+                    raise
+                import sqlite3
+
+                from tomoguide.compute.io import coords  # a flat coordinate table without Properties
+
+                try:
+                    return coords.describe(p)
+                except (sqlite3.Error, UnicodeDecodeError) as exc:
+                    raise FormatError(p, None, f"damaged sqlite database ({exc})") from exc
+            return scipion.describe(p)
+
+        return scipion_set
+    if sniffed == "xml" or ext == ".xml":
+        from tomoguide.compute.io import warp
+
+        return warp.describe
+    if sniffed == "imod_model":
+        from tomoguide.compute.io import imod
+
+        return imod.describe if ext == ".mod" else lambda p: {"kind": "mod", **_mod_facts(p)}
+    if sniffed == "pytom_markers":
+        from tomoguide.compute.io import pytom
+
+        return pytom.describe
     if ext == ".mdoc":
         from tomoguide.compute.io import mdoc
 
@@ -30,22 +95,29 @@ def _describer(path: Path) -> Callable[[Path], dict[str, Any]]:
         from tomoguide.compute.io import movies
 
         return movies.describe
-    if ext == ".star":
+    if ext == ".star" or sniffed == "star":
         from tomoguide.compute.io import star
 
-        return star.describe
-    if ext in (".tlt", ".rawtlt", ".xf", ".xtilt", ".mod", ".com", ".edf", ".prexf", ".prexg", ".xg"):
+        def star_facts(p: Path) -> dict[str, Any]:
+            info = star.describe(p)
+            version = info.get("facts", {}).get("relion_version")
+            flavour = f"RELION {version} {info.get('kind')} STAR" if version else f"RELION {info.get('kind')} STAR"
+            return {"kind": info.get("kind"), "flavour": flavour, **{k: v for k, v in info.items() if k != "kind"}}
+
+        return star_facts
+    if ext in (".tlt", ".rawtlt", ".xf", ".xtilt", ".mod", ".com", ".edf", ".prexf", ".prexg", ".xg", ".defocus",
+               ".dose"):
         from tomoguide.compute.io import imod
 
         return imod.describe
+    if ext == ".em":
+        from tomoguide.compute.io import em, pytom
+
+        return pytom.describe if "marker" in name else em.describe
     if ext == ".aln":
         from tomoguide.compute.io import aretomo
 
         return aretomo.describe
-    if ext in (".sqlite", ".db"):
-        from tomoguide.compute.io import coords
-
-        return coords.describe
     if ext in (".txt", ".csv", ".coords"):
         if name.endswith(".txt"):
             from tomoguide.compute.io import ctffind
@@ -62,9 +134,15 @@ def _describer(path: Path) -> Callable[[Path], dict[str, Any]]:
         from tomoguide.compute.io import coords
 
         return coords.describe
-    raise FormatError(path, None, f"unknown file type {ext or '(no extension)'!r}; tomoguide reads .mdoc, "
-                      ".mrc/.mrcs/.st/.map, .tif, .star, .tlt/.rawtlt/.xf/.xtilt/.mod/.com/.edf, .aln, "
-                      ".sqlite and coordinate/CTFFIND .txt files")
+    raise FormatError(path, None, f"unknown file type {ext or '(no extension)'!r}; tomoguide reads {_KNOWN}")
+
+
+def _mod_facts(path: Path) -> dict[str, Any]:
+    from tomoguide.compute.io import imod
+
+    m = imod.read_mod_points(path, strict=False)
+    return {"n_points": int(m.xyz.shape[0]), "n_contours": m.n_contours, "n_objects": m.n_objects,
+            "image_shape_xyz": m.image_shape_xyz, "pixel_size": m.pixel_size, "units": m.units}
 
 
 def describe_file(path: Path, *, strict: bool = True) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def _rectangular(path: PathType, rows: list[tuple[int, list[float]]], what: str,
 
 def _order_column(col: np.ndarray) -> np.ndarray | None:
     """0-based acquisition order when ``col`` is a permutation of 1..n or 0..n-1 (integers), else None."""
-    if not np.all(col == np.round(col)):
+    if col.size == 0 or np.abs(col).max() > 1e9 or not np.all(col == np.round(col)):
         return None
     ints = col.astype(np.int64)
     n = ints.size
@@ -570,9 +570,9 @@ def read_ctfplotter_defocus(path: PathType, *, strict: bool = True) -> Ctfplotte
                     f"{f' with flags {flags}' if version == 3 else ''}, got {len(values)}")
             continue
         v0, v1 = values[0], values[1]
-        if v0 != int(v0) or v1 != int(v1) or v0 < 1 or v1 < v0:
+        if v0 < 1 or v1 < v0 or v1 > 1_000_000 or v0 != int(v0) or v1 != int(v1):
             problem(strict, path, f"line {lineno}", f"view range {v0:g}-{v1:g}: views are numbered from 1, "
-                    "start <= end")
+                    "start <= end (whole numbers)")
             continue
         if values[4] <= 0:
             problem(strict, path, f"line {lineno}", f"defocus {values[4]:g} nm: IMOD writes underfocus as positive nm")
@@ -888,6 +888,16 @@ def describe(path: PathType, *, strict: bool = True) -> dict[str, Any]:
             facts["flavour"] = f"{len(table)}-column angle file"
             facts["columns"] = list(table)
         return facts
+    if ext == ".dose":
+        dose = read_dose_list(p, strict=strict)
+        two = bool(np.isfinite(dose[:, 0]).all())
+        col = dose[:, 1]
+        return {
+            "kind": "dose_list", "flavour": "prior dose and dose per view (IMOD TypeOfDoseFile 3)" if two
+            else "one dose per view (IMOD TypeOfDoseFile 1, or 2 when it is the prior dose)",
+            "n_views": int(dose.shape[0]), "dose_range_e_per_A2": [float(col.min()), float(col.max())],
+            **({"prior_dose_max_e_per_A2": float(dose[:, 0].max())} if two else {}),
+        }
     if ext == ".defocus":
         d = read_ctfplotter_defocus(p, strict=strict)
         facts = {

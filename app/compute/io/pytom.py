@@ -98,7 +98,7 @@ def _read_text(p: Path, strict: bool) -> PytomMarkers:
         raise FormatError(p, "values", "no marker rows (an empty file, or cut short?)")
     table = np.asarray(rows)
     ids = table[:, 0]
-    if np.any(ids != np.round(ids)) or ids.min() < 0:
+    if np.any(ids != np.round(ids)) or ids.min() < 0 or ids.max() > 1_000_000:
         raise FormatError(p, "MarkerIndex", "marker indices must be integers from 0")
     uniq, counts = np.unique(ids.astype(np.int64), return_counts=True)
     if not np.array_equal(uniq, np.arange(uniq.size)):

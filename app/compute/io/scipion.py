@@ -80,15 +80,17 @@ def _connect(p: Path) -> sqlite3.Connection:
     if magic != b"SQLite format 3\0":
         raise FormatError(p, None, "not an sqlite database (no 'SQLite format 3' header)")
     try:
-        return sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise FormatError(p, None, f"not an sqlite file ({exc})") from exc
+    con.text_factory = lambda b: b.decode("utf-8", "replace")
+    return con
 
 
 def _tables(con: sqlite3.Connection, p: Path) -> set[str]:
     try:
         return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         raise FormatError(p, None, f"damaged sqlite database ({exc})") from exc
 
 
@@ -108,7 +110,10 @@ def scipion_set_class(path: PathType) -> str:
         tables = _tables(con, p)
         if "Properties" not in tables or "Objects" not in tables:
             raise FormatError(p, "Properties", "no Properties/Objects tables: not a Scipion set file")
-        cls = _props(con, "").get("self")
+        try:
+            cls = _props(con, "").get("self")
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise FormatError(p, "Properties", f"unreadable Properties table ({exc}): not a Scipion set file") from exc
     finally:
         con.close()
     if not cls:
@@ -130,6 +135,13 @@ def _objects(con: sqlite3.Connection, prefix: str) -> tuple[list[dict[str, Any]]
         row = {mapping.get(n, n): v for n, v in zip(names, values)}
         rows.append(row)
     return rows, classes
+
+
+def _int(v: Any, default: int) -> int:
+    try:
+        return int(v) if v is not None else default
+    except (TypeError, ValueError, OverflowError):
+        return default
 
 
 def _float(v: Any) -> float:
@@ -162,7 +174,7 @@ def read_scipion_tilt_series(path: PathType, *, strict: bool = True) -> list[Sci
         used: set[str] = set()
         for row in series_rows:
             ts_id = str(row.get("_tsId") or "")
-            oid = int(row["id"])
+            oid = _int(row.get("id"), 0)
             candidates = [f"{ts_id}_", f"id{oid}_", f"id{oid:03d}_", f"{ts_id}", f"id{oid}"]
             prefix = next((c for c in candidates if c in nested and c not in used), None)
             if prefix is None:  # look for the images' own _tsId
@@ -184,21 +196,20 @@ def read_scipion_tilt_series(path: PathType, *, strict: bool = True) -> list[Sci
             tilt = np.array([_float(r.get("_tiltAngle")) for r in images])
             if np.any(~np.isfinite(tilt)):
                 problem(strict, p, f"{prefix}Objects/_tiltAngle", "a tilt angle is not a number")
-            acq = np.array([int(r["_acqOrder"]) if r.get("_acqOrder") is not None else -1 for r in images],
-                           dtype=np.int64)
+            acq = np.array([_int(r.get("_acqOrder"), -1) for r in images], dtype=np.int64)
             img_acq = {k.split(".", 1)[1]: np.array([_float(r.get(k)) for r in images])
                        for k in (images[0] if images else {}) if k.startswith("_acquisition.")}
             ps = _float(row.get("_samplingRate", set_props.get("_samplingRate")))
             out.append(ScipionTiltSeries(
                 ts_id=ts_id, enabled=bool(row.get("enabled", 1)), object_id=oid, tilt_deg=tilt,
                 acquisition_order=acq, file_names=[str(r.get("_filename") or "") for r in images],
-                section_index=np.array([int(r.get("_index") or 0) for r in images], dtype=np.int64),
+                section_index=np.array([_int(r.get("_index"), 0) for r in images], dtype=np.int64),
                 image_enabled=np.array([bool(r.get("enabled", 1)) for r in images], dtype=bool),
                 pixel_size_A=ps if np.isfinite(ps) and ps > 0 else None,
                 acquisition={k.split(".", 1)[1]: v for k, v in row.items() if k.startswith("_acquisition.")},
                 image_acquisition=img_acq,
             ))
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         raise FormatError(p, None, f"damaged sqlite database ({exc})") from exc
     finally:
         con.close()
