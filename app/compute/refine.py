@@ -364,6 +364,95 @@ def _gather_sum(data: Any, weights: Any, which: Any, rots: Any, shifts: Any, pts
             out_w[n] += accw[n - n0]
 
 
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _gather_ref(ref_ri: Any, scale: float, rots: Any, pts: Any, rows: Any, out: Any) -> None:
+    """``out[i, 0, n] + 1j out[i, 1, n] = ref(scale · R_i p_n)`` (trilinear) for a reference ``ref_ri`` (P, P, P, 2)
+    float32 (:func:`reference_ri`), rotations ``rots`` (m, 3, 3), integer points ``pts`` (n, 3) ``(x, y, z)`` in
+    runs along x ``rows`` (:func:`_point_rows`); ``out`` (m, 2, n) float32 (real parts, then imaginary parts: the
+    layout the global search multiplies). Every sample must lie inside the grid (``scale · |p| < P/2 - 1``; the
+    caller checks): what :func:`_gather_c` computes with zero shifts, in float32 arithmetic, one rotation per
+    thread, coordinates stepped along each run."""
+    p_ref = ref_ri.shape[0]
+    hf = np.float32(p_ref // 2)
+    flat = ref_ri.reshape(-1)
+    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
+    sy = np.uint64(2 * p_ref)
+    sz = np.uint64(2 * p_ref * p_ref)
+    for i in numba.prange(rots.shape[0]):
+        r = rots[i]
+        m0, m1, m2 = np.float32(scale * r[0, 0]), np.float32(scale * r[0, 1]), np.float32(scale * r[0, 2])
+        m3, m4, m5 = np.float32(scale * r[1, 0]), np.float32(scale * r[1, 1]), np.float32(scale * r[1, 2])
+        m6, m7, m8 = np.float32(scale * r[2, 0]), np.float32(scale * r[2, 1]), np.float32(scale * r[2, 2])
+        for rr in range(rows.shape[0]):
+            s0 = rows[rr, 0]
+            py, pz = np.float32(pts[s0, 1]), np.float32(pts[s0, 2])
+            x_first = np.float32(pts[s0, 0])
+            bx = m1 * py + m2 * pz + hf
+            by = m4 * py + m5 * pz + hf
+            bz = m7 * py + m8 * pz + hf
+            for j in range(rows[rr, 1]):
+                px = x_first + np.float32(j)
+                x = m0 * px + bx
+                y = m3 * px + by
+                z = m6 * px + bz
+                x0, y0, z0 = int(x), int(y), int(z)
+                fx, fy, fz = x - np.float32(x0), y - np.float32(y0), z - np.float32(z0)
+                o = np.uint64(2 * ((z0 * p_ref + y0) * p_ref + x0))
+                o01 = o + sy
+                o10 = o + sz
+                o11 = o10 + sy
+                v00 = flat[o]
+                v01 = flat[o01]
+                v10 = flat[o10]
+                v11 = flat[o11]
+                c00 = v00 + fx * (flat[o + two] - v00)
+                c01 = v01 + fx * (flat[o01 + two] - v01)
+                c10 = v10 + fx * (flat[o10 + two] - v10)
+                c11 = v11 + fx * (flat[o11 + two] - v11)
+                u00 = flat[o + one]
+                u01 = flat[o01 + one]
+                u10 = flat[o10 + one]
+                u11 = flat[o11 + one]
+                d00 = u00 + fx * (flat[o + three] - u00)
+                d01 = u01 + fx * (flat[o01 + three] - u01)
+                d10 = u10 + fx * (flat[o10 + three] - u10)
+                d11 = u11 + fx * (flat[o11 + three] - u11)
+                c0 = c00 + fy * (c01 - c00)
+                c1 = c10 + fy * (c11 - c10)
+                d0 = d00 + fy * (d01 - d00)
+                d1 = d10 + fy * (d11 - d10)
+                out[i, 0, s0 + j] = c0 + fz * (c1 - c0)
+                out[i, 1, s0 + j] = d0 + fz * (d1 - d0)
+
+
+def _inside_reference(pts: np.ndarray, scale: float, p_ref: int) -> bool:
+    """Whether every ``scale · R p`` (any rotation) lies at least one voxel inside a P-point centred grid."""
+    if len(pts) == 0:
+        return True
+    r = float(np.sqrt((np.asarray(pts, np.float64) ** 2).sum(axis=1).max()))
+    return scale * r + 1e-3 < p_ref // 2 - 1.0
+
+
+def sample_reference(ref_ft: np.ndarray, scale: float, rotations: np.ndarray, pts: np.ndarray,
+                     ref_ri: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """``ref(scale · R_i p_n)`` (trilinear, 0 outside) of a prepared reference ``ref_ft`` (1, P, P, P) complex64 at
+    rotations (m, 3, 3) and integer points ``pts`` (n, 3) of :func:`_points`: (m, 2, n) float32, real parts then
+    imaginary parts. ``ref_ri`` / ``rows``: :func:`reference_ri` / :func:`_point_rows` when the caller has them.
+    The fast kernel :func:`_gather_ref` when every sample lies inside the grid, else :func:`_gather_c`."""
+    rot = np.ascontiguousarray(rotations, np.float64).reshape(-1, 3, 3)
+    p_ref = ref_ft.shape[-1]
+    out = np.empty((len(rot), 2, len(pts)), np.float32)
+    if _inside_reference(pts, scale, p_ref):
+        _gather_ref(reference_ri(ref_ft) if ref_ri is None else ref_ri, float(scale), rot, pts,
+                    _point_rows(pts) if rows is None else rows, out)
+    else:
+        a = np.empty((len(rot), len(pts)), np.complex64)
+        _gather_c(ref_ft, np.zeros(len(rot), np.int64), float(scale), rot, np.zeros((len(rot), 3)), pts, a)
+        out[:, 0] = a.real
+        out[:, 1] = a.imag
+    return out
+
+
 def gather_numpy(grid: np.ndarray, scale: float, rot: np.ndarray, shift: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Pure-numpy reference of the numba gathers for one grid: ``grid(scale · R p) e^{2πi (R p)·s}``
     (trilinear, 0 outside), ``pts`` (n, 3) ``(x, y, z)``. Returns (n,) of the grid's dtype (complex128 for a
@@ -615,9 +704,12 @@ def _shift_set(step_px: float, n: int) -> np.ndarray:
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _local_scores(ref_re: Any, ref_im: Any, scale: float, data_ft: Any, weights: Any, idx: Any, rots: Any,
-                  shifts: Any, pert: Any, pts: Any, deltas: Any, out_x: Any, out_y: Any) -> None:
-    """For particle c (data ``idx[c]``) and candidates ``R = rots[c] @ pert[j]``, ``t = shifts[c] + deltas[k]``
+def _local_scores_reference(ref_re: Any, ref_im: Any, scale: float, data_ft: Any, weights: Any, idx: Any, rots: Any,
+                            shifts: Any, pert: Any, pts: Any, deltas: Any, out_x: Any, out_y: Any) -> None:
+    """The first version of :func:`_local_scores` (kept as its test oracle and for ``bench/kernels_speed.py``):
+    the same sums, points outer and candidate rotations inner, real and imaginary parts in two grids.
+
+    For particle c (data ``idx[c]``) and candidates ``R = rots[c] @ pert[j]``, ``t = shifts[c] + deltas[k]``
     (shifts in px / B): ``out_x[c, j, k] = Re Σ_n conj(A(p_n)) D(p_n) e^{2πi p_n·t}``, ``out_y[c, j] =
     Σ_n W(p_n) |A(p_n)|²`` with ``A(p) = ref(scale · Rᵀ p)`` (trilinear; ``ref_re``, ``ref_im`` the real and
     imaginary parts of the centred reference grid) over the integer points ``pts``."""
@@ -682,6 +774,194 @@ def _local_scores(ref_re: Any, ref_im: Any, scale: float, data_ft: Any, weights:
             for k in range(n_k):
                 out_x[c, j, k] = xs[j, k]
             out_y[c, j] = ys[j]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _local_scores(ref_ri: Any, scale: float, data_ft: Any, weights: Any, idx: Any, rots: Any, shifts: Any,
+                  pert: Any, pts: Any, rows: Any, deltas: Any, out_x: Any, out_y: Any) -> None:
+    """For particle c (data ``idx[c]``) and candidates ``R = rots[c] @ pert[j]``, ``t = shifts[c] + deltas[k]``
+    (shifts in px / B): ``out_x[c, j, k] = Re Σ_n conj(A(p_n)) D(p_n) e^{2πi p_n·t}``, ``out_y[c, j] =
+    Σ_n W(p_n) |A(p_n)|²`` with ``A(p) = ref(scale · Rᵀ p)`` (trilinear, coordinates clamped to the grid) over the
+    integer points ``pts`` (n, 3) ``(x, y, z)`` of :func:`_points`; ``rows`` (r, 2) int64 their runs along x
+    (:func:`_point_rows`: first point, count; x increases by 1 inside a run).
+
+    ``ref_ri`` (P, P, P, 2) float32: the centred reference grid, real and imaginary parts side by side (both
+    parts of two x-neighbours in one cache line). Per particle (one thread each) the points go in blocks of about
+    1024 (a few rows of the data grid); inside a block each candidate rotation in turn samples the reference
+    along the block's rows (coordinates stepped along x, float32 arithmetic, no clamping where every sample lies
+    inside the grid) into a (candidates × block) buffer, then the block's sums are contiguous dot products with
+    the phase-shifted data (``e^{2πi p·t}`` from three per-axis tables), which LLVM vectorises. The same sums as
+    :func:`_local_scores_reference` up to float32 rounding (relative 1e-5)."""
+    p_ref = ref_ri.shape[0]
+    h_ref = p_ref // 2
+    lim = p_ref - 1.0001
+    b = data_ft.shape[1]
+    h = b // 2
+    n_p = pts.shape[0]
+    n_k = deltas.shape[0]
+    n_j = pert.shape[0]
+    n_rows = rows.shape[0]
+    kmax = 0
+    r2max = 0.0
+    for n in range(n_p):
+        r2max = max(r2max, pts[n, 0] ** 2 + pts[n, 1] ** 2 + pts[n, 2] ** 2)
+        for a in range(3):
+            kmax = max(kmax, int(abs(pts[n, a])))
+    # every sample inside [0, P - 1): no clamping needed (the usual case: |p| < B/2 and P = scale · B)
+    clamp = scale * math.sqrt(r2max) + 1e-3 >= h_ref - 1.0
+    nt = 2 * kmax + 1
+    flat = ref_ri.reshape(-1)
+    # unsigned offsets: numba skips the negative-index wraparound test for them
+    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
+    sy = np.uint64(2 * p_ref)
+    sz = np.uint64(2 * p_ref * p_ref)
+    hf = np.float32(h_ref)
+    limf = np.float32(lim)
+    zf = np.float32(0.0)
+    # blocks of whole rows, about 1024 points each
+    blk_start = np.empty(n_rows + 1, np.int64)
+    n_blk = 0
+    acc_n = 1 << 30
+    for r in range(n_rows):
+        if acc_n >= 1024:
+            blk_start[n_blk] = r
+            n_blk += 1
+            acc_n = 0
+        acc_n += rows[r, 1]
+    blk_start[n_blk] = n_rows
+    max_blk = 0
+    for bi in range(n_blk):
+        cnt = 0
+        for r in range(blk_start[bi], blk_start[bi + 1]):
+            cnt += rows[r, 1]
+        max_blk = max(max_blk, cnt)
+    for c in numba.prange(idx.shape[0]):
+        gi = idx[c]
+        # per-axis phase tables of every shift candidate: e^{2πi q u} for q = -kmax..kmax
+        tab = np.empty((n_k, 3, nt), np.complex128)
+        for k in range(n_k):
+            for a in range(3):
+                u = shifts[c, a] + deltas[k, a]
+                for q in range(nt):
+                    ang = 2.0 * math.pi * (q - kmax) * u
+                    tab[k, a, q] = complex(math.cos(ang), math.sin(ang))
+        de_re = np.empty((n_k, n_p), np.float32)
+        de_im = np.empty((n_k, n_p), np.float32)
+        wv = np.empty(n_p, np.float32)
+        for n in range(n_p):
+            ix, iy, iz = int(pts[n, 0]), int(pts[n, 1]), int(pts[n, 2])
+            v = data_ft[gi, iz + h, iy + h, ix + h]
+            wv[n] = weights[gi, iz + h, iy + h, ix + h]
+            vr, vi = v.real, v.imag
+            for k in range(n_k):
+                e = tab[k, 0, ix + kmax] * tab[k, 1, iy + kmax] * tab[k, 2, iz + kmax]
+                de_re[k, n] = vr * e.real - vi * e.imag
+                de_im[k, n] = vr * e.imag + vi * e.real
+        r = rots[c]
+        mt = np.empty((n_j, 9), np.float32)
+        for j in range(n_j):
+            pj = pert[j]
+            for a in range(3):
+                for e in range(3):
+                    # mt[j, 3 e + a] = scale (r @ pj)[a, e]: sampled at q = scale (r pj)^T p
+                    mt[j, 3 * e + a] = scale * (r[a, 0] * pj[0, e] + r[a, 1] * pj[1, e] + r[a, 2] * pj[2, e])
+        xs = np.zeros((n_j, n_k))
+        ys = np.zeros(n_j)
+        a_re = np.empty((n_j, max_blk), np.float32)
+        a_im = np.empty((n_j, max_blk), np.float32)
+        for bi in range(n_blk):
+            r0, r1 = blk_start[bi], blk_start[bi + 1]
+            n0 = rows[r0, 0]
+            nb = rows[r1 - 1, 0] + rows[r1 - 1, 1] - n0
+            # 1. the block's reference samples for every candidate rotation (trilinear)
+            for j in range(n_j):
+                m0, m1, m2 = mt[j, 0], mt[j, 1], mt[j, 2]
+                m3, m4, m5 = mt[j, 3], mt[j, 4], mt[j, 5]
+                m6, m7, m8 = mt[j, 6], mt[j, 7], mt[j, 8]
+                for rr in range(r0, r1):
+                    s0 = rows[rr, 0]
+                    cnt = rows[rr, 1]
+                    py, pz = np.float32(pts[s0, 1]), np.float32(pts[s0, 2])
+                    x_first = np.float32(pts[s0, 0])
+                    bx = m1 * py + m2 * pz + hf
+                    by = m4 * py + m5 * pz + hf
+                    bz = m7 * py + m8 * pz + hf
+                    i_out = s0 - n0
+                    for i in range(cnt):
+                        px = x_first + np.float32(i)
+                        x = m0 * px + bx
+                        y = m3 * px + by
+                        z = m6 * px + bz
+                        if clamp:
+                            x = min(max(x, zf), limf)
+                            y = min(max(y, zf), limf)
+                            z = min(max(z, zf), limf)
+                        x0, y0, z0 = int(x), int(y), int(z)
+                        fx, fy, fz = x - np.float32(x0), y - np.float32(y0), z - np.float32(z0)
+                        o = np.uint64(2 * ((z0 * p_ref + y0) * p_ref + x0))
+                        o01 = o + sy
+                        o10 = o + sz
+                        o11 = o10 + sy
+                        v00 = flat[o]
+                        v01 = flat[o01]
+                        v10 = flat[o10]
+                        v11 = flat[o11]
+                        c00 = v00 + fx * (flat[o + two] - v00)
+                        c01 = v01 + fx * (flat[o01 + two] - v01)
+                        c10 = v10 + fx * (flat[o10 + two] - v10)
+                        c11 = v11 + fx * (flat[o11 + two] - v11)
+                        u00 = flat[o + one]
+                        u01 = flat[o01 + one]
+                        u10 = flat[o10 + one]
+                        u11 = flat[o11 + one]
+                        d00 = u00 + fx * (flat[o + three] - u00)
+                        d01 = u01 + fx * (flat[o01 + three] - u01)
+                        d10 = u10 + fx * (flat[o10 + three] - u10)
+                        d11 = u11 + fx * (flat[o11 + three] - u11)
+                        c0 = c00 + fy * (c01 - c00)
+                        c1 = c10 + fy * (c11 - c10)
+                        d0 = d00 + fy * (d01 - d00)
+                        d1 = d10 + fy * (d11 - d10)
+                        a_re[j, i_out + i] = c0 + fz * (c1 - c0)
+                        a_im[j, i_out + i] = d0 + fz * (d1 - d0)
+            # 2. the block's sums: contiguous dot products
+            for j in range(n_j):
+                yj = 0.0
+                for i in range(nb):
+                    ar = np.float64(a_re[j, i])
+                    ai = np.float64(a_im[j, i])
+                    yj += np.float64(wv[n0 + i]) * (ar * ar + ai * ai)
+                ys[j] += yj
+                for k in range(n_k):
+                    acc = 0.0
+                    for i in range(nb):
+                        acc += (np.float64(a_re[j, i]) * np.float64(de_re[k, n0 + i])
+                                + np.float64(a_im[j, i]) * np.float64(de_im[k, n0 + i]))
+                    xs[j, k] += acc
+        for j in range(n_j):
+            for k in range(n_k):
+                out_x[c, j, k] = xs[j, k]
+            out_y[c, j] = ys[j]
+
+
+def _point_rows(pts: np.ndarray) -> np.ndarray:
+    """Runs of consecutive points along x in ``pts`` (n, 3) ``(x, y, z)`` (as :func:`_points` orders them):
+    (r, 2) int64 ``(first index, count)``; inside a run y and z are equal and x increases by 1."""
+    p = np.asarray(pts, np.float64)
+    if len(p) == 0:
+        return np.zeros((0, 2), np.int64)
+    brk = np.ones(len(p), bool)
+    brk[1:] = (p[1:, 1] != p[:-1, 1]) | (p[1:, 2] != p[:-1, 2]) | (p[1:, 0] != p[:-1, 0] + 1.0)
+    starts = np.flatnonzero(brk)
+    counts = np.diff(np.append(starts, len(p)))
+    return np.stack([starts, counts], axis=1).astype(np.int64)
+
+
+def reference_ri(ref_ft: np.ndarray) -> np.ndarray:
+    """The (P, P, P, 2) float32 layout of a prepared reference (1, P, P, P) complex that :func:`_local_scores`
+    samples (real and imaginary parts side by side)."""
+    g = np.asarray(ref_ft)[0]
+    return np.ascontiguousarray(np.stack([g.real, g.imag], axis=-1), np.float32)
 
 
 def tilt_log_prior(z_axes: np.ndarray, prior_axes: np.ndarray, sigma_deg: float) -> np.ndarray:
@@ -752,24 +1032,31 @@ def search_poses(
         ii = pts.astype(np.int64) + b // 2
         rot_chunk = max(64, int(2e7 // max(n_p, 1)))
         n_done = 0
+        ref_ri = reference_ri(ref_ft)
+        rows = _point_rows(pts)
+        # the particles' data at the points, phase-shifted by every candidate shift: once, not per rotation chunk
+        d_all, w_all = [], []
+        for s0 in range(0, len(sel), chunk):
+            idx = sel[s0:s0 + chunk]
+            c = len(idx)
+            sc = np.asarray(shifts_px[idx], np.float64)
+            ph = np.exp(2j * np.pi * (sc @ pts.T) / b)  # (c, n_p): current shifts
+            dp = (data_ft[idx[:, None], ii[None, :, 2], ii[None, :, 1], ii[None, :, 0]] * ph).astype(np.complex64)
+            w_all.append(weights[idx[:, None], ii[None, :, 2], ii[None, :, 1], ii[None, :, 0]])
+            de = (dp[:, None, :] * e[None]).reshape(c * k, n_p)
+            d_all.append(np.concatenate([de.real, de.imag], axis=1))  # (c k, 2 n_p)
         for j0 in range(0, n_rot, rot_chunk):
             pj = pert[j0:j0 + rot_chunk]
             nj = len(pj)
-            a = np.empty((nj, n_p), np.complex64)
-            _gather_c(ref_ft, np.zeros(nj, np.int64), float(ref_pad), np.ascontiguousarray(pj.transpose(0, 2, 1)),
-                      np.zeros((nj, 3)), pts, a)
-            a_ri = np.concatenate([a.real, a.imag], axis=1)  # (nj, 2 n_p) float32
-            a2 = (a.real**2 + a.imag**2).astype(np.float32)
-            del a
-            for s0 in range(0, len(sel), chunk):
+            a3 = sample_reference(ref_ft, float(ref_pad), pj.transpose(0, 2, 1), pts, ref_ri, rows)
+            a2 = a3[:, 0] ** 2 + a3[:, 1] ** 2  # (nj, n_p) float32
+            a_ri = a3.reshape(nj, 2 * n_p)  # (nj, 2 n_p): real parts, then imaginary parts
+            del a3
+            for ci, s0 in enumerate(range(0, len(sel), chunk)):
                 idx = sel[s0:s0 + chunk]
                 c = len(idx)
-                sc = np.asarray(shifts_px[idx], np.float64)
-                ph = np.exp(2j * np.pi * (sc @ pts.T) / b)  # (c, n_p): current shifts
-                dp = (data_ft[idx][:, ii[:, 2], ii[:, 1], ii[:, 0]] * ph).astype(np.complex64)
-                wp = weights[idx][:, ii[:, 2], ii[:, 1], ii[:, 0]]
-                de = (dp[:, None, :] * e[None]).reshape(c * k, n_p)
-                d_ri = np.concatenate([de.real, de.imag], axis=1)  # (c k, 2 n_p)
+                d_ri = d_all[ci]
+                wp = w_all[ci]
                 x = (a_ri @ d_ri.T).reshape(nj, c, k).transpose(1, 0, 2)  # (c, nj, k)
                 y = (a2 @ wp.T).T[:, :, None]  # (c, nj, 1)
                 sc3 = x * np.abs(x) / (2.0 * np.maximum(y, 1e-30))  # (c, nj, k)
@@ -790,8 +1077,8 @@ def search_poses(
         out_t[:] = np.asarray(shifts_px, np.float64)[sel] + deltas[best_k]
         out_s[:] = best_s
         return out_r, out_t, out_s
-    ref_re = np.ascontiguousarray(ref_ft[0].real, np.float32)
-    ref_im = np.ascontiguousarray(ref_ft[0].imag, np.float32)
+    ref_ri = reference_ri(ref_ft)
+    rows = _point_rows(pts)
     for s0 in range(0, len(sel), chunk):
         idx = sel[s0:s0 + chunk]
         c = len(idx)
@@ -799,8 +1086,7 @@ def search_poses(
         sc = np.ascontiguousarray(shifts_px[idx], np.float64)
         x = np.empty((c, n_rot, k))
         y2 = np.empty((c, n_rot))
-        _local_scores(ref_re, ref_im, float(ref_pad), data_ft, weights, idx, rc, sc / b, pert, pts, deltas / b,
-                      x, y2)
+        _local_scores(ref_ri, float(ref_pad), data_ft, weights, idx, rc, sc / b, pert, pts, rows, deltas / b, x, y2)
         y = y2[:, :, None]
         score = x * np.abs(x) / (2.0 * np.maximum(y, 1e-30))
         if prior_axes is not None:
@@ -835,6 +1121,79 @@ def refine_shifts(
     cross-correlation ``Σ_q conj(A(q)) D_i(q) e^{2πi q·t/B}`` (``A(q) = F_ref(R_iᵀ q)``, ``|q| ≤ r_max``)
     over integer ``t`` with ``|t - centres_px[i]| ≤ max_offset_px``, refined to sub-pixel by a parabola on
     each axis (at most ±0.5 px). ``shifts_px`` are returned unchanged where no candidate lies in range."""
+    b = data_ft.shape[-1]
+    h = b // 2
+    # one of each Friedel pair (x ≥ 0 half of the rfft layout; the x = 0 plane keeps both halves): the product
+    # conj(A) D of two Hermitian transforms is Hermitian, so its inverse transform is real (irfftn)
+    pts = _points(b, min(r_max, b / 2.0 - 1.0), half=False)
+    pts = pts[pts[:, 0] >= 0]
+    ii = pts.astype(np.int64) + h
+    jj = pts.astype(np.int64) % b  # the same frequencies in the un-centred layout (x in 0..b/2)
+    sel = np.asarray(select, dtype=np.int64)
+    out = np.asarray(shifts_px, np.float64)[sel].copy()
+    # only the translations within reach are examined: a cube of ±(max offset + centre + 2) voxels
+    far = float(np.abs(np.asarray(centres_px, np.float64)[sel]).max(initial=0.0))
+    reach = int(min(h - 1, math.ceil(max_offset_px + far) + 2))
+    lo, hi = h - reach, h + reach + 1
+    k1 = np.arange(lo, hi) - h
+    tz, ty, tx = np.meshgrid(k1, k1, k1, indexing="ij")
+    wrap = k1 % b  # shift t sits at index t mod b of the un-centred inverse transform
+    ref_ri = reference_ri(ref_ft)
+    rows = _point_rows(pts)
+    for s0 in range(0, len(sel), chunk):
+        idx = sel[s0:s0 + chunk]
+        c = len(idx)
+        rt = np.ascontiguousarray(rotations[idx].transpose(0, 2, 1), np.float64)
+        a3 = sample_reference(ref_ft, float(ref_pad), rt, pts, ref_ri, rows)
+        prod = np.zeros((c, b, b, b // 2 + 1), np.complex64)
+        prod[:, jj[:, 2], jj[:, 1], jj[:, 0]] = ((a3[:, 0] - 1j * a3[:, 1])
+                                                 * data_ft[idx[:, None], ii[None, :, 2], ii[None, :, 1], ii[None, :, 0]])
+        full = scipy.fft.irfftn(prod, s=(b, b, b), axes=(1, 2, 3), workers=-1)
+        cc = full[:, wrap][:, :, wrap][:, :, :, wrap]  # cc[:, z, y, x] at t = index + lo - h
+        n_c = hi - lo
+        for j in range(c):
+            cx, cy, cz = centres_px[idx[j]]
+            ok = (tx - cx) ** 2 + (ty - cy) ** 2 + (tz - cz) ** 2 <= max_offset_px**2 + 1e-9
+            if not ok.any():
+                continue
+            v = np.where(ok, cc[j], -np.inf)
+            iz, iy, ix = np.unravel_index(int(np.argmax(v)), v.shape)
+            t = np.array([ix + lo - h, iy + lo - h, iz + lo - h], np.float64)
+            for ax, (di, pos) in enumerate(((2, ix), (1, iy), (0, iz))):
+                if 0 < pos < n_c - 1:
+                    sl = [iz, iy, ix]
+                    sl[di] = pos - 1
+                    v_lo = cc[j][tuple(sl)]
+                    sl[di] = pos + 1
+                    v_hi = cc[j][tuple(sl)]
+                    mid = cc[j][iz, iy, ix]
+                    den = v_lo - 2 * mid + v_hi
+                    if den < 0:
+                        t[ax] += float(np.clip(0.5 * (v_lo - v_hi) / den, -0.5, 0.5))
+            out[s0 + j] = t
+    return out
+
+
+def refine_shifts_reference(
+    data_ft: np.ndarray,
+    ref_ft: np.ndarray,
+    select: np.ndarray,
+    rotations: np.ndarray,
+    shifts_px: np.ndarray,
+    centres_px: np.ndarray,
+    r_max: float,
+    max_offset_px: float,
+    *,
+    ref_pad: int = 2,
+    chunk: int = 32,
+) -> np.ndarray:
+    """Translations (k, 3) px of the particles ``select`` at their rotations: the maximum of the FFT
+    cross-correlation ``Σ_q conj(A(q)) D_i(q) e^{2πi q·t/B}`` (``A(q) = F_ref(R_iᵀ q)``, ``|q| ≤ r_max``)
+    over integer ``t`` with ``|t - centres_px[i]| ≤ max_offset_px``, refined to sub-pixel by a parabola on
+    each axis (at most ±0.5 px). ``shifts_px`` are returned unchanged where no candidate lies in range.
+
+    The first version of :func:`refine_shifts` (complex inverse transforms of whole centred volumes), kept as its
+    test oracle and for ``bench/kernels_speed.py``."""
     b = data_ft.shape[-1]
     h = b // 2
     pts = _points(b, min(r_max, b / 2.0 - 1.0), half=False)

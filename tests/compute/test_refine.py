@@ -84,8 +84,8 @@ def test_local_score_kernel_matches_numpy(chiral_data: dict) -> None:
     deltas = RF._shift_set(0.5, 7)
     x = np.empty((2, len(pert), len(deltas)))
     y = np.empty((2, len(pert)))
-    RF._local_scores(np.ascontiguousarray(ref_ft[0].real), np.ascontiguousarray(ref_ft[0].imag), 2.0, dft, w,
-                     np.arange(2), rots, shifts / b, pert, pts, deltas / b, x, y)
+    RF._local_scores(RF.reference_ri(ref_ft), 2.0, dft, w, np.arange(2), rots, shifts / b, pert, pts,
+                     RF._point_rows(pts), deltas / b, x, y)
     ii = pts.astype(np.int64) + b // 2
     for c in range(2):
         dv = dft[c][ii[:, 2], ii[:, 1], ii[:, 0]].astype(np.complex128)
