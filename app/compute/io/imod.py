@@ -566,8 +566,10 @@ def read_ctfplotter_defocus(path: PathType, *, strict: bool = True) -> Ctfplotte
     keep: list[list[float]] = []
     for lineno, values in rows:
         if len(values) != ncols:
+            hint = " (astigmatism or phase columns need the version-3 header line 'flags 0 0. 0. 0 3')" \
+                if version < 3 and len(values) > ncols else ""
             problem(strict, path, f"line {lineno}", f"expected {ncols} numbers for a version-{version} defocus line"
-                    f"{f' with flags {flags}' if version == 3 else ''}, got {len(values)}")
+                    f"{f' with flags {flags}' if version == 3 else ''}, got {len(values)}{hint}")
             continue
         v0, v1 = values[0], values[1]
         if v0 < 1 or v1 < v0 or v1 > 1_000_000 or v0 != int(v0) or v1 != int(v1):

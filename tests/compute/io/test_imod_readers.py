@@ -135,6 +135,19 @@ def test_ctfplotter_v2_and_v1(tmp_path: Path) -> None:
     assert imod.describe(v2)["flavour"] == "ctfplotter defocus v2"
 
 
+def test_ctfplotter_v3_flag_0_and_phase_cut_on_without_astigmatism(tmp_path: Path) -> None:
+    d = imod.read_ctfplotter_defocus(_write(tmp_path / "z.defocus", ["0 0 0.0 0.0 0.0 3", "1 1 -60 -60 7000",
+                                                                     "20 20 0.0 0.0 7100"]))
+    # the 0° line (zeros in the tilt columns, a defocus) is data, not a header; views 2-19 are in no range
+    assert d.version == 3 and d.flags == 0 and d.views.tolist() == [0, 19]
+    assert d.defocus_u_A.tolist() == [70000.0, 71000.0]
+    assert np.isnan(d.per_view(20)["defocus_u_A"][1:19]).all()
+    # flag 36 (phase + cut-on): 7 columns that must not be read as astigmatism
+    e = imod.read_ctfplotter_defocus(_write(tmp_path / "p.defocus", ["36 0 0.0 0.0 0.0 3", "1 1 -50 -50 7000 180 0.17"]))
+    assert e.defocus_v_A.tolist() == [70000.0] and e.astigmatism_angle_deg.tolist() == [0.0]
+    assert e.phase_shift_deg.tolist() == [180.0] and e.cut_on_frequency.tolist() == [0.17]
+
+
 def test_ctfplotter_overlapping_ranges_take_the_nearest_centre(tmp_path: Path) -> None:
     p = _write(tmp_path / "o.defocus", ["1\t5\t-6\t6\t3000\t2", "4\t8\t3\t15\t4000"])
     d = imod.read_ctfplotter_defocus(p)
@@ -170,6 +183,10 @@ def test_ctfplotter_v3_flags_radians_phase_cut_on(tmp_path: Path) -> None:
         (["1 1 0 0 -3000"], "underfocus as positive nm"),
         (["64  0 0. 0. 0  3", "1 1 0 0 3000"], "flags 64"),
         (["1 1 0 0 3000 x"], "line 1: expected numbers"),
+        # astigmatism columns without the version-3 header that announces them
+        (["1 1 -60 -60 3665 3472 -62", "2 2 -57 -57 3600 3400 -61"], "line 1: expected 5 numbers .* got 7 .*version-3 header"),
+        # IMOD < 4.1 numbered views from 0 (off by one): refused, not shifted silently
+        (["0 0 -60 -60 7000", "1 1 -57 -57 7100"], r"line 1: view range 0-0"),
     ],
 )
 def test_ctfplotter_refusals_name_file_and_line(tmp_path: Path, lines: list[str], match: str) -> None:
