@@ -115,7 +115,8 @@ class ImportMoviesParams(StepParams):
     pixel_size_A: float | None = param(
         None, title="Pixel size", unit="Å", hard=(0.05, 100.0), suggest=(0.3, 10.0), empty_means="from mdoc",
         help="Pixel size of the movies. Leave empty to read it from the mdoc (PixelSpacing); a value typed "
-             "here overrides the mdoc.")
+             "here overrides the mdoc. Tilt series without movies: empty reads the stack's MRC header, else its mdoc "
+             "(a header of exactly 1 Å, what programs write when they do not know it, gives way to the mdoc).")
     tilt_axis_deg: float | None = param(
         None, title="Tilt axis angle", unit="°", hard=(-360.0, 360.0), empty_means="from mdoc",
         tutorial=85.0,

@@ -100,3 +100,35 @@ def test_start_screen_entries_create_projects(qtbot, tmp_path: Path) -> None:  #
         assert "TS_01: TS_01.st, 5 images 64×64 px" in survey_text(ok) and "2 Å (MRC header)" in survey_text(ok)
     finally:
         controller.close_all()
+
+
+def test_step_list_marks_steps_an_entry_does_not_need(qtbot, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With extraction needing no picking (the particles entry, simulated by patching its hook), the steps only
+    picking needed are greyed "· not needed" and Next passes them; extraction carries its origin badge."""
+    from tomoguide.pages.wizard import WizardWindow
+    from tomoguide.steps.extract import Extract
+
+    monkeypatch.setattr(Extract, "inputs_for", classmethod(
+        lambda cls, p, po=None: ("exclude",) if p.dimensionality == "2D" else cls.inputs))
+    monkeypatch.setattr(Extract, "origin_for", classmethod(
+        lambda cls, p, po=None: "from files" if p.dimensionality == "2D" else None))
+    proj = Project.create(tmp_path / "p", params={"extract": {"dimensionality": "2D"}})
+    window = WizardWindow(proj, remember_geometry=False)
+    qtbot.addWidget(window)
+    try:
+        texts = {s.id: window.step_list.item(i).text() for i, s in enumerate(window.steps)}
+        for sid in ("ctf_correct", "preprocess_for_reconstruction", "reconstruct", "pick"):
+            assert texts[sid].endswith("· not needed"), texts[sid]
+        assert texts["extract"].endswith("· from files") and not texts["exclude"].endswith("needed")
+        assert "Not needed" in window.step_list.item([s.id for s in window.steps].index("pick")).toolTip()
+        window.go_to([s.id for s in window.steps].index("pick"))
+        assert window.next_button.isEnabled()  # nothing to run here
+        window.go_to([s.id for s in window.steps].index("exclude"))
+        assert not window.next_button.isEnabled()  # a needed step that is not done
+        # the titles with their badges are shown whole
+        fm = window.step_list.fontMetrics()
+        assert window.step_list.width() >= max(fm.horizontalAdvance(t) for t in texts.values())
+    finally:
+        window.close()
+        proj.close()
