@@ -404,6 +404,71 @@ def _scatter_samples(acc: Any, acc_w: Any, vals: Any, ws: Any, ku: Any, kv: Any,
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
+def _scatter_flat(acc: Any, stride: int, p: int, vals: Any, ws: Any, ku: Any, kv: Any, mats: Any, shifts: Any,
+                  slices: Any, scale: float, n_img: int, checkerboard: bool) -> None:
+    """What :func:`_scatter_samples` computes, into interleaved accumulators: ``acc`` (T, P³ · stride) float32 or
+    float64, voxel ``(z, y, x)`` at ``stride · ((z P + y) P + x)`` holding the real part, the imaginary part and
+    (``stride`` 3) the weight. A sample's eight corners are four runs of two x-neighbours, each run one or two
+    cache lines (instead of eight scattered complex and eight scattered real updates); flat unsigned offsets
+    (no index wraparound tests); the checkerboard sign is that of the first corner, flipped per step."""
+    nt = acc.shape[0]
+    h = p // 2
+    n = ku.shape[0]
+    kmax = n_img // 2 + 1
+    st = np.uint64(stride)
+    sy = np.uint64(stride * p)
+    sz = np.uint64(stride * p * p)
+    with_w = stride == 3
+    for t in numba.prange(nt):
+        a = acc[t]
+        eu = np.empty(2 * kmax + 1, np.complex128)
+        ev = np.empty(2 * kmax + 1, np.complex128)
+        for si in range(t, slices.shape[0], nt):
+            s = slices[si]
+            m = mats[s]
+            su, sv = shifts[s, 0], shifts[s, 1]
+            for k in range(2 * kmax + 1):
+                ang = 2.0 * math.pi * (k - kmax) / n_img
+                eu[k] = complex(math.cos(ang * su), math.sin(ang * su))
+                ev[k] = complex(math.cos(ang * sv), math.sin(ang * sv))
+            mx0, mx1 = scale * m[0, 0], scale * m[1, 0]
+            my0, my1 = scale * m[0, 1], scale * m[1, 1]
+            mz0, mz1 = scale * m[0, 2], scale * m[1, 2]
+            for j in range(n):
+                w = ws[s, j]
+                ua, vb = ku[j], kv[j]
+                x = mx0 * ua + mx1 * vb + h
+                y = my0 * ua + my1 * vb + h
+                z = mz0 * ua + mz1 * vb + h
+                x0, y0, z0 = int(math.floor(x)), int(math.floor(y)), int(math.floor(z))
+                fx, fy, fz = x - x0, y - y0, z - z0
+                gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+                v = vals[s, j] * (eu[int(ua) + kmax] * ev[int(vb) + kmax])
+                vr, vi = v.real, v.imag
+                if checkerboard and (x0 + y0 + z0) & 1:
+                    vr, vi = -vr, -vi
+                o = np.uint64(stride * ((z0 * p + y0) * p + x0))
+                for q in range(4):
+                    dz = q >> 1
+                    dy = q & 1
+                    wzy = (fz if dz else gz) * (fy if dy else gy)
+                    sg = -1.0 if (checkerboard and (dz + dy) & 1) else 1.0
+                    c0 = wzy * gx
+                    c1 = wzy * fx
+                    b0 = o + (sz if dz else np.uint64(0)) + (sy if dy else np.uint64(0))
+                    b1 = b0 + st
+                    s0 = sg * c0
+                    s1 = -sg * c1 if checkerboard else sg * c1
+                    a[b0] += s0 * vr
+                    a[b0 + np.uint64(1)] += s0 * vi
+                    a[b1] += s1 * vr
+                    a[b1 + np.uint64(1)] += s1 * vi
+                    if with_w:
+                        a[b0 + np.uint64(2)] += c0 * w
+                        a[b1 + np.uint64(2)] += c1 * w
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
 def _resample_samples(acc: Any, g: Any, ws: Any, ku: Any, kv: Any, mats: Any, slices: Any, scale: float) -> None:
     """The insertion applied to a model: for every sample, ``W_j · G(q_j)`` (trilinear gather from the centred
     grid ``g`` (complex128) at the sample's position) scattered back with the same trilinear weights into
@@ -483,6 +548,53 @@ def _symmetrise_points(g: Any, w: Any, ops: Any, pts: Any, out_g: Any, out_w: An
             out_w[n] = accw
 
 
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _symmetrise_flat(g: Any, stride: int, p: int, ops: Any, pts: Any, out: Any) -> None:
+    """What :func:`_symmetrise_points` computes, from an interleaved grid ``g`` (P³ · stride) float64 (real part,
+    imaginary part and, with ``stride`` 3, the weight of voxel ``(z, y, x)`` at ``stride · ((z P + y) P + x)``):
+    ``out[n, :] = Σ_S grid(S p_n)`` (``out`` (n, stride)). The points must lie inside ``|p| < P/2 - 1`` (those
+    of :func:`_half_space_points`): every rotated sample's corners are inside the grid, no bounds tests. Blocks
+    of 256 points per task."""
+    h = p // 2
+    st = np.uint64(stride)
+    sy = np.uint64(stride * p)
+    sz = np.uint64(stride * p * p)
+    n_p = pts.shape[0]
+    n_ops = ops.shape[0]
+    blk = 256
+    for bi in numba.prange((n_p + blk - 1) // blk):
+        for n in range(bi * blk, min(n_p, (bi + 1) * blk)):
+            px, py, pz = pts[n, 0], pts[n, 1], pts[n, 2]
+            ar = 0.0
+            ai = 0.0
+            aw = 0.0
+            for k in range(n_ops):
+                sm = ops[k]
+                x = sm[0, 0] * px + sm[0, 1] * py + sm[0, 2] * pz + h
+                y = sm[1, 0] * px + sm[1, 1] * py + sm[1, 2] * pz + h
+                z = sm[2, 0] * px + sm[2, 1] * py + sm[2, 2] * pz + h
+                x0, y0, z0 = int(math.floor(x)), int(math.floor(y)), int(math.floor(z))
+                fx, fy, fz = x - x0, y - y0, z - z0
+                gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+                o = np.uint64(stride * ((z0 * p + y0) * p + x0))
+                for q in range(4):
+                    dz = q >> 1
+                    dy = q & 1
+                    wzy = (fz if dz else gz) * (fy if dy else gy)
+                    c0 = wzy * gx
+                    c1 = wzy * fx
+                    b0 = o + (sz if dz else np.uint64(0)) + (sy if dy else np.uint64(0))
+                    b1 = b0 + st
+                    ar += c0 * g[b0] + c1 * g[b1]
+                    ai += c0 * g[b0 + np.uint64(1)] + c1 * g[b1 + np.uint64(1)]
+                    if stride == 3:
+                        aw += c0 * g[b0 + np.uint64(2)] + c1 * g[b1 + np.uint64(2)]
+            out[n, 0] = ar
+            out[n, 1] = ai
+            if stride == 3:
+                out[n, 2] = aw
+
+
 def _n_accumulators(p: int, n_grids: int) -> int:
     """Per-thread accumulators for a scatter into ``n_grids`` float64 (P, P, P) grids: one per numba thread,
     as many as fit in about 1.5 GB."""
@@ -517,11 +629,18 @@ def symmetrise_grid(data_grid: np.ndarray, weight_grid: np.ndarray | None, opera
     p = data_grid.shape[0]
     pts = _half_space_points(p)
     ops = np.ascontiguousarray(operators, np.float64).reshape(-1, 3, 3)
-    out_g = np.zeros(len(pts), np.complex128)
     with_w = weight_grid is not None
-    out_w = np.zeros(len(pts) if with_w else 0)
-    w_in = np.ascontiguousarray(weight_grid, np.float64) if with_w else np.zeros((1, 1, 1))
-    _symmetrise_points(np.ascontiguousarray(data_grid, np.complex128), w_in, ops, pts, out_g, out_w)
+    stride = 3 if with_w else 2
+    g = np.empty((p, p, p, stride))
+    g[..., 0] = data_grid.real
+    g[..., 1] = data_grid.imag
+    if with_w:
+        g[..., 2] = weight_grid
+    res = np.empty((len(pts), stride))
+    _symmetrise_flat(g.reshape(-1), stride, p, ops, pts, res)
+    del g
+    out_g = res[:, 0] + 1j * res[:, 1]
+    out_w = res[:, 2] if with_w else None
     ii = pts.astype(np.int64) + p // 2
     dg = np.zeros((p, p, p), np.complex128)
     dg[ii[:, 2], ii[:, 1], ii[:, 0]] = out_g
@@ -606,14 +725,19 @@ def _scatter(p: int, vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.nd
     (default: one per numba thread); ``checkerboard``: see :func:`_scatter_samples`; ``dtype`` of the data
     accumulators (complex64 for one particle's few slices)."""
     nt = _n_accumulators(p, 3 if with_weights else 2) if threads is None else max(1, int(threads))
-    acc = np.zeros((nt, p, p, p), dtype)
-    aw = np.zeros((nt, p, p, p) if with_weights else (0, 1, 1, 1))
+    stride = 3 if with_weights else 2
+    real = np.float32 if np.dtype(dtype) == np.complex64 else np.float64
+    acc = np.zeros((nt, p * p * p * stride), real)
     if len(slices):
-        _scatter_samples(acc, aw, vals, ws, ku, kv, mats, np.ascontiguousarray(shifts, np.float64),
-                         np.ascontiguousarray(slices, np.int64), float(scale), int(n_img), bool(checkerboard))
-    dg = acc[0] if nt == 1 else acc.sum(axis=0)
+        _scatter_flat(acc, stride, p, vals, ws, ku, kv, mats, np.ascontiguousarray(shifts, np.float64),
+                      np.ascontiguousarray(slices, np.int64), float(scale), int(n_img), bool(checkerboard))
+    tot = (acc[0] if nt == 1 else acc.sum(axis=0)).reshape(p, p, p, stride)
     del acc
-    wg = (aw[0] if nt == 1 else aw.sum(axis=0)) if with_weights else np.zeros((p, p, p))
+    dg = np.empty((p, p, p), dtype)
+    dg.real = tot[..., 0]
+    dg.imag = tot[..., 1]
+    wg = np.ascontiguousarray(tot[..., 2], np.float64) if with_weights else np.zeros((p, p, p))
+    del tot
     if complete:
         dg = _hermitian_fill(dg, True)
         if with_weights:
