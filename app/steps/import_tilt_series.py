@@ -1,7 +1,8 @@
 """Entry point (a): tilt series without movies (the import step with ``source = "tilt series"``).
 
 A user who already has motion-corrected tilt series — IMOD/SerialEM stacks (``.st``, ``.mrc``, ``.mrcs``) — starts
-here instead of at the movies. Per stack ``NAME.st`` in the folder (directly in it; not in sub-folders):
+here instead of at the movies. Per stack ``NAME.st`` in the folder or in one of its sub-folders (IMOD's one folder
+per series), with its companion files beside it:
 
 * **tilt angles** (required), in the stack's section order: ``NAME.rawtlt`` (IMOD's nominal angles; one column or
   several: an acquisition-order column is recognised, :func:`tomoguide.compute.io.imod.read_tilt_table`), else
@@ -78,13 +79,20 @@ def _companion(folder_files: dict[str, Path], names: list[str]) -> Path | None:
 
 
 def find_stacks(folder: Path) -> tuple[list[tuple[Path, dict[str, Path]]], dict[str, Path]]:
-    """The stacks directly in ``folder`` (suffix ``.st``/``.mrc``/``.mrcs``, sorted) and the folder's files by
-    lower-case name."""
+    """The stacks (suffix ``.st``/``.mrc``/``.mrcs``) in ``folder`` and in its immediate sub-folders (IMOD's one
+    folder per tilt series), each with the files of its own folder by lower-case name (where its angle, dose and
+    defocus files are looked for); and the top folder's files."""
     if not folder.is_dir():
         raise FormatError(folder, "files_dir", "no such folder")
-    files = {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_file()}
-    stacks = [p for p in files.values() if p.suffix.lower() in STACK_SUFFIXES]
-    return [(p, files) for p in sorted(stacks)], files
+    out: list[tuple[Path, dict[str, Path]]] = []
+    top: dict[str, Path] = {}
+    dirs = [folder] + sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for d in dirs:
+        files = {p.name.lower(): p for p in sorted(d.iterdir()) if p.is_file()}
+        if d == folder:
+            top = files
+        out.extend((p, files) for p in sorted(files.values()) if p.suffix.lower() in STACK_SUFFIXES)
+    return out, top
 
 
 def _stem(p: Path) -> str:
@@ -237,6 +245,11 @@ def survey_stacks(params: Any) -> tuple[list[StackPlan], list[Issue]]:
             continue
         if plan is None:
             skipped.append(stack.name)
+            continue
+        twin = next((q for q in plans if q.name.lower() == plan.name.lower()), None)
+        if twin is not None:
+            issues.append(Issue("error", f"{plan.stack}: name: a second tilt series {plan.name} (the first is "
+                                f"{twin.stack}); keep one of them in the folder", "files_dir"))
             continue
         plans.append(plan)
         issues.extend(plan.issues)

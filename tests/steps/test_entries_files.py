@@ -164,6 +164,19 @@ def test_import_refusals(tmp_path: Path) -> None:
     (tmp_path / "TS_01.rawtlt").write_text("-6\n-3\n0\n3\n")
     _, issues = survey_stacks(SimpleNamespace(files_dir=str(tmp_path), **vars(_params(pixel_size_A=2.0))))
     assert any("TS_01.rawtlt: tilt angles: 4 angles for the 5 images of TS_01.st" in i.message for i in issues)
+    # IMOD's one folder per series: found there, with its own angle file; the same name twice is refused
+    sub = tmp_path / "TS_02"
+    sub.mkdir()
+    _stack(sub / "TS_02.st", voxel=2.0)
+    (sub / "TS_02.rawtlt").write_text("-6\n-3\n0\n3\n6\n")
+    plans, issues = survey_stacks(SimpleNamespace(files_dir=str(tmp_path), **vars(_params(pixel_size_A=2.0))))
+    assert [p.name for p in plans] == ["TS_02"]
+    twin = tmp_path / "again"
+    twin.mkdir()
+    _stack(twin / "ts_02.st", voxel=2.0)
+    (twin / "ts_02.rawtlt").write_text("-6\n-3\n0\n3\n6\n")
+    _, issues = survey_stacks(SimpleNamespace(files_dir=str(tmp_path), **vars(_params(pixel_size_A=2.0))))
+    assert any(i.level == "error" and "ts_02.st: name: a second tilt series" in i.message for i in issues)
     empty = tmp_path / "empty"
     empty.mkdir()
     _, issues = survey_stacks(SimpleNamespace(files_dir=str(empty), **vars(_params())))
