@@ -11,7 +11,8 @@ alignment is stored as metadata in the geometry record and as IMOD .xf/.tlt ("+a
 aligned stack is written for viewing ("!interp").
 
 With ``source = "files"`` the step computes nothing: it reads an existing alignment per tilt series from a folder
-(IMOD ``NAME.xf`` + ``NAME.tlt`` [+ ``NAME.xtilt``] or AreTomo ``NAME.aln``; :func:`read_alignment_files`), matches
+(IMOD ``NAME.xf`` + ``NAME.tlt`` [+ ``NAME.xtilt``], AreTomo ``NAME.aln``, the RELION 5 per-tilt-series ``NAME.star``
+or a Warp/WarpTools ``NAME.xml``; :func:`read_alignment_files`), matches
 the files' views to the series' views by tilt angle, and writes the same records as patch tracking does.
 
 ``assign_alignment`` carries that alignment onto the full-size X-ray-erased series (shifts rescaled to its pixel
@@ -43,7 +44,8 @@ class AlignParams(StepParams):
         enabled_if=[("source", "=", "files")],
         help="Folder holding, for every tilt series, either IMOD's NAME.xf (the transforms: etomo's final "
              "alignment, the file newstack uses to make NAME.ali) and NAME.tlt (the refined tilt angles), optionally "
-             "NAME.xtilt, or AreTomo's NAME.aln. NAME is the tilt series' name (as shown on the import page; upper "
+             "NAME.xtilt, or AreTomo's NAME.aln, or RELION 5's per-tilt-series NAME.star (rlnTomoXTilt/YTilt/ZRot, "
+             "rlnTomoX/YShiftAngst), or Warp's NAME.xml (AxisAngle, AxisOffsetX/Y). NAME is the tilt series' name (as shown on the import page; upper "
              "or lower case does not matter). The views are matched to the series' views by tilt angle (within "
              "0.5°); views missing from the files (AreTomo drops the views it discards) are excluded.")
     alignment_binning: float | None = param(
@@ -461,7 +463,7 @@ class Align(Step):
         "<p><b>What to check.</b> Views with residuals far above the others (exclude them later), a jump in the "
         "aligned stack, very few patches tracked (bin less, or use larger patches).</p>"
         "<p><b>An alignment made elsewhere.</b> Set the source to 'files' to use an alignment IMOD (etomo: NAME.xf "
-        "and NAME.tlt) or AreTomo (NAME.aln) made on the same tilt series: nothing is computed, the files are read, "
+        "and NAME.tlt), AreTomo (NAME.aln), RELION 5 (NAME.star) or Warp (NAME.xml) made on the same tilt series: nothing is computed, the files are read, "
         "their views matched to the series' by tilt angle, and their shifts rescaled from the binning of the stack "
         "they were made on. Check the aligned stack as above.</p>"
     )

@@ -7,6 +7,11 @@ rescaled to the defocus at the image centre before averaging (the defocus gradie
 the mdoc (the tutorial's tip). Output ``series``: per series the CTF STAR (rlnDefocusU/V/Angle at the raw image
 centre, rlnCtfMaxResolution, rlnCtfFigureOfMerit, failure flags) and the spectra with the fitted rings.
 
+With ``source = "files"`` (entry point b) nothing is fitted: each series' per-tilt CTF is read from CTFFIND,
+ctfplotter, Warp or RELION 5 files in ``ctf_dir`` (:mod:`tomoguide.steps.ctf_files`: conventions checked and
+documented there), written in the same records, with the spectra showing the file's rings; the geometry passes on
+unchanged (no tilt-direction check without a fit).
+
 **Tilt direction.** The windows of every view are averaged after rescaling with the defocus gradient the geometry
 predicts and with the opposite one (the tilt axis turned by 180°); on the views with |tilt| ≥ 20° the sharper
 rings tell which is right (:func:`tomoguide.compute.ctffit.check_tilt_direction`, whose docstring gives the
