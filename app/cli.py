@@ -88,26 +88,44 @@ def _validation_message(exc: Exception) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+#: ``tomoguide new --entry`` names (no spaces, for a shell) -> the entry keys of :mod:`tomoguide.entries`
+CLI_ENTRIES = {"movies": "movies", "tilt-series": "tilt series", "alignment": "alignment", "particles": "particles"}
+
+
 def cmd_new(args: argparse.Namespace) -> int:
+    from tomoguide.entries import entry_params
     from tomoguide.project import Project
 
-    movies = Path(args.movies)
-    if not movies.is_dir():
-        raise CliError(f"--movies {movies}: no such folder")
-    sets = parse_sets(args.set, default_step="import_movies")
-    sets.setdefault("import_movies", {})["files_dir"] = str(movies.resolve())
+    entry = CLI_ENTRIES[args.entry]
+    data = args.data or args.movies or ""
+    if args.movies and args.data and Path(args.movies) != Path(args.data):
+        raise CliError("--movies and --data name two different folders: give one")
+    if entry != "particles" and not data:
+        raise CliError(f"--entry {args.entry}: give the data folder with --data DIR"
+                       + (" (or --movies DIR)" if entry == "movies" else ""))
+    if data and not Path(data).is_dir():
+        raise CliError(f"--data {data}: no such folder")
+    try:
+        params = entry_params(entry, data=data, alignment=args.alignment or "", ctf=args.ctf or "",
+                              particles=args.particles or "")
+    except ValueError as exc:  # a missing folder or file, or an entry this version cannot start from
+        raise CliError(f"--entry {args.entry}: {exc}") from None
+    for step_id, values in parse_sets(args.set, default_step="import_movies").items():
+        params.setdefault(step_id, {}).update(values)  # --set wins over what the entry sets
     try:  # every value validated first, project.json written once: a killed `new` leaves all or nothing
-        proj = Project.create(args.project, params=sets)
+        proj = Project.create(args.project, params=params)
     except Exception as exc:
         raise CliError(f"--set: {_validation_message(exc)}" if type(exc).__name__ == "ValidationError"
                        else str(exc)) from None
     try:
-        report = import_report(proj)
+        report = import_report(proj) if entry != "particles" else ""
     finally:
         proj.close()
     remember_project(proj.dir)  # the wizard's start screen lists it
-    print(f"created project {proj.dir} on {movies.resolve()}")
-    print(report)
+    where = Path(data).resolve() if data else Path(args.particles).resolve()
+    print(f"created project {proj.dir} on {where} (entry: {args.entry})")
+    if report:
+        print(report)
     return 0
 
 
@@ -666,9 +684,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open the wizard on a tiny simulated data set, run the import step and exit (0 = works)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("new", help="create a project on a folder of movies and .mdoc files")
+    s = sub.add_parser("new", help="create a project on a folder of movies and .mdoc files (or at another entry "
+                                   "point: tilt series, an existing alignment, particles)")
     s.add_argument("project", metavar="PROJECT_DIR")
-    s.add_argument("--movies", required=True, metavar="DIR", help="folder with the .mdoc files and movies")
+    s.add_argument("--entry", choices=list(CLI_ENTRIES), default="movies",
+                   help="where the project starts: movies = raw movies + .mdoc (the whole workflow); tilt-series "
+                        "= motion-corrected stacks with .rawtlt/.tlt or their mdoc (X-ray erasing computes first); "
+                        "alignment = stacks with an alignment (--alignment) and CTF (--ctf) made elsewhere "
+                        "(reconstruction computes first); particles = a RELION 5 / WarpTools particles STAR "
+                        "(--particles; the averaging steps compute)")
+    s.add_argument("--movies", metavar="DIR", help="folder with the .mdoc files and movies (entry movies)")
+    s.add_argument("--data", metavar="DIR", help="the data folder: movies and .mdoc files, or the tilt-series stacks")
+    s.add_argument("--alignment", metavar="DIR", help="folder with IMOD .xf/.tlt, AreTomo .aln, Warp .xml or RELION 5 "
+                                                      "per-tilt-series .star files (entry alignment)")
+    s.add_argument("--ctf", metavar="DIR", help="folder with CTFFIND, ctfplotter .defocus, Warp .xml or RELION 5 .star "
+                                                "CTF files (entry alignment; default: the alignment folder)")
+    s.add_argument("--particles", metavar="FILE", help="RELION 5 / WarpTools optimisation set or particles STAR "
+                                                       "(entry particles)")
     s.add_argument("--set", action="append", metavar="[import_movies.]PARAM=VALUE",
                    help="set a parameter (repeatable); an empty VALUE means 'read it from the mdoc'")
     s.set_defaults(func=cmd_new)

@@ -204,3 +204,47 @@ def test_new_reports_what_was_found_before_any_run(tmp_path: Path, mini_session:
         assert "pixel size: 2.5 Å (mdoc PixelSpacing); dose: 3 e⁻/Å² per tilt (mdoc ExposureDose)" in part
     assert f"error: TS_02.mrc.mdoc: 1 movie file(s) missing: {victim.name}" in out
     assert "`tomoguide run` refuses to import until these errors are fixed" in out
+
+
+def test_new_at_the_tilt_series_and_alignment_entries(tmp_path: Path, capsys) -> None:
+    """``new --entry tilt-series`` on a folder with a stack and its .rawtlt imports the stack (the import step runs
+    and finds the tilts and pixel size the files give); ``--entry alignment`` also reads the alignment and CTF
+    from files, and a missing folder is one line naming the option."""
+    data = tmp_path / "stacks"
+    data.mkdir()
+    tilts = np.array([-6.0, -3.0, 0.0, 3.0, 6.0])
+    rng = np.random.default_rng(3)
+    with mrcfile.new(data / "TS_07.st") as m:
+        m.set_data(rng.normal(size=(5, 48, 64)).astype(np.float32))
+        m.voxel_size = 2.5
+    (data / "TS_07.rawtlt").write_text("".join(f"{t:.2f}\n" for t in tilts))
+    proj = tmp_path / "p"
+    assert main(["new", str(proj), "--entry", "tilt-series", "--data", str(data),
+                 "--set", "tilt_axis_deg=84"]) == 0
+    assert "entry: tilt-series" in capsys.readouterr().out
+    assert main(["run", str(proj), "--until", "import_movies"]) == 0
+    state = json.loads((proj / "project.json").read_text())["steps"]["import_movies"]
+    assert state["params"]["source"] == "tilt series" and state["status"] == "done"
+    from tomoguide.project import Project
+    from tomoguide.steps.records import SeriesSet
+
+    with Project.open(proj, readonly=True) as p:
+        sset, _ = SeriesSet.load(p.output_path("import_movies", "tilt_series"))
+    (s,) = sset.series
+    assert s.name == "TS_07" and np.allclose(s.geometry.tilt_angles_deg, tilts)
+    assert s.geometry.pixel_size_A == pytest.approx(2.5, abs=1e-3)
+
+    capsys.readouterr()
+    code = main(["new", str(tmp_path / "q"), "--entry", "alignment", "--data", str(data),
+                 "--alignment", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--entry alignment" in err[0] and "alignment files" in err[0]
+    assert not (tmp_path / "q" / "project.json").exists()
+    ali = tmp_path / "ali"
+    ali.mkdir()
+    assert main(["new", str(tmp_path / "q"), "--entry", "alignment", "--data", str(data), "--alignment",
+                 str(ali)]) == 0
+    steps = json.loads((tmp_path / "q" / "project.json").read_text())["steps"]
+    assert steps["align"]["params"]["source"] == "files"
+    assert steps["ctf_estimate"]["params"]["source"] == "files"
+    assert Path(steps["ctf_estimate"]["params"]["ctf_dir"]) == ali.resolve()
