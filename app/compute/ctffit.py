@@ -802,8 +802,8 @@ def fit_ctf(
     ``nominal ± narrow`` (intersected with the range; the tutorial's tip). ``res_range_A`` = (low, high)
     resolution band of the fit in Å. ``astigmatism_guess_A``: the U − V used to seed the 2D refinement.
     ``seed_astigmatism``: a known astigmatism vector ``(a, b)`` Å (``((U−V)/2)(cos 2φ, sin 2φ)`` of a fit of the
-    whole image, for its tiles): the 2D refinement starts from it (and from none) with one simplex instead of
-    the 13 starts around the circle of ``astigmatism_guess_A`` refined twice.
+    whole image, for its tiles): the background is subtracted with it, and one simplex started from it (or from
+    none) refines once, instead of the 13 starts around the circle of ``astigmatism_guess_A`` and two passes.
 
     The fit is flagged ``failed`` (with ``reason``) when the 2D CC ``score < min_score`` or
     ``score · √N < min_significance`` (N band pixels: the score in units of the CC of pure noise),
@@ -832,8 +832,12 @@ def fit_ctf(
     sel = (g.r_px >= r_lo) & (g.r_px <= r_hi)
     mean, a, bb, ph = df1, 0.0, 0.0, ph1
     h = 0.5 * float(astigmatism_guess_A)
-    for it in range(2):
-        d = _subtract(amp, g, opt, mean, a, bb)
+    n_iter = 2
+    if seed_astigmatism is not None:
+        n_iter = 1  # the background of the only pass uses the known astigmatism
+    for it in range(n_iter):
+        bg = (float(seed_astigmatism[0]), float(seed_astigmatism[1])) if seed_astigmatism is not None else (a, bb)
+        d = _subtract(amp, g, opt, mean, *bg)
         obj = _Objective(d, g, opt, sel)
         starts = [(mean, a, bb)]
         n_simplex = 1
