@@ -1,11 +1,15 @@
 """The executor (issue 18): inline and local Dask runs give the same results, failed units are retried and then
-named, cancel stops every unit, and a worker killed mid-step changes no result."""
+named, cancel stops every unit, a worker killed mid-step changes no result, and the tiny demo run through a real
+SLURM cluster (marked ``slurm``: CI starts a one-node cluster with .ci/slurm_one_node.sh; skipped without
+``sbatch`` or an idle node) equals the inline run."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from tomoguide.cluster import (
     ClusterSettings,
     DaskExecutor,
     InlineExecutor,
+    SlurmSettings,
     Unit,
     UnitFailed,
     atomic_output,
@@ -247,3 +252,47 @@ def test_a_worker_killed_mid_step_changes_no_result(step: str, inline_project: P
         assert killer.killed is not None, "no unit was seen running"
         assert killer.killed not in ex.worker_pids().values()
     _assert_same(_outputs(ref, steps), _outputs(got, steps))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a real SLURM cluster
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _slurm_ready() -> str | None:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return "no SLURM here (sbatch not on PATH)"
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed: {exc}"
+    if not any(s.strip().startswith(("idle", "mix")) for s in states.splitlines()):
+        return f"no idle SLURM node (sinfo: {states.strip() or 'nothing'})"
+    return None
+
+
+@pytest.mark.slurm
+def test_the_tiny_demo_on_slurm_equals_the_inline_run(inline_project: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    why = _slurm_ready()
+    if why is not None:
+        pytest.skip(why)
+    from tomoguide.cli import run_steps
+
+    logs = tmp_path / "slurm_logs"
+    logs.mkdir()
+    monkeypatch.setenv("TOMOGUIDE_CONFIG_DIR", str(tmp_path / "config"))
+    save_settings(ClusterSettings(kind="slurm", slurm=SlurmSettings(
+        cores=1, memory="2GB", walltime="00:15:00", max_jobs=2, log_directory=str(logs))))
+    ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), RERUN)
+    shutil.copytree(inline_project, tmp_path / "slurm", symlinks=True)
+    project = tmp_path / "slurm" / "project"
+    assert run_steps(project, until="reconstruct", force=True, quiet=True, cluster="slurm") == 0
+    _assert_same(_outputs(ref, RERUN), _outputs(project, RERUN))
+    # the workers ran in SLURM jobs: one log per job submitted with sbatch, and SLURM knows the job by its id
+    ids = sorted({m.group(1) for f in logs.iterdir() if (m := re.fullmatch(r"dask-worker-(\d+)\.err", f.name))})
+    assert ids, f"no job logs in {logs}: {sorted(f.name for f in logs.iterdir())}"
+    shown = subprocess.run(["scontrol", "show", "job", ids[-1]], capture_output=True, text=True, timeout=20).stdout
+    assert f"JobId={ids[-1]} " in shown and "JobName=dask-worker" in shown, shown
+    worker_log = (logs / f"dask-worker-{ids[-1]}.err").read_text()
+    assert "Registered to" in worker_log or "Start worker" in worker_log, worker_log[-2000:]
