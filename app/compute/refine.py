@@ -214,17 +214,15 @@ def symmetry_angle_error_deg(a: np.ndarray, b: np.ndarray, symmetry: str = "C1")
 
 def centred_fft_stack(data: np.ndarray) -> np.ndarray:
     """Centred 3D transforms (m, B, B, B) complex64 of real boxes (m, B, B, B) with centre ``B // 2``."""
-    d = np.asarray(data, dtype=np.float32)
-    ft = scipy.fft.fftn(scipy.fft.ifftshift(d, axes=(1, 2, 3)), axes=(1, 2, 3), workers=-1)
-    return scipy.fft.fftshift(ft, axes=(1, 2, 3)).astype(np.complex64)
+    return ST.centred_fftn(np.asarray(data, dtype=np.float32)).astype(np.complex64, copy=False)
 
 
 def _centred_fft(vol: np.ndarray) -> np.ndarray:
-    return scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.ifftshift(vol), workers=-1))
+    return ST.centred_fftn(vol)
 
 
 def _centred_ifft_real(grid: np.ndarray) -> np.ndarray:
-    return scipy.fft.fftshift(scipy.fft.ifftn(scipy.fft.ifftshift(grid), workers=-1).real)
+    return ST.centred_fftn(grid, inverse=True, real=True)
 
 
 def _points(box: int, r_max: float, *, half: bool, r_min: float = 1.0) -> np.ndarray:

@@ -817,12 +817,46 @@ def backproject_subtomogram(
     return data.astype(np.float32), w.astype(np.float32)
 
 
+def _checkerboard(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``(-1)^(i + j + …)`` over ``shape`` (one factor per axis), of ``dtype``."""
+    out = np.ones((), dtype)
+    for n in shape:
+        c = (1 - 2 * (np.arange(n) % 2)).astype(dtype)
+        out = np.multiply.outer(out, c)
+    return out
+
+
+def centred_fftn(x: np.ndarray, ndim: int = 3, *, inverse: bool = False, real: bool = False) -> np.ndarray:
+    """``fftshift(fftn(ifftshift(x)))`` (``ifftn`` when ``inverse``) over the last ``ndim`` axes (centre ``N // 2``),
+    without the shifts' copies when every size is even: the input and the output multiplied by the checkerboard
+    ``(-1)^(i + j + k)`` (and the sign ``(-1)^(Σ N/2)``), the same transform to float rounding. ``real``: the real
+    part of the result (float). Single precision stays single."""
+    x = np.asarray(x)
+    axes = tuple(range(x.ndim - ndim, x.ndim))
+    shape = x.shape[-ndim:]
+    fn = scipy.fft.ifftn if inverse else scipy.fft.fftn
+    if any(n % 2 for n in shape):
+        out = scipy.fft.fftshift(fn(scipy.fft.ifftshift(x, axes=axes), axes=axes, workers=-1), axes=axes)
+        return out.real if real else out
+    single = x.dtype in (np.float32, np.complex64)
+    cb = _checkerboard(shape, np.float32 if single else np.float64)
+    out = fn(x * cb, axes=axes, workers=-1, overwrite_x=True)
+    if sum(n // 2 for n in shape) % 2:
+        cb = -cb
+    if real:
+        res = out.real
+        res *= cb
+        return res
+    out *= cb
+    return out
+
+
 def _centred_ifft(grid: np.ndarray) -> np.ndarray:
-    return scipy.fft.fftshift(scipy.fft.ifftn(scipy.fft.ifftshift(grid), workers=-1).real)
+    return centred_fftn(grid, inverse=True, real=True)
 
 
 def _centred_fft(vol: np.ndarray) -> np.ndarray:
-    return scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.ifftshift(vol), workers=-1))
+    return centred_fftn(vol)
 
 
 def _crop_centre(vol: np.ndarray, b: int) -> np.ndarray:

@@ -68,3 +68,22 @@ def test_symmetrise_equals_the_reference_kernel(with_w: bool) -> None:
     if with_w:
         np.testing.assert_allclose(res[:, 2], out_w, atol=1e-10)
     assert np.abs(out_g).max() > 1.0
+
+
+@pytest.mark.parametrize("n", [10, 12, 9])
+def test_centred_fftn_equals_the_shifted_transforms(n: int) -> None:
+    import scipy.fft
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(2, n, n, n)).astype(np.float32)
+    ax = (1, 2, 3)
+    ref = scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.ifftshift(x, axes=ax), axes=ax), axes=ax)
+    got = sta.centred_fftn(x)
+    assert got.dtype == np.complex64
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    g = rng.normal(size=(n, n, n)) + 1j * rng.normal(size=(n, n, n))
+    g0 = g.copy()
+    ref_i = scipy.fft.fftshift(scipy.fft.ifftn(scipy.fft.ifftshift(g)))
+    np.testing.assert_allclose(sta.centred_fftn(g, inverse=True), ref_i, atol=1e-14)
+    np.testing.assert_allclose(sta.centred_fftn(g, inverse=True, real=True), ref_i.real, atol=1e-14)
+    np.testing.assert_array_equal(g, g0)  # the input is left as it was
