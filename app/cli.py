@@ -742,9 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_relocate)
 
     s = sub.add_parser("export", help="write the project's tilt series, alignment, CTF, particles and maps for "
-                                      "RELION 5 or IMOD (with a README stating the conventions)")
+                                      "RELION 5, IMOD or Warp (with a README stating the conventions)")
     s.add_argument("project", metavar="PROJECT_DIR")
-    s.add_argument("--to", required=True, choices=["relion5", "imod"], help="the format")
+    s.add_argument("--to", required=True, choices=["relion5", "imod", "warp"], help="the format")
     s.add_argument("dir", metavar="DIR",
                    help="the folder to write, e.g. PROJECT_DIR/export/FORMAT (new, empty, or an earlier export's: "
                         "its files are replaced); paths in the files are relative to it")

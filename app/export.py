@@ -1,5 +1,5 @@
-"""``tomoguide export PROJECT --to relion5|imod DIR``: a finished (or partly finished) project as files that RELION 5
-and IMOD read, with a ``README.txt`` stating every convention.
+"""``tomoguide export PROJECT --to relion5|imod|warp DIR``: a finished (or partly finished) project as files that
+RELION 5, IMOD and Warp read, with a ``README.txt`` stating every convention.
 
 What is written (paths inside ``DIR``; every STAR path is relative to ``DIR``, so run RELION from ``DIR``):
 
@@ -26,6 +26,10 @@ What is written (paths inside ``DIR``; every STAR path is relative to ``DIR``, s
     tomogram and the picks exist, ``<TS>_rec.mrc`` and ``<TS>.mod`` (the picks as a scattered-point model on
     it, IMOD model coordinates: voxel ``(i, j, k)`` at ``(i + 0.5, j + 0.5, k)``).
 
+**warp**
+    Per tilt series ``<TS>.xml`` (Warp's tilt-series XML: tilts, dose, UseTilt, per-tilt axis angle and offset,
+    CTF grids; :func:`export_warp`) and ``<TS>.st``.
+
 A folder holding ``.tomoguide-export.json`` was made by an earlier export: the files it lists are removed
 before writing again. Any other non-empty folder is refused unless ``force`` is given. Files are never written
 through: an existing name is unlinked first, so a hard link to a project file is never changed.
@@ -48,8 +52,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tomoguide import __version__
 
-FORMATS: tuple[str, ...] = ("relion5", "imod")
-Format = Literal["relion5", "imod"]
+FORMATS: tuple[str, ...] = ("relion5", "imod", "warp")
+Format = Literal["relion5", "imod", "warp"]
 MARKER = ".tomoguide-export.json"
 #: averaging steps whose particles are exported (most refined first) and the extraction that made their images
 PARTICLE_SOURCES: tuple[tuple[str, str], ...] = (("refine_fine", "extract_fine"), ("refine", "extract"),
@@ -599,11 +603,80 @@ def export_imod(proj: Any, w: _Writer, result: ExportResult) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Warp / WarpTools
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def export_warp(proj: Any, w: _Writer, result: ExportResult) -> None:
+    """Write per tilt series ``<TS>.xml`` (Warp's tilt-series XML) and ``<TS>.st`` into ``w.folder``.
+
+    The alignment follows Warp's own import of an IMOD alignment (``TiltSeries.ImportAlignments``, the inverse
+    of what :func:`tomoguide.steps.align._warp_alignment` reads): ``Angles`` = true tilts (nominal + offset,
+    ``AreAnglesInverted="False"``), ``AxisAngle`` = −(rotation angle of the ``.xf`` matrix), ``AxisOffsetX/Y`` =
+    the specimen shift ``s = −A⁻¹ d`` in Å; ``UseTilt`` False for excluded views; ``Dose`` the dose before each
+    tilt; the per-tilt CTF as ``1 × 1 × n`` grids (µm)."""
+    from tomoguide.compute.io.warp import write_warp_tilt_series_xml
+    from tomoguide.geometry import rotation_angle_deg
+
+    src = _first_done(proj, SERIES_SOURCES)
+    if src is None:
+        raise _not_done(tuple(reversed(SERIES_SOURCES)), proj, "the Warp export (an aligned tilt series)")
+    sset, base = _series(proj, src)
+    result.sources["tilt_series"] = src
+    per_series = []
+    for s in sset.series:
+        g = s.geometry
+        w.link(s.path("stack", base), f"{s.name}.st")
+        m = g.xf_array()
+        px = float(g.pixel_size_binned_A)
+        ctf = _ctf_columns(s, base, g.n_views, np.asarray(g.tilt_angles_deg))
+        use = np.zeros(g.n_views, bool)
+        use[g.included_views()] = True
+        prior = (np.zeros(g.n_views) if g.prior_dose_e_A2 is None
+                 else np.asarray(g.prior_dose_e_A2, np.float64))
+        cols = {} if ctf is None else {
+            "defocus_u_A": pd.to_numeric(ctf["rlnDefocusU"], errors="coerce").to_numpy(float),
+            "defocus_v_A": pd.to_numeric(ctf["rlnDefocusV"], errors="coerce").to_numpy(float),
+            "defocus_angle_deg": pd.to_numeric(ctf["rlnDefocusAngle"], errors="coerce").to_numpy(float)}
+        if ctf is None:
+            result.notes.append(f"{s.name}: no CTF grids written (no per-view CTF table that fits the views)")
+        write_warp_tilt_series_xml(
+            w.path(f"{s.name}.xml"), tilt_deg=g.true_tilt_deg(), dose_prior_e_per_A2=prior,
+            axis_angle_deg=-rotation_angle_deg(m[:, :, :2]), axis_offset_A=g.specimen_shifts_px() * px,
+            pixel_size_A=px, voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm,
+            amplitude_contrast=g.optics.amplitude_contrast, use_tilt=use,
+            movie_paths=[f"{s.name}_{k + 1:03d}_{t:.1f}.mrc" for k, t in enumerate(g.tilt_angles_deg)], **cols)
+        per_series.append(f"  {s.name}.xml, {s.name}.st: {g.n_views} views ({int((~use).sum())} with UseTilt False), "
+                          f"{px:g} Å/px, tilt axis {g.tilt_axis_deg:.2f}°")
+    hands = ", ".join(f"{h:+d}" for h in sorted({int(s.geometry.defocus_handedness) for s in sset.series}))
+    readme = [
+        f"Warp / WarpTools export of the tomoguide project {proj.dir}",
+        f"written by tomoguide {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"tilt series of the step “{_title(src)}” ({src}): the full-size motion-corrected stacks",
+        "",
+        *per_series,
+        *(f"  {n}" for n in result.notes),
+        "",
+        "Conventions (as Warp's own import of an IMOD alignment writes them)",
+        "  Angles: true tilts in stack order (ascending tilt), degrees; AreAnglesInverted False.",
+        "  AxisAngle: -(rotation angle of IMOD's .xf matrix), degrees; AxisOffsetX/Y: the specimen shift",
+        "    s = -A^-1 d of the .xf row (A, d), in Å.",
+        "  Dose: e-/Å² received before each tilt. UseTilt False: views excluded in tomoguide.",
+        "  GridCTF / GridCTFDefocusDelta / GridCTFDefocusAngle (1 x 1 x n): mean defocus and U - V in µm (positive =",
+        "    underfocus) and the astigmatism angle in degrees, per tilt.",
+        f"  Defocus handedness of tomoguide's record: {hands} (-1 by default; Warp flips it with its own setting).",
+        "  MoviePath names the tilts (NAME_<k>_<tilt>.mrc); the movies themselves are not exported.",
+    ]
+    w.text("README.txt", "\n".join(readme) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
 
 _EXPORTERS: dict[str, Callable[[Any, _Writer, ExportResult], None]] = {"relion5": export_relion5,
-                                                                          "imod": export_imod}
+                                                                          "imod": export_imod,
+                                                                          "warp": export_warp}
 
 
 def export_project(project_dir: str | os.PathLike[str], fmt: str, folder: str | os.PathLike[str] | None = None,
@@ -630,8 +703,9 @@ def export_project(project_dir: str | os.PathLike[str], fmt: str, folder: str | 
         # the checks that need no writing first: a project with nothing to export leaves no folder behind
         if fmt == "relion5" and not _done(proj, "exclude"):
             raise _not_done(("exclude",), proj, "the RELION 5 export (tilt series with alignment and CTF)")
-        if fmt == "imod" and _first_done(proj, SERIES_SOURCES) is None:
-            raise _not_done(tuple(reversed(SERIES_SOURCES)), proj, "the IMOD export (an aligned tilt series)")
+        if fmt in ("imod", "warp") and _first_done(proj, SERIES_SOURCES) is None:
+            raise _not_done(tuple(reversed(SERIES_SOURCES)), proj,
+                            f"the {'IMOD' if fmt == 'imod' else 'Warp'} export (an aligned tilt series)")
         prepare_folder(out, force=force)
         result = ExportResult(folder=out, format=fmt)
         w = _Writer(out)

@@ -204,6 +204,11 @@ def test_imod_files_read_back_as_the_projects_geometry_and_picks(tiny_project_ro
         vox = entry.geometry.pixel_size_binned_A
         model = read_mod_points(out / f"{s.name}.mod")
         assert model.image_shape_xyz == (nx, ny, nz) and model.pixel_size == pytest.approx(vox)
+        # teamtomo's imodmodel (an independent reader) parses the model to the same points
+        imodmodel = pytest.importorskip("imodmodel")
+        df = imodmodel.read(out / f"{s.name}.mod")
+        np.testing.assert_allclose(np.sort(df[["x", "y", "z"]].to_numpy(float), axis=0),
+                                   np.sort(model.xyz, axis=0), atol=1e-4)
         mine = picks[picks["rlnTomoName"] == s.name]
         centred = mine[["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
                         "rlnCenteredCoordinateZAngst"]].to_numpy(float)
@@ -278,3 +283,40 @@ def test_export_never_deletes_or_writes_through_a_linked_folder(tiny_project_roo
         _Writer(out).path("sub/new.txt")
     assert not (victim / "new.txt").exists()
 
+
+
+def test_warp_xml_reads_back_as_the_projects_geometry_and_ctf(tiny_project_root: Path, tmp_path: Path) -> None:
+    """``--to warp``: every series' XML (UTF-8 with BOM, as Warp writes) read by our Warp reader gives the record's
+    true tilts, per-view in-plane rotation (AxisAngle = −rotation of the .xf matrix), specimen shifts in Å, dose
+    before each tilt, UseTilt = not excluded, and the per-tilt CTF (U, V, angle); the alignment read back through
+    the align step's Warp reader equals the record's .xf."""
+    from tomoguide.compute.io.star import read_ctf_star
+    from tomoguide.compute.io.warp import read_warp_tilt_series_xml
+    from tomoguide.steps.align import _warp_alignment
+
+    project = tiny_project_root / "project"
+    out = tmp_path / "warp"
+    assert main(["export", str(project), "--to", "warp", str(out)]) == 0
+    with _done(project, "exclude") as proj:
+        sset, base = SeriesSet.load(proj.output_path("exclude", "series"))
+    for s in sset.series:
+        g = s.geometry
+        w = read_warp_tilt_series_xml(out / f"{s.name}.xml")
+        assert w.encoding == "UTF-8 (BOM)" and not w.angles_inverted and w.n_tilts == g.n_views
+        np.testing.assert_allclose(w.tilt_corrected_deg, g.true_tilt_deg(), atol=1e-4)
+        np.testing.assert_allclose(-w.axis_angle_deg, rotation_angle_deg(g.xf_array()[:, :, :2]), atol=1e-4)
+        np.testing.assert_allclose(w.axis_offset_A, g.specimen_shifts_px() * g.pixel_size_binned_A, atol=1e-3)
+        np.testing.assert_allclose(w.dose_prior_e_per_A2, g.prior_dose_e_A2, atol=1e-4)
+        np.testing.assert_array_equal(w.use_tilt, ~np.asarray(g.excluded, bool))
+        ctf = read_ctf_star(s.path("ctf_star", base))
+        np.testing.assert_allclose(w.defocus_u_A, ctf["rlnDefocusU"].to_numpy(float), atol=0.1)
+        np.testing.assert_allclose(w.defocus_v_A, ctf["rlnDefocusV"].to_numpy(float), atol=0.1)
+        np.testing.assert_allclose(w.defocus_angle_deg, ctf["rlnDefocusAngle"].to_numpy(float), atol=1e-3)
+        assert w.pixel_size_A == pytest.approx(g.pixel_size_binned_A)
+        rows, tilts, _ = _warp_alignment(out / f"{s.name}.xml", g.at_binning(1.0))
+        use = g.included_views()
+        np.testing.assert_allclose(tilts, g.true_tilt_deg()[use], atol=1e-4)
+        np.testing.assert_allclose(rows[:, :4], g.to_imod()[0][use, :4], atol=1e-5)
+        np.testing.assert_allclose(rows[:, 4:], g.at_binning(1.0).to_imod()[0][use, 4:], atol=2e-3)
+    readme = (out / "README.txt").read_text()
+    assert "AxisAngle" in readme and "AreAnglesInverted False" in readme

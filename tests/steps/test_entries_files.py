@@ -186,34 +186,6 @@ def test_import_refusals(tmp_path: Path) -> None:
 # ---- round trips through tomoguide's own exports ----------------------------------------------------------------
 
 
-def _warp_xml(path: Path, g, ctf: pd.DataFrame, pixel_A: float) -> None:  # noqa: ANN001
-    """A Warp tilt-series XML of a geometry record (Warp's ImportAlignments conventions, see align._warp_alignment)
-    with the per-tilt CTF as 1 x 1 x n grids."""
-    from tomoguide.geometry import rotation_angle_deg
-
-    m = g.xf_array()
-    axis = -rotation_angle_deg(m[:, :, :2])
-    off = g.specimen_shifts_px() * pixel_A
-    n = g.n_views
-    u, v = ctf["rlnDefocusU"].to_numpy(float), ctf["rlnDefocusV"].to_numpy(float)
-
-    def grid(tag: str, values) -> str:  # noqa: ANN001
-        nodes = "".join(f'<Node X="0" Y="0" Z="{k}" Value="{x:.6f}" />' for k, x in enumerate(values))
-        return f'<{tag} Width="1" Height="1" Depth="{n}">{nodes}</{tag}>'
-
-    lines = "\n".join
-    path.write_text(
-        '<?xml version="1.0" encoding="utf-8"?>\n<TiltSeries AreAnglesInverted="False">'
-        f"<Angles>{lines(f'{t:.4f}' for t in g.true_tilt_deg())}</Angles>"
-        f"<UseTilt>{lines('True' for _ in range(n))}</UseTilt>"
-        f"<AxisAngle>{lines(f'{a:.6f}' for a in axis)}</AxisAngle>"
-        f"<AxisOffsetX>{lines(f'{x:.6f}' for x in off[:, 0])}</AxisOffsetX>"
-        f"<AxisOffsetY>{lines(f'{y:.6f}' for y in off[:, 1])}</AxisOffsetY>"
-        f'<CTF><Param Name="PixelSize" Value="{pixel_A}" /></CTF>'
-        + grid("GridCTF", (u + v) / 2e4) + grid("GridCTFDefocusDelta", (u - v) / 1e4)
-        + grid("GridCTFDefocusAngle", ctf["rlnDefocusAngle"].to_numpy(float)) + "</TiltSeries>\n")
-
-
 @pytest.fixture(scope="module")
 def full_project(tiny_project_root: Path) -> Path:
     return tiny_project_root / "project"
@@ -221,11 +193,10 @@ def full_project(tiny_project_root: Path) -> Path:
 
 @pytest.mark.parametrize("fmt", ["relion5", "warp"])
 def test_alignment_and_ctf_round_trip(full_project: Path, tmp_path: Path, fmt: str) -> None:
-    """The full project's alignment and CTF written as RELION 5 per-tilt STARs (our export) or Warp XMLs, read back
-    at entry (b): the same tomogram (correlation ≥ 0.99)."""
+    """The full project's alignment and CTF written as RELION 5 per-tilt STARs or Warp XMLs (our exports), read
+    back at entry (b): the same tomogram (correlation ≥ 0.99)."""
     from test_entries_ab import correlation, run_entry, tomograms
 
-    from tomoguide.compute.io.star import read_ctf_star
     from tomoguide.export import export_project
     from tomoguide.project import Project
     from tomoguide.steps.records import SeriesSet
@@ -234,21 +205,14 @@ def test_alignment_and_ctf_round_trip(full_project: Path, tmp_path: Path, fmt: s
     stacks = tmp_path / "stacks"
     stacks.mkdir()
     with Project.open(full_project, readonly=True) as proj:
-        sset, base = SeriesSet.load(proj.output_path("ctf_estimate", "series"))
+        sset, _ = SeriesSet.load(proj.output_path("ctf_estimate", "series"))
         axis = float(next(iter(proj.state("import_movies").metrics["series"].values()))["tilt_axis_deg"])
         imp = proj.params("import_movies")
     for s in sset.series:
         for ext in (".st", ".rawtlt"):
             shutil.copyfile(tmp_path / "imod" / f"{s.name}{ext}", stacks / f"{s.name}{ext}")
-    if fmt == "relion5":
-        export_project(full_project, "relion5", tmp_path / "relion")
-        files = tmp_path / "relion" / "tilt_series"
-    else:
-        files = tmp_path / "warp"
-        files.mkdir()
-        for s in sset.series:
-            g = s.geometry
-            _warp_xml(files / f"{s.name}.xml", g, read_ctf_star(s.path("ctf_star", base)), g.pixel_size_binned_A)
+    export_project(full_project, fmt, tmp_path / fmt)
+    files = tmp_path / fmt / ("tilt_series" if fmt == "relion5" else "")
     new = run_entry(full_project, tmp_path / "entry", {
         "import_movies": {"source": "tilt series", "files_dir": str(stacks), "tilt_axis_deg": axis,
                           "voltage_kV": imp.voltage_kV, "cs_mm": imp.cs_mm,

@@ -52,7 +52,8 @@ import numpy as np
 
 from tomoguide.compute.io.errors import FormatError, problem
 
-__all__ = ["WarpGrid", "WarpTiltSeries", "describe", "read_warp_tilt_series_xml", "sniff_warp_xml"]
+__all__ = ["WarpGrid", "WarpTiltSeries", "describe", "read_warp_tilt_series_xml", "sniff_warp_xml",
+           "write_warp_tilt_series_xml"]
 
 PathType = str | PathLike[str]
 
@@ -386,3 +387,79 @@ def describe(path: PathType, *, strict: bool = True) -> dict[str, Any]:
     if ts.decimal_commas:
         facts["decimal_commas"] = True
     return facts
+
+
+def write_warp_tilt_series_xml(
+    path: PathType,
+    *,
+    tilt_deg: Any,
+    dose_prior_e_per_A2: Any,
+    axis_angle_deg: Any,
+    axis_offset_A: Any,
+    pixel_size_A: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    use_tilt: Any | None = None,
+    movie_paths: list[str] | None = None,
+    defocus_u_A: Any | None = None,
+    defocus_v_A: Any | None = None,
+    defocus_angle_deg: Any | None = None,
+) -> None:
+    """Write a Warp tilt-series XML (UTF-8 with a byte-order mark, as Warp on Windows writes it) that
+    :func:`read_warp_tilt_series_xml` and Warp read back: per-tilt lists in stack order (``tilt_deg`` (n,)
+    true tilts, degrees, written with ``AreAnglesInverted="False"``; ``dose_prior_e_per_A2`` (n,) dose before
+    each tilt; ``axis_angle_deg`` (n,); ``axis_offset_A`` (n, 2) in Å; ``use_tilt`` (n,) bool, default all),
+    ``MoviePath`` (default ``<stem>_<k>.mrc``), the ``CTF`` params, and with ``defocus_u_A``/``defocus_v_A``
+    (Å, positive = underfocus) and ``defocus_angle_deg`` the per-tilt ``1 × 1 × n`` grids ``GridCTF``
+    (mean defocus, µm), ``GridCTFDefocusDelta`` (U − V, µm) and ``GridCTFDefocusAngle`` (degrees): the
+    inverse of the reader's ``U, V = (defocus ± delta / 2) · 10⁴``."""
+    path = Path(path)
+    t = np.asarray(tilt_deg, np.float64).reshape(-1)
+    n = t.size
+
+    def per_tilt(values: Any, name: str, shape: tuple[int, ...] = ()) -> np.ndarray:
+        a = np.asarray(values, np.float64).reshape((n, *shape))
+        if not np.isfinite(a).all():
+            raise ValueError(f"{path}: {name}: not finite")
+        return a
+
+    dose = per_tilt(dose_prior_e_per_A2, "Dose")
+    axis = per_tilt(axis_angle_deg, "AxisAngle")
+    off = per_tilt(axis_offset_A, "AxisOffset", (2,))
+    use = np.ones(n, bool) if use_tilt is None else np.asarray(use_tilt, bool).reshape(n)
+    movies = movie_paths if movie_paths is not None else [f"{path.stem}_{k:03d}.mrc" for k in range(n)]
+    if len(movies) != n:
+        raise ValueError(f"{path}: MoviePath: {len(movies)} paths for {n} tilts")
+
+    def lines(tag: str, values: Any) -> str:
+        return f"\t<{tag}>" + "\n".join(values) + f"</{tag}>\n"
+
+    def fmt(values: np.ndarray) -> list[str]:
+        return [f"{float(x):.6g}" for x in values]
+
+    def grid(tag: str, values: np.ndarray) -> str:
+        nodes = "".join(f'\t\t<Node X="0" Y="0" Z="{k}" Value="{float(x):.7g}" />\n' for k, x in enumerate(values))
+        return (f'\t<{tag} Width="1" Height="1" Depth="{n}" MarginX="0" MarginY="0" MarginZ="0">\n{nodes}'
+                f"\t</{tag}>\n")
+
+    mean_um = delta_um = angle = None
+    if defocus_u_A is not None and defocus_v_A is not None:
+        u, v = per_tilt(defocus_u_A, "DefocusU"), per_tilt(defocus_v_A, "DefocusV")
+        mean_um, delta_um = (u + v) / 2e4, (u - v) / 1e4
+        angle = np.zeros(n) if defocus_angle_deg is None else per_tilt(defocus_angle_deg, "DefocusAngle")
+    params = {"PixelSize": pixel_size_A, "Voltage": voltage_kV, "Cs": cs_mm, "Amplitude": amplitude_contrast,
+              "Defocus": float(np.median(mean_um)) if mean_um is not None else 0.0, "DefocusDelta": 0.0,
+              "DefocusAngle": 0.0, "PhaseShift": 0.0, "Scale": 1.0, "Bfactor": 0.0}
+    ctf = "".join(f'\t\t<Param Name="{k}" Value="{float(val):.6g}" />\n' for k, val in params.items())
+    xml = ('<?xml version="1.0" encoding="utf-8"?>\n'
+           '<TiltSeries AreAnglesInverted="False" PlaneNormal="0, 0, 0" Bfactor="0" Weight="1">\n'
+           + lines("Angles", fmt(t)) + lines("Dose", fmt(dose))
+           + lines("UseTilt", ["True" if x else "False" for x in use])
+           + lines("AxisAngle", fmt(axis)) + lines("AxisOffsetX", fmt(off[:, 0])) + lines("AxisOffsetY", fmt(off[:, 1]))
+           + lines("MoviePath", movies) + f"\t<CTF>\n{ctf}\t</CTF>\n")
+    if mean_um is not None:
+        xml += (grid("GridCTF", mean_um) + grid("GridCTFDefocusDelta", delta_um)
+                + grid("GridCTFDefocusAngle", angle))
+    xml += "</TiltSeries>\n"
+    path.write_bytes(b"\xef\xbb\xbf" + xml.encode("utf-8"))
