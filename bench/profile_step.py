@@ -13,9 +13,9 @@ project's record is not changed (the step's status, runs and metrics stay as the
 
 Prints the wall time, the load average before/after, and the top entries by cumulative and by own time
 (``tottime``); ``--out`` writes the same text to a file (e.g. ``bench/results/profiles/refine_fine_before.txt``).
-Work a step hands to a pool (its run's executor through ``ctx.map_units``, ``concurrent.futures``) still runs in
-other threads or processes: its time shows as waiting (``acquire``/``wait``) in the main thread. Numba's parallel
-kernels count as their calling function's own time.
+The units a step hands to its run's executor (``ctx.map_units``: movies, tilt series, particle batches) are run here
+too, one after another (as the ``inline`` executor runs them, without its helper thread): the profile is of the
+work, not of a Dask cluster's scheduling. Numba's parallel kernels count as their calling function's own time.
 """
 
 from __future__ import annotations
@@ -47,6 +47,20 @@ def _inline_runner(ctx: Any) -> Callable[..., Generator[Any, None, Any]]:
     return run_inline
 
 
+def _inline_units(ctx: Any) -> Callable[..., Generator[Any, None, dict[str, Any]]]:
+    """A drop-in for ``RunContext.map_units``: every unit's ``fn(*args, **kwargs)`` called here, in order."""
+
+    def map_inline(fn: Callable[..., Any], units: Any, *, what: str = "") -> Generator[Any, None, dict[str, Any]]:
+        results: dict[str, Any] = {}
+        for unit in units:
+            ctx.check_cancel()
+            results[unit.name] = fn(*unit.args, **unit.kwargs)
+        return results
+        yield  # a generator, as the original
+
+    return map_inline
+
+
 def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool = False) -> str:
     """Run ``step_id`` of the project in ``project_dir`` under cProfile in this thread; return the report text."""
     from tomoguide.project import Project
@@ -63,6 +77,8 @@ def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool =
     scratch.mkdir()
     ctx = run._context(scratch)
     ctx.run_in_thread = _inline_runner(ctx)  # the step's worker thread, run here instead (cProfile sees it)
+    if hasattr(ctx, "map_units"):
+        ctx.map_units = _inline_units(ctx)  # the run's executor's units, one after another in this thread
     load0 = os.getloadavg()
     prof = cProfile.Profile()
     t0 = time.perf_counter()
