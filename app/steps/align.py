@@ -438,6 +438,116 @@ def _relion5_alignment(path: Path, g: Any) -> tuple[np.ndarray, np.ndarray, floa
     return rows, tlt, float(cols["rlnTomoXTilt"][0])
 
 
+def align_unit(s: SeriesEntry, base: Path, params: AlignParams,
+               outs: dict[str, Path]) -> tuple[SeriesEntry, dict[str, Any], list[str]]:
+    """One tilt series aligned by patch tracking (and refined with particles as markers) — a unit of
+    :mod:`tomoguide.cluster`: reads the stack by path, writes the .xf, .tlt, tracks, markers and interpolated stack
+    to ``outs`` (role -> path in the run folder; temporary files renamed into place). Returns the series' entry
+    (its stack still to be linked by the step), its metrics and its log lines."""
+    from tomoguide.cluster import atomic_output
+    from tomoguide.compute.align import align_tilt_series, apply_alignment, axis_difference_deg
+    from tomoguide.compute.io.imod import write_tlt, write_xf
+    from tomoguide.compute.io.mrc import read_mrc, write_mrc
+    from tomoguide.compute.markers import refine_with_markers
+
+    logs: list[str] = []
+    stack, info = read_mrc(s.path("stack", base))
+    res = align_tilt_series(np.asarray(stack, np.float32), s.geometry, patch_size_A=params.patch_size_A,
+                            patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
+                            flatten=params.flatten, solve_rotation=params.solve_rotation,
+                            solve_magnification=params.solve_magnification, min_cc=params.min_cc,
+                            outlier_mad=params.outlier_mad, check_axis=params.check_axis)
+    weak = [int(i) for i in res.weak_views]
+    if weak:
+        logs.append(f"{s.name}: views {', '.join(str(i + 1) for i in weak)} correlate poorly with both neighbours "
+                    "(dark, blank or blurred): bridged over in tracking and down-weighted in the fit")
+    wide = [] if res.coarse is None else [int(i) for i in np.flatnonzero(res.coarse.widened)]
+    if wide:
+        logs.append(f"{s.name}: views {', '.join(str(i + 1) for i in wide)} lay beyond the first search range of "
+                    "the coarse alignment (a jump of the specimen?): found with a wider search")
+    g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
+    if params.flatten and abs(g.tilt_offset_deg - s.geometry.tilt_offset_deg) > 10.0:
+        logs.append(f"{s.name}: the patches give a tilt-angle offset of {g.tilt_offset_deg:+.1f}°, which is not "
+                    "plausible (too few patches to define the specimen plane); the offset is kept at "
+                    f"{s.geometry.tilt_offset_deg:+.1f}°")
+        res = align_tilt_series(np.asarray(stack, np.float32), s.geometry, patch_size_A=params.patch_size_A,
+                                patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
+                                flatten=False, solve_rotation=params.solve_rotation,
+                                solve_magnification=params.solve_magnification, min_cc=params.min_cc,
+                                outlier_mad=params.outlier_mad, check_axis=params.check_axis)
+        g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
+    summary = res.summary()
+    view_residuals, mean_residual = summary["view_residual_px"], summary["mean_residual_px"]
+    markers = None
+    if params.refine_with_markers:
+        px = g.pixel_size_binned_A
+        try:
+            markers = refine_with_markers(
+                np.asarray(stack, np.float32), g, diameter_px=params.marker_diameter_A / px,
+                thickness_px=max(8, int(round(params.marker_depth_A / px))), max_count=params.max_markers,
+                min_count=params.min_markers,
+                solve_axis=params.solve_axis, solve_rotation=params.solve_rotation,
+                solve_magnification=params.solve_magnification, outlier_mad=params.outlier_mad,
+                view_weights=res.view_weights)
+        except ValueError as exc:
+            logs.append(f"{s.name}: no refinement with markers ({exc}); the patch-tracking alignment is kept")
+        if markers is not None:
+            mg = markers.geometry
+            logs.append(f"{s.name}: {markers.n_markers} particles as markers moved the tilt axis from "
+                        f"{summary['tilt_axis_deg']:.2f}° to {mg.tilt_axis_deg:.2f}°; mean residual "
+                        f"{markers.fit.mean_residual_px:.2f} px")
+            g = mg.model_validate({**mg.model_dump(), "excluded": s.geometry.excluded})
+            view_residuals = [None if not np.isfinite(v) else float(v) for v in markers.fit.view_residual_px]
+            mean_residual = float(markers.fit.mean_residual_px)
+    axis_notes = _axis_check_messages(s.name, res, float(g.tilt_axis_deg))
+    for note in axis_notes:
+        logs.append(note)
+    files = {"stack": s.files["stack"], "xf": f"{s.name}.xf", "tlt": f"{s.name}.tlt",
+             "tracks": f"{s.name}_tracks.npz"}
+    if markers is not None:
+        files["markers"] = f"{s.name}_markers.npz"
+        with atomic_output(outs["markers"]) as tmp:
+            np.savez_compressed(tmp, positions_px=markers.positions_px,
+                                residuals_px=markers.fit.residuals_px, rejected=markers.fit.rejected,
+                                points_px=markers.fit.points_px, profile_r_px=markers.profile[0],
+                                profile=markers.profile[1], axis_history_deg=markers.axis_history_deg,
+                                patch_tilt_axis_deg=summary["tilt_axis_deg"])
+    rows, tlt = g.to_imod()
+    with atomic_output(outs["xf"]) as tmp:
+        write_xf(tmp, rows)
+    with atomic_output(outs["tlt"]) as tmp:
+        write_tlt(tmp, tlt)
+    with atomic_output(outs["tracks"]) as tmp:
+        np.savez_compressed(tmp, positions_px=res.tracks.positions_px,
+                            peak_cc=res.tracks.peak_cc, residuals_px=res.fit.residuals_px,
+                            rejected=res.fit.rejected, points_px=res.fit.points_px,
+                            coarse_shifts_px=res.coarse_shifts_px)
+    if params.interp_binning is not None:
+        ali = apply_alignment(np.asarray(stack, np.float32), g, binning=g.binning * params.interp_binning)
+        files["interp"] = f"{s.name}_ali.mrc"
+        with atomic_output(outs["interp"]) as tmp:
+            write_mrc(tmp, np.asarray(ali, np.float32), voxel_size_A=g.pixel_size_binned_A * params.interp_binning,
+                      is_stack=True)
+    info_out = {**s.info, "residual_per_view_px": view_residuals, "mean_residual_px": mean_residual,
+                "weak_views": weak, "widened_views": summary["widened_views"], "axis_notes": axis_notes}
+    entry = SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=info_out)
+    series_metrics = {
+        "tilt_axis_deg": float(g.tilt_axis_deg), "tilt_offset_deg": float(g.tilt_offset_deg),
+        "mean_residual_px": mean_residual, "n_patches": summary["n_patches"],
+        "n_rejected": summary["n_rejected"], "patch_tilt_axis_deg": summary["tilt_axis_deg"],
+        "patch_mean_residual_px": summary["mean_residual_px"],
+        "n_markers": None if markers is None else markers.n_markers,
+        "prior_tilt_axis_deg": summary["prior_axis_deg"], "searched_tilt_axis_deg": summary["searched_axis_deg"],
+        "axis_search_contrast": summary["axis_search_contrast"], "start_tilt_axis_deg": summary["start_axis_deg"],
+        "axis_prior_difference_deg": axis_difference_deg(float(g.tilt_axis_deg), summary["prior_axis_deg"]),
+        "axis_warnings": axis_notes, "weak_views": [i + 1 for i in weak],
+        "widened_views": [i + 1 for i in summary["widened_views"]]}
+    logs.append(f"{s.name}: tilt axis {g.tilt_axis_deg:.2f}°, offset {g.tilt_offset_deg:+.2f}°, "
+                f"mean residual {mean_residual:.2f} px, {summary['n_patches']} patches "
+                f"({summary['n_rejected']} rejected)")
+    return entry, series_metrics, logs
+
+
 class Align(Step):
     id = "align"
     title = "Tilt-series alignment"
@@ -513,10 +623,7 @@ class Align(Step):
         return Needs(disk_bytes=total + 1_000_000, memory_bytes=10 * total)
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.align import align_tilt_series, apply_alignment, axis_difference_deg
-        from tomoguide.compute.markers import refine_with_markers
-        from tomoguide.compute.io.imod import write_tlt, write_xf
-        from tomoguide.compute.io.mrc import read_mrc, write_mrc
+        from tomoguide.cluster import Unit
 
         assert isinstance(params, AlignParams)
         if params.source == "files":
@@ -524,103 +631,20 @@ class Align(Step):
         sset, base = SeriesSet.load(ctx.output("preprocess_for_alignment", "series"))
         entries = []
         metrics: dict[str, Any] = {"source": "patch tracking", "series": {}}
-        for k, s in enumerate(sset.series):
-            ctx.check_cancel()
-            yield Progress(k / len(sset.series), f"{s.name}: tracking patches and fitting the model")
-            stack, info = read_mrc(s.path("stack", base))
-            res = align_tilt_series(np.asarray(stack, np.float32), s.geometry, patch_size_A=params.patch_size_A,
-                                    patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
-                                    flatten=params.flatten, solve_rotation=params.solve_rotation,
-                                    solve_magnification=params.solve_magnification, min_cc=params.min_cc,
-                                    outlier_mad=params.outlier_mad, check_axis=params.check_axis)
-            ctx.check_cancel()
-            weak = [int(i) for i in res.weak_views]
-            if weak:
-                ctx.log(f"{s.name}: views {', '.join(str(i + 1) for i in weak)} correlate poorly with both neighbours "
-                        "(dark, blank or blurred): bridged over in tracking and down-weighted in the fit")
-            wide = [] if res.coarse is None else [int(i) for i in np.flatnonzero(res.coarse.widened)]
-            if wide:
-                ctx.log(f"{s.name}: views {', '.join(str(i + 1) for i in wide)} lay beyond the first search range of "
-                        "the coarse alignment (a jump of the specimen?): found with a wider search")
-            g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
-            if params.flatten and abs(g.tilt_offset_deg - s.geometry.tilt_offset_deg) > 10.0:
-                ctx.log(f"{s.name}: the patches give a tilt-angle offset of {g.tilt_offset_deg:+.1f}°, which is not "
-                        "plausible (too few patches to define the specimen plane); the offset is kept at "
-                        f"{s.geometry.tilt_offset_deg:+.1f}°")
-                res = align_tilt_series(np.asarray(stack, np.float32), s.geometry, patch_size_A=params.patch_size_A,
-                                        patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
-                                        flatten=False, solve_rotation=params.solve_rotation,
-                                        solve_magnification=params.solve_magnification, min_cc=params.min_cc,
-                                        outlier_mad=params.outlier_mad, check_axis=params.check_axis)
-                g = res.geometry.model_validate({**res.geometry.model_dump(), "excluded": s.geometry.excluded})
-            summary = res.summary()
-            view_residuals, mean_residual = summary["view_residual_px"], summary["mean_residual_px"]
-            markers = None
-            if params.refine_with_markers:
-                ctx.check_cancel()
-                yield Progress((k + 0.6) / len(sset.series), f"{s.name}: refining with particles as markers")
-                px = g.pixel_size_binned_A
-                try:
-                    markers = refine_with_markers(
-                        np.asarray(stack, np.float32), g, diameter_px=params.marker_diameter_A / px,
-                        thickness_px=max(8, int(round(params.marker_depth_A / px))), max_count=params.max_markers,
-                        min_count=params.min_markers,
-                        solve_axis=params.solve_axis, solve_rotation=params.solve_rotation,
-                        solve_magnification=params.solve_magnification, outlier_mad=params.outlier_mad,
-                        view_weights=res.view_weights)
-                except ValueError as exc:
-                    ctx.log(f"{s.name}: no refinement with markers ({exc}); the patch-tracking alignment is kept")
-                if markers is not None:
-                    mg = markers.geometry
-                    ctx.log(f"{s.name}: {markers.n_markers} particles as markers moved the tilt axis from "
-                            f"{summary['tilt_axis_deg']:.2f}° to {mg.tilt_axis_deg:.2f}°; mean residual "
-                            f"{markers.fit.mean_residual_px:.2f} px")
-                    g = mg.model_validate({**mg.model_dump(), "excluded": s.geometry.excluded})
-                    view_residuals = [None if not np.isfinite(v) else float(v) for v in markers.fit.view_residual_px]
-                    mean_residual = float(markers.fit.mean_residual_px)
-            axis_notes = _axis_check_messages(s.name, res, float(g.tilt_axis_deg))
-            for note in axis_notes:
-                ctx.log(note)
-            files = {"stack": s.files["stack"], "xf": f"{s.name}.xf", "tlt": f"{s.name}.tlt",
-                     "tracks": f"{s.name}_tracks.npz"}
-            if markers is not None:
-                files["markers"] = f"{s.name}_markers.npz"
-                np.savez_compressed(ctx.out_path(files["markers"]), positions_px=markers.positions_px,
-                                    residuals_px=markers.fit.residuals_px, rejected=markers.fit.rejected,
-                                    points_px=markers.fit.points_px, profile_r_px=markers.profile[0],
-                                    profile=markers.profile[1], axis_history_deg=markers.axis_history_deg,
-                                    patch_tilt_axis_deg=summary["tilt_axis_deg"])
-            link_or_copy(s.path("stack", base), ctx.out_path(files["stack"]))
-            rows, tlt = g.to_imod()
-            write_xf(ctx.out_path(files["xf"]), rows)
-            write_tlt(ctx.out_path(files["tlt"]), tlt)
-            np.savez_compressed(ctx.out_path(files["tracks"]), positions_px=res.tracks.positions_px,
-                                peak_cc=res.tracks.peak_cc, residuals_px=res.fit.residuals_px,
-                                rejected=res.fit.rejected, points_px=res.fit.points_px,
-                                coarse_shifts_px=res.coarse_shifts_px)
-            if params.interp_binning is not None:
-                ali = apply_alignment(np.asarray(stack, np.float32), g, binning=g.binning * params.interp_binning)
-                files["interp"] = f"{s.name}_ali.mrc"
-                write_mrc(ctx.out_path(files["interp"]), np.asarray(ali, np.float32),
-                          voxel_size_A=g.pixel_size_binned_A * params.interp_binning, is_stack=True)
-            info_out = {**s.info, "residual_per_view_px": view_residuals, "mean_residual_px": mean_residual,
-                        "weak_views": weak, "widened_views": summary["widened_views"], "axis_notes": axis_notes}
-            entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=info_out))
-            metrics["series"][s.name] = {
-                "tilt_axis_deg": float(g.tilt_axis_deg), "tilt_offset_deg": float(g.tilt_offset_deg),
-                "mean_residual_px": mean_residual, "n_patches": summary["n_patches"],
-                "n_rejected": summary["n_rejected"], "patch_tilt_axis_deg": summary["tilt_axis_deg"],
-                "patch_mean_residual_px": summary["mean_residual_px"],
-                "n_markers": None if markers is None else markers.n_markers,
-                "prior_tilt_axis_deg": summary["prior_axis_deg"], "searched_tilt_axis_deg": summary["searched_axis_deg"],
-                "axis_search_contrast": summary["axis_search_contrast"], "start_tilt_axis_deg": summary["start_axis_deg"],
-                "axis_prior_difference_deg": axis_difference_deg(float(g.tilt_axis_deg), summary["prior_axis_deg"]),
-                "axis_warnings": axis_notes, "weak_views": [i + 1 for i in weak],
-                "widened_views": [i + 1 for i in summary["widened_views"]]}
-            ctx.log(f"{s.name}: tilt axis {g.tilt_axis_deg:.2f}°, offset {g.tilt_offset_deg:+.2f}°, "
-                    f"mean residual {mean_residual:.2f} px, {summary['n_patches']} patches "
-                    f"({summary['n_rejected']} rejected)")
-            yield Progress((k + 1) / len(sset.series), f"{s.name}: residual {mean_residual:.2f} px")
+        units = []
+        for s in sset.series:  # one unit per tilt series (tomoguide.cluster)
+            outs = {role: ctx.out_path(f"{s.name}{suffix}") for role, suffix in
+                    (("xf", ".xf"), ("tlt", ".tlt"), ("tracks", "_tracks.npz"), ("markers", "_markers.npz"),
+                     ("interp", "_ali.mrc"))}
+            units.append(Unit(s.name, (s, base, params, outs)))
+        aligned = yield from ctx.map_units(align_unit, units, what="tilt-series alignment")
+        for s in sset.series:
+            entry, series_metrics, logs = aligned[s.name]
+            for line in logs:
+                ctx.log(line)
+            link_or_copy(s.path("stack", base), ctx.out_path(entry.files["stack"]))
+            entries.append(entry)
+            metrics["series"][s.name] = series_metrics
         path = SeriesSet(series=entries).save(ctx.run_dir)
         worst = max(m["mean_residual_px"] for m in metrics["series"].values())
         metrics["worst_mean_residual_px"] = worst

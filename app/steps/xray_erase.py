@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tomoguide.steps.base import Needs, Progress, RunContext, Step, StepParams, StepResult, StepRun, param
+from tomoguide.steps.base import Needs, RunContext, Step, StepParams, StepResult, StepRun, param
 from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy
 
 
@@ -42,6 +42,31 @@ class XrayEraseParams(StepParams):
     add_noise: bool = param(
         False, title="Add noise to replaced pixels", advanced=True,
         help="Fill replaced pixels with the fit plus noise of the local SD, so that they do not look flat.")
+
+
+def xray_erase_unit(stack_path: Any, kw: dict[str, Any], out: Any, mask_out: Any) -> tuple[list[int], int]:
+    """One tilt series' X-rays erased view by view (a unit of :mod:`tomoguide.cluster`; view ``i``'s fill noise
+    seeded by ``i``, so the result does not depend on the process): reads ``stack_path``, writes the cleaned stack
+    to ``out`` and the replaced-pixel masks to ``mask_out`` (temporary files renamed into place); returns the
+    patches per view and the number of replaced pixels."""
+    from tomoguide.cluster import atomic_output
+    from tomoguide.compute.io.mrc import read_mrc, write_mrc
+    from tomoguide.compute.xray import erase_xrays
+
+    stack, info = read_mrc(stack_path)
+    cleaned = np.empty(stack.shape, np.float32)
+    masks = np.zeros(stack.shape, np.uint8)
+    counts = []
+    for i in range(stack.shape[0]):
+        res = erase_xrays(np.asarray(stack[i], np.float32), seed=i, **kw)
+        cleaned[i] = res.image
+        masks[i] = res.mask
+        counts.append(int(res.count))
+    with atomic_output(out) as tmp:
+        write_mrc(tmp, cleaned, voxel_size_A=info.voxel_size_A[0], is_stack=True)
+    with atomic_output(mask_out) as tmp:
+        write_mrc(tmp, masks, voxel_size_A=info.voxel_size_A[0], is_stack=True)
+    return counts, int(masks.sum())
 
 
 class XrayErase(Step):
@@ -74,35 +99,23 @@ class XrayErase(Step):
         return Needs(disk_bytes=total, memory_bytes=total * 4)
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.io.mrc import read_mrc, write_mrc
-        from tomoguide.compute.xray import erase_xrays
+        from tomoguide.cluster import Unit
 
         assert isinstance(params, XrayEraseParams)
         sset, base = SeriesSet.load(ctx.output("motion_ctf", "series"))
         n_total = sum(s.geometry.n_views for s in sset.series)
-        done = 0
         entries: list[SeriesEntry] = []
         metrics: dict[str, Any] = {"series": {}}
         kw = dict(peak_criterion=params.peak_criterion, diff_criterion=params.diff_criterion,
                   grow_criterion=params.grow_criterion, max_radius_px=params.max_radius_px,
                   scan_size_px=params.scan_size_px, annulus_width_px=params.annulus_width_px,
                   add_noise=params.add_noise)
+        units = [Unit(s.name, (s.path("stack", base), kw, ctx.out_path(f"{s.name}.mrc"),
+                               ctx.out_path(f"{s.name}_replaced.mrc"))) for s in sset.series]
+        found = yield from ctx.map_units(xray_erase_unit, units, what="X-ray erasing")  # one unit per tilt series
         for s in sset.series:
-            stack, info = read_mrc(s.path("stack", base))
-            cleaned = np.empty(stack.shape, np.float32)
-            masks = np.zeros(stack.shape, np.uint8)
-            counts = []
-            for i in range(stack.shape[0]):
-                ctx.check_cancel()
-                res = erase_xrays(np.asarray(stack[i], np.float32), seed=i, **kw)
-                cleaned[i] = res.image
-                masks[i] = res.mask
-                counts.append(int(res.count))
-                done += 1
-                yield Progress(done / n_total, f"{s.name}: view {i + 1}: {res.count} patches replaced")
+            counts, n_replaced = found[s.name]
             files = {"stack": f"{s.name}.mrc", "mask": f"{s.name}_replaced.mrc"}
-            write_mrc(ctx.out_path(files["stack"]), cleaned, voxel_size_A=info.voxel_size_A[0], is_stack=True)
-            write_mrc(ctx.out_path(files["mask"]), masks, voxel_size_A=info.voxel_size_A[0], is_stack=True)
             for role in ("ctf_star", "ctf_preview"):  # the CTF found on these images stays valid: carry it on
                 if role in s.files:
                     link_or_copy(s.path(role, base), ctx.out_path(s.files[role]))
@@ -110,7 +123,7 @@ class XrayErase(Step):
             entries.append(SeriesEntry(name=s.name, geometry=s.geometry, files=files, flags=dict(s.flags),
                                        info={**s.info, "replaced_per_view": counts}))
             metrics["series"][s.name] = {"patches_per_view": counts, "total_patches": int(sum(counts)),
-                                         "replaced_pixels": int(masks.sum())}
+                                         "replaced_pixels": n_replaced}
             ctx.log(f"{s.name}: {sum(counts)} patches replaced ({min(counts)}-{max(counts)} per view)")
         out = SeriesSet(series=entries).save(ctx.run_dir)
         total = sum(m["total_patches"] for m in metrics["series"].values())
