@@ -201,6 +201,47 @@ def check_vispy(report: SelftestReport, mode: str, pump: Callable[[], None]) -> 
         pump()
 
 
+def check_cluster(project_dir: Path, work: Path, report: SelftestReport) -> None:
+    """Start a local Dask cluster with one worker process, run the motion+CTF unit of the first imported movie on
+    it and in this process; the two aligned sums must be identical."""
+    import numpy as np
+
+    from tomoguide.cluster import ClusterSettings, DaskExecutor, InlineExecutor, Unit
+    from tomoguide.project import Project
+    from tomoguide.steps.import_movies import load_series
+    from tomoguide.steps.motion_ctf import MotionCtfParams, motion_ctf_unit
+
+    proj = Project.open(project_dir, readonly=True)
+    try:
+        series = load_series(proj.output_path(IMPORT_STEP, "tilt_series"))
+    finally:
+        proj.close()
+    s = series[0]
+    t0 = s.tilts[0]
+    params = MotionCtfParams(estimate_ctf=False)
+    sums = {}
+    for name in ("inline", "local"):
+        out = work / f"unit_{name}.npz"
+        unit = Unit(f"{s.name} {Path(t0.movie).name}",
+                    (t0, s.geometry, float(s.geometry.true_tilt_deg()[0]), params, None, out, s.name, 0))
+        started = time.monotonic()
+        ex = InlineExecutor() if name == "inline" else DaskExecutor("local", ClusterSettings(workers=1, retries=0))
+        try:
+            if name == "local":
+                report.fact("local cluster", f"{ex.describe()}, started in {time.monotonic() - started:.1f} s")
+            results = dict(ex.map_units(motion_ctf_unit, [unit]))
+        finally:
+            ex.close()
+        if unit.name not in results or not out.is_file():
+            raise SelftestFailed(f"the {name} executor did not run the unit {unit.name}")
+        with np.load(out) as z:
+            sums[name] = z["sum"]
+    if not np.array_equal(sums["inline"], sums["local"]):
+        raise SelftestFailed("the unit run on the local cluster gave another result than in this process")
+    report.fact("cluster unit", f"motion correction of {Path(t0.movie).name} on a worker process: identical "
+                                f"({sums['local'].shape[1]}×{sums['local'].shape[0]} px)")
+
+
 def _selftest_body(work: Path, report: SelftestReport, deadline: _Deadline, mode_3d: str,
                    say: Callable[[str], None]) -> None:
     from PySide6.QtCore import QCoreApplication
@@ -295,7 +336,15 @@ def _selftest_body(work: Path, report: SelftestReport, deadline: _Deadline, mode
         window.project.close()
     deadline.check("after the import")
 
-    # 5. vispy
+    # 5. the executor: a local Dask cluster (one worker process) runs one unit of a step — the frame alignment
+    # and CTF fit of the first movie — and gives the same sum as this process
+    t = time.monotonic()
+    say("starting a local cluster and running one unit through it …")
+    _in_thread(lambda: check_cluster(project_dir, work, report), deadline, "running a unit on a local cluster", pump)
+    report.phases.append(("local cluster", time.monotonic() - t))
+    deadline.check("after the local cluster")
+
+    # 6. vispy
     t = time.monotonic()
     say("checking the 3D view (vispy) …")
     check_vispy(report, mode_3d, pump)
