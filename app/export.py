@@ -22,7 +22,9 @@ What is written (paths inside ``DIR``; every STAR path is relative to ``DIR``, s
 
 **imod**
     Per tilt series ``<TS>.st`` (the same full-size stack), ``<TS>.xf`` (px of that stack), ``<TS>.tlt`` (true
-    tilts), ``<TS>.rawtlt`` (nominal tilts), ``<TS>.xtilt`` (the record's X-axis tilt, 0 unless set); when the
+    tilts), ``<TS>.rawtlt`` (nominal tilts), ``<TS>.xtilt`` (the record's X-axis tilt, 0 unless set); the binned
+    stacks of the alignment and reconstruction inputs as ``<TS>_bin<B>.st`` with their own ``.xf`` (px of that
+    stack), ``.tlt`` and ``.xtilt``; when the
     tomogram and the picks exist, ``<TS>_rec.mrc`` and ``<TS>.mod`` (the picks as a scattered-point model on
     it, IMOD model coordinates: voxel ``(i, j, k)`` at ``(i + 0.5, j + 0.5, k)``).
 
@@ -531,6 +533,31 @@ def pick_model_points(xyz_centred_A: Any, shape_zyx: tuple[int, int, int], voxel
     return vox + np.array([0.5, 0.5, 0.0])
 
 
+#: steps whose binned stacks the IMOD export writes beside the full-size one, each with its own .xf
+BINNED_SOURCES: tuple[str, ...] = ("preprocess_for_alignment", "preprocess_for_reconstruction")
+
+
+def _binned_stacks(proj: Any, sset: Any) -> dict[str, dict[str, tuple[Any, Path]]]:
+    """Per series name: the binned stacks (entry, file) of :data:`BINNED_SOURCES` that are done, have the series'
+    views and a binning other than its own (a different binning each)."""
+    from tomoguide.steps.records import SeriesSet
+
+    views = {s.name: (s.geometry.n_views, float(s.geometry.binning)) for s in sset.series}
+    out: dict[str, dict[str, tuple[Any, Path]]] = {}
+    for step_id in BINNED_SOURCES:
+        if not _done(proj, step_id):
+            continue
+        bset, bbase = SeriesSet.load(proj.output_path(step_id, "series"))
+        for e in bset.series:
+            n, b0 = views.get(e.name, (None, None))
+            b = float(e.geometry.binning)
+            have = {float(x.geometry.binning) for x, _ in out.get(e.name, {}).values()}
+            if n != e.geometry.n_views or b == b0 or b in have:
+                continue
+            out.setdefault(e.name, {})[step_id] = (e, e.path("stack", bbase))
+    return out
+
+
 def export_imod(proj: Any, w: _Writer, result: ExportResult) -> None:
     """Write the IMOD files (module docstring) into ``w.folder``."""
     from tomoguide.compute.io.imod import format_view_list, write_mod_points, write_tlt, write_xf, write_xtilt
@@ -547,6 +574,7 @@ def export_imod(proj: Any, w: _Writer, result: ExportResult) -> None:
         result.notes.append(f"no model of the picks: the step “{_title('pick')}” (pick) is not done")
     else:
         result.sources["picks"] = "pick"
+    binned = _binned_stacks(proj, sset)
     per_series = []
     for s in sset.series:
         g = s.geometry
@@ -562,6 +590,16 @@ def export_imod(proj: Any, w: _Writer, result: ExportResult) -> None:
                 f"{g.tilt_axis_deg:.2f}°, tilt offset {g.tilt_offset_deg:+.2f}°")
         excl = g.excluded_view_list()
         text += f"; excluded views (EXCLUDELIST): {format_view_list(excl)}" if excl else "; no excluded views"
+        for step_id, (entry_b, stack_b) in binned.get(s.name, {}).items():
+            b = float(entry_b.geometry.binning)
+            gb = g.at_binning(b)
+            stem = f"{s.name}_bin{b:g}"
+            w.link(stack_b, f"{stem}.st")
+            write_xf(w.path(f"{stem}.xf"), gb.to_imod()[0])
+            write_tlt(w.path(f"{stem}.tlt"), tlt, fmt="%9.4f")
+            write_xtilt(w.path(f"{stem}.xtilt"), np.full(g.n_views, float(g.x_tilt_deg)), fmt="%9.4f")
+            text += (f"\n  {stem}.st (+ .xf, .tlt, .xtilt): the stack of “{_title(step_id)}” ({step_id}), binning "
+                     f"{b:g}, {gb.pixel_size_binned_A:g} Å/px; the same alignment in its pixels")
         if s.name in tomos:
             entry, tomo_file = tomos[s.name]
             w.link(tomo_file, f"{s.name}_rec.mrc")

@@ -63,7 +63,7 @@ def relion_export(tiny_project_root: Path, tmp_path_factory: pytest.TempPathFact
 def test_the_summary_shows_runnable_export_commands(tiny_project_root: Path) -> None:
     project = tiny_project_root / "project"
     commands = export_commands(project)
-    assert [c.split()[4] for c in commands] == ["relion5", "imod"]
+    assert [c.split()[4] for c in commands] == ["relion5", "imod", "warp"]
     assert all(c.endswith(f"export/{c.split()[4]}") for c in commands)
 
 
@@ -197,6 +197,15 @@ def test_imod_files_read_back_as_the_projects_geometry_and_picks(tiny_project_ro
         np.testing.assert_allclose(back.xf_array()[:, :, :2], g.xf_array()[:, :, :2], atol=1e-6)
         np.testing.assert_allclose(read_tlt(out / f"{s.name}.rawtlt"), g.tilt_angles_deg, atol=1e-4)
         np.testing.assert_allclose(read_xtilt(out / f"{s.name}.xtilt"), 0.0)
+        # the binned stacks (alignment and reconstruction inputs) each with the alignment in their own pixels
+        binned = sorted(out.glob(f"{s.name}_bin*.st"))
+        assert len(binned) == 2, binned
+        for st in binned:
+            b = float(st.stem.rsplit("_bin", 1)[1])
+            assert read_header(st).shape[0] == g.n_views
+            xf_b = read_xf(st.with_suffix(".xf"))
+            np.testing.assert_allclose(xf_b[:, 4:], g.to_imod()[0][:, 4:] * g.binning / b, atol=2e-3)
+            np.testing.assert_allclose(read_tlt(st.with_suffix(".tlt")), g.true_tilt_deg(), atol=1e-4)
         if picks is None or tomos is None:
             continue
         entry = next(t for t in tomos[0].series if t.name == s.name)
