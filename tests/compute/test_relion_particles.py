@@ -2,15 +2,17 @@
 from the STAR poses (tomoguide.compute.relion_reconstruct).
 
 Real data: ``../shared/data/relion5_warptools_particles`` (40 WarpTools ribosomes, 4 tilt series of 37 tilts, 32 px at
-12 Å, CTF-premultiplied, per-tilt rlnTomoProjX/Y/Z/W) and the map shipped with them as RELION's reconstruction.
-Measured (bench/relion_particles.py): the map made with RELION 5's convention correlates 0.46 with that file inside a
-300 Å sphere, its mirror image in z 0.71 (0.94 after a 60 Å low-pass) — the file is the z-mirror of what RELION 5's
-projection model gives for these STAR files (no rotation convention yields a mirror; tomoguide's insertion reproduces
-RELION's model on simulated data below). 0.71 is what the noise of 40 particles allows against a noise-free map
-(sqrt(2ρ/(1+ρ)) with ρ = 0.34 the correlation of two 20-particle halves): the file behaves as a low-noise map, not as
-one made from the noise of the same 40 particles, so the 0.9 correlation target is out of reach without filtering.
-Reading WarpTools' rlnCoordinateX/Y/Z as binned pixels (what WarpTools writes; RELION 5 reads tilt-series pixels) makes
-the CTF depths consistent: half sets 0.52, mirrored map 0.80.
+12 Å, CTF-premultiplied, per-tilt rlnTomoProjX/Y/Z/W) and the map shipped with them as "RELION's reconstruction".
+What the tests below establish (numbers in bench/results/relion_particles.json):
+
+* The map made with RELION 5's model of these files (exp_model.cpp, ml_optimiser.cpp, backprojector.cpp; WarpTools'
+  export follows the same model) is the z-mirror of the shipped map: gold-standard merged map 0.88 against its
+  mirror image inside a 300 Å sphere, about 0.5 as it is.
+* The shipped map is not a reconstruction of these 40 particles: its voxel (12.0024 Å = 128 × 3.0006 Å / 32) is
+  that of a 128-px map at 1.8 × 1.667 Å rescaled, not the stacks' 12.0 Å, and it does not carry their noise: its
+  FSC with each 20-particle half map is √FSC(half, half) in every shell, what a noise-free map gives.
+* So the issue's targets (correlation ≥ 0.9, FSC ≥ 0.5 to 30 Å) are capped by the 40 particles' own noise: measured
+  0.88 and 32 Å (FSC 0.49 at 32 Å, 0.46 at 29.5 Å); the tests hold the measured values with a margin.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tomoguide.compute.io.mrc import read_mrc
 from tomoguide.compute.io.relion_particles import read_relion_particles
 from tomoguide.compute.relion_reconstruct import (
     reconstruct_relion_particles,
+    relion_half_maps,
     relion_poses,
     relion_rotations,
     relion_shifts_px,
@@ -90,13 +93,21 @@ def test_reader_real_files(particles):
         np.testing.assert_allclose(np.linalg.det(t.view_matrices), 1.0, atol=1e-5)
     # Unt_083: tilts 0, 5 and 35 not visible, blank in WarpTools' stacks (one image per tilt)
     assert np.flatnonzero(~g.visible[0]).tolist() == [0, 5, 35]
-    assert not g.images[:, ~g.visible[0]].any() and np.all(g.images[:, g.visible[0]].std(axis=(-2, -1)) > 0.1)
+    raw, _ = read_mrc(DATA / "warptools_test_4-tomos_10-ptcls_box-32_angpix-12" / "Unt_083" / "Unt_083_12.00A_000001.mrcs")
+    raw = np.asarray(raw, np.float32)
+    # WarpTools 2.0: one image per tilt, those of the unused tilts (rlnCtfScalefactor 0.0001) nearly blank
+    assert raw.shape[0] == 37 and np.abs(raw[[0, 5, 35]]).max() < 1e-3 < raw[1].std()
+    np.testing.assert_array_equal(g.images[0][g.visible[0]], raw[g.visible[0]])
+    assert not g.images[:, ~g.visible[0]].any()
+    assert np.all(g.images[:, g.visible[0]].std(axis=(-2, -1)) > 0.1)
     assert sum(int(t.visible.all(axis=1).sum()) for t in p.tomograms) == 20
     assert g.defocus_u_A[0] == pytest.approx(33350.7) and g.ctf_scale[0] == 0.0 and g.handedness == -1.0
     np.testing.assert_allclose(g.angles_deg[0], [53.913, 104.840, -78.580])
-    # rlnCoordinateX/Y/Z are read as RELION 5 reads them: tilt-series pixels from the corner, centre = size / 2
-    np.testing.assert_allclose(g.positions_px[0], [494.521 - 2200, 564.065 - 3000, 28.146 - 700])
-    assert p.notes
+    # rlnCoordinateX/Y/Z: WarpTools' binned pixels (all particles fit in the tomograms shrunk by the binning)
+    np.testing.assert_allclose(g.positions_px[0], np.array([494.521, 564.065, 28.146]) * 7.19856 - [2200, 3000, 700])
+    assert "binned pixels" in p.notes[0]
+    relion = read_relion_particles(_data() / OPT_SET, pixel_coordinates="relion", load_images=False)
+    np.testing.assert_allclose(relion.tomograms[0].positions_px[0], [494.521 - 2200, 564.065 - 3000, 28.146 - 700])
 
 
 def test_relion_convention_recovers_a_phantom():
@@ -144,24 +155,43 @@ def test_relion_convention_recovers_a_phantom():
 
 
 def test_reconstruction_against_relion_map(particles, maps):
+    """Measured: correlation 0.878 with the file's mirror image (0.48 as it is), FSC ≥ 0.5 to 34.9 Å (0.49 at 32 Å,
+    0.46 at 29.5 Å): the targets 0.9 / 30 Å are not reached, see the next test for why."""
     vol, ref = maps
     assert vol.shape == (32, 32, 32) and np.isfinite(vol).all()
-    direct, mirrored = _cc(vol, ref), _cc(_mirror_z(vol), ref)
-    # measured: 0.460 (RELION 5 convention as implemented) and 0.711 (its z-mirror); the file is the mirror image
-    assert 0.38 < direct < 0.55
-    assert mirrored > 0.67 and mirrored > direct + 0.2
-    lp = _cc(_mirror_z(np.asarray(lowpass(vol, 60.0, 12.0))), np.asarray(lowpass(ref, 60.0, 12.0)))
-    assert lp > 0.92  # measured 0.943
-    # FSC with the mirrored map (soft 300 Å sphere): >= 0.5 out to 38.4 Å (shell 10; measured minimum 0.61 there)
-    freqs, curve = fsc(_mirror_z(vol), ref, voxel_A=12.0, mask=soft_sphere_mask(32, RADIUS_PX, 2.0))
-    assert np.all(curve[1:11] > 0.55)
-    assert curve[15] < 0.4  # and it does not reach Nyquist: 40 particles
-    # the agreement is what the noise of 40 particles allows against a noise-free map (measured 0.711 vs 0.716)
-    rots, shifts = relion_poses(particles)
-    rec = Reconstructor(relion_subtilts(particles), pad=2)
-    half = np.arange(particles.n_particles) % 2 == 0
-    rho = _cc(rec.reconstruct(rots, shifts, half), rec.reconstruct(rots, shifts, ~half))
-    assert abs(mirrored - np.sqrt(2 * rho / (1 + rho))) < 0.05
+    res = relion_half_maps(particles, np.arange(particles.n_particles) % 2 + 1)
+    merged = res.merged
+    direct, mirrored = _cc(merged, ref), _cc(_mirror_z(merged), ref)
+    assert mirrored > 0.85 and direct < 0.65
+    assert _cc(_mirror_z(vol), ref) > 0.75  # the unfiltered map too (measured 0.80)
+    for m in (merged, vol):  # a shift after the mirror does not help: same centre (B // 2)
+        assert _cc(_mirror_z(m), ref) >= max(_cc(np.roll(_mirror_z(m), s, axis=a), ref) for s in (-1, 1)
+                                                for a in range(3))
+    freqs, curve = fsc(_mirror_z(merged), ref, voxel_A=12.0, mask=soft_sphere_mask(32, RADIUS_PX, 2.0))
+    assert np.all(curve[1:11] > 0.5)  # to 34.9 Å
+    assert 0.4 < curve[12] < 0.55  # 29.5 Å: measured 0.46
+    _, direct_curve = fsc(merged, ref, voxel_A=12.0, mask=soft_sphere_mask(32, RADIUS_PX, 2.0))
+    assert np.all(direct_curve[4:9] < 0.5)  # the map as it is disagrees from 96 Å on
+
+
+def test_reference_map_is_not_made_from_these_particles(particles, maps):
+    """A map made from these 40 particles would share their noise: its FSC with either 20-particle half map would
+    stay ≥ 0.7 where the halves share no signal. The file's FSC with each half is √FSC(half1, half2) in every shell
+    (what an independent, noise-free map gives), and its voxel size is that of a rescaled 128-px map."""
+    _, ref = maps
+    info = read_mrc(DATA / REF)[1]
+    vox = float(info.voxel_size_A[0])
+    assert vox == pytest.approx(128 * 3.0006 / 32, abs=2e-4) and vox != pytest.approx(12.0, abs=1e-3)
+    res = relion_half_maps(particles, np.arange(particles.n_particles) % 2 + 1)
+    mask = soft_sphere_mask(32, RADIUS_PX, 2.0)
+    _, hh = fsc(res.half1, res.half2, voxel_A=12.0, mask=mask)
+    _, r1 = fsc(_mirror_z(res.half1), ref, voxel_A=12.0, mask=mask)
+    _, r2 = fsc(_mirror_z(res.half2), ref, voxel_A=12.0, mask=mask)
+    pred = np.sqrt(np.clip(hh[1:14], 1e-3, 1.0))
+    ratio = 0.5 * (r1[1:14] + r2[1:14]) / pred
+    assert np.all(ratio > 0.65) and np.all(ratio < 1.1)  # measured 0.74-1.00
+    quiet = np.flatnonzero(hh[1:] < 0.15) + 1  # shells where the halves share little signal
+    assert quiet.size >= 3 and np.all(0.5 * (r1[quiet] + r2[quiet]) < 0.45)  # far from the ≥ 0.7 of shared noise
 
 
 # ---- reader errors on broken files made here ----------------------------------------------------------------------
@@ -310,11 +340,12 @@ def test_reader_relion5_tilt_series_star(tmp_path):
 
 
 def test_coordinates_read_as_binned_pixels(particles, maps):
-    """WarpTools writes rlnCoordinateX/Y/Z in the exported (binned) pixels; RELION 5 reads tilt-series pixels (the
-    default here). Read as binned pixels the CTF depths are consistent: the two half sets agree better (measured
-    correlation 0.52 against 0.34) and so does the mirrored map with RELION's file (0.80 against 0.71)."""
-    binned = read_relion_particles(_data() / OPT_SET, pixel_coordinates="binned")
-    g0, g1 = particles.tomograms[0], binned.tomograms[0]
+    """WarpTools writes rlnCoordinateX/Y/Z in the exported (binned) pixels (ReconstructParticleSeries:
+    position / BinnedPixelSizeMean); RELION 5 reads tilt-series pixels. The reader recognises WarpTools' files
+    (default "auto"). Read as binned pixels the CTF depths are consistent: the two half sets agree better (measured
+    correlation 0.52 against 0.34 for the unfiltered maps)."""
+    relion = read_relion_particles(_data() / OPT_SET, pixel_coordinates="relion")
+    g0, g1 = relion.tomograms[0], particles.tomograms[0]
     np.testing.assert_allclose(g1.positions_px + g1.centre_px, (g0.positions_px + g0.centre_px) * 7.19856)
 
     def rho(p):
@@ -323,8 +354,6 @@ def test_coordinates_read_as_binned_pixels(particles, maps):
         half = np.arange(p.n_particles) % 2 == 0
         return _cc(rec.reconstruct(rots, shifts, half), rec.reconstruct(rots, shifts, ~half))
 
-    assert rho(binned) > rho(particles) + 0.1
-    _, ref = maps
-    assert _cc(_mirror_z(reconstruct_relion_particles(binned)), ref) > 0.76
+    assert rho(particles) > rho(relion) + 0.1
     with pytest.raises(ValueError, match="pixel_coordinates"):
         read_relion_particles(_data() / OPT_SET, pixel_coordinates="angstrom")

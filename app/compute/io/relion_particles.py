@@ -226,20 +226,24 @@ def _tilt_table(tomo_row: pd.Series, blocks: dict, tomo_path: Path, name: str) -
 
 def read_relion_particles(
     path: str | PathLike[str], tomograms: str | PathLike[str] | None = None, *, load_images: bool = True,
-    pixel_coordinates: str = "relion",
+    pixel_coordinates: str = "auto",
 ) -> RelionParticles:
     """Read a RELION 5 2D-stack particle set.
 
     ``path``: an optimisation set (then ``tomograms`` is None) or the particles STAR (then ``tomograms`` is the
     tomograms STAR). ``load_images`` False leaves ``images`` as zeros of the right shape (checks the metadata
     only). ``pixel_coordinates`` (only for ``rlnCoordinateX/Y/Z``; they give the CTF's depth): ``"relion"`` reads
-    them as RELION 5 does, tilt-series pixels from the tomogram corner; ``"binned"`` as pixels of
-    ``rlnTomoSubtomogramBinning`` × the tilt-series pixel (what WarpTools writes). Raises :class:`FormatError`
-    (file and block/column named) for anything missing or unsupported and ``FileNotFoundError`` for a missing STAR
-    file.
+    them as RELION 5 does (``ParticleSet::getParticleCoordDecenteredPixel``: tilt-series pixels from the tomogram
+    corner); ``"binned"`` as pixels of ``rlnTomoSubtomogramBinning`` × the tilt-series pixel, what WarpTools 2.0
+    writes (``TiltSeries.ReconstructParticleSeries``: ``position / BinnedPixelSizeMean``; newer WarpTools write a
+    "virtual tomogram" at that pixel size, so both readings agree); ``"auto"`` (default): ``"binned"`` when the
+    binning is above 1.5 and every particle lies inside the tomograms shrunk by it (RELION's own coordinates span
+    the whole tomogram, in particular its depth), else ``"relion"``; a note says which. Raises
+    :class:`FormatError` (file and block/column named) for anything missing or unsupported and
+    ``FileNotFoundError`` for a missing STAR file.
     """
-    if pixel_coordinates not in ("relion", "binned"):
-        raise ValueError(f"pixel_coordinates must be 'relion' or 'binned', got {pixel_coordinates!r}")
+    if pixel_coordinates not in ("auto", "relion", "binned"):
+        raise ValueError(f"pixel_coordinates must be 'auto', 'relion' or 'binned', got {pixel_coordinates!r}")
     p = Path(path)
     if tomograms is None:
         blocks0 = read_star(p)
@@ -320,6 +324,11 @@ def read_relion_particles(
         raise FormatError(part_path, f"data_particles/{cen[0]}",
                           "missing coordinates: need rlnCenteredCoordinateX/Y/ZAngst or rlnCoordinateX/Y/Z")
 
+    binning = _numbers(optics, "rlnTomoSubtomogramBinning", part_path, "optics", default=1.0)
+    if not centred and pixel_coordinates == "auto":
+        sizes = glob[["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"]].to_numpy(dtype=float)
+        inside = bool(np.all(coords * binning.max() <= sizes.max(axis=0) * 1.01))
+        pixel_coordinates = "binned" if binning.max() > 1.5 and inside else "relion"
     names = [str(n) for n in parts["rlnTomoName"]]
     order: list[str] = []
     for n in names:
@@ -383,9 +392,7 @@ def read_relion_particles(
         if centred:
             pos = coords[idx] / ts_px
         else:
-            factor = 1.0
-            if pixel_coordinates == "binned":
-                factor = _numbers(optics, "rlnTomoSubtomogramBinning", part_path, "optics")[0]
+            factor = float(binning[0]) if pixel_coordinates == "binned" else 1.0
             pos = coords[idx] * factor - size / 2.0
         groups.append(RelionTomogramParticles(
             name=tname, images=images, visible=visible, view_matrices=mats, defocus_u_A=du, defocus_v_A=dv,
@@ -393,15 +400,12 @@ def read_relion_particles(
             angles_deg=ang[idx], subtomo_angles_deg=sub[idx], origins_A=org[idx], positions_px=pos,
             handedness=hand, defocus_slope=slope, tilt_series_pixel_A=ts_px, rows=idx, centre_px=size / 2.0))
     if not centred and pixel_coordinates == "binned":
-        notes.append("coordinates rlnCoordinateX/Y/Z read as binned pixels (x rlnTomoSubtomogramBinning)")
+        notes.append(f"coordinates rlnCoordinateX/Y/Z read as binned pixels (× rlnTomoSubtomogramBinning "
+                     f"{binning.max():g}): every particle lies inside the tomograms shrunk by that binning, as "
+                     f"WarpTools writes them (RELION 5 would read tilt-series pixels; this only changes the CTF "
+                     f"depths)")
     elif not centred:
         notes.append("coordinates rlnCoordinateX/Y/Z read as tilt-series pixels from the tomogram corner (RELION 5)")
-        binning = _numbers(optics, "rlnTomoSubtomogramBinning", part_path, "optics", default=1.0)
-        sizes = glob[["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"]].to_numpy(dtype=float)
-        if binning.max() > 1.5 and np.all(coords * binning.max() <= sizes.max(axis=0) * 1.01):
-            notes.append(f"all rlnCoordinateX/Y/Z fit in the tomograms divided by rlnTomoSubtomogramBinning "
-                         f"({binning.max():g}): probably binned pixels (WarpTools writes the export pixel size); "
-                         f"RELION 5 reads them as tilt-series pixels, so do the CTF depths here")
     return RelionParticles(particles_path=part_path, tomograms_path=tomo_path, tomograms=groups,
                            pixel_size_A=float(px[0]), box=b, voltage_kV=voltage, cs_mm=cs, amplitude_contrast=q0,
                            ctf_premultiplied=bool(int(prem[0])), notes=notes)
