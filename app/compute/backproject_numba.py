@@ -26,7 +26,7 @@ from numba import prange
 
 __all__ = [
     "sample_stretched", "subtract_view_means", "backproject_lines", "forward_project_lines",
-    "forward_project_lines_by_view",
+    "forward_project_lines_by_view", "sirt_slabs",
 ]
 
 
@@ -261,3 +261,89 @@ def forward_project_lines_by_view(vol: np.ndarray, ky: np.ndarray, kz: np.ndarra
                 if g > 1e-6 and r0 + 1 < h:
                     wr = wv * g
                     _spread_line(lines[v, r0 + 1], vol[iz, iy], int(kf), wr * (one - f), wr * f)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def sirt_slabs(b: np.ndarray, valid: np.ndarray, ky: np.ndarray, kz: np.ndarray, kc: np.ndarray, w: np.ndarray,
+               x: np.ndarray, iy0: int, iy1: int, n_iter: int, relaxation: float,
+               positivity: bool) -> None:  # pragma: no cover
+    """SIRT of the tomogram Y slices ``iy0 ≤ iy < iy1``, each slice entirely in cache: for views without X-axis
+    tilt (``ry = 1``, ``rz = 0``, ``rc = 0``: slice ``iy`` is seen only by row ``iy`` of every stretched view, so
+    every slice is its own 2D problem). Per slice (one task each): the row sums ``A 1`` and column sums ``Aᵀ R⁰``
+    of :func:`tomoguide.compute.reconstruct.sirt` for this slice's rays and voxels, then ``n_iter`` iterations of
+    ``x ← x + λ C Aᵀ R (b − A x)`` (projector :func:`forward_project_lines`, back-projector
+    :func:`backproject_lines`, the same arithmetic), on a (nz, nx) copy of the slice and (n, L) rows, written to
+    ``x`` (nz, ny, nx) float32 at the end. ``b`` (n, H, L) float32 stretched views, ``valid`` (n, H, L) uint8."""
+    n, _, length = b.shape
+    nz, _, nx = x.shape
+    one = np.float32(1.0)
+    for iy in prange(iy0, iy1):
+        i0s = np.empty((n, nz), dtype=np.int64)
+        c0 = np.empty((n, nz), dtype=np.float32)
+        c1 = np.empty((n, nz), dtype=np.float32)
+        for v in range(n):
+            wv = np.float32(w[v])
+            for iz in range(nz):
+                k = ky[v] * iy + kz[v] * iz + kc[v]
+                kf = math.floor(k)
+                f = np.float32(k - kf)
+                i0s[v, iz] = int(kf)
+                c0[v, iz] = wv * (one - f)
+                c1[v, iz] = wv * f
+        xs = np.zeros((nz, nx), dtype=np.float32)
+        proj = np.zeros((n, length), dtype=np.float32)
+        # row sums A 1 and the rays that count (inside the raw image, at least 1 px long)
+        ones = np.ones(nx, dtype=np.float32)
+        for v in range(n):
+            for iz in range(nz):
+                _spread_line(proj[v], ones, i0s[v, iz], c0[v, iz], c1[v, iz])
+        rweight = np.zeros((n, length), dtype=np.float32)
+        okf = np.zeros((n, length), dtype=np.float32)
+        for v in range(n):
+            for j in range(length):
+                if valid[v, iy, j] and proj[v, j] >= 1.0:
+                    rweight[v, j] = one / proj[v, j]
+                    okf[v, j] = one
+        # column sums Aᵀ R⁰ → the scale C λ
+        cscale = np.zeros((nz, nx), dtype=np.float32)
+        acc = np.empty(nx, dtype=np.float32)
+        relax = np.float32(relaxation)
+        for iz in range(nz):
+            acc[:] = 0.0
+            v = 0
+            while v + 1 < n:
+                _accumulate_two(acc, okf[v], i0s[v, iz], c0[v, iz], c1[v, iz], okf[v + 1], i0s[v + 1, iz],
+                                c0[v + 1, iz], c1[v + 1, iz])
+                v += 2
+            if v < n:
+                _accumulate_line(acc, okf[v], i0s[v, iz], c0[v, iz], c1[v, iz])
+            for ix in range(nx):
+                if acc[ix] > 1e-6:
+                    cscale[iz, ix] = relax / acc[ix]
+        for _ in range(n_iter):
+            proj[:, :] = 0.0
+            for v in range(n):
+                for iz in range(nz):
+                    _spread_line(proj[v], xs[iz], i0s[v, iz], c0[v, iz], c1[v, iz])
+            for v in range(n):
+                for j in range(length):
+                    proj[v, j] = (b[v, iy, j] - proj[v, j]) * rweight[v, j]
+            for iz in range(nz):
+                acc[:] = 0.0
+                v = 0
+                while v + 1 < n:
+                    _accumulate_two(acc, proj[v], i0s[v, iz], c0[v, iz], c1[v, iz], proj[v + 1], i0s[v + 1, iz],
+                                    c0[v + 1, iz], c1[v + 1, iz])
+                    v += 2
+                if v < n:
+                    _accumulate_line(acc, proj[v], i0s[v, iz], c0[v, iz], c1[v, iz])
+                row = xs[iz]
+                sc = cscale[iz]
+                for ix in range(nx):
+                    row[ix] += sc[ix] * acc[ix]
+                if positivity:
+                    for ix in range(nx):
+                        if row[ix] < 0.0:
+                            row[ix] = 0.0
+        for iz in range(nz):
+            x[iz, iy, :] = xs[iz]

@@ -373,7 +373,7 @@ def backproject(stack: Any, geometry: TiltSeriesGeometry, shape: tuple[int, int,
 def sirt(stack: Any, geometry: TiltSeriesGeometry, shape: tuple[int, int, int], n_iter: int = 30, *,
          shift_x_px: float = 0.0, shift_z_px: float = 0.0, tilt_offset_deg: float = 0.0,
          axis_offset_px: float = 0.0, relaxation: float = 1.0, positivity: bool = False,
-         subtract_mean: bool = True, progress: Progress | None = None) -> Any:
+         subtract_mean: bool = True, progress: Progress | None = None, by_volume: bool = False) -> Any:
     """SIRT reconstruction ``(nz, ny, nx)`` float32: ``x ← x + λ C Aᵀ R (b − A x)`` from ``x = 0``.
 
     ``A`` is the forward projector matched to the back-projector of :func:`backproject` (its exact adjoint:
@@ -382,7 +382,13 @@ def sirt(stack: Any, geometry: TiltSeriesGeometry, shape: tuple[int, int, int], 
     (mean subtracted), ``R = 1 / (A 1)`` (row sums; rays outside the raw image or shorter than 1 px get 0)
     and ``C = 1 / (Aᵀ R⁰)`` (column sums over the valid rays). ``relaxation`` λ, ``positivity`` clips
     negative values after each iteration (off by default: cryo-ET contrast is relative). Same geometry
-    arguments and conventions as :func:`backproject`; ``progress(fraction, message)`` after each iteration.
+    arguments and conventions as :func:`backproject`.
+
+    Without an X-axis tilt every tomogram Y slice is seen by one row of each view only, so the slices are solved
+    one by one, all iterations of a slice in cache (:func:`backproject_numba.sirt_slabs`; memory: the output and
+    the views), ``progress(fraction, message)`` after each of 16 blocks of slices; with an X-axis tilt (or
+    ``by_volume``, the first version, kept as the reference) each iteration is one forward and one back projection
+    of the whole volume (memory: the output and one more volume), ``progress`` after each iteration.
     """
     if n_iter < 0:
         raise ValueError(f"n_iter must be >= 0, got {n_iter}")
@@ -391,9 +397,21 @@ def sirt(stack: Any, geometry: TiltSeriesGeometry, shape: tuple[int, int, int], 
                axis_offset_px=axis_offset_px)
     b, valid = _sample_lines(a, s, subtract_mean)
     w = 1.0 / np.cos(np.radians(s.beta_deg))
+    vol_shape = _check_shape(shape)
+    if not s.x_tilt and not by_volume:
+        # every tomogram Y slice is its own 2D problem: all iterations of a block of slices in cache
+        x = np.empty(vol_shape, dtype=np.float32)
+        ny = vol_shape[1]
+        step = max(1, -(-ny // 16))
+        for iy0 in range(0, ny, step):
+            iy1 = min(ny, iy0 + step)
+            kern.sirt_slabs(b, valid, s.ky, s.kz, s.kc, w, x, iy0, iy1, int(n_iter), float(relaxation),
+                            bool(positivity))
+            if progress is not None:
+                progress(iy1 / ny, f"SIRT ({n_iter} iterations): Y slices {iy1}/{ny}")
+        return _return_like(x, stack)
     fp = kern.forward_project_lines_by_view if s.x_tilt else kern.forward_project_lines
     args = (s.ky, s.kz, s.kc, s.ry, s.rz, s.rc, w)
-    vol_shape = _check_shape(shape)
     x = np.ones(vol_shape, dtype=np.float32)
     proj = np.zeros_like(b)
     fp(x, *args, proj)  # row sums A 1
@@ -401,11 +419,13 @@ def sirt(stack: Any, geometry: TiltSeriesGeometry, shape: tuple[int, int, int], 
     rweight = np.zeros_like(b)
     np.divide(1.0, proj, out=rweight, where=ok)
     del proj
-    colsum = np.empty(vol_shape, dtype=np.float32)
-    kern.backproject_lines(ok.astype(np.float32), *args, colsum, np.empty((1, 1, 1), np.float32), False)
-    cscale = np.zeros(vol_shape, dtype=np.float32)
-    np.divide(np.float32(relaxation), colsum, out=cscale, where=colsum > 1e-6)
-    del colsum
+    # column sums, then their inverse in place (two volumes at most: x and the scale)
+    cscale = np.empty(vol_shape, dtype=np.float32)
+    kern.backproject_lines(ok.astype(np.float32), *args, cscale, np.empty((1, 1, 1), np.float32), False)
+    small = cscale <= 1e-6
+    np.divide(np.float32(relaxation), cscale, out=cscale, where=~small)
+    cscale[small] = 0.0
+    del small
     x[...] = 0.0
     proj = np.empty_like(b)
     for it in range(n_iter):

@@ -233,12 +233,20 @@ def test_sirt_fits_exact_projections_better_than_wbp() -> None:
     x5 = rec.sirt(stack, g, shape, n_iter=5, progress=lambda f, m: seen.append(f))
     x30 = rec.sirt(stack, g, shape, n_iter=30)
     wbp = rec.backproject(stack, g, shape)
+    # slice by slice (no X-axis tilt): progress after each block of Y slices, ending at 1
+    assert seen[-1] == pytest.approx(1.0) and np.all(np.diff(seen) > 0) and len(seen) == 12
+    # the whole-volume version (the first one): progress per iteration, the same result
+    seen.clear()
+    x5v = rec.sirt(stack, g, shape, n_iter=5, progress=lambda f, m: seen.append(f), by_volume=True)
     assert seen == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(x5, x5v, atol=1e-5 * np.abs(x5v).max())
     assert _cc(x30, truth) > _cc(x5, truth) > 0.6
     assert _cc(x30, truth) > _cc(wbp, truth)
     assert _cc(x30, truth) > 0.85
     xp = rec.sirt(stack, g, shape, n_iter=5, positivity=True, subtract_mean=False)
     assert xp.min() >= 0
+    xpv = rec.sirt(stack, g, shape, n_iter=5, positivity=True, subtract_mean=False, by_volume=True)
+    np.testing.assert_allclose(xp, xpv, atol=1e-5 * np.abs(xpv).max())
 
 
 # --------------------------------------------------------------------------------------------------------
