@@ -45,7 +45,7 @@ these stacks are at 12.0000 Å, and RELION 5's ``relion_reconstruct`` refuses 2D
 20-particle half map equals ``√FSC(half, half)`` in every shell, what a noise-free map gives (a map made from these
 particles would keep FSC ≥ 0.7 with each half where the halves share no signal). Measured against its mirror
 image: correlation 0.88 inside a 300 Å sphere (the gold-standard merged map of :func:`relion_half_maps`), FSC ≥ 0.5
-to 32 Å; the 40 particles' own noise caps both (``bench/results/relion_particles.json``).
+to 34.9 Å (0.49 at 32 Å); the 40 particles' own noise caps both (``bench/results/relion_particles.json``).
 """
 
 from __future__ import annotations

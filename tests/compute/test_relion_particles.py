@@ -7,12 +7,12 @@ What the tests below establish (numbers in bench/results/relion_particles.json):
 
 * The map made with RELION 5's model of these files (exp_model.cpp, ml_optimiser.cpp, backprojector.cpp; WarpTools'
   export follows the same model) is the z-mirror of the shipped map: gold-standard merged map 0.88 against its
-  mirror image inside a 300 Å sphere, about 0.5 as it is.
+  mirror image inside a 300 Å sphere, 0.61 as it is.
 * The shipped map is not a reconstruction of these 40 particles: its voxel (12.0024 Å = 128 × 3.0006 Å / 32) is
   that of a 128-px map at 1.8 × 1.667 Å rescaled, not the stacks' 12.0 Å, and it does not carry their noise: its
   FSC with each 20-particle half map is √FSC(half, half) in every shell, what a noise-free map gives.
 * So the issue's targets (correlation ≥ 0.9, FSC ≥ 0.5 to 30 Å) are capped by the 40 particles' own noise: measured
-  0.88 and 32 Å (FSC 0.49 at 32 Å, 0.46 at 29.5 Å); the tests hold the measured values with a margin.
+  0.88 and FSC ≥ 0.5 to 34.9 Å (0.49 at 32 Å, 0.46 at 29.5 Å); the tests hold the measured values with a margin.
 """
 
 from __future__ import annotations
@@ -155,21 +155,21 @@ def test_relion_convention_recovers_a_phantom():
 
 
 def test_reconstruction_against_relion_map(particles, maps):
-    """Measured: correlation 0.878 with the file's mirror image (0.48 as it is), FSC ≥ 0.5 to 34.9 Å (0.49 at 32 Å,
+    """Measured: correlation 0.878 with the file's mirror image (0.61 as it is), FSC ≥ 0.5 to 34.9 Å (0.49 at 32 Å,
     0.46 at 29.5 Å): the targets 0.9 / 30 Å are not reached, see the next test for why."""
     vol, ref = maps
     assert vol.shape == (32, 32, 32) and np.isfinite(vol).all()
     res = relion_half_maps(particles, np.arange(particles.n_particles) % 2 + 1)
     merged = res.merged
     direct, mirrored = _cc(merged, ref), _cc(_mirror_z(merged), ref)
-    assert mirrored > 0.85 and direct < 0.65
+    assert mirrored > 0.85 and direct < 0.65 and mirrored > direct + 0.2
     assert _cc(_mirror_z(vol), ref) > 0.75  # the unfiltered map too (measured 0.80)
     for m in (merged, vol):  # a shift after the mirror does not help: same centre (B // 2)
         assert _cc(_mirror_z(m), ref) >= max(_cc(np.roll(_mirror_z(m), s, axis=a), ref) for s in (-1, 1)
                                                 for a in range(3))
     freqs, curve = fsc(_mirror_z(merged), ref, voxel_A=12.0, mask=soft_sphere_mask(32, RADIUS_PX, 2.0))
-    assert np.all(curve[1:11] > 0.5)  # to 34.9 Å
-    assert 0.4 < curve[12] < 0.55  # 29.5 Å: measured 0.46
+    assert np.all(curve[1:12] > 0.5)  # to 34.9 Å (shell 11)
+    assert 0.4 < curve[12] < 0.55 and 0.38 < curve[13] < 0.5  # 32 Å: measured 0.49, 29.5 Å: 0.46
     _, direct_curve = fsc(merged, ref, voxel_A=12.0, mask=soft_sphere_mask(32, RADIUS_PX, 2.0))
     assert np.all(direct_curve[4:9] < 0.5)  # the map as it is disagrees from 96 Å on
 
