@@ -347,6 +347,7 @@ class DaskExecutor(Executor):
         self.settings = settings
         self.cluster: Any = None
         self.client: Any = None
+        self._scratch: str | None = None
         self._started = time.monotonic()
         import distributed
 
@@ -354,12 +355,19 @@ class DaskExecutor(Executor):
             if address is not None:
                 self.client = distributed.Client(address, set_as_default=False)
             elif kind == "local":
+                import tempfile
+
+                # the workers' scratch space, removed by close() (Dask's default leaves one in $TMPDIR)
+                self._scratch = tempfile.mkdtemp(prefix="tomoguide-dask-")
                 n = settings.workers or usable_cores()
                 cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-                self.cluster = distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                    memory_limit=settings.memory_per_worker or "auto", env=dict(SINGLE_THREAD_ENV),
-                    silence_logs=logging.ERROR, scheduler_port=0)
+                import dask
+
+                with dask.config.set({"temporary-directory": self._scratch}):
+                    self.cluster = distributed.LocalCluster(
+                        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                        memory_limit=settings.memory_per_worker or "auto", env=dict(SINGLE_THREAD_ENV),
+                        silence_logs=logging.ERROR, scheduler_port=0, local_directory=self._scratch)
                 self.client = distributed.Client(self.cluster, set_as_default=False)
                 if pin_cores and cores:
                     self.client.register_plugin(_pin_plugin(dict(SINGLE_THREAD_ENV), cores), name="tomoguide-pin")
@@ -386,6 +394,11 @@ class DaskExecutor(Executor):
                     self.cluster.close(timeout=20)
         self.client = None
         self.cluster = None
+        if self._scratch is not None:
+            import shutil
+
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def worker_pids(self) -> dict[str, int]:
         """Worker address -> its process id (for tests that kill one)."""
@@ -615,3 +628,44 @@ def run_units(executor: Executor | None, fn: Callable[..., Any], units: Sequence
         left = elapsed / done * (n - done)
         yield Progress(done / n, f"{name} done ({done}/{n}; about {left:.0f} s left)")
     return {u.name: results[u.name] for u in units}
+
+
+class _Session:
+    """The executor of a GUI session (see :func:`session_executor`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.executor: LazyExecutor | None = None
+        self.key: str | None = None
+
+
+_SESSION = _Session()
+
+
+def session_executor() -> LazyExecutor:
+    """The wizard's executor: one per process, started at the first step with units to spread and kept for the next
+    steps (a cluster costs seconds to start); replaced (the old one closed) when the choice in the settings file or
+    ``$TOMOGUIDE_CLUSTER`` changed since. Closed at exit."""
+    import atexit
+
+    settings = load_settings()
+    kind = choose_kind(None, settings)
+    key = kind + settings.model_dump_json()
+    with _SESSION.lock:
+        if _SESSION.executor is None or _SESSION.key != key:
+            if _SESSION.executor is not None:
+                _SESSION.executor.close()
+            else:
+                atexit.register(close_session_executor)
+            _SESSION.executor = LazyExecutor(kind, settings)
+            _SESSION.key = key
+        return _SESSION.executor
+
+
+def close_session_executor() -> None:
+    """Stop the wizard's executor (its workers), if one was started."""
+    with _SESSION.lock:
+        if _SESSION.executor is not None:
+            _SESSION.executor.close()
+            _SESSION.executor = None
+            _SESSION.key = None

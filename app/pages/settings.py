@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QLabel,
+    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -70,11 +71,28 @@ class ProjectSettingsDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
+        # where the steps' units run (this computer's cores, a SLURM cluster): tomoguide.cluster, issue 18
+        self.cluster_button = QPushButton("Where steps run (cluster)…")
+        self.cluster_button.clicked.connect(self.show_cluster_settings)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.usage_label)
         lay.addWidget(help_label)
+        lay.addWidget(self.cluster_button)
         lay.addWidget(buttons)
+
+    def show_cluster_settings(self) -> QDialog:
+        """Open the cluster settings (with the workers of this session's executor); returns the dialog."""
+        from tomoguide.cluster import session_executor
+        from tomoguide.pages.settings_cluster import ClusterSettingsDialog
+
+        try:
+            executor = session_executor()
+        except ValueError:  # a damaged settings file: the dialog says so and can overwrite it
+            executor = None
+        dialog = ClusterSettingsDialog(self, executor=executor)
+        dialog.open()
+        return dialog
 
     def accept(self) -> None:
         if not self.project.readonly:

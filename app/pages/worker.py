@@ -55,7 +55,10 @@ class StepWorker(QThread):
     def run(self) -> None:  # in the worker thread
         outcome = "failed"
         try:
-            step_run = StepRun(self.project, self.step_id, cancel_event=self.cancel_event, on_log=self.log.emit)
+            from tomoguide.cluster import session_executor  # where the step's units run (settings, issue 18)
+
+            step_run = StepRun(self.project, self.step_id, cancel_event=self.cancel_event, on_log=self.log.emit,
+                               executor=session_executor())
             try:
                 step_run.preflight()
             except RunRefused as exc:
