@@ -329,3 +329,31 @@ def test_warp_xml_reads_back_as_the_projects_geometry_and_ctf(tiny_project_root:
         np.testing.assert_allclose(rows[:, 4:], g.at_binning(1.0).to_imod()[0][use, 4:], atol=2e-3)
     readme = (out / "README.txt").read_text()
     assert "AxisAngle" in readme and "AreAnglesInverted False" in readme
+
+
+def test_warp_series_with_inverted_angles_reads_as_the_same_projections(tiny_project_root: Path,
+                                                                          tmp_path: Path) -> None:
+    """A Warp XML with ``AreAnglesInverted="True"`` (Warp's geometry uses −Angles) describing the same projections
+    as our export (stored Angles t, AxisAngle a + 180°: a rotation by −t about −u is one by t about u) reads back
+    to the record's alignment, with the stored tilts matching the stack's."""
+    from tomoguide.steps.align import _warp_alignment
+
+    project = tiny_project_root / "project"
+    out = tmp_path / "warp"
+    assert main(["export", str(project), "--to", "warp", str(out)]) == 0
+    with _done(project, "exclude") as proj:
+        sset, _ = SeriesSet.load(proj.output_path("exclude", "series"))
+    g = sset.series[0].geometry
+    xml = out / f"{sset.series[0].name}.xml"
+    text = xml.read_bytes().decode("utf-8-sig")
+    head, rest = text.split("<AxisAngle>", 1)
+    body, tail = rest.split("</AxisAngle>", 1)
+    turned = "\n".join(f"{float(x) + 180.0:.6f}" for x in body.split())
+    inverted = out / "inverted.xml"
+    inverted.write_text((head + "<AxisAngle>" + turned + "</AxisAngle>" + tail)
+                        .replace('AreAnglesInverted="False"', 'AreAnglesInverted="True"'), encoding="utf-8")
+    rows, tilts, notes = _warp_alignment(inverted, g.at_binning(1.0))
+    use = g.included_views()
+    np.testing.assert_allclose(tilts, g.true_tilt_deg()[use], atol=1e-4)
+    np.testing.assert_allclose(rows, g.at_binning(1.0).to_imod()[0][use], atol=2e-3)
+    assert any("AreAnglesInverted" in n for n in notes)

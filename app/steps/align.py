@@ -377,24 +377,27 @@ def _warp_alignment(path: Path, g: Any) -> tuple[np.ndarray, np.ndarray, list[st
     matrix ``A`` (a rotation) and shift ``d``, ``AxisAngle = −(rotation angle of A)`` (Warp's
     ``EulerFromMatrix(A).Z``) and ``AxisOffset = −Aᵀ d`` × the aligned stack's pixel size, i.e. this record's
     specimen shift ``s = −A⁻¹ d`` in Å; ``Angles`` then holds the ``.tlt`` (true) tilts. So ``A = R(−AxisAngle)``,
-    ``d = −A s``. A series with ``AreAnglesInverted`` (Warp's geometry negates its tilts) is refused (not
-    supported: the sign would be a guess); Warp's deformation grids (``GridMovement``, ``GridAngle``, refined by M)
-    are not used (a note says so when they are not zero)."""
+    ``d = −A s``. With ``AreAnglesInverted="True"`` every geometric use in Warp takes the tilt ``−Angles``
+    (``Matrix3.Euler(0, Angles · −1, 0)`` after the axis rotation): a rotation by ``−t`` about the tilt axis ``u``
+    is the rotation by ``t`` about ``−u``, so such a series is read with its stored (nominal) tilts and the tilt
+    axis turned by 180° (``AxisAngle + 180°``): the same projections, tilts that match the stack's. Warp's
+    deformation grids (``GridMovement``, ``GridAngle``, refined by M) are not used (a note says so when they are
+    not zero)."""
     from tomoguide.compute.io.warp import read_warp_tilt_series_xml
     from tomoguide.geometry import rotation_2d, xf_matrices_to_rows
 
     w = _read(read_warp_tilt_series_xml, path)
-    if w.angles_inverted:
-        raise AlignmentFilesError(f"{path}: AreAnglesInverted: True: Warp's geometry negates these tilts; such a series "
-                                  "is not read as an alignment (not supported): export it for IMOD or RELION 5")
     use = np.asarray(w.use_tilt, bool)
     if not use.any():
         raise AlignmentFilesError(f"{path}: UseTilt: no tilt is used")
-    axis = np.asarray(w.axis_angle_deg, np.float64)[use]
+    axis = np.asarray(w.axis_angle_deg, np.float64)[use] + (180.0 if w.angles_inverted else 0.0)
     s = np.asarray(w.axis_offset_A, np.float64)[use] / float(g.pixel_size_A)
     a = rotation_2d(-axis)
     m = np.concatenate([a, -(a @ s[:, :, None])], axis=2)
     notes = []
+    if w.angles_inverted:
+        notes.append(f"{path.name}: AreAnglesInverted: Warp's geometry negates the stored tilts; read as the same "
+                     "projections with the stored tilts and the tilt axis turned by 180°")
     moved = [k for k in ("GridMovementX", "GridMovementY", "GridAngleX", "GridAngleY", "GridAngleZ")
              if k in w.grids and np.abs(w.grids[k].values).max() > 1e-6]
     if moved:
