@@ -11,6 +11,16 @@ missing wedge). Output ``particles`` (:class:`~tomoguide.steps.average_records.P
 
 ``extract`` takes the picks (``pick``); ``extract_fine`` takes the refined particles of ``refine`` (poses and
 offsets; the offsets are applied to the coordinates, RELION's re-centring) at a finer binning.
+With ``source = "RELION 5 particles"`` (entry point (c) of the workflow) ``extract`` computes nothing from tilt
+series: it reads RELION 5 / WarpTools 2D-stack particles (an optimisation set, or a particles STAR with its tomograms
+STAR; :func:`tomoguide.compute.io.relion_particles.read_relion_particles`) and writes them in exactly the format above:
+each particle's sub-tilts (CTF-premultiplied; multiplied here when the STAR says they are not) and ``CTF² · dose²``
+weights as its uncropped sub-tilts (all tilts of its series; the tilts ``rlnTomoVisibleFrames`` leaves out have weight
+0), its 3D pseudo-subtomogram and weight volume, and ``particles.star`` with the given poses in tomoguide's convention
+(:mod:`tomoguide.compute.relion_reconstruct`: ``R = A_sub · E``, origin ``A_sub · origin``, centred coordinates), the
+half sets of ``rlnRandomSubset`` when the file has them. It then needs no earlier step
+(:meth:`Extract.inputs_for`), and the refinement starts from the given poses.
+
 Conventions: positions in Å from the tomogram centre (``rlnCenteredCoordinate*Angst``); RELION's origin offsets
 ``rlnOriginX/Y/ZAngst`` are *subtracted* from the coordinates (particle centre = coordinate − origin); orientations
 RELION ZYZ (``x_tomogram = R x_reference + t`` with ``t = −origin``).
@@ -47,9 +57,31 @@ FINE_CROP_A = 256.0  # final box of the finer extraction
 PARTICLE_DIAMETER_A = 150.0  # the apoferritin mask diameter; the box before the crop holds it plus the CTF's spread
 
 
+SOURCES = ("tilt series", "RELION 5 particles")
+RELION_SOURCE = "RELION 5 particles"
+_TILT_SERIES_ONLY = [("source", "=", "tilt series")]
+
+
 class ExtractParams(StepParams):
+    source: Literal["tilt series", "RELION 5 particles"] = param(
+        "tilt series", title="Particles from", choices=list(SOURCES), widget="choice",
+        help="'tilt series': cut every picked particle from this project's tilt series (the normal way). 'RELION 5 "
+             "particles': start here with particles extracted elsewhere (RELION 5 or WarpTools 2D stacks, e.g. "
+             "WarpTools ts_export_particles --2d) with their poses: no earlier step is needed, and the refinement "
+             "starts from the given poses with local searches.")
+    particles_star: str = param(
+        "", title="RELION 5 particles file", widget="file", empty_means="none chosen",
+        enabled_if=[("source", "=", RELION_SOURCE)],
+        help="The optimisation set (…_optimisation_set.star: names the particles and tomograms STAR files), or the "
+             "particles STAR itself (then choose the tomograms STAR below). The particles must be 2D stacks "
+             "(data_general: rlnTomoSubTomosAre2DStacks 1) with rlnTomoVisibleFrames; the tomograms STAR gives each "
+             "tilt's projection (rlnTomoProjX/Y/Z/W or rlnTomoXTilt/YTilt/ZRot), defocus and exposure.")
+    tomograms_star: str = param(
+        "", title="RELION 5 tomograms file", widget="file", empty_means="from the optimisation set",
+        enabled_if=[("source", "=", RELION_SOURCE)],
+        help="The tomograms STAR (…_tomograms.star), only when the file above is a particles STAR.")
     binning: float | None = param(
-        None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0),
+        None, title="Binning", enabled_if=_TILT_SERIES_ONLY, unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0),
         empty_means="≈ 8 Å voxels",
         tutorial=6.0,
         tutorial_note="For the tutorial's 1.35 Å pixels (8.1 Å voxels); empty chooses the binning closest to "
@@ -58,7 +90,7 @@ class ExtractParams(StepParams):
              "= binning × pixel size. Empty: the binning whose voxels are closest to 8.1 Å (the tutorial's bin 6 "
              "of its 1.35 Å data; bin 4 of 2 Å data), where apoferritin's orientation is still defined.")
     box_px: int | None = param(
-        None, title="Box size", unit="px", hard=(8, 1024), suggest=(16, 256),
+        None, title="Box size", enabled_if=_TILT_SERIES_ONLY, unit="px", hard=(8, 1024), suggest=(16, 256),
         empty_means="from the defocus",
         tutorial=128,
         tutorial_note="At the tutorial's bin 6 of its data; empty: the particle plus the CTF's spread at your "
@@ -68,7 +100,7 @@ class ExtractParams(StepParams):
              "(tutorial: 128, cropped to 64). Empty: 150 Å plus twice the delocalisation at the voxel size's "
              "Nyquist frequency and the series' largest defocus, and at least 4/3 of the cropped box.")
     crop_px: int | None = param(
-        None, title="Cropped box size", unit="px", hard=(8, 1024), suggest=(16, 256),
+        None, title="Cropped box size", enabled_if=_TILT_SERIES_ONLY, unit="px", hard=(8, 1024), suggest=(16, 256),
         empty_means="≈ 288 Å",
         tutorial=64,
         tutorial_note="64 × 8.1 Å ≈ 520 Å, for the tutorial's HIV capsid lattice; empty: ≈ 288 Å, apoferritin "
@@ -81,11 +113,11 @@ class ExtractParams(StepParams):
              "(what the initial model and refinement use). '2D': keep the stack of sub-tilts (RELION 5's 2D "
              "option; converted to 3D when a later step reads them).")
     dose_weighting: bool = param(
-        True, title="Dose weighting",
+        True, title="Dose weighting", enabled_if=_TILT_SERIES_ONLY,
         help="Weight every sub-tilt by the exposure filter of its accumulated dose: later tilts (more radiation "
              "damage) contribute less at high resolution.")
     ctf_premultiply: bool = param(
-        True, title="Multiply by the CTF",
+        True, title="Multiply by the CTF", enabled_if=_TILT_SERIES_ONLY,
         help="Multiply every sub-tilt by its CTF at the particle's own defocus (RELION's way; the average divides "
              "by the summed CTF² afterwards). Off only to look at raw crops.")
     seed: int = param(0, title="Random seed (half sets)", unit="1", hard=(0, 2**31 - 1), advanced=True,
@@ -93,6 +125,10 @@ class ExtractParams(StepParams):
 
 
 class ExtractFineParams(ExtractParams):
+    source: Literal["tilt series"] = param("tilt series", title="Particles from", widget="hidden",
+                                           help="The finer extraction always cuts from this project's tilt series.")
+    particles_star: str = param("", title="RELION 5 particles file", widget="hidden", help="Not used here.")
+    tomograms_star: str = param("", title="RELION 5 tomograms file", widget="hidden", help="Not used here.")
     binning: float | None = param(
         None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0), empty_means="2",
         help="Binning of the finer extraction (tutorial: 2). Must be finer than the first extraction's. Empty: 2, "
@@ -262,6 +298,155 @@ def load_reconstructor(folder: Path) -> Any:
     return sta.Reconstructor(sets)
 
 
+# ---- entry point (c): RELION 5 / WarpTools particles -----------------------------------------------------------------
+
+
+def relion_paths(params: ExtractParams) -> tuple[Path | None, Path | None]:
+    """The chosen particles file and tomograms file (``~`` expanded, relative to the working folder; None when
+    empty)."""
+    def path(v: str) -> Path | None:
+        return Path(str(v).strip()).expanduser() if v and str(v).strip() else None
+    return path(params.particles_star), path(params.tomograms_star)
+
+
+def _read_relion(params: ExtractParams, *, load_images: bool) -> Any:
+    from tomoguide.compute.io.relion_particles import read_relion_particles
+
+    part, tomo = relion_paths(params)
+    if part is None:
+        raise ValueError("choose the RELION 5 particles file (optimisation set or particles STAR)")
+    return read_relion_particles(part, tomo, load_images=load_images)
+
+
+def relion_issues(params: ExtractParams) -> list[Issue]:
+    """Errors naming the file and field for RELION 5 particles that cannot be read (metadata only)."""
+    from tomoguide.compute.io.errors import FormatError
+
+    part, tomo = relion_paths(params)
+    if part is None:
+        return [Issue("error", "choose the RELION 5 particles file (optimisation set or particles STAR)",
+                      "particles_star")]
+    for value, fld in ((part, "particles_star"), (tomo, "tomograms_star")):
+        if value is not None and not value.is_file():
+            return [Issue("error", f"{value}: no such file", fld)]
+    try:
+        _read_relion(params, load_images=False)
+    except FormatError as exc:
+        fld = "tomograms_star" if tomo is not None and str(tomo) in str(exc) else "particles_star"
+        return [Issue("error", str(exc), fld)]
+    except (FileNotFoundError, ValueError) as exc:
+        return [Issue("error", str(exc), "particles_star")]
+    return []
+
+
+def relion_needs(params: ExtractParams) -> Needs:
+    """Disk and memory of the import: per particle its 3D data and weights (float32/float16) and its sub-tilts with
+    weights (float16); in memory all particles' sub-tilts (float32, images and weights, ×3 work copies)."""
+    try:
+        p = _read_relion(params, load_images=False)
+        n, b = p.n_particles, p.box
+        frames = max(g.visible.shape[1] for g in p.tomograms)
+    except Exception:  # noqa: BLE001 - an estimate for a file that check() reports
+        n, b, frames = 1000, 64, 41
+    per = b**3 * 6 + frames * b * b * 4
+    return Needs(disk_bytes=n * per, memory_bytes=n * frames * b * b * 4 * 2 * 3 + 500_000_000)
+
+
+def run_relion_import(params: ExtractParams, ctx: RunContext) -> Any:
+    """The RELION 5 source of :class:`Extract` (a run generator; module docstring): the same outputs as an
+    extraction from this project's tilt series."""
+    from tomoguide.compute import relion_reconstruct as RR
+    from tomoguide.compute.euler import matrix_to_euler
+    from tomoguide.compute.io.mrc import write_mrc
+    from tomoguide.compute.io.star import read_star, write_particles_star
+
+    part, _ = relion_paths(params)
+    yield Progress(0.0, f"reading {part}")
+    p = _read_relion(params, load_images=True)
+    for note in p.notes:
+        ctx.log(note)
+    ctx.log(f"{p.n_particles} particles of {len(p.tomograms)} tomograms from {p.particles_path} "
+            f"({p.box} px of {p.pixel_size_A:g} Å, CTF-premultiplied: {'yes' if p.ctf_premultiplied else 'no, done here'})")
+    subtilts = RR.relion_subtilts(p)
+    rots, t_a = RR.relion_poses_A(p)
+    coords = RR.relion_centred_coordinates_A(p)
+    rows = np.concatenate([g.rows for g in p.tomograms])
+    table = read_star(p.particles_path)["particles"]
+    m = p.n_particles
+    if "rlnRandomSubset" in table.columns:
+        halves = pd.to_numeric(table["rlnRandomSubset"], errors="coerce").to_numpy()[rows]
+        if not np.all(np.isin(halves, (1, 2))):
+            raise ValueError(f"{p.particles_path}: data_particles/rlnRandomSubset: values other than 1 and 2")
+        halves = halves.astype(np.int64)
+        ctx.log("half sets from rlnRandomSubset")
+    else:
+        halves = np.ones(m, np.int64)
+        halves[np.random.default_rng(params.seed).permutation(m)[m // 2:]] = 2
+    three_d = params.dimensionality == "3D"
+    b, voxel = p.box, float(p.pixel_size_A)
+    ctx.mkdir("subtomos")
+    gallery = np.zeros((m, b, b), np.float32)
+    names: dict[str, list[Any]] = {"image": [], "ctf": [], "particle": [], "tomo": [], "full": []}
+    view_mats: dict[str, Any] = {}
+    views_used: dict[str, list[int]] = {}
+    i = 0
+    for g, st in zip(p.tomograms, subtilts, strict=True):
+        view_mats[g.name] = np.asarray(st.view_matrices, np.float64).tolist()
+        views_used[g.name] = [int(v) for v in st.views]
+        for j in range(st.images.shape[0]):
+            ctx.check_cancel()
+            pname = f"{g.name}_{i + 1:06d}"
+            d3, w3 = sta_backproject(st.images[j], st.weights[j], st.view_matrices)
+            gallery[i] = _gallery(d3[None])[0]
+            img = f"subtomos/{pname}_{'data' if three_d else 'subtilts'}.mrc"
+            wgt = f"subtomos/{pname}_weights.mrc"
+            write_mrc(ctx.out_path(img), d3 if three_d else st.images[j], voxel, is_stack=not three_d)
+            write_mrc(ctx.out_path(wgt), (w3 if three_d else st.weights[j]).astype(np.float16), voxel,
+                      is_stack=not three_d)
+            full = (f"subtomos/{pname}_subtilts_uncropped.mrc", f"subtomos/{pname}_subtilt_weights_uncropped.mrc")
+            write_mrc(ctx.out_path(full[0]), st.images[j].astype(np.float16), voxel, is_stack=True)
+            write_mrc(ctx.out_path(full[1]), st.weights[j].astype(np.float16), voxel, is_stack=True)
+            names["image"].append(img)
+            names["ctf"].append(wgt)
+            names["particle"].append(f"{g.name}/{i + 1}")
+            names["tomo"].append(g.name)
+            names["full"].append(list(full))
+            i += 1
+            if i % 16 == 0 or i == m:
+                yield Progress(i / m, f"{i}/{m} particles converted")
+    ang = matrix_to_euler(rots)
+    out = pd.DataFrame({"rlnTomoName": names["tomo"], "rlnTomoParticleName": names["particle"],
+                        XYZ[0]: coords[:, 0], XYZ[1]: coords[:, 1], XYZ[2]: coords[:, 2],
+                        ANGLES[0]: ang[:, 0], ANGLES[1]: ang[:, 1], ANGLES[2]: ang[:, 2],
+                        ORIGIN[0]: -t_a[:, 0], ORIGIN[1]: -t_a[:, 1], ORIGIN[2]: -t_a[:, 2],
+                        "rlnRandomSubset": halves, "rlnImageName": names["image"], "rlnCtfImage": names["ctf"]})
+    ts_px = float(p.tomograms[0].tilt_series_pixel_A)
+    optics = {"rlnTomoTiltSeriesPixelSize": ts_px, "rlnImagePixelSize": voxel, "rlnImageSize": b,
+              "rlnImageDimensionality": 3 if three_d else 2, "rlnVoltage": p.voltage_kV,
+              "rlnSphericalAberration": p.cs_mm, "rlnAmplitudeContrast": p.amplitude_contrast}
+    write_particles_star(ctx.out_path("particles.star"), out, optics)
+    write_mrc(ctx.out_path("gallery.mrc"), gallery, voxel, is_stack=True)
+    rec = ParticleStack(voxel_A=voxel, box_px=b, binning=round(voxel / ts_px, 5), n_particles=m,
+                        tomo_names=[g.name for g in p.tomograms], dimensionality=3 if three_d else 2,
+                        info={"view_matrices": view_mats, "views_used": views_used, "box_before_crop_px": b,
+                              "uncropped_subtilts": names["full"], "source": RELION_SOURCE,
+                              "particles_file": str(p.particles_path), "tomograms_file": str(p.tomograms_path),
+                              "poses_given": True, "reader_notes": list(p.notes)})
+    path = rec.save(ctx.run_dir)
+    metrics = {"source": RELION_SOURCE, "n_particles": m, "voxel_A": voxel, "box_px": b,
+               "n_tomograms": len(p.tomograms), "half_sets": [int((halves == k).sum()) for k in (1, 2)],
+               "ctf_premultiplied_in_file": bool(p.ctf_premultiplied)}
+    return StepResult(outputs={"particles": path.parent}, metrics=metrics,
+                      summary=f"{m} particles imported from RELION 5, {b}³ voxels of {voxel:.3g} Å, poses kept")
+
+
+def sta_backproject(images: np.ndarray, weights: np.ndarray, view_matrices: np.ndarray) -> tuple[Any, Any]:
+    """:func:`tomoguide.compute.sta.backproject_subtomogram` (the 3D pseudo-subtomogram of one particle)."""
+    from tomoguide.compute import sta
+
+    return sta.backproject_subtomogram(images, weights, view_matrices)
+
+
 class Extract(Step):
     id = "extract"
     title = "Extract pseudo-subtomograms"
@@ -283,8 +468,21 @@ class Extract(Step):
     inputs: tuple[str, ...] = ("exclude", "pick")
     particles_from: tuple[str, str] = ("pick", "particles")
 
+    @classmethod
+    def inputs_for(cls, params: StepParams, params_of: Any = None) -> tuple[str, ...]:
+        """No earlier step when the particles come from RELION 5 files; else :attr:`inputs`."""
+        if getattr(params, "source", "tilt series") == RELION_SOURCE:
+            return ()
+        return cls.inputs
+
+    @classmethod
+    def origin_for(cls, params: StepParams, params_of: Any = None) -> str | None:
+        return "imported" if getattr(params, "source", "tilt series") == RELION_SOURCE else None
+
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, ExtractParams)
+        if params.source == RELION_SOURCE:
+            return relion_issues(params)
         issues = []
         if params.crop_px is not None and params.box_px is not None and params.crop_px > params.box_px:
             issues.append(Issue("error", f"the cropped box ({params.crop_px} px) must not be larger than the box "
@@ -299,6 +497,8 @@ class Extract(Step):
 
     def estimate(self, params: StepParams, ctx: RunContext) -> Needs:
         assert isinstance(params, ExtractParams)
+        if params.source == RELION_SOURCE:
+            return relion_needs(params)
         try:
             n = len(self._particles(ctx))
         except (KeyError, OSError):
@@ -376,6 +576,8 @@ class Extract(Step):
         from tomoguide.compute.rescale import fourier_bin
 
         assert isinstance(params, ExtractParams)
+        if params.source == RELION_SOURCE:
+            return (yield from run_relion_import(params, ctx))
         sset, base = SeriesSet.load(ctx.output("exclude", "series"))
         binning, box_px, crop_px = self.sizes(params, ctx)
         ctx.log(f"binning {binning:g} ({'typed' if params.binning is not None else 'from the pixel size'}), box "

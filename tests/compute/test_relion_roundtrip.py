@@ -55,9 +55,12 @@ def _project(ref: np.ndarray, a: np.ndarray, t_px: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two tilt series, 12 particles, written as RELION 5 files; returns the truth and the paths."""
+    return write_relion5_set(tmp_path_factory.mktemp("relion5"))
+
+
+def write_relion5_set(root: Path) -> dict:
+    """Two tilt series, 12 particles, written as RELION 5 files under ``root``; returns the truth and the root."""
     rng = np.random.default_rng(11)
-    root = tmp_path_factory.mktemp("relion5")
     ref = _phantom()
     series, truth = [], {"rot": [], "t_px": [], "coords_A": [], "views": {}, "images": [], "visible": []}
     parts = []

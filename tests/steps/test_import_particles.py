@@ -1,0 +1,125 @@
+"""Entry point (c) (issue 17): the extract step with ``source = "RELION 5 particles"`` reads RELION 5 / WarpTools
+2D-stack particles and writes them in the extraction's own format, with their poses, needing no earlier step.
+
+Synthetic files: the RELION 5 layout written from tomoguide's geometry in ``tests/compute/test_relion_roundtrip.py``
+(always run). Real files: the 40 WarpTools ribosomes of ``../shared/data/relion5_warptools_particles`` (skipped
+without them)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tomoguide.compute.io.relion_particles import read_relion_particles
+from tomoguide.compute.io.star import read_particles_star
+from tomoguide.compute.relion_reconstruct import reconstruct_relion_particles
+from tomoguide.project import Project
+from tomoguide.runner import StepRun, run_to_end
+from tomoguide.steps import registry
+from tomoguide.steps.average_records import ParticleStack, table_rotations
+from tomoguide.steps.extract import RELION_SOURCE, Extract, ExtractFineParams, load_particles, load_reconstructor
+
+HERE = Path(__file__).resolve().parent
+REAL = (HERE.parents[1] / ".." / "shared" / "data" / "relion5_warptools_particles").resolve()
+REAL_SET = REAL / "warptools_test_4-tomos_10-ptcls_box-32_angpix-12_optimisation_set.star"
+
+
+def _roundtrip_module():
+    spec = importlib.util.spec_from_file_location("relion_roundtrip", HERE.parent / "compute" /
+                                                  "test_relion_roundtrip.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _roundtrip_module().write_relion5_set(tmp_path_factory.mktemp("relion5"))
+
+
+def _cc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def _import(tmp: Path, particles_star: Path, **extra: object) -> Path:
+    project = tmp / "p"
+    with Project.create(project, params={"extract": {"source": RELION_SOURCE,
+                                                     "particles_star": str(particles_star), **extra}}) as proj:
+        st = run_to_end(StepRun(proj, "extract"))
+        assert st.status == "done", st.error
+    return project
+
+
+def test_the_entry_needs_no_earlier_step(synthetic: dict, tmp_path: Path) -> None:
+    with Project.create(tmp_path / "p", params={"extract": {"source": RELION_SOURCE, "particles_star":
+                                                            str(synthetic["root"] / "optimisation_set.star")}}) as proj:
+        assert proj.inputs_of("extract") == ()
+        assert proj.upstream("extract") == []
+        # picking and the tomograms are needed by nothing now (the finer re-extraction still needs the tilt
+        # series, so the steps up to "exclude" stay in the list of a project that goes that far)
+        assert not any(proj.is_needed(s) for s in ("pick", "reconstruct", "ctf_correct"))
+        assert "extract" not in registry.downstream("pick", {"extract": proj.params("extract")}.get)
+        assert proj.origin("extract") == "imported"
+        assert StepRun(proj, "extract").check_issues() == []
+        assert not StepRun(proj, "extract").input_issues(save=False)
+    assert Extract.inputs_for(ExtractFineParams()) == Extract.inputs  # the finer extraction never imports
+
+
+def test_imported_particles_are_the_extraction_format(synthetic: dict, tmp_path: Path) -> None:
+    project = _import(tmp_path, synthetic["root"] / "optimisation_set.star")
+    with Project.open(project, readonly=True) as proj:
+        folder = proj.output_path("extract", "particles")
+    rec, star, data, weights = load_particles(folder)
+    assert rec.n_particles == 12 and rec.box_px == 24 and rec.voxel_A == pytest.approx(10.0)
+    assert data.shape == (12, 24, 24, 24) and np.all(weights >= 0)
+    df = star.particles
+    # the poses in tomoguide's convention: R = A_sub E, origin = A_sub origin (t = -origin), coordinates centred
+    np.testing.assert_allclose(table_rotations(df), synthetic["rot"], atol=1e-5)
+    origin = df[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(float)
+    np.testing.assert_allclose(-origin, synthetic["t_px"] * 10.0, atol=1e-4)
+    xyz = df[["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]]
+    np.testing.assert_allclose(xyz.to_numpy(float), synthetic["coords_A"], atol=1e-3)
+    assert set(df["rlnRandomSubset"]) == {1, 2}
+    # what the averaging steps reconstruct from it, with the table's poses, is the direct reconstruction
+    rec2 = load_reconstructor(folder)
+    vol = rec2.reconstruct(table_rotations(df), -origin / rec.voxel_A)
+    direct = reconstruct_relion_particles(read_relion_particles(synthetic["root"] / "optimisation_set.star"))
+    assert _cc(vol, direct) > 0.999  # float16 storage of the sub-tilts
+    assert _cc(vol, synthetic["ref"]) > 0.9
+
+
+def test_unreadable_files_are_named(synthetic: dict, tmp_path: Path) -> None:
+    with Project.create(tmp_path / "p", params={"extract": {"source": RELION_SOURCE}}) as proj:
+        issues = StepRun(proj, "extract").check_issues()
+        assert [(i.level, i.field) for i in issues] == [("error", "particles_star")]
+        proj.set_params("extract", {"source": RELION_SOURCE, "particles_star": str(synthetic["root"] /
+                                                                                  "particles.star")})
+        issues = StepRun(proj, "extract").check_issues()
+        assert issues and "tomograms" in issues[0].message.lower() and "particles.star" in issues[0].message
+        bad = tmp_path / "broken.star"
+        bad.write_text("data_general\n_rlnTomoSubTomosAre2DStacks 0\n")
+        proj.set_params("extract", {"source": RELION_SOURCE, "particles_star": str(bad),
+                                    "tomograms_star": str(synthetic["root"] / "tomograms.star")})
+        issues = StepRun(proj, "extract").check_issues()
+        assert issues and "broken.star" in issues[0].message and "rlnTomoSubTomosAre2DStacks" in issues[0].message
+
+
+@pytest.mark.skipif(not REAL_SET.is_file(), reason=f"real WarpTools particles not present at {REAL} (GPL-3.0 "
+                                                      "tomodrgn test data, in ../shared/data only)")
+def test_real_warptools_particles_import(tmp_path: Path) -> None:
+    project = _import(tmp_path, REAL_SET)
+    with Project.open(project, readonly=True) as proj:
+        folder = proj.output_path("extract", "particles")
+    rec, _ = ParticleStack.load(folder)
+    assert rec.n_particles == 40 and rec.box_px == 32 and rec.info["poses_given"]
+    assert any("binned pixels" in n for n in rec.info["reader_notes"])
+    df = read_particles_star(rec.path("star", folder)).particles
+    rc = load_reconstructor(folder)
+    origin = df[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(float)
+    vol = rc.reconstruct(table_rotations(df), -origin / rec.voxel_A)
+    direct = reconstruct_relion_particles(read_relion_particles(REAL_SET))
+    assert _cc(vol, direct) > 0.995
