@@ -10,7 +10,9 @@ searches once the resolution stops improving; offsets within ``offset_range_px``
 the resolution), the mask, the FSC curves, particles.star with refined poses, the history of the iterations.
 
 ``refine`` starts from the initial model with a global search; ``refine_fine`` refines the finer re-extraction
-locally from the poses it carries, with the particle reconstruction as its reference.
+locally from the poses it carries, with the particle reconstruction as its reference. Particles imported with their
+poses (``extract`` with the source "RELION 5 particles") are refined like ``refine_fine``: locally from the given
+poses, against the gold-standard reconstruction from those poses; the initial model is then not needed.
 """
 
 from __future__ import annotations
@@ -181,6 +183,15 @@ class Refine(Step):
     reference_label = "initial model"
     global_first = True
 
+    @classmethod
+    def inputs_for(cls, params: StepParams, params_of: Any = None) -> tuple[str, ...]:
+        """Without the initial model when the particles were imported with their poses (extract's source)."""
+        if cls.reference_step == "initial_model" and params_of is not None:
+            ex = params_of(cls.particles_step)
+            if getattr(ex, "source", "tilt series") == "RELION 5 particles":
+                return tuple(s for s in cls.inputs if s != "initial_model")
+        return cls.inputs
+
     def check(self, params: StepParams, ctx: RunContext) -> list[Issue]:
         assert isinstance(params, RefineParams)
         issues = symmetry_issues(params.symmetry) + prior_issues(
@@ -206,13 +217,28 @@ class Refine(Step):
         rec, star, data, weights = load_particles(ctx.output(self.particles_step, "particles"))
         # the maps from the uncropped sub-tilts (2× oversampled, gridding-corrected) when the extraction kept them
         subtilts = load_reconstructor(ctx.output(self.particles_step, "particles"))
-        ref = load_reference(ctx.output(self.reference_step, "average"), rec.voxel_A, rec.box_px,
-                             self.reference_label)
         df = star.particles
         halves = (df["rlnRandomSubset"].to_numpy(np.int64) if "rlnRandomSubset" in df.columns else None)
         start = None
+        extra: dict[str, Any] = {}
         if not self.global_first:
             start = Poses(rotations=table_rotations(df), shifts_A=np.zeros((len(df), 3)), scores=np.zeros(len(df)))
+        if self.global_first and rec.info.get("poses_given"):
+            # imported with their poses: local refinement from them, the reference reconstructed from them
+            from tomoguide.compute.refine import reconstruct_halves
+
+            origin = df[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(np.float64)
+            start = Poses(rotations=table_rotations(df), shifts_A=-origin, scores=np.zeros(len(df)))
+            given = reconstruct_halves(data, weights, start, halves, symmetry=params.symmetry, voxel_A=rec.voxel_A,
+                                       mask_diameter_A=params.mask_diameter_A, seed=params.seed, subtilts=subtilts)
+            ref = given.merged
+            extra = {"resolution_given_poses_A": float(given.resolution_A),
+                     "fsc_corrected_given_poses": [float(v) for v in given.fsc_corrected]}
+            ctx.log(f"particles imported with their poses: local searches from them; reference reconstructed from "
+                    f"them ({given.resolution_A:.1f} Å at FSC 0.143 with the given poses)")
+        else:
+            ref = load_reference(ctx.output(self.reference_step, "average"), rec.voxel_A, rec.box_px,
+                                 self.reference_label)
 
         axes = None if params.prior_tilt_width_deg is None else prior_axes(df)
         if params.prior_tilt_width_deg is not None and axes is None:
@@ -242,7 +268,7 @@ class Refine(Step):
                           metrics={"resolution_A": float(res.resolution_A), "nyquist_A": nyq,
                                    "resolution_over_nyquist": float(res.resolution_A) / nyq,
                                    "iterations": len(res.history), "n_particles": int(len(table)),
-                                   "voxel_A": rec.voxel_A},
+                                   "voxel_A": rec.voxel_A, **extra},
                           summary=f"{res.resolution_A:.1f} Å (FSC 0.143; Nyquist {nyq:.1f} Å) from {len(table)} "
                                   "particles")
 
