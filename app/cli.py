@@ -160,12 +160,13 @@ def _progress_bar(title: str) -> Any:
 def run_steps(project_dir: Path, *, until: str | None = None, only: str | None = None,
               sets: dict[str, dict[str, Any]] | None = None, force: bool = False,
               quiet: bool = False, use_backup: bool = False, break_lock: bool = False,
-              cluster: str | None = None) -> int:
+              cluster: str | None = None, items: list[str] | None = None) -> int:
     """Run the workflow's steps in order (skipping up-to-date ones); returns an exit status.
 
     ``cluster``: where the steps' units run (``inline``, ``local``, ``slurm``; None: ``$TOMOGUIDE_CLUSTER``, else
     the settings file, else ``local``: :mod:`tomoguide.cluster`); one executor serves every step of the call and
-    starts only when a step has units to spread.
+    starts only when a step has units to spread. ``items`` (with ``only``): run that step for these tilt series
+    only and merge the results into its current run (:mod:`tomoguide.items`).
 
     ``sets`` are applied as one transaction before anything runs: values a step's checks refuse leave the
     project file as it was. Before rerunning a step whose later steps are done, says which may become stale,
@@ -178,6 +179,8 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
     for name in (until, only):
         if name is not None and name not in ids:
             raise CliError(f"unknown step {name!r}; the steps are: {', '.join(ids)}")
+    if items and not only:
+        raise CliError("--item needs --only STEP (the step to run for these tilt series)")
     from tomoguide.cluster import LazyExecutor
 
     try:
@@ -215,7 +218,7 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
                 continue
             at_risk = proj.steps_at_risk(step_id)
             run = StepRun(proj, step_id, on_log=None if quiet else (lambda m: print(f"  {m}", file=sys.stderr)),
-                          executor=executor)
+                          executor=executor, items=items if step_id == only else None)
             try:
                 warnings = run.preflight()
             except RunRefused as exc:
@@ -277,7 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         remember_project(Path(args.project))
     return run_steps(Path(args.project), until=args.until, only=args.only, sets=parse_sets(args.set),
                      force=args.force, use_backup=args.use_backup, break_lock=args.break_lock,
-                     cluster=args.cluster)
+                     cluster=args.cluster, items=args.item)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -716,6 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "process per core of this machine, slurm = Dask workers in SLURM jobs (settings in "
                         "cluster.json), inline = this process only (default: $TOMOGUIDE_CLUSTER, else the "
                         "settings, else local)")
+    s.add_argument("--item", action="append", metavar="SERIES",
+                   help="with --only: run the step for this tilt series only (repeatable) and merge the result into "
+                        "the step's current run (e.g. one SLURM array task per series)")
     s.add_argument("--use-backup", action="store_true",
                    help="open the project from its backup (project.json.bak) when project.json is damaged; the "
                         "backup becomes the project's state")

@@ -31,7 +31,7 @@ import os
 import shutil
 import threading
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +107,11 @@ class StepRun:
     """One run of one step. Create it, call :meth:`preflight` (raises RunRefused), then iterate :meth:`execute`."""
 
     def __init__(self, project: Project, step_id: str, *, cancel_event: threading.Event | None = None,
-                 on_log: Callable[[str], None] | None = None, executor: Any = None) -> None:
+                 on_log: Callable[[str], None] | None = None, executor: Any = None,
+                 items: Collection[str] | None = None) -> None:
         self.project = project
         self.executor = executor  # tomoguide.cluster.Executor for the step's units; None: in this process
+        self.items = frozenset(items) if items else None  # run only these tilt series, merged (tomoguide.items)
         self.step_cls = registry.get(step_id)
         self.step = self.step_cls()
         self.step_id = step_id
@@ -213,6 +215,10 @@ class StepRun:
     def preflight(self) -> list[Issue]:
         """Raise :class:`RunRefused` when the run cannot succeed; return the warnings otherwise."""
         issues = self.check_issues()
+        if self.items:
+            from tomoguide.items import item_problems
+
+            issues = [Issue("error", m, None) for m in item_problems(self.project, self.step_id, self.items)] + issues
         errors = [i for i in issues if i.level == "error"]
         if errors:
             raise RunRefused(self.step_id, errors)
@@ -239,6 +245,9 @@ class StepRun:
         partial.mkdir(exist_ok=False)
         ctx = self._context(partial)
         self.ctx = ctx
+        from tomoguide.items import merge_items, remove_folders, restrict_upstream
+
+        item_dirs = restrict_upstream(ctx, step_dir, stamp, self.items) if self.items else []
         st.status = "running"
         st.started = now_iso()
         st.error = None
@@ -258,15 +267,19 @@ class StepRun:
             ctx.check_cancel()
             if not isinstance(result, StepResult):
                 raise TypeError(f"step {self.step_id} returned {type(result).__name__}, not a StepResult")
+            if self.items:
+                merge_items(project, self.step_id, result, partial, self.items)
             rec = self._finish(result, partial, final_dir, identity, inputs, params_json, st.started)
         except Cancelled:
             gen.close()
+            remove_folders(item_dirs)
             _remove_partial(project, partial)
             project.data.steps[self.step_id] = before
             project.save()
             raise
         except Exception as exc:
             gen.close()
+            remove_folders(item_dirs)
             st.status = "failed"
             st.error = getattr(exc, "step_message", None) or _one_line(exc)
             st.finished = now_iso()
@@ -279,6 +292,7 @@ class StepRun:
             project.save()
             raise StepFailed(f"{self.step_cls.title} failed: {st.error}") from exc
 
+        remove_folders(item_dirs)
         os.replace(partial, final_dir)  # the run is finished from here on (adopted if the program stops now)
         _fsync_dir(step_dir)
         dropped = project.record_run(self.step_id, rec)

@@ -296,3 +296,83 @@ def test_the_tiny_demo_on_slurm_equals_the_inline_run(inline_project: Path, tmp_
     assert f"JobId={ids[-1]} " in shown and "JobName=dask-worker" in shown, shown
     worker_log = (logs / f"dask-worker-{ids[-1]}.err").read_text()
     assert "Registered to" in worker_log or "Start worker" in worker_log, worker_log[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one unit from the command line: tomoguide run PROJECT --only STEP --item TS_02
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_series_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset with two tilt series, run inline up to the tomogram."""
+    from tomoguide.demo import demo_params
+    from tomoguide.project import Project
+    from tomoguide.runner import StepRun, run_to_end
+
+    root = tmp_path_factory.mktemp("cluster_items")
+    sim = synth.PRESETS["tiny"].model_copy(update={"n_series": 2})
+    synth.generate(root, sim)
+    params = demo_params(root / "data", sim)
+    params["preprocess_for_alignment"] = {"binning": 5}
+    proj = Project.create(root / "project", params=params)
+    try:
+        for step in STEPS:
+            st = run_to_end(StepRun(proj, step, executor=InlineExecutor()))
+            assert st.status == "done", (step, st.error)
+    finally:
+        proj.close()
+    return root
+
+
+def _latest(project: Path, step: str) -> Path:
+    return sorted(p for p in (project / "steps" / step).glob("run-*") if not p.name.endswith(".partial"))[-1]
+
+
+@pytest.mark.parametrize("step", ["motion_ctf", "reconstruct"])
+def test_one_series_from_the_command_line_merges_into_the_project(step: str, two_series_project: Path,
+                                                                 tmp_path: Path) -> None:
+    from tomoguide.cli import main
+    from tomoguide.project import Project
+    from tomoguide.steps.records import SeriesSet
+
+    shutil.copytree(two_series_project, tmp_path / "p", symlinks=True)
+    project = tmp_path / "p" / "project"
+    before = _latest(project, step)
+    assert main(["run", str(project), "--only", step, "--item", "TS_02", "--cluster", "inline"]) == 0
+    after = _latest(project, step)
+    assert after != before
+    sset, base = SeriesSet.load(after / "series.json")
+    assert sset.names() == ["TS_01", "TS_02"]
+    # TS_01 kept from the previous run (the same file), TS_02 computed again: identical (deterministic units)
+    old, _ = SeriesSet.load(before / "series.json")
+    for s_new, s_old in zip(sset.series, old.series, strict=True):
+        assert s_new.files == s_old.files
+        for role in s_new.files:
+            a, b = s_new.path(role, base), s_old.path(role, before)
+            if s_new.name == "TS_01" and not a.is_symlink():
+                assert a.stat().st_ino == b.stat().st_ino, role
+            if a.suffix == ".mrc":
+                np.testing.assert_array_equal(mrcfile.read(a), mrcfile.read(b), err_msg=f"{s_new.name} {role}")
+    assert not list((project / "steps" / step).glob("*items*")), "the filtered inputs were not removed"
+    proj = Project.open(project, readonly=True)
+    try:
+        st = proj.data.steps[step]
+        assert st.status == "done" and st.metrics["items_rerun"] == ["TS_02"]
+        assert sorted(st.metrics["series"]) == ["TS_01", "TS_02"]
+        assert proj.is_up_to_date("reconstruct"), "identical results keep the later steps done"
+    finally:
+        proj.close()
+
+
+def test_an_unknown_item_or_one_without_only_is_refused(two_series_project: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from tomoguide.cli import main
+
+    shutil.copytree(two_series_project, tmp_path / "p", symlinks=True)
+    project = tmp_path / "p" / "project"
+    assert main(["run", str(project), "--only", "reconstruct", "--item", "TS_09"]) != 0
+    err = capsys.readouterr().err
+    assert "--item TS_09: no such tilt series in reconstruct's results (it has: TS_01, TS_02)" in err
+    assert main(["run", str(project), "--item", "TS_01"]) != 0
+    assert "--item needs --only STEP" in capsys.readouterr().err
