@@ -127,8 +127,10 @@ class ExtractParams(StepParams):
 class ExtractFineParams(ExtractParams):
     source: Literal["tilt series"] = param("tilt series", title="Particles from", widget="hidden",
                                            help="The finer extraction always cuts from this project's tilt series.")
-    particles_star: str = param("", title="RELION 5 particles file", widget="hidden", help="Not used here.")
-    tomograms_star: str = param("", title="RELION 5 tomograms file", widget="hidden", help="Not used here.")
+    particles_star: str = param("", title="RELION 5 particles file", widget="hidden",
+                                help="Not used by the finer extraction (it cuts from the tilt series).")
+    tomograms_star: str = param("", title="RELION 5 tomograms file", widget="hidden",
+                                help="Not used by the finer extraction (it cuts from the tilt series).")
     binning: float | None = param(
         None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0), empty_means="2",
         help="Binning of the finer extraction (tutorial: 2). Must be finer than the first extraction's. Empty: 2, "
