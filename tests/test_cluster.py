@@ -34,9 +34,9 @@ from tomoguide.cluster import (
 )
 from tomoguide.steps.base import Cancelled
 
-# the steps up to the tomogram; those that submit units to the executor are rerun on Dask workers
+# the steps up to the picks; those that submit units to the executor are rerun on Dask workers
 STEPS = ["import_movies", "motion_ctf", "xray_erase", "preprocess_for_alignment", "align", "assign_alignment",
-         "ctf_estimate", "exclude", "ctf_correct", "preprocess_for_reconstruction", "reconstruct"]
+         "ctf_estimate", "exclude", "ctf_correct", "preprocess_for_reconstruction", "reconstruct", "pick"]
 RERUN = STEPS[1:]
 
 
@@ -241,7 +241,7 @@ class _Killer(threading.Thread):
 def test_a_worker_killed_mid_step_changes_no_result(step: str, inline_project: Path, tmp_path: Path) -> None:
     """SIGKILL to the worker process running a unit of ``step``: its unfinished units are rerun elsewhere and the
     step's outputs equal the undisturbed inline run's."""
-    steps = RERUN[RERUN.index(step):] if step == "reconstruct" else ["motion_ctf"]
+    steps = ["reconstruct"] if step == "reconstruct" else ["motion_ctf"]
     ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), steps)
     with DaskExecutor("local", ClusterSettings(workers=2, retries=0)) as ex:
         killer = _Killer(ex)

@@ -176,6 +176,17 @@ def display_box_px(params: PickParams, voxel_A: float) -> int:
     return max(4, int(round(2.4 * params.outer_radius_A / float(voxel_A))))
 
 
+def pick_unit(tomo_path: Path, voxel_A: float, params: PickParams,
+              tilt_range: Any) -> tuple[tuple[int, int, int], TomogramPicks]:
+    """Template matching in one tomogram (a unit of :mod:`tomoguide.cluster`): reads it by path; returns its shape
+    (nz, ny, nx) and the picks (peaks, scores, metrics: small)."""
+    from tomoguide.compute.io.mrc import read_mrc
+
+    tomo, _ = read_mrc(tomo_path)
+    shape = tuple(int(n) for n in tomo.shape)
+    return shape, pick_tomogram(np.asarray(tomo, np.float32), voxel_A, params, tilt_range)  # type: ignore[return-value]
+
+
 class Pick(Step):
     id = "pick"
     title = "Picking"
@@ -268,8 +279,8 @@ class Pick(Step):
         return Needs(disk_bytes=1_000_000, memory_bytes=biggest * 4 * 12)
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
+        from tomoguide.cluster import Unit
         from tomoguide.compute.io import coords
-        from tomoguide.compute.io.mrc import read_mrc
 
         assert isinstance(params, PickParams)
         sset, base = SeriesSet.load(ctx.output("reconstruct", "tomograms"))
@@ -299,14 +310,12 @@ class Pick(Step):
             yield Progress(1.0, f"imported {len(table)} particles")
         else:
             found: list[TomogramPicks] = []
-            for k, s in enumerate(sset.series):
-                ctx.check_cancel()
-                tomo, _ = read_mrc(s.path("tomogram", base))
-                nz, ny, nx = tomo.shape
+            units = [Unit(s.name, (s.path("tomogram", base), voxel, params, tilt_range_deg(s.geometry)))
+                     for s in sset.series]
+            picked = yield from ctx.map_units(pick_unit, units, what="template matching")  # one unit per tomogram
+            for s in sset.series:
+                (nz, ny, nx), res = picked[s.name]
                 shapes[s.name] = (nx, ny, nz)
-                yield Progress((k + 0.2) / len(sset.series), f"{s.name}: template matching")
-                res = pick_tomogram(np.asarray(tomo, np.float32), voxel, params, tilt_range_deg(s.geometry))
-                ctx.check_cancel()
                 found.append(res)
                 keep = res.keep
                 extras[f"{s.name}_peak_scores"] = res.scores
@@ -320,7 +329,6 @@ class Pick(Step):
                 metrics["series"][s.name] = res.metrics()
                 for line in res.log_lines(s.name, voxel):
                     ctx.log(line)
-                yield Progress((k + 1) / len(sset.series), f"{s.name}: {int(keep.sum())} particles")
             problems, warnings = sanity_check(found, sset.names(), params)
             for w in warnings:
                 ctx.log(f"warning: {w}")
