@@ -1121,12 +1121,11 @@ def refine_shifts(
     each axis (at most ±0.5 px). ``shifts_px`` are returned unchanged where no candidate lies in range."""
     b = data_ft.shape[-1]
     h = b // 2
-    # one of each Friedel pair (x ≥ 0 half of the rfft layout; the x = 0 plane keeps both halves): the product
-    # conj(A) D of two Hermitian transforms is Hermitian, so its inverse transform is real (irfftn)
+    # one of each Friedel pair (x ≥ 0; the x = 0 plane keeps both halves): the product conj(A) D of two Hermitian
+    # transforms is Hermitian, so the cross-correlation is real: Re[Σ_{x=0} + 2 Σ_{x>0}] / B³
     pts = _points(b, min(r_max, b / 2.0 - 1.0), half=False)
     pts = pts[pts[:, 0] >= 0]
     ii = pts.astype(np.int64) + h
-    jj = pts.astype(np.int64) % b  # the same frequencies in the un-centred layout (x in 0..b/2)
     sel = np.asarray(select, dtype=np.int64)
     out = np.asarray(shifts_px, np.float64)[sel].copy()
     # only the translations within reach are examined: a cube of ±(max offset + centre + 2) voxels
@@ -1135,7 +1134,13 @@ def refine_shifts(
     lo, hi = h - reach, h + reach + 1
     k1 = np.arange(lo, hi) - h
     tz, ty, tx = np.meshgrid(k1, k1, k1, indexing="ij")
-    wrap = k1 % b  # shift t sits at index t mod b of the un-centred inverse transform
+    # the inverse transform at those translations only: three small DFT matrices over the frequencies' cube
+    r = int(np.abs(pts).max(initial=0.0))
+    kq = np.arange(-r, r + 1)
+    e_zy = np.exp(2j * np.pi * np.outer(k1, kq) / b).astype(np.complex64)  # (n_t, 2r + 1)
+    e_x = np.exp(2j * np.pi * np.outer(k1, np.arange(r + 1)) / b).astype(np.complex64)  # (n_t, r + 1)
+    qi = pts.astype(np.int64) + np.array([0, r, r])  # cube index (x, y + r, z + r)
+    twice = np.where(pts[:, 0] > 0, 2.0, 1.0).astype(np.float32)
     ref_ri = reference_ri(ref_ft)
     rows = _point_rows(pts)
     for s0 in range(0, len(sel), chunk):
@@ -1143,11 +1148,13 @@ def refine_shifts(
         c = len(idx)
         rt = np.ascontiguousarray(rotations[idx].transpose(0, 2, 1), np.float64)
         a3 = sample_reference(ref_ft, float(ref_pad), rt, pts, ref_ri, rows)
-        prod = np.zeros((c, b, b, b // 2 + 1), np.complex64)
-        prod[:, jj[:, 2], jj[:, 1], jj[:, 0]] = ((a3[:, 0] - 1j * a3[:, 1])
+        cube = np.zeros((c, 2 * r + 1, 2 * r + 1, r + 1), np.complex64)
+        cube[:, qi[:, 2], qi[:, 1], qi[:, 0]] = ((a3[:, 0] - 1j * a3[:, 1]) * twice
                                                  * data_ft[idx[:, None], ii[None, :, 2], ii[None, :, 1], ii[None, :, 0]])
-        full = scipy.fft.irfftn(prod, s=(b, b, b), axes=(1, 2, 3), workers=-1)
-        cc = full[:, wrap][:, :, wrap][:, :, :, wrap]  # cc[:, z, y, x] at t = index + lo - h
+        part = np.tensordot(cube, e_x, axes=([3], [1]))  # x: (c, z, y, t_x), one matrix product each
+        part = np.tensordot(part, e_zy, axes=([2], [1]))  # y: (c, z, t_x, t_y)
+        part = np.tensordot(part, e_zy, axes=([1], [1]))  # z: (c, t_x, t_y, t_z)
+        cc = part.real.transpose(0, 3, 2, 1) / float(b) ** 3  # cc[:, z, y, x] at t = index + lo - h
         n_c = hi - lo
         for j in range(c):
             cx, cy, cz = centres_px[idx[j]]
