@@ -595,6 +595,37 @@ def _symmetrise_flat(g: Any, stride: int, p: int, ops: Any, pts: Any, out: Any) 
                 out[n, 2] = aw
 
 
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _symmetrise_int(g: Any, stride: int, p: int, ops: Any, pts: Any, out: Any) -> None:
+    """:func:`_symmetrise_flat` for operators that map integer points to integer points (signed permutation
+    matrices: the groups O, D4, C4, D2, C2, …): ``S p`` is a grid point, where trilinear sampling is the grid's
+    value, so each operator costs one read per component. ``ops`` (s, 3, 3) int64, ``pts`` (n, 3) int64."""
+    h = p // 2
+    n_p = pts.shape[0]
+    n_ops = ops.shape[0]
+    blk = 512
+    for bi in numba.prange((n_p + blk - 1) // blk):
+        for n in range(bi * blk, min(n_p, (bi + 1) * blk)):
+            px, py, pz = pts[n, 0], pts[n, 1], pts[n, 2]
+            ar = 0.0
+            ai = 0.0
+            aw = 0.0
+            for k in range(n_ops):
+                sm = ops[k]
+                x = sm[0, 0] * px + sm[0, 1] * py + sm[0, 2] * pz + h
+                y = sm[1, 0] * px + sm[1, 1] * py + sm[1, 2] * pz + h
+                z = sm[2, 0] * px + sm[2, 1] * py + sm[2, 2] * pz + h
+                o = np.uint64(stride * ((z * p + y) * p + x))
+                ar += g[o]
+                ai += g[o + np.uint64(1)]
+                if stride == 3:
+                    aw += g[o + np.uint64(2)]
+            out[n, 0] = ar
+            out[n, 1] = ai
+            if stride == 3:
+                out[n, 2] = aw
+
+
 def _n_accumulators(p: int, n_grids: int) -> int:
     """Per-thread accumulators for a scatter into ``n_grids`` float64 (P, P, P) grids: one per numba thread,
     as many as fit in about 1.5 GB."""
@@ -637,7 +668,11 @@ def symmetrise_grid(data_grid: np.ndarray, weight_grid: np.ndarray | None, opera
     if with_w:
         g[..., 2] = weight_grid
     res = np.empty((len(pts), stride))
-    _symmetrise_flat(g.reshape(-1), stride, p, ops, pts, res)
+    if np.all(np.abs(ops - np.round(ops)) < 1e-9):
+        # signed permutations (O, D4, C4, …): the rotated points are grid points, no interpolation
+        _symmetrise_int(g.reshape(-1), stride, p, np.round(ops).astype(np.int64), pts.astype(np.int64), res)
+    else:
+        _symmetrise_flat(g.reshape(-1), stride, p, ops, pts, res)
     del g
     out_g = res[:, 0] + 1j * res[:, 1]
     out_w = res[:, 2] if with_w else None

@@ -87,3 +87,24 @@ def test_centred_fftn_equals_the_shifted_transforms(n: int) -> None:
     np.testing.assert_allclose(sta.centred_fftn(g, inverse=True), ref_i, atol=1e-14)
     np.testing.assert_allclose(sta.centred_fftn(g, inverse=True, real=True), ref_i.real, atol=1e-14)
     np.testing.assert_array_equal(g, g0)  # the input is left as it was
+
+
+@pytest.mark.parametrize("group", ["O", "D4", "C4"])
+def test_symmetrise_with_signed_permutations_reads_grid_points(group: str) -> None:
+    rng = np.random.default_rng(9)
+    p = 20
+    g = rng.normal(size=(p, p, p)) + 1j * rng.normal(size=(p, p, p))
+    w = rng.random((p, p, p))
+    ops = np.ascontiguousarray(symmetry_matrices(group))
+    assert np.all(np.abs(ops - np.round(ops)) < 1e-9)
+    pts = sta._half_space_points(p)
+    flat = np.empty((p, p, p, 3))
+    flat[..., 0], flat[..., 1], flat[..., 2] = g.real, g.imag, w
+    fast = np.empty((len(pts), 3))
+    sta._symmetrise_int(flat.reshape(-1), 3, p, np.round(ops).astype(np.int64), pts.astype(np.int64), fast)
+    slow = np.empty((len(pts), 3))
+    sta._symmetrise_flat(flat.reshape(-1), 3, p, ops, pts, slow)
+    np.testing.assert_allclose(fast, slow, atol=1e-10)
+    # a non-permutation group (I) takes the interpolating kernel and still runs
+    dg, wg = sta.symmetrise_grid(g, w, symmetry_matrices("I"))
+    assert np.isfinite(dg).all() and wg is not None
