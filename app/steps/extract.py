@@ -131,6 +131,15 @@ class ExtractFineParams(ExtractParams):
                                 help="Not used by the finer extraction (it cuts from the tilt series).")
     tomograms_star: str = param("", title="RELION 5 tomograms file", widget="hidden",
                                 help="Not used by the finer extraction (it cuts from the tilt series).")
+    refine_acquisition: bool = param(
+        False, title="Refine the tilt series from the particles",
+        help="Before cutting the particles again, measure each tilt image's misalignment and defocus error from the "
+             "refined particles: every particle's sub-tilt is compared with the projection of the refinement's "
+             "half map at its pose (CTF and dose included), summed over the particles of the view (RELION 5's "
+             "tilt-series alignment and CTF refinement). Views whose particles give a clear signal get their "
+             "shift (and, when the signal allows, their defocus) corrected; the corrected alignment and CTF are "
+             "used for this extraction and exported. Worth it when the alignment or the CTF fit is off by more "
+             "than a pixel or a few hundred Å; on a well-aligned series it changes little.")
     binning: float | None = param(
         None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0), empty_means="2",
         help="Binning of the finer extraction (tutorial: 2). Must be finer than the first extraction's. Empty: 2, "
@@ -526,6 +535,13 @@ class Extract(Step):
         """The binning of the extraction the particles come from (``None`` for the first extraction)."""
         return None
 
+    def _acquisition(self, params: ExtractParams, ctx: RunContext, sset: SeriesSet, base: Path, df: pd.DataFrame,
+                     binning: float, box_px: int) -> Any:
+        """The tilt series to extract from: ``(series set, its folder, extra outputs, metrics)`` (a generator;
+        the first extraction takes the ``exclude`` step's as they are)."""
+        return sset, base, {}, {}
+        yield  # a generator
+
     def sizes(self, params: ExtractParams, ctx: RunContext) -> tuple[float, int, int]:
         """``(binning, box_px, crop_px)`` for this run: typed values, the others from the data
         (:func:`extraction_sizes`: the pixel size and the largest defocus of the non-excluded views)."""
@@ -596,6 +612,8 @@ class Extract(Step):
         unknown = sorted(set(df["rlnTomoName"].astype(str)) - known)
         if unknown:
             raise ValueError(f"particles of unknown tilt series {', '.join(unknown)} (series: {', '.join(known)})")
+        sset, base, acq_outputs, acq_metrics = yield from self._acquisition(params, ctx, sset, base, df, binning,
+                                                                            box_px)
         ctx.mkdir("subtomos")
         m_total = len(df)
         b = crop_px
@@ -669,6 +687,11 @@ class Extract(Step):
         out["rlnTomoParticleName"] = particle_names
         out["rlnImageName"] = image_names
         out["rlnCtfImage"] = ctf_names
+        if params.dimensionality == "2D":
+            # RELION 5 needs it for 2D stacks: the stack holds one image per view the series keeps, which are the
+            # rows of the per-tilt STAR the RELION 5 export writes (views not excluded), so every frame is visible
+            out["rlnTomoVisibleFrames"] = ["[" + ",".join("1" * len(views_used[str(t)])) + "]"
+                                           for t in out["rlnTomoName"]]
         g_any = sset.series[0].geometry
         optics = {"rlnTomoTiltSeriesPixelSize": g_any.pixel_size_A, "rlnImagePixelSize": voxel,
                   "rlnImageSize": b, "rlnImageDimensionality": 3 if params.dimensionality == "3D" else 2,
@@ -685,7 +708,9 @@ class Extract(Step):
         path = rec.save(ctx.run_dir)
         metrics.update({"n_particles": m_total, "voxel_A": voxel, "box_px": b,
                         "half_sets": [int((out["rlnRandomSubset"] == k).sum()) for k in (1, 2)]})
-        return StepResult(outputs={"particles": path.parent}, metrics=metrics,
+        if acq_metrics:
+            metrics["acquisition"] = acq_metrics
+        return StepResult(outputs={"particles": path.parent, **acq_outputs}, metrics=metrics,
                           summary=f"{m_total} particles, {b}³ voxels of {voxel:.3g} Å")
 
 
@@ -718,6 +743,19 @@ class ExtractFine(Extract):
 
         rec, _ = AverageRecord.load(ctx.output("refine", "average"))
         return float(round(rec.voxel_A / pixel_size_A, 3))
+
+    def _acquisition(self, params: ExtractParams, ctx: RunContext, sset: SeriesSet, base: Path, df: pd.DataFrame,
+                     binning: float, box_px: int) -> Any:
+        """With ``refine_acquisition``: the series' per-view shifts and defocus refined from the particles against
+        the refinement's half maps (:mod:`tomoguide.steps.acquisition_refine`); the corrected set is the output
+        ``series`` and what the particles are cut from."""
+        assert isinstance(params, ExtractFineParams)
+        if not params.refine_acquisition:
+            return sset, base, {}, {}
+        from tomoguide.steps.acquisition_refine import run_refinement
+
+        new, folder, metrics = yield from run_refinement(ctx, sset, base, df, binning, box_px)
+        return new, folder, {"series": folder}, metrics
 
     def _prepare(self, df: pd.DataFrame, params: ExtractParams) -> pd.DataFrame:
         """Re-centre: coordinates minus the refined origin offsets, offsets set to 0; poses and halves kept."""

@@ -161,3 +161,61 @@ def test_real_particles_refine_locally_without_getting_worse(tmp_path: Path) -> 
         m = proj.state("refine").metrics
     assert m["resolution_A"] <= m["resolution_given_poses_A"] + 1e-6
     assert m["resolution_given_poses_A"] < 30.0
+
+
+@pytest.mark.slow
+def test_our_relion5_export_of_2d_particles_imports_back(tiny_project_root: Path, tmp_path: Path) -> None:
+    """The tiny demo's particles extracted as 2D sub-tilt stacks, exported by ``tomoguide export --to relion5`` and
+    imported into a new project at entry point (c): the same particles, poses and reconstruction. (Slow: the session's
+    tiny demo run; the reader and reconstruction are covered fast by tests/compute/test_relion_roundtrip.py.)"""
+    import shutil
+
+    from tomoguide.cli import main
+    from tomoguide.compute.sta import Reconstructor, Subtilts
+    from tomoguide.runner import set_params_checked
+
+    for part in ("data", "project"):
+        shutil.copytree(tiny_project_root / part, tmp_path / part, symlinks=True)
+    with Project.open(tmp_path / "project") as proj:
+        if proj.data.steps["exclude"].status != "done" or proj.data.steps["pick"].status != "done":
+            pytest.skip("the tiny run did not reach picking")
+        set_params_checked(proj, {"extract": {**proj.params("extract").model_dump(), "dimensionality": "2D"}})
+        st = run_to_end(StepRun(proj, "extract"))
+        assert st.status == "done", st.error
+        own_rec, own_folder = ParticleStack.load(proj.output_path("extract", "particles"))
+        own = read_particles_star(own_rec.path("star", own_folder)).particles
+    out = tmp_path / "relion5"
+    assert main(["export", str(tmp_path / "project"), "--to", "relion5", str(out)]) == 0
+    p = read_relion_particles(out / "optimisation_set.star")
+    assert p.n_particles == len(own) and p.ctf_premultiplied and p.box == own_rec.box_px
+    project = _import(tmp_path / "imported", out / "optimisation_set.star")
+    with Project.open(project, readonly=True) as proj:
+        folder = proj.output_path("extract", "particles")
+    rec, _ = ParticleStack.load(folder)
+    df = read_particles_star(rec.path("star", folder)).particles
+    key = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
+    np.testing.assert_allclose(df[key].to_numpy(float), own[key].to_numpy(float), atol=1e-2)
+    np.testing.assert_allclose(table_rotations(df), table_rotations(own), atol=1e-5)
+    assert (df["rlnRandomSubset"].to_numpy() == own["rlnRandomSubset"].to_numpy()).all()
+    # the view matrices of the import (from the exported rlnTomoXTilt/YTilt/ZRot) are the extraction's
+    for name, mats in rec.info["view_matrices"].items():
+        ours = np.asarray(own_rec.info["view_matrices"][name])[own_rec.info["views_used"][name]]
+        np.testing.assert_allclose(np.asarray(mats), ours, atol=1e-6)
+    # reconstruction: the imported particles vs the project's own cropped 2D sub-tilts with the same poses
+    r_imp = load_reconstructor(folder)
+    origin = df[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(float)
+    vol_imp = r_imp.reconstruct(table_rotations(df), -origin / rec.voxel_A)
+    _, star, _, _ = load_particles(own_folder)
+    from tomoguide.compute.io.mrc import read_mrc
+
+    sets = []
+    for row in star.particles.itertuples(index=False):
+        d, _ = read_mrc(own_folder / str(row.rlnImageName))
+        w, _ = read_mrc(own_folder / str(row.rlnCtfImage))
+        views = np.asarray(own_rec.info["views_used"][str(row.rlnTomoName)])
+        sets.append(Subtilts(images=np.asarray(d, np.float32)[None], weights=np.asarray(w, np.float32)[None],
+                             view_matrices=np.asarray(own_rec.info["view_matrices"][str(row.rlnTomoName)])[views],
+                             views=views, pixel_size_A=own_rec.voxel_A, defocus_A=np.zeros((1, views.size))))
+    own_origin = own[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(float)
+    vol_own = Reconstructor(sets).reconstruct(table_rotations(own), -own_origin / own_rec.voxel_A)
+    assert _cc(vol_imp, vol_own) > 0.97

@@ -9,7 +9,8 @@ Inputs (RELION 5 labels):
   ``rlnCtfDataAreCtfPremultiplied``, ``rlnTomoTiltSeriesPixelSize``; voltage, Cs, amplitude contrast here or in
   the tomograms STAR), block ``particles``: ``rlnTomoName``, ``rlnImageName`` (one MRC stack per particle),
   ``rlnTomoVisibleFrames`` (``[0,1,1,...]``, one flag per tilt of the series), ``rlnAngleRot/Tilt/Psi``
-  (degrees), optional ``rlnTomoSubtomogramRot/Tilt/Psi`` (degrees, identity when absent) and
+  (degrees; 0 when absent, e.g. picks not yet aligned), optional ``rlnTomoSubtomogramRot/Tilt/Psi`` (degrees,
+  identity when absent) and
   ``rlnOriginX/Y/ZAngst`` (0 when absent), coordinates ``rlnCenteredCoordinateX/Y/ZAngst`` (Å from the tomogram
   centre) or ``rlnCoordinateX/Y/Z`` (RELION 4 style: tilt-series pixels from the tomogram corner, as RELION 5
   reads them);
@@ -272,8 +273,7 @@ def read_relion_particles(
         raise FormatError(part_path, "data_particles", "missing block: the particles table")
     if parts.empty:
         raise FormatError(part_path, "data_particles", "no particles")
-    for col in ("rlnTomoName", "rlnImageName", "rlnTomoVisibleFrames", "rlnOpticsGroup",
-                "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):
+    for col in ("rlnTomoName", "rlnImageName", "rlnTomoVisibleFrames", "rlnOpticsGroup"):
         _col(parts, col, part_path, "particles")
     for col in ("rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize", "rlnCtfDataAreCtfPremultiplied"):
         _col(optics, col, part_path, "optics")
@@ -306,7 +306,9 @@ def read_relion_particles(
     voltage, cs, q0 = optic_value("rlnVoltage"), optic_value("rlnSphericalAberration"), optic_value("rlnAmplitudeContrast")
     b = int(box[0])
 
-    ang = np.stack([_numbers(parts, c, part_path, "particles") for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")], 1)
+    ang_cols = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    ang = np.stack([_numbers(parts, c, part_path, "particles", default=0.0) for c in ang_cols], 1)
+    no_angles = not any(c in parts.columns for c in ang_cols)
     sub_cols = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
     sub = np.stack([_numbers(parts, c, part_path, "particles", default=0.0) for c in sub_cols], 1)
     if any(c in parts.columns for c in sub_cols) and not all(c in parts.columns for c in sub_cols):
@@ -399,6 +401,8 @@ def read_relion_particles(
             defocus_angle_deg=da, phase_shift_deg=phase, ctf_scale=scale, pre_exposure_e_A2=dose,
             angles_deg=ang[idx], subtomo_angles_deg=sub[idx], origins_A=org[idx], positions_px=pos,
             handedness=hand, defocus_slope=slope, tilt_series_pixel_A=ts_px, rows=idx, centre_px=size / 2.0))
+    if no_angles:
+        notes.append("no rlnAngleRot/Tilt/Psi: the particles are taken as unrotated (angles 0), as RELION does")
     if not centred and pixel_coordinates == "binned":
         notes.append(f"coordinates rlnCoordinateX/Y/Z read as binned pixels (× rlnTomoSubtomogramBinning "
                      f"{binning.max():g}): every particle lies inside the tomograms shrunk by that binning, as "
