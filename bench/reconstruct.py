@@ -11,7 +11,9 @@ projects to a 2D Gaussian of peak ``a √(2π) σ``) in ``n_tilts`` views from `
 tilt axis along the image Y axis and no shifts, so that 2D slice-by-slice peers see the same data.
 
 Measured: :func:`backproject` (WBP, IMOD radial filter 0.35 / 0.035) and :func:`sirt` (``--sirt-iter``
-iterations) on the whole volume (the first WBP call includes numba's compilation or cache load; the
+iterations; with ``--compare-sirt-by-volume`` also its first version, one whole-volume forward and back projection
+per iteration, on the same data) on the whole volume; the peak memory each allocates (``tracemalloc``: numpy's
+allocations, outputs included) as a multiple of the volume, and the bench process's peak RSS (the first WBP call includes numba's compilation or cache load; the
 reported time is the best of the following repeats); the correlation of each result with the true blob volume
 (whole volume) and, on ``--peer-slices`` Y slices spread over the volume, with the peers.
 
@@ -35,10 +37,12 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-blobs", type=int, default=600)
     ap.add_argument("--sirt-iter", type=int, default=30)
     ap.add_argument("--no-sirt", action="store_true")
+    ap.add_argument("--compare-sirt-by-volume", action="store_true",
+                    help="also time the first SIRT version (whole volume per iteration) on the same data")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--peer-slices", type=int, default=16, help="Y slices given to the peers (0: no peers)")
     ap.add_argument("--peers-python", default="/tmp/recon_peers/bin/python")
@@ -222,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from tomoguide.compute import reconstruct as rec
+    from tomoguide.compute.reconstruct import simple_geometry
 
     shape = tuple(args.shape)
     nz, ny, nx = shape
@@ -239,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     import numba
 
     result["machine"]["numba_threads"] = numba.get_num_threads()
+    vol_bytes = nz * ny * nx * 4
     t0 = time.perf_counter()
     wbp = rec.backproject(views, g, shape)
     first = time.perf_counter() - t0
@@ -248,19 +256,47 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         wbp = rec.backproject(views, g, shape)
         times.append(time.perf_counter() - t0)
+    del wbp
+    tracemalloc.start()
+    wbp = rec.backproject(views, g, shape)
+    wbp_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     result["wbp"] = {"seconds_first_call": first, "seconds": min(times), "seconds_all": times,
-                     "cc_truth": cc_big(wbp, truth), "target_seconds": 2.0}
-    print(f"WBP: {min(times):.2f} s (first call {first:.2f} s), cc with truth {result['wbp']['cc_truth']:.3f}",
-          flush=True)
+                     "cc_truth": cc_big(wbp, truth), "target_seconds": 0.7,
+                     "peak_bytes": wbp_peak, "peak_over_volume": wbp_peak / vol_bytes}
+    print(f"WBP: {min(times):.2f} s (first call {first:.2f} s), cc with truth {result['wbp']['cc_truth']:.3f}, "
+          f"peak memory {wbp_peak / vol_bytes:.2f}× the volume", flush=True)
     ours = {"wbp": wbp}
     if not args.no_sirt:
+        rec.sirt(views[:, :8], simple_geometry(tilts, (8, nx)), (nz, 8, nx), n_iter=1)  # compile / load the cache
+        tracemalloc.start()
         t0 = time.perf_counter()
         x = rec.sirt(views, g, shape, n_iter=args.sirt_iter)
         dt = time.perf_counter() - t0
+        sirt_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
         result["sirt"] = {"n_iter": args.sirt_iter, "seconds": dt, "cc_truth": cc_big(x, truth),
-                          "target_seconds": 120.0}
-        print(f"SIRT-{args.sirt_iter}: {dt:.1f} s, cc with truth {result['sirt']['cc_truth']:.3f}", flush=True)
+                          "target_seconds": 40.0, "peak_bytes": sirt_peak, "peak_over_volume": sirt_peak / vol_bytes,
+                          "kernel": "slice by slice (sirt_slabs)"}
+        print(f"SIRT-{args.sirt_iter}: {dt:.1f} s, cc with truth {result['sirt']['cc_truth']:.3f}, peak memory "
+              f"{sirt_peak / vol_bytes:.2f}× the volume", flush=True)
         ours["sirt"] = x
+        if args.compare_sirt_by_volume:
+            rec.sirt(views[:, :8], simple_geometry(tilts, (8, nx)), (nz, 8, nx), n_iter=1, by_volume=True)
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            xv = rec.sirt(views, g, shape, n_iter=args.sirt_iter, by_volume=True)
+            dtv = time.perf_counter() - t0
+            peak_v = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            diff = max(float(np.abs(xv[i:i + 16] - x[i:i + 16]).max()) for i in range(0, nz, 16))
+            result["sirt_by_volume"] = {"seconds": dtv, "ratio_by_volume_over_slabs": dtv / dt,
+                                        "max_abs_diff_vs_slabs": diff, "max_abs_slabs": float(np.abs(x).max()),
+                                        "peak_bytes": peak_v, "peak_over_volume": peak_v / vol_bytes,
+                                        "kernel": "whole volume per iteration (the first version)"}
+            print(f"SIRT-{args.sirt_iter} by volume (first version): {dtv:.1f} s ({dtv / dt:.2f}× the slab version), "
+                  f"largest difference {diff:.2e}, peak memory {peak_v / vol_bytes:.2f}× the volume", flush=True)
+            del xv
     if args.peer_slices > 0:
         slices = np.unique(np.linspace(ny * 0.1, ny * 0.9, args.peer_slices).astype(int))
         t_sl = truth[:, slices, :].transpose(1, 0, 2)
@@ -284,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         if "skipped" in peers:
             print(f"peers skipped: {peers['skipped']}")
     result["load_average_before_after"] = [list(load_before), list(os.getloadavg())]
+    result["peak_rss_bytes_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["volume_bytes"] = vol_bytes
+    print(f"peak RSS of the bench process {result['peak_rss_bytes_process'] / 1e9:.2f} GB (the truth volume, WBP and "
+          f"SIRT results and the views held at once; the volume is {vol_bytes / 1e9:.2f} GB)")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"reconstruct_{nz}x{ny}x{nx}_{args.n_tilts}tilts.json"
     path.write_text(json.dumps(result, indent=1))
