@@ -21,7 +21,7 @@ Kernels (the hot spots of the steps' profiles, bench/results/profiles/):
 * ``insertion_coarse`` / ``insertion_fine``: the sub-tilts of 150 particles scattered into the 2× oversampled grid
   (:func:`sta._scatter_samples` vs :func:`sta._scatter_flat`, through :func:`sta._scatter`'s set-up);
 * ``symmetrise_coarse`` / ``symmetrise_fine``: O symmetrisation of that grid (:func:`sta._symmetrise_points` vs
-  :func:`sta._symmetrise_flat`);
+  :func:`sta._symmetrise_int`, O's operators being signed permutations, with the interleaved copy it needs);
 * ``ctf_per_tilt`` (motion_ctf): per tilt the two full fits and the grid on the tiles' own windows
   (:func:`ctffit.estimate_ctf_two_pass` + :func:`ctffit.fit_ctf_grid`) vs one set of windows, one tilt-aware fit and the
   grid on the shared windows; with the defocus of each against the simulator's truth when ``PROJECT/../truth``
@@ -165,8 +165,8 @@ def averaging(project: Path, repeats: int) -> dict[str, Any]:
         wg = np.abs(dg)
         ops = np.ascontiguousarray(symmetry_matrices("O"))
         pts_h = ST._half_space_points(p)
-        g3 = np.empty((p, p, p, 3))
-        g3[..., 0], g3[..., 1], g3[..., 2] = dg.real, dg.imag, wg
+        ops_i = np.round(ops).astype(np.int64)
+        pts_i = pts_h.astype(np.int64)
 
         def old_sym() -> Any:
             o_g = np.zeros(len(pts_h), np.complex128)
@@ -175,8 +175,11 @@ def averaging(project: Path, repeats: int) -> dict[str, Any]:
             return o_g
 
         def new_sym() -> Any:
+            # what symmetrise_grid does for O: the interleaved grid (its copy timed too), grid points only
+            g3 = np.empty((p, p, p, 3))
+            g3[..., 0], g3[..., 1], g3[..., 2] = dg.real, dg.imag, wg
             res = np.empty((len(pts_h), 3))
-            ST._symmetrise_flat(g3.reshape(-1), 3, p, ops, pts_h, res)
+            ST._symmetrise_int(g3.reshape(-1), 3, p, ops_i, pts_i, res)
             return res[:, 0] + 1j * res[:, 1]
 
         out[f"symmetrise_{tag}"] = _pair(f"symmetrise_{tag}", old_sym, new_sym, repeats, _rel)
