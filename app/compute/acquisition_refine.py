@@ -33,11 +33,12 @@ Scores
 Which views change
     A view's corrections are kept only when its particles' signal is clearly there: ``X`` at the optimum exceeds
     ``min_z`` (default 6) times its standard deviation under noise alone (``var X = Σ w² |CTF D P|² N / 2``, the
-    noise power ``N`` estimated by the data's own power, which makes the test conservative; the maximum of pure
-    noise over the search's ~100 positions stays below 4), the shift did not stop at the search's edge and the
+    noise power ``N`` of each sample estimated by the residual ``|F − a_i · model|²`` with each particle's
+    least-squares scale ``a_i``; the maximum of pure noise over the search's ~100 positions stays below 4), the shift did not stop at the search's edge and the
     figure of merit did not fall. Otherwise the view keeps its values (corrections 0, ``refined`` False).
-    The defocus needs more: the gain ``X(ε) − X(0)`` must exceed ``min_z_defocus`` (default 4) standard
-    deviations of that difference under noise (``Σ w² |D P|² (CTF(ε) − CTF(0))² N / 2``) and ε must not sit at
+    The defocus needs more: the gain of the score ``S = X / sqrt(Y)`` from ``ε = 0`` to the optimum must exceed
+    ``min_z_defocus`` (default 4) standard deviations of that difference under noise (S is linear in the data:
+    ``var ΔS = Σ w² |D P|² (CTF(ε)/√Y(ε) − CTF(0)/√Y(0))² N / 2``) and ε must not sit at
     the search's edge; else the view keeps its defocus (the shift may still change). At the coarse resolutions
     of a first refinement (10-16 Å) the CTF changes little over ±1000 Å, so the defocus is often left alone.
 
@@ -270,7 +271,8 @@ def _parabola(a: float, b: float, c: float) -> float:
     return float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
 
 
-def _defocus_score(a_re: np.ndarray, b_abs2: np.ndarray, w: np.ndarray, ctf_fn: Any, eps: np.ndarray) -> np.ndarray:
+def _defocus_score(a_re: np.ndarray, b_abs2: np.ndarray, w: np.ndarray, ctf_fn: Any,
+                   eps: np.ndarray) -> np.ndarray:
     """``X(ε) / sqrt(Y(ε))`` for offsets ``eps`` (c,): ``X = Σ w · a_re · CTF(ε)``, ``Y = Σ w · b_abs2 · CTF(ε)²``."""
     out = np.empty(len(eps))
     for i, e in enumerate(eps):
@@ -338,17 +340,25 @@ def refine_view(
                 eps += fine_step * _parabola(sf[i - 1], sf[i], sf[i + 1])
         hist.append([delta[0], delta[1], eps])
     # significance: X at the optimum over its standard deviation under noise alone, var X = Σ w² |CTF D P|² N / 2,
-    # the noise power N taken as the data's own power |F|² (signal included: conservative)
+    # the noise power N of each sample estimated by the residual |F − a_i · model|² (a_i: each particle's
+    # least-squares scale; unbiased for the sum but for the fitted scales' few degrees of freedom)
     c = ctf_fn(eps)
     ph = np.exp(2j * np.pi * (ju * delta[0] + jv * delta[1]) / box)
+    model = dp * c * np.conj(ph)[None]
+    a_i = np.real(np.sum(data * np.conj(model) * w, axis=1)) / np.maximum(np.sum(np.abs(model) ** 2 * w, axis=1),
+                                                                           1e-30)
+    noise = np.abs(data - a_i[:, None] * model) ** 2
     x = float(np.sum(np.real(data * np.conj(dp) * ph[None]) * c @ w))
-    var = float(np.sum((np.abs(dp * c) ** 2) * (np.abs(data) ** 2) @ (w * w))) / 2.0
+    var = float(np.sum((np.abs(dp * c) ** 2) * noise @ (w * w))) / 2.0
     z = x / math.sqrt(max(var, 1e-30))
-    # the defocus: the gain X(ε) - X(0) at the shift found, over its standard deviation under noise alone
+    # the defocus: the gain of the score S = X / sqrt(Y) from ε = 0 to ε at the shift found, over its standard
+    # deviation under noise alone (S is linear in the data: var ΔS = Σ w² |D P|² (c/√Y − c₀/√Y₀)² N / 2)
     c0 = ctf_fn(0.0)
     x0 = float(np.sum(np.real(data * np.conj(dp) * ph[None]) * c0 @ w))
-    var_d = float(np.sum((np.abs(dp * (c - c0)) ** 2) * (np.abs(data) ** 2) @ (w * w))) / 2.0
-    z_df = (x - x0) / math.sqrt(max(var_d, 1e-30)) if eps != 0.0 else 0.0
+    y1 = math.sqrt(max(float(np.sum((np.abs(dp) ** 2) * c * c @ w)), 1e-30))
+    y0 = math.sqrt(max(float(np.sum((np.abs(dp) ** 2) * c0 * c0 @ w)), 1e-30))
+    var_d = float(np.sum((np.abs(dp) ** 2) * (c / y1 - c0 / y0) ** 2 * noise @ (w * w))) / 2.0
+    z_df = (x / y1 - x0 / y0) / math.sqrt(max(var_d, 1e-30)) if eps != 0.0 else 0.0
     df_edge = abs(eps) > defocus_range_A - defocus_step_A
     return {"shift_px": delta, "defocus_A": eps, "z_score": z, "z_defocus": z_df, "defocus_at_edge": df_edge,
             "at_edge": edge, "fom_before": before,
