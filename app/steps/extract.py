@@ -321,11 +321,16 @@ def relion_paths(params: ExtractParams) -> tuple[Path | None, Path | None]:
 
 
 def _read_relion(params: ExtractParams, *, load_images: bool) -> Any:
-    from tomoguide.compute.io.relion_particles import read_relion_particles
+    """:class:`~tomoguide.compute.io.relion_particles.RelionParticles` (2D stacks) or
+    :class:`~tomoguide.compute.io.relion_particles.RelionSubtomograms` (3D pseudo-subtomograms)."""
+    from tomoguide.compute.io.relion_particles import (particles_are_2d, read_relion_particles,
+                                                       read_relion_subtomograms)
 
     part, tomo = relion_paths(params)
     if part is None:
         raise ValueError("choose the RELION 5 particles file (optimisation set or particles STAR)")
+    if not particles_are_2d(part):
+        return read_relion_subtomograms(part, tomo, load_images=load_images)
     return read_relion_particles(part, tomo, load_images=load_images)
 
 
@@ -356,7 +361,7 @@ def relion_needs(params: ExtractParams) -> Needs:
     try:
         p = _read_relion(params, load_images=False)
         n, b = p.n_particles, p.box
-        frames = max(g.visible.shape[1] for g in p.tomograms)
+        frames = max(g.visible.shape[1] for g in p.tomograms) if hasattr(p, "tomograms") else 0
     except Exception:  # noqa: BLE001 - an estimate for a file that check() reports
         n, b, frames = 1000, 64, 41
     per = b**3 * 6 + frames * b * b * 4
@@ -376,6 +381,8 @@ def run_relion_import(params: ExtractParams, ctx: RunContext) -> Any:
     p = _read_relion(params, load_images=True)
     for note in p.notes:
         ctx.log(note)
+    if not hasattr(p, "tomograms"):
+        return (yield from _write_relion_3d(p, params, ctx))
     ctx.log(f"{p.n_particles} particles of {len(p.tomograms)} tomograms from {p.particles_path} "
             f"({p.box} px of {p.pixel_size_A:g} Å, CTF-premultiplied: {'yes' if p.ctf_premultiplied else 'no, done here'})")
     subtilts = RR.relion_subtilts(p)
@@ -449,6 +456,60 @@ def run_relion_import(params: ExtractParams, ctx: RunContext) -> Any:
                "ctf_premultiplied_in_file": bool(p.ctf_premultiplied)}
     return StepResult(outputs={"particles": path.parent}, metrics=metrics,
                       summary=f"{m} particles imported from RELION 5, {b}³ voxels of {voxel:.3g} Å, poses kept")
+
+
+def _write_relion_3d(p: Any, params: ExtractParams, ctx: RunContext) -> Any:
+    """3D pseudo-subtomograms (:class:`~tomoguide.compute.io.relion_particles.RelionSubtomograms`) in the extraction's
+    format: the data and centred weights as they are, in RELION's subtomogram frame (``x_tomogram = A_sub x``), so
+    the poses written are ``E(rot, tilt, psi)`` and ``t = −origin`` in that frame (no sub-tilts: the averaging steps
+    use the 3D data)."""
+    from tomoguide.compute.io.mrc import write_mrc
+    from tomoguide.compute.io.star import write_particles_star
+
+    m, b, voxel = p.n_particles, p.box, float(p.pixel_size_A)
+    if p.half_sets is not None:
+        halves = p.half_sets
+        ctx.log("half sets from rlnRandomSubset")
+    else:
+        halves = np.ones(m, np.int64)
+        halves[np.random.default_rng(params.seed).permutation(m)[m // 2:]] = 2
+    if np.any(p.subtomo_angles_deg != 0):
+        ctx.log("rlnTomoSubtomogram* angles: the poses are relative to each particle's subtomogram frame")
+    ctx.mkdir("subtomos")
+    imgs, wgts, pnames = [], [], []
+    for i in range(m):
+        ctx.check_cancel()
+        pname = f"{p.tomo_names[i]}_{i + 1:06d}"
+        imgs.append(f"subtomos/{pname}_data.mrc")
+        wgts.append(f"subtomos/{pname}_weights.mrc")
+        pnames.append(f"{p.tomo_names[i]}/{i + 1}")
+        write_mrc(ctx.out_path(imgs[-1]), p.data[i], voxel)
+        write_mrc(ctx.out_path(wgts[-1]), p.weights[i].astype(np.float16), voxel)
+        if (i + 1) % 16 == 0 or i + 1 == m:
+            yield Progress((i + 1) / m, f"{i + 1}/{m} particles converted")
+    coords = p.coordinates_A if p.coordinates_A is not None else np.zeros((m, 3))
+    out = pd.DataFrame({"rlnTomoName": p.tomo_names, "rlnTomoParticleName": pnames,
+                        XYZ[0]: coords[:, 0], XYZ[1]: coords[:, 1], XYZ[2]: coords[:, 2],
+                        ANGLES[0]: p.angles_deg[:, 0], ANGLES[1]: p.angles_deg[:, 1], ANGLES[2]: p.angles_deg[:, 2],
+                        ORIGIN[0]: p.origins_A[:, 0], ORIGIN[1]: p.origins_A[:, 1], ORIGIN[2]: p.origins_A[:, 2],
+                        "rlnRandomSubset": halves, "rlnImageName": imgs, "rlnCtfImage": wgts})
+    optics = {"rlnTomoTiltSeriesPixelSize": p.tilt_series_pixel_A, "rlnImagePixelSize": voxel, "rlnImageSize": b,
+              "rlnImageDimensionality": 3, "rlnVoltage": p.voltage_kV, "rlnSphericalAberration": p.cs_mm,
+              "rlnAmplitudeContrast": p.amplitude_contrast}
+    write_particles_star(ctx.out_path("particles.star"), out, optics)
+    write_mrc(ctx.out_path("gallery.mrc"), _gallery(p.data), voxel, is_stack=True)
+    names = list(dict.fromkeys(p.tomo_names))
+    rec = ParticleStack(voxel_A=voxel, box_px=b, binning=round(voxel / p.tilt_series_pixel_A, 5), n_particles=m,
+                        tomo_names=names, dimensionality=3,
+                        info={"source": RELION_SOURCE, "particles_file": str(p.particles_path), "poses_given": True,
+                              "frame": "RELION subtomogram frame (x_tomogram = A_sub x)", "reader_notes": p.notes})
+    path = rec.save(ctx.run_dir)
+    return StepResult(outputs={"particles": path.parent},
+                      metrics={"source": RELION_SOURCE, "n_particles": m, "voxel_A": voxel, "box_px": b,
+                               "n_tomograms": len(names), "half_sets": [int((halves == k).sum()) for k in (1, 2)],
+                               "dimensionality_in_file": 3},
+                      summary=f"{m} 3D pseudo-subtomograms imported from RELION, {b}³ voxels of {voxel:.3g} Å, "
+                              "poses kept")
 
 
 def sta_backproject(images: np.ndarray, weights: np.ndarray, view_matrices: np.ndarray) -> tuple[Any, Any]:

@@ -219,3 +219,53 @@ def test_our_relion5_export_of_2d_particles_imports_back(tiny_project_root: Path
     own_origin = own[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(float)
     vol_own = Reconstructor(sets).reconstruct(table_rotations(own), -own_origin / own_rec.voxel_A)
     assert _cc(vol_imp, vol_own) > 0.97
+
+
+def test_3d_pseudo_subtomograms_import(synthetic: dict, tmp_path: Path) -> None:
+    """RELION 3D pseudo-subtomograms (rlnTomoSubTomosAre2DStacks 0): the data and RELION's combined CTF² and
+    multiplicity weights (FFTW half layout, (2B, B, B/2+1)) become the extraction's 3D data and centred weights; the
+    average from them with the given poses is the phantom."""
+    import pandas as pd
+
+    from tomoguide.compute.euler import matrix_to_euler
+    from tomoguide.compute.io.mrc import write_mrc
+    from tomoguide.compute.io.star import write_particles_star, write_star
+    from tomoguide.compute.refine import Poses, reconstruct_halves
+    from tomoguide.compute.relion_reconstruct import relion_pseudo_subtomograms, relion_subtilts
+
+    p2 = read_relion_particles(synthetic["root"] / "optimisation_set.star")
+    data, weights = relion_pseudo_subtomograms(relion_subtilts(p2))
+    b = data.shape[-1]
+    root = tmp_path / "r3d"
+    (root / "sub").mkdir(parents=True)
+    rows = []
+    ang = matrix_to_euler(synthetic["rot"])
+    for i in range(len(data)):
+        half = np.fft.ifftshift(weights[i])[:, :, : b // 2 + 1]
+        write_mrc(root / "sub" / f"{i}_data.mrc", data[i], 10.0)
+        write_mrc(root / "sub" / f"{i}_weights.mrc", np.concatenate([half, np.ones_like(half)]).astype(np.float32),
+                  0.1)
+        rows.append({"rlnTomoName": f"TS_0{1 + i // 6}", "rlnCenteredCoordinateXAngst": 0.0,
+                     "rlnCenteredCoordinateYAngst": 0.0, "rlnCenteredCoordinateZAngst": 0.0,
+                     "rlnAngleRot": ang[i, 0], "rlnAngleTilt": ang[i, 1], "rlnAnglePsi": ang[i, 2],
+                     "rlnOriginXAngst": -synthetic["t_px"][i, 0] * 10, "rlnOriginYAngst": -synthetic["t_px"][i, 1] * 10,
+                     "rlnOriginZAngst": -synthetic["t_px"][i, 2] * 10, "rlnRandomSubset": i % 2 + 1,
+                     "rlnImageName": f"sub/{i}_data.mrc", "rlnCtfImage": f"sub/{i}_weights.mrc"})
+    write_particles_star(root / "particles.star", pd.DataFrame(rows),
+                         {"rlnTomoTiltSeriesPixelSize": 10.0, "rlnImagePixelSize": 10.0, "rlnImageSize": b,
+                          "rlnImageDimensionality": 3, "rlnCtfDataAreCtfPremultiplied": 1},
+                         general={"rlnTomoSubTomosAre2DStacks": 0})
+    write_star(root / "opt.star", {"": {"rlnTomoParticlesFile": "particles.star",
+                                        "rlnTomoTomogramsFile": str(synthetic["root"] / "tomograms.star")}})
+    project = _import(tmp_path, root / "opt.star")
+    with Project.open(project, readonly=True) as proj:
+        folder = proj.output_path("extract", "particles")
+    rec, star, d3, w3 = load_particles(folder)
+    assert rec.dimensionality == 3 and load_reconstructor(folder) is None
+    np.testing.assert_allclose(d3, data, atol=1e-5)
+    np.testing.assert_allclose(w3, weights, atol=2e-3 * float(weights.max()))  # float16 storage
+    df = star.particles
+    origin = df[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(float)
+    res = reconstruct_halves(d3, w3, Poses(table_rotations(df), -origin, np.zeros(len(df))),
+                             df["rlnRandomSubset"].to_numpy(), symmetry="C1", voxel_A=10.0, mask_diameter_A=200.0)
+    assert _cc(res.merged, synthetic["ref"]) > 0.85

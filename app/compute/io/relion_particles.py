@@ -48,7 +48,8 @@ from .errors import FormatError
 from .mrc import read_mrc
 from .star import read_star
 
-__all__ = ["RelionTomogramParticles", "RelionParticles", "read_relion_particles", "resolve_optimisation_set"]
+__all__ = ["RelionTomogramParticles", "RelionParticles", "RelionSubtomograms", "read_relion_particles",
+           "read_relion_subtomograms", "relion_weights_to_centred", "particles_are_2d", "resolve_optimisation_set"]
 
 _NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
@@ -413,3 +414,162 @@ def read_relion_particles(
     return RelionParticles(particles_path=part_path, tomograms_path=tomo_path, tomograms=groups,
                            pixel_size_A=float(px[0]), box=b, voltage_kV=voltage, cs_mm=cs, amplitude_contrast=q0,
                            ctf_premultiplied=bool(int(prem[0])), notes=notes)
+
+
+# ---- 3D pseudo-subtomograms (rlnTomoSubTomosAre2DStacks 0) ------------------------------------------------------------
+
+
+@dataclass
+class RelionSubtomograms:
+    """RELION 4/5 3D pseudo-subtomograms (``relion_tomo_subtomo`` without ``--stack2d``), ``m`` particles of box B.
+
+    ``data`` (m, B, B, B) float32 real space (CTF-premultiplied, centre ``B // 2``), ``weights`` (m, B, B, B) float32
+    the CTF² weights on the centred Fourier grid (tomoguide's layout, :func:`relion_weights_to_centred`), both in
+    the particle's *subtomogram frame*: RELION builds it rotated by ``A_sub`` (``rlnTomoSubtomogramRot/Tilt/Psi``),
+    so ``x_tomogram = A_sub x_frame`` and in that frame the particle has the orientation ``E(rot, tilt, psi)`` and its
+    centre at ``−origin``. ``tomo_names`` (m,), ``angles_deg`` (m, 3), ``subtomo_angles_deg`` (m, 3),
+    ``origins_A`` (m, 3), ``coordinates_A`` (m, 3) Å from the tomogram centre (None when the file gives pixel
+    coordinates and no tomograms STAR), ``half_sets`` (m,) 1/2 or None, ``pixel_size_A``, ``box``, optics.
+    """
+
+    particles_path: Path
+    tomo_names: list[str]
+    data: np.ndarray
+    weights: np.ndarray
+    angles_deg: np.ndarray
+    subtomo_angles_deg: np.ndarray
+    origins_A: np.ndarray
+    coordinates_A: np.ndarray | None
+    half_sets: np.ndarray | None
+    pixel_size_A: float
+    box: int
+    voltage_kV: float
+    cs_mm: float
+    amplitude_contrast: float
+    tilt_series_pixel_A: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_particles(self) -> int:
+        return len(self.tomo_names)
+
+
+def particles_are_2d(path: str | PathLike[str]) -> bool:
+    """Whether the particles of an optimisation set or particles STAR are 2D stacks (``rlnTomoSubTomosAre2DStacks``
+    1) rather than 3D pseudo-subtomograms (0 or absent, RELION 4)."""
+    p = Path(path)
+    blocks = read_star(p)
+    if "particles" not in blocks:
+        p, _ = resolve_optimisation_set(p)
+        blocks = read_star(p)
+    general = blocks.get("general")
+    if isinstance(general, pd.DataFrame):
+        general = general.iloc[0].to_dict() if len(general) else {}
+    value = (general or {}).get("rlnTomoSubTomosAre2DStacks", 0)
+    return int(float(value)) == 1
+
+
+def relion_weights_to_centred(w: np.ndarray, box: int, path: Path) -> np.ndarray:
+    """A RELION weight volume as tomoguide's centred (B, B, B) Fourier weights: RELION's combined CTF² and
+    multiplicity file (numpy shape (2B, B, B/2+1): FFTW half layout, the first B slabs CTF²), the CTF² alone in
+    FFTW half layout (B, B, B/2+1), or a centred full volume (B, B, B, RELION's ``--ctf`` output, tomoguide's
+    export) as it is. The half layout is completed by Hermitian symmetry ``W(−k) = W(k)``."""
+    b, h = int(box), int(box) // 2 + 1
+    w = np.asarray(w, np.float32)
+    if w.shape == (b, b, b):
+        return w
+    if w.shape == (2 * b, b, h):
+        w = w[:b]
+    if w.shape != (b, b, h):
+        raise FormatError(path, "header", f"weights of shape {w.shape}: expected ({b}, {b}, {b}), ({b}, {b}, {h}) "
+                                          f"or RELION's combined ({2 * b}, {b}, {h})")
+    full = np.empty((b, b, b), np.float32)
+    full[:, :, :h] = w
+    kx = np.arange(h, b)  # negative x frequencies: W(kz, ky, -|kx|) = W(-kz, -ky, |kx|)
+    src = (b - kx) % b
+    full[:, :, kx] = w[(-np.arange(b)) % b][:, (-np.arange(b)) % b][:, :, src]
+    return np.fft.fftshift(full)
+
+
+def read_relion_subtomograms(path: str | PathLike[str], tomograms: str | PathLike[str] | None = None, *,
+                             load_images: bool = True) -> RelionSubtomograms:
+    """Read RELION 3D pseudo-subtomograms: ``path`` an optimisation set or a particles STAR (``tomograms`` only
+    needed for ``rlnCoordinateX/Y/Z``, to centre them). Needs ``rlnImageName`` (the 3D data), ``rlnCtfImage`` (the
+    weights), ``rlnTomoName``; the data must be CTF-premultiplied (RELION's 3D pseudo-subtomograms always are).
+    Raises :class:`FormatError` naming the file and field."""
+    p = Path(path)
+    tomo_path: Path | None = Path(tomograms) if tomograms is not None else None
+    blocks = read_star(p)
+    if "particles" not in blocks:
+        p, tomo_path = resolve_optimisation_set(p)
+        blocks = read_star(p)
+    optics, parts = blocks.get("optics"), blocks.get("particles")
+    if not isinstance(optics, pd.DataFrame) or optics.empty:
+        raise FormatError(p, "data_optics", "missing block: the optics groups")
+    if not isinstance(parts, pd.DataFrame) or parts.empty:
+        raise FormatError(p, "data_particles", "missing block or no particles")
+    for col in ("rlnTomoName", "rlnImageName", "rlnCtfImage"):
+        _col(parts, col, p, "particles")
+    px = float(_numbers(optics, "rlnImagePixelSize", p, "optics")[0])
+    b = int(_numbers(optics, "rlnImageSize", p, "optics")[0])
+    prem = _numbers(optics, "rlnCtfDataAreCtfPremultiplied", p, "optics", default=1.0)
+    if not np.all(prem > 0):
+        raise FormatError(p, "data_optics/rlnCtfDataAreCtfPremultiplied",
+                          "0: 3D pseudo-subtomograms must be CTF-premultiplied (RELION always writes them so)")
+
+    def optic(col: str, default: float) -> float:
+        return float(_numbers(optics, col, p, "optics", default=default)[0])
+
+    ts_px = optic("rlnTomoTiltSeriesPixelSize", px)
+    ang = np.stack([_numbers(parts, c, p, "particles", default=0.0)
+                    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")], 1)
+    sub = np.stack([_numbers(parts, c, p, "particles", default=0.0)
+                    for c in ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")], 1)
+    org = np.stack([_numbers(parts, c, p, "particles", default=0.0)
+                    for c in ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")], 1)
+    notes: list[str] = []
+    cen = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")
+    coords: np.ndarray | None = None
+    if all(c in parts.columns for c in cen):
+        coords = np.stack([_numbers(parts, c, p, "particles") for c in cen], 1)
+    elif all(c in parts.columns for c in ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")):
+        if tomo_path is None:
+            notes.append("rlnCoordinateX/Y/Z without a tomograms STAR: positions not centred (not needed to average)")
+        else:
+            glob = read_star(tomo_path).get("global")
+            if not isinstance(glob, pd.DataFrame):
+                raise FormatError(tomo_path, "data_global", "missing block: one row per tomogram")
+            sizes = {str(r["rlnTomoName"]): np.array([float(r["rlnTomoSizeX"]), float(r["rlnTomoSizeY"]),
+                                                       float(r["rlnTomoSizeZ"])]) for _, r in glob.iterrows()}
+            xyz = np.stack([_numbers(parts, c, p, "particles") for c in ("rlnCoordinateX", "rlnCoordinateY",
+                                                                           "rlnCoordinateZ")], 1)
+            coords = np.empty_like(xyz)
+            for i, n in enumerate(parts["rlnTomoName"].astype(str)):
+                if n not in sizes:
+                    raise FormatError(tomo_path, "data_global/rlnTomoName", f"{n}: tomogram not listed")
+                coords[i] = (xyz[i] - sizes[n] / 2.0) * ts_px
+    halves = None
+    if "rlnRandomSubset" in parts.columns:
+        halves = _numbers(parts, "rlnRandomSubset", p, "particles").astype(np.int64)
+        if not np.all(np.isin(halves, (1, 2))):
+            raise FormatError(p, "data_particles/rlnRandomSubset", "values other than 1 and 2")
+    m = len(parts)
+    data = np.zeros((m, b, b, b), np.float32)
+    weights = np.zeros((m, b, b, b), np.float32)
+    if load_images:
+        for i in range(m):
+            for col, out in (("rlnImageName", data), ("rlnCtfImage", weights)):
+                fp = _resolve(str(parts[col].iloc[i]), p.parent, p, f"data_particles row {i + 1} {col}")
+                arr, _ = read_mrc(fp)
+                arr = np.asarray(arr, np.float32)
+                if col == "rlnImageName":
+                    if arr.shape != (b, b, b):
+                        raise FormatError(fp, "header", f"volume of shape {arr.shape}, rlnImageSize says {b}³")
+                    out[i] = arr
+                else:
+                    out[i] = relion_weights_to_centred(arr, b, fp)
+    return RelionSubtomograms(
+        particles_path=p, tomo_names=[str(n) for n in parts["rlnTomoName"]], data=data, weights=weights,
+        angles_deg=ang, subtomo_angles_deg=sub, origins_A=org, coordinates_A=coords, half_sets=halves,
+        pixel_size_A=px, box=b, voltage_kV=optic("rlnVoltage", 300.0), cs_mm=optic("rlnSphericalAberration", 2.7),
+        amplitude_contrast=optic("rlnAmplitudeContrast", 0.1), tilt_series_pixel_A=ts_px, notes=notes)
