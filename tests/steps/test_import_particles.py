@@ -101,11 +101,14 @@ def test_unreadable_files_are_named(synthetic: dict, tmp_path: Path) -> None:
         issues = StepRun(proj, "extract").check_issues()
         assert issues and "tomograms" in issues[0].message.lower() and "particles.star" in issues[0].message
         bad = tmp_path / "broken.star"
-        bad.write_text("data_general\n_rlnTomoSubTomosAre2DStacks 0\n")
+        bad.write_text("data_general\n_rlnTomoSubTomosAre2DStacks 1\n")
         proj.set_params("extract", {"source": RELION_SOURCE, "particles_star": str(bad),
                                     "tomograms_star": str(synthetic["root"] / "tomograms.star")})
         issues = StepRun(proj, "extract").check_issues()
-        assert issues and "broken.star" in issues[0].message and "rlnTomoSubTomosAre2DStacks" in issues[0].message
+        assert issues and "broken.star" in issues[0].message and "data_optics" in issues[0].message
+        bad.write_text("data_general\n_rlnTomoSubTomosAre2DStacks 0\n")  # 3D pseudo-subtomograms, no table
+        issues = StepRun(proj, "extract").check_issues()
+        assert issues and "broken.star" in issues[0].message and "data_optics" in issues[0].message
 
 
 @pytest.mark.skipif(not REAL_SET.is_file(), reason=f"real WarpTools particles not present at {REAL} (GPL-3.0 "

@@ -459,7 +459,7 @@ def particles_are_2d(path: str | PathLike[str]) -> bool:
     1) rather than 3D pseudo-subtomograms (0 or absent, RELION 4)."""
     p = Path(path)
     blocks = read_star(p)
-    if "particles" not in blocks:
+    if not {"particles", "general", "optics"} & set(blocks):  # an optimisation set
         p, _ = resolve_optimisation_set(p)
         blocks = read_star(p)
     general = blocks.get("general")
@@ -500,7 +500,7 @@ def read_relion_subtomograms(path: str | PathLike[str], tomograms: str | PathLik
     p = Path(path)
     tomo_path: Path | None = Path(tomograms) if tomograms is not None else None
     blocks = read_star(p)
-    if "particles" not in blocks:
+    if not {"particles", "general", "optics"} & set(blocks):  # an optimisation set
         p, tomo_path = resolve_optimisation_set(p)
         blocks = read_star(p)
     optics, parts = blocks.get("optics"), blocks.get("particles")
