@@ -209,9 +209,15 @@ def run_steps(project_dir: Path, *, until: str | None = None, only: str | None =
             todo = [only]
         else:
             todo = ids[: ids.index(until) + 1] if until else ids
+        needed_ids = [s for s in ids if proj.is_needed(s)]
         for step_id in todo:
             if step_id != only and not proj.is_needed(step_id):
-                say(f"{step_id}: not needed (the project enters later), skipped")
+                k = ids.index(step_id)
+                why = ("the project enters later" if needed_ids and k < ids.index(needed_ids[0])
+                       else "the project ends before it: nothing to run it on at this entry point"
+                       if needed_ids and k > ids.index(needed_ids[-1])
+                       else "what it makes comes with the imported data")
+                say(f"{step_id}: not needed ({why}), skipped")
                 continue
             if not force and proj.is_up_to_date(step_id) and step_id != only:
                 say(f"{step_id}: up to date, skipped")

@@ -485,6 +485,14 @@ class Step(abc.ABC):
         return cls.inputs
 
     @classmethod
+    def applies(cls, params: StepParams, params_of: ParamsOf | None = None) -> bool:
+        """Whether this step can run at all with these parameters and the other steps' (``params_of``): False for
+        a step that an entry point leaves without its material (re-extraction from the tilt series when the
+        particles came from RELION 5 files). A step that does not apply, and every step after it that needs it,
+        is "not needed" (:func:`tomoguide.steps.registry.needed`). Default: True."""
+        return True
+
+    @classmethod
     def origin_for(cls, params: StepParams, params_of: ParamsOf | None = None) -> str | None:
         """A short label when this step's results come from elsewhere with ``params`` (shown as a badge in the
         step list and by ``tomoguide status``): e.g. ``"from files"``, ``"imported"``; None when it computes

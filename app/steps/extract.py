@@ -792,6 +792,13 @@ class ExtractFine(Extract):
     inputs = ("exclude", "refine")
     particles_from = ("refine", "average")
 
+    @classmethod
+    def applies(cls, params: StepParams, params_of: Any = None) -> bool:
+        """Not when the particles came from RELION 5 files (``extract.source``): there are no tilt series to
+        re-extract from, and the project ends at the refinement."""
+        first = params_of("extract") if params_of is not None else None
+        return getattr(first, "source", "tilt series") != RELION_SOURCE
+
     def _particles(self, ctx: RunContext) -> pd.DataFrame:
         from tomoguide.compute.io.star import read_particles_star
         from tomoguide.steps.average_records import AverageRecord

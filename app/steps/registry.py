@@ -92,9 +92,24 @@ def upstream(step_id: str, params_of: ParamsOf | None = None) -> list[str]:
     return [s for s in ids() if s in need]
 
 
+def applicable(params_of: ParamsOf | None = None) -> list[str]:
+    """The steps that can run with the current parameters, in workflow order: a step applies when its
+    :meth:`Step.applies` says so and every step it needs (:func:`inputs_of`) applies."""
+    ok: list[str] = []
+    for s in workflow():
+        params = params_of(s.id) if params_of is not None else None
+        if params is not None and not s.applies(params, params_of):
+            continue
+        if all(i in ok for i in inputs_of(s.id, params_of)):
+            ok.append(s.id)
+    return ok
+
+
 def needed(params_of: ParamsOf | None = None) -> list[str]:
-    """The steps the workflow's last step needs, and that step, in workflow order: with every source at its
+    """The steps the last applicable step needs, and that step, in workflow order: with every source at its
     default that is every step; an entry further on (particles read from files) leaves out the steps nothing
-    needs any more."""
-    last = workflow()[-1].id
+    needs any more and the steps that cannot run there (re-extraction without tilt series: the project ends at
+    the refinement)."""
+    ok = applicable(params_of)
+    last = ok[-1] if ok else workflow()[-1].id
     return [*upstream(last, params_of), last]

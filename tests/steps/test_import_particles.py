@@ -59,9 +59,10 @@ def test_the_entry_needs_no_earlier_step(synthetic: dict, tmp_path: Path) -> Non
                                                             str(synthetic["root"] / "optimisation_set.star")}}) as proj:
         assert proj.inputs_of("extract") == ()
         assert proj.upstream("extract") == []
-        # picking and the tomograms are needed by nothing now (the finer re-extraction still needs the tilt
-        # series, so the steps up to "exclude" stay in the list of a project that goes that far)
-        assert not any(proj.is_needed(s) for s in ("pick", "reconstruct", "ctf_correct"))
+        # without tilt series the finer re-extraction cannot run: the project is extraction + refinement, every
+        # other step is not needed (not run by `tomoguide run`, greyed in the wizard)
+        assert [s for s in registry.ids() if proj.is_needed(s)] == ["extract", "refine"]
+        assert "extract_fine" not in registry.applicable(proj.params_of)
         assert "extract" not in registry.downstream("pick", {"extract": proj.params("extract")}.get)
         assert proj.origin("extract") == "imported"
         assert StepRun(proj, "extract").check_issues() == []
@@ -272,3 +273,24 @@ def test_3d_pseudo_subtomograms_import(synthetic: dict, tmp_path: Path) -> None:
     res = reconstruct_halves(d3, w3, Poses(table_rotations(df), -origin, np.zeros(len(df))),
                              df["rlnRandomSubset"].to_numpy(), symmetry="C1", voxel_A=10.0, mask_diameter_A=200.0)
     assert _cc(res.merged, synthetic["ref"]) > 0.85
+
+
+def test_the_particles_entry_from_the_command_line(synthetic: dict, tmp_path: Path, capsys) -> None:
+    """``tomoguide new --entry particles`` then ``tomoguide run``: extraction (imported) and refinement run, every
+    other step is skipped as not needed (earlier ones: the data enter later; the re-extraction and what follows:
+    nothing to run them on), and the wizard's particles entry is offered (enabled)."""
+    from tomoguide.cli import main
+    from tomoguide.entries import particles_entry
+
+    assert particles_entry() == (RELION_SOURCE, "particles_star")
+    project = tmp_path / "p"
+    assert main(["new", str(project), "--entry", "particles", "--particles",
+                 str(synthetic["root"] / "optimisation_set.star")]) == 0
+    assert main(["run", str(project), "--cluster", "inline"]) == 0
+    err = capsys.readouterr().err
+    assert "extract_fine: not needed (the project ends before it" in err
+    assert "import_movies: not needed (the project enters later)" in err
+    with Project.open(project, readonly=True) as proj:
+        done = [s for s in registry.ids() if proj.data.steps[s].status == "done"]
+        assert done == ["extract", "refine"]
+        assert proj.state("refine").metrics["resolution_A"] > 0
