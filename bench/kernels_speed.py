@@ -34,9 +34,7 @@ here; the per-step ratios come from ``bench/profile_step.py`` runs of the old an
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import math
 import os
 import platform
 import sys
