@@ -413,8 +413,11 @@ def export_relion5(proj: Any, w: _Writer, result: ExportResult) -> None:
 
     if not _done(proj, "exclude"):
         raise _not_done(("exclude",), proj, "the RELION 5 export (tilt series with alignment and CTF)")
-    sset, base = _series(proj, "exclude")
-    result.sources["tilt_series"] = "exclude"
+    # the finer extraction's alignment and CTF when it refined them from the particles (refine_acquisition)
+    src = "extract_fine" if _done(proj, "extract_fine") and "series" in proj.data.steps["extract_fine"].outputs \
+        else "exclude"
+    sset, base = _series(proj, src)
+    result.sources["tilt_series"] = src
     tomos = _tomograms(proj)
     rows = []
     series_px: dict[str, float] = {}

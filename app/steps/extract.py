@@ -597,7 +597,7 @@ class Extract(Step):
         return None
 
     def _acquisition(self, params: ExtractParams, ctx: RunContext, sset: SeriesSet, base: Path, df: pd.DataFrame,
-                     binning: float, box_px: int) -> Any:
+                     binning: float, box_px: int, crop_px: int) -> Any:
         """The tilt series to extract from: ``(series set, its folder, extra outputs, metrics)`` (a generator;
         the first extraction takes the ``exclude`` step's as they are)."""
         return sset, base, {}, {}
@@ -674,7 +674,7 @@ class Extract(Step):
         if unknown:
             raise ValueError(f"particles of unknown tilt series {', '.join(unknown)} (series: {', '.join(known)})")
         sset, base, acq_outputs, acq_metrics = yield from self._acquisition(params, ctx, sset, base, df, binning,
-                                                                            box_px)
+                                                                            box_px, crop_px)
         ctx.mkdir("subtomos")
         m_total = len(df)
         b = crop_px
@@ -813,7 +813,7 @@ class ExtractFine(Extract):
         return float(round(rec.voxel_A / pixel_size_A, 3))
 
     def _acquisition(self, params: ExtractParams, ctx: RunContext, sset: SeriesSet, base: Path, df: pd.DataFrame,
-                     binning: float, box_px: int) -> Any:
+                     binning: float, box_px: int, crop_px: int) -> Any:
         """With ``refine_acquisition``: the series' per-view shifts and defocus refined from the particles against
         the refinement's half maps (:mod:`tomoguide.steps.acquisition_refine`); the corrected set is the output
         ``series`` and what the particles are cut from."""
@@ -822,7 +822,7 @@ class ExtractFine(Extract):
             return sset, base, {}, {}
         from tomoguide.steps.acquisition_refine import run_refinement
 
-        new, folder, metrics = yield from run_refinement(ctx, sset, base, df, binning, box_px)
+        new, folder, metrics = yield from run_refinement(ctx, sset, base, df, binning, box_px, crop_px)
         return new, folder, {"series": folder}, metrics
 
     def _prepare(self, df: pd.DataFrame, params: ExtractParams) -> pd.DataFrame:
