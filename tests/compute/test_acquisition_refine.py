@@ -161,3 +161,21 @@ def test_apply_shift_corrections_moves_the_projection():
     pts = np.array([[10.0, -5.0, 20.0], [-40.0, 30.0, -10.0]])
     moved = g2.project(pts)[..., :2] - g.project(pts)[..., :2]
     np.testing.assert_allclose(moved, np.repeat(d[:, None], 2, axis=1), atol=1e-9)
+
+
+def test_fast_defocus_score_equals_the_reference():
+    """The O(n)-per-offset defocus score equals the direct one (CTF recomputed for every particle and offset)."""
+    rng = np.random.default_rng(2)
+    m, n = 7, 50
+    kx, ky = rng.uniform(-0.1, 0.1, n), rng.uniform(-0.1, 0.1, n)
+    mdf = rng.uniform(20000, 40000, m)
+    a_re, b2, w = rng.normal(size=(m, n)), rng.uniform(0.1, 1, (m, n)), rng.choice([1.0, 2.0], n)
+    opt = {"voltage_kV": 300.0, "cs_mm": 2.7}
+    chi0 = AR._chi_points(kx, ky, mdf, 150.0, 30.0, 0.1, **opt)
+    lam = AR.electron_wavelength_A(300.0)
+    fast = AR._DefocusScorer(a_re, b2, w, chi0, kx * kx + ky * ky, lam, 0.07)
+    eps = np.array([-1500.0, -20.0, 0.0, 333.0, 2000.0])
+    ref = AR._defocus_score(a_re, b2, w, lambda e: AR._ctf_points(kx, ky, mdf + e, 150.0, 30.0, 0.1,
+                                                                  amplitude_contrast=0.07, **opt).astype(np.float64),
+                            eps)
+    np.testing.assert_allclose(fast(eps), ref, rtol=1e-5)
