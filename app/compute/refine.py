@@ -1151,10 +1151,11 @@ def refine_shifts(
         cube = np.zeros((c, 2 * r + 1, 2 * r + 1, r + 1), np.complex64)
         cube[:, qi[:, 2], qi[:, 1], qi[:, 0]] = ((a3[:, 0] - 1j * a3[:, 1]) * twice
                                                  * data_ft[idx[:, None], ii[None, :, 2], ii[None, :, 1], ii[None, :, 0]])
-        part = np.tensordot(cube, e_x, axes=([3], [1]))  # x: (c, z, y, t_x), one matrix product each
-        part = np.tensordot(part, e_zy, axes=([2], [1]))  # y: (c, z, t_x, t_y)
-        part = np.tensordot(part, e_zy, axes=([1], [1]))  # z: (c, t_x, t_y, t_z)
-        cc = part.real.transpose(0, 3, 2, 1) / float(b) ** 3  # cc[:, z, y, x] at t = index + lo - h
+        n_t, n_q = len(k1), 2 * r + 1
+        part = cube.reshape(-1, r + 1) @ e_x.T  # x: (c z y, t_x)
+        part = np.matmul(e_zy, part.reshape(c * n_q, n_q, n_t))  # y: (c z, t_y, t_x)
+        part = np.matmul(e_zy, part.reshape(c, n_q, n_t * n_t))  # z: (c, t_z, t_y t_x)
+        cc = part.real.reshape(c, n_t, n_t, n_t) / float(b) ** 3  # cc[:, z, y, x] at t = index + lo - h
         n_c = hi - lo
         for j in range(c):
             cx, cy, cz = centres_px[idx[j]]
