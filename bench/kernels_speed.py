@@ -22,10 +22,10 @@ Kernels (the hot spots of the steps' profiles, bench/results/profiles/):
   (:func:`sta._scatter_samples` vs :func:`sta._scatter_flat`, through :func:`sta._scatter`'s set-up);
 * ``symmetrise_coarse`` / ``symmetrise_fine``: O symmetrisation of that grid (:func:`sta._symmetrise_points` vs
   :func:`sta._symmetrise_int`, O's operators being signed permutations, with the interleaved copy it needs);
-* ``ctf_per_tilt`` (motion_ctf): per tilt the two full fits and the grid on the tiles' own windows
-  (:func:`ctffit.estimate_ctf_two_pass` + :func:`ctffit.fit_ctf_grid`) vs one set of windows, one tilt-aware fit and the
-  grid on the shared windows; with the defocus of each against the simulator's truth when ``PROJECT/../truth``
-  exists.
+* ``ctf_per_tilt`` (motion_ctf): what the step does per tilt, ``estimate_ctf`` + ``fit_ctf_grid`` (2×2) of
+  ``app/compute/ctffit.py`` as it was at ``--old-commit`` (loaded from git into this process: two full fits, the
+  tiles' own windows and fits) vs now (one set of windows, one tilt-aware fit, the grid on the shared windows); with
+  the defocus of each against the simulator's truth when ``PROJECT/../truth`` exists.
 
 ``step_share``: each step's profiled time in the kernels replaced (from the "before" profiles) is not recomputed
 here; the per-step ratios come from ``bench/profile_step.py`` runs of the old and new code.
@@ -222,7 +222,27 @@ def averaging(project: Path, repeats: int) -> dict[str, Any]:
     return out
 
 
-def ctf(project: Path, repeats: int, n_tilts: int) -> dict[str, Any]:
+def _module_at(commit: str, path: str, name: str) -> Any:
+    """The module ``path`` (e.g. ``app/compute/ctffit.py``) as it was at ``commit`` (``git show``), imported under
+    ``name`` (its own imports resolve to the current package): the old code in the same process."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    src = subprocess.run(["git", "-C", str(root), "show", f"{commit}:{path}"], capture_output=True, text=True,
+                         check=True).stdout
+    tmp = Path(tempfile.mkdtemp(prefix="kernels_speed_")) / f"{name}.py"
+    tmp.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, tmp)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def ctf(project: Path, repeats: int, n_tilts: int, old_commit: str) -> dict[str, Any]:
     from tomoguide.compute import ctffit as C
     from tomoguide.compute.io.mrc import read_mrc
     from tomoguide.compute.io.star import read_star
@@ -244,11 +264,13 @@ def ctf(project: Path, repeats: int, n_tilts: int) -> dict[str, Any]:
               voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm, amplitude_contrast=g.optics.amplitude_contrast,
               defocus_range_A=(5000.0, 80000.0), res_range_A=(30.0, 7.0), fit_phase=False)
 
+    c_old = _module_at(old_commit, "app/compute/ctffit.py", "ctffit_old")
+
     def old() -> Any:
         res = []
         for v in views:
-            fit, _ = C.estimate_ctf_two_pass(stack[v], tilt_deg=float(true_tilts[v]), **kw)
-            grid = C.fit_ctf_grid(stack[v], grid=(2, 2), global_fit=fit, tilt_deg=float(true_tilts[v]), **kw)
+            fit, _ = c_old.estimate_ctf(stack[v], tilt_deg=float(true_tilts[v]), **kw)
+            grid = c_old.fit_ctf_grid(stack[v], grid=(2, 2), global_fit=fit, tilt_deg=float(true_tilts[v]), **kw)
             res.append((fit.defocus_mean_A, grid.tilt_from_plane_deg))
         return np.array(res)
 
@@ -290,6 +312,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ctf-tilts", type=int, default=9)
     ap.add_argument("--only", choices=["averaging", "ctf"], default=None)
+    ap.add_argument("--old-commit", default="801d4e3",
+                    help="the CTF fit's old code: ctffit.py at this commit (the averaging kernels' old versions are "
+                         "kept in the modules)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels_speed.json")
     args = ap.parse_args()
     import numba
@@ -302,7 +327,8 @@ def main() -> int:
     if args.only in (None, "averaging"):
         res["averaging"] = averaging(args.project, args.repeats)
     if args.only in (None, "ctf"):
-        res["ctf"] = ctf(args.project, args.repeats, args.ctf_tilts)
+        res["ctf"] = ctf(args.project, args.repeats, args.ctf_tilts, args.old_commit)
+        res["ctf"]["old_code"] = f"app/compute/ctffit.py at {args.old_commit}"
     res["load_average_before"] = list(load0)
     res["load_average_after"] = list(os.getloadavg())
     res["wall_s"] = time.perf_counter() - t0
