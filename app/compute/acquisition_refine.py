@@ -42,6 +42,14 @@ Which views change
     the search's edge; else the view keeps its defocus (the shift may still change). At the coarse resolutions
     of a first refinement (10-16 Å) the CTF changes little over ±1000 Å, so the defocus is often left alone.
 
+What the particles can measure
+    A common offset ε changes every particle's CTF phase by ``π λ k² ε``, a view shift δ (Å) its phase by ``2π k·δ``:
+    per unit of the targets the defocus is weaker by ``≈ 2 / (λ k)`` (1000 at 10 Å, 400 at 4 Å, 300 kV), so where
+    the shift is found to 0.3 Å the defocus is known to only ~300 Å at 8-10 Å resolution. On the simulated small
+    demo (150 particles per series, 3 e⁻/Å² per view, maps of 16 Å then 8.4 Å) the shifts come back to 0.2 px
+    and the defocus of most views stays (its test is not passed): RELION 5 and M refine the defocus from maps at
+    3-4 Å. Reference: Zivanov et al. 2022; Tegunov et al. 2021 (Nat. Methods 18:186).
+
 Conventions: images ``(m, k, E, E)`` float32 real-space crops, particle centre at pixel ``E // 2``; maps
 ``(B, B, B)`` numpy order (z, y, x), centre ``B // 2``; frequencies in cycles per box; defocus in Å, positive =
 underfocus, astigmatism angle of U from the raw image X axis (as :mod:`tomoguide.compute.sta`).
