@@ -376,3 +376,15 @@ def test_an_unknown_item_or_one_without_only_is_refused(two_series_project: Path
     assert "--item TS_09: no such tilt series in reconstruct's results (it has: TS_01, TS_02)" in err
     assert main(["run", str(project), "--item", "TS_01"]) != 0
     assert "--item needs --only STEP" in capsys.readouterr().err
+
+
+def test_the_full_preset_is_the_tutorials_scale() -> None:
+    """``simulate --preset full``: at least 8 tilt series of 41 tilts, as many particles per series as small."""
+    from tomoguide.cli import build_parser
+
+    full, small = synth.PRESETS["full"], synth.PRESETS["small"]
+    assert full.n_series >= 8 and len(full.acquisition_tilts_deg()) == 41
+    assert full.n_particles == small.n_particles
+    assert {k: v for k, v in full.model_dump().items() if k != "n_series"} == \
+        {k: v for k, v in small.model_dump().items() if k != "n_series"}
+    assert build_parser().parse_args(["simulate", "--preset", "full"]).preset == "full"
