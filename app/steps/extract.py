@@ -489,7 +489,7 @@ def _write_relion_3d(p: Any, params: ExtractParams, ctx: RunContext) -> Any:
         write_mrc(ctx.out_path(wgts[-1]), p.weights[i].astype(np.float16), voxel)
         if (i + 1) % 16 == 0 or i + 1 == m:
             yield Progress((i + 1) / m, f"{i + 1}/{m} particles converted")
-    coords = p.coordinates_A if p.coordinates_A is not None else np.zeros((m, 3))
+    coords = p.coordinates_A
     out = pd.DataFrame({"rlnTomoName": p.tomo_names, "rlnTomoParticleName": pnames,
                         XYZ[0]: coords[:, 0], XYZ[1]: coords[:, 1], XYZ[2]: coords[:, 2],
                         ANGLES[0]: p.angles_deg[:, 0], ANGLES[1]: p.angles_deg[:, 1], ANGLES[2]: p.angles_deg[:, 2],

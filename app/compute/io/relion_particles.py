@@ -226,6 +226,44 @@ def _tilt_table(tomo_row: pd.Series, blocks: dict, tomo_path: Path, name: str) -
                       "missing per-tilt table: neither a block of this name nor rlnTomoTiltSeriesStarFile")
 
 
+def _tomogram_sizes(glob: pd.DataFrame, tomo_path: Path) -> dict[str, np.ndarray]:
+    """Per tomogram name its ``rlnTomoSizeX/Y/Z`` (tilt-series px; ``FormatError`` naming a missing column)."""
+    cols = ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
+    for c in ("rlnTomoName", *cols):
+        _col(glob, c, tomo_path, "global")
+    xyz = np.stack([_numbers(glob, c, tomo_path, "global") for c in cols], 1)
+    return {str(n): xyz[i] for i, n in enumerate(glob["rlnTomoName"])}
+
+
+def pixel_coordinates_centred_px(xyz: np.ndarray, names: list[str], sizes: dict[str, np.ndarray],
+                                 binning: float, mode: str, *, part_path: Path, tomo_path: Path
+                                 ) -> tuple[np.ndarray, str]:
+    """``rlnCoordinateX/Y/Z`` (m, 3) as positions in tilt-series px from each tomogram's centre, and the reading
+    used. ``mode`` ``"relion"``: tilt-series pixels from the tomogram corner (RELION 5,
+    ``ParticleSet::getParticleCoordDecenteredPixel``); ``"binned"``: pixels of ``binning`` × the tilt-series pixel
+    (WarpTools 2.0); ``"auto"``: ``"binned"`` when ``binning`` > 1.5 and every particle lies inside the tomograms
+    shrunk by it (RELION's own coordinates span the whole tomogram), else ``"relion"``. Shared by the 2D-stack
+    and the 3D readers."""
+    unknown = sorted({n for n in names if n not in sizes})
+    if unknown:
+        raise FormatError(tomo_path, "data_global/rlnTomoName",
+                          f"{', '.join(unknown)}: tomogram of particles in {part_path.name} is not listed")
+    size = np.stack([sizes[n] for n in names]) if names else np.zeros((0, 3))
+    if mode == "auto":
+        inside = bool(np.all(xyz * binning <= size * 1.01))
+        mode = "binned" if binning > 1.5 and inside else "relion"
+    factor = binning if mode == "binned" else 1.0
+    return xyz * factor - size / 2.0, mode
+
+
+def _pixel_coordinates_note(mode: str, binning: float) -> str:
+    if mode == "binned":
+        return (f"coordinates rlnCoordinateX/Y/Z read as binned pixels (× rlnTomoSubtomogramBinning {binning:g}): "
+                "every particle lies inside the tomograms shrunk by that binning, as WarpTools writes them "
+                "(RELION 5 would read tilt-series pixels; this only changes the CTF depths)")
+    return "coordinates rlnCoordinateX/Y/Z read as tilt-series pixels from the tomogram corner (RELION 5)"
+
+
 def read_relion_particles(
     path: str | PathLike[str], tomograms: str | PathLike[str] | None = None, *, load_images: bool = True,
     pixel_coordinates: str = "auto",
@@ -328,11 +366,16 @@ def read_relion_particles(
                           "missing coordinates: need rlnCenteredCoordinateX/Y/ZAngst or rlnCoordinateX/Y/Z")
 
     binning = _numbers(optics, "rlnTomoSubtomogramBinning", part_path, "optics", default=1.0)
-    if not centred and pixel_coordinates == "auto":
-        sizes = glob[["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"]].to_numpy(dtype=float)
-        inside = bool(np.all(coords * binning.max() <= sizes.max(axis=0) * 1.01))
-        pixel_coordinates = "binned" if binning.max() > 1.5 and inside else "relion"
+    if np.ptp(binning) > 1e-6:
+        raise FormatError(part_path, "data_optics/rlnTomoSubtomogramBinning",
+                          f"optics groups with different binnings ({', '.join(f'{x:g}' for x in binning)}): "
+                          "not supported, import one group at a time")
     names = [str(n) for n in parts["rlnTomoName"]]
+    tomo_sizes = _tomogram_sizes(glob, tomo_path)
+    if not centred:
+        coords, pixel_coordinates = pixel_coordinates_centred_px(
+            coords, names, tomo_sizes, float(binning[0]), pixel_coordinates, part_path=part_path,
+            tomo_path=tomo_path)
     order: list[str] = []
     for n in names:
         if n not in order:
@@ -357,7 +400,7 @@ def read_relion_particles(
         scale = _numbers(tilt, "rlnCtfScalefactor", tilt_path, tilt_block, default=1.0)
         phase = _numbers(tilt, "rlnPhaseShift", tilt_path, tilt_block, default=0.0)
         ts_px = float(trow["rlnTomoTiltSeriesPixelSize"])
-        size = np.array([float(trow["rlnTomoSizeX"]), float(trow["rlnTomoSizeY"]), float(trow["rlnTomoSizeZ"])])
+        size = tomo_sizes[tname]
         hand = float(trow["rlnTomoHand"]) if "rlnTomoHand" in trow.index else 1.0
         slope = float(trow["rlnTomoDefocusSlope"]) if "rlnTomoDefocusSlope" in trow.index else 1.0
 
@@ -392,11 +435,7 @@ def read_relion_particles(
                 raise FormatError(ip, "nz", f"{data.shape[0]} images: expected {n_frames} (one per tilt) or "
                                             f"{int(visible[j].sum())} (one per visible tilt, rlnTomoVisibleFrames)")
             images[j, ~visible[j]] = 0.0
-        if centred:
-            pos = coords[idx] / ts_px
-        else:
-            factor = float(binning[0]) if pixel_coordinates == "binned" else 1.0
-            pos = coords[idx] * factor - size / 2.0
+        pos = coords[idx] / ts_px if centred else coords[idx]
         groups.append(RelionTomogramParticles(
             name=tname, images=images, visible=visible, view_matrices=mats, defocus_u_A=du, defocus_v_A=dv,
             defocus_angle_deg=da, phase_shift_deg=phase, ctf_scale=scale, pre_exposure_e_A2=dose,
@@ -404,13 +443,8 @@ def read_relion_particles(
             handedness=hand, defocus_slope=slope, tilt_series_pixel_A=ts_px, rows=idx, centre_px=size / 2.0))
     if no_angles:
         notes.append("no rlnAngleRot/Tilt/Psi: the particles are taken as unrotated (angles 0), as RELION does")
-    if not centred and pixel_coordinates == "binned":
-        notes.append(f"coordinates rlnCoordinateX/Y/Z read as binned pixels (× rlnTomoSubtomogramBinning "
-                     f"{binning.max():g}): every particle lies inside the tomograms shrunk by that binning, as "
-                     f"WarpTools writes them (RELION 5 would read tilt-series pixels; this only changes the CTF "
-                     f"depths)")
-    elif not centred:
-        notes.append("coordinates rlnCoordinateX/Y/Z read as tilt-series pixels from the tomogram corner (RELION 5)")
+    if not centred:
+        notes.append(_pixel_coordinates_note(pixel_coordinates, float(binning[0])))
     return RelionParticles(particles_path=part_path, tomograms_path=tomo_path, tomograms=groups,
                            pixel_size_A=float(px[0]), box=b, voltage_kV=voltage, cs_mm=cs, amplitude_contrast=q0,
                            ctf_premultiplied=bool(int(prem[0])), notes=notes)
@@ -439,7 +473,7 @@ class RelionSubtomograms:
     angles_deg: np.ndarray
     subtomo_angles_deg: np.ndarray
     origins_A: np.ndarray
-    coordinates_A: np.ndarray | None
+    coordinates_A: np.ndarray
     half_sets: np.ndarray | None
     pixel_size_A: float
     box: int
@@ -534,20 +568,25 @@ def read_relion_subtomograms(path: str | PathLike[str], tomograms: str | PathLik
         coords = np.stack([_numbers(parts, c, p, "particles") for c in cen], 1)
     elif all(c in parts.columns for c in ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")):
         if tomo_path is None:
-            notes.append("rlnCoordinateX/Y/Z without a tomograms STAR: positions not centred (not needed to average)")
-        else:
-            glob = read_star(tomo_path).get("global")
-            if not isinstance(glob, pd.DataFrame):
-                raise FormatError(tomo_path, "data_global", "missing block: one row per tomogram")
-            sizes = {str(r["rlnTomoName"]): np.array([float(r["rlnTomoSizeX"]), float(r["rlnTomoSizeY"]),
-                                                       float(r["rlnTomoSizeZ"])]) for _, r in glob.iterrows()}
-            xyz = np.stack([_numbers(parts, c, p, "particles") for c in ("rlnCoordinateX", "rlnCoordinateY",
-                                                                           "rlnCoordinateZ")], 1)
-            coords = np.empty_like(xyz)
-            for i, n in enumerate(parts["rlnTomoName"].astype(str)):
-                if n not in sizes:
-                    raise FormatError(tomo_path, "data_global/rlnTomoName", f"{n}: tomogram not listed")
-                coords[i] = (xyz[i] - sizes[n] / 2.0) * ts_px
+            raise FormatError(p, "rlnCoordinateX/Y/Z", "pixel coordinates from the tomogram corner need the "
+                                                        "tomograms STAR (rlnTomoSizeX/Y/Z) to be placed: give it")
+        glob = read_star(tomo_path).get("global")
+        if not isinstance(glob, pd.DataFrame):
+            raise FormatError(tomo_path, "data_global", "missing block: one row per tomogram")
+        xyz = np.stack([_numbers(parts, c, p, "particles") for c in ("rlnCoordinateX", "rlnCoordinateY",
+                                                                       "rlnCoordinateZ")], 1)
+        binning = _numbers(optics, "rlnTomoSubtomogramBinning", p, "optics", default=1.0)
+        if np.ptp(binning) > 1e-6:
+            raise FormatError(p, "data_optics/rlnTomoSubtomogramBinning",
+                              "optics groups with different binnings: not supported, import one group at a time")
+        centred_px, mode = pixel_coordinates_centred_px(
+            xyz, [str(n) for n in parts["rlnTomoName"]], _tomogram_sizes(glob, tomo_path), float(binning[0]),
+            "auto", part_path=p, tomo_path=tomo_path)
+        coords = centred_px * ts_px
+        notes.append(_pixel_coordinates_note(mode, float(binning[0])))
+    else:
+        raise FormatError(p, f"data_particles/{cen[0]}",
+                          "missing coordinates: need rlnCenteredCoordinateX/Y/ZAngst or rlnCoordinateX/Y/Z")
     halves = None
     if "rlnRandomSubset" in parts.columns:
         halves = _numbers(parts, "rlnRandomSubset", p, "particles").astype(np.int64)
