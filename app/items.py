@@ -1,8 +1,10 @@
 """Running one step for some of its units only — ``tomoguide run PROJECT --only STEP --item TS_03`` (issue 18) —
 and merging the result into the project.
 
-For a site that wraps tomoguide in plain SLURM arrays or a workflow manager: each array task runs one tilt series
-of a step. How:
+For a site that wraps tomoguide in plain SLURM arrays or a workflow manager: each task runs one tilt series of a
+step. An item run, like any run, holds the project's lock while it runs and merges into the step's current run, so
+the tasks on one project run one after another (a SLURM array with ``%1``, or a job dependency chain); a task
+that finds the project locked is refused with the lock holder named and can be resubmitted. How:
 
 1. :func:`item_problems`: the step must have a done run already (the results of the other series come from it),
    its outputs must be per-tilt-series records (``series.json``), and every item must be a series of its input.
@@ -27,6 +29,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from tomoguide.integrity import guarded_path
 from tomoguide.steps.records import SERIES_FILE, TILT_SERIES_FILE, SeriesSet
 
 SERIES_RECORDS = (SERIES_FILE, TILT_SERIES_FILE)
@@ -126,10 +129,10 @@ def merge_items(project: Any, step_id: str, result: Any, partial: Path, items: C
             if s.name in fresh:
                 merged.append(fresh.pop(s.name))
                 continue
-            for f in s.files.values():
-                target = new_path.parent / f
+            for role, f in s.files.items():
+                target = guarded_path(new_path.parent, f)  # a tampered record cannot write outside the run
                 if not target.exists():
-                    _link(prev_base / f, target)
+                    _link(s.path(role, prev_base), target)
             merged.append(s)
         merged.extend(fresh.values())
         with contextlib.suppress(FileNotFoundError):
