@@ -380,6 +380,8 @@ def _ctf_folder(params: CtfEstimateParams) -> Path | None:
 def _stack_sections(ctx: RunContext) -> dict[str, list[int]]:
     """Per series imported from a stack (entry point a), the stack image of each view in view order: CTF files made
     on that stack are matched by image number."""
+    from tomoguide.compute.io.errors import FormatError
+
     try:
         if "import_movies" not in ctx.upstream:
             return {}
@@ -390,7 +392,8 @@ def _stack_sections(ctx: RunContext) -> dict[str, list[int]]:
             if getattr(s, "source", "movies") == "tilt series":
                 out[s.name] = [int(t.section if t.section is not None else t.mdoc_section) for t in s.tilts]
         return out
-    except Exception:  # noqa: BLE001 - without it the views are matched by tilt
+    except (FormatError, OSError, ValueError, KeyError) as exc:  # then the views are matched by tilt
+        ctx.log(f"the imported stacks' image numbers could not be read ({exc}): CTF rows matched by tilt angle")
         return {}
 
 

@@ -22,7 +22,10 @@ Warp's ``DefocusAngle``: all the same axis); rows with U < V are put in this for
 angles wrapped into [−90°, 90°).
 
 **Matching views.** The series' views are matched to the file's rows: by the stack section when the series was
-imported from that stack (entry point a); else by tilt angle when the file records angles (RELION's nominal
+imported from a stack and the file was made on it (CTFFIND and ctfplotter number the stack's images; when the file
+also records tilts, the sections' tilts must agree with the views' within 0.5° after one common offset, else the
+file is refused as made on another stack); Warp and RELION files, which number the images of their own stack, by
+tilt angle. Else by tilt angle when the file records angles (RELION's nominal
 tilt, Warp's ``Angles``, ctfplotter's single-view ranges, or ``NAME.rawtlt``/``NAME.tlt`` beside a CTFFIND file),
 within 0.5° after one common offset; else, when the file has exactly one row per view, in ascending tilt order
 (the log says it was assumed). A view the file does not cover is refused.
@@ -176,6 +179,10 @@ def read_ctf_file(path: Path, *, n_stack_views: int | None = None) -> CtfTable:
     raise FormatError(path, "name", "not a CTF file tomoguide reads (.defocus, .xml, .star, CTFFIND .txt)")
 
 
+#: CTF file kinds that number the images of the stack they were made on (matched by stack section)
+STACK_NUMBERED: tuple[str, ...] = ("CTFFIND", "IMOD ctfplotter")
+
+
 def ctf_values_for_views(table: CtfTable, view_tilts_deg: Any, sections: list[int] | None,
                          path: Path | None = None) -> np.ndarray:
     """(n, 4) ``[U Å, V Å, angle °, fit resolution Å (NaN unknown)]`` for the series' n views (nominal tilts
@@ -188,21 +195,33 @@ def ctf_values_for_views(table: CtfTable, view_tilts_deg: Any, sections: list[in
     res = table.resolution_A if table.resolution_A is not None else np.full(m, np.nan)
     rows = np.column_stack([table.u_A, table.v_A, table.angle_deg, res])
     out = np.full((n, 4), np.nan)
-    if sections is not None and table.views is not None:
+    if sections is not None and table.views is not None and table.kind in STACK_NUMBERED:
         where = {int(v): k for k, v in enumerate(table.views)}
         for i, sec in enumerate(sections):
             if sec not in where:
                 raise FormatError(p, "views", f"no defocus for image {sec + 1} of the stack (tilt {nom[i]:+.1f}°)")
             out[i] = rows[where[sec]]
+        if table.tilt_deg is not None:  # the file says which tilt each image had: it must be this stack's
+            t = np.asarray(table.tilt_deg, np.float64)[[where[sec] for sec in sections]]
+            d = t - nom
+            off = float(np.median(d))
+            bad = np.flatnonzero(np.abs(d - off) > 0.5)
+            if bad.size:
+                i = int(bad[0])
+                raise FormatError(p, "tilt angles", f"image {sections[i] + 1} has tilt {t[i]:+.2f}° in the file but "
+                                  f"{nom[i]:+.2f}° in the imported stack: the file was made on another stack")
         return out
     if table.tilt_deg is not None:
         from tomoguide.steps.align import AlignmentFilesError, match_views_by_tilt
 
         try:
-            idx, _ = match_views_by_tilt(table.tilt_deg, nom, 0.0, p)
+            if m >= n:  # each view's row (a file may cover views the imported stack no longer has)
+                out[:] = rows[match_views_by_tilt(nom, table.tilt_deg, 0.0, p)[0]]
+            else:
+                idx, _ = match_views_by_tilt(table.tilt_deg, nom, 0.0, p)
+                out[idx] = rows
         except AlignmentFilesError as exc:
             raise FormatError(p, "tilt angles", str(exc).split("tilt angles: ", 1)[-1]) from None
-        out[idx] = rows
         missing = np.flatnonzero(~np.isfinite(out[:, 0]))
         if missing.size:
             raise FormatError(p, "views", f"no defocus for the series' view at {nom[missing[0]]:+.1f}° ({missing.size} "

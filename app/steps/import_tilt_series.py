@@ -123,8 +123,10 @@ def plan_stack(stack: Path, files: dict[str, Path], params: Any) -> StackPlan | 
             raise FormatError(mdoc_path, "sections", f"a {md.kind} mdoc, not the mdoc of a tilt-series stack")
         zs = [s.z_value for s in md.sections]
         if len(md.sections) != n or sorted(z for z in zs if z is not None) != list(range(n)):
-            raise FormatError(mdoc_path, "ZValue", f"{len(md.sections)} sections (ZValue {min(zs)}..{max(zs)}) for "
-                              f"the {n} images of {stack.name}: not this stack's mdoc")
+            known = [z for z in zs if z is not None]
+            span = f"ZValue {min(known)}..{max(known)}" if known else "no ZValue"
+            raise FormatError(mdoc_path, "ZValue", f"{len(md.sections)} sections ({span}) for the {n} images of "
+                              f"{stack.name}: not this stack's mdoc")
         md.sections.sort(key=lambda s: s.z_value)
     order: np.ndarray | None = None
     order_source = ""
@@ -158,6 +160,10 @@ def plan_stack(stack: Path, files: dict[str, Path], params: Any) -> StackPlan | 
             issues.append(Issue("warning", f"{name}: the MRC header says {header_px:g} Å/px, the mdoc "
                                 f"{mdoc_px:g} Å/px: the header's is used (type the pixel size to choose)",
                                 "pixel_size_A"))
+        elif abs(header_px - 1.0) < 1e-6:  # many writers leave 1 Å/px in the header when they know nothing
+            issues.append(Issue("warning", f"{stack.name}: the MRC header says exactly 1 Å/px, the value many programs "
+                                "write when they do not know it, and no mdoc gives another: check it, or type the "
+                                "pixel size", "pixel_size_A"))
     elif mdoc_px is not None:
         pixel, pixel_source = float(mdoc_px), "mdoc PixelSpacing"
     else:

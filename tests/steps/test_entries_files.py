@@ -51,6 +51,14 @@ def test_ctf_files_conventions(tmp_path: Path) -> None:
     np.testing.assert_allclose(d.u_A, 10 * (3000 + np.arange(5)))
     np.testing.assert_allclose(d.angle_deg, 12.5)
     np.testing.assert_allclose(ctf_values_for_views(d, tilts, [0, 1, 2, 3, 4])[:, 1], 10 * (2950 + np.arange(5)))
+    # a RELION (or Warp) file numbers the images of its own stack: with an imported stack that lacks the -6° view
+    # its rows are still matched by tilt, not shifted by one image
+    vals = ctf_values_for_views(read_ctf_file(shuffled), tilts[1:], [0, 1, 2, 3])
+    np.testing.assert_allclose(vals[:, 0], [5e4, 3e4, 1e4, 4e4])
+    # a ctfplotter file made on another stack (here one that still had the 0° view: its images' tilts disagree
+    # with the imported stack's beyond one common offset) is refused
+    with pytest.raises(FormatError, match="made on another stack"):
+        ctf_values_for_views(d, np.array([-6.0, -3.0, 3.0, 6.0]), [0, 1, 2, 3])
 
 
 @pytest.mark.parametrize("u, message", [(-30000.0, "not a positive number"), (2.5, "too small for Å"),
@@ -149,6 +157,10 @@ def test_import_plan_from_mdoc_and_multicolumn_rawtlt(tmp_path: Path, session_wr
     assert list(p.order) == [3, 2, 0, 1, 4] and "order column" in p.order_source
     np.testing.assert_allclose(p.prior_dose, [6, 4, 0, 2, 8])
     assert any(i.level == "info" and "tilt axis" in i.message for i in p.issues)
+    # a header that says exactly 1 Å/px (what writers put when they know nothing) is used, with a warning
+    _stack(f2 / "TS_02.st", voxel=1.0)
+    p = plan_stack(f2 / "TS_02.st", _files(f2), _params())
+    assert p.pixel_A == 1.0 and any(i.level == "warning" and "exactly 1 Å/px" in i.message for i in p.issues)
 
 
 def test_import_refusals(tmp_path: Path) -> None:
