@@ -65,7 +65,7 @@ def need_done(project: Path, *step_ids: str) -> None:
     steps = saved(project)["steps"]
     for sid in step_ids:
         if steps[sid]["status"] != "done":
-            pytest.skip(f"the tiny project's {sid} did not finish: {steps[sid].get('error')}")
+            pytest.fail(f"the tiny project's {sid} did not finish: {steps[sid].get('error')}")
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:

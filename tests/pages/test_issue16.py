@@ -32,7 +32,7 @@ def finished_copy(tiny_project_root: Path, tmp_path: Path) -> Path:
     """A copy of the session's tiny project (run to the end); skips when its last step did not finish."""
     steps = saved(tiny_project_root / "project")["steps"]
     if steps["refine_fine"]["status"] != "done":
-        pytest.skip(f"the tiny project's refine_fine did not finish: {steps['refine_fine'].get('error')}")
+        pytest.fail(f"the tiny project's refine_fine did not finish: {steps['refine_fine'].get('error')}")
     shutil.copytree(tiny_project_root, tmp_path / "root", symlinks=True)
     return tmp_path / "root" / "project"
 
@@ -307,7 +307,7 @@ def test_tiny_projects_logs_say_what_no_prior_means_and_no_nan(tiny_project_root
     steps = saved(tiny_project_root / "project")["steps"]
     for sid in ("initial_model", "refine", "refine_fine"):
         if steps[sid]["status"] != "done":
-            pytest.skip(f"the tiny project's {sid} did not finish")
+            pytest.fail(f"the tiny project's {sid} did not finish")
         log = "\n".join(steps[sid]["log"])
         assert "nan" not in log.lower(), (sid, log)
     log = "\n".join(steps["refine"]["log"])
