@@ -1,6 +1,7 @@
 """The whole demo, movies to the average, timed step by step, and the final map measured against the truth (issue 7).
 
-    python bench/demo_workflow.py [--out-dir /tmp/demo_bench] [--preset small] [--from STEP] [--results bench/results]
+    python bench/demo_workflow.py [--out-dir /tmp/demo_bench] [--preset small|full] [--from STEP] [--results bench/results]
+                                  [--cluster inline|local|slurm]
 
 Runs what ``tomoguide demo --preset small --no-gui`` runs (simulation, then every step in wizard order with the
 demo's parameters) and records the wall time of the simulation and of every step. ``--from STEP`` reuses an
@@ -59,7 +60,12 @@ def main() -> int:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--from", dest="from_step", default=None)
     ap.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--cluster", default="inline", choices=["inline", "local", "slurm"],
+                    help="where the steps' units run (tomoguide.cluster); inline = this process, as before issue 18")
     args = ap.parse_args()
+    from tomoguide.cluster import LazyExecutor
+
+    executor = LazyExecutor(args.cluster)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     project_dir = prepare_demo(args.out_dir, preset=args.preset)
@@ -72,7 +78,7 @@ def main() -> int:
         if ids.index(sid) < start and proj.data.steps[sid].status == "done":
             continue
         t = time.perf_counter()
-        status = run_to_end(StepRun(proj, sid)).status
+        status = run_to_end(StepRun(proj, sid, executor=executor)).status
         times[sid] = time.perf_counter() - t
         print(f"{sid:32s} {status:6s} {times[sid]:7.1f} s", flush=True)
         if status != "done":
@@ -83,8 +89,9 @@ def main() -> int:
             rec = _seconds(proj.data.steps[sid].model_dump())
             times[sid] = float("nan") if rec is None else rec
     truth_dir = args.out_dir / "truth"
+    executor.close()
     result = {
-        "preset": args.preset, "machine": platform.platform(), "cpus": os.cpu_count(),
+        "preset": args.preset, "cluster": args.cluster, "machine": platform.platform(), "cpus": os.cpu_count(),
         "load_average_before": load0, "load_average_after": os.getloadavg(),
         "simulation_s": t_sim if not args.from_step else None,
         "step_s": times, "steps_total_s": float(np.nansum(list(times.values()))),
@@ -95,7 +102,8 @@ def main() -> int:
     }
     proj.close()
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"demo_workflow_{args.preset}.json"
+    suffix = "" if args.cluster == "inline" else f"_{args.cluster}"
+    path = args.results / f"demo_workflow_{args.preset}{suffix}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"simulation {t_sim:.0f} s; steps {result['steps_total_s']:.0f} s; total {result['total_s']:.0f} s")
     for sid, m in result["maps"].items():
