@@ -25,13 +25,16 @@ ENTRIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
      "a defocus file (NAME.defocus, NAME_ctf.txt). Frame alignment is skipped; X-ray erasing is the first step "
      "that computes.", ("data",)),
     ("alignment", "Tilt series with an existing alignment and CTF",
-     "You aligned the tilt series elsewhere (IMOD NAME.xf + NAME.tlt, AreTomo NAME.aln, RELION 5 NAME.star) and "
+     "You aligned the tilt series elsewhere (IMOD NAME.xf + NAME.tlt, AreTomo NAME.aln, RELION 5 NAME.star, Warp "
+     "NAME.xml) and "
      "estimated the CTF (CTFFIND NAME_ctf.txt, ctfplotter NAME.defocus, Warp NAME.xml, RELION 5 NAME.star): the "
      "stacks are imported, the alignment and CTF read from their folders, and the workflow computes from the "
      "reconstruction on.", ("data", "alignment", "ctf")),
     ("particles", "Particles from RELION 5 / WarpTools",
-     "You have particles (a RELION 5 / WarpTools particles STAR with its tomograms.star and pseudo-subtomograms): "
-     "the project starts at the averaging steps.", ("particles",)),
+     "You have particles (a RELION 5 / WarpTools optimisation set, or a particles STAR with its tomograms.star, and "
+     "their pseudo-subtomograms, 2D stacks or 3D): they are imported with their poses and refined locally from them "
+     "(gold standard). Without the tilt series there is no re-extraction at finer sampling: the project ends at "
+     "the refinement.", ("particles",)),
 )
 
 
