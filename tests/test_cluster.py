@@ -36,7 +36,7 @@ from tomoguide.steps.base import Cancelled
 
 # the steps up to the picks; those that submit units to the executor are rerun on Dask workers
 STEPS = ["import_movies", "motion_ctf", "xray_erase", "preprocess_for_alignment", "align", "assign_alignment",
-         "ctf_estimate", "exclude", "ctf_correct", "preprocess_for_reconstruction", "reconstruct", "pick"]
+         "ctf_estimate", "exclude", "ctf_correct", "preprocess_for_reconstruction", "reconstruct", "pick", "extract"]
 RERUN = STEPS[1:]
 
 
@@ -186,16 +186,18 @@ def _rerun(root: Path, dst: Path, executor: object, steps: list[str]) -> Path:
 
 
 def _outputs(project: Path, steps: list[str]) -> dict[str, np.ndarray | str]:
-    """Every MRC (data) and text output of the latest run of each step."""
+    """Every MRC (data) and text output of the latest run of each step, in its subfolders too (the particles'
+    files of an extraction)."""
     out: dict[str, np.ndarray | str] = {}
     for step in steps:
         run = sorted(p for p in (project / "steps" / step).glob("run-*") if not p.name.endswith(".partial"))[-1]
-        for f in sorted(run.iterdir()):
+        for f in sorted(p for p in run.rglob("*") if p.is_file()):
+            key = f"{step}/{f.relative_to(run)}"
             if f.suffix == ".mrc":
-                out[f"{step}/{f.name}"] = mrcfile.read(f)
-            elif f.suffix in (".star", ".xf", ".tlt") or f.name == "series.json":
+                out[key] = mrcfile.read(f)
+            elif f.suffix in (".star", ".xf", ".tlt") or f.name in ("series.json", "particles.json"):
                 text = f.read_text().replace(run.name, "RUN")  # comments hold the time of writing
-                out[f"{step}/{f.name}"] = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+                out[key] = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
     return out
 
 
@@ -214,6 +216,9 @@ def test_local_workers_give_the_inline_results_bit_for_bit(inline_project: Path,
     got = _rerun(inline_project, tmp_path / "local", local, RERUN)
     a, b = _outputs(ref, RERUN), _outputs(got, RERUN)
     assert any(k.startswith("reconstruct/") and k.endswith(".mrc") for k in a)
+    # the extraction: one unit per tilt series, every particle's files and the table in the original order
+    assert "extract/particles.star" in a and "extract/particles.json" in a
+    assert sum(k.startswith("extract/subtomos/") for k in a) >= 4 * 2
     _assert_same(a, b)
 
 
@@ -237,11 +242,11 @@ class _Killer(threading.Thread):
             time.sleep(0.005)
 
 
-@pytest.mark.parametrize("step", ["motion_ctf", "reconstruct"])
+@pytest.mark.parametrize("step", ["motion_ctf", "reconstruct", "extract"])
 def test_a_worker_killed_mid_step_changes_no_result(step: str, inline_project: Path, tmp_path: Path) -> None:
     """SIGKILL to the worker process running a unit of ``step``: its unfinished units are rerun elsewhere and the
     step's outputs equal the undisturbed inline run's."""
-    steps = ["reconstruct"] if step == "reconstruct" else ["motion_ctf"]
+    steps = [step]
     ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), steps)
     with DaskExecutor("local", ClusterSettings(workers=2, retries=0)) as ex:
         killer = _Killer(ex)
@@ -287,7 +292,7 @@ def test_the_tiny_demo_on_slurm_equals_the_inline_run(inline_project: Path, tmp_
     ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), RERUN)
     shutil.copytree(inline_project, tmp_path / "slurm", symlinks=True)
     project = tmp_path / "slurm" / "project"
-    assert run_steps(project, until="reconstruct", force=True, quiet=True, cluster="slurm") == 0
+    assert run_steps(project, until="extract", force=True, quiet=True, cluster="slurm") == 0
     _assert_same(_outputs(ref, RERUN), _outputs(project, RERUN))
     # the workers ran in SLURM jobs: one log per job submitted with sbatch, and SLURM knows the job by its id
     ids = sorted({m.group(1) for f in logs.iterdir() if (m := re.fullmatch(r"dask-worker-(\d+)\.err", f.name))})
@@ -317,7 +322,7 @@ def two_series_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["preprocess_for_alignment"] = {"binning": 5}
     proj = Project.create(root / "project", params=params)
     try:
-        for step in STEPS:
+        for step in STEPS[:STEPS.index("reconstruct") + 1]:
             st = run_to_end(StepRun(proj, step, executor=InlineExecutor()))
             assert st.status == "done", (step, st.error)
     finally:

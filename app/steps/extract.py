@@ -521,6 +521,55 @@ def sta_backproject(images: np.ndarray, weights: np.ndarray, view_matrices: np.n
     return sta.backproject_subtomogram(images, weights, view_matrices)
 
 
+def extract_unit(stack_path: Any, name: str, g0: Any, binning: float, ctf_star: Any, positions_A: np.ndarray,
+                 outs: list[tuple[str, str, str, str]], *, box_px: int, crop_px: int, dose_weighting: bool,
+                 three_d: bool) -> dict[str, Any]:
+    """One tilt series' particles (a unit of :mod:`tomoguide.cluster`): reads the stack at ``stack_path``
+    (geometry ``g0``), bins it to ``binning``, extracts the (m, 3) ``positions_A`` (tomogram frame, Å from the
+    centre) as sub-tilts of ``box_px`` cropped to ``crop_px`` (CTF-premultiplied with the per-view CTF STAR
+    ``ctf_star``, None: no CTF) and writes particle ``j``'s image, weights, uncropped sub-tilts and weights to the
+    four paths ``outs[j]`` (each through a temporary file renamed into place; 3D subtomograms when ``three_d``).
+    Returns ``gallery`` ((m, crop, crop) central sections), ``voxel_A``, ``view_matrices`` and ``views_used``."""
+    from tomoguide.cluster import atomic_output
+    from tomoguide.compute import sta
+    from tomoguide.compute.io.mrc import read_mrc, write_mrc
+    from tomoguide.compute.io.star import read_ctf_star
+    from tomoguide.compute.rescale import fourier_bin
+
+    stack, _ = read_mrc(stack_path)
+    factor = binning / g0.binning
+    if factor < 1 - 1e-6:
+        raise ValueError(f"{name}: the series is already binned by {g0.binning:g}; cannot extract at "
+                         f"binning {binning:g}")
+    st = np.asarray(stack, np.float32)
+    if abs(factor - 1) > 1e-6:
+        st = fourier_bin(st, factor)
+    g = g0.at_binning(binning)
+    if tuple(g.image_shape_px) != st.shape[1:]:
+        g = g.model_validate({**g.model_dump(), "image_shape_px": list(st.shape[1:])})
+    voxel = float(g.pixel_size_binned_A)
+    ctf = sta.ViewCTF.from_star(read_ctf_star(ctf_star)) if ctf_star is not None else None
+    m = len(outs)
+    gallery = np.zeros((m, crop_px, crop_px), np.float32)
+    views_used: list[int] = []
+    chunk = 16
+    for a in range(0, m, chunk):
+        sub = sta.extract_subtilts(st, g, positions_A[a:a + chunk], box_px=box_px, crop_px=crop_px,
+                                   ctf=ctf, dose_weighting=dose_weighting, keep_uncropped=True)
+        full = sub.uncropped if sub.uncropped is not None else sub
+        views_used = [int(v) for v in sub.views]
+        for j in range(sub.images.shape[0]):
+            d3, w3 = sta.backproject_subtomogram(sub.images[j], sub.weights[j], sub.view_matrices)
+            gallery[a + j] = _gallery(d3[None])[0]
+            files = (d3 if three_d else sub.images[j], (w3 if three_d else sub.weights[j]).astype(np.float16),
+                     full.images[j].astype(np.float16), full.weights[j].astype(np.float16))
+            for k, (path, data) in enumerate(zip(outs[a + j], files, strict=True)):
+                with atomic_output(path) as tmp:
+                    write_mrc(tmp, data, voxel, is_stack=k >= 2 or not three_d)
+    return {"gallery": gallery, "voxel_A": voxel, "view_matrices": g.projection_matrices()[:, :, :3].tolist(),
+            "views_used": views_used}
+
+
 class Extract(Step):
     id = "extract"
     title = "Extract pseudo-subtomograms"
@@ -651,10 +700,9 @@ class Extract(Step):
         return out
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute import sta
-        from tomoguide.compute.io.mrc import read_mrc, write_mrc
-        from tomoguide.compute.io.star import read_ctf_star, write_particles_star
-        from tomoguide.compute.rescale import fourier_bin
+        from tomoguide.cluster import Unit
+        from tomoguide.compute.io.mrc import write_mrc
+        from tomoguide.compute.io.star import write_particles_star
 
         assert isinstance(params, ExtractParams)
         if params.source == RELION_SOURCE:
@@ -689,61 +737,41 @@ class Extract(Step):
         views_used: dict[str, list[int]] = {}
         metrics: dict[str, Any] = {"series": {}}
         voxel = None
-        done = 0
-        for s in sset.series:
-            rows = np.flatnonzero(df["rlnTomoName"].astype(str).to_numpy() == s.name)
+        three_d = params.dimensionality == "3D"
+        tomo_of = df["rlnTomoName"].astype(str).to_numpy()
+        units = []
+        for s in sset.series:  # one unit per tilt series (tomoguide.cluster): the stack by path, files out
+            rows = np.flatnonzero(tomo_of == s.name)
             if rows.size == 0:
                 continue
-            ctx.check_cancel()
-            yield Progress(done / max(m_total, 1), f"{s.name}: binning the tilt images by {binning:g}")
-            stack, _ = read_mrc(s.path("stack", base))
-            g0 = s.geometry
-            factor = binning / g0.binning
-            if factor < 1 - 1e-6:
-                raise ValueError(f"{s.name}: the series is already binned by {g0.binning:g}; cannot extract at "
-                                 f"binning {binning:g}")
-            st = np.asarray(stack, np.float32)
-            if abs(factor - 1) > 1e-6:
-                st = fourier_bin(st, factor)
-            g = g0.at_binning(binning)
-            if tuple(g.image_shape_px) != st.shape[1:]:
-                g = g.model_validate({**g.model_dump(), "image_shape_px": list(st.shape[1:])})
-            voxel = float(g.pixel_size_binned_A)
-            ctf = None
-            if params.ctf_premultiply:
-                ctf = sta.ViewCTF.from_star(read_ctf_star(s.path("ctf_star", base)))
-            pos = _centred_positions(df.iloc[rows])
-            view_mats[s.name] = g.projection_matrices()[:, :, :3].tolist()
-            chunk = 16
-            for a in range(0, rows.size, chunk):
-                ctx.check_cancel()
-                idx = rows[a:a + chunk]
-                sub = sta.extract_subtilts(st, g, pos[a:a + chunk], box_px=box_px, crop_px=crop_px,
-                                           ctf=ctf, dose_weighting=params.dose_weighting, keep_uncropped=True)
-                full = sub.uncropped if sub.uncropped is not None else sub
-                views_used[s.name] = [int(v) for v in sub.views]
-                for j, i in enumerate(idx):
-                    pname = f"{s.name}_{i + 1:06d}"
-                    particle_names[i] = f"{s.name}/{i + 1}"
-                    d3, w3 = sta.backproject_subtomogram(sub.images[j], sub.weights[j], sub.view_matrices)
-                    gallery[i] = _gallery(d3[None])[0]
-                    three_d = params.dimensionality == "3D"
-                    image_names[i] = f"subtomos/{pname}_{'data' if three_d else 'subtilts'}.mrc"
-                    ctf_names[i] = f"subtomos/{pname}_weights.mrc"
-                    write_mrc(ctx.out_path(image_names[i]), d3 if three_d else sub.images[j], voxel,
-                              is_stack=not three_d)
-                    write_mrc(ctx.out_path(ctf_names[i]), (w3 if three_d else sub.weights[j]).astype(np.float16),
-                              voxel, is_stack=not three_d)
-                    # the sub-tilts before the crop, for the reconstructions (load_reconstructor)
-                    full_names[i] = (f"subtomos/{pname}_subtilts_uncropped.mrc",
-                                     f"subtomos/{pname}_subtilt_weights_uncropped.mrc")
-                    write_mrc(ctx.out_path(full_names[i][0]), full.images[j].astype(np.float16), voxel, is_stack=True)
-                    write_mrc(ctx.out_path(full_names[i][1]), full.weights[j].astype(np.float16), voxel,
-                              is_stack=True)
-                done += idx.size
-                yield Progress(done / m_total, f"{s.name}: {done}/{m_total} particles extracted")
-            metrics["series"][s.name] = {"n_particles": int(rows.size), "views_used": len(views_used[s.name])}
-            del st, stack
+            if binning / s.geometry.binning < 1 - 1e-6:
+                raise ValueError(f"{s.name}: the series is already binned by {s.geometry.binning:g}; cannot extract "
+                                 f"at binning {binning:g}")
+            outs = []
+            for i in rows:
+                pname = f"{s.name}_{i + 1:06d}"
+                particle_names[i] = f"{s.name}/{i + 1}"
+                image_names[i] = f"subtomos/{pname}_{'data' if three_d else 'subtilts'}.mrc"
+                ctf_names[i] = f"subtomos/{pname}_weights.mrc"
+                # the sub-tilts before the crop, for the reconstructions (load_reconstructor)
+                full_names[i] = (f"subtomos/{pname}_subtilts_uncropped.mrc",
+                                 f"subtomos/{pname}_subtilt_weights_uncropped.mrc")
+                outs.append(tuple(str(ctx.out_path(n)) for n in (image_names[i], ctf_names[i], *full_names[i])))
+            ctf_star = s.path("ctf_star", base) if params.ctf_premultiply else None
+            units.append(Unit(s.name, (s.path("stack", base), s.name, s.geometry, binning, ctf_star,
+                                       _centred_positions(df.iloc[rows]), outs),
+                              dict(box_px=box_px, crop_px=crop_px, dose_weighting=params.dose_weighting,
+                                   three_d=three_d)))
+        extracted = yield from ctx.map_units(extract_unit, units, what="particle extraction")
+        for unit in units:
+            name = unit.name
+            rows = np.flatnonzero(tomo_of == name)
+            res = extracted[name]
+            gallery[rows] = res["gallery"]
+            voxel = res["voxel_A"]
+            view_mats[name] = res["view_matrices"]
+            views_used[name] = res["views_used"]
+            metrics["series"][name] = {"n_particles": int(rows.size), "views_used": len(views_used[name])}
         if voxel is None:
             raise ValueError("no particle belongs to any of the tilt series")
         out = df.copy()
