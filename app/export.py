@@ -531,9 +531,11 @@ def pick_model_points(xyz_centred_A: Any, shape_zyx: tuple[int, int, int], voxel
     convention: the centre at voxel ``(n - 1) / 2``) in a tomogram of ``shape_zyx`` voxels of ``voxel_A`` Å:
     voxel ``(i, j, k)`` is at ``(i + 0.5, j + 0.5, k)`` in IMOD (x, y from the pixel edges, z the section)."""
     nz, ny, nx = shape_zyx
+    from tomoguide.compute.io.imod import model_points_from_voxels
+
     centre = (np.array([nx, ny, nz], np.float64) - 1.0) / 2.0
     vox = np.asarray(xyz_centred_A, np.float64).reshape(-1, 3) / float(voxel_A) + centre
-    return vox + np.array([0.5, 0.5, 0.0])
+    return model_points_from_voxels(vox)
 
 
 #: steps whose binned stacks the IMOD export writes beside the full-size one, each with its own .xf

@@ -356,3 +356,34 @@ def test_warp_series_with_inverted_angles_reads_as_the_same_projections(tiny_pro
     np.testing.assert_allclose(tilts, g.true_tilt_deg()[use], atol=1e-4)
     np.testing.assert_allclose(rows, g.at_binning(1.0).to_imod()[0][use], atol=2e-3)
     assert any("AreAnglesInverted" in n for n in notes)
+
+
+def test_steps_write_imod_files_beside_their_results(tiny_project_root: Path) -> None:
+    """The files each step writes anyway (issue 17): the binned reconstruction input and the phase-flipped series
+    have IMOD's NAME.xf (px of that stack) and NAME.tlt beside their stacks; the picks are an IMOD model per
+    tomogram (models/NAME.mod) at the picked voxels, read back by our reader and by teamtomo's imodmodel."""
+    project = tiny_project_root / "project"
+    with _done(project, "preprocess_for_reconstruction", "ctf_correct", "pick") as proj:
+        for sid in ("preprocess_for_reconstruction", "ctf_correct"):
+            sset, base = SeriesSet.load(proj.output_path(sid, "series"))
+            for s in sset.series:
+                g = s.geometry
+                assert read_header(s.path("stack", base)).shape[1:] == tuple(g.image_shape_px)
+                np.testing.assert_allclose(read_xf(s.path("xf", base)), g.to_imod()[0], atol=2e-3)
+                np.testing.assert_allclose(read_tlt(s.path("tlt", base)), g.true_tilt_deg(), atol=1e-4)
+        picks = read_particles_star(proj.output_path("pick", "particles")).particles
+        tomos, _ = SeriesSet.load(proj.output_path("reconstruct", "tomograms"))
+        folder = proj.output_path("pick", "particles").parent
+    imodmodel = pytest.importorskip("imodmodel")
+    for t in tomos.series:
+        nz, ny, nx = t.info["shape_zyx"]
+        vox = t.geometry.pixel_size_binned_A
+        mine = picks[picks["rlnTomoName"] == t.name]
+        centred = mine[["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
+                        "rlnCenteredCoordinateZAngst"]].to_numpy(float)
+        voxels = centred / vox + (np.array([nx, ny, nz]) - 1) / 2.0
+        model = read_mod_points(folder / "models" / f"{t.name}.mod")
+        assert model.image_shape_xyz == (nx, ny, nz) and model.pixel_size == pytest.approx(vox)
+        np.testing.assert_allclose(model.xyz, voxels + [0.5, 0.5, 0.0], atol=1e-3)
+        df = imodmodel.read(folder / "models" / f"{t.name}.mod")
+        assert len(df) == len(mine)

@@ -14,7 +14,7 @@ import numpy as np
 
 from tomoguide.steps.base import Needs, RunContext, Step, StepParams, StepResult, StepRun, param
 from tomoguide.steps.exclude import drop_views
-from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy
+from tomoguide.steps.records import SeriesEntry, SeriesSet, link_or_copy, write_imod_alignment
 
 
 class CtfCorrectParams(StepParams):
@@ -92,7 +92,8 @@ class CtfCorrect(Step):
         yield from ctx.map_units(ctf_correct_unit, units, what="phase flipping")  # one unit per tilt series
         for s in sset.series:
             g = s.geometry
-            files = {"stack": f"{s.name}.mrc", "ctf_star": s.files["ctf_star"]}
+            files = {"stack": f"{s.name}.mrc", "ctf_star": s.files["ctf_star"],
+                     **write_imod_alignment(ctx.run_dir, s.name, g)}
             link_or_copy(s.path("ctf_star", base), ctx.out_path(files["ctf_star"]))
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags), info=dict(s.info)))
             metrics["series"][s.name] = {"n_flipped": int(g.n_views - sum(g.excluded))}

@@ -187,6 +187,19 @@ def pick_unit(tomo_path: Path, voxel_A: float, params: PickParams,
     return shape, pick_tomogram(np.asarray(tomo, np.float32), voxel_A, params, tilt_range)  # type: ignore[return-value]
 
 
+
+def _write_models(ctx: RunContext, table: Any, shapes: dict[str, tuple[int, int, int]], voxel_A: float) -> None:
+    """Per tomogram ``models/NAME.mod``: its picks as an IMOD scattered-point model on the tomogram (``3dmod
+    NAME_tomogram.mrc NAME.mod``; voxel (i, j, k) at model point (i + 0.5, j + 0.5, k), pixel size in Å)."""
+    from tomoguide.compute.io.imod import model_points_from_voxels, write_mod_points
+
+    for name, (nx, ny, nz) in shapes.items():
+        mine = np.asarray(table.tomo_name) == name
+        pts = model_points_from_voxels(np.asarray(table.xyz_px, np.float64)[mine])
+        write_mod_points(ctx.out_path(f"models/{name}.mod", mkdir=True), [(f"{name} picks", pts)],
+                         image_shape_xyz=(int(nx), int(ny), int(nz)), pixel_size=voxel_A, units="angstrom")
+
+
 class Pick(Step):
     id = "pick"
     title = "Picking"
@@ -338,6 +351,7 @@ class Pick(Step):
         out = ctx.out_path("particles.star")
         coords.write_relion_particles(out, table, centre_shapes(shapes))
         files = {"particles": out}
+        _write_models(ctx, table, shapes, voxel)
         if extras:
             files["scores"] = ctx.out_path("scores.npz")
             np.savez_compressed(files["scores"], **extras)

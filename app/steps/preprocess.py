@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from tomoguide.steps.base import Issue, Needs, RunContext, Step, StepParams, StepResult, StepRun, param
-from tomoguide.steps.records import SeriesEntry, SeriesSet
+from tomoguide.steps.records import SeriesEntry, SeriesSet, write_imod_alignment
 
 
 def normalise_views(stack: np.ndarray, mean: float, sd: float) -> np.ndarray:
@@ -97,7 +97,7 @@ class _BinStep(Step):
             g = binned[s.name]
             g = g.model_validate({**g.model_dump(), "image_shape_px": (int(shape[1]), int(shape[2]))})
             px = g.pixel_size_binned_A
-            files = {"stack": f"{s.name}.mrc"}
+            files = {"stack": f"{s.name}.mrc", **write_imod_alignment(ctx.run_dir, s.name, g)}
             entries.append(SeriesEntry(name=s.name, geometry=g, files=files, flags=dict(s.flags),
                                        info={"source_step": self.source}))
             metrics["series"][s.name] = {"pixel_size_A": px, "shape_px": list(shape)}

@@ -113,6 +113,21 @@ def resolve_in(base: Path, name: str, what: str) -> Path:
 MAX_SIZE_PX = 100_000  # no camera or tomogram is larger along one axis: a bigger size in a record is damage
 
 
+
+def write_imod_alignment(run_dir: Path, name: str, g: TiltSeriesGeometry) -> dict[str, str]:
+    """IMOD's ``NAME.xf`` (px of the stack this record describes) and ``NAME.tlt`` (true tilts) beside a stack a
+    step wrote into ``run_dir`` (guarded paths), so that ``newstack -xform NAME.xf`` and ``tilt`` take it as it
+    is; the file roles ``{"xf": ..., "tlt": ...}`` for the series entry, or {} when the record is not aligned."""
+    if g.xf is None:
+        return {}
+    from tomoguide.compute.io.imod import write_tlt, write_xf
+
+    rows, tlt = g.to_imod()
+    files = {"xf": f"{name}.xf", "tlt": f"{name}.tlt"}
+    write_xf(guarded_path(Path(run_dir), files["xf"]), rows)
+    write_tlt(guarded_path(Path(run_dir), files["tlt"]), tlt, fmt="%9.4f")
+    return files
+
 class SeriesEntry(BaseModel):
     """One tilt series as a step wrote it. ``files`` maps a role ("stack", "even", "odd", "ctf_star",
     "ctf_preview", "mask", ...) to a file name relative to the record's folder; ``flags`` holds per-view markers

@@ -793,6 +793,14 @@ _OBJ_OPEN = 1 << 3
 _OBJ_SCAT = 1 << 9
 
 
+def model_points_from_voxels(xyz_vox: Any) -> np.ndarray:
+    """IMOD model coordinates (n, 3) of points at 0-based voxel indices ``xyz_vox`` (n, 3) as (x, y, z) = numpy
+    ``[k, j, i]`` → ``(i, j, k)``: IMOD counts x and y from the pixel edges and z by section, so voxel
+    ``(i, j, k)`` is the model point ``(i + 0.5, j + 0.5, k)`` (the inverse of :func:`read_mod_points`' reading
+    used by the pick step's import)."""
+    return np.asarray(xyz_vox, np.float64).reshape(-1, 3) + np.array([0.5, 0.5, 0.0])
+
+
 def write_mod_points(
     path: PathType,
     objects: list[tuple[str, Any]],
