@@ -26,7 +26,7 @@ from numba import prange
 
 __all__ = [
     "sample_stretched", "subtract_view_means", "backproject_lines", "forward_project_lines",
-    "forward_project_lines_by_view", "sirt_slabs",
+    "forward_project_lines_by_view", "sirt_slabs", "backproject_lines_tiled",
 ]
 
 
@@ -347,3 +347,147 @@ def sirt_slabs(b: np.ndarray, valid: np.ndarray, ky: np.ndarray, kz: np.ndarray,
                             row[ix] = 0.0
         for iz in range(nz):
             x[iz, iy, :] = xs[iz]
+
+
+@numba.njit(fastmath=True, inline="always")
+def _fma4(dst: np.ndarray, sa: np.ndarray, sb: np.ndarray, sc: np.ndarray, sd: np.ndarray, p0: np.float32,
+          q0: np.float32, p1: np.float32, q1: np.float32, p2: np.float32, q2: np.float32, p3: np.float32,
+          q3: np.float32) -> None:  # pragma: no cover
+    # dst[j] += Σ_e p_e s_e[j] + q_e s_e[j + 1] for four line segments s_e of len(dst) + 1 samples
+    for j in range(dst.shape[0]):
+        dst[j] += (p0 * sa[j] + q0 * sa[j + 1] + p1 * sb[j] + q1 * sb[j + 1]
+                   + p2 * sc[j] + q2 * sc[j + 1] + p3 * sd[j] + q3 * sd[j + 1])
+
+
+@numba.njit(fastmath=True, inline="always")
+def _fma8(dst: np.ndarray, s0: np.ndarray, s1: np.ndarray, s2: np.ndarray, s3: np.ndarray, s4: np.ndarray,
+          s5: np.ndarray, s6: np.ndarray, s7: np.ndarray, pq: np.ndarray) -> None:  # pragma: no cover
+    # dst[j] += Σ_e pq[2e] s_e[j] + pq[2e + 1] s_e[j + 1] for eight line segments s_e of len(dst) + 1 samples
+    p0, q0, p1, q1, p2, q2, p3, q3 = pq[0], pq[1], pq[2], pq[3], pq[4], pq[5], pq[6], pq[7]
+    p4, q4, p5, q5, p6, q6, p7, q7 = pq[8], pq[9], pq[10], pq[11], pq[12], pq[13], pq[14], pq[15]
+    for j in range(dst.shape[0]):
+        dst[j] += ((p0 * s0[j] + q0 * s0[j + 1] + p1 * s1[j] + q1 * s1[j + 1])
+                   + (p2 * s2[j] + q2 * s2[j + 1] + p3 * s3[j] + q3 * s3[j + 1])
+                   + (p4 * s4[j] + q4 * s4[j + 1] + p5 * s5[j] + q5 * s5[j + 1])
+                   + (p6 * s6[j] + q6 * s6[j + 1] + p7 * s7[j] + q7 * s7[j + 1]))
+
+
+@numba.njit(fastmath=True, inline="always")
+def _fma1(dst: np.ndarray, sa: np.ndarray, p0: np.float32, q0: np.float32) -> None:  # pragma: no cover
+    for j in range(dst.shape[0]):
+        dst[j] += p0 * sa[j] + q0 * sa[j + 1]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def backproject_lines_tiled(lines: np.ndarray, ky: np.ndarray, kz: np.ndarray, kc: np.ndarray, ry: np.ndarray,
+                            rz: np.ndarray, rc: np.ndarray, w: np.ndarray, out: np.ndarray, scale: np.ndarray,
+                            accumulate: bool, z_block: int = 1 << 20, x_block: int = 1 << 20) -> None:  # pragma: no cover
+    """:func:`backproject_lines` (same arguments, same result to float32 rounding) with fewer passes.
+
+    One task per tomogram Y slice; in it, per view and per Z row, the interpolation entries (line row,
+    first column, the two linear weights ``w (1 - g)(1 - f)``, ``w (1 - g) f``; a second entry with weight ``g``
+    for the next row under an X-axis tilt) are computed once. Each output row is then accumulated from eight
+    entries per pass (the reference takes two), so the row is loaded and stored about n_views / 8 times instead
+    of n_views / 2. The slice can be walked in tiles of ``z_block × x_block`` voxels (each view's samples a
+    tile reads then stay in L1); on the 2-core Xeon this was measured on, tiles gave nothing over whole rows
+    (the defaults: no tiling). Entries whose samples run past a line's end are clipped like the reference.
+    """
+    n, h, length = lines.shape
+    nz, ny, nx = out.shape
+    flat = lines.reshape(n * h * length)
+    one = np.float32(1.0)
+    n_ent_max = 2 * n
+    for iy in prange(ny):
+        e_base = np.empty((nz, n_ent_max), dtype=np.int64)  # flat index of (row, first column) of each entry
+        e_i0 = np.empty((nz, n_ent_max), dtype=np.int64)  # first column
+        e_row = np.empty((nz, n_ent_max), dtype=np.int64)
+        e_p = np.empty((nz, n_ent_max), dtype=np.float32)
+        e_q = np.empty((nz, n_ent_max), dtype=np.float32)
+        n_ent = np.zeros(nz, dtype=np.int64)
+        for iz in range(nz):
+            m_e = 0
+            for v in range(n):
+                k = ky[v] * iy + kz[v] * iz + kc[v]
+                kf = math.floor(k)
+                f = np.float32(k - kf)
+                r = ry[v] * iy + rz[v] * iz + rc[v]
+                rf = math.floor(r)
+                g = np.float32(r - rf)
+                r0 = int(rf)
+                wv = np.float32(w[v])
+                c0 = wv * (one - f)
+                c1 = wv * f
+                if 0 <= r0 <= h - 1:
+                    e_row[iz, m_e] = v * h + r0
+                    e_i0[iz, m_e] = int(kf)
+                    e_p[iz, m_e] = (one - g) * c0
+                    e_q[iz, m_e] = (one - g) * c1
+                    m_e += 1
+                if g > 1e-6 and -1 <= r0 and r0 + 1 <= h - 1:
+                    e_row[iz, m_e] = v * h + r0 + 1
+                    e_i0[iz, m_e] = int(kf)
+                    e_p[iz, m_e] = g * c0
+                    e_q[iz, m_e] = g * c1
+                    m_e += 1
+            n_ent[iz] = m_e
+            for e in range(m_e):
+                e_base[iz, e] = e_row[iz, e] * length + e_i0[iz, e]
+        fast = np.empty(n_ent_max, dtype=np.int64)
+        tile = np.empty(min(x_block, nx), dtype=np.float32)
+        b8 = np.empty(8, dtype=np.int64)
+        pq = np.empty(16, dtype=np.float32)
+        for z0 in range(0, nz, z_block):
+            z1 = min(nz, z0 + z_block)
+            for x0 in range(0, nx, x_block):
+                x1 = min(nx, x0 + x_block)
+                m = x1 - x0
+                for iz in range(z0, z1):
+                    if accumulate:
+                        acc = tile
+                        o = 0
+                    else:
+                        acc = out[iz, iy]
+                        o = x0
+                    for j in range(m):
+                        acc[o + j] = 0.0
+                    n_fast = 0
+                    for e in range(n_ent[iz]):
+                        i0 = e_i0[iz, e] + x0
+                        if i0 >= 0 and i0 + m <= length - 1:
+                            fast[n_fast] = e
+                            n_fast += 1
+                        else:  # clipped at a line's end
+                            _accumulate_line(acc[o:o + m], flat[e_row[iz, e] * length:(e_row[iz, e] + 1) * length],
+                                             i0, e_p[iz, e], e_q[iz, e])
+                    dst = acc[o:o + m]
+                    j4 = 0
+                    while j4 + 7 < n_fast:
+                        for t in range(8):
+                            et = fast[j4 + t]
+                            b8[t] = e_base[iz, et] + x0
+                            pq[2 * t] = e_p[iz, et]
+                            pq[2 * t + 1] = e_q[iz, et]
+                        _fma8(dst, flat[b8[0]:b8[0] + m + 1], flat[b8[1]:b8[1] + m + 1], flat[b8[2]:b8[2] + m + 1],
+                              flat[b8[3]:b8[3] + m + 1], flat[b8[4]:b8[4] + m + 1], flat[b8[5]:b8[5] + m + 1],
+                              flat[b8[6]:b8[6] + m + 1], flat[b8[7]:b8[7] + m + 1], pq)
+                        j4 += 8
+                    while j4 + 3 < n_fast:
+                        ea, eb, ec, ed = fast[j4], fast[j4 + 1], fast[j4 + 2], fast[j4 + 3]
+                        ba = e_base[iz, ea] + x0
+                        bb = e_base[iz, eb] + x0
+                        bc = e_base[iz, ec] + x0
+                        bd = e_base[iz, ed] + x0
+                        _fma4(dst, flat[ba:ba + m + 1], flat[bb:bb + m + 1], flat[bc:bc + m + 1],
+                              flat[bd:bd + m + 1], e_p[iz, ea], e_q[iz, ea], e_p[iz, eb], e_q[iz, eb],
+                              e_p[iz, ec], e_q[iz, ec], e_p[iz, ed], e_q[iz, ed])
+                        j4 += 4
+                    while j4 < n_fast:
+                        ea = fast[j4]
+                        ba = e_base[iz, ea] + x0
+                        _fma1(dst, flat[ba:ba + m + 1], e_p[iz, ea], e_q[iz, ea])
+                        j4 += 1
+                    if accumulate:
+                        dst = out[iz, iy]
+                        sc = scale[iz, iy]
+                        for j in range(m):
+                            dst[x0 + j] += sc[x0 + j] * tile[j]

@@ -287,7 +287,10 @@ def _as_stack(stack: Any, geometry: TiltSeriesGeometry) -> np.ndarray:
 
 
 def _sample_lines(stack: np.ndarray, s: _Setup, subtract_mean: bool) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.ascontiguousarray(stack[s.views])
+    if s.views.size == stack.shape[0] and np.array_equal(s.views, np.arange(stack.shape[0])):
+        raw = stack  # already C-contiguous float32 (_as_stack): no copy
+    else:
+        raw = np.ascontiguousarray(stack[s.views])
     lines = np.empty((s.views.size, s.n_rows, s.n_cols), dtype=np.float32)
     valid = np.empty(lines.shape, dtype=np.uint8)
     kern.sample_stretched(raw, np.ascontiguousarray(s.raw_map), lines, valid)
@@ -360,8 +363,8 @@ def backproject(stack: Any, geometry: TiltSeriesGeometry, shape: tuple[int, int,
     else:
         bw = w.astype(np.float64)
     out = np.empty(_check_shape(shape), dtype=np.float32)
-    kern.backproject_lines(lines, s.ky, s.kz, s.kc, s.ry, s.rz, s.rc, bw, out, np.empty((1, 1, 1), np.float32),
-                           False)
+    kern.backproject_lines_tiled(lines, s.ky, s.kz, s.kc, s.ry, s.rz, s.rc, bw, out,
+                                 np.empty((1, 1, 1), np.float32), False)
     return _return_like(out, stack)
 
 
