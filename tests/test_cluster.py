@@ -393,3 +393,82 @@ def test_the_full_preset_is_the_tutorials_scale() -> None:
     assert {k: v for k, v in full.model_dump().items() if k != "n_series"} == \
         {k: v for k, v in small.model_dump().items() if k != "n_series"}
     assert build_parser().parse_args(["simulate", "--preset", "full"]).preset == "full"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the refinement's expectation step in particle batches
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_expectation_in_batches_equals_one_call() -> None:
+    """Batches of EXPECTATION_BATCH particles (as the units get them: their own rows, the selection's far_px) give
+    the poses, shifts and scores of one call over the whole selection, bit for bit, for a global search with the
+    FFT offsets and a local one with the ±step candidates."""
+    from tomoguide.compute.refine import (
+        EXPECTATION_BATCH,
+        asymmetric_unit_grid,
+        centred_fft_stack,
+        expectation,
+        local_rotations,
+        prepare_reference,
+    )
+
+    rng = np.random.default_rng(7)
+    m, b = 2 * EXPECTATION_BATCH + 37, 16
+    dft = centred_fft_stack(rng.normal(size=(m, b, b, b)).astype(np.float32))
+    w = rng.uniform(0.2, 1.0, size=(m, b, b, b)).astype(np.float32)
+    ref = prepare_reference(rng.normal(size=(b, b, b)).astype(np.float32), None)
+    sel = np.sort(rng.choice(m, size=m - 20, replace=False))
+    centres = rng.uniform(-2, 2, size=(m, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(m, 3, 3)))
+    for rot, pert, fft_shifts in ((np.repeat(np.eye(3)[None], m, axis=0), asymmetric_unit_grid(30.0, "C1"), True),
+                                  (q * np.sign(np.linalg.det(q))[:, None, None], local_rotations(5.0), False)):
+        opts = dict(shift_step_px=1.0, n_shifts=7, fft_shifts=fft_shifts, offset_range_px=3.0,
+                    far_px=float(np.abs(centres[sel]).max()))
+        one = expectation(dft, w, ref, sel, rot, centres + 0.5, centres, pert, 6.0, **opts)
+        parts = [expectation(dft[rows], w[rows], ref, np.arange(rows.size), rot[rows], centres[rows] + 0.5,
+                             centres[rows], pert, 6.0, **opts)
+                 for rows in (sel[i:i + EXPECTATION_BATCH] for i in range(0, sel.size, EXPECTATION_BATCH))]
+        assert len(parts) == 3
+        for k in range(3):
+            np.testing.assert_array_equal(one[k], np.concatenate([p[k] for p in parts]))
+
+
+def _average_outputs(project: Path, step: str) -> dict[str, np.ndarray | str]:
+    """The maps of the latest run of ``step`` and its particles table's columns (text; the scores as numbers)."""
+    from tomoguide.compute.io.star import read_particles_star
+
+    run = _latest(project, step)
+    out: dict[str, np.ndarray | str] = {}
+    for f in sorted(run.glob("*.mrc")):
+        out[f.name] = mrcfile.read(f)
+    df = read_particles_star(run / "particles.star").particles
+    for c in df.columns:
+        out[f"particles.star/{c}"] = df[c].to_numpy(np.float64) if c == SCORE else df[c].astype(str).str.cat(sep=" ")
+    return out
+
+
+# workers run single-threaded, the main process threaded: the scores' sums may differ in the last bit (float32
+# ulps; the poses, offsets and maps do not on the tiny demo; see tomoguide.cluster)
+SCORE = "rlnLogLikeliContribution"
+
+
+def test_refinement_on_workers_with_one_killed_equals_the_inline_run(tiny_project_root: Path,
+                                                                      tmp_path: Path) -> None:
+    """The refinement's expectation step in particle batches on 2 local workers, one of them killed (SIGKILL)
+    while it runs a batch, gives the inline run's poses (particles.star) and maps bit for bit (the scores to
+    float32 rounding); no scratch reference is left."""
+    ref = _rerun(tiny_project_root, tmp_path / "inline", InlineExecutor(), ["refine"])
+    with DaskExecutor("local", ClusterSettings(workers=2, retries=0)) as ex:
+        killer = _Killer(ex)
+        killer.start()
+        got = _rerun(tiny_project_root, tmp_path / "local", ex, ["refine"])
+        killer.stop.set()
+        killer.join()
+        assert killer.killed is not None, "no unit was seen running"
+    a, b = _average_outputs(ref, "refine"), _average_outputs(got, "refine")
+    assert {"half1.mrc", "half2.mrc", "map.mrc", "particles.star/rlnAngleRot", "particles.star/rlnOriginXAngst",
+            f"particles.star/{SCORE}"} <= set(a)
+    np.testing.assert_allclose(a.pop(f"particles.star/{SCORE}"), b.pop(f"particles.star/{SCORE}"), rtol=1e-6)
+    _assert_same(a, b)
+    assert not (_latest(got, "refine") / "units").exists()

@@ -119,8 +119,8 @@ class RefineResult:
     ``resolution_A`` at FSC_corrected = 0.143; ``history`` one dict per iteration (``iteration``,
     ``search`` "global"/"local", ``resolution_A``, ``search_resolution_A``, ``angular_step_deg``,
     ``n_rotations``, ``offset_range_px``, ``offset_step_px``, ``mean_angle_change_deg`` (up to the symmetry;
-    NaN for global searches), ``mean_shift_change_A``, ``time_s``, ``search_s``, ``shifts_s``,
-    ``reconstruct_fsc_s``); ``voxel_A`` the voxel size."""
+    NaN for global searches), ``mean_shift_change_A``, ``time_s``, ``search_s`` (the expectation step:
+    rotations and shifts), ``reconstruct_fsc_s``); ``voxel_A`` the voxel size."""
 
     poses: Poses
     half_sets: np.ndarray
@@ -1114,11 +1114,14 @@ def refine_shifts(
     *,
     ref_pad: int = 2,
     chunk: int = 32,
+    far_px: float | None = None,
 ) -> np.ndarray:
     """Translations (k, 3) px of the particles ``select`` at their rotations: the maximum of the FFT
     cross-correlation ``Σ_q conj(A(q)) D_i(q) e^{2πi q·t/B}`` (``A(q) = F_ref(R_iᵀ q)``, ``|q| ≤ r_max``)
     over integer ``t`` with ``|t - centres_px[i]| ≤ max_offset_px``, refined to sub-pixel by a parabola on
-    each axis (at most ±0.5 px). ``shifts_px`` are returned unchanged where no candidate lies in range."""
+    each axis (at most ±0.5 px). ``shifts_px`` are returned unchanged where no candidate lies in range.
+    ``far_px``: the largest ``|centre|`` component that sizes the cube of translations examined (default: the
+    selection's); batches of one selection pass the selection's, so that their results equal one call's."""
     b = data_ft.shape[-1]
     h = b // 2
     # one of each Friedel pair (x ≥ 0; the x = 0 plane keeps both halves): the product conj(A) D of two Hermitian
@@ -1129,7 +1132,7 @@ def refine_shifts(
     sel = np.asarray(select, dtype=np.int64)
     out = np.asarray(shifts_px, np.float64)[sel].copy()
     # only the translations within reach are examined: a cube of ±(max offset + centre + 2) voxels
-    far = float(np.abs(np.asarray(centres_px, np.float64)[sel]).max(initial=0.0))
+    far = float(np.abs(np.asarray(centres_px, np.float64)[sel]).max(initial=0.0)) if far_px is None else far_px
     reach = int(min(h - 1, math.ceil(max_offset_px + far) + 2))
     lo, hi = h - reach, h + reach + 1
     k1 = np.arange(lo, hi) - h
@@ -1252,6 +1255,51 @@ def refine_shifts_reference(
 # --------------------------------------------------------------------------------------------------------
 
 
+#: particles per batch of the expectation step run as units (a multiple of the chunks of :func:`search_poses` (48)
+#: and :func:`refine_shifts` (32), so that a batch's results equal those of one call over the whole half set)
+EXPECTATION_BATCH = 96
+
+
+def expectation(
+    data_ft: np.ndarray,
+    weights: np.ndarray,
+    ref_ft: np.ndarray,
+    select: np.ndarray,
+    rotations: np.ndarray,
+    shifts_px: np.ndarray,
+    centres_px: np.ndarray,
+    perturbations: np.ndarray,
+    r_max: float,
+    *,
+    shift_step_px: float,
+    n_shifts: int,
+    fft_shifts: bool,
+    offset_range_px: float,
+    far_px: float | None = None,
+    prior_axes: np.ndarray | None = None,
+    prior_sigma_deg: float = 10.0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The expectation step of :func:`auto_refine` for the particles ``select`` against one reference: the best
+    rotations and ±``shift_step_px`` shifts (:func:`search_poses`, arguments as there; ``rotations`` are the
+    identity for a global search), then with ``fft_shifts`` the offsets over the whole ``offset_range_px`` around
+    ``centres_px`` (:func:`refine_shifts`, ``far_px`` as there), else the shifts that left that range put back.
+    Returns ``(rotations (k, 3, 3), shifts_px (k, 3), scores (k,))`` of the selected particles, in their order;
+    each particle's result depends only on its own data and the arguments (batches of a selection whose sizes are
+    multiples of :data:`EXPECTATION_BATCH` give one call's results)."""
+    sel = np.asarray(select, dtype=np.int64)
+    r_h, t_h, s_h = search_poses(data_ft, weights, ref_ft, sel, rotations, shifts_px, perturbations, r_max,
+                                 shift_step_px=shift_step_px, n_shifts=n_shifts, progress=progress,
+                                 prior_axes=prior_axes, prior_sigma_deg=prior_sigma_deg)
+    if fft_shifts:
+        t_h = refine_shifts(data_ft, ref_ft, sel, _scatter(rotations, sel, r_h), _scatter(shifts_px, sel, t_h),
+                            centres_px, r_max, offset_range_px, far_px=far_px)
+    else:
+        out_of_range = np.linalg.norm(t_h - centres_px[sel], axis=1) > offset_range_px
+        t_h[out_of_range] = np.asarray(shifts_px)[sel][out_of_range]
+    return r_h, t_h, s_h
+
+
 def _angle_change(a: np.ndarray, b: np.ndarray, symmetry: str) -> float:
     if len(a) == 0:
         return 0.0
@@ -1290,6 +1338,7 @@ def auto_refine(
     prior_axes: np.ndarray | None = None,
     prior_sigma_deg: float = 10.0,
     subtilts: Any = None,
+    search: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> RefineResult:
     """Gold-standard 3D auto-refine of pseudo-subtomograms against ``reference`` (module docstring).
 
@@ -1320,7 +1369,12 @@ def auto_refine(
     :class:`sta.Subtilts`, a list of them in the particles' order, or a :class:`sta.Reconstructor`) they are made
     from the 2D sub-tilts on a 2× oversampled grid with the gridding correction (the final half maps also
     corrected for the gridding bias, :meth:`sta.Reconstructor.corrected`), else from the 3D data.
-    ``progress(fraction, message)`` is called often (it may raise to cancel). Returns :class:`RefineResult`.
+    ``progress(fraction, message)`` is called often (it may raise to cancel). ``search``: runs the expectation
+    step of a half set elsewhere (on the executor's workers, :mod:`tomoguide.cluster`): called as
+    ``search(h, ref_ft, select, rotations, shifts_px, centres_px, perturbations, r_max, progress=…, **options)``
+    with the arguments of :func:`expectation` (``rotations`` of all particles, the identity in a global search;
+    ``far_px`` the selection's) and returning its result; None: :func:`expectation` here on the whole half set.
+    Returns :class:`RefineResult`.
     """
     t_start = time.perf_counter()
     d = np.asarray(data, np.float32)
@@ -1376,7 +1430,7 @@ def auto_refine(
         r_max = b * voxel_A / res_search + (0.0 if it == 0 else 2.0)
         new_rot, new_t, new_s = rot.copy(), t_px.copy(), scores.copy()
         done = [0]
-        t_search = t_shift = 0.0
+        t_search = 0.0
         for h in (1, 2):
             sel = np.flatnonzero(hs == h)
 
@@ -1387,20 +1441,19 @@ def auto_refine(
                 report((it + 0.8 * (base + n) / max(m, 1)) / max_iterations, msg)
 
             ta = time.perf_counter()
-            # a global search ignores the current orientations (exact shared sampling of the grid)
-            r_h, t_h, s_h = search_poses(dft, w, refs[h - 1], sel, ident if is_global else rot, t_px, pert, r_max,
-                                         shift_step_px=shift_step, n_shifts=1 if is_global and it > 0 else 7,
-                                         progress=prog, prior_axes=prior_axes, prior_sigma_deg=prior_sigma_deg)
-            tb = time.perf_counter()
-            t_search += tb - ta
-            if it == 0 or is_global:
-                # the whole offset range once (FFT); later iterations move by the ±step candidates
-                t_h = refine_shifts(dft, refs[h - 1], sel, _scatter(rot, sel, r_h), _scatter(t_px, sel, t_h),
-                                    centres, r_max, offset_range_px)
+            # a global search ignores the current orientations (exact shared sampling of the grid); the whole
+            # offset range once (FFT) in the first and every global iteration, later the ±step candidates
+            options = dict(shift_step_px=shift_step, n_shifts=1 if is_global and it > 0 else 7,
+                           fft_shifts=it == 0 or is_global, offset_range_px=offset_range_px,
+                           far_px=float(np.abs(centres[sel]).max(initial=0.0)), prior_axes=prior_axes,
+                           prior_sigma_deg=prior_sigma_deg)
+            if search is None:
+                r_h, t_h, s_h = expectation(dft, w, refs[h - 1], sel, ident if is_global else rot, t_px, centres,
+                                            pert, r_max, progress=prog, **options)
             else:
-                out_of_range = np.linalg.norm(t_h - centres[sel], axis=1) > offset_range_px
-                t_h[out_of_range] = t_px[sel][out_of_range]
-            t_shift += time.perf_counter() - tb
+                r_h, t_h, s_h = search(h, refs[h - 1], sel, ident if is_global else rot, t_px, centres, pert, r_max,
+                                       progress=prog, **options)
+            t_search += time.perf_counter() - ta
             new_rot[sel], new_t[sel], new_s[sel] = r_h, t_h, s_h
             done[0] += len(sel)
         d_ang = _angle_change(new_rot, rot, symmetry) if not is_global else float("nan")
@@ -1417,7 +1470,7 @@ def auto_refine(
                         "offset_range_px": float(offset_range_px), "offset_step_px": shift_step,
                         "n_rotations": int(len(pert)), "mean_angle_change_deg": d_ang,
                         "mean_shift_change_A": d_shift, "time_s": time.perf_counter() - t0,
-                        "search_s": t_search, "shifts_s": t_shift, "reconstruct_fsc_s": t_rec})
+                        "search_s": t_search, "reconstruct_fsc_s": t_rec})
         report((it + 1) / max_iterations, f"iteration {it + 1}: {res:.1f} Å")
         improved = res < best_res * 0.99
         best_res = min(best_res, res)

@@ -232,13 +232,15 @@ def _gallery(data: np.ndarray) -> np.ndarray:
     return data[:, b // 2 - q:b // 2 + q].mean(axis=1).astype(np.float32)
 
 
-def load_particles(folder: Path) -> tuple[ParticleStack, Any, np.ndarray, np.ndarray]:
+def load_particles(folder: Path, rows: np.ndarray | None = None) -> tuple[ParticleStack, Any, np.ndarray, np.ndarray]:
     """Read an extraction's output: ``(record, star, data (m, B, B, B), weights (m, B, B, B))``.
 
-    ``star`` a :class:`~tomoguide.compute.io.star.ParticlesStar` (``.particles`` table, ``.optics``).
+    ``star`` a :class:`~tomoguide.compute.io.star.ParticlesStar` (``.particles`` table, ``.optics``; always every
+    particle).
 
     ``data`` real-space pseudo-subtomograms (float32, centre B // 2), ``weights`` centred Fourier CTF² weights.
-    A 2D extraction's sub-tilts are inserted into 3D here (same result as a 3D extraction).
+    A 2D extraction's sub-tilts are inserted into 3D here (same result as a 3D extraction). ``rows``: only these
+    particles (0-based rows of the table, in this order; a batch of the refinement's expectation step).
     """
     from tomoguide.compute import sta
     from tomoguide.compute.io.mrc import read_mrc
@@ -246,7 +248,7 @@ def load_particles(folder: Path) -> tuple[ParticleStack, Any, np.ndarray, np.nda
 
     rec, base = ParticleStack.load(folder)
     ps = read_particles_star(rec.path("star", base))
-    df = ps.particles
+    df = ps.particles if rows is None else ps.particles.iloc[np.asarray(rows, np.int64)]
     m, b = len(df), rec.box_px
     data = np.empty((m, b, b, b), np.float32)
     weights = np.empty((m, b, b, b), np.float32)

@@ -155,6 +155,73 @@ def load_reference(folder: Path, voxel_A: float, box: int, label: str) -> np.nda
     return np.asarray(ref, np.float32)
 
 
+def expectation_unit(folder: str, rows: np.ndarray, ref_path: str, rotations: np.ndarray, shifts_px: np.ndarray,
+                     centres_px: np.ndarray, perturbations: np.ndarray, r_max: float, prior: np.ndarray | None,
+                     options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One particle batch of the refinement's expectation step (a unit of :mod:`tomoguide.cluster`): reads the
+    particles ``rows`` (0-based rows of ``particles.star``) of the extraction in ``folder`` and the prepared
+    reference (``.npy``, :func:`tomoguide.compute.refine.prepare_reference`) at ``ref_path``; ``rotations``
+    (k, 3, 3), ``shifts_px`` (k, 3), ``centres_px`` (k, 3) and ``prior`` (k, 3) or None are the batch's rows;
+    returns :func:`tomoguide.compute.refine.expectation`'s ``(rotations, shifts_px, scores)`` for the batch."""
+    from tomoguide.compute.refine import centred_fft_stack, expectation
+    from tomoguide.steps.extract import load_particles
+
+    _, _, data, weights = load_particles(Path(folder), rows)
+    return expectation(centred_fft_stack(np.asarray(data, np.float32)), np.ascontiguousarray(weights, np.float32),
+                       np.load(ref_path), np.arange(len(rows)), rotations, shifts_px, centres_px, perturbations,
+                       r_max, prior_axes=prior, **options)
+
+
+def executor_search(ctx: RunContext, folder: Path) -> Callable[..., Any] | None:
+    """The ``search`` of :func:`tomoguide.compute.refine.auto_refine` that sends each half set's expectation step
+    to the run's executor in batches of :data:`~tomoguide.compute.refine.EXPECTATION_BATCH` particles
+    (:func:`expectation_unit`; the reference written to ``units/`` in the run folder for the workers, removed
+    after the step); None for an in-process run (no executor, or the inline one), which searches in place with
+    the same results (the batches' sizes keep every particle's computation as in one call)."""
+    from tomoguide.cluster import InlineExecutor, Unit, atomic_output
+    from tomoguide.compute.refine import EXPECTATION_BATCH
+
+    executor = ctx.executor
+    if executor is None or isinstance(executor, InlineExecutor):
+        return None
+    calls = [0]
+
+    def search(h: int, ref_ft: np.ndarray, select: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray,
+               centres_px: np.ndarray, perturbations: np.ndarray, r_max: float, *,
+               progress: Callable[[int], None] | None = None, prior_axes: np.ndarray | None = None,
+               **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        calls[0] += 1
+        ref_path = ctx.out_path("units", f"reference_{calls[0]:03d}_half{h}.npy", mkdir=True)
+        with atomic_output(ref_path) as tmp:
+            np.save(tmp, np.ascontiguousarray(ref_ft))
+        sel = np.asarray(select, np.int64)
+        units, spans = [], {}
+        for i, b0 in enumerate(range(0, len(sel), EXPECTATION_BATCH)):
+            rows = sel[b0:b0 + EXPECTATION_BATCH]
+            name = f"half set {h}, batch {i + 1} ({rows.size} particles)"
+            spans[name] = (b0, b0 + rows.size)
+            units.append(Unit(name, (str(folder), rows, str(ref_path), np.asarray(rotations)[rows],
+                                     np.asarray(shifts_px)[rows], np.asarray(centres_px)[rows], perturbations,
+                                     float(r_max), None if prior_axes is None else np.asarray(prior_axes)[rows],
+                                     options)))
+        out_r = np.empty((len(sel), 3, 3))
+        out_t = np.empty((len(sel), 3))
+        out_s = np.empty(len(sel))
+        done = 0
+        try:
+            for name, (r, t, sc) in executor.map_units(expectation_unit, units, cancel_event=ctx.cancel_event):
+                a, b = spans[name]
+                out_r[a:b], out_t[a:b], out_s[a:b] = r, t, sc
+                done += b - a
+                if progress is not None:
+                    progress(done)
+        finally:
+            ref_path.unlink(missing_ok=True)
+        return out_r, out_t, out_s
+
+    return search
+
+
 class Refine(Step):
     id = "refine"
     title = "3D auto-refine"
@@ -253,9 +320,18 @@ class Refine(Step):
                                offset_range_px=params.offset_range_px, offset_step_px=params.offset_step_px,
                                initial_poses=start, half_sets=halves, max_iterations=params.max_iterations,
                                seed=params.seed, progress=progress, prior_axes=axes,
-                               prior_sigma_deg=params.prior_tilt_width_deg or 10.0, subtilts=subtilts)
+                               prior_sigma_deg=params.prior_tilt_width_deg or 10.0, subtilts=subtilts,
+                               search=search)
 
-        res = yield from ctx.run_in_thread(work)
+        # the expectation step in particle batches on the executor's workers (in place when inline)
+        search = executor_search(ctx, ctx.output(self.particles_step, "particles"))
+        try:
+            res = yield from ctx.run_in_thread(work)
+        finally:
+            if (ctx.run_dir / "units").is_dir():
+                import shutil
+
+                shutil.rmtree(ctx.run_dir / "units", ignore_errors=True)
         table = poses_to_table(df, res.poses.rotations, res.poses.shifts_A, res.poses.scores, res.half_sets)
         fsc = fsc_record(res)
         folder = write_average(ctx.run_dir, voxel_A=rec.voxel_A, symmetry=params.symmetry, merged=res.merged,
