@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange
 
 __all__ = [
-    "sample_stretched", "subtract_view_means", "backproject_lines", "forward_project_lines",
+    "sample_stretched", "subtract_view_means", "sample_stretched_sums", "subtract_means_from_sums", "backproject_lines", "forward_project_lines",
     "forward_project_lines_by_view", "sirt_slabs", "backproject_lines_tiled",
 ]
 
@@ -60,6 +60,63 @@ def sample_stretched(raw: np.ndarray, m: np.ndarray, out: np.ndarray, valid: np.
                    + fw * ((1.0 - fu) * raw[v, iw + 1, iu] + fu * raw[v, iw + 1, iu + 1]))
             out[v, r, k] = val
             valid[v, r, k] = 1
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def sample_stretched_sums(raw: np.ndarray, m: np.ndarray, out: np.ndarray, valid: np.ndarray, sums: np.ndarray,
+                          counts: np.ndarray) -> None:  # pragma: no cover
+    """:func:`sample_stretched` that also writes each line's sum of valid samples (float64, in ``sums`` (n, H))
+    and their count (``counts`` (n, H)) in the same pass, for :func:`subtract_means_from_sums` (the same
+    arithmetic as :func:`subtract_view_means` without its reading pass over the lines)."""
+    n, ny, nx = raw.shape
+    _, h, length = out.shape
+    for job in prange(n * h):
+        v = job // h
+        r = job % h
+        a00, a01, a02 = m[v, 0, 0], m[v, 0, 1], m[v, 0, 2]
+        a10, a11, a12 = m[v, 1, 0], m[v, 1, 1], m[v, 1, 2]
+        s = 0.0
+        c = 0.0
+        for k in range(length):
+            u = a00 * k + a01 * r + a02
+            w = a10 * k + a11 * r + a12
+            if u < 0.0 or w < 0.0 or u > nx - 1 or w > ny - 1:
+                out[v, r, k] = 0.0
+                valid[v, r, k] = 0
+                continue
+            iu = min(int(u), nx - 2)
+            iw = min(int(w), ny - 2)
+            fu = u - iu
+            fw = w - iw
+            val = np.float32((1.0 - fw) * ((1.0 - fu) * raw[v, iw, iu] + fu * raw[v, iw, iu + 1])
+                             + fw * ((1.0 - fu) * raw[v, iw + 1, iu] + fu * raw[v, iw + 1, iu + 1]))
+            out[v, r, k] = val
+            valid[v, r, k] = 1
+            s += val
+            c += 1.0
+        sums[v, r] = s
+        counts[v, r] = c
+
+
+@numba.njit(parallel=True, cache=True)
+def subtract_means_from_sums(lines: np.ndarray, valid: np.ndarray, sums: np.ndarray,
+                             counts: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """In place: subtract from the valid samples of each view ``(n, H, L)`` the mean of its valid samples from the
+    line sums and counts of :func:`sample_stretched_sums`; invalid samples (0) stay 0. Returns the (n,) means."""
+    n, h, length = lines.shape
+    means = np.zeros(n)
+    for v in range(n):
+        c = counts[v].sum()
+        if c > 0:
+            means[v] = sums[v].sum() / c
+    for job in prange(n * h):
+        v = job // h
+        r = job % h
+        mv = np.float32(means[v])
+        for k in range(length):
+            if valid[v, r, k]:
+                lines[v, r, k] -= mv
+    return means
 
 
 @numba.njit(parallel=True, cache=True)

@@ -293,9 +293,11 @@ def _sample_lines(stack: np.ndarray, s: _Setup, subtract_mean: bool) -> tuple[np
         raw = np.ascontiguousarray(stack[s.views])
     lines = np.empty((s.views.size, s.n_rows, s.n_cols), dtype=np.float32)
     valid = np.empty(lines.shape, dtype=np.uint8)
-    kern.sample_stretched(raw, np.ascontiguousarray(s.raw_map), lines, valid)
+    sums = np.empty((s.views.size, s.n_rows))
+    counts = np.empty((s.views.size, s.n_rows))
+    kern.sample_stretched_sums(raw, np.ascontiguousarray(s.raw_map), lines, valid, sums, counts)
     if subtract_mean:
-        kern.subtract_view_means(lines, valid)
+        kern.subtract_means_from_sums(lines, valid, sums, counts)
     return lines, valid
 
 

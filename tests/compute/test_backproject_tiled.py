@@ -78,3 +78,24 @@ def test_backproject_uses_the_new_kernel_with_the_reference_result() -> None:
     kern.backproject_lines(lines, s.ky, s.kz, s.kc, s.ry, s.rz, s.rc, np.ones(s.views.size), ref,
                            np.empty((1, 1, 1), np.float32), False)
     np.testing.assert_allclose(vol, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("fields", [{}, {"x_tilt_deg": 4.0}])
+def test_sampling_with_sums_equals_sampling_then_view_means(fields: dict) -> None:
+    rng = np.random.default_rng(12)
+    g = _geometry(7, (30, 34), 2, **fields)
+    s = rec._setup(g, (8, 30, 34), shift_x_px=0.3, shift_z_px=0.0, tilt_offset_deg=0.0, axis_offset_px=0.0)
+    raw = (rng.normal(size=(7, 30, 34)) + 3.0).astype(np.float32)
+    shape = (7, s.n_rows, s.n_cols)
+    ref, ref_valid = np.empty(shape, np.float32), np.empty(shape, np.uint8)
+    kern.sample_stretched(raw, np.ascontiguousarray(s.raw_map), ref, ref_valid)
+    ref_means = kern.subtract_view_means(ref, ref_valid)
+    new, valid = np.empty(shape, np.float32), np.empty(shape, np.uint8)
+    sums, counts = np.empty(shape[:2]), np.empty(shape[:2])
+    kern.sample_stretched_sums(raw, np.ascontiguousarray(s.raw_map), new, valid, sums, counts)
+    means = kern.subtract_means_from_sums(new, valid, sums, counts)
+    np.testing.assert_array_equal(valid, ref_valid)
+    assert 0 < valid.mean() < 1  # both valid and invalid samples occur
+    np.testing.assert_allclose(means, ref_means, rtol=1e-6)
+    assert np.all(np.abs(means - 3.0) < 0.5)
+    np.testing.assert_allclose(new, ref, rtol=0, atol=1e-5)
