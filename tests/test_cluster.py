@@ -242,7 +242,7 @@ class _Killer(threading.Thread):
             time.sleep(0.005)
 
 
-@pytest.mark.parametrize("step", ["motion_ctf", "reconstruct", "extract"])
+@pytest.mark.parametrize("step", ["motion_ctf", "ctf_estimate", "reconstruct", "extract"])
 def test_a_worker_killed_mid_step_changes_no_result(step: str, inline_project: Path, tmp_path: Path) -> None:
     """SIGKILL to the worker process running a unit of ``step``: its unfinished units are rerun elsewhere and the
     step's outputs equal the undisturbed inline run's."""

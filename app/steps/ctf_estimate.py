@@ -188,8 +188,7 @@ class CtfEstimate(Step):
         return Needs(disk_bytes=n * CTF_PREVIEW_PX**2 * 4 + 100_000, memory_bytes=ny * nx * 4 * (n // 2 + 8))
 
     def run(self, params: StepParams, ctx: RunContext) -> StepRun:
-        from tomoguide.compute.ctffit import check_tilt_direction, ctf_both_directions, fit_ctf, power_spectrum
-        from tomoguide.compute.io.mrc import read_mrc
+        from tomoguide.cluster import Unit
 
         assert isinstance(params, CtfEstimateParams)
         if params.source == "files":
@@ -197,84 +196,22 @@ class CtfEstimate(Step):
         sset, base = SeriesSet.load(ctx.output("assign_alignment", "series"))
         imported_axes = _imported_axes(ctx)
         n_total = sum(s.geometry.n_views for s in sset.series)
-        done = 0
         entries: list[SeriesEntry] = []
         metrics: dict[str, Any] = {"series": {}}
         direction_notes: list[str] = []
         check_on = params.tilt_direction != "off"
+        units = [Unit(s.name, (s.path("stack", base), s.name, s.geometry, params, imported_axes.get(s.name),
+                               ctx.run_dir)) for s in sset.series]  # one unit per tilt series (tomoguide.cluster)
+        fitted = yield from ctx.map_units(ctf_estimate_unit, units, what="CTF estimation")
         for s in sset.series:
-            g = s.geometry
-            stack, _ = read_mrc(s.path("stack", base), mmap=True)
-            px = g.pixel_size_binned_A
-            tilts = g.true_tilt_deg()
-            optics = dict(voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm,
-                          amplitude_contrast=g.optics.amplitude_contrast)
-            twos = []
-            kws = []
-            hi = search_maximum_A(params, g)
-            if hi > params.defocus_max_A:
-                ctx.log(f"{s.name}: defocus searched up to {hi / 1e4:.1f} µm (the mdoc's target defocus, up to "
-                        f"{max(g.nominal_defocus_um or [0.0]):.1f} µm, + {NOMINAL_MARGIN_A / 1e4:g} µm is beyond "
-                        f"Maximum defocus {params.defocus_max_A / 1e4:g} µm)")
-            for i in range(g.n_views):
-                ctx.check_cancel()
-                kw: dict[str, Any] = dict(defocus_range_A=(params.defocus_min_A, hi),
-                                          defocus_step_A=params.defocus_step_A,
-                                          res_range_A=(params.res_low_A, max(params.res_high_A, 2.05 * px)),
-                                          fit_phase=params.fit_phase)
-                if params.narrow_around_nominal and g.nominal_defocus_um:
-                    kw.update(nominal_defocus_A=g.nominal_defocus_um[i] * 1e4, narrow_A=params.narrow_A)
-                two = ctf_both_directions(
-                    np.asarray(stack[i], np.float32), pixel_size_A=px, box=params.box_px, tilt_deg=float(tilts[i]),
-                    tilt_axis_deg=g.tilt_axis_deg, defocus_handedness=g.defocus_handedness, view=i,
-                    min_tilt_deg=params.direction_min_tilt_deg if check_on else float("inf"), **optics, **kw)
-                twos.append(two)
-                kws.append(kw)
-                yield Progress((done + 0.6 * (i + 1)) / n_total,
-                               f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: first fit "
-                               f"{two.first_fit.defocus_mean_A / 1e4:.2f} µm")
-
-            # ---- tilt direction -------------------------------------------------------------------------------
-            g_out, use_inverted, direction = g, False, None
-            if check_on:
-                check = check_tilt_direction([t.evidence for t in twos], min_tilt_deg=params.direction_min_tilt_deg,
-                                             z_threshold=params.direction_z)
-                g_out, use_inverted, note = _apply_tilt_direction(g, check.verdict, params.tilt_direction,
-                                                                  imported_axes.get(s.name))
-                direction = {**check.metrics(), "action": params.tilt_direction if use_inverted else "none",
-                             "tilt_axis_before_deg": g.tilt_axis_deg, "tilt_axis_after_deg": g_out.tilt_axis_deg,
-                             "defocus_handedness_before": g.defocus_handedness,
-                             "defocus_handedness_after": g_out.defocus_handedness,
-                             "imported_tilt_axis_deg": imported_axes.get(s.name), "note": note}
-                ctx.log(f"{s.name}: {note} ({check.reason})")
-                direction_notes.append(f"{s.name}: {note}")
-
-            # ---- second pass with the chosen gradient -------------------------------------------------------------
-            rows, previews, failed = [], [], []
-            for i, (two, kw) in enumerate(zip(twos, kws, strict=True)):
-                ctx.check_cancel()
-                if two.rescaled:
-                    # the geometry passed on gives the gradient; with it unchanged this is estimate_ctf's 2nd pass
-                    spec = two.spectrum_as_given if not use_inverted else power_spectrum(
-                        np.asarray(stack[i], np.float32), pixel_size_A=px, box=params.box_px,
-                        tilt_deg=float(tilts[i]), tilt_axis_deg=g_out.tilt_axis_deg,
-                        defocus_handedness=g_out.defocus_handedness,
-                        reference_defocus_A=two.first_fit.defocus_mean_A, tilt_mode="rescale",
-                        voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm)
-                    fit = fit_ctf(spec, **optics, **kw)
-                else:
-                    spec, fit = two.plain, two.first_fit
-                rows.append(ctf_row(s.name, i, g.tilt_angles_deg[i], fit))
-                failed.append(bool(fit.failed))
-                previews.append(ctf_preview(spec, fit))
-                if fit.failed:
-                    ctx.log(f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: fit failed ({fit.reason})")
-                yield Progress((done + 0.6 * g.n_views + 0.4 * (i + 1)) / n_total,
-                               f"{s.name}: tilt {g.tilt_angles_deg[i]:+.1f}°: "
-                               f"{fit.defocus_mean_A / 1e4:.2f} µm, {fit.fit_resolution_A:.1f} Å")
-            done += g.n_views
+            res = fitted[s.name]
+            for line in res["log"]:
+                ctx.log(line)
+            direction, rows, failed, g_out = res["direction"], res["rows"], res["failed"], res["geometry"]
+            if direction is not None:
+                direction_notes.append(f"{s.name}: {direction['note']}")
             files = dict(s.files)
-            files.update(write_ctf_results(ctx.run_dir, s.name, rows, previews, g.optics, px))
+            files.update(res["files"])
             # the stack itself is not changed: link (or copy) it so the set is self-contained
             link_or_copy(s.path("stack", base), ctx.out_path(files["stack"]))
             info = dict(s.info)
@@ -300,6 +237,78 @@ class CtfEstimate(Step):
             else:
                 summary += f"; tilt direction as given ({len(verdicts)} series)"
         return StepResult(outputs={"series": out}, metrics=metrics, summary=summary)
+
+
+def ctf_estimate_unit(stack_path: Any, name: str, g: TiltSeriesGeometry, params: CtfEstimateParams,
+                      imported_axis: float | None, folder: Any) -> dict[str, Any]:
+    """One tilt series' CTF (a unit of :mod:`tomoguide.cluster`): fits every view of the stack at ``stack_path``
+    (geometry ``g``), checks the tilt direction, fits again with the chosen gradient and writes the series' CTF
+    STAR and preview stack into ``folder`` (the run folder; each written to a temporary file renamed into
+    place). Returns ``files`` (roles -> names), ``rows`` (the STAR's rows), ``failed`` (per view), ``geometry``
+    (the geometry passed on), ``direction`` (the check's metrics, None when off) and ``log`` (lines for the run's
+    log)."""
+    from tomoguide.compute.ctffit import check_tilt_direction, ctf_both_directions, fit_ctf, power_spectrum
+    from tomoguide.compute.io.mrc import read_mrc
+
+    log: list[str] = []
+    check_on = params.tilt_direction != "off"
+    stack, _ = read_mrc(stack_path, mmap=True)
+    px = g.pixel_size_binned_A
+    tilts = g.true_tilt_deg()
+    optics = dict(voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm, amplitude_contrast=g.optics.amplitude_contrast)
+    twos = []
+    kws = []
+    hi = search_maximum_A(params, g)
+    if hi > params.defocus_max_A:
+        log.append(f"{name}: defocus searched up to {hi / 1e4:.1f} µm (the mdoc's target defocus, up to "
+                   f"{max(g.nominal_defocus_um or [0.0]):.1f} µm, + {NOMINAL_MARGIN_A / 1e4:g} µm is beyond "
+                   f"Maximum defocus {params.defocus_max_A / 1e4:g} µm)")
+    for i in range(g.n_views):
+        kw: dict[str, Any] = dict(defocus_range_A=(params.defocus_min_A, hi), defocus_step_A=params.defocus_step_A,
+                                  res_range_A=(params.res_low_A, max(params.res_high_A, 2.05 * px)),
+                                  fit_phase=params.fit_phase)
+        if params.narrow_around_nominal and g.nominal_defocus_um:
+            kw.update(nominal_defocus_A=g.nominal_defocus_um[i] * 1e4, narrow_A=params.narrow_A)
+        twos.append(ctf_both_directions(
+            np.asarray(stack[i], np.float32), pixel_size_A=px, box=params.box_px, tilt_deg=float(tilts[i]),
+            tilt_axis_deg=g.tilt_axis_deg, defocus_handedness=g.defocus_handedness, view=i,
+            min_tilt_deg=params.direction_min_tilt_deg if check_on else float("inf"), **optics, **kw))
+        kws.append(kw)
+
+    # ---- tilt direction -----------------------------------------------------------------------------------
+    g_out, use_inverted, direction = g, False, None
+    if check_on:
+        check = check_tilt_direction([t.evidence for t in twos], min_tilt_deg=params.direction_min_tilt_deg,
+                                     z_threshold=params.direction_z)
+        g_out, use_inverted, note = _apply_tilt_direction(g, check.verdict, params.tilt_direction, imported_axis)
+        direction = {**check.metrics(), "action": params.tilt_direction if use_inverted else "none",
+                     "tilt_axis_before_deg": g.tilt_axis_deg, "tilt_axis_after_deg": g_out.tilt_axis_deg,
+                     "defocus_handedness_before": g.defocus_handedness,
+                     "defocus_handedness_after": g_out.defocus_handedness,
+                     "imported_tilt_axis_deg": imported_axis, "note": note}
+        log.append(f"{name}: {note} ({check.reason})")
+
+    # ---- second pass with the chosen gradient -------------------------------------------------------------
+    rows, previews, failed = [], [], []
+    for i, (two, kw) in enumerate(zip(twos, kws, strict=True)):
+        if two.rescaled:
+            # the geometry passed on gives the gradient; with it unchanged this is estimate_ctf's 2nd pass
+            spec = two.spectrum_as_given if not use_inverted else power_spectrum(
+                np.asarray(stack[i], np.float32), pixel_size_A=px, box=params.box_px,
+                tilt_deg=float(tilts[i]), tilt_axis_deg=g_out.tilt_axis_deg,
+                defocus_handedness=g_out.defocus_handedness,
+                reference_defocus_A=two.first_fit.defocus_mean_A, tilt_mode="rescale",
+                voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm)
+            fit = fit_ctf(spec, **optics, **kw)
+        else:
+            spec, fit = two.plain, two.first_fit
+        rows.append(ctf_row(name, i, g.tilt_angles_deg[i], fit))
+        failed.append(bool(fit.failed))
+        previews.append(ctf_preview(spec, fit))
+        if fit.failed:
+            log.append(f"{name}: tilt {g.tilt_angles_deg[i]:+.1f}°: fit failed ({fit.reason})")
+    files = write_ctf_results(Path(folder), name, rows, previews, g.optics, px)
+    return {"files": files, "rows": rows, "failed": failed, "geometry": g_out, "direction": direction, "log": log}
 
 
 def search_maximum_A(params: CtfEstimateParams, g: TiltSeriesGeometry) -> float:
