@@ -419,11 +419,12 @@ def test_expectation_in_batches_equals_one_call() -> None:
     w = rng.uniform(0.2, 1.0, size=(m, b, b, b)).astype(np.float32)
     ref = prepare_reference(rng.normal(size=(b, b, b)).astype(np.float32), None)
     sel = np.sort(rng.choice(m, size=m - 20, replace=False))
-    centres = rng.uniform(-2, 2, size=(m, 3))
+    # centres growing along the particles: each batch alone would examine a cube of translations of its own size
+    centres = rng.uniform(-1, 1, size=(m, 3)) * np.linspace(0.2, 3.0, m)[:, None]
     q, _ = np.linalg.qr(rng.normal(size=(m, 3, 3)))
     for rot, pert, fft_shifts in ((np.repeat(np.eye(3)[None], m, axis=0), asymmetric_unit_grid(30.0, "C1"), True),
                                   (q * np.sign(np.linalg.det(q))[:, None, None], local_rotations(5.0), False)):
-        opts = dict(shift_step_px=1.0, n_shifts=7, fft_shifts=fft_shifts, offset_range_px=3.0,
+        opts = dict(shift_step_px=1.0, n_shifts=7, fft_shifts=fft_shifts, offset_range_px=2.0,
                     far_px=float(np.abs(centres[sel]).max()))
         one = expectation(dft, w, ref, sel, rot, centres + 0.5, centres, pert, 6.0, **opts)
         parts = [expectation(dft[rows], w[rows], ref, np.arange(rows.size), rot[rows], centres[rows] + 0.5,
