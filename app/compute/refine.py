@@ -1370,10 +1370,11 @@ def auto_refine(
     from the 2D sub-tilts on a 2× oversampled grid with the gridding correction (the final half maps also
     corrected for the gridding bias, :meth:`sta.Reconstructor.corrected`), else from the 3D data.
     ``progress(fraction, message)`` is called often (it may raise to cancel). ``search``: runs the expectation
-    step of a half set elsewhere (on the executor's workers, :mod:`tomoguide.cluster`): called as
-    ``search(h, ref_ft, select, rotations, shifts_px, centres_px, perturbations, r_max, progress=…, **options)``
-    with the arguments of :func:`expectation` (``rotations`` of all particles, the identity in a global search;
-    ``far_px`` the selection's) and returning its result; None: :func:`expectation` here on the whole half set.
+    step of both half sets elsewhere (on the executor's workers, :mod:`tomoguide.cluster`): called as
+    ``search(jobs, rotations, shifts_px, centres_px, perturbations, r_max, progress=…, **options)`` with ``jobs``
+    ``[(h, ref_ft, select, far_px)]`` for h = 1, 2 and the other arguments of :func:`expectation` (``rotations``
+    of all particles, the identity in a global search; ``progress(n)``: particles done), returning
+    :func:`expectation`'s result for each job; None: :func:`expectation` here on each whole half set.
     Returns :class:`RefineResult`.
     """
     t_start = time.perf_counter()
@@ -1429,33 +1430,32 @@ def auto_refine(
             pert = local_rotations(step, 2.0)
         r_max = b * voxel_A / res_search + (0.0 if it == 0 else 2.0)
         new_rot, new_t, new_s = rot.copy(), t_px.copy(), scores.copy()
-        done = [0]
-        t_search = 0.0
-        for h in (1, 2):
-            sel = np.flatnonzero(hs == h)
+        msg = f"iteration {it + 1}: {'global' if is_global else 'local'} search at {step:.2f}°, {res_search:.1f} Å"
 
-            msg = (f"iteration {it + 1}: {'global' if is_global else 'local'} search at {step:.2f}°, "
-                   f"{res_search:.1f} Å")
+        def prog(n: int, it: int = it, msg: str = msg) -> None:
+            report((it + 0.8 * n / max(m, 1)) / max_iterations, msg)
 
-            def prog(n: int, it: int = it, base: int = done[0], msg: str = msg) -> None:
-                report((it + 0.8 * (base + n) / max(m, 1)) / max_iterations, msg)
-
-            ta = time.perf_counter()
-            # a global search ignores the current orientations (exact shared sampling of the grid); the whole
-            # offset range once (FFT) in the first and every global iteration, later the ±step candidates
-            options = dict(shift_step_px=shift_step, n_shifts=1 if is_global and it > 0 else 7,
-                           fft_shifts=it == 0 or is_global, offset_range_px=offset_range_px,
-                           far_px=float(np.abs(centres[sel]).max(initial=0.0)), prior_axes=prior_axes,
-                           prior_sigma_deg=prior_sigma_deg)
-            if search is None:
-                r_h, t_h, s_h = expectation(dft, w, refs[h - 1], sel, ident if is_global else rot, t_px, centres,
-                                            pert, r_max, progress=prog, **options)
-            else:
-                r_h, t_h, s_h = search(h, refs[h - 1], sel, ident if is_global else rot, t_px, centres, pert, r_max,
-                                       progress=prog, **options)
-            t_search += time.perf_counter() - ta
+        ta = time.perf_counter()
+        # each half set against its own reference; a global search ignores the current orientations (exact shared
+        # sampling of the grid); the whole offset range once (FFT) in the first and every global iteration, later
+        # the ±step candidates
+        jobs = [(h, refs[h - 1], sel, float(np.abs(centres[sel]).max(initial=0.0)))
+                for h, sel in ((h, np.flatnonzero(hs == h)) for h in (1, 2))]
+        options = dict(shift_step_px=shift_step, n_shifts=1 if is_global and it > 0 else 7,
+                       fft_shifts=it == 0 or is_global, offset_range_px=offset_range_px, prior_axes=prior_axes,
+                       prior_sigma_deg=prior_sigma_deg)
+        rot_in = ident if is_global else rot
+        if search is None:
+            found = []
+            for _, ref_h, sel, far in jobs:
+                base = sum(len(j[2]) for j in jobs[:len(found)])
+                found.append(expectation(dft, w, ref_h, sel, rot_in, t_px, centres, pert, r_max, far_px=far,
+                                         progress=lambda n, base=base: prog(base + n), **options))
+        else:
+            found = search(jobs, rot_in, t_px, centres, pert, r_max, progress=prog, **options)
+        for (_, _, sel, _), (r_h, t_h, s_h) in zip(jobs, found, strict=True):
             new_rot[sel], new_t[sel], new_s[sel] = r_h, t_h, s_h
-            done[0] += len(sel)
+        t_search = time.perf_counter() - ta
         d_ang = _angle_change(new_rot, rot, symmetry) if not is_global else float("nan")
         d_shift = float(np.mean(np.linalg.norm(new_t - t_px, axis=1))) * voxel_A
         rot, t_px, scores = new_rot, new_t, new_s

@@ -173,7 +173,7 @@ def expectation_unit(folder: str, rows: np.ndarray, ref_path: str, rotations: np
 
 
 def executor_search(ctx: RunContext, folder: Path) -> Callable[..., Any] | None:
-    """The ``search`` of :func:`tomoguide.compute.refine.auto_refine` that sends each half set's expectation step
+    """The ``search`` of :func:`tomoguide.compute.refine.auto_refine` that sends the half sets' expectation step
     to the run's executor in batches of :data:`~tomoguide.compute.refine.EXPECTATION_BATCH` particles
     (:func:`expectation_unit`; the reference written to ``units/`` in the run folder for the workers, removed
     after the step); None for an in-process run (no executor, or the inline one), which searches in place with
@@ -186,38 +186,41 @@ def executor_search(ctx: RunContext, folder: Path) -> Callable[..., Any] | None:
         return None
     calls = [0]
 
-    def search(h: int, ref_ft: np.ndarray, select: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray,
+    def search(jobs: list[tuple[int, np.ndarray, np.ndarray, float]], rotations: np.ndarray, shifts_px: np.ndarray,
                centres_px: np.ndarray, perturbations: np.ndarray, r_max: float, *,
                progress: Callable[[int], None] | None = None, prior_axes: np.ndarray | None = None,
-               **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               **options: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         calls[0] += 1
-        ref_path = ctx.out_path("units", f"reference_{calls[0]:03d}_half{h}.npy", mkdir=True)
-        with atomic_output(ref_path) as tmp:
-            np.save(tmp, np.ascontiguousarray(ref_ft))
-        sel = np.asarray(select, np.int64)
-        units, spans = [], {}
-        for i, b0 in enumerate(range(0, len(sel), EXPECTATION_BATCH)):
-            rows = sel[b0:b0 + EXPECTATION_BATCH]
-            name = f"half set {h}, batch {i + 1} ({rows.size} particles)"
-            spans[name] = (b0, b0 + rows.size)
-            units.append(Unit(name, (str(folder), rows, str(ref_path), np.asarray(rotations)[rows],
-                                     np.asarray(shifts_px)[rows], np.asarray(centres_px)[rows], perturbations,
-                                     float(r_max), None if prior_axes is None else np.asarray(prior_axes)[rows],
-                                     options)))
-        out_r = np.empty((len(sel), 3, 3))
-        out_t = np.empty((len(sel), 3))
-        out_s = np.empty(len(sel))
+        units, spans, refs = [], {}, []
+        for h, ref_ft, select, far_px in jobs:  # both half sets' batches at once: every worker busy
+            ref_path = ctx.out_path("units", f"reference_{calls[0]:03d}_half{h}.npy", mkdir=True)
+            with atomic_output(ref_path) as tmp:
+                np.save(tmp, np.ascontiguousarray(ref_ft))
+            refs.append(ref_path)
+            sel = np.asarray(select, np.int64)
+            for i, b0 in enumerate(range(0, len(sel), EXPECTATION_BATCH)):
+                rows = sel[b0:b0 + EXPECTATION_BATCH]
+                name = f"half set {h}, batch {i + 1} ({rows.size} particles)"
+                spans[name] = (len(refs) - 1, b0, b0 + rows.size)
+                units.append(Unit(name, (str(folder), rows, str(ref_path), np.asarray(rotations)[rows],
+                                         np.asarray(shifts_px)[rows], np.asarray(centres_px)[rows], perturbations,
+                                         float(r_max), None if prior_axes is None else np.asarray(prior_axes)[rows],
+                                         {**options, "far_px": far_px})))
+        out = [(np.empty((len(sel), 3, 3)), np.empty((len(sel), 3)), np.empty(len(sel)))
+               for sel in (job[2] for job in jobs)]
         done = 0
         try:
-            for name, (r, t, sc) in executor.map_units(expectation_unit, units, cancel_event=ctx.cancel_event):
-                a, b = spans[name]
-                out_r[a:b], out_t[a:b], out_s[a:b] = r, t, sc
+            for name, found in executor.map_units(expectation_unit, units, cancel_event=ctx.cancel_event):
+                k, a, b = spans[name]
+                for dst, src in zip(out[k], found, strict=True):
+                    dst[a:b] = src
                 done += b - a
                 if progress is not None:
                     progress(done)
         finally:
-            ref_path.unlink(missing_ok=True)
-        return out_r, out_t, out_s
+            for ref_path in refs:
+                ref_path.unlink(missing_ok=True)
+        return out
 
     return search
 
