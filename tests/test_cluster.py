@@ -454,12 +454,16 @@ def _average_outputs(project: Path, step: str) -> dict[str, np.ndarray | str]:
 SCORE = "rlnLogLikeliContribution"
 
 
-def test_refinement_on_workers_with_one_killed_equals_the_inline_run(tiny_project_root: Path,
-                                                                      tmp_path: Path) -> None:
-    """The refinement's expectation step in particle batches on 2 local workers, one of them killed (SIGKILL)
+def test_refinement_on_workers_with_one_killed_equals_the_inline_run(tiny_project_root: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refinement's expectation step in particle batches on 2 local workers (as if this machine had 1 core:
+    the batches go to workers that bring more cores than the main process has), one of them killed (SIGKILL)
     while it runs a batch, gives the inline run's poses (particles.star) and maps bit for bit (the scores to
     float32 rounding); no scratch reference is left."""
+    import tomoguide.cluster
+
     ref = _rerun(tiny_project_root, tmp_path / "inline", InlineExecutor(), ["refine"])
+    monkeypatch.setattr(tomoguide.cluster, "usable_cores", lambda: 1)
     with DaskExecutor("local", ClusterSettings(workers=2, retries=0)) as ex:
         killer = _Killer(ex)
         killer.start()
