@@ -25,7 +25,8 @@ import numpy as np
 from numba import prange
 
 __all__ = [
-    "sample_stretched", "subtract_view_means", "sample_stretched_sums", "subtract_means_from_sums", "backproject_lines", "forward_project_lines",
+    "sample_stretched", "subtract_view_means", "sample_stretched_sums", "subtract_means_from_sums",
+    "backproject_lines", "forward_project_lines",
     "forward_project_lines_by_view", "sirt_slabs", "backproject_lines_tiled",
 ]
 
@@ -438,7 +439,8 @@ def _fma1(dst: np.ndarray, sa: np.ndarray, p0: np.float32, q0: np.float32) -> No
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def backproject_lines_tiled(lines: np.ndarray, ky: np.ndarray, kz: np.ndarray, kc: np.ndarray, ry: np.ndarray,
                             rz: np.ndarray, rc: np.ndarray, w: np.ndarray, out: np.ndarray, scale: np.ndarray,
-                            accumulate: bool, z_block: int = 1 << 20, x_block: int = 1 << 20) -> None:  # pragma: no cover
+                            accumulate: bool, z_block: int = 1 << 20,
+                            x_block: int = 1 << 20) -> None:  # pragma: no cover
     """:func:`backproject_lines` (same arguments, same result to float32 rounding) with fewer passes.
 
     One task per tomogram Y slice; in it, per view and per Z row, the interpolation entries (line row,

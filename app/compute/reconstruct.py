@@ -426,7 +426,7 @@ def sirt(stack: Any, geometry: TiltSeriesGeometry, shape: tuple[int, int, int], 
     del proj
     # column sums, then their inverse in place (two volumes at most: x and the scale)
     cscale = np.empty(vol_shape, dtype=np.float32)
-    kern.backproject_lines(ok.astype(np.float32), *args, cscale, np.empty((1, 1, 1), np.float32), False)
+    kern.backproject_lines_tiled(ok.astype(np.float32), *args, cscale, np.empty((1, 1, 1), np.float32), False)
     small = cscale <= 1e-6
     np.divide(np.float32(relaxation), cscale, out=cscale, where=~small)
     cscale[small] = 0.0
@@ -438,7 +438,7 @@ def sirt(stack: Any, geometry: TiltSeriesGeometry, shape: tuple[int, int, int], 
         fp(x, *args, proj)
         np.subtract(b, proj, out=proj)
         proj *= rweight
-        kern.backproject_lines(proj, *args, x, cscale, True)
+        kern.backproject_lines_tiled(proj, *args, x, cscale, True)
         if positivity:
             np.maximum(x, 0.0, out=x)
         if progress is not None:
