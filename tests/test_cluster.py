@@ -469,8 +469,11 @@ def test_expectation_in_batches_equals_one_call() -> None:
             np.testing.assert_array_equal(one[k], np.concatenate([p[k] for p in parts]))
 
 
-def _average_outputs(project: Path, step: str) -> dict[str, np.ndarray | str]:
-    """The maps of the latest run of ``step`` and its particles table's columns (text; the scores as numbers)."""
+def _average_outputs(project: Path, step: str, with_numbers: bool = False) -> dict[str, np.ndarray | str]:
+    """The maps of the latest run of ``step`` and its particles table's columns (text; the scores as numbers, and
+    with ``with_numbers`` every numeric column)."""
+    import pandas as pd
+
     from tomoguide.compute.io.star import read_particles_star
 
     run = _latest(project, step)
@@ -479,7 +482,8 @@ def _average_outputs(project: Path, step: str) -> dict[str, np.ndarray | str]:
         out[f.name] = mrcfile.read(f)
     df = read_particles_star(run / "particles.star").particles
     for c in df.columns:
-        out[f"particles.star/{c}"] = df[c].to_numpy(np.float64) if c == SCORE else df[c].astype(str).str.cat(sep=" ")
+        numeric = c == SCORE or (with_numbers and pd.api.types.is_numeric_dtype(df[c]))
+        out[f"particles.star/{c}"] = df[c].to_numpy(np.float64) if numeric else df[c].astype(str).str.cat(sep=" ")
     return out
 
 
@@ -492,8 +496,10 @@ def test_refinement_on_workers_with_one_killed_equals_the_inline_run(tiny_projec
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The refinement's expectation step in particle batches on 2 local workers (as if this machine had 1 core:
     the batches go to workers that bring more cores than the main process has), one of them killed (SIGKILL)
-    while it runs a batch, gives the inline run's poses (particles.star) and maps bit for bit (the scores to
-    float32 rounding); no scratch reference is left."""
+    while it runs a batch, gives the inline run's poses (particles.star) and maps to float32 rounding (the workers
+    run the search kernels single-threaded, this process with all its threads: the reductions' order may differ
+    in the last bit, as the cluster module says; a different pose would differ by a sampling step, 1e5 times more);
+    no scratch reference is left."""
     import tomoguide.cluster
 
     ref = _rerun(tiny_project_root, tmp_path / "inline", InlineExecutor(), ["refine"])
@@ -505,9 +511,16 @@ def test_refinement_on_workers_with_one_killed_equals_the_inline_run(tiny_projec
         killer.stop.set()
         killer.join()
         assert killer.killed is not None, "no unit was seen running"
-    a, b = _average_outputs(ref, "refine"), _average_outputs(got, "refine")
+    a, b = _average_outputs(ref, "refine", True), _average_outputs(got, "refine", True)
     assert {"half1.mrc", "half2.mrc", "map.mrc", "particles.star/rlnAngleRot", "particles.star/rlnOriginXAngst",
             f"particles.star/{SCORE}"} <= set(a)
     np.testing.assert_allclose(a.pop(f"particles.star/{SCORE}"), b.pop(f"particles.star/{SCORE}"), rtol=1e-6)
-    _assert_same(a, b)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if isinstance(a[key], str):
+            assert a[key] == b[key], key
+        elif key.startswith("particles.star/"):  # angles (degrees) and origins (Å)
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-3, err_msg=key)
+        else:
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5 * float(np.abs(a[key]).max()), err_msg=key)
     assert not (_latest(got, "refine") / "units").exists()
