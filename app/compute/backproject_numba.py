@@ -153,7 +153,7 @@ def subtract_view_means(lines: np.ndarray, valid: np.ndarray) -> np.ndarray:  # 
     return means
 
 
-@numba.njit(fastmath=True, inline="always")
+@numba.njit(fastmath=True, cache=True)
 def _accumulate_line(acc: np.ndarray, line: np.ndarray, i0: int, a0: np.float32,
                      a1: np.float32) -> None:  # pragma: no cover
     # acc[ix] += a0 * line[i0 + ix] + a1 * line[i0 + ix + 1] for the ix where both samples exist
@@ -169,7 +169,7 @@ def _accumulate_line(acc: np.ndarray, line: np.ndarray, i0: int, a0: np.float32,
         dst[j] += a0 * src[j] + a1 * src[j + 1]
 
 
-@numba.njit(fastmath=True, inline="always")
+@numba.njit(fastmath=True, cache=True)
 def _accumulate_two(acc: np.ndarray, la: np.ndarray, ia: int, a0: np.float32, a1: np.float32, lb: np.ndarray,
                     ib: int, b0: np.float32, b1: np.float32) -> None:  # pragma: no cover
     # Two views in one pass over acc (fewer loads/stores of acc); falls back to one at a time at the edges
@@ -250,7 +250,7 @@ def backproject_lines(lines: np.ndarray, ky: np.ndarray, kz: np.ndarray, kc: np.
                     dst[ix] += sc[ix] * acc[ix]
 
 
-@numba.njit(fastmath=True, inline="always")
+@numba.njit(fastmath=True, cache=True)
 def _spread_line(line: np.ndarray, vol_row: np.ndarray, i0: int, a0: np.float32,
                  a1: np.float32) -> None:  # pragma: no cover
     # The transpose of _accumulate_line: line[i0 + j] += a0 * vol[j] + a1 * vol[j - 1] over the same ix range
@@ -407,7 +407,7 @@ def sirt_slabs(b: np.ndarray, valid: np.ndarray, ky: np.ndarray, kz: np.ndarray,
             x[iz, iy, :] = xs[iz]
 
 
-@numba.njit(fastmath=True, inline="always")
+@numba.njit(fastmath=True, cache=True)
 def _fma4(dst: np.ndarray, sa: np.ndarray, sb: np.ndarray, sc: np.ndarray, sd: np.ndarray, p0: np.float32,
           q0: np.float32, p1: np.float32, q1: np.float32, p2: np.float32, q2: np.float32, p3: np.float32,
           q3: np.float32) -> None:  # pragma: no cover
@@ -417,7 +417,7 @@ def _fma4(dst: np.ndarray, sa: np.ndarray, sb: np.ndarray, sc: np.ndarray, sd: n
                    + p2 * sc[j] + q2 * sc[j + 1] + p3 * sd[j] + q3 * sd[j + 1])
 
 
-@numba.njit(fastmath=True, inline="always")
+@numba.njit(fastmath=True, cache=True)
 def _fma8(dst: np.ndarray, s0: np.ndarray, s1: np.ndarray, s2: np.ndarray, s3: np.ndarray, s4: np.ndarray,
           s5: np.ndarray, s6: np.ndarray, s7: np.ndarray, pq: np.ndarray) -> None:  # pragma: no cover
     # dst[j] += Σ_e pq[2e] s_e[j] + pq[2e + 1] s_e[j + 1] for eight line segments s_e of len(dst) + 1 samples
@@ -430,7 +430,7 @@ def _fma8(dst: np.ndarray, s0: np.ndarray, s1: np.ndarray, s2: np.ndarray, s3: n
                    + (p6 * s6[j] + q6 * s6[j + 1] + p7 * s7[j] + q7 * s7[j + 1]))
 
 
-@numba.njit(fastmath=True, inline="always")
+@numba.njit(fastmath=True, cache=True)
 def _fma1(dst: np.ndarray, sa: np.ndarray, p0: np.float32, q0: np.float32) -> None:  # pragma: no cover
     for j in range(dst.shape[0]):
         dst[j] += p0 * sa[j] + q0 * sa[j + 1]
