@@ -54,6 +54,12 @@ def reallocation_faults() -> dict[str, object]:
             "trim_env": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
 
 
+def blas_dot(seed: int) -> float:
+    """A BLAS reduction (ddot of 2e6 numbers): its value depends on how many threads OpenBLAS splits it over."""
+    rng = np.random.default_rng(seed)
+    return float(rng.normal(size=2_000_003) @ rng.normal(size=2_000_003))
+
+
 def square(x: int) -> int:
     return x * x
 
@@ -108,6 +114,20 @@ def test_inline_and_local_give_the_same_results_named_by_unit(local: DaskExecuto
     assert len(local.workers()) == 2 and all(w.threads == 1 for w in local.workers())
     pins = local.client.run(lambda: sorted(os.sched_getaffinity(0)))
     assert sorted(p[0] for p in pins.values()) == sorted(os.sched_getaffinity(0))[:2] or os.cpu_count() == 1
+
+
+def test_a_unit_gives_the_same_bits_inline_and_on_a_worker(local: DaskExecutor) -> None:
+    """Units run inline with one BLAS thread, as on a single-threaded worker: a BLAS reduction (which the alignment's
+    least squares use) gives the same bits on both executors; with this process's BLAS threads it may not."""
+    units = [Unit(f"s{i}", (i,)) for i in range(3)]
+    inline = dict(InlineExecutor().map_units(blas_dot, units))
+    worker = dict(local.map_units(blas_dot, units))
+    assert inline == worker
+    if (os.cpu_count() or 1) > 1:  # the limit matters: the threaded main process sums in another order
+        from threadpoolctl import threadpool_info
+
+        if max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas") > 1:
+            assert any(blas_dot(i) != inline[f"s{i}"] for i in range(3))
 
 
 def test_workers_reuse_freed_memory_as_the_main_process_does(local: DaskExecutor) -> None:
