@@ -85,12 +85,39 @@ def text_numbers(project: Path) -> dict[str, np.ndarray]:
     for step in GEOMETRY_STEPS:
         run = latest_run(project, step)
         for f in sorted(run.rglob("*")):
-            if f.suffix not in (".xf", ".tlt", ".star", ".json", ".xtilt") or not f.is_file():
+            if f.suffix not in (".xf", ".tlt", ".star", ".json", ".xtilt") or not f.is_file() or f.name == "run.json":
                 continue
             lines = [ln for ln in f.read_text(errors="replace").splitlines()
                      if not re.search(r"\d{4}-\d\d-\d\dT|/tmp/|seconds|_s\"|time", ln)]
             out[f"{step}/{f.relative_to(run)}"] = np.array(
                 [float(x) for ln in lines for x in NUMBER.findall(re.sub(r"[A-Za-z_]+\d+", "", ln))])
+    return out
+
+
+def picks_as_sets(ref: Path, got: Path) -> dict:
+    """The two runs' picks per tomogram: the same set of positions (rows sorted), and in the same order?"""
+    from tomoguide.compute.io.star import read_particles_star
+
+    def table(project: Path) -> object:
+        proj = Project.open(project)
+        try:
+            return read_particles_star(proj.output_path("pick", "particles")).particles
+        finally:
+            proj.close()
+
+    a, b = table(ref), table(got)
+    xyz = list(truth.XYZ)
+    out = {"n": [int(len(a)), int(len(b))], "same_set": True, "same_order": True, "order_swaps": {}}
+    for name in sorted(set(a["rlnTomoName"]) | set(b["rlnTomoName"])):
+        x = a.loc[a["rlnTomoName"] == name, xyz].to_numpy(float)
+        y = b.loc[b["rlnTomoName"] == name, xyz].to_numpy(float)
+        if x.shape != y.shape or not np.array_equal(x[np.lexsort(x.T)], y[np.lexsort(y.T)]):
+            out["same_set"] = False
+            continue
+        moved = np.flatnonzero(np.any(x != y, axis=1))
+        if moved.size:
+            out["same_order"] = False
+            out["order_swaps"][name] = moved.tolist()
     return out
 
 
@@ -125,11 +152,21 @@ def compare(ref: Path, got: Path) -> dict:
                      "max_abs_difference": float(np.abs(x - y).max()) if len(x) else 0.0}
     final = {}
     for sid in MAPS:
-        fa = [v for k, v in a.items() if k.startswith(f"{sid}/") and k.endswith("average.mrc")]
-        fb = [v for k, v in b.items() if k.startswith(f"{sid}/") and k.endswith("average.mrc")]
+        fa = [v for k, v in a.items() if k == f"{sid}/map.mrc"]
+        fb = [v for k, v in b.items() if k == f"{sid}/map.mrc"]
         if fa and fb:
             final[sid] = float(np.corrcoef(mrcfile.read(fa[0]).ravel(), mrcfile.read(fb[0]).ravel())[0, 1])
-    return {"mrc_files": len(a), "mrc_identical": identical, "mrc_lowest_correlation": lowest,
+    per_step: dict[str, dict] = {}
+    for key in a:
+        step = key.split("/")[0]
+        st = per_step.setdefault(step, {"files": 0, "identical": 0, "lowest_correlation": 1.0})
+        st["files"] += 1
+        if key not in maps:
+            st["identical"] += 1
+        elif "correlation" in maps[key]:
+            st["lowest_correlation"] = min(st["lowest_correlation"], maps[key]["correlation"])
+    return {"picks": picks_as_sets(ref, got), "mrc_per_step": per_step,
+            "mrc_files": len(a), "mrc_identical": identical, "mrc_lowest_correlation": lowest,
             "mrc_largest_difference": largest, "mrc_differing": maps,
             "geometry_files": len(geom), "geometry_same_counts": all(g["same_count"] for g in geom.values()),
             "geometry_largest_difference": max((g.get("max_abs_difference", np.inf) for g in geom.values()),
@@ -185,7 +222,20 @@ def main() -> int:
     ap.add_argument("--clusters", default="inline,local,slurm")
     ap.add_argument("--slurm-memory", default="3800MB", help="memory per SLURM job (one worker each)")
     ap.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--compare-only", action="store_true",
+                    help="recompute the comparisons with the inline run for the runs already recorded")
     args = ap.parse_args()
+    if args.compare_only:
+        res_path = args.results / f"full_clusters_{args.preset}.json"
+        result = json.loads(res_path.read_text())
+        for kind, run in result["runs"].items():
+            if kind != "inline" and (args.out_dir / kind / "project").exists():
+                run["vs_inline"] = compare(args.out_dir / "inline" / "project", args.out_dir / kind / "project")
+                v = run["vs_inline"]
+                print(kind, json.dumps({k: v[k] for k in ("picks", "final_map_correlation", "geometry_same_counts",
+                                                          "geometry_largest_difference", "mrc_per_step")}))
+        res_path.write_text(json.dumps(result, indent=1, default=float))
+        return 0
     out: Path = args.out_dir
     t0 = time.perf_counter()
     base = prepare_demo(out / "base", preset=args.preset)
@@ -251,10 +301,11 @@ def main() -> int:
         res_path.write_text(json.dumps(result, indent=1, default=float))
         rf = maps["refine_fine"]
         line = (f"{kind}: steps {run['steps_total_s']:.0f} s; refine_fine {rf['resolution_A']} Å, vs truth 0.5 at "
-                f"{rf['fsc_vs_truth_0.5_A']:.2f} Å; picks recall {picks.get('recall')}")
+                f"{rf['fsc_vs_truth_0.5_A']:.2f} Å; picks {truth.pick_totals(picks)}")
         if "vs_inline" in run:
             v = run["vs_inline"]
-            line += (f"; vs inline: MRC identical {v['mrc_identical']}, lowest cc {v['mrc_lowest_correlation']:.7f}, "
+            line += (f"; vs inline: picks {v['picks']['same_set']} (order {v['picks']['same_order']}), "
+                     f"MRC identical {v['mrc_identical']}, lowest cc {v['mrc_lowest_correlation']:.7f}, "
                      f"geometry counts same {v['geometry_same_counts']}, largest diff "
                      f"{v['geometry_largest_difference']:.3g}, final map cc {v['final_map_correlation']}")
         print(line, flush=True)
