@@ -544,3 +544,19 @@ def test_refinement_on_workers_with_one_killed_equals_the_inline_run(tiny_projec
         else:
             np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5 * float(np.abs(a[key]).max()), err_msg=key)
     assert not (_latest(got, "refine") / "units").exists()
+
+
+def test_expectation_batches_fit_the_workers_memory() -> None:
+    """The refinement's particle batches: a half set over the workers in multiples of EXPECTATION_BATCH, and split
+    further when a batch would need more than half a worker's memory (measured bytes per particle and voxel)."""
+    from tomoguide.compute.refine import EXPECTATION_BATCH as E
+    from tomoguide.steps.refine import UNIT_BYTES_PER_PARTICLE_VOXEL as PER, expectation_batch_size
+
+    assert expectation_batch_size(597, 1, 36, []) == 7 * E  # one batch: the whole half set
+    assert expectation_batch_size(597, 2, 36, []) == 4 * E
+    # the full preset's SLURM workers (3.54 GiB): a batch of 597 box-36 particles (3.46 GB) was too big
+    size = expectation_batch_size(597, 1, 36, [int(3.54 * 2**30)])
+    assert size % E == 0 and size * PER * 36**3 <= 0.5 * 3.54 * 2**30 and size >= E
+    assert size < 597
+    # never below one EXPECTATION_BATCH, however little memory
+    assert expectation_batch_size(597, 1, 200, [2**28]) == E

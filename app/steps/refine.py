@@ -172,6 +172,25 @@ def expectation_unit(folder: str, rows: np.ndarray, ref_path: str, rotations: np
                        r_max, prior_axes=prior, **options)
 
 
+#: peak memory of one expectation unit per particle and per voxel of its box (bytes), measured on the full preset: a
+#: batch of 597 particles of box 36 peaked at 3.46 GB on a SLURM worker (the search keeps each particle's data at
+#: every candidate shift), and Dask's nanny restarted that worker at 95 % of its 3.54 GiB
+UNIT_BYTES_PER_PARTICLE_VOXEL = 124
+
+
+def expectation_batch_size(n_particles: int, batches: int, box_px: int, memory_limits: list[int]) -> int:
+    """Particles per expectation unit: ``n_particles`` (a half set) in ``batches`` units, in multiples of
+    :data:`~tomoguide.compute.refine.EXPECTATION_BATCH`, and no more than half the smallest worker memory limit
+    holds (:data:`UNIT_BYTES_PER_PARTICLE_VOXEL`; more units are then queued)."""
+    from tomoguide.compute.refine import EXPECTATION_BATCH
+
+    size = EXPECTATION_BATCH * max(1, math.ceil(n_particles / max(1, batches) / EXPECTATION_BATCH))
+    if memory_limits:
+        fits = int(0.5 * min(memory_limits) / (UNIT_BYTES_PER_PARTICLE_VOXEL * box_px ** 3))
+        size = min(size, max(EXPECTATION_BATCH, fits // EXPECTATION_BATCH * EXPECTATION_BATCH))
+    return size
+
+
 def executor_search(ctx: RunContext, folder: Path) -> Callable[..., Any] | None:
     """The ``search`` of :func:`tomoguide.compute.refine.auto_refine` that sends the half sets' expectation step
     to the run's executor in batches (:func:`expectation_unit`): per half set as many as half the workers, each a
@@ -186,7 +205,6 @@ def executor_search(ctx: RunContext, folder: Path) -> Callable[..., Any] | None:
     search runs in place, with the same results (the batches' sizes keep every particle's computation as in one
     call; single-threaded workers may differ from the threaded main process in the scores' last bits)."""
     from tomoguide.cluster import Unit, atomic_output, usable_cores
-    from tomoguide.compute.refine import EXPECTATION_BATCH
 
     executor = ctx.executor
     kind = getattr(executor, "kind", "inline")
@@ -211,8 +229,10 @@ def executor_search(ctx: RunContext, folder: Path) -> Callable[..., Any] | None:
             sel = np.asarray(select, np.int64)
             # as few batches as keep every worker busy: a batch samples the reference at every rotation once, so
             # each extra batch repeats that part of the work (a multiple of EXPECTATION_BATCH particles)
-            per_half = max(1, (len(executor.workers()) or usable_cores()) // len(jobs))
-            size = EXPECTATION_BATCH * max(1, math.ceil(len(sel) / per_half / EXPECTATION_BATCH))
+            workers = executor.workers()
+            per_half = max(1, (len(workers) or usable_cores()) // len(jobs))
+            limits = [int(w.memory_limit_bytes) for w in workers if w.memory_limit_bytes]
+            size = expectation_batch_size(len(sel), per_half, int(np.shape(ref_ft)[-1]) // 2, limits)
             for i, b0 in enumerate(range(0, len(sel), size)):
                 rows = sel[b0:b0 + size]
                 name = f"half set {h}, batch {i + 1} ({rows.size} particles)"
