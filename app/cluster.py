@@ -21,11 +21,11 @@ Chosen by ``--cluster`` on the command line, else ``$TOMOGUIDE_CLUSTER``, else t
 Guarantees of :meth:`Executor.map_units`:
 
 * results are yielded as units complete, each with its unit's name; a unit's result does not depend on which
-  worker ran it (units seed their random numbers from their own name, never from the process). It may differ in
-  the last bits from the same unit run in the main process: workers run single-threaded, the main process runs
-  numba's and the FFT's threaded reductions (measured on the small demo: largest difference 3.8e-6, correlation
-  1.000000000; on the tiny demo bit-identical). Such a rerun changes a record's content, so the steps after it
-  become stale by content, as after any rerun;
+  worker ran it (units seed their random numbers from their own name, never from the process), nor on whether it
+  ran in this process: inline units run with one BLAS thread, as workers do (:func:`one_blas_thread`; numba's and
+  the FFT's threads do not change results). Only work done outside the units differs: the refinement's search on
+  SLURM workers (single-threaded BLAS) and in place (this process's BLAS threads) may differ in the last bits;
+  such a rerun changes a record's content, so the steps after it become stale by content, as after any rerun;
 * a failed unit is retried ``retries`` times (settings, default 2), then :class:`UnitFailed` names it (the series,
   the movie, the particle batch) with the last error;
 * a worker lost mid-step (killed, its SLURM job ended) loses only its unfinished units: Dask reruns them on the
