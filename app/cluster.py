@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ClusterKind = Literal["inline", "local", "slurm"]
 KINDS: tuple[str, ...] = ("inline", "local", "slurm")
@@ -83,6 +83,19 @@ class SlurmSettings(BaseModel):
     log_directory: str | None = Field(None, description="where the jobs' stdout/stderr go; empty: the working folder")
     python: str | None = Field(None, description="the Python the jobs run; empty: this one (sys.executable)")
     interface: str | None = Field(None, description="network interface the workers listen on (e.g. ib0)")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_is_an_amount(cls, v: str) -> str:
+        from dask.utils import parse_bytes
+
+        try:
+            n = int(parse_bytes(v))
+        except (ValueError, TypeError):
+            raise ValueError(f"{v!r} is not an amount of memory (e.g. 4GB, 3800MB, 32GiB)") from None
+        if n < 2**20:
+            raise ValueError(f"{v!r} is less than 1 MiB")
+        return v
 
 
 class ClusterSettings(BaseModel):
@@ -569,6 +582,17 @@ async def _exit_worker() -> None:
     os._exit(1)
 
 
+def slurm_job_mem(memory: str) -> str:
+    """The job's ``#SBATCH --mem`` for a memory setting (``"3800MB"``, ``"32GiB"``), in MiB rounded down.
+
+    dask-jobqueue would write it rounded *up* to whole gigabytes (3800MB -> ``--mem=4G``): on a node of 8000 MB,
+    two such jobs then no longer fit and the second one waits while the first does all the work (measured on
+    the one-node cluster with the full preset). The Dask worker's own limit stays the setting's value."""
+    from dask.utils import parse_bytes
+
+    return f"{int(parse_bytes(SlurmSettings(memory=memory).memory)) // 2**20}M"
+
+
 def make_slurm_cluster(s: SlurmSettings) -> Any:
     """A ``dask_jobqueue.SLURMCluster`` from the settings (no jobs yet: :meth:`adapt` starts them)."""
     import sys
@@ -576,7 +600,7 @@ def make_slurm_cluster(s: SlurmSettings) -> Any:
     from dask_jobqueue import SLURMCluster
 
     kwargs: dict[str, Any] = dict(
-        cores=s.cores, processes=s.processes, memory=s.memory, walltime=s.walltime,
+        cores=s.cores, processes=s.processes, memory=s.memory, job_mem=slurm_job_mem(s.memory), walltime=s.walltime,
         job_extra_directives=list(s.job_extra_directives), python=s.python or sys.executable,
         job_script_prologue=[f"export {k}={v}" for k, v in SINGLE_THREAD_ENV.items()],
         scheduler_options={"dashboard_address": ":0"}, silence_logs="error")

@@ -560,3 +560,21 @@ def test_expectation_batches_fit_the_workers_memory() -> None:
     assert size < 597
     # never below one EXPECTATION_BATCH, however little memory
     assert expectation_batch_size(597, 1, 200, [2**28]) == E
+
+
+def test_slurm_jobs_ask_for_the_memory_set_not_rounded_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dask-jobqueue writes --mem rounded up to whole GB (3800MB -> 4G: two jobs no longer fit an 8000 MB node);
+    tomoguide's jobs ask for the setting in MiB, rounded down, and a bad amount is refused naming the field."""
+    from tomoguide.cluster import make_slurm_cluster, slurm_job_mem
+
+    assert slurm_job_mem("3800MB") == "3623M" and slurm_job_mem("32GiB") == "32768M"
+    cluster = make_slurm_cluster(SlurmSettings(cores=1, memory="3800MB"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH --mem=3623M" in script and "--memory-limit 3.54GiB" in script, script
+    monkeypatch.setenv("TOMOGUIDE_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "cluster.json").write_text('{"kind": "slurm", "slurm": {"memory": "lots"}}')
+    with pytest.raises(ValueError, match=r"cluster.json: field slurm.memory: .*'lots' is not an amount of memory"):
+        load_settings()
