@@ -72,8 +72,6 @@ RELION 5 image centre
 
 from __future__ import annotations
 
-import math
-
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -312,35 +310,6 @@ class TiltSeriesGeometry(BaseModel):
         """(n, 2) ``s = -A⁻¹ d``: where the aligned centre lies in each raw image, px from its centre."""
         m = self.xf_array()
         return -np.linalg.solve(m[:, :, :2], m[:, :, 2:])[..., 0]
-
-    def recentred_on_view(self, view: int | None = None) -> TiltSeriesGeometry:
-        """The same alignment with the specimen origin moved so that it projects onto the centre of ``view``
-        (default: the included view of smallest |true tilt|): the tomogram is then centred on what that view
-        shows, as the user saw it at the microscope, whatever points an alignment's fit took as its origin.
-
-        The origin of an alignment is a gauge (moving every specimen point by one vector predicts the same
-        images). Moving it to the specimen-frame point ``(a, b, 0)`` (after any X-axis tilt; x across the
-        axis, y along it) changes every view's aligned position of a point by ``-(a cos β_i, b)`` (``β`` the
-        true tilt), i.e. ``d_i -> d_i - (a cos β_i, b)``; ``a = d_r,x / cos β_r`` and ``b = d_r,y`` make view
-        ``r``'s shift zero (its specimen shift ``s_r = 0``). Transforms that are rotations only (no fit yet)
-        are returned unchanged."""
-        if self.xf is None:
-            return self
-        beta = np.radians(self.true_tilt_deg())
-        if view is None:
-            inc = self.included_views()
-            if inc.size == 0:
-                return self
-            view = int(inc[np.argmin(np.abs(beta[inc]))])
-        m = self.xf_array()
-        cos_r = math.cos(beta[view])
-        if abs(cos_r) < 1e-3:
-            raise ValueError(f"{self.name}: view {view} is edge-on ({math.degrees(beta[view]):.1f}°): "
-                             "it cannot centre the tomogram")
-        a, b = m[view, 0, 2] / cos_r, m[view, 1, 2]
-        m[:, 0, 2] -= a * np.cos(beta)
-        m[:, 1, 2] -= b
-        return self.model_validate({**self.model_dump(), "xf": m})
 
     # ---- binning -------------------------------------------------------------------------------------
 

@@ -409,34 +409,3 @@ def test_relion5_errors() -> None:
     cols["rlnTomoXTilt"] = np.array([0.0, 1.0, 0.0])
     with pytest.raises(ValueError, match="rlnTomoXTilt varies"):
         TiltSeriesGeometry.from_relion5(cols, name="x", pixel_size_A=1.0, image_shape_px=(10, 10))
-
-
-@pytest.mark.parametrize("x_tilt", [0.0, 3.0])
-def test_recentring_on_a_view_is_a_translation_of_the_specimen(x_tilt: float) -> None:
-    """recentred_on_view moves the specimen origin (a gauge): the least-tilted included view's specimen shift
-    becomes 0, and every view sees every point where the old alignment saw the point moved by one 3D vector."""
-    g = TiltSeriesGeometry(name="t", pixel_size_A=2.0, image_shape_px=(100, 120), tilt_axis_deg=85.0,
-                           tilt_angles_deg=list(np.arange(-60.0, 61.0, 3.0)), tilt_offset_deg=2.0,
-                           x_tilt_deg=x_tilt)
-    rng = np.random.default_rng(0)
-    g = g.with_xf_from_axis_and_shifts(85.0, rng.normal(0, 10, (g.n_views, 2)) + [30.0, -12.0])
-    excluded = [False] * g.n_views
-    excluded[19] = True  # the view at -1° true tilt: the next least tilted (+2°) is the reference
-    g = g.model_validate({**g.model_dump(), "excluded": excluded})
-    h = g.recentred_on_view()
-    s_g, s_h = g.specimen_shifts_px(), h.specimen_shifts_px()
-    assert np.abs(s_g[20]).max() > 5.0
-    np.testing.assert_allclose(s_h[20], 0.0, atol=1e-9)
-    p_g, p_h = g.projection_matrices(), h.projection_matrices()
-    a = np.concatenate(list(p_h[:, :2, :3]))
-    t, *_ = np.linalg.lstsq(a, np.concatenate(list(p_g[:, :2, 3] - p_h[:, :2, 3])), rcond=None)
-    pts = rng.normal(0, 20, (30, 3))
-    seen_g = np.einsum("vij,pj->vpi", p_g[:, :2, :3], pts) + p_g[:, None, :2, 3]
-    seen_h = np.einsum("vij,pj->vpi", p_h[:, :2, :3], pts + t) + p_h[:, None, :2, 3]
-    np.testing.assert_allclose(seen_h, seen_g, atol=1e-9)
-    # the translation lies in the specimen plane for an untilted specimen (the tomogram's z centre is kept)
-    if x_tilt == 0.0:
-        assert abs(t[2]) < 1e-9
-    # nothing to move before an alignment
-    plain = TiltSeriesGeometry(name="t", pixel_size_A=2.0, image_shape_px=(10, 10), tilt_angles_deg=[-3.0, 0.0, 3.0])
-    assert plain.recentred_on_view() is plain

@@ -18,10 +18,7 @@ Conventions (those of :mod:`tomoguide.geometry`, stated once here)
   (:meth:`TiltSeriesGeometry.specimen_shifts_px`) and ``R(a)`` the counter-clockwise rotation. The IMOD
   transform of view ``i`` is then ``A_i = R(-(θ + δ_i)) / m_i`` and ``d_i = -A_i s_i`` (``aligned = A raw + d``).
 * Gauge: the mean of the fitted 3D patch positions is the tomogram centre (origin of the specimen frame);
-  the mean per-view rotation ``δ`` is 0 (``θ`` is the mean tilt axis) and the mean magnification is 1. The
-  alignment step then moves the origin onto the centre of the least-tilted view
-  (:meth:`TiltSeriesGeometry.recentred_on_view`): patches lost on one side at high tilt would otherwise move
-  the tomogram off the area the views share (full preset, one series: 160 Å, 7 of 150 particles outside).
+  the mean per-view rotation ``δ`` is 0 (``θ`` is the mean tilt axis) and the mean magnification is 1.
 * Cosine stretching: when a view at true tilt ``β_a`` is compared with a view at ``β_b``, ``a`` is stretched by
   ``cos β_b / cos β_a`` along the aligned X direction, about its specimen centre (coarse alignment) or the
   patch centre (tracking), so that features of a flat specimen line up.

@@ -502,9 +502,6 @@ def align_unit(s: SeriesEntry, base: Path, params: AlignParams,
             g = mg.model_validate({**mg.model_dump(), "excluded": s.geometry.excluded})
             view_residuals = [None if not np.isfinite(v) else float(v) for v in markers.fit.view_residual_px]
             mean_residual = float(markers.fit.mean_residual_px)
-    # the origin of the fit (the mean of its patches or markers) is a gauge: the tomogram is centred on what the
-    # least-tilted view shows instead (patches or particles lost on one side would otherwise move it off centre)
-    g = g.recentred_on_view()
     axis_notes = _axis_check_messages(s.name, res, float(g.tilt_axis_deg))
     for note in axis_notes:
         logs.append(note)
