@@ -165,9 +165,10 @@ def compare(ref: Path, got: Path) -> dict:
             st["identical"] += 1
         elif "correlation" in maps[key]:
             st["lowest_correlation"] = min(st["lowest_correlation"], maps[key]["correlation"])
+    worst = dict(sorted(maps.items(), key=lambda kv: kv[1].get("correlation", -2.0))[:20])
     return {"picks": picks_as_sets(ref, got), "mrc_per_step": per_step,
             "mrc_files": len(a), "mrc_identical": identical, "mrc_lowest_correlation": lowest,
-            "mrc_largest_difference": largest, "mrc_differing": maps,
+            "mrc_largest_difference": largest, "mrc_differing_count": len(maps), "mrc_differing": worst,
             "geometry_files": len(geom), "geometry_same_counts": all(g["same_count"] for g in geom.values()),
             "geometry_largest_difference": max((g.get("max_abs_difference", np.inf) for g in geom.values()),
                                                default=0.0),
