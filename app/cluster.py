@@ -437,14 +437,14 @@ class DaskExecutor(Executor):
                         memory_limit=settings.memory_per_worker or "auto", env=dict(SINGLE_THREAD_ENV),
                         silence_logs=logging.ERROR, scheduler_port=0, local_directory=self._scratch)
                 self.client = distributed.Client(self.cluster, set_as_default=False)
-                self.client.register_plugin(_pin_plugin(dict(SINGLE_THREAD_ENV), cores if pin_cores else []),
-                                            name="tomoguide-pin")
+                self.client.register_plugin(_worker_plugin(dict(SINGLE_THREAD_ENV), cores if pin_cores else []),
+                                            name="tomoguide-setup")
             elif kind == "slurm":
                 self.cluster = make_slurm_cluster(settings.slurm)
                 self.cluster.adapt(minimum_jobs=settings.slurm.min_jobs, maximum_jobs=settings.slurm.max_jobs)
                 self.client = distributed.Client(self.cluster, set_as_default=False)
                 # no pinning (SLURM gives the job its cores); one thread per worker and glibc's usual allocator
-                self.client.register_plugin(_pin_plugin(dict(SINGLE_THREAD_ENV), []), name="tomoguide-pin")
+                self.client.register_plugin(_worker_plugin(dict(SINGLE_THREAD_ENV), []), name="tomoguide-setup")
             else:
                 raise ValueError(f"DaskExecutor: kind {kind!r} is not a Dask cluster")
 
@@ -566,15 +566,15 @@ class DaskExecutor(Executor):
                     self.client.run(_exit_worker, workers=busy, wait=False)
 
 
-def _pin_plugin(env: dict[str, str], cores: list[int]) -> Any:
-    """A ``distributed.WorkerPlugin`` giving each worker one core and one thread."""
+def _worker_plugin(env: dict[str, str], cores: list[int]) -> Any:
+    """A ``distributed.WorkerPlugin`` running :func:`_worker_setup` in every worker (started or restarted)."""
     import distributed
 
-    class PinPlugin(distributed.WorkerPlugin):  # type: ignore[misc]
+    class WorkerSetupPlugin(distributed.WorkerPlugin):  # type: ignore[misc]
         def setup(self, worker: Any) -> None:
             _worker_setup(env, cores)(worker)
 
-    return PinPlugin()
+    return WorkerSetupPlugin()
 
 
 async def _exit_worker() -> None:

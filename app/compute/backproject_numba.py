@@ -138,19 +138,7 @@ def subtract_view_means(lines: np.ndarray, valid: np.ndarray) -> np.ndarray:  # 
                 c += 1.0
         sums[v, r] = s
         counts[v, r] = c
-    means = np.zeros(n)
-    for v in range(n):
-        c = counts[v].sum()
-        if c > 0:
-            means[v] = sums[v].sum() / c
-    for job in prange(n * h):
-        v = job // h
-        r = job % h
-        mv = np.float32(means[v])
-        for k in range(length):
-            if valid[v, r, k]:
-                lines[v, r, k] -= mv
-    return means
+    return subtract_means_from_sums(lines, valid, sums, counts)
 
 
 @numba.njit(fastmath=True, cache=True)
