@@ -15,6 +15,11 @@ that reads its inputs by path and writes its outputs to a temporary file renamed
   :class:`SlurmSettings` (queue, cores, memory, walltime, extra directives such as ``--gres=gpu:1``, maximum jobs),
   scaled by ``adapt`` between ``min_jobs`` and ``max_jobs``.
 
+Work a step runs in this process instead of as units (the averaging steps' searches, which beat units on one
+machine) keeps to the cores of the chosen cluster (:meth:`Executor.in_place_cores`): beside a local cluster of N
+single-threaded workers it runs on N threads (numba, FFT, BLAS: :func:`tomoguide.compute.backend.cpu_threads`), so
+``workers: 1`` keeps tomoguide on one core; inline and the default local cluster (a worker per core) use every core.
+
 Chosen by ``--cluster`` on the command line, else ``$TOMOGUIDE_CLUSTER``, else the settings file
 ``<config_dir>/cluster.json`` (:func:`settings_path`; written by the wizard's settings dialog), else ``local``.
 
@@ -165,6 +170,15 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def local_core_budget(workers: int | None, threads_per_worker: int = 1) -> int | None:
+    """CPU threads that work done in this process may use beside a local cluster of ``workers`` (None: one per
+    core) workers of ``threads_per_worker`` threads: their total, at most :func:`usable_cores`; None when that is
+    every usable core (no limit)."""
+    cores = usable_cores()
+    n = min(cores, (workers or cores) * max(1, threads_per_worker))
+    return None if n >= cores else n
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # units and their outputs
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,6 +269,12 @@ class Executor:
     def describe(self) -> str:
         return "inline (this process)"
 
+    def in_place_cores(self) -> int | None:
+        """The CPU threads a step may use for work it runs in this process rather than as units (the averaging
+        steps' searches): None for all this process's cores. A local cluster grants what its workers would use
+        (workers × threads, at most :func:`usable_cores`), so that ``workers: 1`` keeps tomoguide on one core."""
+        return None
+
     # -- work ---------------------------------------------------------------------------------------------------
     def map_units(self, fn: Callable[..., Any], units: Sequence[Unit], *, retries: int | None = None,
                   on_progress: ProgressFn | None = None,
@@ -304,8 +324,16 @@ class InlineExecutor(Executor):
 
     kind: ClusterKind = "inline"
 
+    def __init__(self, retries: int = 2, *, cores: int | None = None) -> None:
+        super().__init__(retries)
+        self.cores = cores  # CPU threads of each unit (None: all this process's cores)
+
+    def in_place_cores(self) -> int | None:
+        return self.cores
+
     def _events(self, fn: Callable[..., Any], units: Sequence[Unit], retries: int | None,
                 cancel_event: threading.Event | None) -> Iterator[tuple[str, Any, int] | None]:
+        from tomoguide.compute.backend import cpu_threads
         from tomoguide.steps.base import Cancelled
 
         _unique_names(units)
@@ -318,7 +346,7 @@ class InlineExecutor(Executor):
 
                 def target(unit: Unit = unit, events: queue.Queue[tuple[str, Any]] = events) -> None:
                     try:
-                        with one_blas_thread():
+                        with cpu_threads(self.cores), one_blas_thread():
                             events.put(("done", fn(*unit.args, **unit.kwargs)))
                     except BaseException as exc:  # handed to the caller's thread
                         events.put(("error", exc))
@@ -483,6 +511,11 @@ class DaskExecutor(Executor):
             if jid:
                 out.append(str(jid))
         return out
+
+    def in_place_cores(self) -> int | None:
+        if self.kind != "local" or self.cluster is None:
+            return None  # SLURM or another scheduler: this process's machine is not the workers'
+        return local_core_budget(self.settings.workers)
 
     def workers(self) -> list[WorkerInfo]:
         if self.client is None:
@@ -667,6 +700,11 @@ class LazyExecutor(Executor):
     def describe(self) -> str:
         return self._inner.describe() if self._inner is not None else f"{self.kind} (not started yet)"
 
+    def in_place_cores(self) -> int | None:
+        if self.kind != "local":
+            return None
+        return local_core_budget(self.settings.workers)
+
     def workers(self) -> list[WorkerInfo]:
         return self._inner.workers() if self._inner is not None else []
 
@@ -678,9 +716,10 @@ class LazyExecutor(Executor):
 
     def _events(self, fn: Callable[..., Any], units: Sequence[Unit], retries: int | None,
                 cancel_event: threading.Event | None) -> Iterator[tuple[str, Any, int] | None]:
-        # a lone unit on this machine runs here, with all the cores of this process: no gain from a worker
+        # a lone unit on this machine runs here, with the cores the cluster would use: no gain from a worker
         if self.kind == "local" and len(units) <= 1 and self._inner is None:
-            return InlineExecutor(self.retries)._events(fn, units, retries, cancel_event)
+            return InlineExecutor(self.retries, cores=self.in_place_cores())._events(fn, units, retries,
+                                                                                     cancel_event)
         return self.inner()._events(fn, units, retries, cancel_event)
 
 

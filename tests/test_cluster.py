@@ -578,3 +578,43 @@ def test_slurm_jobs_ask_for_the_memory_set_not_rounded_up(tmp_path: Path, monkey
     (tmp_path / "cluster.json").write_text('{"kind": "slurm", "slurm": {"memory": "lots"}}')
     with pytest.raises(ValueError, match=r"cluster.json: field slurm.memory: .*'lots' is not an amount of memory"):
         load_settings()
+
+
+def test_work_in_this_process_keeps_to_the_cores_of_a_local_cluster(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """A step's in-place work (the averaging searches, ``RunContext.run_in_thread``) beside a local cluster of N
+    single-threaded workers uses N threads (``workers: 1`` keeps tomoguide on one core); the default local
+    cluster (a worker per core), inline and SLURM leave every core to it."""
+    import numba
+
+    from tomoguide.cluster import LazyExecutor, local_core_budget
+    from tomoguide.compute.backend import fft_workers
+    from tomoguide.steps.base import RunContext
+
+    monkeypatch.setattr("tomoguide.cluster.usable_cores", lambda: 8)
+    assert local_core_budget(None) is None and local_core_budget(8) is None and local_core_budget(16) is None
+    assert local_core_budget(3) == 3 and local_core_budget(2, threads_per_worker=2) == 4
+    assert LazyExecutor("local", ClusterSettings(workers=1)).in_place_cores() == 1
+    assert LazyExecutor("local", ClusterSettings()).in_place_cores() is None
+    assert LazyExecutor("slurm", ClusterSettings(workers=1)).in_place_cores() is None
+    assert InlineExecutor().in_place_cores() is None
+
+    def budget(progress: object) -> tuple[int, int]:
+        return numba.get_num_threads(), fft_workers()
+
+    def run(executor: object) -> tuple[int, int]:
+        ctx = RunContext(project_dir=tmp_path, run_dir=tmp_path, upstream={}, executor=executor)
+        gen = ctx.run_in_thread(budget)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+    assert run(LazyExecutor("local", ClusterSettings(workers=1))) == (1, 1)
+    assert run(LazyExecutor("local", ClusterSettings())) == (numba.get_num_threads(), -1)
+    assert run(None) == (numba.get_num_threads(), -1)
+    # a lone unit run here by a small local cluster that has not started keeps to its cores as well
+    ex = LazyExecutor("local", ClusterSettings(workers=1))
+    assert dict(ex.map_units(budget, [Unit("one", (None,))])) == {"one": (1, 1)}
+    assert not ex.started

@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from tomoguide.compute.backend import fft_workers
 from tomoguide.compute.ctf import electron_wavelength_A
 
 __all__ = [
@@ -125,7 +126,7 @@ def reference_transform(vol: np.ndarray, mask: np.ndarray | None = None, *, pad:
     big = np.zeros((p, p, p))
     o = p // 2 - b // 2
     big[o:o + b, o:o + b, o:o + b] = v
-    ft = scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.ifftshift(big), workers=-1))
+    ft = scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.ifftshift(big), workers=fft_workers()))
     return ft.astype(np.complex64)
 
 
@@ -501,7 +502,7 @@ def refine_views(
     zd = np.zeros(k)
     hist = np.zeros((max(1, int(rounds)), k, 3))
     for v in range(k):
-        ft = scipy.fft.rfft2(scipy.fft.ifftshift(img[:, v], axes=(-2, -1)), workers=-1)
+        ft = scipy.fft.rfft2(scipy.fft.ifftshift(img[:, v], axes=(-2, -1)), workers=fft_workers())
         data = ft.reshape(m, -1)[:, flat].astype(np.complex64)
         pred = predict_view(ref_fts, half, scale, mats[v], rots, ju, jv)
         dose_v = None if dose is None else np.asarray(dose[v]).reshape(-1)[

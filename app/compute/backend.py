@@ -10,13 +10,20 @@ Rules (design.md, "Compute functions"):
   traceback and says so once in the log (``logging`` logger ``tomoguide.backend``).
 * FFTs go through :func:`fft` — ``scipy.fft`` with all cores on the CPU (``workers=-1``) and
   ``cupyx.scipy.fft`` on the GPU — and filters through :func:`ndimage`.
+* **Thread budget**: :func:`cpu_threads` limits the CPU threads of the computations run inside it, in the
+  calling thread (numba's threads, the FFT's workers through :func:`fft_workers`, BLAS): a step that runs its
+  work in this process on a local cluster of N single-threaded workers uses N cores, not all of the machine's.
+  Outside it every kernel uses every core, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Literal
 
@@ -130,8 +137,50 @@ _FFT_FUNCS = {
 
 
 def _with_workers(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    kwargs.setdefault("workers", -1)
+    kwargs.setdefault("workers", fft_workers())
     return fn(*args, **kwargs)
+
+
+#: the CPU threads granted to computations in this thread (None: all cores); set by :func:`cpu_threads`
+_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("tomoguide_cpu_threads", default=None)
+
+
+def fft_workers() -> int:
+    """``workers`` for ``scipy.fft`` calls: the budget of :func:`cpu_threads` in this thread, else -1 (all
+    cores)."""
+    n = _THREADS.get()
+    return -1 if n is None else n
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Computations inside run on at most ``n`` CPU threads (``None``: no limit, nothing changes): numba's
+    parallel kernels called from this thread (``numba.set_num_threads``, per thread), ``scipy.fft`` calls that
+    take :func:`fft_workers`, and BLAS (``threadpoolctl``; that limit is process-wide while it lasts, and BLAS
+    with fewer threads sums its reductions in another order, so results may differ in the last digits). Restores
+    the previous settings on exit."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"cpu_threads: n must be at least 1, got {n}")
+    import numba
+
+    n_numba = min(int(n), numba.config.NUMBA_NUM_THREADS)
+    before = numba.get_num_threads()
+    token = _THREADS.set(int(n))
+    numba.set_num_threads(n_numba)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - a dependency
+            yield
+        else:
+            with threadpool_limits(limits=int(n), user_api="blas"):
+                yield
+    finally:
+        numba.set_num_threads(before)
+        _THREADS.reset(token)
 
 
 def fft(xp: ModuleType) -> Any:

@@ -74,7 +74,7 @@ import scipy.fft
 import scipy.ndimage
 
 from tomoguide.compute import backproject_numba as kern
-from tomoguide.compute.backend import is_gpu_array, to_numpy, xp_of
+from tomoguide.compute.backend import fft_workers, is_gpu_array, to_numpy, xp_of
 from tomoguide.geometry import TiltSeriesGeometry
 
 __all__ = [
@@ -322,9 +322,9 @@ def _filter_lines(lines: np.ndarray, s: _Setup, weights: np.ndarray, *, cutoff: 
     for v in range(lines.shape[0]):
         h = weights[v] * radial_filter(rho_s / cb[v], cutoff=cutoff, falloff=falloff,
                                        fake_sirt_iterations=fake_sirt_iterations, line_length=n_cols * cb[v])
-        spec = scipy.fft.rfft(lines[v], axis=-1, workers=-1)
+        spec = scipy.fft.rfft(lines[v], axis=-1, workers=fft_workers())
         spec *= h.astype(np.complex64)
-        lines[v] = scipy.fft.irfft(spec, n=n_cols, axis=-1, workers=-1)
+        lines[v] = scipy.fft.irfft(spec, n=n_cols, axis=-1, workers=fft_workers())
 
 
 def _return_like(vol: np.ndarray, like: Any) -> Any:

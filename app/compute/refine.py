@@ -52,6 +52,7 @@ import numba
 import numpy as np
 import scipy.fft
 
+from tomoguide.compute.backend import fft_workers
 from tomoguide.compute import fsc as F
 from tomoguide.compute.euler import matrix_to_euler, rotation_angle_deg
 from tomoguide.compute import sta as ST
@@ -1224,7 +1225,7 @@ def refine_shifts_reference(
         prod = np.zeros((c, b, b, b), np.complex64)
         prod[:, ii[:, 2], ii[:, 1], ii[:, 0]] = np.conj(a) * data_ft[idx][:, ii[:, 2], ii[:, 1], ii[:, 0]]
         cc = scipy.fft.fftshift(
-            scipy.fft.ifftn(scipy.fft.ifftshift(prod, axes=(1, 2, 3)), axes=(1, 2, 3), workers=-1).real,
+            scipy.fft.ifftn(scipy.fft.ifftshift(prod, axes=(1, 2, 3)), axes=(1, 2, 3), workers=fft_workers()).real,
             axes=(1, 2, 3))[:, lo:hi, lo:hi, lo:hi]  # cc[:, z, y, x] at t = index + lo - h
         n_c = hi - lo
         for j in range(c):

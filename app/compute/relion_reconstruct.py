@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from tomoguide.compute.backend import fft_workers
 from tomoguide.compute.ctf import electron_wavelength_A
 from tomoguide.compute.dose import attenuation
 from tomoguide.compute.euler import euler_to_matrix
@@ -159,8 +160,8 @@ def relion_subtilts(particles: Any, *, dose_weighting: bool = True) -> list[Subt
         ctf *= g.visible[:, :, None, None]
         images = np.asarray(g.images, np.float32) * g.visible[:, :, None, None]
         if not particles.ctf_premultiplied:
-            ft = scipy.fft.fft2(scipy.fft.ifftshift(images, axes=(-2, -1)), workers=-1) * ctf
-            images = scipy.fft.fftshift(scipy.fft.ifft2(ft, workers=-1).real, axes=(-2, -1)).astype(np.float32)
+            ft = scipy.fft.fft2(scipy.fft.ifftshift(images, axes=(-2, -1)), workers=fft_workers()) * ctf
+            images = scipy.fft.fftshift(scipy.fft.ifft2(ft, workers=fft_workers()).real, axes=(-2, -1)).astype(np.float32)
         out.append(Subtilts(images=images, weights=(ctf * ctf).astype(np.float32),
                             view_matrices=np.asarray(g.view_matrices, np.float64), views=np.arange(f),
                             pixel_size_A=px, defocus_A=0.5 * (du + dv)))

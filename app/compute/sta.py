@@ -46,6 +46,7 @@ import numba
 import numpy as np
 import scipy.fft
 
+from tomoguide.compute.backend import fft_workers
 from tomoguide.compute.ctf import electron_wavelength_A
 from tomoguide.compute.dose import attenuation
 from tomoguide.compute.symmetry import symmetry_matrices
@@ -288,7 +289,7 @@ def extract_subtilts(
         cols = x0[:, :, None, None] + ar[None, None, None, :]
         vv = np.broadcast_to(np.arange(k)[None, :, None, None], rows.shape)
         crops = padded[vv, rows, cols]  # (c, k, B, B)
-        ft = scipy.fft.fft2(scipy.fft.ifftshift(crops, axes=(-2, -1)), workers=-1)
+        ft = scipy.fft.fft2(scipy.fft.ifftshift(crops, axes=(-2, -1)), workers=fft_workers())
         # move the particle centre from B//2 + frac to B//2 exactly: shift by -frac
         ft *= np.exp(2j * np.pi * (fx[None, None] * fu[:, :, None, None] + fy[None, None] * fv[:, :, None, None]))
         if ctf is not None:
@@ -301,7 +302,7 @@ def extract_subtilts(
         filt = filt * inside[:, :, None, None]
         ft *= filt
         ft[:, :, 0, 0] = 0.0
-        full = scipy.fft.fftshift(scipy.fft.ifft2(ft, workers=-1).real, axes=(-2, -1))
+        full = scipy.fft.fftshift(scipy.fft.ifft2(ft, workers=fft_workers()).real, axes=(-2, -1))
         if bc == b:
             images[s:e] = full
             weights[s:e] = filt * filt
@@ -342,7 +343,7 @@ def _image_fts(images: np.ndarray, pad: int) -> np.ndarray:
         big[..., o:o + b, o:o + b] = images
     else:
         big = images.astype(np.float32, copy=False)
-    ft = scipy.fft.fft2(scipy.fft.ifftshift(big, axes=(-2, -1)), workers=-1)
+    ft = scipy.fft.fft2(scipy.fft.ifftshift(big, axes=(-2, -1)), workers=fft_workers())
     return scipy.fft.fftshift(ft, axes=(-2, -1)).astype(np.complex64)
 
 
@@ -790,9 +791,9 @@ def _real_centre_from_half(grid: np.ndarray, b: int) -> np.ndarray:
     if p % 4:
         raise ValueError(f"grid size {p} is not a multiple of 4")
     lo = p // 2 - b // 2
-    t = scipy.fft.ifft(grid, axis=0, workers=-1, overwrite_x=True)[lo:lo + b]
-    t = scipy.fft.ifft(t, axis=1, workers=-1, overwrite_x=True)[:, lo:lo + b]
-    t = scipy.fft.ifft(t, axis=2, workers=-1, overwrite_x=True)[:, :, lo:lo + b]
+    t = scipy.fft.ifft(grid, axis=0, workers=fft_workers(), overwrite_x=True)[lo:lo + b]
+    t = scipy.fft.ifft(t, axis=1, workers=fft_workers(), overwrite_x=True)[:, lo:lo + b]
+    t = scipy.fft.ifft(t, axis=2, workers=fft_workers(), overwrite_x=True)[:, :, lo:lo + b]
     sign = 1.0 - 2.0 * ((np.arange(lo, lo + b)) % 2)
     return 2.0 * t.real * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :])
 
@@ -871,11 +872,11 @@ def centred_fftn(x: np.ndarray, ndim: int = 3, *, inverse: bool = False, real: b
     shape = x.shape[-ndim:]
     fn = scipy.fft.ifftn if inverse else scipy.fft.fftn
     if any(n % 2 for n in shape):
-        out = scipy.fft.fftshift(fn(scipy.fft.ifftshift(x, axes=axes), axes=axes, workers=-1), axes=axes)
+        out = scipy.fft.fftshift(fn(scipy.fft.ifftshift(x, axes=axes), axes=axes, workers=fft_workers()), axes=axes)
         return out.real if real else out
     single = x.dtype in (np.float32, np.complex64)
     cb = _checkerboard(shape, np.float32 if single else np.float64)
-    out = fn(x * cb, axes=axes, workers=-1, overwrite_x=True)
+    out = fn(x * cb, axes=axes, workers=fft_workers(), overwrite_x=True)
     if sum(n // 2 for n in shape) % 2:
         cb = -cb
     if real:
@@ -1104,7 +1105,7 @@ class Reconstructor:
             for a in range(0, m, chunk):
                 c = min(m, a + chunk) - a
                 ims = np.asarray(u.images[a:a + c], np.float32).reshape(c * k, e, e)
-                fts = scipy.fft.rfft2(scipy.fft.ifftshift(ims, axes=(-2, -1)), workers=-1).reshape(c * k, -1)
+                fts = scipy.fft.rfft2(scipy.fft.ifftshift(ims, axes=(-2, -1)), workers=fft_workers()).reshape(c * k, -1)
                 self._vals[s0:s0 + c * k] = fts[:, at_rfft]
                 self._ws[s0:s0 + c * k] = np.asarray(u.weights[a:a + c], np.float32).reshape(c * k, -1)[:, at_full]
                 self._views[s0:s0 + c * k] = np.tile(np.asarray(u.view_matrices, np.float64), (c, 1, 1))

@@ -51,6 +51,9 @@ class ClusterSettingsDialog(QDialog):
         self.workers.setRange(0, 4096)
         self.workers.setSpecialValueText("one per core")
         self.workers.setValue(settings.workers or 0)
+        self.workers.setToolTip("Local worker processes, one core each. The work a step does in this program "
+                                "itself (the averaging steps' searches) keeps to as many cores, so a smaller "
+                                "number leaves the other cores free.")
         self.retries = QSpinBox()
         self.retries.setRange(0, 100)
         self.retries.setValue(settings.retries)

@@ -390,7 +390,9 @@ class RunContext:
 
     def run_in_thread(self, fn: Callable[[Callable[[float, str], None]], Any]) -> Generator[Progress, None, Any]:
         """Run ``fn(progress)`` in a worker thread and yield its progress (use ``yield from``; returns ``fn``'s
-        result). For long compute calls that report through a callback (e.g. SIRT iterations): ``fn`` calls
+        result), on the CPU threads the run's executor grants work in this process
+        (:meth:`tomoguide.cluster.Executor.in_place_cores`). For long compute calls that report through a
+        callback (e.g. SIRT iterations): ``fn`` calls
         ``progress(fraction, message)`` now and then, and that call raises :class:`Cancelled` once the user has
         cancelled; meanwhile a heartbeat is yielded every half second so the GUI stays informed."""
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -400,9 +402,14 @@ class RunContext:
                 raise Cancelled()
             events.put(("progress", (fraction, message)))
 
+        from tomoguide.compute.backend import cpu_threads
+
+        cores = getattr(self.executor, "in_place_cores", lambda: None)()
+
         def target() -> None:
             try:
-                events.put(("done", fn(progress)))
+                with cpu_threads(cores):  # a local cluster of N workers: N cores here too
+                    events.put(("done", fn(progress)))
             except BaseException as exc:  # handed over to the generator's thread
                 events.put(("error", exc))
 

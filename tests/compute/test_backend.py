@@ -69,3 +69,40 @@ def test_cupy_path_matches_numpy() -> None:
     assert backend.xp_of(g) is cp
     out = backend.to_numpy(backend.fft(cp).rfft2(g))
     np.testing.assert_allclose(out, np.fft.rfft2(x), rtol=1e-4, atol=1e-3)
+
+
+def test_cpu_threads_limits_numba_fft_and_blas_in_this_thread_only() -> None:
+    """The thread budget of work run in this process beside a small local cluster: inside ``cpu_threads(1)`` a
+    numba parallel kernel runs on one thread, ``scipy.fft`` calls get one worker and BLAS one thread; outside (and
+    in another thread meanwhile) nothing is limited; the previous settings come back on exit."""
+    import threading
+
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from tomoguide.compute.backend import cpu_threads, fft_workers
+
+    @numba.njit(parallel=True)
+    def thread_ids(n: int) -> np.ndarray:
+        out = np.zeros(n, np.int64)
+        for i in numba.prange(n):
+            out[i] = numba.get_thread_id()
+        return out
+
+    full = numba.get_num_threads()
+    assert fft_workers() == -1
+    seen_elsewhere: list[int] = []
+    with cpu_threads(1):
+        assert numba.get_num_threads() == 1 and fft_workers() == 1
+        assert set(thread_ids(10_000).tolist()) == {0}
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(n == 1 for n in blas)
+        t = threading.Thread(target=lambda: seen_elsewhere.extend([numba.get_num_threads(), fft_workers()]))
+        t.start()
+        t.join()
+    assert seen_elsewhere == [full, -1]
+    assert numba.get_num_threads() == full and fft_workers() == -1
+    with cpu_threads(None):
+        assert numba.get_num_threads() == full and fft_workers() == -1
+    with pytest.raises(ValueError, match="at least 1"), cpu_threads(0):
+        pass
