@@ -266,10 +266,12 @@ def _assert_same(a: dict[str, np.ndarray | str], b: dict[str, np.ndarray | str])
 
 def test_local_workers_give_the_inline_results_bit_for_bit(inline_project: Path, local: DaskExecutor,
                                                            tmp_path: Path) -> None:
-    ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), RERUN)
-    got = _rerun(inline_project, tmp_path / "local", local, RERUN)
-    a, b = _outputs(ref, RERUN), _outputs(got, RERUN)
+    steps = RERUN + ["initial_model"]  # its random starts are units too, each on one thread wherever it runs
+    ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), steps)
+    got = _rerun(inline_project, tmp_path / "local", local, steps)
+    a, b = _outputs(ref, steps), _outputs(got, steps)
     assert any(k.startswith("reconstruct/") and k.endswith(".mrc") for k in a)
+    assert any(k.startswith("initial_model/") and k.endswith(".mrc") for k in a)
     # the extraction: one unit per tilt series, every particle's files and the table in the original order
     assert "extract/particles.star" in a and "extract/particles.json" in a
     assert sum(k.startswith("extract/subtomos/") for k in a) >= 4 * 2

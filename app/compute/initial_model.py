@@ -43,7 +43,7 @@ from tomoguide.compute import refine as RF
 from tomoguide.compute import sta as ST
 from tomoguide.compute.sta import fourier_to_map
 
-__all__ = ["InitialModelResult", "initial_model"]
+__all__ = ["InitialModelResult", "StartResult", "best_start", "initial_model", "initial_model_start"]
 
 
 @dataclass
@@ -109,6 +109,101 @@ def initial_model(
     the 3D data on the box's grid. ``progress(fraction, message)`` may raise to cancel.
     """
     t_start = time.perf_counter()
+
+    def report(frac: float, msg: str) -> None:
+        if progress is not None:
+            progress(float(min(max(frac, 0.0), 1.0)), msg)
+
+    setup = _prepare(data, weights, voxel_A, symmetry=symmetry, n_minibatches=n_minibatches,
+                     regularisation=regularisation, mask_diameter_A=mask_diameter_A,
+                     angular_step_deg=angular_step_deg, initial_resolution_A=initial_resolution_A,
+                     final_resolution_A=final_resolution_A, subtilts=subtilts, report=report)
+    n_s = max(1, int(n_starts))
+    starts = []
+    for k in range(n_s):
+        def sub(frac: float, msg: str, k: int = k) -> None:
+            report((k + frac) / n_s, msg if n_s == 1 else f"start {k + 1}/{n_s}: {msg}")
+
+        starts.append(_one_start(setup, offset_range_px, np.random.default_rng(seed + k), sub,
+                                 {"prior_axes": prior_axes, "prior_sigma_deg": prior_sigma_deg}))
+    report(1.0, f"initial model done in {time.perf_counter() - t_start:.0f} s")
+    return best_start(starts, voxel_A)
+
+
+@dataclass
+class StartResult:
+    """One random start of :func:`initial_model` (:func:`initial_model_start`): ``map`` (B, B, B) float32,
+    ``history`` per mini-batch, ``rotations`` (m, 3, 3), ``shifts_px`` (m, 3) voxels, ``scores`` (m,) of the final
+    alignment and their mean ``mean_score``, ``resolution_A`` the final low-pass."""
+
+    map: np.ndarray
+    history: list[dict[str, Any]]
+    rotations: np.ndarray
+    shifts_px: np.ndarray
+    mean_score: float
+    scores: np.ndarray
+    resolution_A: float
+
+
+def best_start(starts: list[StartResult], voxel_A: float) -> InitialModelResult:
+    """The start whose final alignment has the highest mean score (the first of equals), as the result of
+    :func:`initial_model`; ``starts`` in the order of their seeds."""
+    if not starts:
+        raise ValueError("initial model: no start to choose from")
+    best = starts[0]
+    for out in starts[1:]:
+        if out.mean_score > best.mean_score:
+            best = out
+    poses = RF.Poses(best.rotations, best.shifts_px * voxel_A, best.scores)
+    return InitialModelResult(map=best.map, poses=poses, history=best.history, resolution_A=best.resolution_A)
+
+
+def initial_model_start(data: np.ndarray, weights: np.ndarray, voxel_A: float, *, start: int, seed: int = 0,
+                        symmetry: str = "O", n_minibatches: int = 40, regularisation: float = 4.0,
+                        mask_diameter_A: float = 150.0, angular_step_deg: float = 15.0,
+                        initial_resolution_A: float | None = None, final_resolution_A: float | None = None,
+                        offset_range_px: float = 3.0, prior_axes: np.ndarray | None = None,
+                        prior_sigma_deg: float = 10.0, subtilts: Any = None,
+                        progress: Callable[[float, str], None] | None = None) -> StartResult:
+    """Start number ``start`` (0-based, seed ``seed + start``) of :func:`initial_model` alone, with the same
+    arguments: the unit of work a cluster runs for each start. :func:`best_start` of the starts in order gives
+    :func:`initial_model`'s result (tested)."""
+
+    def report(frac: float, msg: str) -> None:
+        if progress is not None:
+            progress(float(min(max(frac, 0.0), 1.0)), msg)
+
+    setup = _prepare(data, weights, voxel_A, symmetry=symmetry, n_minibatches=n_minibatches,
+                     regularisation=regularisation, mask_diameter_A=mask_diameter_A,
+                     angular_step_deg=angular_step_deg, initial_resolution_A=initial_resolution_A,
+                     final_resolution_A=final_resolution_A, subtilts=subtilts, report=report)
+    return _one_start(setup, offset_range_px, np.random.default_rng(seed + int(start)), report,
+                      {"prior_axes": prior_axes, "prior_sigma_deg": prior_sigma_deg})
+
+
+@dataclass
+class _Setup:
+    """What every start shares: the particles' transforms and grids, the mask, the orientation grids, the
+    resolution schedule's ends (Å), the number of mini-batches and the regularisation."""
+
+    dft: np.ndarray
+    w: np.ndarray
+    grids_of: _Grids
+    voxel_A: float
+    symmetry: str
+    n_b: int
+    reg: float
+    mask: np.ndarray
+    grids: dict[float, np.ndarray]
+    angular_step_deg: float
+    res0: float
+    res1: float
+
+
+def _prepare(data: np.ndarray, weights: np.ndarray, voxel_A: float, *, symmetry: str, n_minibatches: int,
+             regularisation: float, mask_diameter_A: float, angular_step_deg: float,
+             initial_resolution_A: float | None, final_resolution_A: float | None, subtilts: Any,
+             report: Callable[[float, str], None]) -> _Setup:
     d = np.asarray(data, np.float32)
     b = d.shape[-1]
     w = np.ascontiguousarray(weights, dtype=np.float32)
@@ -119,33 +214,14 @@ def initial_model(
     res1 = final_resolution_A or max(mask_diameter_A / 6.0, 2.2 * voxel_A)
     res1 = max(res1, nyq * 1.05)
     res0 = max(res0, res1)
-    n_b = max(1, int(n_minibatches))
-    reg = max(float(regularisation), 0.1)
-
-    def report(frac: float, msg: str) -> None:
-        if progress is not None:
-            progress(float(min(max(frac, 0.0), 1.0)), msg)
-
     report(0.0, "initial model: Fourier transforms")
     dft = RF.centred_fft_stack(d)
     grids_of = _Grids(dft, w, subtilts, symmetry)
     mask = RF._mask(b, voxel_A, mask_diameter_A)
     grids = {st: RF.asymmetric_unit_grid(st, symmetry) for st in (angular_step_deg, angular_step_deg / 2.0)}
-    n_s = max(1, int(n_starts))
-    best: tuple | None = None
-    for k in range(n_s):
-        def sub(frac: float, msg: str, k: int = k) -> None:
-            report((k + frac) / n_s, msg if n_s == 1 else f"start {k + 1}/{n_s}: {msg}")
-
-        out = _one_start(dft, w, grids_of, voxel_A, symmetry, n_b, reg, mask, grids, angular_step_deg, res0, res1,
-                         offset_range_px, np.random.default_rng(seed + k), sub,
-                         {"prior_axes": prior_axes, "prior_sigma_deg": prior_sigma_deg})
-        if best is None or out[4] > best[4]:
-            best = out
-    final, history, r_all, t_all, _, s_all = best
-    report(1.0, f"initial model done in {time.perf_counter() - t_start:.0f} s")
-    poses = RF.Poses(r_all, t_all * voxel_A, s_all)
-    return InitialModelResult(map=final, poses=poses, history=history, resolution_A=float(res1))
+    return _Setup(dft=dft, w=w, grids_of=grids_of, voxel_A=float(voxel_A), symmetry=symmetry,
+                  n_b=max(1, int(n_minibatches)), reg=max(float(regularisation), 0.1), mask=mask, grids=grids,
+                  angular_step_deg=float(angular_step_deg), res0=float(res0), res1=float(res1))
 
 
 class _Grids:
@@ -196,12 +272,11 @@ class _Grids:
         return fourier_to_map(dg, wg, self.box, regularisation=regularisation)
 
 
-def _one_start(dft: np.ndarray, w: np.ndarray, grids_of: _Grids, voxel_A: float, symmetry: str, n_b: int, reg: float,
-               mask: np.ndarray,
-               grids: dict[float, np.ndarray], angular_step_deg: float, res0: float, res1: float,
-               offset_range_px: float, rng: np.random.Generator, report: Callable[[float, str], None],
-               prior: dict[str, Any] | None = None) -> tuple:
-    """One run from a random start: (map, history, rotations, shifts px, mean score, scores)."""
+def _one_start(setup: _Setup, offset_range_px: float, rng: np.random.Generator,
+               report: Callable[[float, str], None], prior: dict[str, Any] | None = None) -> StartResult:
+    """One run from a random start."""
+    dft, w, grids_of, voxel_A, n_b, reg = setup.dft, setup.w, setup.grids_of, setup.voxel_A, setup.n_b, setup.reg
+    mask, grids, angular_step_deg, res0, res1 = setup.mask, setup.grids, setup.angular_step_deg, setup.res0, setup.res1
     m, b = dft.shape[0], dft.shape[-1]
     ident = np.repeat(np.eye(3)[None], m, axis=0)
     zeros = np.zeros((m, 3))
@@ -260,4 +335,5 @@ def _one_start(dft: np.ndarray, w: np.ndarray, grids_of: _Grids, voxel_A: float,
                                       **(prior or {}))
     t_all = RF.refine_shifts(dft, ref_ft, np.arange(m), r_all, zeros, zeros, r_max, offset_range_px)
     final = F.lowpass(grids_of.final_map(r_all, t_all, 0.1 / reg), res1, voxel_A) * mask
-    return final.astype(np.float32), history, r_all, t_all, float(np.mean(s_all)), s_all
+    return StartResult(map=final.astype(np.float32), history=history, rotations=r_all, shifts_px=t_all,
+                       mean_score=float(np.mean(s_all)), scores=s_all, resolution_A=float(res1))

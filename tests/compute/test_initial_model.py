@@ -75,3 +75,30 @@ def test_initial_model_with_symmetry_is_in_the_symmetry_frame() -> None:
     err = RF.symmetry_angle_error_deg(res.poses.rotations, rots, "O")
     assert np.median(err) < 8.0, err
     assert calls and calls[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in calls)
+
+
+def test_starts_run_apart_then_chosen_give_the_same_model() -> None:
+    """The random starts are a cluster's units: each run alone (initial_model_start, on one CPU thread as the step's
+    units run) and the best of them chosen (best_start) gives initial_model's map and poses bit for bit; the starts
+    differ (they are independent runs) and the chosen one has the highest mean score."""
+    from tomoguide.compute.backend import cpu_threads
+    from tomoguide.compute.initial_model import best_start, initial_model_start
+
+    rng = np.random.default_rng(6)
+    data, weights, _ = _particles(_o_map(), 30, rng, noise=2.0)
+    kw = dict(symmetry="O", n_minibatches=4, mask_diameter_A=110.0, seed=3)
+    threaded = initial_model(data, weights, VOXEL, n_starts=3, **kw)
+    with cpu_threads(1):
+        whole = initial_model(data, weights, VOXEL, n_starts=3, **kw)
+        starts = [initial_model_start(data, weights, VOXEL, start=k, **kw) for k in range(3)]
+    # threads sum the scattered samples in another order: the same map to float32 rounding
+    np.testing.assert_allclose(threaded.map, whole.map, rtol=0, atol=1e-5 * float(np.abs(whole.map).max()))
+    chosen = best_start(starts, VOXEL)
+    np.testing.assert_array_equal(chosen.map, whole.map)
+    np.testing.assert_array_equal(chosen.poses.rotations, whole.poses.rotations)
+    np.testing.assert_array_equal(chosen.poses.shifts_A, whole.poses.shifts_A)
+    assert chosen.history == [] or [h["resolution_A"] for h in chosen.history] == \
+        [h["resolution_A"] for h in whole.history]
+    assert not np.array_equal(starts[0].rotations, starts[1].rotations)
+    best = max(range(3), key=lambda k: (starts[k].mean_score, -k))
+    np.testing.assert_array_equal(starts[best].map, whole.map)
