@@ -345,11 +345,12 @@ def test_the_tiny_demo_on_slurm_equals_the_inline_run(inline_project: Path, tmp_
     monkeypatch.setenv("TOMOGUIDE_CONFIG_DIR", str(tmp_path / "config"))
     save_settings(ClusterSettings(kind="slurm", slurm=SlurmSettings(
         cores=1, memory="2GB", walltime="00:15:00", max_jobs=2, log_directory=str(logs))))
-    ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), RERUN)
+    steps = RERUN + ["initial_model"]  # the initial model's random starts run in SLURM jobs too
+    ref = _rerun(inline_project, tmp_path / "inline", InlineExecutor(), steps)
     shutil.copytree(inline_project, tmp_path / "slurm", symlinks=True)
     project = tmp_path / "slurm" / "project"
-    assert run_steps(project, until="extract", force=True, quiet=True, cluster="slurm") == 0
-    _assert_same(_outputs(ref, RERUN), _outputs(project, RERUN))
+    assert run_steps(project, until="initial_model", force=True, quiet=True, cluster="slurm") == 0
+    _assert_same(_outputs(ref, steps), _outputs(project, steps))
     # the workers ran in SLURM jobs: one log per job submitted with sbatch, and SLURM knows the job by its id
     ids = sorted({m.group(1) for f in logs.iterdir() if (m := re.fullmatch(r"dask-worker-(\d+)\.err", f.name))})
     assert ids, f"no job logs in {logs}: {sorted(f.name for f in logs.iterdir())}"
