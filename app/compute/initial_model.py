@@ -109,11 +109,7 @@ def initial_model(
     the 3D data on the box's grid. ``progress(fraction, message)`` may raise to cancel.
     """
     t_start = time.perf_counter()
-
-    def report(frac: float, msg: str) -> None:
-        if progress is not None:
-            progress(float(min(max(frac, 0.0), 1.0)), msg)
-
+    report = _reporter(progress)
     setup = _prepare(data, weights, voxel_A, symmetry=symmetry, n_minibatches=n_minibatches,
                      regularisation=regularisation, mask_diameter_A=mask_diameter_A,
                      angular_step_deg=angular_step_deg, initial_resolution_A=initial_resolution_A,
@@ -168,17 +164,23 @@ def initial_model_start(data: np.ndarray, weights: np.ndarray, voxel_A: float, *
     """Start number ``start`` (0-based, seed ``seed + start``) of :func:`initial_model` alone, with the same
     arguments: the unit of work a cluster runs for each start. :func:`best_start` of the starts in order gives
     :func:`initial_model`'s result (tested)."""
-
-    def report(frac: float, msg: str) -> None:
-        if progress is not None:
-            progress(float(min(max(frac, 0.0), 1.0)), msg)
-
+    report = _reporter(progress)
     setup = _prepare(data, weights, voxel_A, symmetry=symmetry, n_minibatches=n_minibatches,
                      regularisation=regularisation, mask_diameter_A=mask_diameter_A,
                      angular_step_deg=angular_step_deg, initial_resolution_A=initial_resolution_A,
                      final_resolution_A=final_resolution_A, subtilts=subtilts, report=report)
     return _one_start(setup, offset_range_px, np.random.default_rng(seed + int(start)), report,
                       {"prior_axes": prior_axes, "prior_sigma_deg": prior_sigma_deg})
+
+
+def _reporter(progress: Callable[[float, str], None] | None) -> Callable[[float, str], None]:
+    """``progress`` with the fraction clamped to [0, 1] (a no-op without ``progress``)."""
+
+    def report(frac: float, msg: str) -> None:
+        if progress is not None:
+            progress(float(min(max(frac, 0.0), 1.0)), msg)
+
+    return report
 
 
 @dataclass
