@@ -388,14 +388,13 @@ def write_mrc(
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
         with mrcfile.new(tmp, overwrite=True) as m:
-            m.set_data(arr)
+            m.set_data(arr)  # also sets dmin, dmax, dmean and rms from the data (once: slow for float16)
             if arr.ndim == 3:
                 if is_stack:
                     m.set_image_stack()
                 else:
                     m.set_volume()
             m.voxel_size = voxel
-            m.update_header_stats()
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
