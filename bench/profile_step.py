@@ -12,7 +12,7 @@ replaced by a direct call. Outputs go to a scratch folder
 project's record is not changed (the step's status, runs and metrics stay as they were).
 
 Prints the wall time, the load average before/after, and the top entries by cumulative and by own time
-(``tottime``); ``--out`` writes the same text to a file (e.g. ``bench/results/profiles/refine_fine_before.txt``).
+(``tottime``); ``--dump`` writes the raw profile (callers: ``pstats``); ``--out`` writes the same text to a file (e.g. ``bench/results/profiles/refine_fine_before.txt``).
 The units a step hands to its run's executor (``ctx.map_units``: movies, tilt series, particle batches) are run here
 too, one after another (as the ``inline`` executor runs them, without its helper thread): the profile is of the
 work, not of a Dask cluster's scheduling. Numba's parallel kernels count as their calling function's own time.
@@ -61,8 +61,10 @@ def _inline_units(ctx: Any) -> Callable[..., Generator[Any, None, dict[str, Any]
     return map_inline
 
 
-def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool = False) -> str:
-    """Run ``step_id`` of the project in ``project_dir`` under cProfile in this thread; return the report text."""
+def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool = False,
+                 dump: Path | None = None) -> str:
+    """Run ``step_id`` of the project in ``project_dir`` under cProfile in this thread; return the report text.
+    ``dump``: also write the raw profile there (``pstats`` format: callers, ``snakeviz``)."""
     from tomoguide.project import Project
     from tomoguide.runner import StepRun
 
@@ -96,6 +98,8 @@ def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool =
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
     load1 = os.getloadavg()
+    if dump is not None:
+        prof.dump_stats(str(dump))
     out = io.StringIO()
     out.write(f"step {step_id} of {project_dir}: {wall:.2f} s wall (under cProfile)\n")
     out.write(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
@@ -114,8 +118,9 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", type=Path, default=None, help="also write the report to this text file")
     ap.add_argument("--keep", action="store_true", help="keep the scratch output folder")
+    ap.add_argument("--dump", type=Path, default=None, help="also write the raw profile (pstats) to this file")
     args = ap.parse_args()
-    text = profile_step(args.project, args.step, top=args.top, keep=args.keep)
+    text = profile_step(args.project, args.step, top=args.top, keep=args.keep, dump=args.dump)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
