@@ -675,10 +675,20 @@ def open_executor(kind: str | None = None, settings: ClusterSettings | None = No
     return DaskExecutor(chosen, settings, address=address)
 
 
+def _import_compute() -> None:
+    """Import the compute modules the steps' units use (run on each worker when a cluster is started ahead)."""
+    import tomoguide.compute.ctfcorrect  # noqa: F401
+    import tomoguide.compute.ctffit  # noqa: F401
+    import tomoguide.compute.motion  # noqa: F401
+    import tomoguide.compute.reconstruct  # noqa: F401
+    import tomoguide.compute.sta  # noqa: F401
+
+
 class LazyExecutor(Executor):
     """An executor that starts its cluster on the first :meth:`map_units` call with work to spread (so a session
     that only looks at results never starts one), and keeps it for the next steps. The command line and the
-    wizard use one per session."""
+    wizard use one per session. :meth:`prestart` (called by the runner when a step starts to run) starts a local
+    cluster in the background already, so that the first units do not wait for it."""
 
     def __init__(self, kind: str | None = None, settings: ClusterSettings | None = None) -> None:
         self.settings = settings or load_settings()
@@ -686,6 +696,7 @@ class LazyExecutor(Executor):
         self.kind = choose_kind(kind, self.settings)
         self._inner: Executor | None = None
         self._lock = threading.Lock()
+        self._prestart: threading.Thread | None = None
 
     @property
     def started(self) -> bool:
@@ -696,6 +707,25 @@ class LazyExecutor(Executor):
             if self._inner is None:
                 self._inner = open_executor(self.kind, self.settings)
             return self._inner
+
+    def prestart(self) -> None:
+        """Start a local cluster in a background thread (once; nothing for inline or SLURM, whose jobs are asked
+        for when units wait) and import the compute modules on its workers. A failure is only logged here: the
+        next :meth:`map_units` starts the cluster again and reports it."""
+        if self.kind != "local" or self._inner is not None or self._prestart is not None:
+            return
+
+        def start() -> None:
+            try:
+                ex = self.inner()
+                client = getattr(ex, "client", None)
+                if client is not None:
+                    client.run(_import_compute)
+            except Exception as exc:  # reported by the map_units that needs the cluster
+                logging.getLogger(__name__).warning("starting the local cluster ahead failed: %s", exc)
+
+        self._prestart = threading.Thread(target=start, daemon=True, name="tomoguide cluster start")
+        self._prestart.start()
 
     def describe(self) -> str:
         return self._inner.describe() if self._inner is not None else f"{self.kind} (not started yet)"
@@ -709,6 +739,9 @@ class LazyExecutor(Executor):
         return self._inner.workers() if self._inner is not None else []
 
     def close(self) -> None:
+        if self._prestart is not None:
+            self._prestart.join()  # a cluster being started ahead is closed too, not left behind
+            self._prestart = None
         with self._lock:
             if self._inner is not None:
                 self._inner.close()

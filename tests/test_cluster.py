@@ -621,3 +621,38 @@ def test_work_in_this_process_keeps_to_the_cores_of_a_local_cluster(monkeypatch:
     ex = LazyExecutor("local", ClusterSettings(workers=1))
     assert dict(ex.map_units(budget, [Unit("one", (None,))])) == {"one": (1, 1)}
     assert not ex.started
+
+
+def test_a_local_cluster_starts_ahead_when_a_step_runs(inline_project: Path, tmp_path: Path) -> None:
+    """The runner asks the executor to start ahead when a step starts: a local LazyExecutor then starts its cluster
+    in the background (the first units of a later step do not wait for it) and the next map_units uses it; inline
+    and SLURM executors start nothing ahead; close() ends a cluster that was being started."""
+    from tomoguide.cluster import LazyExecutor
+
+    class Counting(InlineExecutor):
+        calls = 0
+
+        def prestart(self) -> None:
+            Counting.calls += 1
+
+    _rerun(inline_project, tmp_path / "p", Counting(), ["exclude"])
+    assert Counting.calls == 1
+    for kind in ("inline", "slurm"):
+        lazy = LazyExecutor(kind, ClusterSettings(workers=1))
+        lazy.prestart()
+        assert lazy._prestart is None and not lazy.started
+    lazy = LazyExecutor("local", ClusterSettings(workers=2))
+    try:
+        lazy.prestart()
+        lazy.prestart()  # once
+        assert lazy._prestart is not None
+        lazy._prestart.join(timeout=120)
+        assert lazy.started and len(lazy.workers()) == 2
+        assert dict(lazy.map_units(square, [Unit("a", (3,)), Unit("b", (4,))])) == {"a": 9, "b": 16}
+    finally:
+        lazy.close()
+    assert not lazy.started
+    lazy = LazyExecutor("local", ClusterSettings(workers=1))
+    lazy.prestart()
+    lazy.close()  # while it starts: waits for it, then closes it
+    assert not lazy.started and lazy._prestart is None
