@@ -275,6 +275,10 @@ class Executor:
         (workers × threads, at most :func:`usable_cores`), so that ``workers: 1`` keeps tomoguide on one core."""
         return None
 
+    def prestart(self) -> None:
+        """Start the workers ahead, in the background, when a step starts to run (the runner calls it): nothing
+        here; a :class:`LazyExecutor` of kind ``local`` starts its cluster."""
+
     # -- work ---------------------------------------------------------------------------------------------------
     def map_units(self, fn: Callable[..., Any], units: Sequence[Unit], *, retries: int | None = None,
                   on_progress: ProgressFn | None = None,

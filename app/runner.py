@@ -254,9 +254,8 @@ class StepRun:
         st.owner_pid = os.getpid()
         project.save()
         yield Progress(0.0, f"starting {self.step_cls.title}")
-        prestart = getattr(self.executor, "prestart", None)
-        if prestart is not None:  # a local cluster starts in the background, ready for the units of later steps
-            prestart()
+        if self.executor is not None:  # a local cluster starts in the background, ready for later steps' units
+            self.executor.prestart()
         gen = self.step.run(params, ctx)
         try:
             while True:
