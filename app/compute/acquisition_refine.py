@@ -1,4 +1,5 @@
-"""Refining the acquisition from the particles: per-view shifts and defocus fitted against the current average.
+"""Refining the acquisition from the particles: per-view shifts, in-plane rotations and defocus fitted against the
+current average.
 
 The idea of RELION 5's tomography "CTF refinement" and "frame alignment" (Zivanov et al. 2022, eLife 11:e83724;
 ``src/jaz/tomography/programs/{ctf_refinement,frame_alignment}``) and of M (Tegunov et al. 2021): once the
@@ -16,8 +17,11 @@ Model
     with ``P_iv(j) = ref(scale · (M_v R_i)ᵀ (j_u, j_v, 0))`` the central slice of the reference's transform
     (trilinear from a 2× zero-padded transform), ``D_v`` the exposure filter, ``Δf_iv`` the particle's current
     defocus in the view (view defocus + height term) and ``j`` the integer frequency of the E-pixel box. The
-    unknowns are the view's shift ``δ_v`` (px, raw-image x and y: the particles lie at predicted + δ) and its
-    defocus error ``ε_v`` (Å, added to every particle's defocus in the view).
+    unknowns are the view's shift ``δ_v`` (px, raw-image x and y: the particles lie at predicted + δ), its
+    in-plane rotation ``θ_v`` about the image centre (particle i, predicted at ``p_i`` from the centre, then lies
+    at ``p_i + δ_v + (R_θ − I) p_i``: a goniometer turns each view by a few tenths of a degree, which moves
+    particles far from the centre by pixels) and its defocus error ``ε_v`` (Å, added to every particle's
+    defocus in the view).
 
 Scores
     Over the frequencies ``r_min ≤ |j| ≤ r_max`` (``r_max`` from the reference's resolution: band-limited, as
@@ -26,7 +30,10 @@ Scores
     ``X / sqrt(Y Z)`` (``Y = Σ |CTF D P|²``, ``Z = Σ |F|²``, a normalised cross-correlation). The shift: the
     integer maximum of ``X(δ)`` over ``|δ| ≤ max_shift_px`` from one inverse FFT of the summed cross-power, then
     the maximum of the exact ``X`` on a 1/20-px grid of ±1 px around it (matrix DFT, as upsampled cross-
-    correlation), then a parabola. The defocus: ``X(ε)/sqrt(Y(ε))`` on a coarse grid (±``defocus_range_A``,
+    correlation), then a parabola. The rotation (when the particles' positions are given): for each θ of a 0.1°
+    grid within ±``max_rotation_deg`` (then 0.02° about the best, then a parabola) each particle's cross-power is
+    phase-shifted by its own displacement ``(R_θ − I) p_i`` before the sum and the shift search; it is kept only
+    when its gain of ``X`` over the shift alone exceeds 4 standard deviations under noise. The defocus: ``X(ε)/sqrt(Y(ε))`` on a coarse grid (±``defocus_range_A``,
     ``defocus_step_A``), then a fine grid (1/10 of the step) around the best, then a parabola. Shift and defocus
     are alternated ``rounds`` times (2-3).
 
@@ -77,6 +84,7 @@ __all__ = [
     "refine_view",
     "refine_views",
     "apply_shift_corrections",
+    "apply_view_corrections",
 ]
 
 
@@ -91,7 +99,10 @@ class ViewCorrections:
     height in standard deviations of the cross-correlation map; ``refined`` (k,) bool: whether the view's
     corrections are applied (else they are 0); ``n_particles`` the particles used; ``rounds`` per round the
     (k, 3) ``(δx, δy, ε)`` found (before the decision); ``z_defocus`` (k,) the defocus gain's significance and
-    ``refined_defocus`` (k,) whether the defocus correction is applied (a view can get its shift only).
+    ``refined_defocus`` (k,) whether the defocus correction is applied (a view can get its shift only);
+    ``rotation_deg`` (k,) θ, the view's in-plane rotation about the image centre (counter-clockwise in raw x, y:
+    the particles lie at ``Rθ p + δ``; 0 where not searched or not significant) and ``z_rotation`` (k,) its
+    significance.
     """
 
     shift_px: np.ndarray
@@ -104,6 +115,8 @@ class ViewCorrections:
     rounds: list[np.ndarray] = field(default_factory=list)
     z_defocus: np.ndarray | None = None
     refined_defocus: np.ndarray | None = None
+    rotation_deg: np.ndarray | None = None
+    z_rotation: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -332,19 +345,73 @@ def _defocus_score(a_re: np.ndarray, b_abs2: np.ndarray, w: np.ndarray, ctf_fn: 
     return out
 
 
+def _particle_phases(pos: np.ndarray, theta_deg: float, delta: np.ndarray, ju: np.ndarray, jv: np.ndarray,
+                     box: int) -> np.ndarray:
+    """(m, n) complex128 ``e^{2πi j·s_i / E}`` with ``s_i = δ + (Rθ − I) p_i``: where each particle lies (px from its
+    predicted position) when the view is turned by ``theta_deg`` about the image centre and shifted by ``δ``
+    (separable: per-axis tables over the band's integer frequencies, one product per sample)."""
+    t = math.radians(theta_deg)
+    c, s = math.cos(t), math.sin(t)
+    sx = delta[0] + (c - 1.0) * pos[:, 0] - s * pos[:, 1]
+    sy = delta[1] + s * pos[:, 0] + (c - 1.0) * pos[:, 1]
+    iu, iv = np.asarray(ju, np.int64), np.asarray(jv, np.int64)
+    qu = np.arange(iu.min(initial=0), iu.max(initial=0) + 1)
+    qv = np.arange(iv.min(initial=0), iv.max(initial=0) + 1)
+    tu = np.exp((2j * np.pi / box) * np.outer(sx, qu))
+    tv = np.exp((2j * np.pi / box) * np.outer(sy, qv))
+    return tu[:, iu - qu[0]] * tv[:, iv - qv[0]]
+
+
+def _rotation_search(prod: np.ndarray, pos: np.ndarray, w: np.ndarray, flat: np.ndarray, ju: np.ndarray,
+                     jv: np.ndarray, box: int, max_shift_px: float, max_rotation_deg: float, at_deg: float = 0.0
+                     ) -> tuple[float, np.ndarray, bool]:
+    """The view's in-plane rotation θ (degrees, about the image centre, |θ| ≤ ``max_rotation_deg``) and shift δ
+    maximising ``X(θ, δ) = Σ_i Σ_j w_j Re[prod_ij e^{2πi j·(δ + (Rθ − I) p_i)/E}]`` (``prod`` (m, n) the
+    particles' cross-powers ``F conj(CTF D P)``, ``pos`` (m, 2) their positions from the image centre, px): for
+    each θ of a grid (0.1° steps, then 0.02° about the best) the particles' cross-powers are phase-shifted by
+    their own displacement ``(Rθ − I) p_i``, summed, and the best shift found (:func:`_shift_search`); a
+    parabola through the best θ and its neighbours. ``max_rotation_deg`` 0: the shift at θ = ``at_deg`` only.
+    Returns ``(θ, δ (2,), δ at the search's edge)``."""
+
+    def best_at(th: float) -> tuple[float, np.ndarray, bool]:
+        cross = np.sum(prod * _particle_phases(pos, th, np.zeros(2), ju, jv, box), axis=0)
+        d, edge = _shift_search(cross, flat, ju, jv, box, max_shift_px)
+        ph = np.exp(2j * np.pi * (ju * d[0] + jv * d[1]) / box)
+        return float(np.real(cross * ph) @ w), d, edge
+
+    if max_rotation_deg <= 0.0:
+        _, d, edge = best_at(float(at_deg))
+        return float(at_deg), d, edge
+    coarse = np.arange(-max_rotation_deg, max_rotation_deg + 1e-9, 0.1)
+    vals = [best_at(float(t)) for t in coarse]
+    i = int(np.argmax([v[0] for v in vals]))
+    fine = coarse[i] + np.arange(-5, 6) * 0.02
+    fv = [best_at(float(t)) for t in fine]
+    j = int(np.argmax([v[0] for v in fv]))
+    th = float(fine[j])
+    if 0 < j < len(fine) - 1:
+        th += 0.02 * _parabola(fv[j - 1][0], fv[j][0], fv[j + 1][0])
+    _, d, edge = best_at(th)
+    return th, d, edge
+
+
 def refine_view(
     data: np.ndarray, pred: np.ndarray, dose: np.ndarray | None, mean_df_A: np.ndarray, *, ju: np.ndarray,
     jv: np.ndarray, flat: np.ndarray, box: int, pixel_size_A: float, half_astig_A: float = 0.0,
     astig_angle_deg: float = 0.0, phase_rad: float = 0.0, voltage_kV: float = 300.0, cs_mm: float = 2.7,
     amplitude_contrast: float = 0.1, max_shift_px: float = 6.0, defocus_range_A: float = 2000.0,
     defocus_step_A: float = 100.0, rounds: int = 3, fit_defocus: bool = True,
+    positions_px: np.ndarray | None = None, max_rotation_deg: float = 0.0,
 ) -> dict[str, Any]:
-    """Shift and defocus correction of one view from its particles.
+    """Shift, in-plane rotation and defocus correction of one view from its particles.
 
     ``data`` (m, n) complex: the sub-tilts' transforms at the band's points (``flat`` into the rFFT grid of
     ``box``); ``pred`` (m, n) complex: the reference's slices ``P_iv``; ``dose`` (n,) exposure filter or None;
-    ``mean_df_A`` (m,) the particles' current mean defocus in the view. Returns a dict with ``shift_px`` (2,),
-    ``defocus_A``, ``z_score``, ``at_edge``, ``fom_before``, ``fom_after``, ``rounds`` ((r, 3) per round).
+    ``mean_df_A`` (m,) the particles' current mean defocus in the view. With ``positions_px`` (m, 2) (each
+    particle's predicted position in the raw view, px from the image centre, x and y) and ``max_rotation_deg`` >
+    0, the view's in-plane rotation θ about the image centre is searched too (:func:`_rotation_search`): the
+    particles then lie at ``Rθ p + δ``. Returns a dict with ``shift_px`` (2,), ``rotation_deg``, ``defocus_A``,
+    ``z_score``, ``z_rotation``, ``at_edge``, ``fom_before``, ``fom_after``, ``rounds`` ((r, 3) per round).
     """
     kx = ju / (box * pixel_size_A)
     ky = jv / (box * pixel_size_A)
@@ -358,12 +425,24 @@ def refine_view(
     lam = electron_wavelength_A(voltage_kV)
     k2 = kx * kx + ky * ky
 
+    rotate = positions_px is not None and max_rotation_deg > 0.0
+    theta = 0.0
+    z_rot = 0.0
+    pos = None if positions_px is None else np.asarray(positions_px, np.float64).reshape(-1, 2)
+
+    def particle_phase(th: float, d: np.ndarray) -> np.ndarray:
+        """(m, n) e^{2πi j·(δ + (Rθ − I) p_i)/E}: each particle's phase for the view's shift and rotation ((1, n)
+        without positions: the shift's, common to all)."""
+        if pos is None:
+            return np.exp(2j * np.pi * (ju * d[0] + jv * d[1]) / box)[None]
+        return _particle_phases(pos, th, d, ju, jv, box)
+
     z_norm = math.sqrt(max(float(np.sum((np.abs(data) ** 2) @ w)), 1e-30))
 
-    def fom(delta: np.ndarray, eps: float) -> float:
+    def fom(delta: np.ndarray, eps: float, th: float = 0.0) -> float:
         c = ctf_fn(eps)
-        ph = np.exp(2j * np.pi * (ju * delta[0] + jv * delta[1]) / box)
-        x = float(np.sum(np.real(data * np.conj(dp) * ph[None]) * c @ w))
+        ph = particle_phase(th, delta)
+        x = float(np.sum(np.real(data * np.conj(dp) * ph) * c @ w))
         y = float(np.sum((np.abs(dp) ** 2) * c * c @ w))
         return x / math.sqrt(max(y, 1e-30)) / z_norm
 
@@ -374,13 +453,17 @@ def refine_view(
                        cs_mm=cs_mm)
     hist = []
     edge = False
-    for _ in range(max(1, int(rounds))):
+    for rnd in range(max(1, int(rounds))):
         c = ctf_fn(eps)
-        cross = np.sum(data * np.conj(dp) * c, axis=0)  # (n,)
-        delta, edge = _shift_search(cross, flat, ju, jv, box, max_shift_px)
+        prod = data * np.conj(dp) * c  # (m, n)
+        if rotate:
+            theta, delta, edge = _rotation_search(prod, pos, w, flat, ju, jv, box, max_shift_px,
+                                                  max_rotation_deg if rnd == 0 else 0.0, theta)
+        else:
+            delta, edge = _shift_search(prod.sum(axis=0), flat, ju, jv, box, max_shift_px)
         if fit_defocus:
-            ph = np.exp(2j * np.pi * (ju * delta[0] + jv * delta[1]) / box)
-            a_re = np.real(data * np.conj(dp) * ph[None]).astype(np.float64)
+            ph = particle_phase(theta, delta) if rotate else np.exp(2j * np.pi * (ju * delta[0] + jv * delta[1]) / box)
+            a_re = np.real(data * np.conj(dp) * (ph if ph.ndim == 2 else ph[None])).astype(np.float64)
             b2 = (np.abs(dp) ** 2).astype(np.float64)
             scorer = _DefocusScorer(a_re, b2, w, chi0, k2, lam, amplitude_contrast)
             coarse = np.arange(-defocus_range_A, defocus_range_A + 0.5 * defocus_step_A, defocus_step_A)
@@ -394,30 +477,45 @@ def refine_view(
             if 0 < i < len(fine) - 1:
                 eps += fine_step * _parabola(sf[i - 1], sf[i], sf[i + 1])
         hist.append([delta[0], delta[1], eps])
+    if rotate:
+        # the rotation only where its gain of X over the best shift alone stands out of the noise (as the defocus)
+        c = ctf_fn(eps)
+        prod = data * np.conj(dp) * c
+        d0, _ = _shift_search(prod.sum(axis=0), flat, ju, jv, box, max_shift_px)
+        ph_r = particle_phase(theta, delta)
+        ph_0 = np.exp(2j * np.pi * (ju * d0[0] + jv * d0[1]) / box)[None]
+        x_r = float(np.sum(np.real(prod * ph_r) @ w))
+        x_0 = float(np.sum(np.real(prod * ph_0) @ w))
+        a_i = np.real(np.sum(prod * ph_r * w, axis=1)) / np.maximum(np.sum(np.abs(dp * c) ** 2 * w, axis=1), 1e-30)
+        noise_r = np.abs(data - a_i[:, None] * dp * c * np.conj(ph_r)) ** 2
+        var_r = float(np.sum((np.abs(dp * c) ** 2) * np.abs(ph_r - ph_0) ** 2 * noise_r @ (w * w))) / 2.0
+        z_rot = (x_r - x_0) / math.sqrt(max(var_r, 1e-30)) if theta != 0.0 else 0.0
+        if z_rot < 4.0 or abs(theta) > max_rotation_deg - 0.05:
+            theta, delta = 0.0, d0  # not significant, or at the search's edge: the shift alone
     # significance: X at the optimum over its standard deviation under noise alone, var X = Σ w² |CTF D P|² N / 2,
     # the noise power N of each sample estimated by the residual |F − a_i · model|² (a_i: each particle's
     # least-squares scale; unbiased for the sum but for the fitted scales' few degrees of freedom)
     c = ctf_fn(eps)
-    ph = np.exp(2j * np.pi * (ju * delta[0] + jv * delta[1]) / box)
-    model = dp * c * np.conj(ph)[None]
+    ph = particle_phase(theta, delta)  # (m, n)
+    model = dp * c * np.conj(ph)
     a_i = np.real(np.sum(data * np.conj(model) * w, axis=1)) / np.maximum(np.sum(np.abs(model) ** 2 * w, axis=1),
                                                                            1e-30)
     noise = np.abs(data - a_i[:, None] * model) ** 2
-    x = float(np.sum(np.real(data * np.conj(dp) * ph[None]) * c @ w))
+    x = float(np.sum(np.real(data * np.conj(dp) * ph) * c @ w))
     var = float(np.sum((np.abs(dp * c) ** 2) * noise @ (w * w))) / 2.0
     z = x / math.sqrt(max(var, 1e-30))
     # the defocus: the gain of the score S = X / sqrt(Y) from ε = 0 to ε at the shift found, over its standard
     # deviation under noise alone (S is linear in the data: var ΔS = Σ w² |D P|² (c/√Y − c₀/√Y₀)² N / 2)
     c0 = ctf_fn(0.0)
-    x0 = float(np.sum(np.real(data * np.conj(dp) * ph[None]) * c0 @ w))
+    x0 = float(np.sum(np.real(data * np.conj(dp) * ph) * c0 @ w))
     y1 = math.sqrt(max(float(np.sum((np.abs(dp) ** 2) * c * c @ w)), 1e-30))
     y0 = math.sqrt(max(float(np.sum((np.abs(dp) ** 2) * c0 * c0 @ w)), 1e-30))
     var_d = float(np.sum((np.abs(dp) ** 2) * (c / y1 - c0 / y0) ** 2 * noise @ (w * w))) / 2.0
     z_df = (x / y1 - x0 / y0) / math.sqrt(max(var_d, 1e-30)) if eps != 0.0 else 0.0
     df_edge = abs(eps) > defocus_range_A - defocus_step_A
     return {"shift_px": delta, "defocus_A": eps, "z_score": z, "z_defocus": z_df, "defocus_at_edge": df_edge,
-            "at_edge": edge, "fom_before": before,
-            "fom_after": fom(delta, eps), "rounds": np.asarray(hist)}
+            "at_edge": edge, "fom_before": before, "rotation_deg": theta, "z_rotation": z_rot,
+            "fom_after": fom(delta, eps, theta), "rounds": np.asarray(hist)}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -453,6 +551,8 @@ def refine_views(
     min_z: float = 6.0,
     min_z_defocus: float = 4.0,
     pad: int = 2,
+    positions_px: np.ndarray | None = None,
+    max_rotation_deg: float = 0.0,
     progress: Any = None,
 ) -> ViewCorrections:
     """Per-view shift and defocus corrections of one tilt series from its particles (module docstring).
@@ -466,7 +566,9 @@ def refine_views(
     filters on the un-shifted FFT grid (None: none); ``half_astig_A``, ``astig_angle_deg``, ``phase_rad`` (k,)
     per view. ``resolution_A``: the band's high-frequency limit (the reference's resolution); ``low_A``: its
     low limit (default: the box, i.e. from 2 cycles per box); ``pad``: oversampling of the reference's
-    transform. ``progress(fraction, message)`` optional.
+    transform. ``positions_px`` (m, k, 2): the particles' predicted positions in each raw view, px of ``images``
+    from the image centre; with ``max_rotation_deg`` > 0 each view's in-plane rotation is searched within it.
+    ``progress(fraction, message)`` optional.
     Returns :class:`ViewCorrections`: ``shift_px`` in px of ``images``.
     """
     img = np.asarray(images, np.float32)
@@ -500,6 +602,8 @@ def refine_views(
     refined = np.zeros(k, bool)
     refined_df = np.zeros(k, bool)
     zd = np.zeros(k)
+    rot_deg, z_rot = np.zeros(k), np.zeros(k)
+    pos_all = None if positions_px is None else np.asarray(positions_px, np.float64).reshape(m, k, 2)
     hist = np.zeros((max(1, int(rounds)), k, 3))
     for v in range(k):
         ft = scipy.fft.rfft2(scipy.fft.ifftshift(img[:, v], axes=(-2, -1)), workers=fft_workers())
@@ -511,30 +615,51 @@ def refine_views(
                         half_astig_A=float(ha[v]), astig_angle_deg=float(aa[v]), phase_rad=float(ph[v]),
                         voltage_kV=voltage_kV, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
                         max_shift_px=max_shift_px, defocus_range_A=defocus_range_A,
-                        defocus_step_A=defocus_step_A, rounds=rounds, fit_defocus=fit_defocus)
+                        defocus_step_A=defocus_step_A, rounds=rounds, fit_defocus=fit_defocus,
+                        positions_px=None if pos_all is None else pos_all[:, v], max_rotation_deg=max_rotation_deg)
         hist[:, v] = r["rounds"]
+        z_rot[v] = r["z_rotation"]
         zs[v], fb[v] = r["z_score"], r["fom_before"]
         ok = r["z_score"] >= min_z and not r["at_edge"] and r["fom_after"] >= r["fom_before"]
         ok_df = ok and fit_defocus and r["z_defocus"] >= min_z_defocus and not r["defocus_at_edge"]
         refined[v], refined_df[v], zd[v] = ok, ok_df, r["z_defocus"]
         if ok:
             shift[v] = r["shift_px"]
+            rot_deg[v] = r["rotation_deg"]
             dfc[v] = r["defocus_A"] if ok_df else 0.0
             fa[v] = r["fom_after"]
         else:
             fa[v] = r["fom_before"]
         if progress is not None:
             progress((v + 1) / k, f"view {v + 1}/{k}: shift ({shift[v, 0]:+.2f}, {shift[v, 1]:+.2f}) px, "
-                                  f"defocus {dfc[v]:+.0f} Å, z {zs[v]:.1f}")
+                                  f"rotation {rot_deg[v]:+.2f}°, defocus {dfc[v]:+.0f} Å, z {zs[v]:.1f}")
     return ViewCorrections(shift_px=shift, defocus_A=dfc, fom_before=fb, fom_after=fa, z_score=zs,
                            refined=refined, n_particles=m, rounds=[h for h in hist], z_defocus=zd,
-                           refined_defocus=refined_df)
+                           refined_defocus=refined_df, rotation_deg=rot_deg, z_rotation=z_rot)
 
 
 def _full_index(flat: np.ndarray, box: int) -> np.ndarray:
     """Flat indices into the full (box, box) FFT grid of the rFFT grid's flat indices ``flat``."""
     nxh = box // 2 + 1
     return (flat // nxh) * box + flat % nxh
+
+
+def apply_view_corrections(xf: np.ndarray, shift_px: np.ndarray, rotation_deg: np.ndarray | None = None
+                           ) -> np.ndarray:
+    """IMOD transforms (n, 2, 3) ``aligned = A raw + d`` corrected so that every specimen point's raw position
+    ``u`` (image centre ``C``) becomes ``C + Rθ (u − C) + δ``: ``A' = A Rθ⁻¹``, ``d' = d − A Rθ⁻¹ δ`` (``δ``
+    ``shift_px`` (n, 2) raw px at the transforms' binning, ``θ`` ``rotation_deg`` (n,) counter-clockwise in raw
+    x, y; None: shifts only, :func:`apply_shift_corrections`)."""
+    if rotation_deg is None:
+        return apply_shift_corrections(xf, shift_px)
+    m = np.array(xf, np.float64, copy=True)
+    t = np.radians(np.asarray(rotation_deg, np.float64).reshape(-1))
+    c, s = np.cos(t), np.sin(t)
+    r_inv = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)  # (n, 2, 2) Rθ⁻¹ = Rθᵀ
+    a_new = m[:, :, :2] @ r_inv
+    m[:, :, :2] = a_new
+    m[:, :, 2] -= np.einsum("nij,nj->ni", a_new, np.asarray(shift_px, np.float64).reshape(-1, 2))
+    return m
 
 
 def apply_shift_corrections(xf: np.ndarray, shift_px: np.ndarray) -> np.ndarray:

@@ -1,15 +1,17 @@
 """The finer extraction's refinement of the acquisition from the particles (``extract_fine.refine_acquisition``).
 
-Before the particles are cut again at the finer binning, every tilt series' per-view shifts and defocus are
-refined against the ``refine`` step's half maps (:func:`tomoguide.compute.acquisition_refine.refine_views`: each
+Before the particles are cut again at the finer binning, every tilt series' per-view shifts, in-plane rotations
+(about the image centre, within ±:data:`MAX_ROTATION_DEG`) and defocus are refined against the ``refine`` step's half maps (:func:`tomoguide.compute.acquisition_refine.refine_views`: each
 half set's particles against its own half map, gold standard), and the corrected geometry and CTF are what the
 extraction then uses. The corrected records are written into the step's run folder as a series set
-(``acquisition/series.json``: the geometry with the corrected ``xf`` shifts, ``<TS>_ctf.star`` with the corrected
+(``acquisition/series.json``: the geometry with the corrected ``xf`` shifts and rotations, ``<TS>_ctf.star`` with the corrected
 ``rlnDefocusU/V``; the other files hard-linked from the ``exclude`` step's) and returned as the output ``series``,
 which the RELION 5 export prefers to the ``exclude`` step's.
 
-Conventions: shift corrections are added to each view's specimen shift ``s = −A⁻¹ d`` (px at the geometry's
-binning; :meth:`tomoguide.geometry.TiltSeriesGeometry.specimen_shifts_px`), defocus corrections to
+Conventions: a view's correction puts every specimen point at ``C + Rθ (u − C) + δ`` in the raw view (``u`` its
+old position, ``C`` the image centre, θ counter-clockwise in raw x, y; ``δ`` px at the geometry's binning):
+``A' = A Rθ⁻¹``, ``d' = d − A Rθ⁻¹ δ`` (:func:`tomoguide.compute.acquisition_refine.apply_view_corrections`);
+defocus corrections go to
 ``rlnDefocusU`` and ``rlnDefocusV`` (Å, underfocus positive).
 """
 
@@ -26,6 +28,9 @@ __all__ = ["refine_series", "corrected_geometry", "corrected_ctf_table", "run_re
 
 _OPTICS_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnMicrographPixelSize",
                    "rlnOpticsGroup", "rlnOpticsGroupName")
+
+
+MAX_ROTATION_DEG = 1.0  # the search range of each view's in-plane rotation about the image centre
 
 
 def refine_series(stack_binned: np.ndarray, g: Any, ctf_table: pd.DataFrame, positions_A: np.ndarray,
@@ -63,6 +68,10 @@ def refine_series(stack_binned: np.ndarray, g: Any, ctf_table: pd.DataFrame, pos
         dose = np.stack([attenuation(kk, float(p), float(d), g.optics.voltage_kV) for p, d in zip(prior, dd)])
     # shifts up to 30 Å (or 4 px), at most a quarter of the box
     max_shift = float(min(box_px / 4.0, max(4.0, 30.0 / px)))
+    # each particle's predicted position in each raw view from the image centre: a view's in-plane rotation moves
+    # the particles far from the centre (0.3° moves a particle 1000 px out by 5 px), and is refined with the shift
+    uv = g.project(pts)[views][..., :2] - np.asarray(g.image_centre_px(), np.float64)[None, None, :]
+    positions = np.transpose(uv, (1, 0, 2))  # (m, k, 2)
     res = AR.refine_views(
         sub.images, sub.view_matrices, euler_to_matrix(np.asarray(euler_deg, np.float64)), half_maps,
         np.asarray(half_index, np.int64), mean_df, pixel_size_A=px, reference_voxel_A=map_voxel_A,
@@ -70,7 +79,8 @@ def refine_series(stack_binned: np.ndarray, g: Any, ctf_table: pd.DataFrame, pos
         astig_angle_deg=np.asarray(ctf.astig_angle_deg)[views],
         phase_rad=None if ctf.phase_shift_rad is None else np.asarray(ctf.phase_shift_rad)[views],
         voltage_kV=g.optics.voltage_kV, cs_mm=g.optics.cs_mm, amplitude_contrast=g.optics.amplitude_contrast,
-        max_shift_px=max_shift, fit_defocus=fit_defocus, progress=progress)
+        max_shift_px=max_shift, fit_defocus=fit_defocus, positions_px=positions, max_rotation_deg=MAX_ROTATION_DEG,
+        progress=progress)
     res.views = views  # type: ignore[attr-defined]
     return res
 
@@ -137,7 +147,7 @@ def refine_all(series: list[dict[str, Any]], half_maps: list[np.ndarray], mask: 
                          f"pass {p + 1}: series {i + 1}/{len(series)} against {res:.1f} Å half maps")
             r = refine_series(s["stack"], _at(o["geometry"], binning, s["stack"]), o["ctf"], s["positions_A"],
                               s["euler_deg"], s["half"], maps, msk, vox, res, box_px=box_px)
-            o["geometry"] = corrected_geometry(o["geometry"], r.views, r.shift_px, binning)
+            o["geometry"] = corrected_geometry(o["geometry"], r.views, r.shift_px, binning, r.rotation_deg)
             o["ctf"] = corrected_ctf_table(o["ctf"], r.views, r.defocus_A)
             o["passes"].append(r)
     return out, info
@@ -151,14 +161,20 @@ def _at(g: Any, binning: float, stack: np.ndarray) -> Any:
     return gb
 
 
-def corrected_geometry(g0: Any, views: np.ndarray, shift_px: np.ndarray, shift_binning: float) -> Any:
+def corrected_geometry(g0: Any, views: np.ndarray, shift_px: np.ndarray, shift_binning: float,
+                       rotation_deg: np.ndarray | None = None) -> Any:
     """``g0`` with the specimen shifts of ``views`` moved by ``shift_px`` (k, 2) px measured at ``shift_binning``
-    (rescaled to ``g0``'s binning)."""
-    from tomoguide.compute.acquisition_refine import apply_shift_corrections
+    (rescaled to ``g0``'s binning) and their projections turned by ``rotation_deg`` (k,) about the image centre
+    (:func:`tomoguide.compute.acquisition_refine.apply_view_corrections`)."""
+    from tomoguide.compute.acquisition_refine import apply_view_corrections
 
     d = np.zeros((g0.n_views, 2))
     d[np.asarray(views)] = np.asarray(shift_px, np.float64) * (shift_binning / g0.binning)
-    xf = apply_shift_corrections(g0.xf_array(), d)
+    th = None
+    if rotation_deg is not None:
+        th = np.zeros(g0.n_views)
+        th[np.asarray(views)] = np.asarray(rotation_deg, np.float64)
+    xf = apply_view_corrections(g0.xf_array(), d, th)
     return g0.model_validate({**g0.model_dump(), "xf": xf})
 
 
@@ -252,10 +268,17 @@ def run_refinement(ctx: Any, sset: Any, base: Path, df: pd.DataFrame, binning: f
                  "fom_before": [round(float(x), 4) for x in r["passes"][0].fom_before],
                  "fom_after": [round(float(x), 4) for x in last.fom_after],
                  "shift_rms_A": float(np.sqrt(np.mean(np.sum(sh_A ** 2, axis=1)))),
-                 "defocus_change_median_abs_A": float(np.median(np.abs(ddf)))}
+                 "defocus_change_median_abs_A": float(np.median(np.abs(ddf))),
+                 "rotation_deg": [round(float(x), 3) for x in np.sum(
+                     [p.rotation_deg if p.rotation_deg is not None else np.zeros(views.size)
+                      for p in r["passes"]], axis=0)],
+                 "views_rotated": int(np.sum(np.any([p.rotation_deg != 0 for p in r["passes"]
+                                                     if p.rotation_deg is not None], axis=0)))}
+            m["rotation_rms_deg"] = float(np.sqrt(np.mean(np.square(m["rotation_deg"]))))
             metrics["series"][s.name] = m
             ctx.log(f"{s.name}: {m['views_refined']}/{m['views']} views re-aligned from {m['n_particles']} particles "
-                    f"(shift RMS {m['shift_rms_A']:.2f} Å), defocus changed in {m['views_defocus_refined']} "
+                    f"(shift RMS {m['shift_rms_A']:.2f} Å), turned in-plane {m['views_rotated']} (rotation RMS "
+                    f"{m['rotation_rms_deg']:.2f}°), defocus changed in {m['views_defocus_refined']} "
                     f"(median |change| {m['defocus_change_median_abs_A']:.0f} Å); half maps of "
                     f"{', '.join(f'{x:.1f}' for x in metrics['resolution_used_A'])} Å; views whose particles' "
                     "signal is not significant keep their values")

@@ -80,8 +80,12 @@ class AlignParams(StepParams):
              "import's is reported. The mdoc's axis can be several degrees off; the alignment itself finds it from "
              "up to about 10° away.")
     solve_rotation: bool = param(
-        False, title="Per-view rotation", advanced=True,
-        help="Also fit a small in-plane rotation for every view (needs many well-tracked patches).")
+        True, title="Per-view rotation", advanced=True,
+        help="Also fit a small in-plane rotation for every view (IMOD's fine alignment solves rotations too). "
+             "A goniometer turns each view by a few tenths of a degree about the beam; 0.3° moves a particle "
+             "1000 px from the centre by 5 px, which limits averages at full sampling (small demo at 2 Å voxels: "
+             "7.9 Å without, 5.9 Å with). Series of fewer than 15 views get one rotation for all. Untick for "
+             "series with few trackable patches.")
     solve_magnification: bool = param(
         False, title="Per-view magnification", advanced=True,
         help="Also fit a magnification change for every view (rarely needed).")
@@ -441,6 +445,10 @@ def _relion5_alignment(path: Path, g: Any) -> tuple[np.ndarray, np.ndarray, floa
     return rows, tlt, float(cols["rlnTomoXTilt"][0])
 
 
+MIN_VIEWS_FOR_ROTATIONS = 15  # per-view rotations beside the tilt axis only from this many views (a 7-view test
+# series on a 100 px field: axis 0.08° off with one rotation for all, 0.34° with one per view)
+
+
 def align_unit(s: SeriesEntry, base: Path, params: AlignParams,
                outs: dict[str, Path]) -> tuple[SeriesEntry, dict[str, Any], list[str]]:
     """One tilt series aligned by patch tracking (and refined with particles as markers) — a unit of
@@ -455,6 +463,12 @@ def align_unit(s: SeriesEntry, base: Path, params: AlignParams,
 
     logs: list[str] = []
     stack, info = read_mrc(s.path("stack", base))
+    n_used = int(s.geometry.included_views().size)
+    rotations = bool(params.solve_rotation) and n_used >= MIN_VIEWS_FOR_ROTATIONS
+    if params.solve_rotation and not rotations:
+        logs.append(f"{s.name}: {n_used} views: too few to fit a rotation per view beside the tilt axis (from "
+                    f"{MIN_VIEWS_FOR_ROTATIONS}); one rotation for all views")
+    params = params.model_copy(update={"solve_rotation": rotations})
     res = align_tilt_series(np.asarray(stack, np.float32), s.geometry, patch_size_A=params.patch_size_A,
                             patch_overlap=params.patch_overlap_pct / 100.0, solve_axis=params.solve_axis,
                             flatten=params.flatten, solve_rotation=params.solve_rotation,

@@ -29,6 +29,7 @@ RELION ZYZ (``x_tomogram = R x_reference + t`` with ``t = −origin``).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,11 +50,10 @@ ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 # 12 Å it is a featureless shell), and bin 2 gives 2.7 Å. The physical targets below reproduce them on the
 # tutorial's data and carry over to any pixel size.
 COARSE_VOXEL_A = 8.1  # the first extraction: bin 6 × 1.35 Å
-FINE_BINNING = 2.0  # the finer extraction: the tutorial's bin 2 (2.7 Å voxels on its data) ...
-FINE_VOXEL_RANGE_A = (2.4, 5.0)  # ... while that gives voxels in this range; else the binning nearest 2.7 Å
-FINE_VOXEL_A = 2.7
+FINE_VOXEL_A = 2.7  # the finer extraction: the binning nearest this (the tutorial's bin 2 on its 1.35 Å data)
 COARSE_CROP_A = 288.0  # final box of the first extraction: apoferritin (130 Å) with a wide margin
-FINE_CROP_A = 256.0  # final box of the finer extraction
+FINE_CROP_A = 256.0  # final box of the finer extraction ...
+FINE_CROP_MIN_A = 192.0  # ... or this where memory is short: apoferritin's 150 Å mask with a margin
 PARTICLE_DIAMETER_A = 150.0  # the apoferritin mask diameter; the box before the crop holds it plus the CTF's spread
 
 
@@ -137,29 +137,32 @@ class ExtractFineParams(ExtractParams):
              "refined particles: every particle's sub-tilt is compared with the projection of the refinement's "
              "half map at its pose (CTF and dose included), summed over the particles of the view (RELION 5's "
              "tilt-series alignment and CTF refinement). Views whose particles give a clear signal get their "
-             "shift (and, when the signal allows, their defocus) corrected; the corrected alignment and CTF are "
-             "used for this extraction and exported. Worth it when the alignment is off by a pixel or more (the "
-             "small demo with views moved by 1-3 px: 11.5 Å -> 8.2 Å); on a well-aligned series it changes little "
-             "(off by default: the demo's map stays at 8.1 Å) and takes minutes. The defocus of a view needs "
-             "maps far sharper than 8 Å to be measured; below that it is kept.")
+             "shift and in-plane rotation (and, when the signal allows, their defocus) corrected; the corrected "
+             "alignment and CTF are used for this extraction and exported. Worth it when the alignment is off by a "
+             "pixel or more (the small demo with views moved by 1-3 px: 11.5 Å -> 8.2 Å), or was made without "
+             "per-view rotations (at 2 Å voxels: 7.9 Å -> 5.9 Å); after the default alignment (rotations solved) "
+             "it changes little and takes minutes, so it is off by default. The defocus of a view needs maps far "
+             "sharper than 8 Å to be measured; below that it is kept.")
     binning: float | None = param(
-        None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0), empty_means="2",
-        help="Binning of the finer extraction (tutorial: 2). Must be finer than the first extraction's. Empty: 2, "
-             "or the first extraction's binning when that is already finer.")
+        None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0), empty_means="≈ 2.7 Å voxels",
+        help="Binning of the finer extraction (tutorial: 2, i.e. 2.7 Å voxels on its 1.35 Å data). Must be finer "
+             "than the first extraction's. Empty: the binning whose voxels are nearest 2.7 Å (bin 1 from 2 Å "
+             "pixels up: the refinement at full sampling), coarser where the refinement of this many particles "
+             "would not fit in half this computer's memory (the log says so).")
     box_px: int | None = param(
-        None, title="Box size", unit="px", hard=(8, 1024), suggest=(16, 256), empty_means="from the defocus",
+        None, title="Box size", unit="px", hard=(8, 1024), suggest=(16, 256), empty_means="4/3 of the crop",
         tutorial=256,
-        tutorial_note="At the tutorial's bin 2 of its 1.35 Å data; empty: the particle plus the CTF's spread "
-                      "at your voxel size and defocus.",
+        tutorial_note="At the tutorial's bin 2 of its 1.35 Å data; empty: 4/3 of the cropped box.",
         help="Size of the square cut from each tilt image before the CTF is applied (tutorial: 256 at bin 2 of "
-             "its data). It must hold the particle plus the CTF's delocalisation: about 100 Å each side at 4 µm "
-             "defocus and 8 Å resolution. Empty: 150 Å plus twice the delocalisation at the voxel size's Nyquist "
-             "frequency and the series' largest defocus, and at least 4/3 of the cropped box.")
+             "its data). A larger box keeps more of the CTF's delocalised signal (about 100 Å each side at 4 µm "
+             "defocus and 8 Å) but the extraction's time and memory grow with its square. Empty: 4/3 of the "
+             "cropped box.")
     crop_px: int | None = param(
         None, title="Cropped box size", unit="px", hard=(8, 1024), suggest=(16, 256), empty_means="≈ 256 Å",
         tutorial=128, tutorial_note="128 × 2.7 Å ≈ 350 Å in the tutorial; empty: ≈ 256 Å, apoferritin with a margin.",
         help="Final box after the CTF has been applied (tutorial: 128): the particle with a margin. Empty: about "
-             "256 Å (an even number of voxels).")
+             "256 Å (an even number of voxels), or 192 Å where the refinement would not fit in half this "
+             "computer's memory.")
 
 
 def _even_at_least(n: float, lo: int = 8) -> int:
@@ -175,40 +178,78 @@ def _even_at_least(n: float, lo: int = 8) -> int:
         m += 2
 
 
+def refine_memory_bytes(n_particles: int, n_views: int, box_px: int, crop_px: int) -> int:
+    """About the memory (bytes) a refinement of ``n_particles`` extracted at ``box_px`` (before the crop) and
+    ``crop_px`` takes: the pseudo-subtomograms' data, weights and transforms (``24 crop³`` each, as
+    :meth:`tomoguide.steps.refine.Refine.estimate` counts them) and the kept sub-tilts of ``n_views`` views
+    (:func:`reconstructor_bytes`: ``10.4 box²`` each)."""
+    return int(n_particles * (24 * crop_px**3 + n_views * box_px**2 * (4 + 0.4 * 16)))
+
+
+def memory_budget_bytes() -> int | None:
+    """Half this machine's physical memory: what the automatic sizes of the finer extraction let its refinement
+    take (a fixed share of the installed memory, not of what is free now, so the same machine always chooses the
+    same sizes); None where unknown."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def extraction_sizes(params: ExtractParams, *, pixel_size_A: float, max_defocus_A: float, voltage_kV: float,
-                     fine: bool, coarse_binning: float | None = None) -> tuple[float, int, int]:
+                     fine: bool, coarse_binning: float | None = None, n_particles: int | None = None,
+                     n_views: int | None = None, memory_bytes: int | None = None) -> tuple[float, int, int]:
     """``(binning, box_px, crop_px)``: the typed values, and for empty fields the ones chosen from the data.
 
     ``pixel_size_A``: the full-size series' pixel size; ``max_defocus_A``: the largest mean defocus of the
     series' views (Å, underfocus positive); ``coarse_binning``: the first extraction's binning (finer step only).
-    Binning: the first extraction ``round(8.1 Å / pixel)``; the finer one 2 (the tutorial's) where that gives
-    2.4-5 Å voxels, else ``round(2.7 Å / pixel)``, never coarser than the first. A typed box smaller than the
+    The first extraction: binning ``round(8.1 Å / pixel)``, crop ≈ 288 Å, and a box holding
+    :data:`PARTICLE_DIAMETER_A` plus, on each side, the CTF's delocalisation ``λ Δf k`` at the voxel size's
+    Nyquist frequency ``k = 1 / (2 voxel)`` (Å), at least 4/3 of the crop. A typed box smaller than the
     automatic crop is not cropped.
-    The box holds :data:`PARTICLE_DIAMETER_A` plus, on each side, the CTF's delocalisation ``λ Δf k`` at the
-    voxel size's Nyquist frequency ``k = 1 / (2 voxel)`` (Å), and is at least 4/3 of the crop.
+    The finer extraction refines at full sampling where the data and the memory allow (issue 19): the binning
+    nearest :data:`FINE_VOXEL_A` (the tutorial's bin 2 on its 1.35 Å data; bin 1 from 2 Å pixels up), never
+    coarser than the first; crop ≈ 256 Å (:data:`FINE_CROP_A`), box 4/3 of the crop (the tutorial's 128 / 96).
+    With ``n_particles``, ``n_views`` and ``memory_bytes`` the refinement's memory
+    (:func:`refine_memory_bytes`) must fit: else the crop shrinks to :data:`FINE_CROP_MIN_A` (the particle with
+    a margin), then the binning grows by 1 until it fits (or reaches the first extraction's).
     """
     from tomoguide.compute.ctf import electron_wavelength_A
 
-    if params.binning is not None:
-        binning = float(params.binning)
-    elif fine:
-        lo, hi = FINE_VOXEL_RANGE_A
-        binning = FINE_BINNING if lo <= FINE_BINNING * pixel_size_A <= hi else float(
-            max(1, round(FINE_VOXEL_A / pixel_size_A)))  # e.g. 0.8 Å pixels: bin 3 (2.4 Å), 2.7 Å: bin 1
-        binning = binning if coarse_binning is None else min(binning, float(coarse_binning))
-    else:
-        binning = float(max(1, round(COARSE_VOXEL_A / pixel_size_A)))
-    voxel = pixel_size_A * binning
-    crop = int(params.crop_px) if params.crop_px is not None else _even_at_least(
-        (FINE_CROP_A if fine else COARSE_CROP_A) / voxel)
-    if params.crop_px is None and params.box_px is not None and crop > int(params.box_px):
-        crop = int(params.box_px) - int(params.box_px) % 2  # a typed box smaller than the automatic crop: no crop
-    if params.box_px is not None:
-        box = int(params.box_px)
-    else:
+    def crop_for(voxel: float, crop_A: float) -> int:
+        crop = int(params.crop_px) if params.crop_px is not None else _even_at_least(crop_A / voxel)
+        if params.crop_px is None and params.box_px is not None and crop > int(params.box_px):
+            crop = int(params.box_px) - int(params.box_px) % 2  # a typed box smaller than the automatic crop
+        return crop
+
+    if not fine:
+        binning = float(params.binning) if params.binning is not None else float(
+            max(1, round(COARSE_VOXEL_A / pixel_size_A)))
+        voxel = pixel_size_A * binning
+        crop = crop_for(voxel, COARSE_CROP_A)
+        if params.box_px is not None:
+            return binning, int(params.box_px), crop
         deloc_A = electron_wavelength_A(voltage_kV) * max(max_defocus_A, 0.0) / (2.0 * voxel)
-        box = _even_at_least(max((PARTICLE_DIAMETER_A + 2.0 * deloc_A) / voxel, crop * 4.0 / 3.0))
-    return binning, box, crop
+        return binning, _even_at_least(max((PARTICLE_DIAMETER_A + 2.0 * deloc_A) / voxel, crop * 4.0 / 3.0)), crop
+    if params.binning is not None:
+        candidates = [float(params.binning)]
+    else:
+        first = float(max(1, round(FINE_VOXEL_A / pixel_size_A)))
+        last = first if coarse_binning is None else float(coarse_binning)
+        first = min(first, last)
+        candidates = [first + i for i in range(int(round(last - first)) + 1)]
+    choice = None
+    for binning in candidates:
+        voxel = pixel_size_A * binning
+        for crop_A in (FINE_CROP_A, FINE_CROP_MIN_A):
+            crop = crop_for(voxel, crop_A)
+            box = int(params.box_px) if params.box_px is not None else _even_at_least(crop * 4.0 / 3.0)
+            choice = (binning, box, crop)
+            if n_particles is None or memory_bytes is None or refine_memory_bytes(
+                    n_particles, n_views or 61, box, crop) <= memory_bytes:
+                return choice
+    assert choice is not None
+    return choice
 
 
 def registry_title(step_id: str) -> str:
@@ -674,9 +715,16 @@ class Extract(Step):
                 mean = mean[np.isfinite(mean)]
                 if mean.size:
                     max_defocus = max(max_defocus, float(np.percentile(mean, 90)))
+        coarse = self._coarse_binning(ctx, g.pixel_size_A)
+        n_particles = n_views = budget = None
+        if coarse is not None:
+            # the finer extraction sizes itself so that its refinement fits in this machine's memory
+            n_particles = len(self._particles(ctx))
+            n_views = max((int(s.geometry.included_views().size) for s in sset.series), default=61)
+            budget = memory_budget_bytes()
         return extraction_sizes(params, pixel_size_A=g.pixel_size_A, max_defocus_A=max_defocus,
-                                voltage_kV=g.optics.voltage_kV, fine=self._coarse_binning(ctx, g.pixel_size_A)
-                                is not None, coarse_binning=self._coarse_binning(ctx, g.pixel_size_A))
+                                voltage_kV=g.optics.voltage_kV, fine=coarse is not None, coarse_binning=coarse,
+                                n_particles=n_particles, n_views=n_views, memory_bytes=budget)
 
     def _particles(self, ctx: RunContext) -> pd.DataFrame:
         from tomoguide.compute.io.star import read_particles_star
@@ -711,9 +759,22 @@ class Extract(Step):
             return (yield from run_relion_import(params, ctx))
         sset, base = SeriesSet.load(ctx.output("exclude", "series"))
         binning, box_px, crop_px = self.sizes(params, ctx)
-        ctx.log(f"binning {binning:g} ({'typed' if params.binning is not None else 'from the pixel size'}), box "
-                f"{box_px} px ({'typed' if params.box_px is not None else 'from the defocus'}), cropped box "
-                f"{crop_px} px ({'typed' if params.crop_px is not None else 'from the voxel size'})")
+        px = sset.series[0].geometry.pixel_size_A
+        fine = self._coarse_binning(ctx, px) is not None
+        why_bin = "typed" if params.binning is not None else "from the pixel size and the memory" if fine else \
+            "from the pixel size"
+        why_box = "typed" if params.box_px is not None else "4/3 of the crop" if fine else "from the defocus"
+        ctx.log(f"binning {binning:g} ({why_bin}), box {box_px} px ({why_box}), cropped box {crop_px} px "
+                f"({'typed' if params.crop_px is not None else 'from the voxel size'})")
+        if fine and params.binning is None:
+            budget = memory_budget_bytes()
+            n_views = max((int(s.geometry.included_views().size) for s in sset.series), default=61)
+            need = refine_memory_bytes(len(self._particles(ctx)), n_views, box_px, crop_px)
+            limited = budget is not None and (binning > max(1, round(FINE_VOXEL_A / px))
+                                              or crop_px * binning * px < FINE_CROP_A - 1e-6)
+            ctx.log(f"the refinement at these sizes takes about {need / 1e9:.1f} GB"
+                    + (f"; finer voxels or a larger crop would not fit in the {budget / 1e9:.1f} GB (half this "
+                       "computer's memory) the automatic sizes allow" if limited else ""))
         if crop_px > box_px:
             raise ValueError(f"the cropped box ({crop_px} px) must not be larger than the box ({box_px} px)")
         df = self._prepare(self._particles(ctx), params)

@@ -1,0 +1,72 @@
+"""Per-view in-plane rotations of an alignment against the simulator's truth (issue 19: the view rotations that limit
+averages at full sampling).
+
+    python bench/view_rotations.py ROOT [ROOT ...] [--step align] [--out bench/results/view_rotations.json]
+
+``ROOT`` holds ``project/`` and ``truth/`` (a demo or a scenario of ``bench/scenarios.py``). For every series of the
+step's output (``align``, ``assign_alignment``, or ``extract_fine`` for the records corrected from the particles,
+``acquisition/``) the rotation of each view's transform ``A`` (``A = R(−axis_v)``) is compared with the truth's, the
+common part (the mean: an axis error, measured by the alignment bench) removed; modulo 180° (a series whose axis is
+read 180° off has the same views). Reported per series: RMS and largest error over the included views, the mean
+offset, and the truth's own spread (what a single tilt axis for all views would leave).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from tomoguide import truth as T
+from tomoguide.geometry import rotation_angle_deg
+from tomoguide.steps.records import SeriesSet
+
+
+def series_of(project: Path, step: str) -> tuple[SeriesSet, Path]:
+    run = sorted((project / "steps" / step).glob("run-*"))[-1]
+    folder = run / "acquisition" if step == "extract_fine" else run
+    return SeriesSet.load(folder)
+
+
+def rotation_errors(root: Path, step: str) -> dict[str, dict[str, float]]:
+    sset, _ = series_of(root / "project", step)
+    out = {}
+    for s in sset.series:
+        g, tg = s.geometry, T.true_geometry(root / "truth", s.name)
+        est = rotation_angle_deg(g.xf_array()[:, :, :2])
+        true = rotation_angle_deg(tg.xf_array()[:, :, :2])[T._truth_views_for(tg, g.tilt_angles_deg)]
+        d = ((est - true + 180.0) % 360.0 - 180.0)[g.included_views()]
+        mean = float(np.angle(np.exp(2j * np.radians(d)).mean()) / 2.0 * 180.0 / np.pi)  # modulo 180°
+        e = (d - mean + 90.0) % 180.0 - 90.0
+        out[s.name] = {"rms_deg": float(np.sqrt(np.mean(e**2))), "max_deg": float(np.abs(e).max()),
+                       "mean_offset_deg": mean, "n_views": int(e.size),
+                       "truth_spread_rms_deg": float(np.std(rotation_angle_deg(tg.xf_array()[:, :, :2])))}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("roots", nargs="+", type=Path)
+    ap.add_argument("--step", default="align")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "view_rotations.json")
+    args = ap.parse_args()
+    res = {"step": args.step, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "roots": {}}
+    for root in args.roots:
+        res["roots"][root.name] = rotation_errors(root, args.step)
+        for name, r in res["roots"][root.name].items():
+            print(f"{root.name:16s} {name:10s} RMS {r['rms_deg']:.3f}°  max {r['max_deg']:.3f}°  "
+                  f"(truth's spread {r['truth_spread_rms_deg']:.3f}°)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    old[args.step if len(args.roots) > 1 else f"{args.step}:{args.roots[0].name}"] = res
+    args.out.write_text(json.dumps(old, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
