@@ -563,6 +563,14 @@ def _score_align(c: _Ctx, step: str) -> list[Measure]:
                                                      f"{view['worst_view_tilt_deg']:+.0f}° "
                                                      f"({view['worst_view_error_px'] * view['pixel_size_A']:.0f} Å)"
                                                      f"{note}"))
+        r = max(per.values(), key=lambda v: v["view_rotation"]["rms_deg"])["view_rotation"]
+        out.append(_info("align.view_rotations", "per-view rotation error (RMS, common axis removed)",
+                         f"{r['rms_deg']:.2f}° (worst view {r['max_deg']:.2f}°); the true views turn "
+                         f"{r['truth_spread_rms_deg']:.2f}° RMS about the axis",
+                         "How far each view's in-plane rotation is from the true one: a view turned by 0.3° moves a "
+                         "particle 1000 px from the centre by 5 px, which blurs averages at full sampling. The "
+                         "alignment fits a rotation per view (from 15 views); the truth's spread is what one "
+                         "rotation for all views leaves.", short=f"{r['rms_deg']:.2f}°"))
         off = [n for n, v in per.items() if abs(v["axis_error_mod360_deg"]) > 90]
         out.append(_info("align.direction", "tilt direction (axis mod 360°)",
                          f"180° off in {', '.join(off)}: the alignment cannot see it (the same line); the CTF "

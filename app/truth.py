@@ -259,14 +259,35 @@ def _true_geometry_like(truth_dir: Path, g: Any) -> Any:
     return tg.model_validate(d)
 
 
+def view_rotation_errors(g: Any, tg: Any) -> dict[str, float]:
+    """Each view's in-plane rotation of the geometry ``g`` (its transform ``A = R(−axis_v)``) against the true
+    geometry ``tg``'s, over ``g``'s included views, the common part (the mean: the tilt axis's error) removed, modulo
+    180° (an axis read 180° off has the same views): ``rms_deg``, ``max_deg``, ``mean_offset_deg``, ``n_views`` and
+    ``truth_spread_rms_deg`` (the true rotations' own spread: what one rotation for all views leaves)."""
+    from tomoguide.geometry import rotation_angle_deg
+
+    def about_mean(a: np.ndarray) -> tuple[np.ndarray, float]:
+        """Angles (degrees) about their circular mean modulo 180°, and that mean."""
+        mean = float(np.degrees(np.angle(np.exp(2j * np.radians(a)).mean())) / 2.0)
+        return (a - mean + 90.0) % 180.0 - 90.0, mean
+
+    est = rotation_angle_deg(g.xf_array()[:, :, :2])
+    true_all = rotation_angle_deg(tg.xf_array()[:, :, :2])
+    true = true_all[_truth_views_for(tg, g.tilt_angles_deg)]
+    e, mean = about_mean((est - true)[g.included_views()])
+    spread, _ = about_mean(true_all)
+    return {"rms_deg": float(np.sqrt(np.mean(e**2))), "max_deg": float(np.abs(e).max()), "mean_offset_deg": mean,
+            "n_views": int(e.size), "truth_spread_rms_deg": float(np.sqrt(np.mean(spread**2)))}
+
+
 def alignment_errors(truth_dir: Path, align_series: Path, *,
                      leave_out_tilts_deg: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """Tilt-axis angle and per-view shift errors of an alignment against the truth, at the alignment's binning.
 
     The specimen origin of an alignment is arbitrary (a 3D translation t of all points changes view i's shift by
     ``R(θ) [t_x cos β_i + t_z sin β_i, t_y]``); that translation is fitted by least squares and removed before the
-    RMS of the shift differences is taken (``shift_rms_px``); ``origin_offset_px`` is the fitted translation.
-    Excluded views, and per series the views at ``leave_out_tilts_deg`` (nominal tilts, e.g. planted dark views
+    RMS of the shift differences is taken (``shift_rms_px``); ``origin_offset_px`` is the fitted translation;
+    ``view_rotation`` the views' in-plane rotations against the truth (:func:`view_rotation_errors`). Excluded views, and per series the views at ``leave_out_tilts_deg`` (nominal tilts, e.g. planted dark views
     that no alignment can place), are left out of the fit and the RMS (``view_error_px`` still lists them).
     """
     sset, _ = SeriesSet.load(align_series)
@@ -290,7 +311,8 @@ def alignment_errors(truth_dir: Path, align_series: Path, *,
             "mean_residual_px": s.info.get("mean_residual_px"),
             "view_tilts_deg": [float(v) for v in g.tilt_angles_deg],
             "view_error_px": [float(v) for v in per_view],
-            "worst_view_tilt_deg": float(g.tilt_angles_deg[worst]), "worst_view_error_px": float(per_view[worst])}
+            "worst_view_tilt_deg": float(g.tilt_angles_deg[worst]), "worst_view_error_px": float(per_view[worst]),
+            "view_rotation": view_rotation_errors(g, true_geometry(truth_dir, s.name))}
     vals = out["series"].values()
     out["max_axis_error_deg"] = max(v["axis_error_deg"] for v in vals)
     out["max_shift_rms_px"] = max(v["shift_rms_px"] for v in vals)

@@ -19,10 +19,7 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
-
 from tomoguide import truth as T
-from tomoguide.geometry import rotation_angle_deg
 from tomoguide.steps.records import SeriesSet
 
 
@@ -34,18 +31,7 @@ def series_of(project: Path, step: str) -> tuple[SeriesSet, Path]:
 
 def rotation_errors(root: Path, step: str) -> dict[str, dict[str, float]]:
     sset, _ = series_of(root / "project", step)
-    out = {}
-    for s in sset.series:
-        g, tg = s.geometry, T.true_geometry(root / "truth", s.name)
-        est = rotation_angle_deg(g.xf_array()[:, :, :2])
-        true = rotation_angle_deg(tg.xf_array()[:, :, :2])[T._truth_views_for(tg, g.tilt_angles_deg)]
-        d = ((est - true + 180.0) % 360.0 - 180.0)[g.included_views()]
-        mean = float(np.angle(np.exp(2j * np.radians(d)).mean()) / 2.0 * 180.0 / np.pi)  # modulo 180°
-        e = (d - mean + 90.0) % 180.0 - 90.0
-        out[s.name] = {"rms_deg": float(np.sqrt(np.mean(e**2))), "max_deg": float(np.abs(e).max()),
-                       "mean_offset_deg": mean, "n_views": int(e.size),
-                       "truth_spread_rms_deg": float(np.std(rotation_angle_deg(tg.xf_array()[:, :, :2])))}
-    return out
+    return {s.name: T.view_rotation_errors(s.geometry, T.true_geometry(root / "truth", s.name)) for s in sset.series}
 
 
 def main() -> int:

@@ -121,6 +121,9 @@ def test_score_figures_are_the_benches(tiny_score: score.ProjectScore, scored_ro
         assert tiny_score.measure("ctf_estimate.defocus").value == pytest.approx(df["median_abs_error_A"])
         al = truth.alignment_errors(td, proj.output_path("align", "series"))
         assert tiny_score.measure("align.tilt_axis").value == pytest.approx(al["max_axis_error_deg"])
+        rot = tiny_score.measure("align.view_rotations")
+        r = al["series"]["TS_01"]["view_rotation"]
+        assert rot.grade == "info" and f"{r['rms_deg']:.2f}°" in rot.text and r["n_views"] >= 5
         tot = truth.pick_totals(truth.pick_errors(proj.output_path("pick", "particles"), td))
         assert tiny_score.measure("pick.recall").value == pytest.approx(100 * tot["recall"])
         if proj.data.steps["refine_fine"].status != "done":

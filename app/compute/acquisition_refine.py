@@ -33,9 +33,10 @@ Scores
     correlation), then a parabola. The rotation (when the particles' positions are given): for each θ of a 0.1°
     grid within ±``max_rotation_deg`` (then 0.02° about the best, then a parabola) each particle's cross-power is
     phase-shifted by its own displacement ``(R_θ − I) p_i`` before the sum and the shift search; it is kept only
-    when its gain of ``X`` over the shift alone exceeds 4 standard deviations under noise. The defocus: ``X(ε)/sqrt(Y(ε))`` on a coarse grid (±``defocus_range_A``,
-    ``defocus_step_A``), then a fine grid (1/10 of the step) around the best, then a parabola. Shift and defocus
-    are alternated ``rounds`` times (2-3).
+    when its gain of ``X`` over the shift alone exceeds 4 standard deviations under noise. The defocus:
+    ``X(ε)/sqrt(Y(ε))`` on a coarse grid (±``defocus_range_A``, ``defocus_step_A``), then a fine grid (1/10 of
+    the step) around the best, then a parabola. Shift and defocus are alternated ``rounds`` times (2-3; the
+    rotation is searched in the first, later rounds keep it).
 
 Which views change
     A view's corrections are kept only when its particles' signal is clearly there: ``X`` at the optimum exceeds
@@ -462,8 +463,7 @@ def refine_view(
         else:
             delta, edge = _shift_search(prod.sum(axis=0), flat, ju, jv, box, max_shift_px)
         if fit_defocus:
-            ph = particle_phase(theta, delta) if rotate else np.exp(2j * np.pi * (ju * delta[0] + jv * delta[1]) / box)
-            a_re = np.real(data * np.conj(dp) * (ph if ph.ndim == 2 else ph[None])).astype(np.float64)
+            a_re = np.real(data * np.conj(dp) * particle_phase(theta, delta)).astype(np.float64)
             b2 = (np.abs(dp) ** 2).astype(np.float64)
             scorer = _DefocusScorer(a_re, b2, w, chi0, k2, lam, amplitude_contrast)
             coarse = np.arange(-defocus_range_A, defocus_range_A + 0.5 * defocus_step_A, defocus_step_A)
@@ -486,8 +486,9 @@ def refine_view(
         ph_0 = np.exp(2j * np.pi * (ju * d0[0] + jv * d0[1]) / box)[None]
         x_r = float(np.sum(np.real(prod * ph_r) @ w))
         x_0 = float(np.sum(np.real(prod * ph_0) @ w))
-        a_i = np.real(np.sum(prod * ph_r * w, axis=1)) / np.maximum(np.sum(np.abs(dp * c) ** 2 * w, axis=1), 1e-30)
-        noise_r = np.abs(data - a_i[:, None] * dp * c * np.conj(ph_r)) ** 2
+        model_r = dp * c * np.conj(ph_r)
+        a_i = np.real(np.sum(prod * ph_r * w, axis=1)) / np.maximum(np.sum(np.abs(model_r) ** 2 * w, axis=1), 1e-30)
+        noise_r = np.abs(data - a_i[:, None] * model_r) ** 2
         var_r = float(np.sum((np.abs(dp * c) ** 2) * np.abs(ph_r - ph_0) ** 2 * noise_r @ (w * w))) / 2.0
         z_rot = (x_r - x_0) / math.sqrt(max(var_r, 1e-30)) if theta != 0.0 else 0.0
         if z_rot < 4.0 or abs(theta) > max_rotation_deg - 0.05:

@@ -1,12 +1,13 @@
 """The finer extraction's refinement of the acquisition from the particles (``extract_fine.refine_acquisition``).
 
 Before the particles are cut again at the finer binning, every tilt series' per-view shifts, in-plane rotations
-(about the image centre, within ±:data:`MAX_ROTATION_DEG`) and defocus are refined against the ``refine`` step's half maps (:func:`tomoguide.compute.acquisition_refine.refine_views`: each
-half set's particles against its own half map, gold standard), and the corrected geometry and CTF are what the
-extraction then uses. The corrected records are written into the step's run folder as a series set
-(``acquisition/series.json``: the geometry with the corrected ``xf`` shifts and rotations, ``<TS>_ctf.star`` with the corrected
-``rlnDefocusU/V``; the other files hard-linked from the ``exclude`` step's) and returned as the output ``series``,
-which the RELION 5 export prefers to the ``exclude`` step's.
+(about the image centre, within ±:data:`MAX_ROTATION_DEG`) and defocus are refined against the ``refine`` step's
+half maps (:func:`tomoguide.compute.acquisition_refine.refine_views`: each half set's particles against its own
+half map, gold standard), and the corrected geometry and CTF are what the extraction then uses. The corrected
+records are written into the step's run folder as a series set (``acquisition/series.json``: the geometry with the
+corrected ``xf`` shifts and rotations, ``<TS>_ctf.star`` with the corrected ``rlnDefocusU/V``; the other files
+hard-linked from the ``exclude`` step's) and returned as the output ``series``, which the RELION 5 export prefers
+to the ``exclude`` step's.
 
 Conventions: a view's correction puts every specimen point at ``C + Rθ (u − C) + δ`` in the raw view (``u`` its
 old position, ``C`` the image centre, θ counter-clockwise in raw x, y; ``δ`` px at the geometry's binning):

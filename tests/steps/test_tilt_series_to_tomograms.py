@@ -32,6 +32,25 @@ def project(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pro
     proj.close()
 
 
+def test_view_rotation_errors_against_planted_rotations(tiny_dataset: Path) -> None:
+    """The truth's own geometry scores 0; the same views turned by known angles (and the whole series by 2°, an axis
+    error that is removed) score those angles' spread about their mean; one rotation for all views leaves the
+    truth's own spread."""
+    from tomoguide.compute.acquisition_refine import apply_view_corrections
+
+    tg = truth.true_geometry(tiny_dataset / "truth", "TS_01")
+    same = truth.view_rotation_errors(tg, tg)
+    assert same["rms_deg"] < 1e-9 and same["truth_spread_rms_deg"] > 0.05
+    turn = np.linspace(-0.4, 0.4, tg.n_views)
+    xf = apply_view_corrections(tg.xf_array(), np.zeros((tg.n_views, 2)), turn + 2.0)
+    moved = tg.model_validate({**tg.model_dump(), "xf": xf})
+    r = truth.view_rotation_errors(moved, tg)
+    assert r["rms_deg"] == pytest.approx(float(np.sqrt(np.mean((turn - turn.mean()) ** 2))), abs=1e-6)
+    assert abs(r["mean_offset_deg"]) == pytest.approx(2.0, abs=1e-6)
+    flat = tg.with_xf_from_axis_and_shifts(tg.tilt_axis_deg, tg.specimen_shifts_px())
+    assert truth.view_rotation_errors(flat, tg)["rms_deg"] == pytest.approx(same["truth_spread_rms_deg"], abs=1e-6)
+
+
 def test_alignment_against_truth(project: Project, tiny_dataset: Path) -> None:
     err = truth.alignment_errors(tiny_dataset / "truth", project.output_path("align", "series"))
     s = err["series"]["TS_01"]
