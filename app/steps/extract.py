@@ -209,7 +209,9 @@ def extraction_sizes(params: ExtractParams, *, pixel_size_A: float, max_defocus_
     automatic crop is not cropped.
     The finer extraction refines at full sampling where the data and the memory allow (issue 19): the binning
     nearest :data:`FINE_VOXEL_A` (the tutorial's bin 2 on its 1.35 Å data; bin 1 from 2 Å pixels up), never
-    coarser than the first; crop ≈ 256 Å (:data:`FINE_CROP_A`), box 4/3 of the crop (the tutorial's 128 / 96).
+    coarser than the first; crop ≈ 256 Å (:data:`FINE_CROP_A`), box 4/3 of the crop (the tutorial's is 2×,
+    256 / 128: the extraction's time and the kept sub-tilts' memory grow with the box's square; 4/3 × 96 at 2 Å
+    voxels gave 5.9 Å on the small demo).
     With ``n_particles``, ``n_views`` and ``memory_bytes`` the refinement's memory
     (:func:`refine_memory_bytes`) must fit: else the crop shrinks to :data:`FINE_CROP_MIN_A` (the particle with
     a margin), then the binning grows by 1 until it fits (or reaches the first extraction's).

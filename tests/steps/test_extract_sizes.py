@@ -38,7 +38,7 @@ def test_boxes_hold_the_particle_and_the_ctf_delocalisation(pixel_A: float, defo
         deloc = electron_wavelength_A(300.0) * defocus_A / (2 * voxel)  # λ Δf k at Nyquist
         if not fine:
             assert box * voxel >= 150.0 + 2 * deloc - 1e-6
-        else:  # the tutorial's 128 / 96: the box 4/3 of the crop (time and memory grow with its square)
+        else:  # the box 4/3 of the crop (the tutorial's 2×: time and memory grow with the box's square)
             assert box == _even_at_least(crop * 4 / 3)
         assert box >= crop * 4 / 3 - 1e-9 and crop * voxel >= 150.0
         assert box % 2 == 0 and crop % 2 == 0 and _smooth(box) and _smooth(crop)
