@@ -287,8 +287,9 @@ def alignment_errors(truth_dir: Path, align_series: Path, *,
     The specimen origin of an alignment is arbitrary (a 3D translation t of all points changes view i's shift by
     ``R(θ) [t_x cos β_i + t_z sin β_i, t_y]``); that translation is fitted by least squares and removed before the
     RMS of the shift differences is taken (``shift_rms_px``); ``origin_offset_px`` is the fitted translation;
-    ``view_rotation`` the views' in-plane rotations against the truth (:func:`view_rotation_errors`). Excluded views, and per series the views at ``leave_out_tilts_deg`` (nominal tilts, e.g. planted dark views
-    that no alignment can place), are left out of the fit and the RMS (``view_error_px`` still lists them).
+    ``view_rotation`` the views' in-plane rotations against the truth (:func:`view_rotation_errors`). Excluded
+    views, and per series the views at ``leave_out_tilts_deg`` (nominal tilts, e.g. planted dark views that no
+    alignment can place), are left out of the fit and the RMS (``view_error_px`` still lists them).
     """
     sset, _ = SeriesSet.load(align_series)
     out: dict[str, Any] = {"series": {}}
