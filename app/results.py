@@ -41,7 +41,7 @@ VIEWERS: dict[str, tuple[tuple[str, ...], str]] = {
     "3dmod": (("3dmod",), "IMOD"),
 }
 #: the simulator's demo presets: how many particles they hold and the resolution (Å) they reach (README, bench/)
-DEMO_EXPECTED: dict[str, tuple[int, float]] = {"tiny": (16, 20.0), "small": (300, 8.2)}
+DEMO_EXPECTED: dict[str, tuple[int, float]] = {"tiny": (16, 20.0), "small": (300, 5.9)}  # at 2 Å voxels
 
 
 @dataclass

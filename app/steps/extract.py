@@ -139,10 +139,10 @@ class ExtractFineParams(ExtractParams):
              "tilt-series alignment and CTF refinement). Views whose particles give a clear signal get their "
              "shift and in-plane rotation (and, when the signal allows, their defocus) corrected; the corrected "
              "alignment and CTF are used for this extraction and exported. Worth it when the alignment is off by a "
-             "pixel or more (the small demo with views moved by 1-3 px: 11.5 Å -> 8.2 Å), or was made without "
-             "per-view rotations (at 2 Å voxels: 7.9 Å -> 5.9 Å); after the default alignment (rotations solved) "
+             "pixel or more (the small demo with views moved by 1-3 px: 10.2 Å -> 6.3 Å at 2 Å voxels), or was "
+             "made without per-view rotations (7.9 Å -> 5.9 Å); after the default alignment (rotations solved) "
              "it changes little and takes minutes, so it is off by default. The defocus of a view needs maps far "
-             "sharper than 8 Å to be measured; below that it is kept.")
+             "sharper than 6 Å and many particles per view to be measured; below that it is kept.")
     binning: float | None = param(
         None, title="Binning", unit="×", hard=(1.0, 32.0), suggest=(1.0, 12.0), empty_means="≈ 2.7 Å voxels",
         help="Binning of the finer extraction (tutorial: 2, i.e. 2.7 Å voxels on its 1.35 Å data). Must be finer "

@@ -60,6 +60,9 @@ def test_resolution_meaning_for_the_tiny_and_small_demos() -> None:
     assert "384 asymmetric units" in tiny  # 16 × 24 (O)
     worse = " ".join(results.resolution_meaning(40.0, 8.0, 16, "O", demo_preset="tiny"))
     assert "worse than it usually gives" in worse and "what it can give" not in worse
+    demo = " ".join(results.resolution_meaning(5.9, 2.0, 300, "O", demo_preset="small"))
+    assert "The small demo has 300 particles and reaches about 6 Å: 6 Å from 300 particles at 2 Å voxels is what " \
+           "it can give" in demo and "clearly resolved" in demo and "1.5 × Nyquist" in demo
     small = " ".join(results.resolution_meaning(8.2, 4.0, 301, "O"))
     assert "reached the Nyquist limit" in small and "α-helices" in small
     short = " ".join(results.resolution_meaning(14.0, 4.0, 301, "O"))
