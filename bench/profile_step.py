@@ -12,7 +12,8 @@ replaced by a direct call. Outputs go to a scratch folder
 project's record is not changed (the step's status, runs and metrics stay as they were).
 
 Prints the wall time, the load average before/after, and the top entries by cumulative and by own time
-(``tottime``); ``--dump`` writes the raw profile (callers: ``pstats``); ``--out`` writes the same text to a file (e.g. ``bench/results/profiles/refine_fine_before.txt``).
+(``tottime``); ``--dump`` writes the raw profile (callers: ``pstats``); ``--out`` writes the same text to a file
+(e.g. ``bench/results/profiles/refine_fine_before.txt``).
 The units a step hands to its run's executor (``ctx.map_units``: movies, tilt series, particle batches) are run here
 too, one after another (as the ``inline`` executor runs them, without its helper thread): the profile is of the
 work, not of a Dask cluster's scheduling. Numba's parallel kernels count as their calling function's own time.

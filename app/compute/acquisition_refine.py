@@ -42,8 +42,8 @@ Which views change
     A view's corrections are kept only when its particles' signal is clearly there: ``X`` at the optimum exceeds
     ``min_z`` (default 6) times its standard deviation under noise alone (``var X = Σ w² |CTF D P|² N / 2``, the
     noise power ``N`` of each sample estimated by the residual ``|F − a_i · model|²`` with each particle's
-    least-squares scale ``a_i``; the maximum of pure noise over the search's ~100 positions stays below 4), the shift did not stop at the search's edge and the
-    figure of merit did not fall. Otherwise the view keeps its values (corrections 0, ``refined`` False).
+    least-squares scale ``a_i``; the maximum of pure noise over the search's ~100 positions stays below 4), the
+    shift did not stop at the search's edge and the figure of merit did not fall. Otherwise the view keeps its values (corrections 0, ``refined`` False).
     The defocus needs more: the gain of the score ``S = X / sqrt(Y)`` from ``ε = 0`` to the optimum must exceed
     ``min_z_defocus`` (default 4) standard deviations of that difference under noise (S is linear in the data:
     ``var ΔS = Σ w² |D P|² (CTF(ε)/√Y(ε) − CTF(0)/√Y(0))² N / 2``) and ε must not sit at
@@ -346,6 +346,14 @@ def _defocus_score(a_re: np.ndarray, b_abs2: np.ndarray, w: np.ndarray, ctf_fn: 
     return out
 
 
+def _residual_power(data: np.ndarray, model: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(m, n) ``|F − a_i · model|²``: each sample's noise power estimated by the residual of the data ``data`` (m, n)
+    from ``model`` (m, n) with each particle's least-squares scale ``a_i`` (over the band's weights ``w`` (n,))."""
+    a_i = np.real(np.sum(data * np.conj(model) * w, axis=1)) / np.maximum(np.sum(np.abs(model) ** 2 * w, axis=1),
+                                                                           1e-30)
+    return np.abs(data - a_i[:, None] * model) ** 2
+
+
 def _particle_phases(pos: np.ndarray, theta_deg: float, delta: np.ndarray, ju: np.ndarray, jv: np.ndarray,
                      box: int) -> np.ndarray:
     """(m, n) complex128 ``e^{2πi j·s_i / E}`` with ``s_i = δ + (Rθ − I) p_i``: where each particle lies (px from its
@@ -486,9 +494,7 @@ def refine_view(
         ph_0 = np.exp(2j * np.pi * (ju * d0[0] + jv * d0[1]) / box)[None]
         x_r = float(np.sum(np.real(prod * ph_r) @ w))
         x_0 = float(np.sum(np.real(prod * ph_0) @ w))
-        model_r = dp * c * np.conj(ph_r)
-        a_i = np.real(np.sum(prod * ph_r * w, axis=1)) / np.maximum(np.sum(np.abs(model_r) ** 2 * w, axis=1), 1e-30)
-        noise_r = np.abs(data - a_i[:, None] * model_r) ** 2
+        noise_r = _residual_power(data, dp * c * np.conj(ph_r), w)
         var_r = float(np.sum((np.abs(dp * c) ** 2) * np.abs(ph_r - ph_0) ** 2 * noise_r @ (w * w))) / 2.0
         z_rot = (x_r - x_0) / math.sqrt(max(var_r, 1e-30)) if theta != 0.0 else 0.0
         if z_rot < 4.0 or abs(theta) > max_rotation_deg - 0.05:
@@ -498,10 +504,7 @@ def refine_view(
     # least-squares scale; unbiased for the sum but for the fitted scales' few degrees of freedom)
     c = ctf_fn(eps)
     ph = particle_phase(theta, delta)  # (m, n)
-    model = dp * c * np.conj(ph)
-    a_i = np.real(np.sum(data * np.conj(model) * w, axis=1)) / np.maximum(np.sum(np.abs(model) ** 2 * w, axis=1),
-                                                                           1e-30)
-    noise = np.abs(data - a_i[:, None] * model) ** 2
+    noise = _residual_power(data, dp * c * np.conj(ph), w)
     x = float(np.sum(np.real(data * np.conj(dp) * ph) * c @ w))
     var = float(np.sum((np.abs(dp * c) ** 2) * noise @ (w * w))) / 2.0
     z = x / math.sqrt(max(var, 1e-30))

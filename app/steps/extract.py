@@ -702,9 +702,15 @@ class Extract(Step):
     def sizes(self, params: ExtractParams, ctx: RunContext) -> tuple[float, int, int]:
         """``(binning, box_px, crop_px)`` for this run: typed values, the others from the data
         (:func:`extraction_sizes`: the pixel size and the largest defocus of the non-excluded views)."""
+        sset, base = SeriesSet.load(ctx.output("exclude", "series"))
+        return self._sizes(params, ctx, sset, base)[0]
+
+    def _sizes(self, params: ExtractParams, ctx: RunContext, sset: SeriesSet, base: Path,
+               n_particles: int | None = None) -> tuple[tuple[float, int, int], tuple[int, int, int | None] | None]:
+        """:meth:`sizes` and, for the finer extraction, what its memory rule used: ``(particles, views, budget
+        bytes)`` (None for the first extraction). ``n_particles``: the particles' count when already read."""
         from tomoguide.compute.io.star import read_ctf_star
 
-        sset, base = SeriesSet.load(ctx.output("exclude", "series"))
         g = sset.series[0].geometry
         max_defocus = 0.0
         if params.box_px is None:
@@ -718,15 +724,18 @@ class Extract(Step):
                 if mean.size:
                     max_defocus = max(max_defocus, float(np.percentile(mean, 90)))
         coarse = self._coarse_binning(ctx, g.pixel_size_A)
-        n_particles = n_views = budget = None
+        memory = None
         if coarse is not None:
             # the finer extraction sizes itself so that its refinement fits in this machine's memory
-            n_particles = len(self._particles(ctx))
-            n_views = max((int(s.geometry.included_views().size) for s in sset.series), default=61)
-            budget = memory_budget_bytes()
-        return extraction_sizes(params, pixel_size_A=g.pixel_size_A, max_defocus_A=max_defocus,
-                                voltage_kV=g.optics.voltage_kV, fine=coarse is not None, coarse_binning=coarse,
-                                n_particles=n_particles, n_views=n_views, memory_bytes=budget)
+            memory = (len(self._particles(ctx)) if n_particles is None else int(n_particles),
+                      max((int(s.geometry.included_views().size) for s in sset.series), default=61),
+                      memory_budget_bytes())
+        found = extraction_sizes(params, pixel_size_A=g.pixel_size_A, max_defocus_A=max_defocus,
+                                 voltage_kV=g.optics.voltage_kV, fine=coarse is not None, coarse_binning=coarse,
+                                 n_particles=None if memory is None else memory[0],
+                                 n_views=None if memory is None else memory[1],
+                                 memory_bytes=None if memory is None else memory[2])
+        return found, memory
 
     def _particles(self, ctx: RunContext) -> pd.DataFrame:
         from tomoguide.compute.io.star import read_particles_star
@@ -760,18 +769,18 @@ class Extract(Step):
         if params.source == RELION_SOURCE:
             return (yield from run_relion_import(params, ctx))
         sset, base = SeriesSet.load(ctx.output("exclude", "series"))
-        binning, box_px, crop_px = self.sizes(params, ctx)
+        picked = self._particles(ctx)
+        (binning, box_px, crop_px), memory = self._sizes(params, ctx, sset, base, n_particles=len(picked))
         px = sset.series[0].geometry.pixel_size_A
-        fine = self._coarse_binning(ctx, px) is not None
+        fine = memory is not None
         why_bin = "typed" if params.binning is not None else "from the pixel size and the memory" if fine else \
             "from the pixel size"
         why_box = "typed" if params.box_px is not None else "4/3 of the crop" if fine else "from the defocus"
         ctx.log(f"binning {binning:g} ({why_bin}), box {box_px} px ({why_box}), cropped box {crop_px} px "
                 f"({'typed' if params.crop_px is not None else 'from the voxel size'})")
-        if fine and params.binning is None:
-            budget = memory_budget_bytes()
-            n_views = max((int(s.geometry.included_views().size) for s in sset.series), default=61)
-            need = refine_memory_bytes(len(self._particles(ctx)), n_views, box_px, crop_px)
+        if memory is not None and params.binning is None:
+            n_particles, n_views, budget = memory
+            need = refine_memory_bytes(n_particles, n_views, box_px, crop_px)
             limited = budget is not None and (binning > max(1, round(FINE_VOXEL_A / px))
                                               or crop_px * binning * px < FINE_CROP_A - 1e-6)
             ctx.log(f"the refinement at these sizes takes about {need / 1e9:.1f} GB"
@@ -779,7 +788,7 @@ class Extract(Step):
                        "computer's memory) the automatic sizes allow" if limited else ""))
         if crop_px > box_px:
             raise ValueError(f"the cropped box ({crop_px} px) must not be larger than the box ({box_px} px)")
-        df = self._prepare(self._particles(ctx), params)
+        df = self._prepare(picked, params)
         if len(df) == 0:
             step, _ = self.particles_from
             raise ValueError(f"there are no particles to extract: the step “{registry_title(step)}” gave none "

@@ -59,6 +59,22 @@ def _particles(vol, rots, mats, shifts, defocus, noise, rng):
     return imgs, doses
 
 
+def _scene(seed: int, tilts: tuple[float, ...], m: int) -> tuple:
+    """``(rng, map, view matrices, particle rotations)`` of a small test: a blob map, views at ``tilts``, ``m``
+    random orientations (tilt uniform in degrees), drawn in this order from ``default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    vol = _blob_map(rng)
+    mats = np.stack([_tilt(t) for t in tilts])
+    rots = euler_to_matrix(np.c_[rng.uniform(0, 360, m), rng.uniform(0, 180, m), rng.uniform(0, 360, m)])
+    return rng, vol, mats, rots
+
+
+def _positions(rng: np.random.Generator, m: int, k: int) -> np.ndarray:
+    """(m, k, 2) px from the image centre: each particle 150-600 px out, at the same place in all k views."""
+    r, a = rng.uniform(150, 600, m), rng.uniform(0, 2 * np.pi, m)
+    return np.repeat(np.c_[r * np.cos(a), r * np.sin(a)][:, None], k, axis=1)
+
+
 def _planted() -> dict:
     rng = np.random.default_rng(3)
     vol = _blob_map(rng)
@@ -103,11 +119,8 @@ def test_planted_shifts_and_defocus_are_recovered(planted):
 
 def test_correct_acquisition_is_left_alone():
     """Noise-free particles with their true shifts (0) and defocus: corrections within 0.02 px and 10 Å."""
-    rng = np.random.default_rng(5)
-    vol = _blob_map(rng)
-    mats = np.stack([_tilt(t) for t in (0.0, -20.0, 20.0)])
     m = 12
-    rots = euler_to_matrix(np.c_[rng.uniform(0, 360, m), rng.uniform(0, 180, m), rng.uniform(0, 360, m)])
+    rng, vol, mats, rots = _scene(5, (0.0, -20.0, 20.0), m)
     df = np.full((m, 3), 25000.0)
     imgs, doses = _particles(vol, rots, mats, np.zeros((3, 2)), df, 0.0, rng)
     res = AR.refine_views(imgs, mats, rots, [vol], np.zeros(m, int), df, pixel_size_A=PX, reference_voxel_A=PX,
@@ -119,11 +132,8 @@ def test_correct_acquisition_is_left_alone():
 
 def test_pure_noise_changes_nothing():
     """Particles that are only noise: no view passes the significance test, every correction stays 0."""
-    rng = np.random.default_rng(7)
-    vol = _blob_map(rng)
-    mats = np.stack([_tilt(t) for t in (0.0, 20.0, -20.0, 40.0)])
     m = 16
-    rots = euler_to_matrix(np.c_[rng.uniform(0, 360, m), rng.uniform(0, 180, m), rng.uniform(0, 360, m)])
+    rng, vol, mats, rots = _scene(7, (0.0, 20.0, -20.0, 40.0), m)
     imgs = rng.normal(size=(m, 4, E, E)).astype(np.float32)
     res = AR.refine_views(imgs, mats, rots, [vol], np.zeros(m, int), np.full((m, 4), 30000.0), pixel_size_A=PX,
                           reference_voxel_A=PX, resolution_A=8.5)
@@ -202,9 +212,7 @@ def test_planted_view_rotations_are_recovered():
     m, k = 32, tilts.size
     rots = euler_to_matrix(np.c_[rng.uniform(0, 360, m), np.degrees(np.arccos(rng.uniform(-1, 1, m))),
                                  rng.uniform(0, 360, m)])
-    r = rng.uniform(150, 600, m)
-    a = rng.uniform(0, 2 * np.pi, m)
-    pos = np.repeat(np.c_[r * np.cos(a), r * np.sin(a)][:, None], k, axis=1)  # (m, k, 2) px from the centre
+    pos = _positions(rng, m, k)
     theta = rng.uniform(0.3, 0.8, k) * rng.choice([-1.0, 1.0], k)
     ang = rng.uniform(0, 2 * np.pi, k)
     delta = np.c_[np.cos(ang), np.sin(ang)] * rng.uniform(1.0, 3.0, k)[:, None]
@@ -224,13 +232,9 @@ def test_planted_view_rotations_are_recovered():
 
 def test_no_rotation_is_left_unturned():
     """Views that are not turned (shifts only) keep rotation 0: the rotation's gain is not significant."""
-    rng = np.random.default_rng(22)
-    vol = _blob_map(rng)
-    mats = np.stack([_tilt(t) for t in (0.0, -20.0, 20.0)])
     m = 24
-    rots = euler_to_matrix(np.c_[rng.uniform(0, 360, m), rng.uniform(0, 180, m), rng.uniform(0, 360, m)])
-    r, a = rng.uniform(150, 600, m), rng.uniform(0, 2 * np.pi, m)
-    pos = np.repeat(np.c_[r * np.cos(a), r * np.sin(a)][:, None], 3, axis=1)
+    rng, vol, mats, rots = _scene(22, (0.0, -20.0, 20.0), m)
+    pos = _positions(rng, m, 3)
     delta = np.array([[1.5, -0.5], [0.0, 2.0], [-1.0, -1.0]])
     df = np.full((m, 3), 25000.0)
     imgs, doses = _particles(vol, rots, mats, delta, df, 0.3, rng)
