@@ -1,6 +1,6 @@
 """Profile one step's work in the main thread (issue 20, item 1).
 
-    python bench/profile_step.py PROJECT STEP [--top 30] [--out FILE.txt] [--keep]
+    python bench/profile_step.py PROJECT STEP [--top 30] [--out FILE.txt] [--keep] [--threads N]
 
 The wizard runs a step's generator in a worker thread, and long compute calls inside a step run in another one
 (``RunContext.run_in_thread``); ``cProfile`` follows neither. This script builds the
@@ -63,9 +63,13 @@ def _inline_units(ctx: Any) -> Callable[..., Generator[Any, None, dict[str, Any]
 
 
 def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool = False,
-                 dump: Path | None = None) -> str:
+                 dump: Path | None = None, threads: int | None = None) -> str:
     """Run ``step_id`` of the project in ``project_dir`` under cProfile in this thread; return the report text.
-    ``dump``: also write the raw profile there (``pstats`` format: callers, ``snakeviz``)."""
+    ``dump``: also write the raw profile there (``pstats`` format: callers, ``snakeviz``); ``threads``: the CPU
+    threads of the work (:func:`tomoguide.compute.backend.cpu_threads`, as beside a local cluster of that many
+    single-threaded workers; None: all cores). Comparing the profiles with 1 and 2 threads shows the serial
+    parts (the functions whose own time does not drop)."""
+    from tomoguide.compute.backend import cpu_threads
     from tomoguide.project import Project
     from tomoguide.runner import StepRun
 
@@ -86,14 +90,15 @@ def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool =
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     try:
-        prof.enable()
-        gen = run.step.run(params, ctx)
-        while True:
-            try:
-                next(gen)
-            except StopIteration:
-                break
-        prof.disable()
+        with cpu_threads(threads):
+            prof.enable()
+            gen = run.step.run(params, ctx)
+            while True:
+                try:
+                    next(gen)
+                except StopIteration:
+                    break
+            prof.disable()
     finally:
         wall = time.perf_counter() - t0
         if not keep:
@@ -104,7 +109,8 @@ def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool =
     out = io.StringIO()
     out.write(f"step {step_id} of {project_dir}: {wall:.2f} s wall (under cProfile)\n")
     out.write(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
-              f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; {os.cpu_count()} CPUs\n\n")
+              f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; {os.cpu_count()} CPUs; "
+              f"threads {'all' if threads is None else threads}\n\n")
     for key in ("cumulative", "tottime"):
         out.write(f"===== top {top} by {key} =====\n")
         st = pstats.Stats(prof, stream=out)
@@ -120,8 +126,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the report to this text file")
     ap.add_argument("--keep", action="store_true", help="keep the scratch output folder")
     ap.add_argument("--dump", type=Path, default=None, help="also write the raw profile (pstats) to this file")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of the work (default: all cores; 1 and 2 side by side show the serial parts)")
     args = ap.parse_args()
-    text = profile_step(args.project, args.step, top=args.top, keep=args.keep, dump=args.dump)
+    text = profile_step(args.project, args.step, top=args.top, keep=args.keep, dump=args.dump,
+                        threads=args.threads)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

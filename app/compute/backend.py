@@ -23,7 +23,7 @@ import contextvars
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, Literal
 
@@ -150,6 +150,40 @@ def fft_workers() -> int:
     cores)."""
     n = _THREADS.get()
     return -1 if n is None else n
+
+
+def thread_budget() -> int:
+    """How many threads work in this thread may use: the budget of :func:`cpu_threads`, else the cores this
+    process may run on (its CPU affinity)."""
+    n = _THREADS.get()
+    if n is not None:
+        return max(1, int(n))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def map_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` on :func:`thread_budget` threads (in order; one thread: in this thread). For
+    work that releases the GIL (file reads, numpy casts and gathers, ``scipy.fft``); each call runs inside
+    ``cpu_threads(1)`` so that the threads do not each start their own parallel FFTs. ``fn`` must not call
+    numba's parallel kernels (numba's ``workqueue`` threading layer, where no OpenMP or TBB is installed, aborts
+    on concurrent launches)."""
+    n = min(thread_budget(), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(x: Any) -> Any:
+        token = _THREADS.set(1)
+        try:
+            return fn(x)
+        finally:
+            _THREADS.reset(token)
+
+    with ThreadPoolExecutor(n, thread_name_prefix="tomoguide-map") as pool:
+        return list(pool.map(one, items))
 
 
 @contextlib.contextmanager

@@ -688,7 +688,7 @@ def prepare_reference(vol: np.ndarray, mask: np.ndarray | None, *, pad: int = 2)
     big = np.zeros((p, p, p))
     o = p // 2 - b // 2
     big[o:o + b, o:o + b, o:o + b] = v
-    return _centred_fft(big).astype(np.complex64)[None]
+    return ST.centred_fftn(big, single=True)[None]
 
 
 def _shift_set(step_px: float, n: int) -> np.ndarray:

@@ -286,6 +286,7 @@ def load_particles(folder: Path, rows: np.ndarray | None = None) -> tuple[Partic
     particles (0-based rows of the table, in this order; a batch of the refinement's expectation step).
     """
     from tomoguide.compute import sta
+    from tomoguide.compute.backend import map_threads
     from tomoguide.compute.io.mrc import read_mrc
     from tomoguide.compute.io.star import read_particles_star
 
@@ -296,7 +297,9 @@ def load_particles(folder: Path, rows: np.ndarray | None = None) -> tuple[Partic
     data = np.empty((m, b, b, b), np.float32)
     weights = np.empty((m, b, b, b), np.float32)
     mats = {k: np.asarray(v, np.float64) for k, v in rec.info.get("view_matrices", {}).items()}
-    for i, row in enumerate(df.itertuples(index=False)):
+
+    def read(item: tuple[int, Any]) -> None:
+        i, row = item
         d, _ = read_mrc(resolve_in(base, str(row.rlnImageName), "rlnImageName"))
         w, _ = read_mrc(resolve_in(base, str(row.rlnCtfImage), "rlnCtfImage"))
         if rec.dimensionality == 2:
@@ -305,6 +308,13 @@ def load_particles(folder: Path, rows: np.ndarray | None = None) -> tuple[Partic
             data[i], weights[i] = d3, w3
         else:
             data[i], weights[i] = d, w
+
+    items = list(enumerate(df.itertuples(index=False)))
+    if rec.dimensionality == 2:  # the insertion runs numba's parallel kernels: not from several threads
+        for item in items:
+            read(item)
+    else:  # the files on the thread budget's threads, each particle into its own rows (reads free the GIL)
+        map_threads(read, items)
     return rec, ps, data, weights
 
 
@@ -333,6 +343,7 @@ def load_reconstructor(folder: Path) -> Any:
     un-shifted 2D FFT grid; views ``info["views_used"][tomo]``, matrices ``info["view_matrices"][tomo]``.
     """
     from tomoguide.compute import sta
+    from tomoguide.compute.backend import map_threads
     from tomoguide.compute.io.mrc import read_mrc
     from tomoguide.compute.io.star import read_particles_star
 
@@ -345,14 +356,18 @@ def load_reconstructor(folder: Path) -> Any:
         raise ValueError(f"{base / 'particles.json'}: info.uncropped_subtilts names {len(names)} particles, "
                          f"particles.star {len(df)}")
     mats = {k: np.asarray(v, np.float64) for k, v in rec.info.get("view_matrices", {}).items()}
-    sets = []
-    for (img_name, w_name), tomo in zip(names, df["rlnTomoName"].astype(str), strict=True):
+
+    def read(item: tuple[Any, str]) -> Any:
+        (img_name, w_name), tomo = item
         d, _ = read_mrc(resolve_in(base, str(img_name), "info.uncropped_subtilts"))
         w, _ = read_mrc(resolve_in(base, str(w_name), "info.uncropped_subtilts"))
         views = np.asarray(rec.info["views_used"][tomo], np.int64)
-        sets.append(sta.Subtilts(images=np.asarray(d)[None], weights=np.asarray(w)[None],
-                                 view_matrices=mats[tomo][views], views=views, pixel_size_A=rec.voxel_A,
-                                 defocus_A=np.zeros((1, views.size)), crop_px=rec.box_px))
+        return sta.Subtilts(images=np.asarray(d)[None], weights=np.asarray(w)[None],
+                            view_matrices=mats[tomo][views], views=views, pixel_size_A=rec.voxel_A,
+                            defocus_A=np.zeros((1, views.size)), crop_px=rec.box_px)
+
+    # the files on the thread budget's threads (the reads free the GIL), in the order of particles.star
+    sets = map_threads(read, list(zip(names, df["rlnTomoName"].astype(str), strict=True)))
     return sta.Reconstructor(sets)
 
 

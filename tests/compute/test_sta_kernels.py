@@ -108,3 +108,61 @@ def test_symmetrise_with_signed_permutations_reads_grid_points(group: str) -> No
     # a non-permutation group (I) takes the interpolating kernel and still runs
     dg, wg = sta.symmetrise_grid(g, w, symmetry_matrices("I"))
     assert np.isfinite(dg).all() and wg is not None
+
+
+@pytest.mark.parametrize(("p", "kind"), [(16, "complex"), (16, "real"), (16, "complex, no conjugate"),
+                                         (15, "complex"), (6, "real")])
+def test_hermitian_fill_equals_the_numpy_reference(p: int, kind: str) -> None:
+    """The parallel pairwise fill (even P) gives the numpy expression's grid exactly, the centre voxel and the
+    self-mirrored central plane included; odd P goes through the numpy reference."""
+    rng = np.random.default_rng(p)
+    g = rng.normal(size=(p, p, p)) + (1j * rng.normal(size=(p, p, p)) if kind != "real" else 0.0)
+    conj = kind == "complex"
+    want = sta._hermitian_fill_reference(g.copy(), conj)
+    got = sta._hermitian_fill(g.copy(), conj)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == g.dtype
+
+
+@pytest.mark.parametrize(("shape", "inverse", "real"), [((32, 32, 32), False, False), ((32, 32, 32), True, True),
+                                                        ((16, 16, 16), True, False), ((10, 12, 14), False, True),
+                                                        ((9, 9, 9), True, True)])
+def test_centred_fftn_in_single_precision(shape: tuple[int, int, int], inverse: bool, real: bool) -> None:
+    """``single=True`` (the averaging's grids) gives the double-precision transform to float32 rounding, in
+    complex64 / float32."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    want = sta.centred_fftn(x, inverse=inverse, real=real)
+    got = sta.centred_fftn(x, inverse=inverse, real=real, single=True)
+    assert got.dtype == (np.float32 if real else np.complex64)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("tau_kind", ["number", "grid"])
+def test_wiener_divide_equals_the_numpy_expression(tau_kind: str) -> None:
+    rng = np.random.default_rng(3)
+    p = 20
+    d = rng.normal(size=(p, p, p)) + 1j * rng.normal(size=(p, p, p))
+    w = rng.random((p, p, p))
+    tau = 0.3 if tau_kind == "number" else rng.random((p, p, p)) + 0.1
+    want = np.where(sta._inside_sphere(p), d / (w + tau), 0)
+    got = sta.wiener_divide(d, w, tau)
+    assert got.dtype == np.complex64
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    assert np.count_nonzero(got) == np.count_nonzero(want)
+    with pytest.raises(ValueError, match="do not match"):
+        sta.wiener_divide(d, w[:-1], tau)
+
+
+def test_accumulator_sum_and_iteration_step_equal_numpy() -> None:
+    """The parallel helpers of :meth:`sta.Reconstructor.corrected`: the per-thread accumulators' sum and
+    ``2 D - A G₀`` inside the sphere (D outside)."""
+    rng = np.random.default_rng(4)
+    p = 12
+    acc = rng.normal(size=(3, p, p, p)) + 1j * rng.normal(size=(3, p, p, p))
+    np.testing.assert_allclose(sta._sum_accumulators(acc), acc.sum(axis=0), rtol=1e-13, atol=1e-13)
+    d = rng.normal(size=(p, p, p)) + 1j * rng.normal(size=(p, p, p))
+    ag = rng.normal(size=(p, p, p)) + 1j * rng.normal(size=(p, p, p))
+    want = np.where(sta._inside_sphere(p), 2.0 * d - ag, d)
+    sta._iteration_step(d, ag)
+    np.testing.assert_allclose(ag, want, rtol=1e-13, atol=1e-13)
