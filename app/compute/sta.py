@@ -671,8 +671,9 @@ def _sum_accumulators(acc: Any) -> Any:
 
 
 @numba.njit(cache=True, parallel=True)
-def _iteration_step(d: Any, ag: Any) -> None:
-    """In place ``ag = 2 D - ag`` inside ``|q| < P/2 - 1`` and ``D`` outside (:meth:`Reconstructor.corrected`)."""
+def _iteration_step(d: Any, ag: Any, out: Any) -> None:
+    """``out = 2 D - ag`` inside ``|q| < P/2 - 1`` and ``D`` outside (:meth:`Reconstructor.corrected`; ``out``
+    may be ``ag``)."""
     p = d.shape[0]
     h = p // 2
     r2 = (h - 1) * (h - 1)
@@ -680,9 +681,9 @@ def _iteration_step(d: Any, ag: Any) -> None:
         for y in range(p):
             for x in range(p):
                 if (z - h) ** 2 + (y - h) ** 2 + (x - h) ** 2 < r2:
-                    ag[z, y, x] = 2.0 * d[z, y, x] - ag[z, y, x]
+                    out[z, y, x] = 2.0 * d[z, y, x] - ag[z, y, x]
                 else:
-                    ag[z, y, x] = d[z, y, x]
+                    out[z, y, x] = d[z, y, x]
 
 
 def _n_accumulators(p: int, n_grids: int) -> int:
@@ -893,14 +894,16 @@ def _halve_origin(vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.ndarr
 def _scatter(p: int, vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.ndarray, mats: np.ndarray,
              shifts: np.ndarray, slices: np.ndarray, scale: float, n_img: int, *, with_weights: bool,
              threads: int | None = None, complete: bool = True, checkerboard: bool = False,
-             dtype: Any = np.complex128) -> tuple[np.ndarray, np.ndarray]:
+             dtype: Any = np.complex128, single_accumulators: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Scatter the chosen slices' half-plane samples; returns (data, weight) grids, Hermitian-complete unless
     ``complete`` is False (the weight grid is zeros without ``with_weights``). ``threads``: accumulators
     (default: one per numba thread); ``checkerboard``: see :func:`_scatter_samples`; ``dtype`` of the data
-    accumulators (complex64 for one particle's few slices)."""
+    grid (complex64 for one particle's few slices: float32 accumulators); ``single_accumulators``: float32
+    accumulators for a complex128 grid too (half the memory traffic of this scattered, memory-bound insertion:
+    1.4× faster on two threads for the averaging's 256³ grids; relative differences ~5e-7)."""
     nt = _n_accumulators(p, 3 if with_weights else 2) if threads is None else max(1, int(threads))
     stride = 3 if with_weights else 2
-    real = np.float32 if np.dtype(dtype) == np.complex64 else np.float64
+    real = np.float32 if np.dtype(dtype) == np.complex64 or single_accumulators else np.float64
     acc = np.zeros((nt, p * p * p * stride), real)
     if len(slices):
         _scatter_flat(acc, stride, p, vals, ws, ku, kv, mats, np.ascontiguousarray(shifts, np.float64),
@@ -1377,7 +1380,7 @@ class Reconstructor:
             t = np.asarray(shifts_px, np.float64).reshape(self.n_particles, 3)
             sh2 = np.einsum("sij,sj->si", self._views, t[self._particle])[:, :2]
         dg, wg = _scatter(self.grid_size, self._vals, self._ws, self._ku, self._kv, mats, sh2, slices, self.scale,
-                          self.image_px, with_weights=True)
+                          self.image_px, with_weights=True, single_accumulators=True)
         ops = symmetry_matrices(symmetry)
         if ops.shape[0] > 1:
             dg, wg = symmetrise_grid(dg, wg, ops)
@@ -1394,7 +1397,7 @@ class Reconstructor:
         sup -= sup % 2
         g0 = centred_fftn(_pad_centre(_crop_centre(est, sup) / kernel_transform(p, sup) ** 2, p), single=True)
         nt = _n_accumulators(p, 2)
-        acc = np.zeros((nt, p, p, p), np.complex128)
+        acc = np.zeros((nt, p, p, p), np.complex64)  # single precision: half the memory traffic
         slices = self._slices(select)
         if len(slices):
             _resample_samples(acc, g0, self._ws, self._ku, self._kv, self._matrices(rotations), slices, self.scale)
@@ -1403,8 +1406,9 @@ class Reconstructor:
         ops = symmetry_matrices(symmetry)
         if ops.shape[0] > 1:
             ag, _ = symmetrise_grid(ag, None, ops)
-        _iteration_step(np.asarray(data_grid, np.complex128), ag)
-        return ag
+        out = np.empty((p, p, p), np.complex128)
+        _iteration_step(np.asarray(data_grid, np.complex128), ag, out)
+        return out
 
     def reconstruct(self, rotations: Any, shifts_px: np.ndarray | None = None, select: Any = None, *,
                     symmetry: str = "C1", wiener_constant: Any = None, regularisation: float = 0.01,
