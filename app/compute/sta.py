@@ -1233,14 +1233,12 @@ def ssnr_wiener_term(weight_grid: np.ndarray, fsc_curve: Any, box: int, *, merge
     is the mean weight of shell k of the grid (P may be an oversampled ``pad · box``). A floor of ``floor ×
     mean(weight)`` keeps empty voxels finite. Returns float64 (P, P, P).
     """
-    w = np.asarray(weight_grid, dtype=np.float64)
+    w = np.ascontiguousarray(weight_grid, dtype=np.float64)
     p = w.shape[0]
-    k1 = np.arange(p) - p // 2
-    r = np.sqrt(k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2)
-    shell = np.rint(r).astype(np.int64)
-    n_shells = int(shell.max()) + 1
-    counts = np.bincount(shell.ravel(), minlength=n_shells)
-    mean_w = np.bincount(shell.ravel(), weights=w.ravel(), minlength=n_shells) / np.maximum(counts, 1)
+    h = p // 2
+    n_shells = int(np.rint(math.sqrt(3.0) * h)) + 1  # the corner voxel's shell, and below
+    sums, counts, in_sum, in_count = _shell_sums(w, n_shells)
+    mean_w = sums / np.maximum(counts, 1)
     f = np.asarray(fsc_curve, dtype=np.float64)
     x = np.arange(n_shells) * (box / p)  # shell radius in voxels of the box-sized maps
     fk = np.interp(x, np.arange(f.size), f, right=0.0)
@@ -1248,9 +1246,47 @@ def ssnr_wiener_term(weight_grid: np.ndarray, fsc_curve: Any, box: int, *, merge
         fk = 2.0 * fk / (1.0 + np.maximum(fk, 0.0))
     fk = np.clip(fk, 1e-3, 0.999)
     tau_k = mean_w * (1.0 - fk) / fk
-    inside = r < (p // 2 - 1)
-    floor_abs = floor * float(w[inside].mean()) if inside.any() else 0.0
-    return np.maximum(tau_k[shell], max(floor_abs, 1e-12))
+    floor_abs = floor * in_sum / in_count if in_count else 0.0
+    out = np.empty((p, p, p))
+    _fill_shells(np.maximum(tau_k, max(floor_abs, 1e-12)), out)
+    return out
+
+
+@numba.njit(cache=True)
+def _shell_sums(w: Any, n_shells: int) -> tuple[Any, Any, float, int]:
+    """Per shell ``rint(|q|)`` of a centred (P, P, P) grid: the sum of ``w`` and the voxel count; and the sum
+    and count inside ``|q| < P/2 - 1`` (:func:`ssnr_wiener_term`; one pass, no index grids)."""
+    p = w.shape[0]
+    h = p // 2
+    sums = np.zeros(n_shells)
+    counts = np.zeros(n_shells, np.int64)
+    in_sum = 0.0
+    in_count = 0
+    lim = float(h - 1)
+    for z in range(p):
+        for y in range(p):
+            r2zy = float((z - h) ** 2 + (y - h) ** 2)
+            for x in range(p):
+                r = math.sqrt(r2zy + (x - h) ** 2)
+                k = int(np.rint(r))
+                sums[k] += w[z, y, x]
+                counts[k] += 1
+                if r < lim:
+                    in_sum += w[z, y, x]
+                    in_count += 1
+    return sums, counts, in_sum, in_count
+
+
+@numba.njit(cache=True, parallel=True)
+def _fill_shells(values: Any, out: Any) -> None:
+    """``out[q] = values[rint(|q|)]`` over a centred (P, P, P) grid (parallel over z)."""
+    p = out.shape[0]
+    h = p // 2
+    for z in numba.prange(p):
+        for y in range(p):
+            r2zy = float((z - h) ** 2 + (y - h) ** 2)
+            for x in range(p):
+                out[z, y, x] = values[int(np.rint(math.sqrt(r2zy + (x - h) ** 2)))]
 
 
 def _orientations(orientations: Any, m: int) -> np.ndarray:

@@ -173,3 +173,31 @@ def test_accumulator_sum_and_iteration_step_equal_numpy() -> None:
     np.testing.assert_allclose(out, want, rtol=1e-13, atol=1e-13)
     sta._iteration_step(d, ag, ag)  # in place
     np.testing.assert_allclose(ag, want, rtol=1e-13, atol=1e-13)
+
+
+def _ssnr_wiener_term_numpy(w: np.ndarray, fsc_curve: np.ndarray, box: int, merged: bool, floor: float = 1e-4
+                            ) -> np.ndarray:
+    """The first, numpy version of :func:`sta.ssnr_wiener_term` (index grids and bincount): the oracle."""
+    p = w.shape[0]
+    k1 = np.arange(p) - p // 2
+    r = np.sqrt(k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2)
+    shell = np.rint(r).astype(np.int64)
+    n_shells = int(shell.max()) + 1
+    counts = np.bincount(shell.ravel(), minlength=n_shells)
+    mean_w = np.bincount(shell.ravel(), weights=w.ravel(), minlength=n_shells) / np.maximum(counts, 1)
+    fk = np.interp(np.arange(n_shells) * (box / p), np.arange(fsc_curve.size), fsc_curve, right=0.0)
+    if merged:
+        fk = 2.0 * fk / (1.0 + np.maximum(fk, 0.0))
+    fk = np.clip(fk, 1e-3, 0.999)
+    inside = r < (p // 2 - 1)
+    return np.maximum((mean_w * (1.0 - fk) / fk)[shell], max(floor * float(w[inside].mean()), 1e-12))
+
+
+@pytest.mark.parametrize(("p", "merged"), [(16, False), (24, True), (10, True)])
+def test_ssnr_wiener_term_equals_the_numpy_version(p: int, merged: bool) -> None:
+    rng = np.random.default_rng(p)
+    w = rng.random((p, p, p)) ** 4
+    fsc = np.linspace(1.0, -0.1, p // 3)
+    want = _ssnr_wiener_term_numpy(w, fsc, p // 2, merged)
+    got = sta.ssnr_wiener_term(w, fsc, p // 2, merged=merged)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
