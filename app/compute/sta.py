@@ -175,6 +175,118 @@ def _ctf_stack(
     return (-np.sin(chi)).astype(np.float32)
 
 
+@numba.njit(cache=True, inline="always")
+def _ctf_at(kx: float, ky: float, mdf: float, hd: float, c2a: float, s2a: float, ph: float, pl: float, cs_term: float,
+            asin_a: float) -> float:
+    """:func:`_ctf_stack`'s value at one frequency (Å⁻¹): ``-sin χ`` with ``χ = π λ k² (Δf + h cos 2(θ - α))
+    - ½ π Cs λ³ k⁴ + φ + asin a``, ``cos 2(θ - α)`` from the components (no ``atan2``); ``pl`` = π λ,
+    ``cs_term`` = -½ π Cs λ³ (Cs in Å), ``c2a``, ``s2a`` = cos 2α, sin 2α."""
+    k2 = kx * kx + ky * ky
+    cos2 = ((kx * kx - ky * ky) * c2a + 2.0 * kx * ky * s2a) / k2 if k2 > 0.0 else c2a
+    chi = pl * k2 * (mdf + hd * cos2) + cs_term * k2 * k2 + ph + asin_a
+    return -math.sin(chi)
+
+
+@numba.njit(cache=True, parallel=True)
+def _filter_crops(ft: Any, fu: Any, fv: Any, freq: Any, k_A: Any, mean_df: Any, inside: Any, half_df: Any,
+                  ang_rad: Any, phase: Any, dfilt: Any, pl: float, cs_term: float, asin_a: float, has_ctf: bool,
+                  w_out: Any) -> None:
+    """What :func:`extract_subtilts` does to the crops' 2D transforms ``ft`` (c, k, B, B) complex64 (un-shifted
+    layout), in place, in one pass: the sub-pixel centring ramp ``e^{2πi (f_y v + f_x u)}`` (``freq`` (B,) the
+    FFT frequencies in cycles/px, ``fu``, ``fv`` (c, k) the fractions), times the filter ``CTF · D`` (``D``
+    ``dfilt`` (k, B, B), the CTF of :func:`_ctf_at` at ``k_A`` (B,) Å⁻¹ when ``has_ctf``), 0 for crops not
+    ``inside`` and at the zero frequency; ``w_out`` (c, k, B, B) gets the filter squared (empty: not kept).
+    Parallel over the crops; the numpy version (:func:`_filters_reference`) is the test oracle."""
+    c, k, b = ft.shape[0], ft.shape[1], ft.shape[2]
+    keep_w = w_out.shape[0] > 0
+    for idx in numba.prange(c * k):
+        ci = idx // k
+        vi = idx - ci * k
+        if not inside[ci, vi]:
+            for y in range(b):
+                for x in range(b):
+                    ft[ci, vi, y, x] = 0
+                    if keep_w:
+                        w_out[ci, vi, y, x] = 0.0
+            continue
+        eu = np.empty(b, np.complex128)
+        ev = np.empty(b, np.complex128)
+        for i in range(b):
+            a = 2.0 * math.pi * freq[i] * fu[ci, vi]
+            eu[i] = complex(math.cos(a), math.sin(a))
+            a = 2.0 * math.pi * freq[i] * fv[ci, vi]
+            ev[i] = complex(math.cos(a), math.sin(a))
+        mdf = mean_df[ci, vi]
+        hd = half_df[vi]
+        c2a, s2a = math.cos(2.0 * ang_rad[vi]), math.sin(2.0 * ang_rad[vi])
+        ph = phase[vi]
+        for y in range(b):
+            for x in range(b):
+                f = dfilt[vi, y, x]
+                if has_ctf:
+                    f = np.float32(_ctf_at(k_A[x], k_A[y], mdf, hd, c2a, s2a, ph, pl, cs_term, asin_a)) * f
+                ft[ci, vi, y, x] = ft[ci, vi, y, x] * (ev[y] * eu[x]) * f
+                if keep_w:
+                    w_out[ci, vi, y, x] = f * f
+        ft[ci, vi, 0, 0] = 0
+
+
+@numba.njit(cache=True, parallel=True)
+def _filter_weights(k_A: Any, mean_df: Any, inside: Any, half_df: Any, ang_rad: Any, phase: Any, dfilt: Any,
+                    pl: float, cs_term: float, asin_a: float, has_ctf: bool, w_out: Any) -> None:
+    """The squared filter of :func:`_filter_crops` alone (the cropped box's weights): ``w_out`` (c, k, B, B)."""
+    c, k, b = w_out.shape[0], w_out.shape[1], w_out.shape[2]
+    for idx in numba.prange(c * k):
+        ci = idx // k
+        vi = idx - ci * k
+        mdf = mean_df[ci, vi]
+        hd = half_df[vi]
+        c2a, s2a = math.cos(2.0 * ang_rad[vi]), math.sin(2.0 * ang_rad[vi])
+        ph = phase[vi]
+        ins = inside[ci, vi]
+        for y in range(b):
+            for x in range(b):
+                f = dfilt[vi, y, x] if ins else np.float32(0.0)
+                if has_ctf and ins:
+                    f = np.float32(_ctf_at(k_A[x], k_A[y], mdf, hd, c2a, s2a, ph, pl, cs_term, asin_a)) * f
+                w_out[ci, vi, y, x] = f * f
+
+
+def _filters_reference(k_A: np.ndarray, mean_df: np.ndarray, inside: np.ndarray, half_df: np.ndarray,
+                       ang_deg: np.ndarray, phase: np.ndarray, dfilt: np.ndarray, optics: Any | None) -> np.ndarray:
+    """The filters ``CTF · D · inside`` (c, k, B, B) float32 in numpy (:func:`_ctf_stack`; no CTF when ``optics``
+    is None): the oracle of :func:`_filter_crops` and :func:`_filter_weights`."""
+    if optics is None:
+        filt = np.broadcast_to(dfilt[None], (len(mean_df), *dfilt.shape))
+    else:
+        kx, ky = np.broadcast_to(k_A[None, :], (k_A.size, k_A.size)), np.broadcast_to(k_A[:, None], (k_A.size, k_A.size))
+        filt = _ctf_stack(kx, ky, mean_df, half_df, ang_deg, phase, voltage_kV=optics.voltage_kV, cs_mm=optics.cs_mm,
+                          amplitude_contrast=optics.amplitude_contrast) * dfilt[None]
+    return filt * inside[:, :, None, None]
+
+
+def _ctf_constants(optics: Any) -> tuple[float, float, float]:
+    """``(π λ, -½ π Cs λ³, asin a)`` of :func:`_ctf_at` for optics (``voltage_kV``, ``cs_mm``,
+    ``amplitude_contrast``)."""
+    lam = electron_wavelength_A(optics.voltage_kV)
+    return math.pi * lam, -0.5 * math.pi * optics.cs_mm * 1e7 * lam**3, math.asin(float(optics.amplitude_contrast))
+
+
+def _copy_cyclic_window(src: np.ndarray, dst: np.ndarray, index: np.ndarray) -> None:
+    """``dst[..., i, j] = src[..., index[i], index[j]]`` for ``index`` a cyclic run of consecutive indices (e.g.
+    part of ``fftshift(arange(B))``): at most two contiguous runs per axis, so four slice copies instead of a
+    fancy-indexed gather."""
+    idx = np.asarray(index, np.int64)
+    brk = np.flatnonzero(np.diff(idx) != 1)
+    cut = int(brk[0]) + 1 if brk.size else idx.size
+    if brk.size > 1 or (cut < idx.size and idx[cut] != 0):  # one wrap, to index 0
+        raise ValueError("index is not a cyclic run of consecutive indices")
+    runs = [(0, int(idx[0]), cut)] + ([(cut, int(idx[cut]), idx.size - cut)] if cut < idx.size else [])
+    for oy, sy, ny in runs:
+        for ox, sx, nx in runs:
+            dst[..., oy:oy + ny, ox:ox + nx] = src[..., sy:sy + ny, sx:sx + nx]
+
+
 def extract_subtilts(
     stack: np.ndarray,
     geometry: Any,
@@ -277,7 +389,17 @@ def extract_subtilts(
     keep = bool(keep_uncropped) and bc != b
     full_images = np.empty((m, k, b, b), np.float32) if keep else None
     full_weights = np.empty((m, k, b, b), np.float32) if keep else None
-    ar = np.arange(b)
+    ar_i = scipy.fft.ifftshift(np.arange(b))  # crop pixel of each ifftshifted position
+    ar_f = scipy.fft.fftshift(np.arange(b))  # and the inverse
+    has_ctf = ctf is not None
+    if has_ctf:
+        half_df, ang_rad = 0.5 * (du - dv), np.radians(ang)
+    else:
+        half_df = ang_rad = ph = np.zeros(k)
+    pl, cs_term, asin_a = _ctf_constants(geometry.optics)
+    k1_A = np.ascontiguousarray(f1 / px)
+    kc_A = np.ascontiguousarray(scipy.fft.fftfreq(bc) / px)
+    dfilt = np.ascontiguousarray(dfilt, np.float32)
     for s in range(0, m, chunk):
         e = min(m, s + chunk)
         u = uvd[:, s:e, 0].T  # (c, k)
@@ -287,43 +409,30 @@ def extract_subtilts(
         inside = (iu >= 0) & (iu < nx) & (iv >= 0) & (iv < ny)
         x0 = np.clip(iu - b // 2 + b, 0, nx + b)
         y0 = np.clip(iv - b // 2 + b, 0, ny + b)
-        rows = y0[:, :, None, None] + ar[None, None, :, None]
-        cols = x0[:, :, None, None] + ar[None, None, None, :]
+        # the crops gathered in ifftshift order (the centre B//2 at pixel 0): no shifted copy
+        rows = y0[:, :, None, None] + ar_i[None, None, :, None]
+        cols = x0[:, :, None, None] + ar_i[None, None, None, :]
         vv = np.broadcast_to(np.arange(k)[None, :, None, None], rows.shape)
         crops = padded[vv, rows, cols]  # (c, k, B, B)
-        ft = scipy.fft.fft2(scipy.fft.ifftshift(crops, axes=(-2, -1)), workers=fft_workers())
-        # move the particle centre from B//2 + frac to B//2 exactly: shift by -frac (the phase ramp is the product
-        # of a ramp along x and one along y: 2B complex exponentials per crop instead of B²)
-        ft *= (np.exp(2j * np.pi * fy[None, None] * fv[:, :, None, None])
-               * np.exp(2j * np.pi * fx[None, None] * fu[:, :, None, None]))
-        if ctf is not None:
-            c = _ctf_stack(kx_A, ky_A, mean_df[s:e], 0.5 * (du - dv), ang, ph,
-                           voltage_kV=geometry.optics.voltage_kV, cs_mm=geometry.optics.cs_mm,
-                           amplitude_contrast=geometry.optics.amplitude_contrast)
-            filt = c * dfilt[None]
-        else:
-            filt = np.broadcast_to(dfilt[None], ft.shape)
-        filt = filt * inside[:, :, None, None]
-        ft *= filt
-        ft[:, :, 0, 0] = 0.0
-        full = scipy.fft.fftshift(scipy.fft.ifft2(ft, workers=fft_workers()).real, axes=(-2, -1))
+        ft = np.ascontiguousarray(scipy.fft.fft2(crops, workers=fft_workers()), np.complex64)
+        mdf = np.ascontiguousarray(mean_df[s:e], np.float64)
+        # in one pass: move the particle centre from B//2 + frac to B//2 exactly (shift by -frac: a ramp along x
+        # times one along y), multiply by CTF · dose (0 outside the view), and the weights CTF² · dose²
+        w_full = np.empty((e - s, k, b, b), np.float32) if bc == b or keep else np.empty((0, 0, 0, 0), np.float32)
+        _filter_crops(ft, np.ascontiguousarray(fu, np.float64), np.ascontiguousarray(fv, np.float64), f1, k1_A, mdf,
+                      inside, half_df, ang_rad, ph, dfilt, pl, cs_term, asin_a, has_ctf, w_full)
+        real = scipy.fft.ifft2(ft, workers=fft_workers(), overwrite_x=True).real  # a view
+        # copied in fftshift order (centre back at B//2), the crop's rows and columns only
         if bc == b:
-            images[s:e] = full
-            weights[s:e] = filt * filt
+            _copy_cyclic_window(real, images[s:e], ar_f)
+            weights[s:e] = w_full
         else:
-            images[s:e] = full[:, :, o:o + bc, o:o + bc]
+            _copy_cyclic_window(real, images[s:e], ar_f[o:o + bc])
             if keep:
-                full_images[s:e] = full
-                full_weights[s:e] = filt * filt
-            if ctf is not None:
-                cc_ = _ctf_stack(kxc_A, kyc_A, mean_df[s:e], 0.5 * (du - dv), ang, ph,
-                                 voltage_kV=geometry.optics.voltage_kV, cs_mm=geometry.optics.cs_mm,
-                                 amplitude_contrast=geometry.optics.amplitude_contrast)
-                fc = cc_ * dfilt_c[None]
-            else:
-                fc = np.broadcast_to(dfilt_c[None], (e - s, k, bc, bc))
-            fc = fc * inside[:, :, None, None]
-            weights[s:e] = fc * fc
+                _copy_cyclic_window(real, full_images[s:e], ar_f)
+                full_weights[s:e] = w_full
+            _filter_weights(kc_A, mdf, inside, half_df, ang_rad, ph, np.ascontiguousarray(dfilt_c, np.float32), pl,
+                            cs_term, asin_a, has_ctf, weights[s:e])
     uncropped = None
     if keep:
         uncropped = Subtilts(images=full_images, weights=full_weights, view_matrices=pm[:, :, :3].copy(),

@@ -201,3 +201,59 @@ def test_ssnr_wiener_term_equals_the_numpy_version(p: int, merged: bool) -> None
     want = _ssnr_wiener_term_numpy(w, fsc, p // 2, merged)
     got = sta.ssnr_wiener_term(w, fsc, p // 2, merged=merged)
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("with_ctf", [True, False])
+def test_crop_filters_equal_the_numpy_version(with_ctf: bool) -> None:
+    """The extraction's fused pass (centring ramp, CTF · dose, views outside, zero frequency, weights) against
+    the numpy filters of :func:`sta._ctf_stack` on random defoci, astigmatism and sub-pixel fractions."""
+    import scipy.fft
+
+    from tomoguide.geometry import Optics
+
+    rng = np.random.default_rng(11 + int(with_ctf))
+    c, k, b, px = 3, 4, 24, 2.5
+    optics = Optics(voltage_kV=300.0, cs_mm=2.7, amplitude_contrast=0.07)
+    freq = scipy.fft.fftfreq(b)
+    k_a = freq / px
+    mean_df = rng.uniform(20000.0, 40000.0, (c, k))
+    half_df = rng.uniform(0.0, 500.0, k)
+    ang = rng.uniform(-90.0, 90.0, k)
+    phase = rng.uniform(0.0, 0.3, k)
+    dfilt = rng.uniform(0.2, 1.0, (k, b, b)).astype(np.float32)
+    inside = rng.random((c, k)) > 0.2
+    inside[0, 0] = False
+    fu, fv = rng.uniform(-0.5, 0.5, (c, k)), rng.uniform(-0.5, 0.5, (c, k))
+    ft0 = (rng.normal(size=(c, k, b, b)) + 1j * rng.normal(size=(c, k, b, b))).astype(np.complex64)
+    filt = sta._filters_reference(k_a, mean_df, inside, half_df, ang, phase, dfilt, optics if with_ctf else None)
+    ramp = (np.exp(2j * np.pi * freq[None, None, :, None] * fv[:, :, None, None])
+            * np.exp(2j * np.pi * freq[None, None, None, :] * fu[:, :, None, None]))
+    want = ft0 * ramp * filt
+    want[:, :, 0, 0] = 0
+    pl, cs_term, asin_a = sta._ctf_constants(optics)
+    ft = ft0.copy()
+    w = np.empty((c, k, b, b), np.float32)
+    sta._filter_crops(ft, fu, fv, freq, k_a, mean_df, inside, half_df, np.radians(ang), phase, dfilt, pl, cs_term,
+                      asin_a, with_ctf, w)
+    np.testing.assert_allclose(ft, want, rtol=0, atol=2e-6 * np.abs(want).max())
+    np.testing.assert_allclose(w, filt * filt, rtol=0, atol=2e-6)
+    assert np.all(ft[~inside] == 0) and np.all(w[~inside] == 0)
+    w2 = np.empty_like(w)
+    sta._filter_weights(k_a, mean_df, inside, half_df, np.radians(ang), phase, dfilt, pl, cs_term, asin_a, with_ctf,
+                        w2)
+    np.testing.assert_array_equal(w2, w)
+
+
+@pytest.mark.parametrize(("b", "size"), [(32, 32), (32, 24), (31, 20), (33, 21), (8, 3)])
+def test_cyclic_window_copy_equals_the_shifted_crop(b: int, size: int) -> None:
+    """The extraction's copy of the centred crop from an un-shifted inverse transform equals fftshift then crop."""
+    import scipy.fft
+
+    rng = np.random.default_rng(b + size)
+    src = rng.normal(size=(2, 3, b, b)).astype(np.float32)
+    o = b // 2 - size // 2
+    dst = np.empty((2, 3, size, size), np.float32)
+    sta._copy_cyclic_window(src, dst, scipy.fft.fftshift(np.arange(b))[o:o + size])
+    np.testing.assert_array_equal(dst, scipy.fft.fftshift(src, axes=(-2, -1))[..., o:o + size, o:o + size])
+    with pytest.raises(ValueError, match="cyclic run"):
+        sta._copy_cyclic_window(src, dst[..., :3, :3], np.array([0, 2, 3]))
