@@ -272,6 +272,22 @@ def _ctf_constants(optics: Any) -> tuple[float, float, float]:
     return math.pi * lam, -0.5 * math.pi * optics.cs_mm * 1e7 * lam**3, math.asin(float(optics.amplitude_contrast))
 
 
+def padded_views(stack: np.ndarray, geometry: Any, box_px: int) -> np.ndarray:
+    """The views :func:`extract_subtilts` crops from: the geometry's included views of ``stack`` (n, ny, nx),
+    each normalised to mean 0 and standard deviation 1, in a margin of ``box_px`` zeros (the mean):
+    (k, ny + 2 B, nx + 2 B) float32."""
+    st = np.asarray(stack)
+    b = int(box_px)
+    ny, nx = st.shape[1:]
+    views = np.asarray(geometry.included_views(), dtype=np.int64)
+    padded = np.zeros((views.size, ny + 2 * b, nx + 2 * b), np.float32)
+    for i, v in enumerate(views):  # one view at a time: no stack-sized temporaries
+        sub = np.asarray(st[v], np.float32)
+        mu, sd = sub.mean(), sub.std()
+        padded[i, b:b + ny, b:b + nx] = (sub - mu) / (sd if sd > 0 else 1.0)
+    return padded
+
+
 def _copy_cyclic_window(src: np.ndarray, dst: np.ndarray, index: np.ndarray) -> None:
     """``dst[..., i, j] = src[..., index[i], index[j]]`` for ``index`` a cyclic run of consecutive indices (e.g.
     part of ``fftshift(arange(B))``): at most two contiguous runs per axis, so four slice copies instead of a
@@ -298,6 +314,7 @@ def extract_subtilts(
     chunk: int = 32,
     crop_px: int | None = None,
     keep_uncropped: bool = False,
+    padded: np.ndarray | None = None,
 ) -> Subtilts:
     """Crop every particle from every non-excluded view, CTF-premultiply and dose-weight it.
 
@@ -312,6 +329,8 @@ def extract_subtilts(
     the cropped grid's frequencies; None keeps ``box_px``. ``keep_uncropped`` (with ``crop_px`` < ``box_px``):
     the sub-tilts before the crop are kept too, as ``.uncropped`` (images (m, k, box, box), their ``CTF² · D²``
     on the box's grid, ``crop_px`` set): reconstructions from them lose none of the CTF's delocalised signal.
+    ``padded``: :func:`padded_views` of the same stack, geometry and ``box_px`` (computed here when None; pass
+    it to extract the particles of one tilt series in several calls without redoing it).
     Returns :class:`Subtilts` (box = the cropped size).
     """
     st = np.asarray(stack)
@@ -341,13 +360,11 @@ def extract_subtilts(
     df_off = geometry.defocus_offset_A(pts)[views].T if m else np.zeros((0, k))  # (m, k)
 
     # normalised, padded views (the pad is 0 = the mean)
-    sub = st[views].astype(np.float32)
-    mu = sub.mean(axis=(1, 2), keepdims=True)
-    sd = sub.std(axis=(1, 2), keepdims=True)
-    sub = (sub - mu) / np.where(sd > 0, sd, 1.0)
-    padded = np.zeros((k, ny + 2 * b, nx + 2 * b), np.float32)
-    padded[:, b:b + ny, b:b + nx] = sub
-    del sub
+    if padded is None:
+        padded = padded_views(st, geometry, b)
+    elif padded.shape != (k, ny + 2 * b, nx + 2 * b):
+        raise ValueError(f"padded views are {padded.shape}, expected {(k, ny + 2 * b, nx + 2 * b)} (padded_views "
+                         f"of this stack, geometry and box)")
 
     # 2D frequency grids (cycles/px and Å⁻¹), un-shifted layout
     f1 = scipy.fft.fftfreq(b)
@@ -1017,6 +1034,10 @@ def _scatter(p: int, vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.nd
     if len(slices):
         _scatter_flat(acc, stride, p, vals, ws, ku, kv, mats, np.ascontiguousarray(shifts, np.float64),
                       np.ascontiguousarray(slices, np.int64), float(scale), int(n_img), bool(checkerboard))
+    if nt == 1 and stride == 2 and np.dtype(dtype) == np.result_type(real, np.complex64):
+        # one accumulator of (real, imaginary) pairs is the complex grid itself: no copy
+        dg = acc[0].view(dtype).reshape(p, p, p)
+        return (_hermitian_fill(dg, True) if complete else dg), np.zeros((p, p, p))
     dg = np.empty((p, p, p), dtype)
     wg = np.empty((p, p, p)) if with_weights else np.zeros((p, p, p))
     _split_accumulators(acc, stride, dg.reshape(-1), wg.reshape(-1) if with_weights else np.empty(0))
@@ -1034,6 +1055,13 @@ def _real_centre_from_half(grid: np.ndarray, b: int) -> np.ndarray:
     4): with ``G_full = G + conj(G(-q))`` the volume is ``2 Re IFT(G)``, and for centred input and output
     ``f_c[n] = (-1)^n IFT(F_c (-1)^i)[n]`` along each axis. The inverse transform runs axis by axis and keeps
     only the rows of the central box (a pruned transform). Overwrites ``grid``."""
+    return 2.0 * _centre_of_inverse(grid, b).real
+
+
+def _centre_of_inverse(grid: np.ndarray, b: int) -> np.ndarray:
+    """The central ``b³`` voxels of the inverse transform of a centred (P, P, P) grid multiplied by the
+    checkerboard (P a multiple of 4; complex, pruned axis by axis: see :func:`_real_centre_from_half`).
+    Overwrites ``grid``."""
     p = grid.shape[0]
     if p % 4:
         raise ValueError(f"grid size {p} is not a multiple of 4")
@@ -1042,7 +1070,26 @@ def _real_centre_from_half(grid: np.ndarray, b: int) -> np.ndarray:
     t = scipy.fft.ifft(t, axis=1, workers=fft_workers(), overwrite_x=True)[:, lo:lo + b]
     t = scipy.fft.ifft(t, axis=2, workers=fft_workers(), overwrite_x=True)[:, :, lo:lo + b]
     sign = 1.0 - 2.0 * ((np.arange(lo, lo + b)) % 2)
-    return 2.0 * t.real * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :])
+    return t * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :]).astype(np.float32)
+
+
+@numba.njit(cache=True, parallel=True)
+def _two_hermitian_grids(gd: Any, gw: Any, out: Any) -> None:
+    """``out = (G_d + conj G_d(-q)) + i (G_w + conj G_w(-q))`` of two centred (P, P, P) grids filled in one half
+    space (P even; indices 0, without a partner, as they are): the inverse transform of ``out`` is ``2 Re
+    IFT(G_d) + 2 i Re IFT(G_w)``, two real volumes from one transform."""
+    p = gd.shape[0]
+    for z in numba.prange(p):
+        zm = p - z
+        for y in range(p):
+            ym = p - y
+            for x in range(p):
+                a = gd[z, y, x]
+                w = gw[z, y, x]
+                if z > 0 and y > 0 and x > 0:
+                    a = a + gd[zm, ym, p - x].conjugate()
+                    w = w + gw[zm, ym, p - x].conjugate()
+                out[z, y, x] = a + 1j * w
 
 
 def backproject_subtomogram(
@@ -1081,13 +1128,14 @@ def backproject_subtomogram(
     # data and weights alike: half-plane samples scattered with the centring checkerboard, a pruned inverse
     # transform of the central box (_real_centre_from_half), the gridding correction
     corr = ((p / b) ** 3 / kernel_transform(p, b)).astype(np.float32)
-    out = []
-    for v in (vals, ws.astype(np.complex64)):
-        g, _ = _scatter(p, v, ws, ku, kv, mats, np.zeros((k, 2)), np.arange(k), p / b, b, with_weights=False,
-                        threads=1, complete=False, checkerboard=True, dtype=np.complex64)
-        out.append(_real_centre_from_half(g, b) * corr)
-        del g
-    data, psf = out
+    gd, gw = (_scatter(p, v, ws, ku, kv, mats, np.zeros((k, 2)), np.arange(k), p / b, b, with_weights=False,
+                       threads=1, complete=False, checkerboard=True, dtype=np.complex64)[0]
+              for v in (vals, ws.astype(np.complex64)))
+    both = np.empty((p, p, p), np.complex64)
+    _two_hermitian_grids(gd, gw, both)  # data + i weights: one pruned inverse transform for both
+    del gd, gw
+    t = _centre_of_inverse(both, b) * corr
+    data, psf = t.real, t.imag
     w = np.maximum(_centred_fft(psf.astype(np.float64)).real, 0.0)
     # where no slice passes within a voxel of the box's grid (the missing wedge), the box's ringing is set to 0
     ku1, kv1, sel1 = _slice_samples(b, b, 1.0)

@@ -592,6 +592,7 @@ def extract_unit(stack_path: Any, name: str, g0: Any, binning: float, ctf_star: 
     Returns ``gallery`` ((m, crop, crop) central sections), ``voxel_A``, ``view_matrices`` and ``views_used``."""
     from tomoguide.cluster import atomic_output
     from tomoguide.compute import sta
+    from tomoguide.compute.float16 import to_float16
     from tomoguide.compute.io.mrc import read_mrc, write_mrc
     from tomoguide.compute.io.star import read_ctf_star
     from tomoguide.compute.rescale import fourier_bin
@@ -613,16 +614,17 @@ def extract_unit(stack_path: Any, name: str, g0: Any, binning: float, ctf_star: 
     gallery = np.zeros((m, crop_px, crop_px), np.float32)
     views_used: list[int] = []
     chunk = 16
+    padded = sta.padded_views(st, g, box_px)  # normalised once for all the chunks
     for a in range(0, m, chunk):
         sub = sta.extract_subtilts(st, g, positions_A[a:a + chunk], box_px=box_px, crop_px=crop_px,
-                                   ctf=ctf, dose_weighting=dose_weighting, keep_uncropped=True)
+                                   ctf=ctf, dose_weighting=dose_weighting, keep_uncropped=True, padded=padded)
         full = sub.uncropped if sub.uncropped is not None else sub
         views_used = [int(v) for v in sub.views]
         for j in range(sub.images.shape[0]):
             d3, w3 = sta.backproject_subtomogram(sub.images[j], sub.weights[j], sub.view_matrices)
             gallery[a + j] = _gallery(d3[None])[0]
-            files = (d3 if three_d else sub.images[j], (w3 if three_d else sub.weights[j]).astype(np.float16),
-                     full.images[j].astype(np.float16), full.weights[j].astype(np.float16))
+            files = (d3 if three_d else sub.images[j], to_float16(w3 if three_d else sub.weights[j]),
+                     to_float16(full.images[j]), to_float16(full.weights[j]))
             for k, (path, data) in enumerate(zip(outs[a + j], files, strict=True)):
                 with atomic_output(path) as tmp:
                     write_mrc(tmp, data, voxel, is_stack=k >= 2 or not three_d)

@@ -581,3 +581,18 @@ def test_pseudo_subtomogram_data_and_weights_agree_better_on_the_oversampled_gri
             e.append(np.sum(np.abs(data - s * model) ** 2) / np.sum(np.abs(s * model) ** 2))
         errs[pad] = float(np.mean(e))
     assert errs[2] < 0.006 and errs[2] < 0.75 * errs[1], errs
+
+
+def test_extraction_in_chunks_with_shared_padded_views(synthetic: dict) -> None:
+    """The views normalised once (:func:`sta.padded_views`) and reused over chunks of particles give what one call
+    gives; a padded stack of another box is refused."""
+    stack, geom, pos_A, ctf = synthetic["stack"], synthetic["geom"], synthetic["pos_A"], synthetic["ctf"]
+    whole = sta.extract_subtilts(stack, geom, pos_A, box_px=BOX, crop_px=BOX - 8, ctf=ctf, keep_uncropped=True)
+    pv = sta.padded_views(stack, geom, BOX)
+    parts = [sta.extract_subtilts(stack, geom, pos_A[a:a + 5], box_px=BOX, crop_px=BOX - 8, ctf=ctf,
+                                  keep_uncropped=True, padded=pv) for a in range(0, len(pos_A), 5)]
+    np.testing.assert_array_equal(np.concatenate([p.images for p in parts]), whole.images)
+    np.testing.assert_array_equal(np.concatenate([p.weights for p in parts]), whole.weights)
+    np.testing.assert_array_equal(np.concatenate([p.uncropped.images for p in parts]), whole.uncropped.images)
+    with pytest.raises(ValueError, match="padded views"):
+        sta.extract_subtilts(stack, geom, pos_A[:2], box_px=BOX + 2, ctf=ctf, padded=pv)
