@@ -433,14 +433,21 @@ def _inside_reference(pts: np.ndarray, scale: float, p_ref: int) -> bool:
 
 
 def sample_reference(ref_ft: np.ndarray, scale: float, rotations: np.ndarray, pts: np.ndarray,
-                     ref_ri: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+                     ref_ri: np.ndarray | None = None, rows: np.ndarray | None = None,
+                     buffer: np.ndarray | None = None) -> np.ndarray:
     """``ref(scale · R_i p_n)`` (trilinear, 0 outside) of a prepared reference ``ref_ft`` (1, P, P, P) complex64 at
     rotations (m, 3, 3) and integer points ``pts`` (n, 3) of :func:`_points`: (m, 2, n) float32, real parts then
-    imaginary parts. ``ref_ri`` / ``rows``: :func:`reference_ri` / :func:`_point_rows` when the caller has them.
+    imaginary parts. ``ref_ri`` / ``rows``: :func:`reference_ri` / :func:`_point_rows` when the caller has them;
+    ``buffer``: a float32 array of at least ``m · 2 · n`` values to write into (the result is a view of it: a
+    caller sampling chunk after chunk reuses its pages instead of faulting in a fresh 100-MB array per chunk).
     The fast kernel :func:`_gather_ref` when every sample lies inside the grid, else :func:`_gather_c`."""
     rot = np.ascontiguousarray(rotations, np.float64).reshape(-1, 3, 3)
     p_ref = ref_ft.shape[-1]
-    out = np.empty((len(rot), 2, len(pts)), np.float32)
+    size = len(rot) * 2 * len(pts)
+    if buffer is not None and buffer.dtype == np.float32 and buffer.size >= size and buffer.flags.c_contiguous:
+        out = buffer.reshape(-1)[:size].reshape(len(rot), 2, len(pts))
+    else:
+        out = np.empty((len(rot), 2, len(pts)), np.float32)
     if _inside_reference(pts, scale, p_ref):
         _gather_ref(reference_ri(ref_ft) if ref_ri is None else ref_ri, float(scale), rot, pts,
                     _point_rows(pts) if rows is None else rows, out)
@@ -1044,10 +1051,11 @@ def search_poses(
             w_all.append(weights[idx[:, None], ii[None, :, 2], ii[None, :, 1], ii[None, :, 0]])
             de = (dp[:, None, :] * e[None]).reshape(c * k, n_p)
             d_all.append(np.concatenate([de.real, de.imag], axis=1))  # (c k, 2 n_p)
+        buf = np.empty(min(rot_chunk, n_rot) * 2 * n_p, np.float32)  # reused by every chunk
         for j0 in range(0, n_rot, rot_chunk):
             pj = pert[j0:j0 + rot_chunk]
             nj = len(pj)
-            a3 = sample_reference(ref_ft, float(ref_pad), pj.transpose(0, 2, 1), pts, ref_ri, rows)
+            a3 = sample_reference(ref_ft, float(ref_pad), pj.transpose(0, 2, 1), pts, ref_ri, rows, buf)
             a2 = a3[:, 0] ** 2 + a3[:, 1] ** 2  # (nj, n_p) float32
             a_ri = a3.reshape(nj, 2 * n_p)  # (nj, 2 n_p): real parts, then imaginary parts
             del a3
