@@ -1172,7 +1172,8 @@ def centred_fftn(x: np.ndarray, ndim: int = 3, *, inverse: bool = False, real: b
     shape = x.shape[-ndim:]
     fn = scipy.fft.ifftn if inverse else scipy.fft.fftn
     single = single or x.dtype in (np.float32, np.complex64)
-    if ndim == 3 and x.ndim in (3, 4) and not any(n % 2 for n in shape) and x.dtype.kind in "fc":
+    if (ndim == 3 and x.ndim in (3, 4) and not any(n % 2 for n in shape)
+            and x.dtype in (np.float32, np.float64, np.complex64, np.complex128)):
         # a stack (m, N0, N1, N2) read as (m N0, N1, N2): the parity of m N0 + z is that of z (N0 even)
         rows = (-1, shape[1], shape[2])
         buf = np.empty(x.shape, np.complex64 if single else np.complex128)
