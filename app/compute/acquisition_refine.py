@@ -43,7 +43,8 @@ Which views change
     ``min_z`` (default 6) times its standard deviation under noise alone (``var X = Σ w² |CTF D P|² N / 2``, the
     noise power ``N`` of each sample estimated by the residual ``|F − a_i · model|²`` with each particle's
     least-squares scale ``a_i``; the maximum of pure noise over the search's ~100 positions stays below 4), the
-    shift did not stop at the search's edge and the figure of merit did not fall. Otherwise the view keeps its values (corrections 0, ``refined`` False).
+    shift did not stop at the search's edge and the figure of merit did not fall. Otherwise the view keeps its
+    values (corrections 0, ``refined`` False).
     The defocus needs more: the gain of the score ``S = X / sqrt(Y)`` from ``ε = 0`` to the optimum must exceed
     ``min_z_defocus`` (default 4) standard deviations of that difference under noise (S is linear in the data:
     ``var ΔS = Σ w² |D P|² (CTF(ε)/√Y(ε) − CTF(0)/√Y(0))² N / 2``) and ε must not sit at
@@ -347,8 +348,9 @@ def _defocus_score(a_re: np.ndarray, b_abs2: np.ndarray, w: np.ndarray, ctf_fn: 
 
 
 def _residual_power(data: np.ndarray, model: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """(m, n) ``|F − a_i · model|²``: each sample's noise power estimated by the residual of the data ``data`` (m, n)
-    from ``model`` (m, n) with each particle's least-squares scale ``a_i`` (over the band's weights ``w`` (n,))."""
+    """(m, n) ``|F − a_i · model|²``: each sample's noise power estimated by the residual of the data ``data``
+    (m, n) from ``model`` (m, n) with each particle's least-squares scale ``a_i`` (over the band's weights ``w``
+    (n,))."""
     a_i = np.real(np.sum(data * np.conj(model) * w, axis=1)) / np.maximum(np.sum(np.abs(model) ** 2 * w, axis=1),
                                                                            1e-30)
     return np.abs(data - a_i[:, None] * model) ** 2

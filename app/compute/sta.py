@@ -187,6 +187,17 @@ def _ctf_at(kx: float, ky: float, mdf: float, hd: float, c2a: float, s2a: float,
     return -math.sin(chi)
 
 
+@numba.njit(cache=True, inline="always")
+def _filter_at(dfilt: Any, vi: int, y: int, x: int, k_A: Any, mdf: float, hd: float, c2a: float, s2a: float,
+               ph: float, pl: float, cs_term: float, asin_a: float, has_ctf: bool) -> Any:
+    """The extraction's filter ``CTF · D`` (float32) of view ``vi`` at pixel (y, x) of the un-shifted 2D grid
+    (``k_A`` (B,) its frequencies in Å⁻¹; :func:`_ctf_at` when ``has_ctf``, else ``D`` alone)."""
+    f = dfilt[vi, y, x]
+    if has_ctf:
+        f = np.float32(_ctf_at(k_A[x], k_A[y], mdf, hd, c2a, s2a, ph, pl, cs_term, asin_a)) * f
+    return f
+
+
 @numba.njit(cache=True, parallel=True)
 def _filter_crops(ft: Any, fu: Any, fv: Any, freq: Any, k_A: Any, mean_df: Any, inside: Any, half_df: Any,
                   ang_rad: Any, phase: Any, dfilt: Any, pl: float, cs_term: float, asin_a: float, has_ctf: bool,
@@ -222,9 +233,7 @@ def _filter_crops(ft: Any, fu: Any, fv: Any, freq: Any, k_A: Any, mean_df: Any, 
         ph = phase[vi]
         for y in range(b):
             for x in range(b):
-                f = dfilt[vi, y, x]
-                if has_ctf:
-                    f = np.float32(_ctf_at(k_A[x], k_A[y], mdf, hd, c2a, s2a, ph, pl, cs_term, asin_a)) * f
+                f = _filter_at(dfilt, vi, y, x, k_A, mdf, hd, c2a, s2a, ph, pl, cs_term, asin_a, has_ctf)
                 ft[ci, vi, y, x] = ft[ci, vi, y, x] * (ev[y] * eu[x]) * f
                 if keep_w:
                     w_out[ci, vi, y, x] = f * f
@@ -246,9 +255,8 @@ def _filter_weights(k_A: Any, mean_df: Any, inside: Any, half_df: Any, ang_rad: 
         ins = inside[ci, vi]
         for y in range(b):
             for x in range(b):
-                f = dfilt[vi, y, x] if ins else np.float32(0.0)
-                if has_ctf and ins:
-                    f = np.float32(_ctf_at(k_A[x], k_A[y], mdf, hd, c2a, s2a, ph, pl, cs_term, asin_a)) * f
+                f = _filter_at(dfilt, vi, y, x, k_A, mdf, hd, c2a, s2a, ph, pl, cs_term, asin_a, has_ctf) if ins \
+                    else np.float32(0.0)
                 w_out[ci, vi, y, x] = f * f
 
 
@@ -259,7 +267,8 @@ def _filters_reference(k_A: np.ndarray, mean_df: np.ndarray, inside: np.ndarray,
     if optics is None:
         filt = np.broadcast_to(dfilt[None], (len(mean_df), *dfilt.shape))
     else:
-        kx, ky = np.broadcast_to(k_A[None, :], (k_A.size, k_A.size)), np.broadcast_to(k_A[:, None], (k_A.size, k_A.size))
+        n = k_A.size
+        kx, ky = np.broadcast_to(k_A[None, :], (n, n)), np.broadcast_to(k_A[:, None], (n, n))
         filt = _ctf_stack(kx, ky, mean_df, half_df, ang_deg, phase, voltage_kV=optics.voltage_kV, cs_mm=optics.cs_mm,
                           amplitude_contrast=optics.amplitude_contrast) * dfilt[None]
     return filt * inside[:, :, None, None]
@@ -781,18 +790,12 @@ def _split_accumulators(acc: Any, stride: int, dg: Any, wg: Any) -> None:
                 wg[i] = w
 
 
-@numba.njit(cache=True, parallel=True)
-def _sum_accumulators(acc: Any) -> Any:
-    """``acc.sum(axis=0)`` of per-thread accumulators (T, P, P, P), in parallel over z."""
-    nt, p = acc.shape[0], acc.shape[1]
+def _summed(acc: np.ndarray) -> np.ndarray:
+    """``acc.sum(axis=0)`` of per-thread complex accumulators (T, P, P, P) in parallel: a complex array is its
+    (real, imaginary) pairs, the layout :func:`_split_accumulators` reduces."""
+    t = acc.shape[0]
     out = np.empty(acc.shape[1:], acc.dtype)
-    for z in numba.prange(p):
-        for y in range(acc.shape[2]):
-            for x in range(acc.shape[3]):
-                v = acc[0, z, y, x]
-                for t in range(1, nt):
-                    v += acc[t, z, y, x]
-                out[z, y, x] = v
+    _split_accumulators(acc.reshape(t, -1).view(acc.real.dtype), 2, out.reshape(-1), np.empty(0))
     return out
 
 
@@ -1328,9 +1331,8 @@ def fourier_to_map(
     float32, centre ``box // 2``.
     """
     p = data_grid.shape[0]
-    inside = _inside_sphere(p)
     if wiener_constant is None:
-        tau: Any = max(float(regularisation) * float(weight_grid[inside].mean()), 1e-12)
+        tau: Any = max(float(regularisation) * float(weight_grid[_inside_sphere(p)].mean()), 1e-12)
     elif np.ndim(wiener_constant) == 0:
         tau = max(float(wiener_constant), 1e-12)
     else:
@@ -1595,7 +1597,7 @@ class Reconstructor:
         slices = self._slices(select)
         if len(slices):
             _resample_samples(acc, g0, self._ws, self._ku, self._kv, self._matrices(rotations), slices, self.scale)
-        ag = _hermitian_fill(acc[0] if nt == 1 else _sum_accumulators(acc), True)
+        ag = _hermitian_fill(acc[0] if nt == 1 else _summed(acc), True)
         del acc
         ops = symmetry_matrices(symmetry)
         if ops.shape[0] > 1:
