@@ -14,6 +14,9 @@ value).
 Kernels (the hot spots of the steps' profiles, bench/results/profiles/):
 * ``local_search`` (refine_fine): :func:`refine._local_scores_reference` vs :func:`refine._local_scores`, 48 particles,
   33 candidate rotations, 7 shifts, all points to 8 Å;
+* ``local_search_coarse_to_fine`` (refine_fine): :func:`refine.search_poses` on the same particles and candidates
+  with every candidate on every point (``coarse_keep=0``) vs its default coarse-to-fine search; the "difference" is
+  the fraction of particles whose best pose differs;
 * ``global_search_sampling`` (initial_model): the reference sampled at every rotation of the 7.5° O grid,
   :func:`refine._gather_c` vs :func:`refine.sample_reference`;
 * ``shift_search`` (initial_model): :func:`refine.refine_shifts_reference` vs :func:`refine.refine_shifts`, 64
@@ -116,17 +119,31 @@ def averaging(project: Path, repeats: int) -> dict[str, Any]:
     re, im = np.ascontiguousarray(ref_ft[0].real), np.ascontiguousarray(ref_ft[0].imag)
     ri = RF.reference_ri(ref_ft)
     rows = RF._point_rows(pts)
+    cand = np.ascontiguousarray(rots[:, None] @ pert[None])
 
     def old_local() -> Any:
         RF._local_scores_reference(re, im, 2.0, dft, w, sel, rots, shifts, pert, pts, deltas, x0, y0)
         return x0.copy()
 
     def new_local() -> Any:
-        RF._local_scores(ri, 2.0, dft, w, sel, rots, shifts, pert, pts, rows, deltas, x1, y1)
+        RF._local_scores(ri, 2.0, dft, w, sel, cand, shifts, pts, rows, deltas, x1, y1)
         return x1.copy()
 
     out["local_search"] = _pair("local_search", old_local, new_local, repeats, _rel)
     out["local_search"].update(box=b, n_points=len(pts), n_rotations=len(pert), n_shifts=7, n_particles=48)
+
+    # the whole local search (search_poses): every candidate on every point vs coarse to fine (all candidates on
+    # the inner eighth of the points, the best 10 completed); compared: particles whose best pose differs
+    def search(keep: int) -> Callable[[], Any]:
+        return lambda: RF.search_poses(dft, w, ref_ft, sel, rots, shifts, pert, r_max, shift_step_px=0.5,
+                                       coarse_keep=keep)[0]
+
+    def _differ(a: Any, c: Any) -> float:
+        return float(np.mean(np.abs(np.asarray(a) - np.asarray(c)).max(axis=(1, 2)) > 1e-9))
+
+    out["local_search_coarse_to_fine"] = _pair("local_search_coarse_to_fine", search(0), search(10), repeats,
+                                               _differ)
+    out["local_search_coarse_to_fine"]["max_rel_diff_is"] = "fraction of particles whose best pose differs"
 
     # ---- insertion and symmetrisation, fine and coarse
     def insertion(tag: str, folder: Path) -> None:

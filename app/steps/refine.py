@@ -88,11 +88,13 @@ class RefineFineParams(RefineParams):
         help="The reference (the particle reconstruction) is low-passed to this resolution first (15 Å here: "
              "the orientations are already good).")
     initial_angular_step_deg: float = param(
-        1.8, title="Initial angular sampling", unit="°", hard=(0.1, 30.0), suggest=(0.5, 7.5),
+        0.9, title="Initial angular sampling", unit="°", hard=(0.1, 30.0), suggest=(0.5, 7.5),
         tutorial=7.5,
-        tutorial_note="The tutorial repeats the first refinement's search; the poses carried over are already "
-                      "close, so a local search from 1.8° is faster and as good.",
-        help="The poses carried over are already close: the search starts locally at this step.")
+        tutorial_note="The tutorial repeats the first refinement's search; the poses carried over were refined "
+                      "to 0.5-0.9° steps, so a local search at 0.9° (±1.8°, then around each new pose) is faster "
+                      "and as good.",
+        help="The poses carried over are already close (the first refinement ended at 0.5-0.9° steps): the "
+             "search is local from the start, at this step, within ±2 steps of each pose.")
     prior_tilt_width_deg: float | None = param(
         None, title="Prior width on tilt", unit="°", hard=(0.5, 180.0), suggest=(3.0, 30.0),
         empty_means="no prior",
@@ -301,7 +303,7 @@ class Refine(Step):
         assert isinstance(params, RefineParams)
         issues = symmetry_issues(params.symmetry) + prior_issues(
             params.symmetry, params.prior_tilt_width_deg, particles_have_priors(ctx, self.particles_step))
-        if params.local_searches_from_deg > params.initial_angular_step_deg:
+        if self.global_first and params.local_searches_from_deg > params.initial_angular_step_deg:
             issues.append(Issue("warning", "local searches start at a coarser step than the initial sampling: the "
                                            "whole refinement will be local", "local_searches_from_deg"))
         return issues

@@ -84,8 +84,8 @@ def test_local_score_kernel_matches_numpy(chiral_data: dict) -> None:
     deltas = RF._shift_set(0.5, 7)
     x = np.empty((2, len(pert), len(deltas)))
     y = np.empty((2, len(pert)))
-    RF._local_scores(RF.reference_ri(ref_ft), 2.0, dft, w, np.arange(2), rots, shifts / b, pert, pts,
-                     RF._point_rows(pts), deltas / b, x, y)
+    RF._local_scores(RF.reference_ri(ref_ft), 2.0, dft, w, np.arange(2), rots[:, None] @ pert[None], shifts / b,
+                     pts, RF._point_rows(pts), deltas / b, x, y)
     ii = pts.astype(np.int64) + b // 2
     for c in range(2):
         dv = dft[c][ii[:, 2], ii[:, 1], ii[:, 0]].astype(np.complex128)
@@ -174,6 +174,39 @@ def test_global_then_local_search_recovers_poses_up_to_symmetry(o_data: dict) ->
     err2 = RF.symmetry_angle_error_deg(r, rots, "O")
     assert np.median(err2) < 1.5 and np.median(err2) < np.median(err), (err, err2)
     assert np.median(np.linalg.norm(t - shifts, axis=1)) < 0.25
+
+
+def test_local_search_coarse_to_fine_finds_the_full_search_poses(chiral_data: dict, monkeypatch) -> None:
+    # the coarse pass (all 33 candidates on the inner eighth of the points) and the completion of the best 10 give
+    # the poses of the search over every candidate on every point, and the winners' scores are their full scores
+    d, w, rots, shifts = chiral_data["data"], chiral_data["weights"], chiral_data["rots"], chiral_data["shifts"]
+    m = len(d)
+    dft = RF.centred_fft_stack(d)
+    ref_ft = RF.prepare_reference(chiral_data["ref"], None)
+    rng = np.random.default_rng(12)
+    # start 1-2° away from the truth: the search must move
+    start = np.einsum("mij,mjk->mik", rots, RF._rodrigues(rng.normal(0, math.radians(1.2), (m, 3))))
+    pert = RF.local_rotations(1.0, 2.0)
+    r_max = 24 * VOXEL / 12.0
+    calls: list[int] = []
+    kernel = RF._local_scores
+
+    def counted(*args: object) -> None:
+        calls.append(args[5].shape[1])  # candidates per particle
+        kernel(*args)
+
+    monkeypatch.setattr(RF, "_local_scores", counted)
+    full = RF.search_poses(dft, w, ref_ft, np.arange(m), start, shifts, pert, r_max, coarse_keep=0)
+    assert calls == [33]
+    calls.clear()
+    two = RF.search_poses(dft, w, ref_ft, np.arange(m), start, shifts, pert, r_max)
+    assert calls == [33, 10]
+    np.testing.assert_allclose(two[0], full[0], atol=1e-12)
+    np.testing.assert_allclose(two[1], full[1], atol=1e-12)
+    np.testing.assert_allclose(two[2], full[2], rtol=1e-5)
+    err0 = RF.symmetry_angle_error_deg(start, rots, "C1")
+    err = RF.symmetry_angle_error_deg(two[0], rots, "C1")
+    assert np.median(err) < 0.6 * np.median(err0), (err0, err)
 
 
 def test_global_search_asymmetric_map_and_scale_invariance(chiral_data: dict) -> None:

@@ -39,8 +39,9 @@ def test_local_scores_equal_the_reference_kernel(b: int, r_max: float, scale: fl
     ref = case["ref"]
     RF._local_scores_reference(np.ascontiguousarray(ref[0].real), np.ascontiguousarray(ref[0].imag), scale,
                                case["dft"], case["w"], idx, case["rots"], case["shifts"], pert, pts, deltas, x0, y0)
-    RF._local_scores(RF.reference_ri(ref), scale, case["dft"], case["w"], idx, case["rots"], case["shifts"], pert,
-                     pts, RF._point_rows(pts), deltas, x1, y1)
+    cand = case["rots"][:, None] @ pert[None]  # (3, n, 3, 3): each particle's candidates
+    RF._local_scores(RF.reference_ri(ref), scale, case["dft"], case["w"], idx, cand, case["shifts"], pts,
+                     RF._point_rows(pts), deltas, x1, y1)
     np.testing.assert_allclose(y1, y0, rtol=2e-5)
     np.testing.assert_allclose(x1, x0, rtol=0, atol=2e-5 * np.abs(x0).max())
     assert np.abs(x0).max() > 1.0  # not trivially zero
