@@ -1019,9 +1019,10 @@ def search_poses(
     the points within ``coarse_radius`` of the largest frequency searched (an eighth of the points for 0.5), and
     each particle's ``coarse_keep`` best of them (best over the shifts) are completed with the points outside;
     the best completed candidate wins (``coarse_keep = 0``: every candidate on every point). On the small demo's
-    particles at 2 Å voxels (33 candidates at 0.9-1.8°, 6 Å), the full scores' best was among the coarse scores'
-    best 10 for all 150 particles of a half set (``tests/compute/test_refine.py``). Returns ``(rotations
-    (k, 3, 3), shifts_px (k, 3), scores (k,))`` for the selected particles, in their order.
+    particles at 2 Å voxels (33 candidates at 0.9-1.8°, 6 Å, around the refined poses), the full scores' best was
+    among the coarse scores' best 10 for all 150 particles of a half set; from the poses carried into the fine
+    refinement (8 Å), 3 of 48 particles end on another, nearly as good candidate (``bench/kernels_speed.py``).
+    Returns ``(rotations (k, 3, 3), shifts_px (k, 3), scores (k,))`` for the selected particles, in their order.
     """
     b = data_ft.shape[-1]
     pts = _points(b, min(r_max, b / 2.0 - 1.0), half=True)
