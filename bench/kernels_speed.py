@@ -15,8 +15,8 @@ Kernels (the hot spots of the steps' profiles, bench/results/profiles/):
 * ``local_search`` (refine_fine): :func:`refine._local_scores_reference` vs :func:`refine._local_scores`, 48 particles,
   33 candidate rotations, 7 shifts, all points to 8 Å;
 * ``local_search_coarse_to_fine`` (refine_fine): :func:`refine.search_poses` on the same particles and candidates
-  with every candidate on every point (``coarse_keep=0``) vs its default coarse-to-fine search; the "difference" is
-  the fraction of particles whose best pose differs;
+  with every candidate on every point (``coarse_keep=0``) vs its default coarse-to-fine search, all points to 6 Å;
+  the "difference" is the fraction of particles whose best pose differs;
 * ``global_search_sampling`` (initial_model): the reference sampled at every rotation of the 7.5° O grid,
   :func:`refine._gather_c` vs :func:`refine.sample_reference`;
 * ``shift_search`` (initial_model): :func:`refine.refine_shifts_reference` vs :func:`refine.refine_shifts`, 64
@@ -134,8 +134,10 @@ def averaging(project: Path, repeats: int) -> dict[str, Any]:
 
     # the whole local search (search_poses): every candidate on every point vs coarse to fine (all candidates on
     # the inner eighth of the points, the best 10 completed); compared: particles whose best pose differs
+    r_fine = min(b * voxel / 6.0 + 2.0, b / 2.0 - 1.0)  # refine_fine's iterations after the first (6 Å)
+
     def search(keep: int) -> Callable[[], Any]:
-        return lambda: RF.search_poses(dft, w, ref_ft, sel, rots, shifts, pert, r_max, shift_step_px=0.5,
+        return lambda: RF.search_poses(dft, w, ref_ft, sel, rots, shifts, pert, r_fine, shift_step_px=0.5,
                                        coarse_keep=keep)[0]
 
     def _differ(a: Any, c: Any) -> float:

@@ -981,6 +981,14 @@ def tilt_log_prior(z_axes: np.ndarray, prior_axes: np.ndarray, sigma_deg: float)
     return out
 
 
+#: the fewest points inside the coarse radius for a coarse-to-fine local search (:func:`search_poses`): fewer do not
+#: rank the candidates (small demo at 8 Å voxels, box 36, 16 Å: 1.3k inner points put the full search's best
+#: beyond the coarse best 10 for 16 of 150 particles, and the bin-4 refinement's median angle error rose from 1.75
+#: to 2.25°; at 2 Å voxels, box 96, 6 Å: 10k inner points, all 150 within the best 10). Searches with so few
+#: points are cheap anyway.
+COARSE_MIN_POINTS = 8000
+
+
 def search_poses(
     data_ft: np.ndarray,
     weights: np.ndarray,
@@ -1015,13 +1023,13 @@ def search_poses(
     the tilt: ``−½ (∠(R ẑ, n_i) / prior_sigma_deg)²`` to the log-likelihood of a candidate ``R`` whose
     reference z axis ``R ẑ`` is at an angle from the particle's prior direction ``n_i`` (e.g. a membrane's
     normal from surface picking). A local search with more than ``2 coarse_keep`` candidate rotations goes from
-    coarse to fine (the idea of RELION's adaptive oversampling): all candidates (with every shift) are scored on
+    coarse to fine (the idea of RELION's adaptive oversampling) when at least :data:`COARSE_MIN_POINTS` points lie
+    inside the coarse radius: all candidates (with every shift) are scored on
     the points within ``coarse_radius`` of the largest frequency searched (an eighth of the points for 0.5), and
     each particle's ``coarse_keep`` best of them (best over the shifts) are completed with the points outside;
     the best completed candidate wins (``coarse_keep = 0``: every candidate on every point). On the small demo's
     particles at 2 Å voxels (33 candidates at 0.9-1.8°, 6 Å, around the refined poses), the full scores' best was
-    among the coarse scores' best 10 for all 150 particles of a half set; from the poses carried into the fine
-    refinement (8 Å), 3 of 48 particles end on another, nearly as good candidate (``bench/kernels_speed.py``).
+    among the coarse scores' best 10 for all 150 particles of a half set.
     Returns ``(rotations (k, 3, 3), shifts_px (k, 3), scores (k,))`` for the selected particles, in their order.
     """
     b = data_ft.shape[-1]
@@ -1096,9 +1104,10 @@ def search_poses(
     # coarse to fine: every candidate scored on the points inside coarse_radius × r_max, then only the best
     # coarse_keep of each particle on the points outside (their sums added): a fraction of the samples
     r_pts = np.sqrt(np.sum(pts * pts, axis=1))
-    two_stage = coarse_keep > 0 and n_rot > 2 * coarse_keep and 0.0 < coarse_radius < 1.0
+    inner = r_pts <= coarse_radius * float(r_pts.max(initial=0.0))
+    two_stage = (coarse_keep > 0 and n_rot > 2 * coarse_keep and 0.0 < coarse_radius < 1.0
+                 and int(inner.sum()) >= COARSE_MIN_POINTS)
     if two_stage:
-        inner = r_pts <= coarse_radius * float(r_pts.max(initial=0.0))
         parts = [(pts[inner], _point_rows(pts[inner])), (pts[~inner], _point_rows(pts[~inner]))]
     else:
         parts = [(pts, _point_rows(pts))]

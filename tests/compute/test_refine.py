@@ -199,6 +199,12 @@ def test_local_search_coarse_to_fine_finds_the_full_search_poses(chiral_data: di
     full = RF.search_poses(dft, w, ref_ft, np.arange(m), start, shifts, pert, r_max, coarse_keep=0)
     assert calls == [33]
     calls.clear()
+    # too few inner points (box 24) to rank the candidates: one stage, the same poses
+    small = RF.search_poses(dft, w, ref_ft, np.arange(m), start, shifts, pert, r_max)
+    assert calls == [33]
+    np.testing.assert_array_equal(small[0], full[0])
+    calls.clear()
+    monkeypatch.setattr(RF, "COARSE_MIN_POINTS", 0)
     two = RF.search_poses(dft, w, ref_ft, np.arange(m), start, shifts, pert, r_max)
     assert calls == [33, 10]
     np.testing.assert_allclose(two[0], full[0], atol=1e-12)
