@@ -43,6 +43,9 @@ from tomoguide.compute import refine as RF
 from tomoguide.compute import sta as ST
 from tomoguide.compute.sta import fourier_to_map
 
+#: the mini-batches' low-pass: a raised-cosine edge of this many shells after the current resolution
+LOWPASS_EDGE_SHELLS = 2.0
+
 __all__ = ["InitialModelResult", "StartResult", "best_start", "initial_model", "initial_model_start"]
 
 
@@ -247,11 +250,20 @@ class _Grids:
         k1 = np.arange(self.size) - self.size // 2
         self.inside = (k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + k1[None, None, :] ** 2) < (self.size // 2 - 1) ** 2
 
-    def __call__(self, rot: np.ndarray, shifts_px: np.ndarray, select: np.ndarray | None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, rot: np.ndarray, shifts_px: np.ndarray, select: np.ndarray | None,
+                 max_shell: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The grids of the particles ``select``; with ``max_shell`` (box shells) those from the sub-tilts are
+        exact only up to there (:meth:`sta.Reconstructor.grids`: the samples beyond are left out)."""
         if self.rec is not None:
-            return self.rec.grids(rot, shifts_px, select, symmetry=self.symmetry)
+            return self.rec.grids(rot, shifts_px, select, symmetry=self.symmetry, max_shell=max_shell)
         return RF.reconstruct_grids(self.dft, self.w, rot, shifts_px, select, symmetry=self.symmetry)
+
+    def mean_weight(self, select: np.ndarray | None, wg: np.ndarray) -> float:
+        """The mean of the full weight grid of ``select`` inside the sphere (the regularisation's scale), also
+        when ``wg`` was made up to a shell only (from the sub-tilts' weight sums)."""
+        if self.rec is not None:
+            return self.rec.total_weight(select, symmetry=self.symmetry) / float(np.count_nonzero(self.inside))
+        return float(wg[self.inside].mean())
 
     def to_ft(self, model: np.ndarray) -> np.ndarray:
         v = np.asarray(model, np.float64)
@@ -316,14 +328,16 @@ def _one_start(setup: _Setup, offset_range_px: float, rng: np.random.Generator,
         t_b = RF.refine_shifts(dft, ref_ft, batch, rot, zeros, zeros, r_max, offset_range_px)
         sh = zeros.copy()
         sh[batch] = t_b
-        dg, wg = grids_of(rot, sh, batch)
+        # the grids only as far as the model keeps (low-passed to res below: its shells and the cosine edge's
+        # two, plus two for the crop's and the mask's spread)
+        dg, wg = grids_of(rot, sh, batch, max_shell=b * voxel_A / res + LOWPASS_EDGE_SHELLS + 2.0)
         inside = grids_of.inside
-        lam = 0.1 * float(wg[inside].mean()) / reg + 1e-12
+        lam = 0.1 * grids_of.mean_weight(batch, wg) / reg + 1e-12
         eta = 0.9 - 0.6 * frac
         model_ft = model_ft + eta * (dg - wg * model_ft - lam * model_ft) / (wg + lam)
         model_ft = np.where(inside, model_ft, 0)
         model = grids_of.to_map(model_ft)
-        model = F.lowpass(model, res, voxel_A) * mask
+        model = F.lowpass(model, res, voxel_A, edge_shells=LOWPASS_EDGE_SHELLS) * mask
         model_ft = grids_of.to_ft(model)
         history.append({"batch": it + 1, "n_particles": int(size), "resolution_A": float(res),
                         "angular_step_deg": float(step), "step": float(eta), "time_s": time.perf_counter() - t0})

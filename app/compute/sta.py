@@ -545,12 +545,13 @@ def _scatter_samples(acc: Any, acc_w: Any, vals: Any, ws: Any, ku: Any, kv: Any,
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
 def _scatter_flat(acc: Any, stride: int, p: int, vals: Any, ws: Any, ku: Any, kv: Any, mats: Any, shifts: Any,
-                  slices: Any, scale: float, n_img: int, checkerboard: bool) -> None:
+                  slices: Any, scale: float, n_img: int, checkerboard: bool, r2_max: float = np.inf) -> None:
     """What :func:`_scatter_samples` computes, into interleaved accumulators: ``acc`` (T, P³ · stride) float32 or
     float64, voxel ``(z, y, x)`` at ``stride · ((z P + y) P + x)`` holding the real part, the imaginary part and
     (``stride`` 3) the weight. A sample's eight corners are four runs of two x-neighbours, each run one or two
     cache lines (instead of eight scattered complex and eight scattered real updates); flat unsigned offsets
-    (no index wraparound tests); the checkerboard sign is that of the first corner, flipped per step."""
+    (no index wraparound tests); the checkerboard sign is that of the first corner, flipped per step. Samples
+    with ``ku² + kv² > r2_max`` (image frequencies, px⁻¹ of the ``n_img``-pixel images) are left out."""
     nt = acc.shape[0]
     h = p // 2
     n = ku.shape[0]
@@ -575,8 +576,10 @@ def _scatter_flat(acc: Any, stride: int, p: int, vals: Any, ws: Any, ku: Any, kv
             my0, my1 = scale * m[0, 1], scale * m[1, 1]
             mz0, mz1 = scale * m[0, 2], scale * m[1, 2]
             for j in range(n):
-                w = ws[s, j]
                 ua, vb = ku[j], kv[j]
+                if ua * ua + vb * vb > r2_max:
+                    continue
+                w = ws[s, j]
                 x = mx0 * ua + mx1 * vb + h
                 y = my0 * ua + my1 * vb + h
                 z = mz0 * ua + mz1 * vb + h
@@ -1023,8 +1026,10 @@ def _halve_origin(vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.ndarr
 def _scatter(p: int, vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.ndarray, mats: np.ndarray,
              shifts: np.ndarray, slices: np.ndarray, scale: float, n_img: int, *, with_weights: bool,
              threads: int | None = None, complete: bool = True, checkerboard: bool = False,
-             dtype: Any = np.complex128, single_accumulators: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Scatter the chosen slices' half-plane samples; returns (data, weight) grids, Hermitian-complete unless
+             dtype: Any = np.complex128, single_accumulators: bool = False,
+             r_max_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scatter the chosen slices' half-plane samples (those within ``r_max_px`` of the image's centre, in
+    frequency px of the ``n_img``-pixel images, when given); returns (data, weight) grids, Hermitian-complete unless
     ``complete`` is False (the weight grid is zeros without ``with_weights``). ``threads``: accumulators
     (default: one per numba thread); ``checkerboard``: see :func:`_scatter_samples`; ``dtype`` of the data
     grid (complex64 for one particle's few slices: float32 accumulators); ``single_accumulators``: float32
@@ -1036,7 +1041,8 @@ def _scatter(p: int, vals: np.ndarray, ws: np.ndarray, ku: np.ndarray, kv: np.nd
     acc = np.zeros((nt, p * p * p * stride), real)
     if len(slices):
         _scatter_flat(acc, stride, p, vals, ws, ku, kv, mats, np.ascontiguousarray(shifts, np.float64),
-                      np.ascontiguousarray(slices, np.int64), float(scale), int(n_img), bool(checkerboard))
+                      np.ascontiguousarray(slices, np.int64), float(scale), int(n_img), bool(checkerboard),
+                      np.inf if r_max_px is None else float(r_max_px) ** 2)
     if nt == 1 and stride == 2 and np.dtype(dtype) == np.result_type(real, np.complex64):
         # one accumulator of (real, imaginary) pairs is the complex grid itself: no copy
         dg = acc[0].view(dtype).reshape(p, p, p)
@@ -1584,6 +1590,7 @@ class Reconstructor:
         self._ws = np.empty((n_slices, n), np.float32)
         self._views = np.empty((n_slices, 3, 3))
         self._particle = np.empty(n_slices, np.int64)
+        self._weight_sums: np.ndarray | None = None
         jobs = []  # (set, first particle in the set, particles, first slice, first particle overall)
         s0 = 0
         i0 = 0
@@ -1629,13 +1636,15 @@ class Reconstructor:
         return np.ascontiguousarray(np.einsum("sij,sjl->sil", self._views, rot[self._particle]))
 
     def grids(self, rotations: Any, shifts_px: np.ndarray | None = None, select: Any = None, *,
-              symmetry: str = "C1") -> tuple[np.ndarray, np.ndarray]:
+              symmetry: str = "C1", max_shell: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Summed centred Fourier grids (P, P, P) ``(data complex128, weights float64)`` of the particles
         ``select`` (indices or a boolean mask over all particles; None: all) in the reference frame.
 
         ``rotations`` (m, 3, 3) ``R`` of ``x_tomogram = R x_reference + t`` (or (m, 3) RELION Euler angles) and
         ``shifts_px`` (m, 3) ``t`` in px of the sub-tilts (tomogram frame; None: 0) for all m particles;
-        symmetrised over ``symmetry``'s operators (a sum)."""
+        symmetrised over ``symmetry``'s operators (a sum). ``max_shell``: only the samples that reach the
+        voxels within this many shells of the box's grid (frequency ``max_shell / (box · pixel)``; the grid is
+        then exact within it, and partial or zero beyond): for a map that is low-passed there anyway."""
         slices = self._slices(select)
         mats = self._matrices(rotations)
         if shifts_px is None:
@@ -1643,12 +1652,26 @@ class Reconstructor:
         else:
             t = np.asarray(shifts_px, np.float64).reshape(self.n_particles, 3)
             sh2 = np.einsum("sij,sj->si", self._views, t[self._particle])[:, :2]
+        r_px = None
+        if max_shell is not None:
+            # a sample reaches the grid points within √3 grid spacings of its position (trilinear)
+            r_px = float(max_shell) * self.image_px / self.box + math.sqrt(3.0) / self.scale
         dg, wg = _scatter(self.grid_size, self._vals, self._ws, self._ku, self._kv, mats, sh2, slices, self.scale,
-                          self.image_px, with_weights=True, single_accumulators=True)
+                          self.image_px, with_weights=True, single_accumulators=True, r_max_px=r_px)
         ops = symmetry_matrices(symmetry)
         if ops.shape[0] > 1:
             dg, wg = symmetrise_grid(dg, wg, ops)
         return dg, wg
+
+    def total_weight(self, select: Any = None, *, symmetry: str = "C1") -> float:
+        """The sum of the weight grid that :meth:`grids` makes of the particles ``select`` (every sample, whatever
+        ``max_shell``): each half-plane sample's weight twice (itself and its Friedel mate; trilinear insertion
+        keeps the sum), once per symmetry operator (the symmetrisation drops what lands at the grid's edge:
+        ~0.1 % more than the grid holds for O)."""
+        if self._weight_sums is None:
+            self._weight_sums = self._ws.sum(axis=1, dtype=np.float64)
+        n_ops = symmetry_matrices(symmetry).shape[0]
+        return 2.0 * n_ops * float(self._weight_sums[self._slices(select)].sum())
 
     def corrected(self, data_grid: np.ndarray, weight_grid: np.ndarray, tau: Any, rotations: Any, select: Any = None,
                   *, symmetry: str = "C1") -> np.ndarray:

@@ -495,6 +495,36 @@ def test_reconstructor_uses_and_corrects_only_consistent_sub_tilts(apo: dict) ->
                                             st.views, APO_PX, st.defocus_A)])
 
 
+@pytest.mark.parametrize("symmetry", ["C1", "O"])
+def test_reconstructor_grids_up_to_a_shell_and_total_weight(apo: dict, symmetry: str) -> None:
+    """``grids(max_shell=s)`` equals the full grids on every voxel within ``s`` shells of the box (grid radius
+    ``s · P / box``) and holds nothing beyond the samples' reach; ``total_weight`` is the full weight grid's sum
+    (what the initial model's regularisation is scaled by when it makes the grids up to a shell only)."""
+    st, rots = apo["st"], apo["rots"]
+    rec = sta.Reconstructor(st)
+    sel = np.array([0, 3, 5])
+    shifts = np.random.default_rng(2).normal(0, 1.0, (8, 3))
+    dg, wg = rec.grids(rots, shifts, sel, symmetry=symmetry)
+    shell = 6.0
+    dl, wl = rec.grids(rots, shifts, sel, symmetry=symmetry, max_shell=shell)
+    p = rec.grid_size
+    k = np.arange(p) - p // 2
+    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    within = r <= shell * p / rec.box
+    np.testing.assert_allclose(dl[within], dg[within], rtol=0, atol=1e-5 * np.abs(dg).max())
+    np.testing.assert_allclose(wl[within], wg[within], rtol=0, atol=1e-5 * wg.max())
+    beyond = r > (shell * rec.image_px / rec.box + 2.0) * rec.scale + 2.0
+    assert np.all(dl[beyond] == 0) and np.all(wl[beyond] == 0)
+    assert np.abs(dg[beyond]).max() > 0.01 * np.abs(dg).max()  # the full grids do hold something there
+    total = rec.total_weight(sel, symmetry=symmetry)
+    if symmetry == "C1":
+        assert total == pytest.approx(float(wg.sum()), rel=1e-5)
+    # the mean inside the sphere from it: what the grid itself gives, to 0.5 % (the weight the trilinear reach
+    # puts outside the sphere, and the symmetrisation's loss at its edge, ~0.1 %)
+    inside = r < p // 2 - 1
+    assert total / np.count_nonzero(inside) == pytest.approx(float(wg[inside].mean()), rel=5e-3)
+
+
 def _scatter_reference(p: int, fts: np.ndarray, weights: np.ndarray, mats: np.ndarray, scale: float
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Plain numpy trilinear scatter of every sample of full centred 2D transforms (the definition)."""
