@@ -103,6 +103,7 @@ def profile_step(project_dir: Path, step_id: str, *, top: int = 30, keep: bool =
         wall = time.perf_counter() - t0
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
+        proj.close()  # the project's lock: released, not left for the next open to find stale
     load1 = os.getloadavg()
     if dump is not None:
         prof.dump_stats(str(dump))
