@@ -50,6 +50,7 @@ import scipy.fft
 from tomoguide.compute.backend import fft_workers, map_threads
 from tomoguide.compute.ctf import electron_wavelength_A
 from tomoguide.compute.dose import attenuation
+from tomoguide.compute.float16 import to_float32
 from tomoguide.compute.symmetry import symmetry_matrices
 
 __all__ = [
@@ -1606,10 +1607,10 @@ class Reconstructor:
         def prepare(job: tuple[Subtilts, int, int, int, int]) -> None:
             u, a, c, s, i = job
             k = u.images.shape[1]
-            ims = np.asarray(u.images[a:a + c], np.float32).reshape(c * k, e, e)
+            ims = to_float32(u.images[a:a + c]).reshape(c * k, e, e)  # float16 files: a table, not numpy's loop
             fts = scipy.fft.rfft2(scipy.fft.ifftshift(ims, axes=(-2, -1)), workers=fft_workers()).reshape(c * k, -1)
             self._vals[s:s + c * k] = fts[:, at_rfft]
-            self._ws[s:s + c * k] = np.asarray(u.weights[a:a + c], np.float32).reshape(c * k, -1)[:, at_full]
+            self._ws[s:s + c * k] = to_float32(u.weights[a:a + c]).reshape(c * k, -1)[:, at_full]
             self._views[s:s + c * k] = np.tile(np.asarray(u.view_matrices, np.float64), (c, 1, 1))
             self._particle[s:s + c * k] = np.repeat(np.arange(i, i + c), k)
 

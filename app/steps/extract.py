@@ -287,6 +287,7 @@ def load_particles(folder: Path, rows: np.ndarray | None = None) -> tuple[Partic
     """
     from tomoguide.compute import sta
     from tomoguide.compute.backend import map_threads
+    from tomoguide.compute.float16 import to_float32
     from tomoguide.compute.io.mrc import read_mrc
     from tomoguide.compute.io.star import read_particles_star
 
@@ -306,8 +307,9 @@ def load_particles(folder: Path, rows: np.ndarray | None = None) -> tuple[Partic
             vm = mats[str(row.rlnTomoName)][np.asarray(rec.info["views_used"][str(row.rlnTomoName)])]
             d3, w3 = sta.backproject_subtomogram(np.asarray(d, np.float32), np.asarray(w, np.float32), vm)
             data[i], weights[i] = d3, w3
-        else:
-            data[i], weights[i] = d, w
+        else:  # float16 files decoded straight into the rows (a table: numpy's conversion loops per value)
+            to_float32(d, data[i])
+            to_float32(w, weights[i])
 
     items = list(enumerate(df.itertuples(index=False)))
     if rec.dimensionality == 2:  # the insertion runs numba's parallel kernels: not from several threads

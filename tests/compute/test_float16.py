@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tomoguide.compute.float16 import to_float16
+from tomoguide.compute.float16 import float16_stats, to_float16
 
 
 def _boundary_values() -> np.ndarray:
@@ -48,3 +48,42 @@ def test_random_arrays_keep_their_shape_and_values(shape: tuple[int, ...]) -> No
 def test_nan_stays_nan() -> None:
     out = to_float16(np.array([np.nan, -np.nan, 1.0], np.float32))
     assert np.isnan(out[:2]).all() and out[2] == 1.0
+
+
+def test_float16_stats_of_every_finite_value_and_of_random_data() -> None:
+    """min, max exact, mean and population std as numpy's float64 reductions, over all 63488 finite float16
+    values (subnormals, ±0, the largest) and over random data; None with a NaN or an infinity."""
+    every = np.arange(65536, dtype=np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)]
+    for x in (finite, np.random.default_rng(5).normal(0.2, 3.0, (7, 33, 65)).astype(np.float16)):
+        lo, hi, mean, std = float16_stats(x)
+        ref = x.astype(np.float64)
+        assert lo == ref.min() and hi == ref.max()
+        assert mean == pytest.approx(ref.mean(), rel=1e-12, abs=1e-12 * np.abs(ref).max())
+        assert std == pytest.approx(ref.std(), rel=1e-10)
+    for bad in (np.float16(np.nan), np.float16(np.inf), np.float16(-np.inf)):
+        x = np.zeros(10, np.float16)
+        x[7] = bad
+        assert float16_stats(x) is None
+    with pytest.raises(TypeError):
+        float16_stats(np.zeros(3, np.float32))
+
+
+def test_to_float32_decodes_every_float16_value() -> None:
+    """Every float16 bit pattern (NaNs as NaN) decoded as numpy decodes it, into a given row of a larger array;
+    float32 input copied; a wrong ``out`` refused."""
+    from tomoguide.compute.float16 import to_float32
+
+    every = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    got = to_float32(every)
+    want = every.astype(np.float32)
+    assert got.dtype == np.float32 and got.shape == (256, 256)
+    np.testing.assert_array_equal(got, want)  # NaN == NaN for assert_array_equal
+    rows = np.zeros((3, 256, 256), np.float32)
+    to_float32(every[::-1], rows[1])  # a non-contiguous source
+    np.testing.assert_array_equal(rows[1], want[::-1])
+    assert not rows[0].any() and not rows[2].any()
+    x = np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(to_float32(x), x)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        to_float32(every, np.zeros((256, 256), np.float64))

@@ -129,8 +129,8 @@ def test_write_read_round_trip(tmp_path: Path, dtype: type, stored: type, mode: 
 
 
 def test_float16_header_stats_over_several_slabs(tmp_path: Path) -> None:
-    """float16 data's header statistics are computed on slabs (2^22 samples each): the same figures as
-    the float64 reductions of the stored values, and as mrcfile's own (to float32 rounding)."""
+    """float16 data's header statistics (one pass over the bits, 10 M samples): the same figures as the float64
+    reductions of the stored values, and as mrcfile's own (to float32 rounding); with a NaN, mrcfile's warning."""
     rng = np.random.default_rng(8)
     data = (rng.normal(0.3, 2.0, (40, 512, 512))).astype(np.float16)  # 10 M samples: three slabs
     path = tmp_path / "sub.mrcs"
@@ -145,6 +145,14 @@ def test_float16_header_stats_over_several_slabs(tmp_path: Path) -> None:
         theirs = {k: float(m.header[k]) for k in ("dmin", "dmax", "dmean", "rms")}
     for k, v in theirs.items():
         assert info.header_stats[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    bad = data[:2].copy()
+    bad[1, 3, 4] = np.nan
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        mrc.write_mrc(tmp_path / "nan.mrcs", bad, 2.0, is_stack=True)
+    _, info = mrc.read_mrc(tmp_path / "nan.mrcs")
+    ok = bad.astype(np.float64)[~np.isnan(bad)]
+    assert info.header_stats["dmin"] == ok.min() and info.header_stats["dmax"] == ok.max()
+    assert info.header_stats["rms"] == pytest.approx(ok.std(), rel=1e-6)
 
 
 def test_write_stack_and_single_image(tmp_path: Path) -> None:
