@@ -1076,9 +1076,10 @@ def _centre_of_inverse(grid: np.ndarray, b: int) -> np.ndarray:
     if p % 4:
         raise ValueError(f"grid size {p} is not a multiple of 4")
     lo = p // 2 - b // 2
-    t = scipy.fft.ifft(grid, axis=0, workers=fft_workers(), overwrite_x=True)[lo:lo + b]
+    # the contiguous axis first (on the whole grid: 15 % faster than z first for 192³ complex64)
+    t = scipy.fft.ifft(grid, axis=2, workers=fft_workers(), overwrite_x=True)[:, :, lo:lo + b]
     t = scipy.fft.ifft(t, axis=1, workers=fft_workers(), overwrite_x=True)[:, lo:lo + b]
-    t = scipy.fft.ifft(t, axis=2, workers=fft_workers(), overwrite_x=True)[:, :, lo:lo + b]
+    t = scipy.fft.ifft(t, axis=0, workers=fft_workers(), overwrite_x=True)[lo:lo + b]
     sign = 1.0 - 2.0 * ((np.arange(lo, lo + b)) % 2)
     return t * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :]).astype(np.float32)
 
