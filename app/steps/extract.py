@@ -301,13 +301,18 @@ def load_particles(folder: Path, rows: np.ndarray | None = None) -> tuple[Partic
 
     def read(item: tuple[int, Any]) -> None:
         i, row = item
-        d, _ = read_mrc(resolve_in(base, str(row.rlnImageName), "rlnImageName"))
-        w, _ = read_mrc(resolve_in(base, str(row.rlnCtfImage), "rlnCtfImage"))
+        d_path = resolve_in(base, str(row.rlnImageName), "rlnImageName")
+        w_path = resolve_in(base, str(row.rlnCtfImage), "rlnCtfImage")
+        d, _ = read_mrc(d_path)
+        w, _ = read_mrc(w_path)
         if rec.dimensionality == 2:
             vm = mats[str(row.rlnTomoName)][np.asarray(rec.info["views_used"][str(row.rlnTomoName)])]
             d3, w3 = sta.backproject_subtomogram(np.asarray(d, np.float32), np.asarray(w, np.float32), vm)
             data[i], weights[i] = d3, w3
         else:  # float16 files decoded straight into the rows (a table: numpy's conversion loops per value)
+            for path, arr in ((d_path, d), (w_path, w)):
+                if arr.shape != (b, b, b):
+                    raise ValueError(f"{path}: {arr.shape} voxels, but {base / 'particles.json'} says box_px {b}")
             to_float32(d, data[i])
             to_float32(w, weights[i])
 

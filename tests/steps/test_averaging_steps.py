@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import mrcfile
@@ -12,6 +14,7 @@ from tomoguide import synth
 from tomoguide.compute import sta
 from tomoguide.compute.euler import euler_to_matrix
 from tomoguide.compute.fsc import soft_sphere_mask
+from tomoguide.compute.io.mrc import write_mrc
 from tomoguide.compute.io.star import read_particles_star
 from tomoguide.compute.pick import register_translation
 from tomoguide.demo import demo_params
@@ -90,6 +93,17 @@ def test_extraction_builds_ctf_weighted_pseudo_subtomograms_that_average_to_the_
     # (16 particles in 7 views up to ±30°: detail to about 12 Å, where the mirror image differs)
     band, band_mirror = _band_cc(avg, ref, mask, 4.0, 30.0, 12.0), _band_cc(avg, ref[::-1], mask, 4.0, 30.0, 12.0)
     assert cc > 0.6 and band > 0.25 and band > band_mirror + 0.08, (cc, band, band_mirror)
+    # a particle file of another size (tampered): the message names the file and the record's box
+    folder = picked.output_path("extract", "particles")
+    wpath = folder / str(df["rlnCtfImage"].iloc[1])
+    keep, stat = wpath.read_bytes(), wpath.stat()
+    try:
+        write_mrc(wpath, np.zeros((40, 48, 48), np.float16), 4.0)
+        with pytest.raises(ValueError, match=re.escape(wpath.name) + ".*box_px 48"):
+            load_particles(folder)
+    finally:
+        wpath.write_bytes(keep)
+        os.utime(wpath, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_2d_extraction_reads_back_as_the_same_pseudo_subtomograms(picked: Project) -> None:
