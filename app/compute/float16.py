@@ -11,6 +11,7 @@ and halfway cases); a NaN stays a NaN (its payload may differ).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numba
@@ -78,42 +79,44 @@ def _decode_table() -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _stats(bits: Any, table: Any) -> tuple[float, float, float, float, bool]:
+def _stats(bits: Any, table: Any) -> tuple[float, float, float, float, int, int]:
     lo = np.inf
     hi = -np.inf
     s = 0.0
     s2 = 0.0
-    finite = True
+    n = 0
+    n_nan = 0
     for i in range(bits.size):
         v = table[bits[i]]
-        if not np.isfinite(v):
-            finite = False
-            break
+        if np.isnan(v):
+            n_nan += 1
+            continue
         lo = min(lo, v)
         hi = max(hi, v)
         s += v
         s2 += np.float64(v) * v
-    return lo, hi, s, s2, finite
+        n += 1
+    return lo, hi, s, s2, n, n_nan
 
 
-def float16_stats(x: np.ndarray) -> tuple[float, float, float, float] | None:
-    """``(min, max, mean, std)`` of a float16 array in one pass over its bits (float64 sums; the population
-    standard deviation, as mrcfile's header ``rms``), or None when it holds a NaN or an infinity (for the caller's
-    slower path that reports them). The minimum and maximum are exact; the mean and the deviation agree with
-    numpy's float64 reductions to ~1e-12 relative. Used for the headers of the float16 MRC files the extraction
-    writes by the thousand (numpy's reductions over float16 run element by element)."""
+def float16_stats(x: np.ndarray) -> tuple[float, float, float, float, int]:
+    """``(min, max, mean, std, n_nan)`` of a float16 array in one pass over its bits: the statistics of the values
+    that are not NaN (float64 sums; the population standard deviation, as mrcfile's header ``rms``; an infinity
+    makes the mean infinite and the deviation NaN) and how many NaN were left out (all NaN or empty: NaN
+    statistics). The minimum and maximum are exact; the mean and the deviation agree with numpy's float64
+    reductions to ~1e-12 relative. Used for the headers of the float16 MRC files the extraction writes by the
+    thousand (numpy's reductions over float16 run element by element)."""
     a = np.ascontiguousarray(x)
     if a.dtype != np.float16:
         raise TypeError(f"float16_stats needs float16 data, got {a.dtype}")
-    if a.size == 0:
-        return None
-    lo, hi, s, s2, finite = _stats(a.reshape(-1).view(np.uint16), _decode_table())
-    if not finite:
-        return None
-    n = a.size
+    lo, hi, s, s2, n, n_nan = _stats(a.reshape(-1).view(np.uint16), _decode_table())
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan, int(n_nan)
     mean = s / n
-    return float(lo), float(hi), float(mean), float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
-
+    with np.errstate(invalid="ignore"):
+        var = s2 / n - mean * mean
+    return float(lo), float(hi), float(mean), float(math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan), \
+        int(n_nan)
 
 
 @numba.njit(cache=True, nogil=True)

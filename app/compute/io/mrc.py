@@ -357,10 +357,10 @@ def _mrc_compatible(data: np.ndarray) -> np.ndarray:
 
 class _MrcFileF16Stats(MrcFile):
     """An MRC file being written whose header statistics of float16 data are computed in one pass over the bits
-    (:func:`tomoguide.compute.float16.float16_stats`; with a NaN or an infinity: on float32 copies of slabs, with
-    mrcfile's warnings, the statistics of the values that are not NaN): mrcfile's own reductions over float16 arrays run element by element, and the extraction
-    writes thousands of float16 sub-tilt stacks. The same statistics as mrcfile's to float32 rounding (the
-    summation order differs); other data types as mrcfile computes them."""
+    (:func:`tomoguide.compute.float16.float16_stats`; with mrcfile's warnings for NaN and infinities, the
+    statistics of the values that are not NaN): mrcfile's own reductions over float16 arrays run element by
+    element, and the extraction writes thousands of float16 sub-tilt stacks. The same statistics as mrcfile's to
+    float32 rounding (the summation order differs); other data types as mrcfile computes them."""
 
     def update_header_stats(self) -> None:
         from tomoguide.compute.float16 import float16_stats
@@ -369,43 +369,16 @@ class _MrcFileF16Stats(MrcFile):
         if data is None or data.dtype != np.float16 or data.size == 0:
             super().update_header_stats()
             return
-        fast = float16_stats(data)  # one pass over the bits (every value finite)
-        if fast is not None:
-            self.header.dmin, self.header.dmax, self.header.dmean, self.header.rms = (np.float32(v) for v in fast)
-            return
-        flat = data.reshape(data.shape[0], -1) if data.ndim > 1 else data.reshape(1, -1)
-        step = max(1, (1 << 22) // max(flat.shape[1], 1))
-        lo, hi, total, n, has_nan = np.inf, -np.inf, 0.0, 0, False
-        for a in range(0, flat.shape[0], step):
-            c = flat[a:a + step].astype(np.float32)
-            nan = np.isnan(c)
-            if nan.any():
-                has_nan = True
-                c = c[~nan]
-                if c.size == 0:
-                    continue
-            lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
-            total += float(c.sum(dtype=np.float64))
-            n += c.size
-        if has_nan:
+        lo, hi, mean, rms, n_nan = float16_stats(data)  # one pass over the bits
+        if n_nan:
             warnings.warn("Data array contains NaN values", RuntimeWarning)
-        if n == 0:  # nothing but NaN: the statistics are unknown
+        if math.isinf(lo) or math.isinf(hi):
+            warnings.warn("Data array contains infinite values", RuntimeWarning)
+        if n_nan == data.size:  # nothing but NaN: the statistics are unknown
             self.reset_header_stats()
             return
-        mean = total / n
-        ss = 0.0
-        for a in range(0, flat.shape[0], step):
-            c = flat[a:a + step].astype(np.float64).ravel()
-            if has_nan:
-                c = c[~np.isnan(c)]
-            c -= mean
-            ss += float(np.dot(c, c))
-        if np.isinf(lo) or np.isinf(hi):
-            warnings.warn("Data array contains infinite values", RuntimeWarning)
-        self.header.dmin = np.float32(lo)
-        self.header.dmax = np.float32(hi)
-        self.header.dmean = np.float32(mean)
-        self.header.rms = np.float32(math.sqrt(ss / n))
+        self.header.dmin, self.header.dmax = np.float32(lo), np.float32(hi)
+        self.header.dmean, self.header.rms = np.float32(mean), np.float32(rms)
 
 
 def write_mrc(
