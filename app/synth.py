@@ -61,7 +61,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.spatial.transform import Rotation
 
-from tomoguide.compute import simulate, specimen
+from tomoguide.compute import backend, simulate, specimen
 from tomoguide.compute.euler import matrix_to_euler
 from tomoguide.compute.io import eer, imod, mdoc, movies, mrc, star
 
@@ -545,16 +545,25 @@ def generate(
         sections: list[dict[str, Any]] = []
         series_movie_mdocs: list[str] = []
         series_start = t0 + timedelta(hours=si)
-        for acq in range(geom.n_views):
+        # each view draws from its own stream (children of the series' seed, in acquisition order), so views are
+        # simulated in parallel threads and the movies do not depend on the number of threads
+        view_seqs = seeds[2 + si].spawn(geom.n_views)
+
+        def one_view(acq: int, truth: simulate.SeriesTruth = truth,
+                     sets: list[simulate.ParticleSet] = sets,
+                     view_seqs: list[np.random.SeedSequence] = view_seqs) -> tuple[Any, ...]:
             v = int(np.flatnonzero(order == acq)[0])
-            frames, events, diag = simulate.simulate_view(
-                truth, v, sets, gain=gain, hot_pixels=hot, rng=rng, ice_thickness_A=p.slab_thickness_A,
+            return (v, *simulate.simulate_view(
+                truth, v, sets, gain=gain, hot_pixels=hot, rng=np.random.default_rng(view_seqs[acq]),
+                ice_thickness_A=p.slab_thickness_A,
                 slab_normal=tuple(slab_normal), carbon_thickness_A=p.carbon_thickness_A,
                 ice_sublayers=p.ice_sublayers, layer_thickness_A=p.layer_thickness_A, bfactor_A2=p.bfactor_A2,
                 ice_excess=p.ice_excess,
                 hot_pixel_rate=p.hot_pixel_rate, xray_hits_per_view=p.xray_hits_per_tilt,
                 max_count=eer_k if p.movie_format == "eer" else 127,
-            )
+            ))
+
+        for acq, (v, frames, events, _diag) in enumerate(backend.imap_threads(one_view, range(geom.n_views))):
             path = movie_dir / movie_names[v]
             when = series_start + timedelta(seconds=int(acq * 62 + (acq * 37) % 11))
             if p.movie_format == "mrc":

@@ -1,22 +1,23 @@
-"""The simulator old vs new in one run (issue 20, item 5): ``tomoguide simulate --preset small`` timed with
-``app/compute/simulate.py`` as it was at ``--old-commit`` (loaded from git into this process and put in place of
-the module that :mod:`tomoguide.synth` uses) and as it is now, alternately, on the same parameters.
+"""The simulator old vs new in one run (issue 20, item 5): ``tomoguide simulate --preset small`` with the whole
+package as it was at ``--old-commit`` (``git archive`` into a scratch folder, run in a child process with that
+copy first on ``PYTHONPATH``) and as it is now (the same, from the working tree), alternately, on the same
+parameters and the same machine.
 
-    python bench/simulate_speed.py [--preset small] [--repeats 1] [--old-commit c6fcd85]
+    python bench/simulate_speed.py [--preset small] [--repeats 2] [--old-commit b69f835]
                                    [--out bench/results/simulate_speed_<preset>.json]
 
-Recorded: each run's wall time (best per version) and CPU time (all threads of the process: the new code draws
-the Poisson counts in a second thread, so its gain is in wall time when a core is free), the load average before
-and after, and the comparison of the
-two outputs: every truth file byte-identical or not (list of those that differ), and over the movies the
-number of pixels whose counts differ (the new code computes the drift phase ramp as a product of two 1D ramps:
-float rounding of the Poisson means can move a count on rare pixels; the random streams are unchanged).
+Recorded: each run's ``synth.generate`` wall time (imports excluded; best per version) and the child's CPU time
+(all threads), the load average before and after, and the comparison of the two outputs: every truth file
+byte-identical or not (list of those that differ), and over the movies the number of pixels whose counts differ.
+From 2026-12 the movies are drawn from other random streams than b69f835's (one stream per view, so views run in
+parallel threads; counts by inversion of the distribution function): their pixels differ, so the record also
+compares what must not change, each movie's mean count and each frame's count variance, old against new
+(ratios, median and extremes).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -32,17 +33,60 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module_at(commit: str, path: str, name: str) -> Any:
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, text=True,
-                         check=True).stdout
-    tmp = Path(tempfile.mkdtemp(prefix="simold_")) / f"{name}.py"
-    tmp.write_text(src)
-    spec = importlib.util.spec_from_file_location(name, tmp)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def _tree_at(commit: str, work: Path) -> Path:
+    """A folder whose ``tomoguide`` is the package ``app/`` of ``commit`` (``git archive``)."""
+    dest = work / f"tree_{commit}"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    arch = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "app"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
+    (dest / "app").rename(dest / "tomoguide")
+    return dest
+
+
+_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+import tomoguide
+from tomoguide import synth
+assert Path(tomoguide.__file__).resolve().parent.parent == Path(sys.argv[3]).resolve(), tomoguide.__file__
+t = time.perf_counter()
+synth.generate(sys.argv[1], synth.PRESETS[sys.argv[2]])
+wall = time.perf_counter() - t
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_MB": ru.ru_maxrss / 1024}))
+"""
+
+
+def _run_child(tree: Path, out: Path, preset: str) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(out), preset, str(tree)], capture_output=True, text=True,
+                       env=env, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _movie_stats(a: Path, b: Path) -> dict[str, Any]:
+    """Per movie (old, new): mean count ratio; per frame: count variance ratio."""
+    from tomoguide.compute.io import mrc
+
+    mean_r: list[float] = []
+    var_r: list[float] = []
+    for f in sorted((a / "data").rglob("*.mrc")):
+        g = b / f.relative_to(a)
+        if "gain" in f.name or not g.exists():
+            continue
+        x = mrc.read_mrc(f)[0].astype(np.float64)
+        y = mrc.read_mrc(g)[0].astype(np.float64)
+        if x.ndim != 3:
+            continue
+        mean_r.append(float(y.mean() / x.mean()))
+        var_r.extend((y.reshape(len(y), -1).var(axis=1) / x.reshape(len(x), -1).var(axis=1)).tolist())
+
+    def summary(v: list[float]) -> dict[str, float]:
+        arr = np.asarray(v)
+        return {"n": len(v), "median": float(np.median(arr)), "min": float(arr.min()), "max": float(arr.max())}
+
+    return {"movie_mean_count_new_over_old": summary(mean_r), "frame_count_variance_new_over_old": summary(var_r)}
 
 
 def _same_content(f: Path, g: Path) -> bool:
@@ -98,44 +142,43 @@ def _compare(a: Path, b: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--old-commit", default="c6fcd85")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--old-commit", default="b69f835")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from tomoguide import synth
-    from tomoguide.compute import simulate as sim_new
-
-    sim_old = _module_at(args.old_commit, "app/compute/simulate.py", "simulate_old")
-    params = synth.PRESETS[args.preset]
     work = args.work or Path(tempfile.mkdtemp(prefix="simspeed_"))
-    res: dict[str, Any] = {"preset": args.preset, "old_code": f"app/compute/simulate.py at {args.old_commit}",
+    trees = {"old": _tree_at(args.old_commit, work)}
+    new_tree = work / "tree_working"
+    shutil.rmtree(new_tree, ignore_errors=True)
+    shutil.copytree(ROOT / "app", new_tree / "tomoguide", ignore=shutil.ignore_patterns("__pycache__"))
+    trees["new"] = new_tree
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    res: dict[str, Any] = {"preset": args.preset, "old_code": f"the package at {args.old_commit}",
+                           "new_code": f"the working tree (HEAD {head})",
                            "load_before": os.getloadavg(), "cpu_count": os.cpu_count()}
-    times: dict[str, list[float]] = {"old": [], "new": []}
-    cpu: dict[str, list[float]] = {"old": [], "new": []}
+    runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    for name in ("old", "new"):  # compile the numba kernels into each tree's cache first (not timed)
+        _run_child(trees[name], work / f"warm_{name}", "tiny")
+        shutil.rmtree(work / f"warm_{name}", ignore_errors=True)
     for _ in range(args.repeats):
-        for name, mod in (("old", sim_old), ("new", sim_new)):
-            synth.simulate = mod
-            try:
-                out = work / name
-                shutil.rmtree(out, ignore_errors=True)
-                t = time.perf_counter()
-                c = time.process_time()
-                synth.generate(out, params)
-                times[name].append(time.perf_counter() - t)
-                cpu[name].append(time.process_time() - c)
-            finally:
-                synth.simulate = sim_new
-            print(f"{name}: {times[name][-1]:.1f} s wall, {cpu[name][-1]:.1f} s CPU (all threads)", flush=True)
-    res["seconds"] = times
-    res["best_old_s"] = min(times["old"])
-    res["best_new_s"] = min(times["new"])
+        for name in ("old", "new"):
+            out = work / name
+            shutil.rmtree(out, ignore_errors=True)
+            r = _run_child(trees[name], out, args.preset)
+            r["load_after"] = os.getloadavg()[0]
+            runs[name].append(r)
+            print(f"{name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, load {r['load_after']:.2f}", flush=True)
+    res["runs"] = runs
+    res["best_old_s"] = min(r["wall_s"] for r in runs["old"])
+    res["best_new_s"] = min(r["wall_s"] for r in runs["new"])
     res["ratio_old_over_new"] = res["best_old_s"] / res["best_new_s"]
-    res["cpu_seconds_all_threads"] = cpu
-    res["cpu_ratio_old_over_new"] = min(cpu["old"]) / min(cpu["new"])
+    res["cpu_ratio_old_over_new"] = min(r["cpu_s"] for r in runs["old"]) / min(r["cpu_s"] for r in runs["new"])
     res["load_after"] = os.getloadavg()
     res["comparison"] = _compare(work / "old", work / "new")
+    res["comparison"].update(_movie_stats(work / "old", work / "new"))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     out_path = args.out or ROOT / "bench" / "results" / f"simulate_speed_{args.preset}.json"

@@ -84,6 +84,27 @@ def test_layout_and_summary(tiny: dict) -> None:
     assert s.bytes_data > 0 and s.n_particles == tiny["params"].n_particles
 
 
+def test_movies_do_not_depend_on_the_number_of_threads(tiny: dict, tmp_path: Path) -> None:
+    # every view draws from its own stream, so the views simulated on one thread or on two (threads in parallel,
+    # results written in order) give the same bytes; the fixture ran on the machine's own budget
+    from tomoguide.compute import backend
+
+    p = tiny["params"].model_copy(update={"n_series": 1})
+    outs = {}
+    for n in (1, 2):
+        with backend.cpu_threads(n):
+            synth.generate(tmp_path / f"t{n}", p)
+        outs[n] = tmp_path / f"t{n}"
+    files = sorted(f.relative_to(outs[1]) for f in (outs[1] / "data").rglob("*.mrc"))
+    assert len(files) > p.n_frames  # every movie and the gain
+    for rel in files:  # the data (the headers' labels carry the time of writing)
+        one = np.asarray(mrc.read_mrc(outs[1] / rel)[0])
+        np.testing.assert_array_equal(one, np.asarray(mrc.read_mrc(outs[2] / rel)[0]), err_msg=str(rel))
+        np.testing.assert_array_equal(one, np.asarray(mrc.read_mrc(tiny["out"] / rel)[0]), err_msg=str(rel))
+    assert ((outs[1] / "truth" / TS / f"{TS}_xray_hits.csv").read_text()
+            == (outs[2] / "truth" / TS / f"{TS}_xray_hits.csv").read_text())
+
+
 def test_mdoc_matches_truth(tiny: dict) -> None:
     md = mdoc.read_mdoc(tiny["summary"].mdoc_paths[0])
     tilts = tiny["tilts"]
@@ -231,9 +252,10 @@ def test_thon_ring_zeros_at_true_defocus(tiny: dict) -> None:
         off = 0.5 * (a - c) / (a - 2 * b + c) if (a - 2 * b + c) > 0 else 0.0
         found.append((i + off) / (tile * p.pixel_size_A))
     # one 512² view at 3 e⁻/Å²: a single zero's minimum wanders with the noise and the particles' depths (this
-    # seed: within 4.2 % with either defocus handedness; other seeds up to 7 % on zeros 1-4, 12 % on the fifth);
-    # the rings as a whole are held to 2 % by the defocus search below
-    np.testing.assert_allclose(found, zeros, rtol=0.05)
+    # seed: zeros 1-4 within 1.4 %; seeds and noise streams seen: up to 7 % on zeros 1-4, and the fifth is often not
+    # resolved, its window's minimum at the window's edge); the rings as a whole are held to 2 % by the defocus
+    # search below
+    np.testing.assert_allclose(found[:4], zeros[:4], rtol=0.08)
     # the rings are real: the minima are clearly below the maxima between them
     peaks = [flat[int(round(0.5 * (z1 + z2) * tile * p.pixel_size_A))] for z1, z2 in zip(zeros, zeros[1:])]
     dips = [flat[int(round(z * tile * p.pixel_size_A))] for z in zeros[:-1]]

@@ -170,10 +170,20 @@ def map_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     ``cpu_threads(1)`` so that the threads do not each start their own parallel FFTs. ``fn`` must not call
     numba's parallel kernels (numba's ``workqueue`` threading layer, where no OpenMP or TBB is installed, aborts
     on concurrent launches)."""
+    return list(imap_threads(fn, items))
+
+
+def imap_threads(fn: Callable[[Any], Any], items: Sequence[Any], *, ahead: int | None = None) -> Iterator[Any]:
+    """:func:`map_threads` as a generator: the results in the order of ``items``, each as soon as it and those
+    before it are done, with at most ``ahead`` calls (default: twice the threads) started and not yet taken, so
+    a long sequence of large results (a simulated movie per item) is not all held in memory."""
     n = min(thread_budget(), len(items))
     if n <= 1:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
+        for x in items:
+            yield fn(x)
+        return
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     def one(x: Any) -> Any:
         token = _THREADS.set(1)
@@ -182,8 +192,20 @@ def map_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         finally:
             _THREADS.reset(token)
 
+    window = max(n, int(ahead) if ahead is not None else 2 * n)
     with ThreadPoolExecutor(n, thread_name_prefix="tomoguide-map") as pool:
-        return list(pool.map(one, items))
+        pending: deque[Future[Any]] = deque()
+        it = iter(items)
+        try:
+            for x in it:
+                pending.append(pool.submit(one, x))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer stopped early or a call failed: start nothing more
+            for f in pending:
+                f.cancel()
 
 
 @contextlib.contextmanager

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,9 +56,10 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 
+from tomoguide.compute import backend
 from tomoguide.compute import ctf as ctfmod
 from tomoguide.compute import dose as dosemod
-from tomoguide.compute import formfactors
+from tomoguide.compute import formfactors, poisson
 from tomoguide.geometry import TiltSeriesGeometry, rotation_2d
 
 __all__ = [
@@ -210,7 +210,7 @@ def _trilinear(vol: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> 
     return np.where(inside, out, 0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _trilinear_c64(vol: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:  # pragma: no cover
     """:func:`_trilinear` for a complex64 ``vol`` and 1D float64 indices, one pass per point: the same float32
     weights and the same order of the eight complex64 additions (no fastmath: the result is bit-identical; tested)."""
@@ -295,7 +295,7 @@ class FourierProjector:
         sx, sy = float(shift_px[0]), float(shift_px[1])
         phase = np.exp(-2j * math.pi * (kxv * sx + kyv * sy))
         g = (vals * phase).reshape(b, b)
-        img = scipy.fft.fftshift(scipy.fft.ifft2(scipy.fft.ifftshift(g), workers=-1)).real
+        img = scipy.fft.fftshift(scipy.fft.ifft2(scipy.fft.ifftshift(g), workers=backend.fft_workers())).real
         # ifft of the slice sampled at 1/B: the sum over the (padded) beam axis, in voxel units
         return (img * self.pixel_size_A).astype(np.float32)
 
@@ -378,11 +378,11 @@ def gaussian_random_field(
 ) -> np.ndarray:
     """(ny, nx) float32 stationary Gaussian field whose power spectral density is ``psd`` (on the rfft2
     grid, units value²·Å²): DFT of white noise times ``sqrt(psd) / pixel``; the mean (k = 0) is removed."""
-    w = rng.standard_normal(shape).astype(np.float32)
-    f = scipy.fft.rfft2(w, workers=-1)
+    w = rng.standard_normal(shape, dtype=np.float32)
+    f = scipy.fft.rfft2(w, workers=backend.fft_workers())
     amp = np.sqrt(psd) / pixel_size_A
     amp[0, 0] = 0.0
-    return scipy.fft.irfft2(f * amp, s=shape, workers=-1).astype(np.float32)
+    return scipy.fft.irfft2(f * amp, s=shape, workers=backend.fft_workers()).astype(np.float32)
 
 
 def make_gain_reference(
@@ -783,9 +783,9 @@ def simulate_view(
         dfj = 0.5 * (du + dv) + hand * centres[j] * px
         c = -np.sin(base + np.float32(dfj) * lam_k2)
         if j in spec_layers:
-            s_spec += scipy.fft.rfft2(spec_layers[j], workers=-1) * c
+            s_spec += scipy.fft.rfft2(spec_layers[j], workers=backend.fft_workers()) * c
         if j in ice_layers:
-            s_ice += scipy.fft.rfft2(ice_layers[j], workers=-1) * c
+            s_ice += scipy.fft.rfft2(ice_layers[j], workers=backend.fft_workers()) * c
     sigma = ctfmod.interaction_constant_rad_per_VA(opt.voltage_kV)
     env = (np.exp(-bfactor_A2 * k2 / 4.0) * 2.0 * sigma).astype(np.float32)
     s_spec *= env
@@ -799,8 +799,7 @@ def simulate_view(
     fd = truth.frame_doses(view)
     drift = -truth.frame_shifts_px[view]  # content displacement delta_j
     gain_inv = (1.0 / gain).astype(np.float32)
-    out_dtype = np.uint8 if max_count <= 255 else np.uint16
-    frames = np.empty((nf, ny, nx), dtype=out_dtype)
+    frames = np.empty((nf, ny, nx), dtype=poisson.counts_dtype(max_count))
     mean_i = 0.0
     hot = np.zeros(shape, dtype=np.float32)
     hot[hot_pixels[:, 0], hot_pixels[:, 1]] = hot_pixel_rate
@@ -813,41 +812,33 @@ def simulate_view(
     # the drift phase ramp is separable: exp(-2πi px kx dx) (columns) times exp(-2πi px ky dy) (rows)
     kx_row = kx[0, :]
     ky_col = ky[:, 0]
-    # The Poisson draws (most of a view's time, one core) run in one worker thread, in frame order, while this
-    # thread computes the next frame's image (numpy releases the GIL while drawing): the same draws from the same
-    # stream as one after another; at most two frames' draws wait, and ``rng`` is used again only once all ended.
-    pending: list[tuple[int, Future[np.ndarray]]] = []
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poisson")
-    try:
-        for j in range(nf):
-            n0 = prior + n_before
-            dn = float(fd[j])
-            if radiation_damage:
-                a0 = np.exp(-n0 / two_ne)
-                if dn == 0.0:
-                    att = a0.astype(np.float32)
-                else:
-                    a1 = np.exp(-(n0 + dn) / two_ne)
-                    att = np.where(ne_finite, two_ne_safe / dn * (a0 - a1), 1.0).astype(np.float32)
+    fw = backend.fft_workers()
+    a1_prev: np.ndarray | None = None
+    for j in range(nf):
+        n0 = prior + n_before
+        dn = float(fd[j])
+        if radiation_damage:
+            # the exposure filter's end value of frame j - 1 is its start value of frame j
+            a0 = a1_prev if a1_prev is not None else np.exp(-n0 / two_ne)
+            a1_prev = np.exp(-(n0 + dn) / two_ne)
+            if dn == 0.0:
+                att = a0.astype(np.float32)
             else:
-                att = np.float32(1.0)
-            n_before += float(fd[j])
-            ph = (np.exp(-2j * math.pi * px * (kx_row * drift[j, 0]))[None, :]
-                  * np.exp(-2j * math.pi * px * (ky_col * drift[j, 1]))[:, None]).astype(np.complex64)
-            spec = (s_spec * att + s_ice) * ph
-            img = 1.0 + scipy.fft.irfft2(spec, s=shape, workers=-1)
-            np.maximum(img, 0.0, out=img)
-            mean_i += float(img.mean()) / nf
-            lam_counts = (float(fd[j]) * px * px) * img * gain_inv + hot
-            while len(pending) >= 2:
-                jj, fut = pending.pop(0)
-                frames[jj] = np.minimum(fut.result(), max_count).astype(out_dtype)
-            pending.append((j, pool.submit(rng.poisson, lam_counts)))
-        while pending:
-            jj, fut = pending.pop(0)
-            frames[jj] = np.minimum(fut.result(), max_count).astype(out_dtype)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+                att = np.where(ne_finite, two_ne_safe / dn * (a0 - a1_prev), 1.0).astype(np.float32)
+        else:
+            att = np.float32(1.0)
+        n_before += dn
+        ph = (np.exp(-2j * math.pi * px * (kx_row * drift[j, 0]))[None, :]
+              * np.exp(-2j * math.pi * px * (ky_col * drift[j, 1]))[:, None]).astype(np.complex64)
+        spec = (s_spec * att + s_ice) * ph
+        img = scipy.fft.irfft2(spec, s=shape, workers=fw)
+        img += 1.0
+        np.maximum(img, 0.0, out=img)
+        mean_i += float(img.mean()) / nf
+        img *= np.float32(dn * px * px)
+        img *= gain_inv
+        img += hot
+        frames[j] = poisson.poisson_clipped(img, rng, max_count)  # counts = min(Poisson(λ), max_count)
 
     # ---- X-ray hits --------------------------------------------------------------------------------
     n_hits = int(rng.poisson(xray_hits_per_view))

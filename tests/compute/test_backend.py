@@ -106,3 +106,36 @@ def test_cpu_threads_limits_numba_fft_and_blas_in_this_thread_only() -> None:
         assert numba.get_num_threads() == full and fft_workers() == -1
     with pytest.raises(ValueError, match="at least 1"), cpu_threads(0):
         pass
+
+
+def test_imap_threads_keeps_order_bounds_the_window_and_raises() -> None:
+    import threading
+    import time
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def slow(x: int) -> int:
+        with lock:
+            started.append(x)
+        time.sleep(0.02 if x % 3 == 0 else 0.001)  # later items finish before earlier ones
+        return x * x
+
+    with backend.cpu_threads(2):
+        gen = backend.imap_threads(slow, list(range(20)), ahead=3)
+        first = next(gen)
+        assert first == 0
+        time.sleep(0.1)
+        assert len(started) <= 4  # the window: 3 started and not yet taken, and the one taken
+        assert [first, *gen] == [x * x for x in range(20)]
+        assert backend.map_threads(slow, [3, 1, 2]) == [9, 1, 4]
+
+    def fails(x: int) -> int:
+        if x == 5:
+            raise RuntimeError("item 5 failed")
+        return x
+
+    with backend.cpu_threads(2), pytest.raises(RuntimeError, match="item 5"):
+        list(backend.imap_threads(fails, list(range(10))))
+    with backend.cpu_threads(1):  # one thread: in this thread, in order
+        assert list(backend.imap_threads(lambda x: threading.get_ident(), [1, 2])) == [threading.get_ident()] * 2
