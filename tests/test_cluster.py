@@ -537,7 +537,8 @@ def test_refinement_on_workers_with_one_killed_equals_the_inline_run(tiny_projec
     a, b = _average_outputs(ref, "refine", True), _average_outputs(got, "refine", True)
     assert {"half1.mrc", "half2.mrc", "map.mrc", "particles.star/rlnAngleRot", "particles.star/rlnOriginXAngst",
             f"particles.star/{SCORE}"} <= set(a)
-    np.testing.assert_allclose(a.pop(f"particles.star/{SCORE}"), b.pop(f"particles.star/{SCORE}"), rtol=1e-6)
+    # float32 sums over a particle's sub-tilts and voxels in another order: seen up to 1.2e-6 relative
+    np.testing.assert_allclose(a.pop(f"particles.star/{SCORE}"), b.pop(f"particles.star/{SCORE}"), rtol=1e-5)
     assert sorted(a) == sorted(b)
     for key in a:
         if isinstance(a[key], str):

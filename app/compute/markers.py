@@ -277,7 +277,7 @@ class MarkerRefinement:
 
 
 def refine_with_markers(stack: np.ndarray, geometry: TiltSeriesGeometry, *, diameter_px: float, thickness_px: int,
-                        max_count: int = 150, min_count: int = 8, rounds: int = 4, solve_axis: bool = True,
+                        max_count: int = 150, min_count: int = 6, rounds: int = 4, solve_axis: bool = True,
                         solve_rotation: bool = False, solve_magnification: bool = False,
                         outlier_mad: float = 3.0, view_weights: np.ndarray | None = None,
                         smoothing: float = 0.1) -> MarkerRefinement:

@@ -780,6 +780,25 @@ class ThresholdChoice:
         return text
 
 
+def _is_noise_tail(dropped: np.ndarray, population_min: float, scores: np.ndarray, threshold: float,
+                   sigma: float) -> bool:
+    """Whether the sorted peaks ``dropped`` (all at or above the noise ``threshold``, below a population whose
+    lowest peak is ``population_min``) are the noise's own tail: joined to the peaks below the threshold (no gap
+    over one noise ``sigma`` from the highest peak under the threshold up through them), narrower than the gap
+    above them, and thinning out upwards (fewer in the upper half of their span than in the lower half)."""
+    if len(dropped) == 0:
+        return False
+    under = scores[scores < threshold]
+    chain = np.sort(np.concatenate([[float(under.max())] if len(under) else [], dropped]))
+    if np.any(np.diff(chain) > sigma):
+        return False
+    span = float(dropped.max()) - threshold
+    if not span < population_min - float(dropped.max()):
+        return False
+    mid = threshold + 0.5 * span
+    return int(np.sum(dropped > mid)) < int(np.sum(dropped <= mid))
+
+
 def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, particle_margin_sd: float = 4.0,
                         max_raise_fraction: float = 0.05, tail_sd: float = 1.5) -> ThresholdChoice:
     """A score threshold for peak picking from the peaks' own score distribution.
@@ -798,6 +817,13 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
        threshold or closer to it than to the population (the noise's own tail, often heavier than the
        Gaussian's, e.g. near the specimen's surfaces or with few views); never a second population of particles
        standing clear of the noise.
+    3. With few views the noise's tail can outnumber the particles (the tiny preset's 7-view tomogram: 21 ghost
+       peaks where the projection rays of particles at the same height cross, 0.35-0.44, below 16 particles at
+       0.65-0.79, a gap of 3.4 noise SDs). When no gap leaves half of the peaks above it, the widest clear gap
+       (over 2 noise SDs) with at least 5 peaks above it is still taken if what it would drop is the noise's
+       tail (:func:`_is_noise_tail`): it starts at the noise threshold without a gap, is narrower than the gap
+       above it, and thins out upwards (more of it in the lower half of its span than in the upper half), as a
+       tail does and a population of particles, with its own mode, does not.
     """
     from scipy.special import ndtr
 
@@ -820,8 +846,16 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
         med = float(np.median(above))
         sd = 1.4826 * float(np.median(np.abs(above - med)))
         raised = med - particle_margin_sd * sd
-        if len(gaps) and gaps.max() > 0:  # at least the middle of the gap: below it is not the population
+        k = -1
+        if len(gaps) and gaps.max() > 0:
             k = int(np.argmax(gaps))
+        else:  # a tail of the noise that outnumbers the particles (docstring, 3.)
+            wide = np.flatnonzero((np.diff(above) > 2.0 * nm.sigma) & (n_up >= 5))
+            if len(wide):
+                j = int(wide[np.argmax(np.diff(above)[wide])])
+                if _is_noise_tail(above[: j + 1], float(above[j + 1]), v, nm.threshold, nm.sigma):
+                    k = j
+        if k >= 0:  # at least the middle of the gap: below it is not the population
             population = above[k + 1:]
             med = float(np.median(population))
             sd = 1.4826 * float(np.median(np.abs(population - med)))
@@ -833,7 +867,9 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
             # it than to the population's lowest peak
             span = float(dropped.max()) - nm.threshold if len(dropped) else 0.0
             gap = float(population.min()) - float(dropped.max()) if len(dropped) else 0.0
-            tail = len(dropped) < 0.5 * len(above) and (span < tail_sd * nm.sigma or span < gap)
+            tail = (len(dropped) < 0.5 * len(above) and (span < tail_sd * nm.sigma or span < gap)) or (
+                len(population) < 0.5 * len(above) and len(dropped) > 0
+                and _is_noise_tail(dropped, float(population.min()), v, nm.threshold, nm.sigma))
             if len(dropped) <= max_raise_fraction * len(above) or tail:
                 thr, how = raised, "particles"
     low = nm.mean + 2.0 * nm.sigma

@@ -9,8 +9,10 @@ drawn with probability ``1 - F(max_count - 1)``, exactly the clipped distributio
 caller's ``numpy.random.Generator`` (one ``random`` call per frame), so the counts are deterministic for a
 seed.
 
-Edge cases: λ = 0 gives 0; a λ so large that ``exp(-λ)`` underflows (λ > 745) gives ``max_count`` (the
-probability of any smaller count is below 1e-300); λ that is negative, not a number or infinite is an error.
+Means of ``LARGE_MEAN`` and more (hot pixels of a long exposure, the high-dose views of tests) are drawn by
+numpy's ``Generator.poisson`` after the uniforms, in C order of their pixels: the term recursion would start from
+an ``exp(-λ)`` that underflows past λ ≈ 745 and take λ steps. λ = 0 gives 0; λ that is negative, not a number or
+infinite is an error.
 
 Arrays: ``lam`` (...) float32/float64, e⁻/px; the result has ``lam``'s shape, uint8 for ``max_count`` ≤ 255,
 else uint16.
@@ -26,6 +28,7 @@ import numpy as np
 __all__ = ["poisson_clipped", "poisson_clipped_reference", "counts_dtype"]
 
 MAX_SUPPORTED_COUNT = 65535
+LARGE_MEAN = 100.0  # from here numpy's sampler (exp(-100) = 4e-44: the recursion below is exact to float64)
 
 
 def counts_dtype(max_count: int) -> type[np.unsignedinteger]:
@@ -52,6 +55,8 @@ def poisson_clipped_reference(lam: np.ndarray, u: np.ndarray, max_count: int) ->
     one count at a time, with the same float64 arithmetic. ``u`` has ``lam``'s shape, float64 in [0, 1)."""
     lam64 = np.asarray(lam, dtype=np.float64)
     _check(lam64, max_count)
+    if lam64.size and float(lam64.max()) >= LARGE_MEAN:
+        raise ValueError(f"the inversion is for means below {LARGE_MEAN:g}")
     u64 = np.asarray(u, dtype=np.float64)
     inv = _inverse_counts(max_count)
     p = np.exp(-lam64)
@@ -74,8 +79,9 @@ _FIRST_TERMS = 8  # counts tried for every pixel of a block without a branch; P(
 
 @numba.njit(cache=True, nogil=True)
 def _inverse_cdf(lam: np.ndarray, u: np.ndarray, max_count: int, inv: np.ndarray,
-                 out: np.ndarray) -> None:  # pragma: no cover
-    """out[i] = smallest k ≤ max_count with F_λ(k) > u[i] (else max_count), for flat arrays.
+                 out: np.ndarray) -> int:  # pragma: no cover
+    """out[i] = smallest k ≤ max_count with F_λ(k) > u[i] (else max_count), for flat arrays; pixels with
+    λ ≥ ``LARGE_MEAN`` are left at 0 and counted (the return value) for the caller to draw.
 
     Per block of pixels the first ``_FIRST_TERMS`` terms are summed for all of them in branch-free loops (the
     count is the number of partial sums ≤ u, since they increase); the few pixels past them continue one by
@@ -86,10 +92,11 @@ def _inverse_cdf(lam: np.ndarray, u: np.ndarray, max_count: int, inv: np.ndarray
     c = np.empty(_BLOCK)
     m = np.empty(_BLOCK)
     cnt = np.empty(_BLOCK)  # float: the compare-and-add loop vectorises
+    n_large = 0
     for s in range(0, n, _BLOCK):
         nb = min(n, s + _BLOCK) - s
         for j in range(nb):
-            m[j] = np.float64(lam[s + j])
+            m[j] = min(np.float64(lam[s + j]), LARGE_MEAN)  # a large mean: any finite start, redone below
             p[j] = math.exp(-m[j])
             c[j] = p[j]
             cnt[j] = 0
@@ -100,6 +107,10 @@ def _inverse_cdf(lam: np.ndarray, u: np.ndarray, max_count: int, inv: np.ndarray
                 p[j] = p[j] * (m[j] * ik)
                 c[j] += p[j]
         for j in range(nb):
+            if m[j] >= LARGE_MEAN:
+                out[s + j] = 0
+                n_large += 1
+                continue
             k = int(cnt[j])
             if k == nk:  # u ≥ F(nk - 1): go on from p = p(nk), c = F(nk)
                 pj, cj, mj, uj = p[j], c[j], m[j], u[s + j]
@@ -108,6 +119,7 @@ def _inverse_cdf(lam: np.ndarray, u: np.ndarray, max_count: int, inv: np.ndarray
                     pj = pj * (mj * inv[k])
                     cj += pj
             out[s + j] = k
+    return n_large
 
 
 def poisson_clipped(lam: np.ndarray, rng: np.random.Generator, max_count: int) -> np.ndarray:
@@ -122,5 +134,8 @@ def poisson_clipped(lam: np.ndarray, rng: np.random.Generator, max_count: int) -
     _check(lam, max_count)
     u = rng.random(lam.size)
     out = np.empty(lam.size, dtype=counts_dtype(max_count))
-    _inverse_cdf(lam.reshape(-1), u, int(max_count), _inverse_counts(max_count), out)
+    flat = lam.reshape(-1)
+    if _inverse_cdf(flat, u, int(max_count), _inverse_counts(max_count), out):
+        big = np.flatnonzero(flat >= LARGE_MEAN)
+        out[big] = np.minimum(rng.poisson(flat[big].astype(np.float64)), max_count)
     return out.reshape(lam.shape)

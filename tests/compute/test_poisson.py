@@ -21,7 +21,7 @@ def _kernel(lam: np.ndarray, u: np.ndarray, max_count: int) -> np.ndarray:
 def test_kernel_equals_numpy_reference(max_count: int) -> None:
     rng = np.random.default_rng(3)
     lam = rng.gamma(1.5, 2.0, size=(70, 53)).astype(np.float32)  # mostly small, a tail to ~20
-    lam.flat[:40] = [0.0, 1e-9, 7.9, 8.0, 25.0, 126.0, 127.5, 200.0, 744.0, 800.0] * 4  # past the first 8 terms
+    lam.flat[:40] = [0.0, 1e-9, 7.9, 8.0, 25.0, 60.0, 99.0, 99.99, 12.0, 40.0] * 4  # past the first 8 terms
     u = rng.random(lam.shape)
     u.flat[:4] = [0.0, 1.0 - 2**-53, 0.5, 0.999999]
     ref = poisson.poisson_clipped_reference(lam, u, max_count)
@@ -30,14 +30,18 @@ def test_kernel_equals_numpy_reference(max_count: int) -> None:
     np.testing.assert_array_equal(got, ref)
     assert got.max() <= max_count
     assert got.flat[0] == 0  # λ = 0
-    assert got.flat[9] == max_count  # exp(-800) underflows: the clipped count
+    if max_count >= 127:
+        assert 60 < got.flat[6] < 140  # λ = 99
+    with pytest.raises(ValueError, match="below 100"):
+        poisson.poisson_clipped_reference(np.array([100.0]), np.array([0.5]), max_count)
 
 
-@pytest.mark.parametrize("lam", [0.3, 2.0, 6.5, 30.0])
+@pytest.mark.parametrize("lam", [0.3, 2.0, 6.5, 30.0, 99.5, 150.0, 3000.0])
 def test_counts_follow_the_poisson_distribution(lam: float) -> None:
+    # below LARGE_MEAN (100) by inversion, from it by numpy's sampler
     rng = np.random.default_rng(11)
     n = 200_000
-    max_count = 80  # no clipping to speak of (P(X ≥ 80 | 30) ~ 1e-14): mean and variance are λ
+    max_count = int(lam + 12 * np.sqrt(lam) + 20)  # no clipping to speak of: mean and variance are λ
     k = poisson.poisson_clipped(np.full((400, 500), lam, dtype=np.float32), rng, max_count).ravel()
     obs = np.bincount(k, minlength=max_count + 1).astype(np.float64)
     pmf = scipy.stats.poisson.pmf(np.arange(max_count + 1), lam)

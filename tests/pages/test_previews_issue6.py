@@ -72,7 +72,7 @@ def _entry(project: Project, step: str, output: str = "series"):  # type: ignore
 
 def test_alignment_refined_with_markers_through_the_step_and_page(  # type: ignore[no-untyped-def]
         qtbot, tiny_dataset: Path, tmp_path: Path) -> None:
-    """The tiny preset has 16 particles: with the defaults (at least 8 markers) the step refines with them, records
+    """The tiny preset has 16 particles: with the defaults (at least 6 markers) the step refines with them, records
     them and the page says so; asked for more markers than there are particles, it keeps patch tracking and says
     why."""
     from tomoguide import synth
