@@ -46,6 +46,7 @@ Defocus handedness: the default ``defocus_handedness = -1`` is that of real Seri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -563,63 +564,65 @@ def generate(
                 max_count=eer_k if p.movie_format == "eer" else 127,
             ))
 
-        for acq, (v, frames, events, _diag) in enumerate(backend.imap_threads(one_view, range(geom.n_views))):
-            path = movie_dir / movie_names[v]
-            when = series_start + timedelta(seconds=int(acq * 62 + (acq * 37) % 11))
-            if p.movie_format == "mrc":
-                movies.write_movie_mrc(path, frames.astype(np.int8), px_stated)  # counts 0..127: mode 0, exact
-            elif p.movie_format == "tiff":
-                movies.write_movie_tiff(path, frames, compression="lzw")  # rows top first, as SerialEM
-            else:
-                # EER rasters are stored top row first: the MRC-frame frame flipped (movies.tiff_rows)
-                strips = [s for fr in frames for s in eer.encode_counts(movies.tiff_rows(fr), eer_k, eer_rng)]
-                eer.write_eer(path, strips, shape, metadata=_eer_metadata(p, name, acq, float(doses[v]), when))
-            for fr, y, x, c in events.xray_pixels:
-                xray_rows.append({"movie": movie_names[v], "tilt_index": v, "acquisition_order": acq,
-                                  "frame": int(fr), "y": int(y), "x": int(x), "counts_added": int(c)})
-            if frames_layout:
-                sub_frame_path = f"X:\\Frames\\{name}\\{movie_names[v]}"
-            else:
-                sub_frame_path = f"X:\\tomoguide\\{name}\\frames\\{movie_names[v]}"
-            section = {
-                "ZValue": acq,
-                "TiltAngle": round(float(nominal[v]), 3),
-                "StagePosition": "12.345 -67.89",
-                "StageZ": -12.5,
-                "Magnification": 64000,
-                "Intensity": 0.0912,
-                "ExposureDose": float(doses[v]),
-                "DoseRate": 8.0,
-                "PixelSpacing": px_stated,
-                "SpotSize": 8,
-                "Defocus": round(-float(truth.defocus_u_A[v] + truth.defocus_v_A[v]) / 2e4, 4),
-                "ImageShift": "0.0 0.0",
-                "RotationAngle": rotation_angle,
-                "ExposureTime": 1.2,
-                "Binning": 1,
-                "CameraIndex": 0,
-                "DividedBy2": 0,
-                "MagIndex": 31,
-                "TargetDefocus": -p.nominal_defocus_um,
-                "SubFramePath": sub_frame_path,
-                "NumSubFrames": n_sub,
-                "FrameDosesAndNumber": f"{float(doses[v]) / n_sub:g} {n_sub}",
-                "DateTime": mdoc.format_serialem_datetime(when),
-            }
-            sections.append(section)
-            if write_movie_mdocs:
-                frame_section = {"GainReference": p.gain_file_name,
-                                 **{k: val for k, val in section.items() if k != "ZValue"}}
-                mpath = movie_dir / f"{movie_names[v]}.mdoc"
-                _write_frame_mdoc(
-                    mpath, title=f"SerialEM: Digitized on tomoguide simulator (seed {p.seed})       "
-                    f"{mdoc.format_serialem_datetime(when)}    ", voltage_kV=p.voltage_kV, section=frame_section,
-                    eol=eol)
-                movie_mdoc_paths.append(mpath)
-                series_movie_mdocs.append(mpath.relative_to(out).as_posix())
-            done += 1
-            report(0.05 + 0.85 * done / n_views_total,
-                   f"{name}: tilt {acq + 1}/{geom.n_views} ({nominal[v]:+.1f}°)")
+        # closed when the loop ends early (an error, a cancelled progress callback): no view is started after
+        with contextlib.closing(backend.imap_threads(one_view, range(geom.n_views))) as views:
+            for acq, (v, frames, events, _diag) in enumerate(views):
+                path = movie_dir / movie_names[v]
+                when = series_start + timedelta(seconds=int(acq * 62 + (acq * 37) % 11))
+                if p.movie_format == "mrc":
+                    movies.write_movie_mrc(path, frames.astype(np.int8), px_stated)  # counts 0..127: mode 0, exact
+                elif p.movie_format == "tiff":
+                    movies.write_movie_tiff(path, frames, compression="lzw")  # rows top first, as SerialEM
+                else:
+                    # EER rasters are stored top row first: the MRC-frame frame flipped (movies.tiff_rows)
+                    strips = [s for fr in frames for s in eer.encode_counts(movies.tiff_rows(fr), eer_k, eer_rng)]
+                    eer.write_eer(path, strips, shape, metadata=_eer_metadata(p, name, acq, float(doses[v]), when))
+                for fr, y, x, c in events.xray_pixels:
+                    xray_rows.append({"movie": movie_names[v], "tilt_index": v, "acquisition_order": acq,
+                                      "frame": int(fr), "y": int(y), "x": int(x), "counts_added": int(c)})
+                if frames_layout:
+                    sub_frame_path = f"X:\\Frames\\{name}\\{movie_names[v]}"
+                else:
+                    sub_frame_path = f"X:\\tomoguide\\{name}\\frames\\{movie_names[v]}"
+                section = {
+                    "ZValue": acq,
+                    "TiltAngle": round(float(nominal[v]), 3),
+                    "StagePosition": "12.345 -67.89",
+                    "StageZ": -12.5,
+                    "Magnification": 64000,
+                    "Intensity": 0.0912,
+                    "ExposureDose": float(doses[v]),
+                    "DoseRate": 8.0,
+                    "PixelSpacing": px_stated,
+                    "SpotSize": 8,
+                    "Defocus": round(-float(truth.defocus_u_A[v] + truth.defocus_v_A[v]) / 2e4, 4),
+                    "ImageShift": "0.0 0.0",
+                    "RotationAngle": rotation_angle,
+                    "ExposureTime": 1.2,
+                    "Binning": 1,
+                    "CameraIndex": 0,
+                    "DividedBy2": 0,
+                    "MagIndex": 31,
+                    "TargetDefocus": -p.nominal_defocus_um,
+                    "SubFramePath": sub_frame_path,
+                    "NumSubFrames": n_sub,
+                    "FrameDosesAndNumber": f"{float(doses[v]) / n_sub:g} {n_sub}",
+                    "DateTime": mdoc.format_serialem_datetime(when),
+                }
+                sections.append(section)
+                if write_movie_mdocs:
+                    frame_section = {"GainReference": p.gain_file_name,
+                                     **{k: val for k, val in section.items() if k != "ZValue"}}
+                    mpath = movie_dir / f"{movie_names[v]}.mdoc"
+                    _write_frame_mdoc(
+                        mpath, title=f"SerialEM: Digitized on tomoguide simulator (seed {p.seed})       "
+                        f"{mdoc.format_serialem_datetime(when)}    ", voltage_kV=p.voltage_kV, section=frame_section,
+                        eol=eol)
+                    movie_mdoc_paths.append(mpath)
+                    series_movie_mdocs.append(mpath.relative_to(out).as_posix())
+                done += 1
+                report(0.05 + 0.85 * done / n_views_total,
+                       f"{name}: tilt {acq + 1}/{geom.n_views} ({nominal[v]:+.1f}°)")
         if write_series_mdoc:
             mdoc.write_mdoc(
                 mdoc_path,
