@@ -31,7 +31,7 @@ MATCH_A = 30.0  # half the apoferritin radius, as bench/pick.py
 def _module_at(commit: str, path: str, name: str) -> Any:
     src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, text=True,
                          check=True).stdout
-    f = Path(tempfile.mkdtemp(prefix="oldmod_")) / f"{name}.py"
+    f = Path(tempfile.mkdtemp(prefix="oldmod_")) / f"{name.rsplit('.', 1)[-1]}.py"
     f.write_text(src)
     spec = importlib.util.spec_from_file_location(name, f)
     assert spec is not None and spec.loader is not None
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/tiny_seeds"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tiny_seeds.json")
     args = ap.parse_args(argv)
-    old_pick = _module_at(args.old_commit, "app/compute/pick.py", "pick_old")
+    old_pick = _module_at(args.old_commit, "app/compute/pick.py", "tomoguide.compute.pick_old")  # its relative imports
     a, b = (int(x) for x in args.seeds.split("-"))
     res: dict[str, Any] = {"preset": "tiny", "old_commit": args.old_commit, "load_before": os.getloadavg(),
                            "seeds": []}

@@ -809,6 +809,9 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
     2. When the peaks above it form a well separated population, the threshold is raised below it, to
        ``m − particle_margin_sd · s`` (median ``m`` and robust SD ``s`` of the population), and at least into
        the middle of the gap below the population when there is one, if that lies above the noise threshold.
+       When ``m − particle_margin_sd · s`` cuts into the population over a gap and that raise is not allowed
+       (below), the middle of the gap is tried next (the tiny preset's weaker particles, 4.4 robust SDs under a
+       tight cluster of 15, with a few tail peaks above the noise threshold).
        The population: the peaks above the widest clear gap among those above the noise threshold that leaves
        at least half of them above it (clear: wider than 2 noise SDs, or than 1 noise SD and twice the span of
        the peaks below it), else all of them. The raise is made only when it drops at most
@@ -855,12 +858,20 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
                 j = int(wide[np.argmax(np.diff(above)[wide])])
                 if _is_noise_tail(above[: j + 1], float(above[j + 1]), v, nm.threshold, nm.sigma):
                     k = j
+        candidates = [raised]
         if k >= 0:  # at least the middle of the gap: below it is not the population
             population = above[k + 1:]
             med = float(np.median(population))
             sd = 1.4826 * float(np.median(np.abs(population - med)))
-            raised = max(0.5 * (above[k] + above[k + 1]), med - particle_margin_sd * sd)
-        if sd > 0 and raised > nm.threshold:
+            middle = 0.5 * (above[k] + above[k + 1])
+            candidates = [max(middle, med - particle_margin_sd * sd)]
+            if candidates[0] > population[0]:
+                # m - 4 s cuts into the population over the gap (a weaker particle, or a look-alike that made the
+                # gap): if dropping it is not allowed, the middle of the gap is the next choice
+                candidates.append(middle)
+        for raised in candidates:
+            if not (sd > 0 and raised > nm.threshold):
+                continue
             dropped = above[above < raised]
             # a few look-alikes, or the noise's own tail hugging its threshold (tails are often heavier than
             # Gaussian) below a population far above it: within tail_sd noise SDs of the threshold, or closer to
@@ -872,6 +883,7 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
                 and _is_noise_tail(dropped, float(population.min()), v, nm.threshold, nm.sigma))
             if len(dropped) <= max_raise_fraction * len(above) or tail:
                 thr, how = raised, "particles"
+                break
     low = nm.mean + 2.0 * nm.sigma
     expected_low = nm.n_noise * float(ndtr(-2.0))
     standing = float(np.sum(v >= low)) - expected_low

@@ -455,3 +455,31 @@ def test_threshold_drops_a_noise_tail_that_outnumbers_the_particles_but_not_a_po
     look = np.concatenate([noise, rng.normal(0.45, 0.02, 30), rng.uniform(0.9, 0.95, 6)])
     c3 = pick.automatic_threshold(look)
     assert int(np.sum(look >= c3.threshold)) >= 36 - 1, c3.describe()
+
+
+def test_threshold_falls_back_to_the_gap_when_the_margin_cuts_into_the_population() -> None:
+    """A tight population (robust SD ~0.03) with one weaker member 4.4 robust SDs below its median, over a clear gap,
+    and a few tail peaks just above the noise threshold (the tiny preset, seeds 4 and 10 of bench/tiny_seeds.py):
+    the raise to m - 4 s would drop the weaker particle with the tail, which is not allowed; the middle of the gap
+    drops the tail and keeps every member of the population. (A lone look-alike over the gap below a large
+    population is still dropped by m - 4 s: the small demo's TS_01, bench/pick.py.)"""
+    rng = np.random.default_rng(10)
+    noise = rng.normal(0.184, 0.072, 470)
+    noise = noise[noise < 0.38]
+    population = np.concatenate([rng.normal(0.72, 0.02, 15), [0.607]])
+    tail = np.array([0.421, 0.42, 0.402, 0.398, 0.396, 0.396])
+    scores = np.concatenate([noise, tail, population])
+    c = pick.automatic_threshold(scores)
+    assert c.how == "particles" and int(np.sum(scores >= c.threshold)) == 16, c.describe()
+    assert 0.43 < c.threshold <= 0.607
+
+
+def test_a_lone_look_alike_over_the_gap_is_still_dropped() -> None:
+    """The small demo's TS_01: 150 particles at 0.68-0.75, one look-alike at 0.495 alone over the widest gap, the
+    noise below 0.3: the look-alike is within m - 4 s of nothing and dropped (1 of 151, a few per cent at most)."""
+    rng = np.random.default_rng(12)
+    noise = rng.normal(0.16, 0.045, 1800)
+    noise = noise[noise < 0.295]
+    scores = np.concatenate([noise, [0.495], rng.uniform(0.675, 0.75, 150)])
+    c = pick.automatic_threshold(scores)
+    assert c.how == "particles" and 0.495 < c.threshold < 0.675 and c.n_above == 150, c.describe()
