@@ -12,33 +12,21 @@ scores, and how many peaks it would keep.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels_speed import _module_at  # noqa: E402  (bench scripts are not a package)
+
 MATCH_A = 30.0  # half the apoferritin radius, as bench/pick.py
-
-
-def _module_at(commit: str, path: str, name: str) -> Any:
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, text=True,
-                         check=True).stdout
-    f = Path(tempfile.mkdtemp(prefix="oldmod_")) / f"{name.rsplit('.', 1)[-1]}.py"
-    f.write_text(src)
-    spec = importlib.util.spec_from_file_location(name, f)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def one_seed(seed: int, work: Path, old_pick: Any) -> dict[str, Any]:

@@ -195,9 +195,8 @@ def imap_threads(fn: Callable[[Any], Any], items: Sequence[Any], *, ahead: int |
     window = max(n, int(ahead) if ahead is not None else 2 * n)
     with ThreadPoolExecutor(n, thread_name_prefix="tomoguide-map") as pool:
         pending: deque[Future[Any]] = deque()
-        it = iter(items)
         try:
-            for x in it:
+            for x in items:
                 pending.append(pool.submit(one, x))
                 if len(pending) >= window:
                     yield pending.popleft().result()

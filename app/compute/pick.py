@@ -842,23 +842,23 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
         # twice the span of the peaks below it (a tight cluster hugging the noise threshold)
         population = above
         n_up = len(above) - 1 - np.arange(len(above) - 1)  # peaks above each gap
-        gaps = np.diff(above)
+        diffs = np.diff(above)
         below_span = above[:-1] - nm.threshold
-        clear = (gaps > 2.0 * nm.sigma) | ((gaps > nm.sigma) & (gaps > 2.0 * below_span))
-        gaps = np.where(clear & (n_up >= max(5, 0.5 * len(above))), gaps, 0.0)
+        clear = (diffs > 2.0 * nm.sigma) | ((diffs > nm.sigma) & (diffs > 2.0 * below_span))
+        gaps = np.where(clear & (n_up >= max(5, 0.5 * len(above))), diffs, 0.0)
         med = float(np.median(above))
         sd = 1.4826 * float(np.median(np.abs(above - med)))
-        raised = med - particle_margin_sd * sd
         k = -1
+        tail_below_gap = False  # rule 3: the peaks under gap k are the noise's tail (checked once, here)
         if len(gaps) and gaps.max() > 0:
             k = int(np.argmax(gaps))
         else:  # a tail of the noise that outnumbers the particles (docstring, 3.)
-            wide = np.flatnonzero((np.diff(above) > 2.0 * nm.sigma) & (n_up >= 5))
+            wide = np.flatnonzero((diffs > 2.0 * nm.sigma) & (n_up >= 5))
             if len(wide):
-                j = int(wide[np.argmax(np.diff(above)[wide])])
+                j = int(wide[np.argmax(diffs[wide])])
                 if _is_noise_tail(above[: j + 1], float(above[j + 1]), v, nm.threshold, nm.sigma):
-                    k = j
-        candidates = [raised]
+                    k, tail_below_gap = j, True
+        candidates = [med - particle_margin_sd * sd]
         if k >= 0:  # at least the middle of the gap: below it is not the population
             population = above[k + 1:]
             med = float(np.median(population))
@@ -879,8 +879,7 @@ def automatic_threshold(peak_scores: ArrayLike, *, expected_false: float = 1.0, 
             span = float(dropped.max()) - nm.threshold if len(dropped) else 0.0
             gap = float(population.min()) - float(dropped.max()) if len(dropped) else 0.0
             tail = (len(dropped) < 0.5 * len(above) and (span < tail_sd * nm.sigma or span < gap)) or (
-                len(population) < 0.5 * len(above) and len(dropped) > 0
-                and _is_noise_tail(dropped, float(population.min()), v, nm.threshold, nm.sigma))
+                tail_below_gap and len(dropped) == k + 1)  # exactly the tail found under the gap
             if len(dropped) <= max_raise_fraction * len(above) or tail:
                 thr, how = raised, "particles"
                 break
